@@ -1,0 +1,230 @@
+"""The `replicalake` command: ingest, inspect, validate, plan and run recipes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import ReplicaLakeError
+
+app = typer.Typer(help="ReplicaLake: declarative out-of-core physics analyses over a zarr lake.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+ingest_app = typer.Typer(help="Bring foreign data into the lake's raw/ zone.", no_args_is_help=True)
+catalog_app = typer.Typer(help="List and show catalog entries.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(catalog_app, name="catalog")
+
+out = Console()
+err = Console(stderr=True)
+
+LakeOption = Annotated[str | None, typer.Option(
+    "--lake", help="lake root (path or fsspec URL); default $REPLICALAKE_LAKE or ./storage")]
+CatalogsOption = Annotated[Path | None, typer.Option(
+    "--catalogs", help="folder of Intake catalogs; default $REPLICALAKE_CATALOGS or ./catalogs")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file")]
+
+
+def _lake(root: str | None):
+    from .storage import Lake
+
+    return Lake(root)
+
+
+@app.command()
+def init(lake: LakeOption = None) -> None:
+    """Create an empty lake (zones raw/, derived/, models/, reports/)."""
+    store = _lake(lake)
+    store.ensure_zones()
+    out.print(f"lake ready at {store.root_url}")
+
+
+@app.command()
+def ops(as_json: JsonOption = False) -> None:
+    """List registered ops with their inputs, params and docs."""
+    from .registry import list_ops
+
+    specs = list_ops()
+    if as_json:
+        out.print_json(json.dumps([{"name": s.name, "inputs": s.inputs, "optional_inputs":
+                                    s.optional_inputs, "version": s.version, "doc": s.doc.strip(),
+                                    "params": s.params.model_json_schema()} for s in specs]))
+        return
+    table = Table(title="ops")
+    for column in ("op", "inputs", "params", "what it does"):
+        table.add_column(column, overflow="fold")
+    for spec in specs:
+        params = "\n".join(_param_line(name, field) for name, field in spec.params.model_fields.items())
+        table.add_row(spec.name, ", ".join(spec.inputs), params or "-", spec.summary)
+    out.print(table)
+
+
+def _param_line(name: str, field) -> str:
+    kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+    default = "required" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
+    return f"{name}: {kind} {default}"
+
+
+@app.command()
+def schema(output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
+    """Print (or write) the JSON Schema of recipes, for editor completion."""
+    from .recipe import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2)
+    if output:
+        output.write_text(text + "\n")
+        out.print(f"wrote {output}")
+    else:
+        print(text)
+
+
+@app.command()
+def validate(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = None) -> None:
+    """Check a recipe completely (structure, references, params, sources, ops); compute nothing."""
+    from .graph import compile_recipe
+
+    plan = compile_recipe(recipe, _lake(lake), catalogs)
+    out.print(f"[green]ok[/green] {recipe}: {len(plan.recipe.steps)} steps, "
+              f"{len(plan.outputs)} outputs ({len(plan.stale_outputs)} to compute)")
+
+
+@app.command()
+def plan(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = None,
+         as_json: JsonOption = False) -> None:
+    """Show the steps: dims, chunks, bytes, projected peak memory, what is up to date."""
+    from .graph import compile_recipe
+    from .plan import human_bytes
+
+    compiled = compile_recipe(recipe, _lake(lake), catalogs)
+    rows = compiled.rows()
+    if as_json:
+        out.print_json(json.dumps({"recipe": compiled.recipe.name, "steps": rows}))
+        return
+    table = Table(title=f"plan of {compiled.recipe.name} ({recipe})")
+    for column in ("step", "op", "dims", "chunks", "size", "est. peak", "status"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["id"], row["op"], _dims_text(row["dims"]), _dims_text(row["chunks"]),
+                      human_bytes(row["bytes"]), human_bytes(row["projected_peak_bytes"]),
+                      row["status"] + (f"\n-> {row['output']}" if row["output"] else ""))
+    out.print(table)
+
+
+def _dims_text(sizes: dict[str, int]) -> str:
+    return " ".join(f"{d}:{n}" for d, n in sizes.items()) or "-"
+
+
+@app.command()
+def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = None,
+        scheduler: Annotated[str | None, typer.Option(
+            "--scheduler", help="dask.distributed scheduler address (default: local threads)")] = None,
+        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+        as_json: JsonOption = False) -> None:
+    """Compute the recipe's stale outputs and publish them to the lake."""
+    from .graph import compile_recipe
+    from .runner import execute
+
+    compiled = compile_recipe(recipe, _lake(lake), catalogs)
+    summary = execute(compiled, scheduler=scheduler, progress=progress and not as_json)
+    if as_json:
+        out.print_json(json.dumps(summary.to_dict()))
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    from .plan import human_bytes
+
+    table = Table(title=f"{summary.recipe}: done in {summary.seconds:.1f} s on {summary.scheduler}")
+    for column in ("output", "status", "size", "reports"):
+        table.add_column(column, overflow="fold")
+    for item in summary.outputs:
+        table.add_row(f"{item.zone}/{item.name}", item.status, human_bytes(item.bytes_on_disk),
+                      "\n".join(item.reports) or "-")
+    out.print(table)
+    if not summary.computed:
+        out.print("nothing to compute: every output is up to date")
+
+
+@catalog_app.command("list")
+def catalog_list(name: Annotated[str, typer.Argument(help="catalog stem or 'lake'")] = "lake",
+                 lake: LakeOption = None, catalogs: CatalogsOption = None,
+                 as_json: JsonOption = False) -> None:
+    """List the entries of a catalog (default: the lake's own)."""
+    from .catalog import load_catalog
+
+    loaded = load_catalog(name, _lake(lake), catalogs)
+    if as_json:
+        out.print_json(json.dumps({n: {"url": e.url, "description": e.description}
+                                   for n, e in loaded.entries.items()}))
+        return
+    table = Table(title=f"catalog {name} ({loaded.path})")
+    for column in ("entry", "url", "description"):
+        table.add_column(column, overflow="fold")
+    for entry in loaded.entries.values():
+        table.add_row(entry.name, entry.url, entry.description)
+    out.print(table)
+
+
+@catalog_app.command("show")
+def catalog_show(entry: Annotated[str, typer.Argument(help="entry name")],
+                 name: Annotated[str, typer.Option("--catalog", help="catalog stem or 'lake'")] = "lake",
+                 lake: LakeOption = None, catalogs: CatalogsOption = None) -> None:
+    """Show one entry: its dataset summary and provenance."""
+    from .catalog import load_catalog, open_entry
+
+    store = _lake(lake)
+    found = load_catalog(name, store, catalogs).entry(entry)
+    dataset = open_entry(found, store)
+    out.print(dataset)
+
+
+@ingest_app.command("synthetic-eels")
+def ingest_synthetic_eels(
+    name: Annotated[str, typer.Argument(help="entry name under raw/")],
+    shape: Annotated[tuple[int, int, int], typer.Option(help="NY NX NE")] = (128, 128, 2048),
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+    chunks: Annotated[tuple[int, int], typer.Option(help="CY CX pixel chunk")] = (64, 64),
+    lake: LakeOption = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Write a synthetic EELS spectral image (exact Poisson multiple scattering) to raw/NAME."""
+    from .ingest.synthetic_eels import ingest_synthetic_eels as ingest
+
+    result = ingest(_lake(lake), name, shape, seed=seed, chunks=chunks, progress=progress)
+    out.print(f"ingested raw/{name}: {result}")
+
+
+@app.command()
+def demo(lake: LakeOption = None,
+         shape: Annotated[tuple[int, int, int], typer.Option(help="NY NX NE")] = (256, 256, 2048)) -> None:
+    """Ingest a synthetic EELS image (if absent) and run recipes/eels_thickness.yaml on it."""
+    from .graph import compile_recipe
+    from .ingest.synthetic_eels import DEMO_NAME
+    from .ingest.synthetic_eels import ingest_synthetic_eels as ingest
+    from .runner import execute
+
+    store = _lake(lake)
+    if not store.exists("raw", DEMO_NAME):
+        out.print(f"ingesting a {shape[0]}x{shape[1]}x{shape[2]} synthetic EELS image as raw/{DEMO_NAME}")
+        ingest(store, DEMO_NAME, shape)
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "eels_thickness.yaml"
+    if not recipe.is_file():
+        recipe = Path("recipes/eels_thickness.yaml")
+    _print_summary(execute(compile_recipe(recipe, store)))
+
+
+def main() -> None:
+    """Console entry point: run the app, turning our errors into a message and exit code 1."""
+    try:
+        app()
+    except ReplicaLakeError as exc:
+        err.print("[bold red]error:[/bold red] " + escape(str(exc)), highlight=False)
+        sys.exit(1)

@@ -1,0 +1,30 @@
+"""Settings with environment overrides: where the lake is and how work is scheduled.
+
+Kept tiny on purpose: every command line option that has a default reads it from here, so the
+environment variable names are documented in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+LAKE_ENV = "REPLICALAKE_LAKE"
+SCHEDULER_ENV = "REPLICALAKE_SCHEDULER"
+CATALOG_DIR_ENV = "REPLICALAKE_CATALOGS"
+DEFAULT_LAKE = "storage"
+
+
+def lake_root(explicit: str | None = None) -> str:
+    """The lake root: the explicit value, else $REPLICALAKE_LAKE, else ./storage."""
+    return explicit or os.environ.get(LAKE_ENV) or DEFAULT_LAKE
+
+
+def scheduler_address(explicit: str | None = None) -> str | None:
+    """A dask.distributed scheduler address, or None for the in-process threaded scheduler."""
+    return explicit or os.environ.get(SCHEDULER_ENV) or None
+
+
+def catalog_dir(explicit: str | Path | None = None) -> Path:
+    """Folder of the hand-written Intake catalogs: explicit, $REPLICALAKE_CATALOGS, ./catalogs."""
+    return Path(explicit or os.environ.get(CATALOG_DIR_ENV) or "catalogs")

@@ -1,0 +1,190 @@
+"""Compile a recipe into a Plan: check it phase by phase, then build the lazy graph.
+
+Phases, each reporting all of its problems at once before the next one runs:
+structure (recipe.py) -> references (ops, inputs, cycles, outputs) -> params (each op's model)
+-> sources (catalog entries) -> op checks while building the lazy graph. Nothing is computed:
+ops only describe work, and outputs whose content token is already in the lake are opened from
+the lake instead of being rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from importlib.metadata import version
+from pathlib import Path
+
+import xarray as xr
+from pydantic import BaseModel, ValidationError
+
+from .catalog import entry_token, load_catalog, open_entry
+from .errors import CatalogError, OpError, Problem, RecipeError, UnknownOpError, did_you_mean
+from .plan import Plan, PlannedStep
+from .recipe import LoadedRecipe, load_recipe, validation_problems
+from .registry import OpSpec, get_op, op_names
+from .storage import Lake, content_token
+
+ENGINE_VERSION = version("replicalake")
+
+
+@dataclass
+class _Checked:
+    """What the reference and params phases learned, for the build phase."""
+
+    ops: dict[str, OpSpec] = field(default_factory=dict)
+    params: dict[str, BaseModel] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+
+
+def compile_recipe(recipe: LoadedRecipe | str | Path, lake: Lake | None = None,
+                   catalogs: str | Path | None = None) -> Plan:
+    """Validate `recipe` and build its lazy Plan. Raises RecipeError listing every problem."""
+    loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
+    lake = lake or Lake()
+    checked = _check_references(loaded)
+    _check_params(loaded, checked)
+    sources = _open_sources(loaded, lake, catalogs)
+    steps = _build(loaded, checked, sources, lake)
+    recipe_hash = hashlib.sha256(loaded.text.encode()).hexdigest()[:16]
+    return Plan(loaded.recipe, loaded.path, recipe_hash, lake, steps)
+
+
+def _check_references(loaded: LoadedRecipe) -> _Checked:
+    recipe = loaded.recipe
+    problems: list[Problem] = []
+    checked = _Checked()
+    names: dict[str, tuple] = {name: ("sources", name) for name in recipe.sources}
+    for index, step in enumerate(recipe.steps):
+        if step.id in names:
+            problems.append(loaded.problem(f"id {step.id!r} is already used by "
+                                           f"{'.'.join(map(str, names[step.id]))}",
+                                           "steps", index, "id"))
+        names.setdefault(step.id, ("steps", index))
+    graph: dict[str, set[str]] = {}
+    for index, step in enumerate(recipe.steps):
+        try:
+            spec = get_op(step.op)
+        except UnknownOpError:
+            problems.append(loaded.problem(
+                f"unknown op {step.op!r}{did_you_mean(step.op, op_names())}; "
+                "`replicalake ops` lists them", "steps", index, "op"))
+            spec = None
+        if spec is not None:
+            checked.ops[step.id] = spec
+            allowed = spec.inputs + spec.optional_inputs
+            for input_name in step.inputs:
+                if input_name not in allowed:
+                    problems.append(loaded.problem(
+                        f"op {spec.name!r} has no input {input_name!r}"
+                        f"{did_you_mean(input_name, allowed)}; its inputs are {', '.join(allowed)}",
+                        "steps", index, "inputs", input_name))
+            for input_name in spec.inputs:
+                if input_name not in step.inputs:
+                    problems.append(loaded.problem(
+                        f"op {spec.name!r} needs input {input_name!r}; found only "
+                        f"{', '.join(step.inputs) or 'no inputs'}", "steps", index, "inputs"))
+        graph[step.id] = set()
+        for input_name, ref in step.inputs.items():
+            if ref not in names:
+                problems.append(loaded.problem(
+                    f"unknown input {ref!r}{did_you_mean(ref, names)}; expected a source or step id "
+                    f"({', '.join(names)})", "steps", index, "inputs", input_name))
+            elif ref in graph or names[ref][0] == "steps":
+                graph[step.id].add(ref)
+    for name in loaded.recipe.outputs:
+        if name not in graph:
+            problems.append(loaded.problem(
+                f"output {name!r} is not a step id{did_you_mean(name, graph)}", "outputs", name))
+    if not problems:
+        try:
+            checked.order = list(TopologicalSorter(graph).static_order())
+        except CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            first = exc.args[1][0]
+            index = next(i for i, s in enumerate(recipe.steps) if s.id == first)
+            problems.append(loaded.problem(f"steps form a cycle: {cycle}", "steps", index, "inputs"))
+    if problems:
+        raise RecipeError(problems, "references")
+    return checked
+
+
+def _check_params(loaded: LoadedRecipe, checked: _Checked) -> None:
+    problems: list[Problem] = []
+    for index, step in enumerate(loaded.recipe.steps):
+        spec = checked.ops[step.id]
+        try:
+            checked.params[step.id] = spec.params.model_validate(step.params)
+        except ValidationError as exc:
+            allowed = {("steps", index, "params"): list(spec.params.model_fields)}
+            problems += validation_problems(exc, loaded.lines, ("steps", index, "params"), allowed)
+    if problems:
+        raise RecipeError(problems, "params")
+
+
+def _open_sources(loaded: LoadedRecipe, lake: Lake,
+                  catalogs: str | Path | None) -> dict[str, tuple[xr.Dataset, str]]:
+    problems: list[Problem] = []
+    opened: dict[str, tuple[xr.Dataset, str]] = {}
+    for name, source in loaded.recipe.sources.items():
+        try:
+            entry = load_catalog(source.catalog, lake, catalogs).entry(source.entry)
+            dataset = open_entry(entry, lake, source.chunks)
+            opened[name] = (dataset, entry_token(entry, lake))
+        except CatalogError as exc:
+            for problem in exc.problems:
+                key = "catalog" if "no catalog" in problem.message else "entry"
+                problems.append(loaded.problem(f"{problem.message} (in {problem.file})",
+                                               "sources", name, key))
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            hint = "; ingest it first (`replicalake ingest ...`)" if isinstance(exc, FileNotFoundError) else ""
+            problems.append(loaded.problem(f"cannot open: {exc}{hint}", "sources", name))
+    if problems:
+        raise RecipeError(problems, "sources")
+    return opened
+
+
+def output_name(loaded_name: str, step_id: str, explicit: str | None) -> str:
+    return explicit or f"{loaded_name}/{step_id}"
+
+
+def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.Dataset, str]],
+           lake: Lake) -> list[PlannedStep]:
+    recipe = loaded.recipe
+    index_of = {step.id: i for i, step in enumerate(recipe.steps)}
+    results: dict[str, tuple[xr.Dataset, str]] = dict(sources)
+    planned = [PlannedStep(id=name, op="source", dataset=ds, token=token, inputs={}, params={})
+               for name, (ds, token) in sources.items()]
+    problems: list[Problem] = []
+    failed: set[str] = set()
+    for step_id in checked.order:
+        step = recipe.steps[index_of[step_id]]
+        if any(ref in failed for ref in step.inputs.values()):
+            failed.add(step_id)
+            continue
+        spec, params = checked.ops[step_id], checked.params[step_id]
+        token = content_token(spec.name, spec.version, params.model_dump(mode="json"),
+                              {k: results[v][1] for k, v in step.inputs.items()}, ENGINE_VERSION)
+        output = recipe.outputs.get(step_id)
+        zone = output.zone if output else None
+        name = output_name(recipe.name, step_id, output.name if output else None) if output else None
+        up_to_date = output is not None and lake.token(zone, name) == token
+        if up_to_date:
+            dataset = lake.open(zone, name)
+        else:
+            try:
+                dataset = spec.func(params, **{k: results[v][0] for k, v in step.inputs.items()})
+            except OpError as exc:
+                problems.append(loaded.problem(f"op {spec.name!r}: {exc}", "steps", index_of[step_id]))
+                failed.add(step_id)
+                continue
+            if not isinstance(dataset, xr.Dataset):
+                raise TypeError(f"op {spec.name!r} returned {type(dataset).__name__}, not a Dataset")
+        results[step_id] = (dataset, token)
+        planned.append(PlannedStep(id=step_id, op=spec.name, dataset=dataset, token=token,
+                                   inputs=dict(step.inputs), params=params.model_dump(mode="json"),
+                                   output=output, zone=zone, name=name, up_to_date=up_to_date,
+                                   op_version=spec.version))
+    if problems:
+        raise RecipeError(problems, "op checks")
+    return planned

@@ -1,0 +1,361 @@
+"""A batched ensemble of MLPs: one independent network per Monte Carlo replica.
+
+Why stacked weights: the replica method trains hundreds of identical small networks, and a Python
+loop over them is dominated by per-operation overhead. Stacking every replica's weights on a
+leading axis, W: (R, in, out), and applying them with one `torch.baddbmm` per layer turns R small
+problems into one large one. The sum of the per-replica losses still gives each replica exactly its
+own gradient, because a replica's weights appear in no other replica's term.
+
+All weights live in one flat (R, P) parameter and the per-layer tensors are views of it, so an
+element-wise optimiser, per-replica clipping, re-initialisation and checkpointing each touch one
+tensor instead of one per layer (fewer kernel launches per step for small networks).
+
+Why initialisation is keyed by (seed, replica id, generation): replica r of a 1000-replica ensemble
+must be reproducible alone (a single-replica model built with `replica_ids=[r]`) and must not
+depend on how many replicas are trained beside it or in which chunk. The generation counter makes a
+re-initialised (dead) replica draw fresh weights that are again a function of that replica only.
+
+Exports are plain arrays plus a JSON-able architecture whose hooks are registry names, never
+callables: loading an ensemble from the lake executes no code (no pickles, no torch.load).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+InputTransform = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
+OutputTransform = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "linear": lambda z: z,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "softplus": F.softplus,
+    "elu": F.elu,
+    "selu": F.selu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "leaky_relu": F.leaky_relu,
+}
+INPUT_TRANSFORMS: dict[str, InputTransform] = {}
+OUTPUT_TRANSFORMS: dict[str, OutputTransform] = {}
+
+
+def lookup(registry: Mapping[str, object], name: str, what: str):
+    """Registry access whose error names the closest known entries (typos are the usual cause)."""
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, list(registry), n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown {what} {name!r}{hint} (known: {', '.join(sorted(registry))})")
+
+
+def register_input_transform(name: str):
+    """Decorator naming an input hook `f(x, replica_params) -> x'` so exports can refer to it."""
+
+    def add(fn: InputTransform) -> InputTransform:
+        INPUT_TRANSFORMS[name] = fn
+        return fn
+
+    return add
+
+
+def register_output_transform(name: str):
+    """Decorator naming an output hook `f(x, out, replica_params) -> out'` (x is the raw input)."""
+
+    def add(fn: OutputTransform) -> OutputTransform:
+        OUTPUT_TRANSFORMS[name] = fn
+        return fn
+
+    return add
+
+
+@register_input_transform("x_logx")
+def _x_logx(x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """(x) -> (x, ln x): PDF networks see both scales of the momentum fraction (n3fit's input)."""
+    return torch.cat([x, torch.log(x)], dim=-1)
+
+
+@register_output_transform("pdf_preprocessing")
+def _pdf_preprocessing(x: Tensor, out: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """x f = NN * x^(1 - alpha) (1 - x)^beta, alpha and beta (R, n_out) per replica; x = column 0.
+
+    The prefactor fixes the small- and large-x behaviour that the data barely constrain, so the
+    network only has to learn a smooth correction.
+    """
+    xs = x[..., :1]
+    alpha = params["alpha"].unsqueeze(-2)
+    beta = params["beta"].unsqueeze(-2)
+    return out * xs.pow(1 - alpha) * (1 - xs).pow(beta)
+
+
+def _glorot_normal(rng: np.random.Generator, fan_in: int, fan_out: int):
+    """Keeps activation variance O(1) through tanh/sigmoid layers; zero biases (n3fit's choice)."""
+    std = np.sqrt(2.0 / (fan_in + fan_out))
+    return rng.normal(0.0, std, (fan_in, fan_out)), np.zeros(fan_out)
+
+
+def _uniform(rng: np.random.Generator, fan_in: int, fan_out: int):
+    """torch.nn.Linear's default U(+-1/sqrt(fan_in)) on weights and biases (EELSfitter's nets)."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, (fan_in, fan_out)), rng.uniform(-bound, bound, fan_out)
+
+
+INITIALISERS = {"glorot_normal": _glorot_normal, "uniform": _uniform}
+
+
+@dataclass(frozen=True)
+class Positivity:
+    """Smooth output constraint offset + scale * y > 0, via y = (softplus(offset + scale*raw) - offset) / scale.
+
+    Why smooth: a ReLU-type constraint has zero gradient on its dead side, so whole networks stop
+    learning (ML4EFT's dead replicas). Softplus keeps a gradient everywhere and is the identity far
+    inside the allowed region. offset=0, scale=1 gives y > 0; offset=1, scale=c gives 1 + c y > 0.
+    """
+
+    offset: float = 0.0
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.scale == 0:
+            raise ValueError("Positivity.scale must be non-zero")
+
+    def __call__(self, raw: Tensor) -> Tensor:
+        return (F.softplus(self.offset + self.scale * raw) - self.offset) / self.scale
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
+    return device
+
+
+class EnsembleMLP(torch.nn.Module):
+    """R independent MLPs with stacked weights; `forward(x)` returns (R, B, n_out).
+
+    x is (B, in), shared by all replicas, or (R, B, in), one input set per replica. Order of the
+    computation: input_transform(x) -> layers -> output_transform(x, out) -> positivity. Replica
+    params (e.g. PDF preprocessing exponents alpha, beta) are per-replica arrays with leading dim R;
+    those named in `trainable_params` are optimised with the weights.
+    """
+
+    def __init__(
+        self,
+        n_replicas: int,
+        sizes: Sequence[int],
+        activations: Sequence[str],
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        replica_ids: Sequence[int] | None = None,
+        init: str = "glorot_normal",
+        input_transform: str | None = None,
+        output_transform: str | None = None,
+        replica_params: Mapping[str, np.ndarray | Tensor] | None = None,
+        trainable_params: Sequence[str] = (),
+        positivity: Positivity | None = None,
+    ):
+        super().__init__()
+        if n_replicas <= 0:
+            raise ValueError(f"n_replicas must be positive, got {n_replicas}")
+        if len(sizes) < 2 or any(int(s) <= 0 for s in sizes):
+            raise ValueError(f"sizes must list >= 2 positive layer widths, got {list(sizes)}")
+        if len(activations) != len(sizes) - 1:
+            raise ValueError(
+                f"{len(sizes) - 1} layers need {len(sizes) - 1} activations, got {len(activations)}"
+            )
+        if not isinstance(seed, int | np.integer) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        ids = np.arange(n_replicas) if replica_ids is None else np.asarray(replica_ids, np.int64)
+        if ids.shape != (n_replicas,):
+            raise ValueError(f"replica_ids must hold n_replicas={n_replicas} ids, got {ids.shape}")
+        self.sizes = [int(s) for s in sizes]
+        self.activations = list(activations)
+        self._acts = [lookup(ACTIVATIONS, a, "activation") for a in self.activations]
+        self.seed = int(seed)
+        self.init = init
+        self._initialiser = lookup(INITIALISERS, init, "initialiser")
+        self.input_transform = input_transform
+        self._input_fn = input_transform and lookup(INPUT_TRANSFORMS, input_transform, "input transform")
+        self.output_transform = output_transform
+        self._output_fn = output_transform and lookup(
+            OUTPUT_TRANSFORMS, output_transform, "output transform"
+        )
+        self.positivity = positivity
+        self.replica_ids = ids
+        self.generation = np.zeros(n_replicas, np.int64)
+        device = resolve_device(device)
+        self._shapes = [(i, o) for i, o in zip(self.sizes[:-1], self.sizes[1:])]
+        self._chunks = [n for i, o in self._shapes for n in (i * o, o)]
+        rows = np.stack([self._draw(int(r), 0) for r in ids])
+        self.flat = torch.nn.Parameter(torch.as_tensor(rows, dtype=dtype, device=device))
+        self._param_names = list(replica_params or {})
+        unknown = set(trainable_params) - set(self._param_names)
+        if unknown:
+            raise ValueError(f"trainable_params {sorted(unknown)} are not in replica_params")
+        self.trainable_params = [n for n in self._param_names if n in set(trainable_params)]
+        for name, value in (replica_params or {}).items():
+            value = torch.as_tensor(value, dtype=dtype, device=device).clone()
+            if value.dim() == 0 or value.shape[0] != n_replicas:
+                raise ValueError(f"replica param {name!r} needs leading dim {n_replicas}, got {tuple(value.shape)}")
+            if name in self.trainable_params:
+                self.register_parameter(f"param_{name}", torch.nn.Parameter(value))
+            else:
+                self.register_buffer(f"param_{name}", value)
+
+    @classmethod
+    def single(cls, replica: int, sizes, activations, seed: int = 0, **kwargs) -> EnsembleMLP:
+        """Replica `replica` of any ensemble with this seed, built alone (same initial weights)."""
+        return cls(1, sizes, activations, seed, replica_ids=[replica], **kwargs)
+
+    @property
+    def n_replicas(self) -> int:
+        return self.flat.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.flat.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.flat.dtype
+
+    @property
+    def replica_params(self) -> dict[str, Tensor]:
+        return {n: getattr(self, f"param_{n}") for n in self._param_names}
+
+    def layers(self) -> list[tuple[Tensor, Tensor]]:
+        """(W (R, in, out), b (R, 1, out)) per layer, as views of the flat parameter."""
+        r = self.n_replicas
+        parts = self.flat.split(self._chunks, dim=1)
+        return [
+            (parts[2 * k].view(r, i, o), parts[2 * k + 1].view(r, 1, o))
+            for k, (i, o) in enumerate(self._shapes)
+        ]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() not in (2, 3) or (x.dim() == 3 and x.shape[0] != self.n_replicas):
+            raise ValueError(
+                f"input must be (B, in) or ({self.n_replicas}, B, in), got {tuple(x.shape)}"
+            )
+        params = self.replica_params
+        h = self._input_fn(x, params) if self._input_fn else x
+        if h.shape[-1] != self.sizes[0]:
+            raise ValueError(f"network expects {self.sizes[0]} input features, got {h.shape[-1]}")
+        if h.dim() == 2:
+            h = h.expand(self.n_replicas, *h.shape)
+        for (w, b), act in zip(self.layers(), self._acts):
+            h = act(torch.baddbmm(b, h, w))
+        if self._output_fn:
+            h = self._output_fn(x, h, params)
+        return self.positivity(h) if self.positivity else h
+
+    def _draw(self, replica_id: int, generation: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, replica_id, generation])
+        parts = []
+        for fan_in, fan_out in self._shapes:
+            w, b = self._initialiser(rng, fan_in, fan_out)
+            parts += [w.ravel(), b]
+        return np.concatenate(parts)
+
+    @torch.no_grad()
+    def reinitialise(self, mask: np.ndarray | Sequence[bool]) -> None:
+        """Fresh weights for the selected replicas only (their next generation); others untouched.
+
+        Replica params are left as they are: they are user-given per replica, and a dead replica
+        is a weights problem.
+        """
+        mask = np.asarray(mask, bool)
+        if mask.shape != (self.n_replicas,):
+            raise ValueError(f"mask must have shape ({self.n_replicas},), got {mask.shape}")
+        for k in np.flatnonzero(mask):
+            self.generation[k] += 1
+            row = self._draw(int(self.replica_ids[k]), int(self.generation[k]))
+            self.flat[k] = torch.as_tensor(row, dtype=self.dtype, device=self.device)
+
+    def architecture(self) -> dict:
+        """Plain-data description (JSON-able) that, with `to_arrays`, rebuilds the ensemble."""
+        return {
+            "sizes": list(self.sizes),
+            "activations": list(self.activations),
+            "seed": self.seed,
+            "init": self.init,
+            "input_transform": self.input_transform,
+            "output_transform": self.output_transform,
+            "replica_params": list(self._param_names),
+            "trainable_params": list(self.trainable_params),
+            "positivity": asdict(self.positivity) if self.positivity else None,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Weights (R, in, out), biases (R, 1, out), replica params, ids and generations as numpy."""
+        out = {}
+        for k, (w, b) in enumerate(self.layers()):
+            out[f"weight_{k}"] = w.detach().cpu().numpy().copy()
+            out[f"bias_{k}"] = b.detach().cpu().numpy().copy()
+        for name, value in self.replica_params.items():
+            out[f"param_{name}"] = value.detach().cpu().numpy().copy()
+        out["replica_id"] = self.replica_ids.copy()
+        out["generation"] = self.generation.copy()
+        return out
+
+    @torch.no_grad()
+    def load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Overwrite weights, replica params and generations in place from `to_arrays` output."""
+        if not np.array_equal(np.asarray(arrays["replica_id"]), self.replica_ids):
+            raise ValueError("arrays hold other replica ids than this model")
+        rows = []
+        for k, (i, o) in enumerate(self._shapes):
+            for key, shape in ((f"weight_{k}", (i, o)), (f"bias_{k}", (1, o))):
+                a = np.asarray(arrays[key])
+                if a.shape != (self.n_replicas, *shape):
+                    raise ValueError(f"{key} has shape {a.shape}, expected {(self.n_replicas, *shape)}")
+                rows.append(a.reshape(self.n_replicas, -1))
+        self.flat.copy_(torch.as_tensor(np.concatenate(rows, axis=1), dtype=self.dtype))
+        for name, value in self.replica_params.items():
+            value.copy_(torch.as_tensor(np.asarray(arrays[f"param_{name}"]), dtype=self.dtype))
+        self.generation[:] = np.asarray(arrays["generation"])
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Mapping[str, np.ndarray],
+        architecture: Mapping,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> EnsembleMLP:
+        """Rebuild an ensemble from `to_arrays()` and `architecture()` (no code is loaded)."""
+        arch = dict(architecture)
+        ids = np.asarray(arrays["replica_id"], np.int64)
+        names = arch["replica_params"]
+        model = cls(
+            len(ids),
+            arch["sizes"],
+            arch["activations"],
+            arch["seed"],
+            device,
+            dtype or getattr(torch, arch["dtype"]),
+            replica_ids=ids,
+            init=arch["init"],
+            input_transform=arch["input_transform"],
+            output_transform=arch["output_transform"],
+            replica_params={n: np.asarray(arrays[f"param_{n}"]) for n in names},
+            trainable_params=arch["trainable_params"],
+            positivity=Positivity(**arch["positivity"]) if arch["positivity"] else None,
+        )
+        model.load_arrays(arrays)
+        return model

@@ -1,0 +1,99 @@
+"""Core ops: selection, reduction and rechunking of any dataset.
+
+They are thin, lazy wrappers over xarray; their value is in checking names against the data
+before anything runs, so a typo in a dim is a recipe error, not a KeyError deep inside dask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import OpError, did_you_mean
+from ..registry import register_op
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def require_dims(data: xr.Dataset, dims, what: str = "dim") -> None:
+    """Raise OpError naming any of `dims` the dataset lacks (with a suggestion)."""
+    for dim in dims:
+        if dim not in data.dims:
+            raise OpError(f"{what} {dim!r} is not in the data{did_you_mean(dim, data.dims)}; "
+                          f"dims are {', '.join(map(str, data.dims))}")
+
+
+def require_variables(data: xr.Dataset, names) -> None:
+    for name in names:
+        if name not in data.data_vars:
+            raise OpError(f"variable {name!r} is not in the data{did_you_mean(name, data.data_vars)}; "
+                          f"variables are {', '.join(map(str, data.data_vars))}")
+
+
+class SelectParams(_Params):
+    labels: dict[str, Any] = Field(default_factory=dict,
+                                   description="dim -> coordinate label (or list of labels) to keep")
+    ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="dim -> [low, high] inclusive coordinate range to keep")
+    variables: list[str] | None = Field(None, description="data variables to keep (default all)")
+    nearest: bool = Field(False, description="pick the nearest label instead of an exact match")
+
+
+@register_op("core.select", params=SelectParams)
+def select(params: SelectParams, data: xr.Dataset) -> xr.Dataset:
+    """Keep part of a dataset: labels, coordinate ranges and variables."""
+    require_dims(data, list(params.labels) + list(params.ranges))
+    if params.variables is not None:
+        require_variables(data, params.variables)
+        data = data[params.variables]
+    for dim, (low, high) in params.ranges.items():
+        coord = data[dim]
+        if len(coord) and coord[0] > coord[-1]:  # descending coordinate: slice high -> low
+            low, high = high, low
+        data = data.sel({dim: slice(low, high)})
+        if data.sizes[dim] == 0:
+            raise OpError(f"range {[low, high]} of {dim!r} selects nothing; the data covers "
+                          f"{float(coord.min())} to {float(coord.max())}")
+    if params.labels:
+        try:
+            data = data.sel(params.labels, method="nearest" if params.nearest else None)
+        except KeyError as exc:
+            raise OpError(f"label not found: {exc}; set nearest: true to pick the closest") from None
+    return data
+
+
+class ReduceParams(_Params):
+    dims: list[str] = Field(description="dims to reduce over")
+    skipna: bool = Field(True, description="ignore NaN values")
+
+
+@register_op("core.sum", params=ReduceParams)
+def sum_over(params: ReduceParams, data: xr.Dataset) -> xr.Dataset:
+    """Sum over dims."""
+    require_dims(data, params.dims)
+    return data.sum(params.dims, skipna=params.skipna, keep_attrs=True)
+
+
+@register_op("core.mean", params=ReduceParams)
+def mean_over(params: ReduceParams, data: xr.Dataset) -> xr.Dataset:
+    """Mean over dims."""
+    require_dims(data, params.dims)
+    return data.mean(params.dims, skipna=params.skipna, keep_attrs=True)
+
+
+class RechunkParams(_Params):
+    chunks: dict[str, int] = Field(description="dim -> chunk size (-1: one chunk along that dim)")
+
+
+@register_op("core.rechunk", params=RechunkParams)
+def rechunk(params: RechunkParams, data: xr.Dataset) -> xr.Dataset:
+    """Change dask chunking (e.g. before an op that needs a whole axis in one chunk)."""
+    require_dims(data, params.chunks)
+    for dim, size in params.chunks.items():
+        if size == 0 or size < -1:
+            raise OpError(f"chunk size of {dim!r} must be positive or -1, found {size}")
+    return data.chunk(params.chunks)

@@ -1,0 +1,120 @@
+"""EELS ops: ZLP alignment and log-ratio thickness over (y, x, energy) spectral images.
+
+Each op checks names and energy ranges against the coordinates (cheap, in memory), then maps a
+numpy kernel from engine.kernels.eels over the pixel chunks with the whole energy axis in one
+chunk. Nothing here computes: the result is a lazy dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import OpError
+from ..kernels import eels as kernels
+from ..registry import register_op
+from .core import require_dims, require_variables
+
+ENERGY = "energy"
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def spectra_of(image: xr.Dataset, variable: str) -> xr.DataArray:
+    """The spectra variable with the energy axis last and in one chunk (kernels need it whole)."""
+    require_dims(image, [ENERGY])
+    require_variables(image, [variable])
+    spectra = image[variable]
+    if ENERGY not in spectra.dims:
+        raise OpError(f"variable {variable!r} has no {ENERGY!r} dim (dims: {spectra.dims})")
+    if ENERGY not in image.coords:
+        raise OpError(f"the image has no {ENERGY!r} coordinate; expected energy loss in eV")
+    spectra = spectra.transpose(..., ENERGY)
+    if spectra.chunks and len(spectra.chunks[-1]) > 1:
+        spectra = spectra.chunk({ENERGY: -1})
+    return spectra
+
+
+def energy_axis(image: xr.Dataset) -> np.ndarray:
+    energy = np.asarray(image[ENERGY].values, dtype=np.float64)
+    if energy.size < 3 or not np.all(np.diff(energy) > 0):
+        raise OpError(f"the {ENERGY!r} coordinate must increase with at least 3 channels")
+    if not energy[0] < 0 < energy[-1]:
+        raise OpError(f"the energy axis ({energy[0]:.3g} to {energy[-1]:.3g} eV) must contain 0 eV, "
+                      "where the zero-loss peak is; is this a low-loss image?")
+    return energy
+
+
+def passthrough(image: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Variables without an energy dim (truth maps, masks), carried along unchanged."""
+    return {name: var for name, var in image.data_vars.items() if ENERGY not in var.dims}
+
+
+class AlignParams(_Params):
+    variable: str = Field("counts", description="spectra variable to align")
+
+
+@register_op("eels.align_zlp", params=AlignParams, inputs=("image",))
+def align_zlp(params: AlignParams, image: xr.Dataset) -> xr.Dataset:
+    """Shift every spectrum so its zero-loss peak maximum sits at 0 eV (subpixel, parabola fit).
+
+    Output: the aligned spectra (same name, same energy grid; channels shifted in from outside
+    the window are 0) and `zlp_shift`, the energy each spectrum was moved by (eV).
+    """
+    spectra = spectra_of(image, params.variable)
+    energy = energy_axis(image)
+    aligned, shift = xr.apply_ufunc(
+        kernels.align_zlp, spectra, kwargs={"energy": energy},
+        input_core_dims=[[ENERGY]], output_core_dims=[[ENERGY], []],
+        dask="parallelized", output_dtypes=[spectra.dtype, np.float32],
+    )
+    aligned.attrs = dict(spectra.attrs)
+    shift.attrs = {"units": "eV", "long_name": "ZLP shift applied"}
+    return xr.Dataset({**passthrough(image), params.variable: aligned, "zlp_shift": shift},
+                      attrs=dict(image.attrs))
+
+
+class ThicknessParams(_Params):
+    variable: str = Field("counts", description="spectra variable")
+    zlp_end: Literal["first_minimum", "threshold"] = Field(
+        "first_minimum", description="where the ZLP integral stops: the first minimum after the "
+        "peak, or a fixed energy")
+    threshold_ev: float | None = Field(None, description="ZLP upper limit when zlp_end=threshold")
+    mean_free_path_nm: float | None = Field(
+        None, gt=0, description="inelastic mean free path; adds absolute thickness in nm")
+
+
+@register_op("eels.thickness", params=ThicknessParams, inputs=("image",))
+def thickness(params: ThicknessParams, image: xr.Dataset) -> xr.Dataset:
+    """Log-ratio relative thickness t/lambda = ln(I_total / I_ZLP) per pixel.
+
+    With `mean_free_path_nm`, also the absolute thickness t = (t/lambda) * lambda in nm.
+    """
+    spectra = spectra_of(image, params.variable)
+    energy = energy_axis(image)
+    if params.zlp_end == "threshold":
+        if params.threshold_ev is None:
+            raise OpError("zlp_end: threshold needs threshold_ev (the ZLP's upper limit in eV)")
+        if not 0 < params.threshold_ev < energy[-1]:
+            raise OpError(f"threshold_ev={params.threshold_ev} eV is outside the loss side of the "
+                          f"data (0 to {energy[-1]:.3g} eV)")
+    elif params.threshold_ev is not None:
+        raise OpError("threshold_ev is only used with zlp_end: threshold")
+    t_over_lambda = xr.apply_ufunc(
+        kernels.log_ratio_thickness, spectra,
+        kwargs={"energy": energy, "method": params.zlp_end, "threshold_ev": params.threshold_ev},
+        input_core_dims=[[ENERGY]], dask="parallelized", output_dtypes=[np.float32],
+    )
+    t_over_lambda.attrs = {"units": "1", "long_name": "relative thickness t/lambda (log-ratio)"}
+    result = {"t_over_lambda": t_over_lambda}
+    if params.mean_free_path_nm is not None:
+        absolute = (t_over_lambda * np.float32(params.mean_free_path_nm)).astype(np.float32)
+        absolute.attrs = {"units": "nm", "long_name": "absolute thickness",
+                          "mean_free_path_nm": params.mean_free_path_nm}
+        result["thickness_nm"] = absolute
+    return xr.Dataset(result, attrs=dict(image.attrs))

@@ -1,0 +1,276 @@
+"""Recipe schema and safe loading.
+
+A recipe is data: it is parsed with YAML's safe constructors only (a `!!python/...` tag is an
+error, not an object), its structure is checked by pydantic models that forbid unknown keys, and
+every problem is reported with the file, line and key it came from. Line numbers come from
+composing the YAML node tree once; the data itself comes from ruamel's safe loader.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import Problem, RecipeError, did_you_mean
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+ZONES = ("raw", "derived", "models", "reports")
+MAX_YAML_NODES = 200_000  # far above any real recipe; stops alias "billion laughs" documents
+STANDARD_TAGS = {
+    "tag:yaml.org,2002:" + t
+    for t in ("map", "seq", "str", "int", "float", "bool", "null", "timestamp")
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Source(_Model):
+    """An input: one entry of a catalog, optionally rechunked when opened."""
+
+    catalog: str = Field(description="stem of a file in catalogs/, or 'lake' for the lake's own catalog")
+    entry: str = Field(description="entry name in that catalog")
+    chunks: dict[str, int] | None = Field(None, description="dask chunk sizes per dim at open time")
+
+
+class Step(_Model):
+    """One op applied to named inputs with params."""
+
+    id: str = Field(pattern=NAME_PATTERN, description="unique name of this step's result")
+    op: str = Field(description="registered op name, see `replicalake ops`")
+    inputs: dict[str, str] = Field(default_factory=dict, description="op input name -> source or step id")
+    params: dict[str, Any] = Field(default_factory=dict, description="op params, checked by the op's model")
+
+
+class Plot(_Model):
+    """A PNG picture of one output variable, written to reports/ after publishing."""
+
+    variable: str
+    kind: Literal["map", "line"] = "map"
+    title: str | None = None
+    cmap: str = "viridis"
+
+
+class Output(_Model):
+    """A step result that is written to the lake."""
+
+    zone: Literal["derived", "models"] = "derived"
+    name: str | None = Field(None, description="lake name inside the zone; default RECIPE/STEP")
+    plots: list[Plot] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _relative_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = value.split("/")
+            if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                raise ValueError(f"must be a relative name inside the zone, found {value!r}")
+        return value
+
+
+class Schedule(_Model):
+    """When `replicalake schedule` should run the recipe: a cron expression or an interval."""
+
+    cron: str | None = None
+    interval: float | None = Field(None, gt=0, description="seconds between runs")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Schedule:
+        if (self.cron is None) == (self.interval is None):
+            raise ValueError("give exactly one of 'cron' or 'interval'")
+        return self
+
+
+class Recipe(_Model):
+    """A declarative analysis: sources, steps, outputs and an optional schedule."""
+
+    version: Literal[1] = 1
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    sources: dict[str, Source] = Field(default_factory=dict)
+    steps: list[Step] = Field(default_factory=list)
+    outputs: dict[str, Output] = Field(default_factory=dict)
+    schedule: Schedule | None = None
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, Source]) -> dict[str, Source]:
+        for name in value:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"source name {name!r} must match {NAME_PATTERN}")
+        return value
+
+
+class LineMap(dict):
+    """Key path (e.g. ('steps', 2, 'params', 'k')) -> 1-based line in one YAML file."""
+
+    def __init__(self, path: str, lines: dict[tuple, int] | None = None):
+        super().__init__(lines or {})
+        self.path = path
+
+    def line_of(self, *loc: Any) -> int | None:
+        """Line of the deepest known node on the path `loc`."""
+        loc = tuple(loc)
+        while loc and loc not in self:
+            loc = loc[:-1]
+        return self.get(loc)
+
+    def problem(self, message: str, *loc: Any) -> Problem:
+        return Problem(message, self.path, self.line_of(*loc), _dotted(loc))
+
+
+class LoadedRecipe:
+    """A validated recipe plus where it came from, so later phases can point at lines."""
+
+    def __init__(self, recipe: Recipe, lines: LineMap, text: str):
+        self.recipe = recipe
+        self.lines = lines
+        self.path = lines.path
+        self.text = text
+
+    def problem(self, message: str, *loc: Any) -> Problem:
+        return self.lines.problem(message, *loc)
+
+
+def _dotted(loc: tuple) -> str | None:
+    if not loc:
+        return None
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _line_map(node: Node, path: str) -> LineMap:
+    """Map every key path of a composed YAML tree to its 1-based line, refusing foreign tags."""
+    lines = LineMap(path)
+    budget = [MAX_YAML_NODES]
+
+    def walk(current: Node, loc: tuple) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise RecipeError(
+                [Problem(f"YAML expands to more than {MAX_YAML_NODES} nodes (anchors/aliases?); "
+                         "expected a recipe of ordinary size", path, current.start_mark.line + 1)],
+                "YAML",
+            )
+        if current.tag not in STANDARD_TAGS:
+            raise RecipeError(
+                [Problem(f"YAML tag {current.tag!r} is not allowed: recipes are plain data "
+                         "(maps, lists, strings, numbers, booleans)", path,
+                         current.start_mark.line + 1, _dotted(loc))],
+                "YAML",
+            )
+        lines.setdefault(loc, current.start_mark.line + 1)
+        if isinstance(current, MappingNode):
+            for key_node, value_node in current.value:
+                key = key_node.value if isinstance(key_node, ScalarNode) else str(key_node)
+                lines[loc + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, loc + (key,))
+        elif isinstance(current, SequenceNode):
+            for index, item in enumerate(current.value):
+                walk(item, loc + (index,))
+
+    walk(node, ())
+    return lines
+
+
+def parse_yaml(text: str, path: str) -> tuple[Any, LineMap]:
+    """Safely parse YAML text; return (data, line map). Raises RecipeError naming the line."""
+    yaml = YAML(typ="safe", pure=True)
+    try:
+        node = yaml.compose(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise RecipeError([Problem(f"not valid YAML: {exc.problem or exc}", path, line)], "YAML") from None
+    except YAMLError as exc:
+        raise RecipeError([Problem(f"not valid YAML: {exc}", path)], "YAML") from None
+    if node is None:
+        raise RecipeError([Problem("the file is empty; expected a recipe mapping", path, 1)], "YAML")
+    lines = _line_map(node, path)
+    data = YAML(typ="safe", pure=True).load(text)
+    return data, lines
+
+
+def _expected_and_found(error: dict) -> str:
+    found = error.get("input")
+    found_text = json.dumps(found, default=str) if not isinstance(found, dict) else "a mapping"
+    if len(found_text) > 60:
+        found_text = found_text[:57] + "..."
+    if error["type"] == "extra_forbidden":
+        return f"unknown key (found {found_text})"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return f"{error['msg']} (found {found_text})"
+
+
+def validation_problems(
+    exc: ValidationError, lines: LineMap, prefix: tuple = (),
+    allowed: dict[tuple, list[str]] | None = None,
+) -> list[Problem]:
+    """Turn pydantic errors into Problems with file, line, key and a 'did you mean' for typos."""
+    problems = []
+    for error in exc.errors():
+        loc = prefix + tuple(p for p in error["loc"] if not str(p).startswith("function-after"))
+        message = _expected_and_found(error)
+        if error["type"] == "extra_forbidden" and allowed is not None:
+            choices = allowed.get(loc[:-1], [])
+            message += did_you_mean(str(loc[-1]), choices)
+            if choices:
+                message += f"; allowed: {', '.join(choices)}"
+        problems.append(lines.problem(message, *loc))
+    return problems
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def load_recipe(path: str | Path) -> LoadedRecipe:
+    """Read and structurally validate a recipe file. Raises RecipeError with every problem."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError([Problem("no such recipe file", path)], "the recipe file") from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise RecipeError([Problem(f"cannot read as UTF-8 text: {exc}", path)], "the recipe file") from None
+    return load_recipe_text(text, path)
+
+
+def load_recipe_text(text: str, path: str = "<recipe>") -> LoadedRecipe:
+    data, lines = parse_yaml(text, path)
+    if not isinstance(data, dict):
+        found = type(data).__name__
+        raise RecipeError([Problem(f"expected a mapping with sources/steps/outputs, found a {found}",
+                                   path, 1)], "structure")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        allowed = {(): _allowed_keys(Recipe)}
+        for name in data.get("sources") or {}:
+            allowed[("sources", name)] = _allowed_keys(Source)
+        for index in range(len(data.get("steps") or [])):
+            allowed[("steps", index)] = _allowed_keys(Step)
+        for name in data.get("outputs") or {}:
+            allowed[("outputs", name)] = _allowed_keys(Output)
+        allowed[("schedule",)] = _allowed_keys(Schedule)
+        raise RecipeError(validation_problems(exc, lines, allowed=allowed), "structure") from None
+    return LoadedRecipe(recipe, lines, text)
+
+
+def recipe_json_schema() -> dict:
+    """JSON Schema of recipes, for editor completion (`replicalake schema`)."""
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ReplicaLake recipe"
+    return schema
