@@ -1,0 +1,58 @@
+"""Shared fixtures: a fresh lake per test, recipe files written from text, the shared data folder."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.storage import Lake
+from engine.testing import put_in_lake, ramp_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture
+def lake(tmp_path, monkeypatch) -> Lake:
+    """An empty lake in a temp folder; also the default for code that reads the environment."""
+    root = tmp_path / "lake"
+    monkeypatch.setenv("REPLICALAKE_LAKE", str(root))
+    monkeypatch.setenv("REPLICALAKE_CATALOGS", str(REPO / "catalogs"))
+    return Lake(str(root))
+
+
+@pytest.fixture
+def ramp_lake(lake) -> Lake:
+    """A lake holding raw/ramp: a[y, x] = 10 y + x on an 8 x 6 grid."""
+    put_in_lake(lake, "ramp", ramp_dataset())
+    return lake
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """Write dedented YAML text to a recipe file and return its path."""
+
+    def write(text: str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    return write
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED / "data"
+
+
+def lake_files(lake: Lake) -> set[str]:
+    """Every file under the lake root except the catalog lock (for 'nothing was written' checks)."""
+    root = Path(lake.root)
+    if not root.exists():
+        return set()
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+            and p.name != ".catalog.lock"}
