@@ -63,7 +63,7 @@ def _problem(lines: LineMap, message: str, *loc: Any) -> Problem:
 
 def parse_catalog(text: str, path: str, name: str, substitutions: dict[str, str]) -> Catalog:
     """Parse an Intake 2 catalog text into entries with resolved URLs."""
-    data, lines = parse_yaml(text, path)
+    data, lines = parse_yaml(text, path, CatalogError)
     problems: list[Problem] = []
     if not isinstance(data, dict) or data.get("version") != 2:
         found = data.get("version") if isinstance(data, dict) else type(data).__name__

@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import Problem, RecipeError, did_you_mean
+from .errors import Problem, ProblemsError, RecipeError, did_you_mean
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 ZONES = ("raw", "derived", "models", "reports")
@@ -149,7 +149,7 @@ def _dotted(loc: tuple) -> str | None:
     return text
 
 
-def _line_map(node: Node, path: str) -> LineMap:
+def _line_map(node: Node, path: str, error: type[ProblemsError]) -> LineMap:
     """Map every key path of a composed YAML tree to its 1-based line, refusing foreign tags."""
     lines = LineMap(path)
     budget = [MAX_YAML_NODES]
@@ -157,14 +157,14 @@ def _line_map(node: Node, path: str) -> LineMap:
     def walk(current: Node, loc: tuple) -> None:
         budget[0] -= 1
         if budget[0] < 0:
-            raise RecipeError(
+            raise error(
                 [Problem(f"YAML expands to more than {MAX_YAML_NODES} nodes (anchors/aliases?); "
                          "expected a recipe of ordinary size", path, current.start_mark.line + 1)],
                 "YAML",
             )
         if current.tag not in STANDARD_TAGS:
-            raise RecipeError(
-                [Problem(f"YAML tag {current.tag!r} is not allowed: recipes are plain data "
+            raise error(
+                [Problem(f"YAML tag {current.tag!r} is not allowed: this file is plain data "
                          "(maps, lists, strings, numbers, booleans)", path,
                          current.start_mark.line + 1, _dotted(loc))],
                 "YAML",
@@ -183,20 +183,21 @@ def _line_map(node: Node, path: str) -> LineMap:
     return lines
 
 
-def parse_yaml(text: str, path: str) -> tuple[Any, LineMap]:
-    """Safely parse YAML text; return (data, line map). Raises RecipeError naming the line."""
+def parse_yaml(text: str, path: str,
+               error: type[ProblemsError] = RecipeError) -> tuple[Any, LineMap]:
+    """Safely parse YAML text; return (data, line map). Raises `error` naming the line."""
     yaml = YAML(typ="safe", pure=True)
     try:
         node = yaml.compose(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise RecipeError([Problem(f"not valid YAML: {exc.problem or exc}", path, line)], "YAML") from None
+        raise error([Problem(f"not valid YAML: {exc.problem or exc}", path, line)], "YAML") from None
     except YAMLError as exc:
-        raise RecipeError([Problem(f"not valid YAML: {exc}", path)], "YAML") from None
+        raise error([Problem(f"not valid YAML: {exc}", path)], "YAML") from None
     if node is None:
-        raise RecipeError([Problem("the file is empty; expected a recipe mapping", path, 1)], "YAML")
-    lines = _line_map(node, path)
+        raise error([Problem("the file is empty; expected a mapping", path, 1)], "YAML")
+    lines = _line_map(node, path, error)
     data = YAML(typ="safe", pure=True).load(text)
     return data, lines
 

@@ -94,7 +94,7 @@ def test_alias_bomb_is_refused_quickly():
 
 
 def test_empty_file():
-    with pytest.raises(RecipeError, match="the file is empty"):
+    with pytest.raises(RecipeError, match="the file is empty; expected a mapping"):
         load_recipe_text("", "empty.yaml")
 
 

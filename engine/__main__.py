@@ -1,0 +1,5 @@
+"""`python -m engine` is the `replicalake` command."""
+
+from .cli import main
+
+main()
