@@ -114,7 +114,9 @@ INITIALISERS = {"glorot_normal": _glorot_normal, "uniform": _uniform}
 
 @dataclass(frozen=True)
 class Positivity:
-    """Smooth output constraint offset + scale * y > 0, via y = (softplus(offset + scale*raw) - offset) / scale.
+    """Smooth output constraint offset + scale * y > 0.
+
+    y = (softplus(offset + scale * raw) - offset) / scale, so offset + scale * y = softplus(...).
 
     Why smooth: a ReLU-type constraint has zero gradient on its dead side, so whole networks stop
     learning (ML4EFT's dead replicas). Softplus keeps a gradient everywhere and is the identity far
@@ -133,7 +135,7 @@ class Positivity:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run."""
+    """'auto' picks CUDA when present; asking for CUDA without one is an error, not a CPU run."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -189,11 +191,12 @@ class EnsembleMLP(torch.nn.Module):
         self.init = init
         self._initialiser = lookup(INITIALISERS, init, "initialiser")
         self.input_transform = input_transform
-        self._input_fn = input_transform and lookup(INPUT_TRANSFORMS, input_transform, "input transform")
         self.output_transform = output_transform
-        self._output_fn = output_transform and lookup(
-            OUTPUT_TRANSFORMS, output_transform, "output transform"
-        )
+        self._input_fn = self._output_fn = None
+        if input_transform:
+            self._input_fn = lookup(INPUT_TRANSFORMS, input_transform, "input transform")
+        if output_transform:
+            self._output_fn = lookup(OUTPUT_TRANSFORMS, output_transform, "output transform")
         self.positivity = positivity
         self.replica_ids = ids
         self.generation = np.zeros(n_replicas, np.int64)
@@ -210,7 +213,10 @@ class EnsembleMLP(torch.nn.Module):
         for name, value in (replica_params or {}).items():
             value = torch.as_tensor(value, dtype=dtype, device=device).clone()
             if value.dim() == 0 or value.shape[0] != n_replicas:
-                raise ValueError(f"replica param {name!r} needs leading dim {n_replicas}, got {tuple(value.shape)}")
+                raise ValueError(
+                    f"replica param {name!r} needs leading dim {n_replicas}, "
+                    f"got shape {tuple(value.shape)}"
+                )
             if name in self.trainable_params:
                 self.register_parameter(f"param_{name}", torch.nn.Parameter(value))
             else:
@@ -302,7 +308,7 @@ class EnsembleMLP(torch.nn.Module):
         }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Weights (R, in, out), biases (R, 1, out), replica params, ids and generations as numpy."""
+        """Weights (R, in, out), biases (R, 1, out), replica params, ids, generations (numpy)."""
         out = {}
         for k, (w, b) in enumerate(self.layers()):
             out[f"weight_{k}"] = w.detach().cpu().numpy().copy()
@@ -323,7 +329,8 @@ class EnsembleMLP(torch.nn.Module):
             for key, shape in ((f"weight_{k}", (i, o)), (f"bias_{k}", (1, o))):
                 a = np.asarray(arrays[key])
                 if a.shape != (self.n_replicas, *shape):
-                    raise ValueError(f"{key} has shape {a.shape}, expected {(self.n_replicas, *shape)}")
+                    expected = (self.n_replicas, *shape)
+                    raise ValueError(f"{key} has shape {a.shape}, expected {expected}")
                 rows.append(a.reshape(self.n_replicas, -1))
         self.flat.copy_(torch.as_tensor(np.concatenate(rows, axis=1), dtype=self.dtype))
         for name, value in self.replica_params.items():

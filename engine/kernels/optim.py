@@ -136,7 +136,7 @@ class Adam(ReplicaOptimiser):
 
 
 class NAdam(Adam):
-    """Adam with Nesterov momentum and Dozat's momentum schedule (torch.optim.NAdam, Keras Nadam)."""
+    """Adam with Nesterov momentum and Dozat's schedule (as torch.optim.NAdam and Keras Nadam)."""
 
     def __init__(self, params, config):
         super().__init__(params, config)

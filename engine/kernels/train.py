@@ -226,7 +226,8 @@ def select_replicas(
             )
         elif not best_train[k] <= cut:
             reasons.append(
-                f"chi2 outlier (training {best_train[k]:.4g} > median + {n_sigma:g} sigma = {cut:.4g})"
+                f"chi2 outlier (training {best_train[k]:.4g} > median + {n_sigma:g} sigma "
+                f"= {cut:.4g})"
             )
         else:
             kept[k] = True
@@ -337,7 +338,8 @@ class _Fit:
         out.update({f"model.{k}": v for k, v in self.model.to_arrays().items()})
         out.update({f"optimiser.{k}": v for k, v in self.opt.state_arrays().items()})
         out.update({f"best.{i}": b.cpu().numpy().copy() for i, b in enumerate(self.best)})
-        out.update({f"tracker.{f.name}": getattr(self.track, f.name).copy() for f in fields(_Tracker)})
+        for f in fields(_Tracker):
+            out[f"tracker.{f.name}"] = getattr(self.track, f.name).copy()
         out.update({f"history.{k}": v for k, v in self._history().__dict__.items()})
         return out
 
@@ -424,14 +426,16 @@ def train_ensemble(
         raise ValueError("n_epochs must be >= 0 and validation_every > 0")
     if checkpoint_every is not None and (checkpoint_every <= 0 or on_checkpoint is None):
         raise ValueError("checkpoint_every needs a positive value and an on_checkpoint callback")
-    fit = _Fit(model, loss_fn, n_epochs, optimiser or OptimiserConfig(), stopping or StoppingConfig(),
-               validation_every)
+    optimiser = optimiser or OptimiserConfig()
+    fit = _Fit(model, loss_fn, n_epochs, optimiser, stopping or StoppingConfig(), validation_every)
     start = fit.restore(resume_from) if resume_from is not None else 0
     active = torch.as_tensor(~fit.track.frozen, device=model.device)
     for epoch in range(start, n_epochs):
         check = epoch % validation_every == 0
         train, val = loss_fn(model, check)
-        grads = torch.autograd.grad(train.sum(), fit.params, allow_unused=True, materialize_grads=True)
+        grads = torch.autograd.grad(
+            train.sum(), fit.params, allow_unused=True, materialize_grads=True
+        )
         step_mask = active
         if check:
             reinit = fit.check(epoch, train, val, final=False)
