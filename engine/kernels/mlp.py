@@ -10,6 +10,12 @@ All weights live in one flat (R, P) parameter and the per-layer tensors are view
 element-wise optimiser, per-replica clipping, re-initialisation and checkpointing each touch one
 tensor instead of one per layer (fewer kernel launches per step for small networks).
 
+Measured on our CPU (one thread, R=100, 1000 points), two choices below matter more than anything
+else: activations are computed feature-major, (R, features, points), which makes the batched
+matmuls 2-6x faster than points-major for these skinny layers; and CPU tanh is computed as
+2 sigmoid(2z) - 1, 3-4x faster than torch.tanh there (torch's CPU tanh is ~10x slower than its
+sigmoid). The public interface stays points-major: forward returns a (R, B, out) view.
+
 Why initialisation is keyed by (seed, replica id, generation): replica r of a 1000-replica ensemble
 must be reproducible alone (a single-replica model built with `replica_ids=[r]`) and must not
 depend on how many replicas are trained beside it or in which chunk. The generation counter makes a
@@ -33,9 +39,35 @@ Tensor = torch.Tensor
 InputTransform = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
 OutputTransform = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
 
+
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh(z) = 2 sigmoid(2z) - 1, in place on z; backward from the output (1 - y^2).
+
+    Absolute error ~1 ulp of 1 (float32: 1e-7), which no network notices.
+    """
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.mark_dirty(z)
+        y = z.mul_(2).sigmoid_().mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def _tanh(z: Tensor) -> Tensor:
+    """torch.tanh where it is fast (GPU); the sigmoid form on CPU (see the module docstring)."""
+    return torch.tanh(z) if z.is_cuda else _SigmoidTanh.apply(z)
+
+
+# Activations receive a fresh matmul output and may overwrite it (tanh on CPU does).
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "linear": lambda z: z,
-    "tanh": torch.tanh,
+    "tanh": _tanh,
     "sigmoid": torch.sigmoid,
     "relu": torch.relu,
     "softplus": F.softplus,
@@ -98,13 +130,13 @@ def _pdf_preprocessing(x: Tensor, out: Tensor, params: Mapping[str, Tensor]) -> 
 
 
 def _glorot_normal(rng: np.random.Generator, fan_in: int, fan_out: int):
-    """Keeps activation variance O(1) through tanh/sigmoid layers; zero biases (n3fit's choice)."""
+    """Keeps activation variance O(1) through tanh/sigmoid layers; zero biases."""
     std = np.sqrt(2.0 / (fan_in + fan_out))
     return rng.normal(0.0, std, (fan_in, fan_out)), np.zeros(fan_out)
 
 
 def _uniform(rng: np.random.Generator, fan_in: int, fan_out: int):
-    """torch.nn.Linear's default U(+-1/sqrt(fan_in)) on weights and biases (EELSfitter's nets)."""
+    """torch.nn.Linear's default, U(+-1/sqrt(fan_in)) on weights and biases."""
     bound = 1.0 / np.sqrt(fan_in)
     return rng.uniform(-bound, bound, (fan_in, fan_out)), rng.uniform(-bound, bound, fan_out)
 
@@ -147,8 +179,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
 class EnsembleMLP(torch.nn.Module):
     """R independent MLPs with stacked weights; `forward(x)` returns (R, B, n_out).
 
-    x is (B, in), shared by all replicas, or (R, B, in), one input set per replica. Order of the
-    computation: input_transform(x) -> layers -> output_transform(x, out) -> positivity. Replica
+    x is (B, in), shared by all replicas, or (R, B, in), one input set per replica; the output is
+    a (R, B, n_out) view of feature-major storage (call .contiguous() if you need a copy). Order of
+    the computation: input_transform(x) -> layers -> output_transform(x, out) -> positivity. Replica
     params (e.g. PDF preprocessing exponents alpha, beta) are per-replica arrays with leading dim R;
     those named in `trainable_params` are optimised with the weights.
     """
@@ -182,8 +215,10 @@ class EnsembleMLP(torch.nn.Module):
         if not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         ids = np.arange(n_replicas) if replica_ids is None else np.asarray(replica_ids, np.int64)
-        if ids.shape != (n_replicas,):
-            raise ValueError(f"replica_ids must hold n_replicas={n_replicas} ids, got {ids.shape}")
+        if ids.shape != (n_replicas,) or ids.min() < 0:
+            raise ValueError(
+                f"replica_ids must hold n_replicas={n_replicas} non-negative ids, got {ids}"
+            )
         self.sizes = [int(s) for s in sizes]
         self.activations = list(activations)
         self._acts = [lookup(ACTIVATIONS, a, "activation") for a in self.activations]
@@ -243,14 +278,39 @@ class EnsembleMLP(torch.nn.Module):
     def replica_params(self) -> dict[str, Tensor]:
         return {n: getattr(self, f"param_{n}") for n in self._param_names}
 
-    def layers(self) -> list[tuple[Tensor, Tensor]]:
-        """(W (R, in, out), b (R, 1, out)) per layer, as views of the flat parameter."""
-        r = self.n_replicas
-        parts = self.flat.split(self._chunks, dim=1)
+    def _transposed_layers(self, flat: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """(W^T (r, out, in), b (r, out, 1)) per layer: views of `flat` (r, P)."""
+        r = flat.shape[0]
+        parts = flat.split(self._chunks, dim=1)
         return [
-            (parts[2 * k].view(r, i, o), parts[2 * k + 1].view(r, 1, o))
+            (parts[2 * k].view(r, o, i), parts[2 * k + 1].view(r, o, 1))
             for k, (i, o) in enumerate(self._shapes)
         ]
+
+    def layers(self) -> list[tuple[Tensor, Tensor]]:
+        """(W (R, in, out), b (R, 1, out)) per layer, as views of the flat parameter."""
+        layers = self._transposed_layers(self.flat)
+        return [(wt.transpose(1, 2), b.transpose(1, 2)) for wt, b in layers]
+
+    def _replica_chunk(self, n_points: int) -> int:
+        """Replicas per pass so the widest activation stays ~2 MiB (CPU); all at once on GPU.
+
+        Measured on our CPU (R=100 and 1000, 1000 points): small buffers are recycled by malloc
+        instead of being mapped and page-faulted afresh every step, and stay in cache: 1.3x
+        faster at R=100 and 2.3x at R=1000 than one pass over all replicas.
+        """
+        if self.device.type != "cpu":
+            return self.n_replicas
+        per_replica = n_points * max(self.sizes) * self.flat.element_size()
+        return max(1, (2 << 20) // per_replica)
+
+    def _core(self, h: Tensor, flat: Tensor) -> Tensor:
+        """Stacked layers on feature-major h, (in, B) shared or (r, in, B), to (r, out, B)."""
+        if h.dim() == 2:
+            h = h.expand(flat.shape[0], *h.shape)
+        for (wt, b), act in zip(self._transposed_layers(flat), self._acts):
+            h = act(torch.baddbmm(b, wt, h))
+        return h
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() not in (2, 3) or (x.dim() == 3 and x.shape[0] != self.n_replicas):
@@ -261,10 +321,12 @@ class EnsembleMLP(torch.nn.Module):
         h = self._input_fn(x, params) if self._input_fn else x
         if h.shape[-1] != self.sizes[0]:
             raise ValueError(f"network expects {self.sizes[0]} input features, got {h.shape[-1]}")
-        if h.dim() == 2:
-            h = h.expand(self.n_replicas, *h.shape)
-        for (w, b), act in zip(self.layers(), self._acts):
-            h = act(torch.baddbmm(b, h, w))
+        h = h.transpose(-1, -2).contiguous()
+        size = self._replica_chunk(h.shape[-1])
+        flats = self.flat.split(size)
+        hs = [h] * len(flats) if h.dim() == 2 else h.split(size)
+        outs = [self._core(hc, fc) for hc, fc in zip(hs, flats)]
+        h = (outs[0] if len(outs) == 1 else torch.cat(outs)).transpose(1, 2)
         if self._output_fn:
             h = self._output_fn(x, h, params)
         return self.positivity(h) if self.positivity else h
@@ -274,7 +336,7 @@ class EnsembleMLP(torch.nn.Module):
         parts = []
         for fan_in, fan_out in self._shapes:
             w, b = self._initialiser(rng, fan_in, fan_out)
-            parts += [w.ravel(), b]
+            parts += [w.T.ravel(), b]
         return np.concatenate(parts)
 
     @torch.no_grad()
@@ -331,7 +393,7 @@ class EnsembleMLP(torch.nn.Module):
                 if a.shape != (self.n_replicas, *shape):
                     expected = (self.n_replicas, *shape)
                     raise ValueError(f"{key} has shape {a.shape}, expected {expected}")
-                rows.append(a.reshape(self.n_replicas, -1))
+                rows.append(a.swapaxes(1, 2).reshape(self.n_replicas, -1))
         self.flat.copy_(torch.as_tensor(np.concatenate(rows, axis=1), dtype=self.dtype))
         for name, value in self.replica_params.items():
             value.copy_(torch.as_tensor(np.asarray(arrays[f"param_{name}"]), dtype=self.dtype))

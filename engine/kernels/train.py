@@ -93,6 +93,7 @@ class Chi2Loss:
         device = resolve_device(device)
         order = np.argsort(~mask, axis=1, kind="stable")
         self.predict = predict
+        self._shape = (r, n)
         self._sets = []
         for idx in (order[:, : counts[0]], order[:, counts[0] :]):
             if idx.shape[1] == 0:
@@ -123,6 +124,8 @@ class Chi2Loss:
 
     def __call__(self, model: EnsembleMLP, validate: bool) -> tuple[Tensor, Tensor | None]:
         pred = self.predict(model)
+        if pred.shape != self._shape:
+            raise ValueError(f"predict returned shape {tuple(pred.shape)}, expected {self._shape}")
         train = self._chi2(pred, self._sets[0])
         if not validate:
             return train, None
@@ -144,7 +147,7 @@ class StoppingConfig:
     dead: re-initialised if it never reached the threshold (at most max_reinits times, then
     frozen and dropped), frozen with its best weights if it did. None disables the check.
     outlier_sigma: drop replicas whose best training loss exceeds median + this many standard
-    deviations of the kept replicas' losses.
+    deviations of the losses of the replicas that reached the threshold.
     """
 
     threshold: float = 10.0
@@ -153,6 +156,14 @@ class StoppingConfig:
     stagnation_tol: float = 1e-6
     max_reinits: int = 3
     outlier_sigma: float = 4.0
+
+    def __post_init__(self):
+        for name in ("patience", "stagnation_epochs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, got {value}")
+        if self.stagnation_tol < 0 or self.max_reinits < 0 or self.outlier_sigma <= 0:
+            raise ValueError("stagnation_tol and max_reinits must be >= 0, outlier_sigma > 0")
 
 
 @dataclass(frozen=True)
@@ -270,13 +281,11 @@ class _Tracker:
 class _Fit:
     """The mutable state of one training run, with the check-epoch logic and (re)storing."""
 
-    def __init__(self, model, loss_fn, n_epochs, optimiser, stopping, validation_every):
+    def __init__(self, model, n_epochs, optimiser, stopping):
         self.model = model
-        self.loss_fn = loss_fn
         self.n_epochs = n_epochs
         self.stopping = stopping
         self.patience = stopping.patience or max(1, n_epochs // 10)
-        self.every = validation_every
         self.params = list(model.parameters())
         self.opt = make_optimiser(self.params, optimiser)
         self.clip = optimiser.clip_norm
@@ -427,12 +436,13 @@ def train_ensemble(
     if checkpoint_every is not None and (checkpoint_every <= 0 or on_checkpoint is None):
         raise ValueError("checkpoint_every needs a positive value and an on_checkpoint callback")
     optimiser = optimiser or OptimiserConfig()
-    fit = _Fit(model, loss_fn, n_epochs, optimiser, stopping or StoppingConfig(), validation_every)
+    fit = _Fit(model, n_epochs, optimiser, stopping or StoppingConfig())
     start = fit.restore(resume_from) if resume_from is not None else 0
     active = torch.as_tensor(~fit.track.frozen, device=model.device)
     for epoch in range(start, n_epochs):
         check = epoch % validation_every == 0
         train, val = loss_fn(model, check)
+        # gradients first: a check may re-initialise weights in place, which autograd forbids
         grads = torch.autograd.grad(
             train.sum(), fit.params, allow_unused=True, materialize_grads=True
         )

@@ -48,7 +48,8 @@ def batched(sizes, acts, n_replicas: int, steps: int) -> float:
     xt = torch.as_tensor(x, dtype=torch.float32)
     loss = Chi2Loss(lambda m: m(xt).mean(-1), data, np.diag(sigma**2), masks)
     start = time.perf_counter()
-    train_ensemble(model, loss, steps, stopping=NO_STOPPING, validation_every=10)
+    adam = OptimiserConfig("adam", lr=1e-3)
+    train_ensemble(model, loss, steps, optimiser=adam, stopping=NO_STOPPING, validation_every=10)
     return time.perf_counter() - start
 
 

@@ -1,0 +1,111 @@
+"""EELS ops on a known-truth synthetic image: lazy, correct, and clear about bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import engine
+from engine.errors import RecipeError
+from engine.ingest.synthetic_eels import ingest_synthetic_eels
+from engine.ops.eels import AlignParams, ThicknessParams, align_zlp, thickness
+from engine.testing import raise_if_computes
+from tests.conftest import REPO, lake_files
+
+
+@pytest.fixture(scope="module")
+def image_lake(tmp_path_factory):
+    from engine.storage import Lake
+
+    lake = Lake(str(tmp_path_factory.mktemp("eels") / "lake"))
+    ingest_synthetic_eels(lake, "img", (48, 40, 2048), seed=11, chunks=(16, 16), progress=False)
+    return lake
+
+
+@pytest.fixture
+def image(image_lake) -> xr.Dataset:
+    return image_lake.open("raw", "img")
+
+
+def test_ops_are_lazy(image):
+    with raise_if_computes():
+        aligned = align_zlp(AlignParams(), image)
+        result = thickness(ThicknessParams(mean_free_path_nm=100.0), aligned)
+    assert result["t_over_lambda"].dims == ("y", "x")
+    assert result["t_over_lambda"].chunks == ((16, 16, 16), (16, 16, 8))
+
+
+def test_alignment_recovers_the_drift(image):
+    aligned = align_zlp(AlignParams(), image).compute()
+    # The generator moved each spectrum by +drift; alignment must move it back by -drift.
+    error = aligned["zlp_shift"].values + image["drift"].values
+    dispersion = float(image["energy"][1] - image["energy"][0])
+    # The ZLP is asymmetric, so the parabola through the smoothed top sits ~0.5 channel on the
+    # loss side of the true maximum for every pixel; noise on thick pixels (N e^-tau ~ 2e5)
+    # spreads it. What alignment needs is a small spread: every pixel moved alike.
+    assert abs(error.mean()) < 0.7 * dispersion
+    assert error.std() < 0.15 * dispersion
+    assert np.abs(error - error.mean()).max() < dispersion
+    assert "tau" in aligned  # truth maps ride along
+
+
+def test_thickness_matches_the_windowed_truth(image):
+    result = thickness(ThicknessParams(mean_free_path_nm=120.0), align_zlp(AlignParams(), image))
+    t = result["t_over_lambda"].values
+    truth = image["windowed_log_ratio"].values
+    # First-minimum ZLP limit on noisy counts, tau 0.1 ... 1.9: median error 8e-4, 99% of
+    # pixels within 0.023. The worst (0.045) are thick flakes with a direct gap near 1 eV
+    # (b = 0.5): the onset hides the first minimum, a limit of log-ratio itself.
+    error = np.abs(t - truth)
+    assert np.median(error) < 0.002 and np.percentile(error, 99) < 0.03 and error.max() < 0.06
+    easy = image["e_g"].values > 1.5
+    assert error[easy].max() < 0.02
+    assert image["tau"].values.max() > 1.2  # the test covers thick regions too
+    np.testing.assert_allclose(result["thickness_nm"].values, 120.0 * t, rtol=1e-6)
+    assert result["thickness_nm"].attrs["units"] == "nm"
+
+
+def test_threshold_method(image):
+    result = thickness(ThicknessParams(zlp_end="threshold", threshold_ev=1.0), image).compute()
+    assert np.isfinite(result["t_over_lambda"]).all()
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"zlp_end": "threshold"}, "needs threshold_ev"),
+    ({"zlp_end": "threshold", "threshold_ev": 80.0}, "outside the loss side"),
+    ({"threshold_ev": 1.0}, "only used with zlp_end: threshold"),
+    ({"variable": "cnts"}, "did you mean 'counts'"),
+])
+def test_bad_params_are_op_errors(image, params, message):
+    from engine.errors import OpError
+
+    with pytest.raises(OpError, match=message):
+        thickness(ThicknessParams(**params), image)
+
+
+def test_image_without_zero_loss_or_energy(image):
+    from engine.errors import OpError
+
+    core_loss = image.assign_coords(energy=image["energy"] + 300.0)
+    with pytest.raises(OpError, match="must contain 0 eV"):
+        align_zlp(AlignParams(), core_loss)
+    with pytest.raises(OpError, match="dim 'energy' is not in the data"):
+        thickness(ThicknessParams(), image.rename(energy="channel"))
+
+
+def test_thickness_recipe_end_to_end(image_lake, write_recipe, monkeypatch):
+    monkeypatch.setenv("REPLICALAKE_CATALOGS", str(REPO / "catalogs"))
+    text = (REPO / "recipes" / "eels_thickness.yaml").read_text().replace(
+        "{catalog: eels, entry: synthetic_demo}", "{catalog: lake, entry: raw/img}")
+    recipe = write_recipe(text)
+    summary = engine.run(recipe, image_lake)
+    (output,) = summary.outputs
+    assert output.status == "computed" and output.reports[0].endswith("t_over_lambda.png")
+    assert engine.run(recipe, image_lake).outputs[0].status == "up to date"
+    bad = write_recipe(text.replace("mean_free_path_nm: 110.0", "mean_free_path_nm: -1"), "bad.yaml")
+    before = lake_files(image_lake)
+    with pytest.raises(RecipeError, match=r"bad.yaml:18: steps\[1\].params.mean_free_path_nm: "
+                                          r"Input should be greater than 0"):
+        engine.run(bad, image_lake)
+    assert lake_files(image_lake) == before
