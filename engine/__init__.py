@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ReplicaLakeError, RecipeError
+from .errors import RecipeError, ReplicaLakeError
 from .graph import compile_recipe
 from .recipe import load_recipe
 from .storage import Lake

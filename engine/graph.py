@@ -137,7 +137,8 @@ def _open_sources(loaded: LoadedRecipe, lake: Lake,
                 problems.append(loaded.problem(f"{problem.message} (in {problem.file})",
                                                "sources", name, key))
         except (FileNotFoundError, ValueError, KeyError) as exc:
-            hint = "; ingest it first (`replicalake ingest ...`)" if isinstance(exc, FileNotFoundError) else ""
+            missing = isinstance(exc, FileNotFoundError)
+            hint = "; ingest it first (`replicalake ingest ...`)" if missing else ""
             problems.append(loaded.problem(f"cannot open: {exc}{hint}", "sources", name))
     if problems:
         raise RecipeError(problems, "sources")

@@ -20,6 +20,7 @@ import dask
 from . import config
 from .catalog import publish_entry
 from .graph import ENGINE_VERSION
+from .memory import limit_heap_fragmentation
 from .plan import Plan, PlannedStep
 from .progress import DaskProgress
 from .reports import draw_plot, report_path
@@ -76,6 +77,7 @@ def provenance(plan: Plan, step: PlannedStep, started: str) -> dict[str, Any]:
 
 def execute(plan: Plan, scheduler: str | None = None, progress: bool = True) -> RunSummary:
     """Compute and publish every stale output of `plan`; up-to-date outputs are left alone."""
+    limit_heap_fragmentation()
     started_clock = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     lake = plan.lake

@@ -80,7 +80,8 @@ def test_duplicate_ids_are_reported(ramp_lake, write_recipe):
         ("params: {dims: [x]}", "params: {dims: [x], skipnan: true}",
          r"steps\[1\].params.skipnan: unknown key.*did you mean 'skipna'"),
         ("params: {dims: [x]}", "params: {}", r"steps\[1\].params.dims: required key is missing"),
-        ("{ranges: {y: [2, 5]}}", "{ranges: {y: [two, 5]}}", r"recipe.yaml:9: steps\[0\].params.ranges.y\[0\]: .*valid number"),
+        ("{ranges: {y: [2, 5]}}", "{ranges: {y: [two, 5]}}",
+         r"recipe.yaml:9: steps\[0\].params.ranges.y\[0\]: .*valid number"),
     ],
 )
 def test_param_errors(ramp_lake, write_recipe, old, new, expected):

@@ -18,6 +18,7 @@ import zarr
 from ..catalog import publish_entry
 from ..errors import IngestError
 from ..kernels import eels_synth
+from ..memory import limit_heap_fragmentation
 from ..progress import make_progress
 from ..storage import PROVENANCE_KEY, Lake, content_token
 from ..zarr_io import write_template
@@ -61,6 +62,7 @@ def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], se
     if len(chunks) != 2 or min(chunks) < 1:
         raise IngestError(f"--chunks must be two positive integers CY CX, found {chunks}")
     chunks = (min(chunks[0], shape[0]), min(chunks[1], shape[1]))
+    limit_heap_fragmentation()
     energy = eels_synth.energy_axis(shape[2])
     sample = eels_synth.simulate_block(shape[:2], (0, 0), (1, 1), energy, seed)
     token = content_token(GENERATOR, GENERATOR_VERSION, list(shape), list(chunks), seed)

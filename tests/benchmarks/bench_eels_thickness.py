@@ -40,7 +40,10 @@ ALIGN_AND_THICKNESS = """\
   - {id: thickness, op: eels.thickness, inputs: {image: aligned}}
 """
 THICKNESS_ONLY = """\
-  - {id: thickness, op: eels.thickness, inputs: {image: image}, params: {zlp_end: threshold, threshold_ev: 1.5}}
+  - id: thickness
+    op: eels.thickness
+    inputs: {image: image}
+    params: {zlp_end: threshold, threshold_ev: 1.5}
 """
 
 

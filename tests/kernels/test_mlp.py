@@ -190,6 +190,21 @@ def test_cpu_tanh_matches_torch_tanh(dtype):
     torch.testing.assert_close(grad, 1 - torch.tanh(z) ** 2, rtol=0, atol=4 * atol)
 
 
+def test_input_derivatives_can_be_trained_through():
+    """Derivative penalties (EELS: ReLU(d ln I / dE)) need double backward through the network."""
+    model = EnsembleMLP(2, [1, 5, 3, 1], ["tanh", "sigmoid", "linear"], seed=3, dtype=torch.float64)
+    x = torch.linspace(0.1, 0.9, 4, dtype=torch.float64)[:, None]
+
+    def penalty(flat):
+        xx = x.clone().requires_grad_()
+        out = torch.func.functional_call(model, {"flat": flat}, (xx,))
+        (slope,) = torch.autograd.grad(out.sum(), xx, create_graph=True)
+        return torch.relu(slope).pow(2).sum() + slope.pow(3).sum()
+
+    flat = model.flat.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(penalty, (flat,))
+
+
 def test_device_resolution():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
