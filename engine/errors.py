@@ -77,5 +77,9 @@ class IngestError(ReplicaLakeError, ValueError):
     """A foreign file or generator request could not be turned into a lake entry."""
 
 
+class RunError(ReplicaLakeError, RuntimeError):
+    """Computing a plan failed (bad data found at run time, a kernel refused its input)."""
+
+
 class LakeError(ReplicaLakeError, OSError):
     """The lake is missing something, or a path would leave the lake root."""

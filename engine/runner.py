@@ -19,6 +19,7 @@ import dask
 
 from . import config
 from .catalog import publish_entry
+from .errors import RunError
 from .graph import ENGINE_VERSION
 from .memory import limit_heap_fragmentation
 from .plan import Plan, PlannedStep
@@ -94,7 +95,12 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True) -> 
             writes.append(write_template(dataset, lake.url(tmp),
                                          None if lake.is_local else lake.storage_options))
         if writes:
-            _compute(writes, address, progress)
+            try:
+                _compute(writes, address, progress)
+            except (ValueError, FloatingPointError, ArithmeticError) as exc:
+                steps = ", ".join(step.id for step in stale)
+                raise RunError(f"computing {plan.recipe.name} ({steps}) failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
         for step, tmp in pending:
             publish_entry(lake, tmp, step.zone, step.name,
                           description=f"{plan.recipe.name}: step {step.id} ({step.op})",
