@@ -223,6 +223,14 @@ def demo(lake: LakeOption = None,
 
 def main() -> None:
     """Console entry point: run the app, turning our errors into a message and exit code 1."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    engine_log = logging.getLogger("engine")
+    if not engine_log.handlers:  # progress of long steps (training) goes to stderr
+        engine_log.addHandler(RichHandler(console=err, show_path=False))
+        engine_log.setLevel(logging.INFO)
     try:
         app()
     except ReplicaLakeError as exc:

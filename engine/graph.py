@@ -22,7 +22,7 @@ from .catalog import entry_token, load_catalog, open_entry
 from .errors import CatalogError, OpError, Problem, RecipeError, UnknownOpError, did_you_mean
 from .plan import Plan, PlannedStep
 from .recipe import LoadedRecipe, load_recipe, validation_problems
-from .registry import OpSpec, get_op, op_names
+from .registry import OpSpec, StepContext, get_op, op_names
 from .storage import Lake, content_token
 
 ENGINE_VERSION = version("replicalake")
@@ -173,8 +173,11 @@ def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.
         if up_to_date:
             dataset = lake.open(zone, name)
         else:
+            kwargs = {k: results[v][0] for k, v in step.inputs.items()}
+            if spec.wants_context:
+                kwargs["context"] = StepContext(step_id, token, lake.root_url, lake.storage_options)
             try:
-                dataset = spec.func(params, **{k: results[v][0] for k, v in step.inputs.items()})
+                dataset = spec.func(params, **kwargs)
             except OpError as exc:
                 problems.append(loaded.problem(f"op {spec.name!r}: {exc}", "steps", index_of[step_id]))
                 failed.add(step_id)

@@ -51,12 +51,19 @@ class Step(_Model):
 
 
 class Plot(_Model):
-    """A PNG picture of one output variable, written to reports/ after publishing."""
+    """A PNG picture of one output variable, written to reports/ after publishing.
+
+    kind `band`: `variable` is the base name of a replicas.summary output; the picture fills
+    between its first and last quantile and draws the middle one, with `overlay` variables as
+    lines and `points` variables as markers.
+    """
 
     variable: str
-    kind: Literal["map", "line"] = "map"
+    kind: Literal["map", "line", "band"] = "map"
     title: str | None = None
     cmap: str = "viridis"
+    overlay: list[str] = Field(default_factory=list)
+    points: list[str] = Field(default_factory=list)
 
 
 class Output(_Model):

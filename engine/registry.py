@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from pydantic import BaseModel, ConfigDict
@@ -39,11 +39,26 @@ class OpSpec:
     optional_inputs: tuple[str, ...] = ()
     version: str = "1"
     doc: str = ""
-    tags: tuple[str, ...] = field(default=())
+    wants_context: bool = False
 
     @property
     def summary(self) -> str:
         return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What an op may know about where it runs: its step, content token and the lake root."""
+
+    step_id: str
+    token: str
+    lake_url: str
+    storage_options: dict | None = None
+
+    @property
+    def checkpoint_path(self) -> str:
+        """Lake-relative folder for this step's checkpoints: same token, same checkpoint."""
+        return f".tmp/checkpoints/{self.token}"
 
 
 _OPS: dict[str, OpSpec] = {}
@@ -56,18 +71,21 @@ def register_op(
     inputs: tuple[str, ...] = ("data",),
     optional_inputs: tuple[str, ...] = (),
     version: str = "1",
+    wants_context: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Register `func(params, **inputs) -> xarray.Dataset` under `name`.
 
     Params models should forbid extra keys (`model_config = ConfigDict(extra="forbid")`) so a
-    typo in a recipe is an error rather than a silently ignored setting.
+    typo in a recipe is an error rather than a silently ignored setting. Ops that must keep
+    state in the lake while they run (training checkpoints) set `wants_context` and receive a
+    `context=StepContext` keyword.
     """
 
     def decorate(func: Callable) -> Callable:
         if name in _OPS and _OPS[name].func is not func:
             raise ValueError(f"op {name!r} is already registered by {_OPS[name].func.__module__}")
         _OPS[name] = OpSpec(name, func, params, tuple(inputs), tuple(optional_inputs), version,
-                            func.__doc__ or "")
+                            func.__doc__ or "", wants_context)
         return func
 
     return decorate

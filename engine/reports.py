@@ -25,27 +25,67 @@ def report_path(lake: Lake, zone: str, name: str, plot: Plot) -> str:
     return lake.entry_path("reports", f"{zone}/{name}/{plot.variable}.png")
 
 
+def _require(dataset, names: list[str], zone: str, name: str) -> None:
+    for variable in names:
+        if variable not in dataset.variables:
+            raise OpError(f"plot variable {variable!r} is not in output {zone}/{name}"
+                          f"{did_you_mean(variable, dataset.variables)}")
+
+
+def _draw_map(axes, figure, data, plot: Plot) -> None:
+    if data.ndim != 2:
+        raise OpError(f"a map needs a 2-D variable; {plot.variable!r} has dims {data.dims}")
+    factors = {d: max(1, -(-n // MAX_PIXELS_PER_SIDE)) for d, n in data.sizes.items()}
+    if any(f > 1 for f in factors.values()):
+        data = data.coarsen(factors, boundary="trim").mean()
+    image = data.load()
+    mesh = axes.imshow(image.values, origin="upper", cmap=plot.cmap, interpolation="nearest")
+    axes.set_xlabel(data.dims[1])
+    axes.set_ylabel(data.dims[0])
+    label = plot.variable + (f" [{data.attrs['units']}]" if "units" in data.attrs else "")
+    figure.colorbar(mesh, ax=axes, label=label)
+
+
+def _x_of(data):
+    """The coordinate to plot a 1-D variable against (its dim's first 1-D coordinate)."""
+    (dim,) = data.dims
+    for coord in data.coords.values():
+        if coord.dims == (dim,):
+            return coord.values, str(coord.name)
+    return range(data.sizes[dim]), dim
+
+
+def _draw_band(axes, dataset, plot: Plot) -> None:
+    bands = dataset[f"{plot.variable}_quantile"].load()
+    if bands.ndim != 2 or "quantile" not in bands.dims:
+        raise OpError(f"a band plot needs {plot.variable}_quantile with dims (quantile, x); "
+                      f"found {bands.dims}")
+    low, mid, high = (bands.isel(quantile=i) for i in (0, bands.sizes["quantile"] // 2, -1))
+    x, label = _x_of(mid)
+    q = bands["quantile"].values
+    axes.fill_between(x, low.values, high.values, alpha=0.3,
+                      label=f"{q[0]:.0%}-{q[-1]:.0%} of replicas")
+    axes.plot(x, mid.values, label=f"{plot.variable} ({q[len(q) // 2]:.0%})")
+    for name in plot.overlay:
+        axes.plot(x, dataset[name].values, "k--", label=name)
+    for name in plot.points:
+        axes.plot(x, dataset[name].values, ".", label=name)
+    axes.set_xlabel(label)
+    axes.legend()
+
+
 def draw_plot(lake: Lake, zone: str, name: str, plot: Plot) -> str:
     """Draw one plot of a published entry and write it atomically; return its path."""
     dataset = lake.open(zone, name)
-    if plot.variable not in dataset.data_vars:
-        raise OpError(f"plot variable {plot.variable!r} is not in output {zone}/{name}"
-                      f"{did_you_mean(plot.variable, dataset.data_vars)}")
-    data = dataset[plot.variable]
+    base = [f"{plot.variable}_quantile"] if plot.kind == "band" else [plot.variable]
+    _require(dataset, base + plot.overlay + plot.points, zone, name)
     figure, axes = plt.subplots(figsize=(6, 5), dpi=120)
     if plot.kind == "map":
-        if data.ndim != 2:
-            raise OpError(f"a map needs a 2-D variable; {plot.variable!r} has dims {data.dims}")
-        factors = {d: max(1, -(-n // MAX_PIXELS_PER_SIDE)) for d, n in data.sizes.items()}
-        if any(f > 1 for f in factors.values()):
-            data = data.coarsen(factors, boundary="trim").mean()
-        image = data.load()
-        mesh = axes.imshow(image.values, origin="upper", cmap=plot.cmap, interpolation="nearest")
-        axes.set_xlabel(data.dims[1])
-        axes.set_ylabel(data.dims[0])
-        label = plot.variable + (f" [{data.attrs['units']}]" if "units" in data.attrs else "")
-        figure.colorbar(mesh, ax=axes, label=label)
+        _draw_map(axes, figure, dataset[plot.variable], plot)
+    elif plot.kind == "band":
+        _draw_band(axes, dataset, plot)
     else:
+        data = dataset[plot.variable]
         if data.ndim != 1:
             raise OpError(f"a line plot needs a 1-D variable; {plot.variable!r} has dims {data.dims}")
         data.load().plot.line(ax=axes)

@@ -8,8 +8,10 @@ was.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -127,8 +129,14 @@ def _report_paths(plan: Plan, step: PlannedStep) -> list[str]:
 
 def _compute(writes: list, address: str | None, progress: bool) -> None:
     if address is None:
-        with DaskProgress("computing outputs", disable=not progress):
-            dask.compute(*writes, scheduler="threads")
+        # Our own pool, shut down (waiting) on the way out: after a failed task no other
+        # thread may still be writing chunks while the temporary stores are removed.
+        pool = ThreadPoolExecutor(os.cpu_count() or 1)
+        try:
+            with DaskProgress("computing outputs", disable=not progress):
+                dask.compute(*writes, scheduler="threads", pool=pool)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return
     from distributed import Client
     from distributed import progress as distributed_progress

@@ -1,0 +1,417 @@
+"""Replica ops: pseudo-data, batched ensemble training, lazy inference and band summaries.
+
+The Monte Carlo replica method (DOMAIN.md section 1) as four lazy steps:
+`replicas.pseudodata` draws R fluctuations of the data from its covariance, `replicas.train`
+fits one network per replica in one batched job (a single dask task, checkpointed to the lake),
+`replicas.predict` maps the stored ensemble over any dataset's chunks, and `replicas.summary`
+reduces the replica dim to mean, std and quantile bands. `replicas.toy_regression` makes a
+known-truth 1-D dataset for closure tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import OpError, did_you_mean
+from ..registry import StepContext, register_op
+from .core import require_dims, require_variables
+
+REPLICA = "replica"
+log = logging.getLogger("engine.replicas")
+DROP_REASONS = ("kept", "never reached the validation threshold", "chi2 outlier")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- known-truth data ------------------------------------------------------------------------
+TOY_FUNCTIONS = {
+    "sin": lambda x: 1.0 + 0.5 * np.sin(2 * np.pi * x),
+    "gauss": lambda x: 0.2 + np.exp(-((x - 0.5) ** 2) / (2 * 0.1**2)),
+    "poly": lambda x: 1.0 + x - 2.0 * x**2 + 1.5 * x**3,
+}
+
+
+class ToyParams(_Params):
+    function: Literal["sin", "gauss", "poly"] = "sin"
+    n_points: int = Field(60, ge=4)
+    x_range: tuple[float, float] = (0.0, 1.0)
+    noise: float = Field(0.05, gt=0, description="relative statistical uncertainty per point")
+    normalisation: float = Field(0.0, ge=0, description="relative fully correlated uncertainty")
+    seed: int = Field(0, ge=0)
+
+
+def _toy(params: ToyParams) -> dict[str, np.ndarray]:
+    x = np.linspace(*params.x_range, params.n_points)
+    truth = TOY_FUNCTIONS[params.function](x)
+    rng = np.random.default_rng(params.seed)
+    stat = params.noise * truth
+    shift = 1.0 + params.normalisation * rng.standard_normal()
+    return {"x": x, "truth": truth, "stat": stat, "y": truth * shift + stat * rng.standard_normal(x.size)}
+
+
+@register_op("replicas.toy_regression", params=ToyParams, inputs=())
+def toy_regression(params: ToyParams) -> xr.Dataset:
+    """Level-1 closure data: one fluctuation of a known function, with its uncertainties.
+
+    Variables: y (data), stat (absolute 1-sigma), truth, and sys_mult (relative normalisation)
+    when `normalisation` > 0.
+    """
+    arrays = dask.delayed(_toy, pure=True)(params)
+    n = params.n_points
+    variables = {name: ("point", da.from_delayed(arrays[name], (n,), float))
+                 for name in ("truth", "stat", "y")}
+    if params.normalisation > 0:
+        variables["sys_mult"] = (("point", "sys"), da.full((n, 1), params.normalisation))
+    x = np.linspace(*params.x_range, n)
+    return xr.Dataset(variables, coords={"x": ("point", x)},
+                      attrs={"function": params.function})
+
+
+# -- pseudo-data ------------------------------------------------------------------------------
+class PseudodataParams(_Params):
+    central: str = Field("y", description="central values, 1-D over the data points")
+    stat: str | None = Field("stat", description="uncorrelated absolute 1-sigma uncertainty")
+    covariance: str | None = Field(None, description="full additive covariance (point, point_b)")
+    sys_additive: str | None = Field(None, description="absolute correlated systematics (point, sys)")
+    sys_multiplicative: str | None = Field(None, description="relative systematics (point, sys)")
+    group: str | None = Field(None, description="dataset label per point: splits are per group")
+    replicas: int = Field(gt=0, description="number of Monte Carlo replicas R")
+    seed: int = Field(0, ge=0)
+    training_fraction: float = Field(0.75, gt=0, le=1)
+
+
+def _loss_covariance(central, stat, cov, sys_add, sys_mult) -> np.ndarray:
+    """The covariance the fit uses: all sources added, multiplicative ones at the central value."""
+    n = central.size
+    total = np.zeros((n, n)) if cov is None else np.array(cov, float)
+    if stat is not None:
+        total += np.diag(np.asarray(stat, float) ** 2)
+    if sys_add is not None:
+        total += sys_add @ sys_add.T
+    if sys_mult is not None:
+        absolute = sys_mult * central[:, None]
+        total += absolute @ absolute.T
+    return total
+
+
+def _draw(central, stat, cov, sys_add, sys_mult, group, params: PseudodataParams):
+    from ..kernels.replicas import draw_replicas, training_masks
+
+    additive = _loss_covariance(central, stat, cov, sys_add, None)
+    data = draw_replicas(central, additive, sys_mult, params.replicas, params.seed)
+    groups = np.zeros(central.size, int) if group is None else np.unique(group, return_inverse=True)[1]
+    mask = training_masks(central.size, groups, params.replicas, params.training_fraction, params.seed)
+    return {"pseudodata": data, "training_mask": mask,
+            "covariance": _loss_covariance(central, stat, cov, sys_add, sys_mult)}
+
+
+def _optional(data: xr.Dataset, name: str | None, dims: tuple[str, ...], what: str):
+    """The named variable's array (lazy) checked against the expected leading dims, or None."""
+    if name is None:
+        return None
+    require_variables(data, [name])
+    var = data[name]
+    if var.dims[: len(dims)] != dims or var.ndim not in (len(dims), len(dims) + 1):
+        raise OpError(f"{what} {name!r} must have dims {dims} (+ one systematics dim where "
+                      f"relevant); found {var.dims} with shape {var.shape}")
+    if "covariance" in what and var.shape[0] != var.shape[1]:
+        raise OpError(f"{what} {name!r} must be square, found shape {var.shape}")
+    return var.data
+
+
+@register_op("replicas.pseudodata", params=PseudodataParams)
+def pseudodata(params: PseudodataParams, data: xr.Dataset) -> xr.Dataset:
+    """R pseudo-data replicas d_k = (d + L eps_k) prod(1 + delta r_k), seeded, with per-replica
+    training masks (a `training_fraction` of each group's points) and the fit covariance.
+    """
+    require_variables(data, [params.central])
+    central = data[params.central]
+    if central.ndim != 1:
+        raise OpError(f"central values {params.central!r} must be 1-D, found dims {central.dims}")
+    (point,) = central.dims
+    if params.stat is None and params.covariance is None and params.sys_additive is None:
+        raise OpError("give at least one additive uncertainty: stat, covariance or sys_additive")
+    arrays = [central.data,
+              _optional(data, params.stat, (point,), "stat"),
+              _optional(data, params.covariance, (point,), "covariance"),
+              _optional(data, params.sys_additive, (point,), "sys_additive"),
+              _optional(data, params.sys_multiplicative, (point,), "sys_multiplicative"),
+              _optional(data, params.group, (point,), "group")]
+    if params.covariance is not None and data[params.covariance].shape != (central.size,) * 2:
+        raise OpError(f"covariance {params.covariance!r} has shape {data[params.covariance].shape}; "
+                      f"expected ({central.size}, {central.size}) for {central.size} points")
+    drawn = dask.delayed(_draw, pure=True)(*arrays, params)
+    n, r = central.size, params.replicas
+    other = f"{point}_b"
+    result = xr.Dataset(
+        {"pseudodata": ((REPLICA, point), da.from_delayed(drawn["pseudodata"], (r, n), float)),
+         "training_mask": ((REPLICA, point), da.from_delayed(drawn["training_mask"], (r, n), bool)),
+         "covariance": ((point, other), da.from_delayed(drawn["covariance"], (n, n), float))},
+        coords={REPLICA: np.arange(r), **{k: v for k, v in data.coords.items() if point in v.dims}},
+    )
+    passthrough = {k: v for k, v in data.data_vars.items() if v.dims == (point,)}
+    return result.assign(passthrough)
+
+
+# -- training ---------------------------------------------------------------------------------
+class OptimiserParams(_Params):
+    name: Literal["adam", "nadam", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    clip_norm: float | None = Field(None, gt=0, description="per-replica gradient norm cap")
+
+
+class StoppingParams(_Params):
+    threshold: float = Field(10.0, gt=0, description="validation chi2/n a replica must reach")
+    patience: int | None = Field(None, gt=0, description="epochs without improvement (10% default)")
+    stagnation_epochs: int | None = Field(200, gt=0)
+    max_reinits: int = Field(3, ge=0)
+    outlier_sigma: float = Field(4.0, gt=0)
+
+
+class TrainParams(_Params):
+    features: list[str] = Field(min_length=1, description="network inputs: coords or variables")
+    target: str = "pseudodata"
+    mask: str = "training_mask"
+    covariance: str = "covariance"
+    hidden: list[int] = Field([20, 20], description="hidden layer widths")
+    activations: list[str] = Field(["tanh", "tanh", "linear"], description="one per layer")
+    epochs: int = Field(5000, gt=0)
+    validation_every: int = Field(10, gt=0)
+    optimiser: OptimiserParams = OptimiserParams()
+    stopping: StoppingParams = StoppingParams()
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int | None = Field(1000, gt=0, description="epochs between checkpoints")
+
+    @model_validator(mode="after")
+    def _layers(self) -> TrainParams:
+        if len(self.activations) != len(self.hidden) + 1:
+            raise ValueError(f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
+                             f"found {len(self.activations)}")
+        if any(w <= 0 for w in self.hidden):
+            raise ValueError(f"hidden widths must be positive, found {self.hidden}")
+        return self
+
+
+def _architecture(params: TrainParams, n_features: int) -> dict:
+    """The ensemble's architecture as plain data (what EnsembleMLP.architecture() returns)."""
+    from ..kernels.mlp import ACTIVATIONS, EnsembleMLP
+
+    for name in params.activations:
+        if name not in ACTIVATIONS:
+            raise OpError(f"unknown activation {name!r}{did_you_mean(name, ACTIVATIONS)}; "
+                          f"known: {', '.join(sorted(ACTIVATIONS))}")
+    probe = EnsembleMLP(1, [n_features, *params.hidden, 1], params.activations, seed=params.seed)
+    return probe.architecture()
+
+
+def _features(data: xr.Dataset, names: list[str], point: str) -> list[xr.DataArray]:
+    found = []
+    for name in names:
+        if name not in data.variables:
+            raise OpError(f"feature {name!r} is not in the data{did_you_mean(name, data.variables)}")
+        if data[name].dims != (point,):
+            raise OpError(f"feature {name!r} must have dims ({point!r},), found {data[name].dims}")
+        found.append(data[name])
+    return found
+
+
+def _train(features, target, mask, covariance, params: TrainParams, context: StepContext):
+    from ..checkpoints import clear_checkpoint, load_checkpoint, save_checkpoint
+    from ..kernels.optim import OptimiserConfig
+    from ..kernels.regression import RegressionConfig, fit_regression
+    from ..kernels.train import StoppingConfig
+    from ..storage import Lake
+
+    lake = Lake(context.lake_url, context.storage_options)
+    config = RegressionConfig(
+        tuple(params.hidden), tuple(params.activations), params.epochs,
+        OptimiserConfig(name=params.optimiser.name, lr=params.optimiser.lr,
+                        clip_norm=params.optimiser.clip_norm),
+        StoppingConfig(**params.stopping.model_dump()), params.validation_every, params.seed,
+        params.device, params.checkpoint_every)
+    resume = load_checkpoint(lake, context.checkpoint_path)
+    if resume is not None:
+        log.info("%s: resuming training from epoch %d", context.step_id, int(resume["epoch"]))
+    report_every = max(params.validation_every, params.epochs // 10)
+
+    def progress(state):
+        if state.epoch % report_every == 0 or state.epoch == state.n_epochs:
+            log.info("%s: epoch %d/%d, %d/%d replicas training, median validation chi2/n %.3g",
+                     context.step_id, state.epoch, state.n_epochs, int((~state.frozen).sum()),
+                     state.frozen.size, float(np.nanmedian(state.val)))
+
+    result, low, high = fit_regression(
+        np.stack(features, axis=-1), target, mask, covariance, config, progress=progress,
+        on_checkpoint=lambda state: save_checkpoint(lake, context.checkpoint_path, state),
+        resume_from=resume)
+    clear_checkpoint(lake, context.checkpoint_path)
+    log.info("%s: %s", context.step_id, result.summary())
+    return _model_arrays(result, low, high, params)
+
+
+def _history_length(params: TrainParams) -> int:
+    return params.epochs // params.validation_every + 2
+
+
+def _model_arrays(result, low, high, params: TrainParams) -> dict[str, np.ndarray]:
+    """Everything a model dataset stores, as fixed-shape arrays (history padded with NaN)."""
+    checks = _history_length(params)
+    history = result.history
+    padded = {name: np.full((checks, result.kept.size), np.nan) for name in ("train", "val")}
+    epochs = np.full(checks, -1, np.int64)
+    count = min(checks, history.epoch.size)
+    epochs[:count] = history.epoch[:count]
+    padded["train"][:count] = history.train[:count]
+    padded["val"][:count] = history.val[:count]
+    reason = np.array([next(i for i, text in enumerate(DROP_REASONS) if r.startswith(text))
+                       for r in result.reasons], np.int8)
+    return {**{k: np.asarray(v) for k, v in result.weights.items()},
+            "input_low": low, "input_high": high,
+            "best_epoch": result.best_epoch, "stopping_epoch": result.stopping_epoch,
+            "chi2_train": result.best_train, "chi2_validation": result.best_val,
+            "kept": result.kept, "drop_reason": reason, "n_reinit": result.n_reinit,
+            "history_epoch": epochs, "history_train": padded["train"], "history_val": padded["val"]}
+
+
+def _model_layout(architecture: dict, params: TrainParams, n_features: int, r: int) -> dict:
+    """(dims, shape, dtype) of every model variable, known before training runs."""
+    layout: dict[str, tuple] = {}
+    for k, (i, o) in enumerate(zip(architecture["sizes"][:-1], architecture["sizes"][1:])):
+        layout[f"weight_{k}"] = ((REPLICA, f"in_{k}", f"out_{k}"), (r, i, o), np.float32)
+        layout[f"bias_{k}"] = ((REPLICA, f"one_{k}", f"out_{k}"), (r, 1, o), np.float32)
+    checks = _history_length(params)
+    layout.update({
+        "replica_id": ((REPLICA,), (r,), np.int64), "generation": ((REPLICA,), (r,), np.int64),
+        "input_low": (("feature",), (n_features,), float),
+        "input_high": (("feature",), (n_features,), float),
+        "best_epoch": ((REPLICA,), (r,), np.int64), "stopping_epoch": ((REPLICA,), (r,), np.int64),
+        "chi2_train": ((REPLICA,), (r,), float), "chi2_validation": ((REPLICA,), (r,), float),
+        "kept": ((REPLICA,), (r,), bool), "drop_reason": ((REPLICA,), (r,), np.int8),
+        "n_reinit": ((REPLICA,), (r,), np.int64),
+        "history_epoch": (("check",), (checks,), np.int64),
+        "history_train": (("check", REPLICA), (checks, r), float),
+        "history_val": (("check", REPLICA), (checks, r), float),
+    })
+    return layout
+
+
+@register_op("replicas.train", params=TrainParams, wants_context=True, version="1")
+def train(params: TrainParams, data: xr.Dataset, context: StepContext) -> xr.Dataset:
+    """Train one network per pseudo-data replica, all replicas batched in one job.
+
+    Loss chi2/n with the data covariance (Cholesky solves); NNPDF-style stopping per replica;
+    dead replicas re-initialised; post-fit selection recorded in `kept` and `drop_reason`
+    (flag_meanings). Checkpoints go to the lake, so an interrupted run resumes.
+    """
+    require_variables(data, [params.target, params.mask, params.covariance])
+    target = data[params.target]
+    if target.dims[0] != REPLICA or target.ndim != 2:
+        raise OpError(f"target {params.target!r} must have dims ({REPLICA!r}, point), found {target.dims}")
+    point = target.dims[1]
+    features = _features(data, params.features, point)
+    architecture = _architecture(params, len(features))
+    r = target.sizes[REPLICA]
+    trained = dask.delayed(_train, pure=True)(
+        [f.data for f in features], target.data, data[params.mask].data,
+        data[params.covariance].data, params, context)
+    layout = _model_layout(architecture, params, len(features), r)
+    variables = {name: (dims, da.from_delayed(trained[name], shape, dtype))
+                 for name, (dims, shape, dtype) in layout.items()}
+    model = xr.Dataset(variables, coords={REPLICA: np.arange(r)})
+    model["drop_reason"].attrs = {"flag_values": list(range(len(DROP_REASONS))),
+                                  "flag_meanings": " ".join(t.replace(" ", "_") for t in DROP_REASONS)}
+    model.attrs = {"architecture": json.dumps(architecture), "features": list(params.features),
+                   "kind": "replica regression ensemble", "epochs": params.epochs}
+    return model
+
+
+# -- inference --------------------------------------------------------------------------------
+class PredictParams(_Params):
+    features: list[str] | None = Field(None, description="inputs in the data (default: the model's)")
+    name: str = Field("prediction", description="name of the output variable")
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+
+
+def _predict_block(block: np.ndarray, weights: dict, architecture: dict, device: str) -> np.ndarray:
+    from ..kernels.regression import predict_regression
+
+    flat = block.reshape(-1, block.shape[-1])
+    out = predict_regression(weights, architecture, flat, weights["input_low"], weights["input_high"],
+                             device)
+    return out.reshape(out.shape[0], *block.shape[:-1]).astype(np.float32)
+
+
+def _weight_arrays(**arrays):
+    """The stored ensemble as one dict of numpy arrays: one object every chunk's task shares."""
+    return {name: np.asarray(value) for name, value in arrays.items()}
+
+
+@register_op("replicas.predict", params=PredictParams, inputs=("model", "data"))
+def predict(params: PredictParams, model: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
+    """Evaluate every replica of a stored ensemble on any dataset, chunk by chunk (lazy).
+
+    Output `prediction` (replica, *feature dims) plus the model's `kept` flags and the data's
+    own variables, so a summary can mask dropped replicas and plots can show the data.
+    """
+    if "architecture" not in model.attrs:
+        raise OpError("input 'model' is not a replica ensemble (no 'architecture' attribute)")
+    architecture = json.loads(model.attrs["architecture"])
+    names = params.features or list(model.attrs["features"])
+    if len(names) != architecture["sizes"][0]:
+        raise OpError(f"the model takes {architecture['sizes'][0]} features, found {len(names)}: {names}")
+    for name in names:
+        if name not in data.variables:
+            raise OpError(f"feature {name!r} is not in the data{did_you_mean(name, data.variables)}")
+    features = xr.broadcast(*[data[n] for n in names])
+    dims = features[0].dims
+    stacked = da.stack([da.asarray(f.data) for f in features], axis=-1)
+    weight_names = [n for n in model.data_vars if n.startswith(("weight_", "bias_"))]
+    weights = dask.delayed(_weight_arrays, pure=True)(
+        **{n: model[n].data for n in [*weight_names, "replica_id", "generation", "input_low", "input_high"]})
+    r = model.sizes[REPLICA]
+    out = da.map_blocks(_predict_block, stacked, weights, architecture, params.device,
+                        drop_axis=stacked.ndim - 1, new_axis=0,
+                        chunks=((r,), *stacked.chunks[:-1]), dtype=np.float32)
+    coords = {k: v for k, v in data.coords.items() if set(v.dims) <= set(dims)}
+    result = xr.Dataset({params.name: ((REPLICA, *dims), out), "kept": model["kept"]},
+                        coords={**coords, REPLICA: model[REPLICA].values})
+    return result.assign({k: v for k, v in data.data_vars.items() if REPLICA not in v.dims})
+
+
+# -- summary ----------------------------------------------------------------------------------
+class SummaryParams(_Params):
+    variable: str = "prediction"
+    quantiles: list[float] = Field([0.16, 0.5, 0.84], min_length=1)
+    mask: str | None = Field("kept", description="boolean (replica) variable: replicas to use")
+
+
+@register_op("replicas.summary", params=SummaryParams)
+def summary(params: SummaryParams, data: xr.Dataset) -> xr.Dataset:
+    """Mean, standard deviation and quantiles over replicas (dropped replicas masked out)."""
+    require_variables(data, [params.variable])
+    require_dims(data, [REPLICA])
+    if any(not 0 <= q <= 1 for q in params.quantiles):
+        raise OpError(f"quantiles must lie in [0, 1], found {params.quantiles}")
+    values = data[params.variable].chunk({REPLICA: -1})
+    if params.mask is not None and params.mask in data:
+        values = values.where(data[params.mask])
+    name = params.variable
+    result = xr.Dataset({
+        f"{name}_mean": values.mean(REPLICA),
+        f"{name}_std": values.std(REPLICA, ddof=1),
+        f"{name}_quantile": values.quantile(params.quantiles, dim=REPLICA),
+    })
+    if params.mask is not None and params.mask in data:
+        result["replicas_used"] = data[params.mask].sum().astype(np.int64)
+    return result.assign({k: v for k, v in data.data_vars.items() if REPLICA not in v.dims})
