@@ -9,20 +9,23 @@ catalog's folder, and a missing entry or store is a clear error naming the file 
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import xarray as xr
 from ruamel.yaml import YAML
 
 from .config import catalog_dir
 from .errors import CatalogError, Problem, did_you_mean
-from .recipe import LineMap, parse_yaml
-from .storage import Lake, listing_token
+from .recipe import parse_yaml
+from .storage import PROVENANCE_KEY, Lake, listing_token
 
 LAKE_CATALOG = "lake"
 LAKE_CATALOG_FILE = "catalog.yaml"
@@ -57,10 +60,6 @@ class Catalog:
         return self.entries[name]
 
 
-def _problem(lines: LineMap, message: str, *loc: Any) -> Problem:
-    return lines.problem(message, *loc)
-
-
 def parse_catalog(text: str, path: str, name: str, substitutions: dict[str, str]) -> Catalog:
     """Parse an Intake 2 catalog text into entries with resolved URLs."""
     data, lines = parse_yaml(text, path, CatalogError)
@@ -74,24 +73,24 @@ def parse_catalog(text: str, path: str, name: str, substitutions: dict[str, str]
     for entry_name, spec in (data.get("entries") or {}).items():
         loc = ("entries", entry_name)
         if not isinstance(spec, dict):
-            problems.append(_problem(lines, "expected a mapping with reader and kwargs", *loc))
+            problems.append(lines.problem("expected a mapping with reader and kwargs", *loc))
             continue
         if spec.get("reader") != READER:
-            problems.append(_problem(lines, f"expected reader {READER!r}, found {spec.get('reader')!r}",
+            problems.append(lines.problem(f"expected reader {READER!r}, found {spec.get('reader')!r}",
                                      *loc, "reader"))
             continue
         kwargs = dict(spec.get("kwargs") or {})
         args = kwargs.pop("args", None) or [None]
         match = _DATA_REF.match(str(args[0]))
         if not match or match["key"] not in stores:
-            problems.append(_problem(
-                lines, f"expected args: ['{{data(KEY)}}'] naming a key of 'data:' "
+            problems.append(lines.problem(
+                f"expected args: ['{{data(KEY)}}'] naming a key of 'data:' "
                 f"({', '.join(stores) or 'none defined'}), found {args[0]!r}", *loc, "kwargs", "args"))
             continue
         store = stores[match["key"]] or {}
         url = (store.get("kwargs") or {}).get("url")
         if store.get("datatype") != DATATYPE or not isinstance(url, str):
-            problems.append(_problem(lines, f"expected datatype {DATATYPE!r} with a kwargs.url string",
+            problems.append(lines.problem(f"expected datatype {DATATYPE!r} with a kwargs.url string",
                                      "data", match["key"]))
             continue
         for key, value in substitutions.items():
@@ -141,18 +140,15 @@ def entry_token(entry: CatalogEntry, lake: Lake) -> str:
     """Content token of an entry: the one recorded at publish time, else a listing token."""
     fs, path = _fs_for(entry.url, lake)
     try:
-        import json
-
         attrs = json.loads(fs.cat_file(posixpath.join(path, "zarr.json"))).get("attributes", {})
     except FileNotFoundError:
         return "missing"
-    recorded = (attrs.get("replicalake") or {}).get("token")
+    recorded = (attrs.get(PROVENANCE_KEY) or {}).get("token")
     return recorded or listing_token(fs, path)
 
 
-def _fs_for(url: str, lake: Lake):
-    import fsspec
-
+def _fs_for(url: str, lake: Lake) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of a URL, reusing the lake's filesystem for lake URLs."""
     if url.startswith(lake.url(lake.root)):
         return lake.fs, lake.fs._strip_protocol(url)
     return fsspec.core.url_to_fs(url)
@@ -204,8 +200,6 @@ def register_entry(lake: Lake, zone: str, name: str, description: str = "",
             "user_parameters": {},
         }
         doc["aliases"][key] = key
-        from io import StringIO
-
         buffer = StringIO()
         yaml.dump(doc, buffer)
         lake.write_bytes_atomic(path, buffer.getvalue().encode())
