@@ -126,13 +126,21 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
         scheduler: Annotated[str | None, typer.Option(
             "--scheduler", help="dask.distributed scheduler address (default: local threads)")] = None,
         progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+        prefect: Annotated[bool, typer.Option(
+            "--prefect", help="run as a Prefect flow (on $PREFECT_API_URL, else a local ephemeral "
+            "API): logs, retries and a report artifact")] = False,
         as_json: JsonOption = False) -> None:
     """Compute the recipe's stale outputs and publish them to the lake."""
-    from .graph import compile_recipe
-    from .runner import execute
+    if prefect:
+        from .flows import run_once
 
-    compiled = compile_recipe(recipe, _lake(lake), catalogs)
-    summary = execute(compiled, scheduler=scheduler, progress=progress and not as_json)
+        summary = run_once(recipe, lake, catalogs, scheduler)
+    else:
+        from .graph import compile_recipe
+        from .runner import execute
+
+        compiled = compile_recipe(recipe, _lake(lake), catalogs)
+        summary = execute(compiled, scheduler=scheduler, progress=progress and not as_json)
     if as_json:
         out.print_json(json.dumps(summary.to_dict()))
         return
@@ -151,6 +159,34 @@ def _print_summary(summary) -> None:
     out.print(table)
     if not summary.computed:
         out.print("nothing to compute: every output is up to date")
+
+
+CronOption = Annotated[str | None, typer.Option(
+    "--cron", help="cron expression, e.g. '0 3 * * *' (default: the recipe's schedule: block)")]
+IntervalOption = Annotated[float | None, typer.Option(
+    "--interval", help="seconds between runs (default: the recipe's schedule: block)")]
+
+
+@app.command()
+def schedule(recipe: RecipeArg, cron: CronOption = None, interval: IntervalOption = None,
+             lake: LakeOption = None, catalogs: CatalogsOption = None) -> None:
+    """Register the recipe as a Prefect deployment on a schedule ($PREFECT_API_URL's server)."""
+    from .flows import FLOW_NAME, describe_schedules, register
+
+    deployment = register(recipe, lake, catalogs, cron=cron, interval=interval)
+    out.print(f"registered deployment {FLOW_NAME}/{deployment.name} ({describe_schedules(deployment)}); "
+              "`replicalake serve` executes its runs")
+
+
+@app.command()
+def serve(recipes: Annotated[list[Path] | None, typer.Argument(
+              help="recipe YAML files (default: every recipe registered with `schedule`)")] = None,
+          cron: CronOption = None, interval: IntervalOption = None,
+          lake: LakeOption = None, catalogs: CatalogsOption = None) -> None:
+    """Execute the recipes' scheduled runs until stopped (Ctrl-C); each run computes only what is stale."""
+    from .flows import serve_recipes
+
+    serve_recipes(recipes or [], lake, catalogs, cron=cron, interval=interval)
 
 
 @catalog_app.command("list")
@@ -202,6 +238,31 @@ def ingest_synthetic_eels(
     out.print(f"ingested raw/{name}: {result}")
 
 
+@ingest_app.command("eels")
+def ingest_eels(
+    files: Annotated[list[Path], typer.Argument(
+        metavar="FILE", help="DM3/DM4, .msa, .hspy or .txt spectra; several .txt files become "
+        "one line scan in the order given")],
+    name: Annotated[str, typer.Argument(help="entry name under raw/")],
+    chunks: Annotated[tuple[int, int], typer.Option(help="CY CX pixel chunk")] = (64, 64),
+    energy_start: Annotated[float | None, typer.Option(
+        help="text only: energy of the first channel in eV (default -4.054, the WS2 data)")] = None,
+    dispersion: Annotated[float | None, typer.Option(
+        help="text only: eV per channel (default 0.025, the WS2 data)")] = None,
+    allow_nonfinite: Annotated[bool, typer.Option(
+        "--allow-nonfinite", help="keep NaN/inf values instead of refusing the file")] = False,
+    lake: LakeOption = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Copy real EELS spectra into raw/NAME as counts (y, x, energy) with an eV energy axis."""
+    from .ingest.eels_files import ingest_eels_files
+
+    result = ingest_eels_files(_lake(lake), files, name, chunks=chunks, energy_start=energy_start,
+                               dispersion=dispersion, allow_nonfinite=allow_nonfinite,
+                               progress=progress)
+    out.print(f"ingested raw/{name}: {result}")
+
+
 @app.command()
 def demo(lake: LakeOption = None,
          shape: Annotated[tuple[int, int, int], typer.Option(help="NY NX NE")] = (256, 256, 2048)) -> None:
@@ -215,10 +276,11 @@ def demo(lake: LakeOption = None,
     if not store.exists("raw", DEMO_NAME):
         out.print(f"ingesting a {shape[0]}x{shape[1]}x{shape[2]} synthetic EELS image as raw/{DEMO_NAME}")
         ingest(store, DEMO_NAME, shape)
-    recipe = Path(__file__).resolve().parent.parent / "recipes" / "eels_thickness.yaml"
+    project = Path(__file__).resolve().parent.parent  # the checkout (editable install)
+    recipe = project / "recipes" / "eels_thickness.yaml"
     if not recipe.is_file():
-        recipe = Path("recipes/eels_thickness.yaml")
-    _print_summary(execute(compile_recipe(recipe, store)))
+        raise ReplicaLakeError(f"the demo recipe is not at {recipe}; run the demo from a checkout")
+    _print_summary(execute(compile_recipe(recipe, store, project / "catalogs")))
 
 
 def main() -> None:

@@ -90,3 +90,12 @@ def test_bad_ingest_requests(lake, monkeypatch, capsys, args):
     code, _, err = replicalake(monkeypatch, capsys, *args)
     assert code == 1 and "error:" in err
     assert lake_files(lake) == set()
+
+
+def test_demo_ingests_and_maps_thickness(lake, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the demo must not depend on the working directory
+    code, out, _ = replicalake(monkeypatch, capsys, "demo", "--shape", "24", "20", "512")
+    assert code == 0 and "derived/eels-thickness/thickness" in out and "computed" in out
+    assert lake.exists("raw", "eels_demo") and lake.exists("derived", "eels-thickness/thickness")
+    code, out, _ = replicalake(monkeypatch, capsys, "demo")
+    assert code == 0 and "nothing to compute" in out
