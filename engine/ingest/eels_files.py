@@ -1,0 +1,178 @@
+"""`replicalake ingest eels FILE... NAME`: real EELS files into the lake's raw/ zone.
+
+Whatever the file's own layout, the entry is `counts` (y, x, energy) float32 with the whole
+energy axis in one chunk. Data are copied one pixel block (one zarr chunk) at a time from the
+reader's lazy array, so memory is bounded by the block, not the file: a DigitalMicrograph image
+stored energy-first is transposed block by block, never loaded whole. Non-finite values are
+counted on the way and refused unless asked for, because a single NaN poisons every sum over
+energy downstream. Like every writer, the ingest fills `.tmp/` and publishes atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from ..catalog import publish_entry
+from ..errors import IngestError
+from ..memory import limit_heap_fragmentation
+from ..progress import make_progress
+from ..storage import PROVENANCE_KEY, Lake, content_token
+from ..zarr_io import write_template
+from .eels_formats import LABELS, Spectra, format_of, open_spectra
+
+INGEST = "eels-files"
+INGEST_VERSION = "1"
+# The axis of EELSfitter's WS2 specimen-4 text spectra (../shared/data/eels/README.md), the
+# plain-text EELS data this project uses; other text spectra pass --energy-start/--dispersion.
+# Each channel is labelled by its lower edge: the 1981 channels cover -4.054 ... 45.471 eV, and
+# EELSfitter's own loader labels them by their centres, 0.0125 eV higher.
+TEXT_ENERGY_START_EV = -4.054
+TEXT_DISPERSION_EV = 0.025
+MAX_THREADS = 8  # each thread holds about three copies of one block in memory
+
+
+def ingest_eels_files(lake: Lake, files: Sequence[str | Path], name: str,
+                      chunks: tuple[int, int] = (64, 64), energy_start: float | None = None,
+                      dispersion: float | None = None, allow_nonfinite: bool = False,
+                      progress: bool = True, threads: int | None = None) -> str:
+    """Ingest DM3/DM4, EMSA, hspy or plain-text spectra into raw/NAME; returns a summary line."""
+    paths = [Path(f) for f in files]
+    _check_request(lake, paths, name, chunks)
+    fmt = format_of(paths)
+    text_axis = _text_axis(paths[0], fmt, energy_start, dispersion)
+    limit_heap_fragmentation()
+    token = content_token(INGEST, INGEST_VERSION, [_file_digest(p) for p in paths], list(chunks),
+                          text_axis, allow_nonfinite)
+    tmp = lake.new_tmp_path(f"raw-{name}")
+    try:
+        with open_spectra(paths, fmt, chunks, text_axis) as spectra:
+            ny, nx, ne = spectra.counts.shape
+            block = (min(chunks[0], ny), min(chunks[1], nx))
+            dataset = _template(spectra, block, paths, fmt, token)
+            write_template(dataset, lake.url(tmp), None if lake.is_local else lake.storage_options)
+            group = zarr.open_group(lake.url(tmp), mode="r+",
+                                    storage_options=None if lake.is_local else lake.storage_options)
+            bad = _copy_blocks(spectra.counts, group["counts"], block, _source(paths), progress,
+                               threads or min(MAX_THREADS, os.cpu_count() or 1))
+        if bad and not allow_nonfinite:
+            raise IngestError(f"{_source(paths)}: expected finite counts, found {bad} non-finite "
+                              f"values (NaN or inf) among {ny * nx * ne}; pass --allow-nonfinite "
+                              "to keep them")
+        group.attrs["nonfinite_values"] = bad
+        publish_entry(lake, tmp, "raw", name,
+                      description=f"EELS {ny}x{nx}x{ne} from {LABELS[fmt]} {_source(paths)}",
+                      metadata={"token": token})
+    except BaseException:
+        lake.discard(tmp)
+        raise
+    size = lake.size(lake.entry_path("raw", name))
+    kept = f", {bad} non-finite values kept" if bad else ""
+    return (f"{ny}x{nx} spectra x {ne} channels, {dataset.energy.values[0]:g} .. "
+            f"{dataset.energy.values[-1]:g} eV{kept}, {size / 2**20:.1f} MiB on disk")
+
+
+def _check_request(lake: Lake, paths: list[Path], name: str, chunks: tuple[int, int]) -> None:
+    """Refuse what can be refused before any reading, so bad requests cost nothing."""
+    lake.entry_path("raw", name)
+    if not paths:
+        raise IngestError("expected at least one file to ingest, found none")
+    if len(chunks) != 2 or min(chunks) < 1:
+        raise IngestError(f"--chunks must be two positive integers CY CX, found {tuple(chunks)}")
+    for path in paths:
+        if not path.exists():
+            raise IngestError(f"{path}: no such file")
+        if not path.is_file():
+            raise IngestError(f"{path}: expected a file, found a folder or special file")
+
+
+def _text_axis(path: Path, fmt: str, start: float | None,
+               dispersion: float | None) -> tuple[float, float] | None:
+    """(start, dispersion) for text spectra (WS2 defaults); None for files that carry an axis."""
+    if fmt == "text":
+        return (TEXT_ENERGY_START_EV if start is None else start,
+                TEXT_DISPERSION_EV if dispersion is None else dispersion)
+    if start is not None or dispersion is not None:
+        raise IngestError(f"{path}: --energy-start/--dispersion apply to plain-text spectra only; "
+                          f"a {LABELS[fmt]} file carries its own energy axis")
+    return None
+
+
+def _file_digest(path: Path) -> str:
+    """Content hash of a file, read in pieces (the token must not depend on its name or age)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _source(paths: list[Path]) -> str:
+    return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+
+
+def _template(spectra: Spectra, block: tuple[int, int], paths: list[Path], fmt: str,
+              token: str) -> xr.Dataset:
+    """A lazy dataset with the final layout and attributes; only its metadata is written."""
+    ny, nx, ne = spectra.counts.shape
+    counts = da.zeros((ny, nx, ne), chunks=(*block, ne), dtype=np.float32)
+    energy = spectra.energy
+    dataset = xr.Dataset(
+        {"counts": (("y", "x", "energy"), counts)},
+        coords={"y": np.arange(ny), "x": np.arange(nx),
+                "energy": ("energy", energy, {"units": "eV", "long_name": "energy loss"})})
+    dataset.attrs = {
+        **spectra.attrs,
+        "original_files": [p.name for p in paths],
+        PROVENANCE_KEY: {"token": token, "ingest": INGEST, "ingest_version": INGEST_VERSION,
+                         "format": fmt, "files": [str(p.resolve()) for p in paths],
+                         "chunks": list(block)},
+    }
+    return dataset
+
+
+def _pixel_blocks(shape: tuple[int, int], block: tuple[int, int]) -> Iterator[tuple[slice, slice]]:
+    for y0 in range(0, shape[0], block[0]):
+        for x0 in range(0, shape[1], block[1]):
+            yield slice(y0, min(y0 + block[0], shape[0])), slice(x0, min(x0 + block[1], shape[1]))
+
+
+def _copy_blocks(counts, target: zarr.Array, block: tuple[int, int], source: str, progress: bool,
+                 threads: int) -> int:
+    """Copy `counts` into `target` block by block; return how many values were not finite."""
+
+    def copy(where: tuple[slice, slice]) -> int:
+        values = _load(counts[where], source, where).astype(np.float32, copy=False)
+        target[where] = values
+        return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+    blocks = list(_pixel_blocks(counts.shape[:2], block))
+    bad = 0
+    pool = ThreadPoolExecutor(threads)
+    try:
+        with make_progress(disable=not progress) as bar:
+            task = bar.add_task(f"copying {source}", total=len(blocks))
+            for count in pool.map(copy, blocks):
+                bad += count
+                bar.advance(task)
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return bad
+
+
+def _load(block, source: str, where: tuple[slice, slice]) -> np.ndarray:
+    """One block in memory; a lazy read that fails (truncated data) names the pixels."""
+    if not isinstance(block, da.Array):
+        return np.asarray(block)
+    try:
+        return block.compute(scheduler="synchronous")
+    except Exception as exc:
+        ys, xs = where
+        raise IngestError(f"{source}: expected pixels y {ys.start}:{ys.stop}, x {xs.start}:"
+                          f"{xs.stop} to be readable, but reading failed ({type(exc).__name__}: "
+                          f"{exc}); is the file truncated?") from exc
