@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 import dask.array as da
@@ -21,13 +20,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ..catalog import publish_entry
 from ..errors import IngestError
-from ..memory import limit_heap_fragmentation
-from ..progress import make_progress
 from ..storage import PROVENANCE_KEY, Lake, content_token
-from ..zarr_io import write_template
 from .eels_formats import LABELS, Spectra, format_of, open_spectra
+from .staging import pixel_blocks, staged_entry, write_blocks
 
 INGEST = "eels-files"
 INGEST_VERSION = "1"
@@ -49,31 +45,21 @@ def ingest_eels_files(lake: Lake, files: Sequence[str | Path], name: str,
     _check_request(lake, paths, name, chunks)
     fmt = format_of(paths)
     text_axis = _text_axis(paths[0], fmt, energy_start, dispersion)
-    limit_heap_fragmentation()
     token = content_token(INGEST, INGEST_VERSION, [_file_digest(p) for p in paths], list(chunks),
                           text_axis, allow_nonfinite)
-    tmp = lake.new_tmp_path(f"raw-{name}")
-    try:
-        with open_spectra(paths, fmt, chunks, text_axis) as spectra:
-            ny, nx, ne = spectra.counts.shape
-            block = (min(chunks[0], ny), min(chunks[1], nx))
-            dataset = _template(spectra, block, paths, fmt, token)
-            write_template(dataset, lake.url(tmp), None if lake.is_local else lake.storage_options)
-            group = zarr.open_group(lake.url(tmp), mode="r+",
-                                    storage_options=None if lake.is_local else lake.storage_options)
-            bad = _copy_blocks(spectra.counts, group["counts"], block, _source(paths), progress,
-                               threads or min(MAX_THREADS, os.cpu_count() or 1))
+    with staged_entry(lake, "raw", name) as stage, open_spectra(paths, fmt, chunks, text_axis) as spectra:
+        ny, nx, ne = spectra.counts.shape
+        block = (min(chunks[0], ny), min(chunks[1], nx))
+        dataset = _template(spectra, block, paths, fmt, token)
+        group = stage.layout(dataset)
+        bad = _copy_blocks(spectra.counts, group["counts"], block, _source(paths), progress,
+                           threads or min(MAX_THREADS, os.cpu_count() or 1))
         if bad and not allow_nonfinite:
             raise IngestError(f"{_source(paths)}: expected finite counts, found {bad} non-finite "
                               f"values (NaN or inf) among {ny * nx * ne}; pass --allow-nonfinite "
                               "to keep them")
         group.attrs["nonfinite_values"] = bad
-        publish_entry(lake, tmp, "raw", name,
-                      description=f"EELS {ny}x{nx}x{ne} from {LABELS[fmt]} {_source(paths)}",
-                      metadata={"token": token})
-    except BaseException:
-        lake.discard(tmp)
-        raise
+        stage.publish(f"EELS {ny}x{nx}x{ne} from {LABELS[fmt]} {_source(paths)}", {"token": token})
     size = lake.size(lake.entry_path("raw", name))
     kept = f", {bad} non-finite values kept" if bad else ""
     return (f"{ny}x{nx} spectra x {ne} channels, {dataset.energy.values[0]:g} .. "
@@ -136,12 +122,6 @@ def _template(spectra: Spectra, block: tuple[int, int], paths: list[Path], fmt: 
     return dataset
 
 
-def _pixel_blocks(shape: tuple[int, int], block: tuple[int, int]) -> Iterator[tuple[slice, slice]]:
-    for y0 in range(0, shape[0], block[0]):
-        for x0 in range(0, shape[1], block[1]):
-            yield slice(y0, min(y0 + block[0], shape[0])), slice(x0, min(x0 + block[1], shape[1]))
-
-
 def _copy_blocks(counts, target: zarr.Array, block: tuple[int, int], source: str, progress: bool,
                  threads: int) -> int:
     """Copy `counts` into `target` block by block; return how many values were not finite."""
@@ -151,18 +131,8 @@ def _copy_blocks(counts, target: zarr.Array, block: tuple[int, int], source: str
         target[where] = values
         return int(values.size - np.count_nonzero(np.isfinite(values)))
 
-    blocks = list(_pixel_blocks(counts.shape[:2], block))
-    bad = 0
-    pool = ThreadPoolExecutor(threads)
-    try:
-        with make_progress(disable=not progress) as bar:
-            task = bar.add_task(f"copying {source}", total=len(blocks))
-            for count in pool.map(copy, blocks):
-                bad += count
-                bar.advance(task)
-    finally:
-        pool.shutdown(cancel_futures=True)
-    return bad
+    blocks = pixel_blocks(counts.shape[:2], block)
+    return sum(write_blocks(blocks, copy, f"copying {source}", progress, threads))
 
 
 def _load(block, source: str, where: tuple[slice, slice]) -> np.ndarray:

@@ -7,32 +7,19 @@ then published to raw/NAME with its truth maps beside the counts.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import dask.array as da
 import numpy as np
 import xarray as xr
-import zarr
 
-from ..catalog import publish_entry
 from ..errors import IngestError
 from ..kernels import eels_synth
-from ..memory import limit_heap_fragmentation
-from ..progress import make_progress
 from ..storage import PROVENANCE_KEY, Lake, content_token
-from ..zarr_io import write_template
+from .staging import pixel_blocks, staged_entry, write_blocks
 
 DEMO_NAME = "eels_demo"
 GENERATOR = "synthetic-eels"
 GENERATOR_VERSION = "1"
 BEAM_ENERGY_KEV = 200.0
-
-
-def _blocks(shape: tuple[int, int], chunks: tuple[int, int]):
-    for y0 in range(0, shape[0], chunks[0]):
-        for x0 in range(0, shape[1], chunks[1]):
-            yield (y0, x0), (min(chunks[0], shape[0] - y0), min(chunks[1], shape[1] - x0))
 
 
 def _template(shape: tuple[int, int, int], chunks: tuple[int, int], energy: np.ndarray,
@@ -62,7 +49,6 @@ def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], se
     if len(chunks) != 2 or min(chunks) < 1:
         raise IngestError(f"--chunks must be two positive integers CY CX, found {chunks}")
     chunks = (min(chunks[0], shape[0]), min(chunks[1], shape[1]))
-    limit_heap_fragmentation()
     energy = eels_synth.energy_axis(shape[2])
     sample = eels_synth.simulate_block(shape[:2], (0, 0), (1, 1), energy, seed)
     token = content_token(GENERATOR, GENERATOR_VERSION, list(shape), list(chunks), seed)
@@ -74,30 +60,20 @@ def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], se
         PROVENANCE_KEY: {"token": token, "ingest": GENERATOR, "generator_version": GENERATOR_VERSION,
                          "shape": list(shape), "chunks": list(chunks), "seed": seed},
     }
-    tmp = lake.new_tmp_path(f"raw-{name}")
-    try:
-        write_template(dataset, lake.url(tmp), None if lake.is_local else lake.storage_options)
-        group = zarr.open_group(lake.url(tmp), mode="r+",
-                                storage_options=None if lake.is_local else lake.storage_options)
+    with staged_entry(lake, "raw", name) as stage:
+        group = stage.layout(dataset)
         arrays = {key: group[key] for key in sample}
 
-        def write_block(origin_and_size):
-            (y0, x0), (cy, cx) = origin_and_size
-            block = eels_synth.simulate_block(shape[:2], (y0, x0), (cy, cx), energy, seed)
+        def write_block(where):
+            (ys, xs) = where
+            block = eels_synth.simulate_block(shape[:2], (ys.start, xs.start),
+                                              (ys.stop - ys.start, xs.stop - xs.start), energy, seed)
             for key, value in block.items():
-                arrays[key][y0:y0 + cy, x0:x0 + cx] = value
+                arrays[key][ys, xs] = value
 
-        blocks = list(_blocks(shape[:2], chunks))
-        with make_progress(disable=not progress) as bar, \
-                ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-            task = bar.add_task(f"generating raw/{name}", total=len(blocks))
-            for _ in pool.map(write_block, blocks):
-                bar.advance(task)
-        publish_entry(lake, tmp, "raw", name,
-                      description=f"synthetic EELS image {shape[0]}x{shape[1]}x{shape[2]}, seed {seed}",
-                      metadata={"token": token})
-    except BaseException:
-        lake.discard(tmp)
-        raise
+        write_blocks(pixel_blocks(shape[:2], chunks), write_block, f"generating raw/{name}",
+                     progress, threads)
+        stage.publish(f"synthetic EELS image {shape[0]}x{shape[1]}x{shape[2]}, seed {seed}",
+                      {"token": token})
     size = lake.size(lake.entry_path("raw", name))
     return f"{shape[0]}x{shape[1]} spectra x {shape[2]} channels, {size / 2**20:.1f} MiB on disk"
