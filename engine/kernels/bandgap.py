@@ -1,0 +1,321 @@
+"""Band-gap fits: I(E) = A (E - E_BG)^b above E_BG (zero below), many spectra at once.
+
+Why our own fitter: a band-gap map fits one small model per pixel and per quantile curve,
+10^5 - 10^6 fits, and scipy's curve_fit pays ~ms of Python overhead per call. Here every
+spectrum of a chunk (any leading shape, energy last) takes Levenberg-Marquardt steps together:
+one batched 3x3 (or 2x2) solve per iteration, so the cost per fit is a few microseconds of
+array work. A pixel that does not converge (no signal, noise only, a runaway onset) gets NaN
+and `converged = False`; it never stops its neighbours.
+
+Model and parameters. For x = E - E_BG > 0 the model is A x^b, else 0; b is either fixed
+(0.5 direct, 1.5 indirect gap) or free. Internally each spectrum is divided by its largest
+|value| in the window, so A is of order one for every pixel and one damping schedule suits all.
+
+Steps are kept only where they lower chi2 and stay in the region where the model is defined:
+A > 0, b in [EXPONENT_MIN, EXPONENT_MAX], and enough channels above E_BG to determine the free
+parameters. The fit stops when the proposed step is below `xtol` relative to the parameters, or when the
+Gauss-Newton step is shorter than `step_tol` standard errors.
+
+Initial guess (what makes the batch robust): for each candidate b, y^(1/b) is linear in E
+above the onset, y^(1/b) = A^(1/b) (E - E_BG); a straight line through the channels with clear
+signal gives E_BG, then A follows in closed form (the model is linear in A). With b free, the
+candidate with the lowest chi2 starts the fit.
+
+Uncertainties come from the Jacobian at the optimum: cov = (J^T W J)^-1, scaled by chi2 per
+degree of freedom when no absolute errors were given (as curve_fit with absolute_sigma=False).
+
+Array code only (numpy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BandgapFit", "fit_bandgap", "power_onset"]
+
+EXPONENT_MIN = 0.1
+EXPONENT_MAX = 5.0
+EXPONENT_CANDIDATES = (0.5, 1.0, 1.5, 2.0, 3.0)  # starting points when b is free
+SIGNAL_FRACTION = 0.1  # the linearised guess uses channels above this share of the maximum
+EDGE_MARGIN = 1e-3  # a fit this close (in b, or in window spans for E_BG) to the domain's edge failed
+LAMBDA_START = 1e-3
+RCOND = 1e-13  # unit-diagonal normal matrices with a smaller determinant count as singular
+LAMBDA_MAX = 1e12  # damping this large means no step lowers chi2: stop, not converged
+
+
+@dataclass(frozen=True)
+class BandgapFit:
+    """Per-spectrum results, each shaped like the spectra without their energy axis.
+
+    Errors are one standard deviation from the fit covariance; `exponent_error` is 0 where b
+    was fixed. `chi2` is chi2 per degree of freedom (in data units squared when the fit was
+    unweighted). Where `converged` is False every float is NaN.
+    """
+
+    e_bg: np.ndarray
+    amplitude: np.ndarray
+    exponent: np.ndarray
+    e_bg_error: np.ndarray
+    amplitude_error: np.ndarray
+    exponent_error: np.ndarray
+    chi2: np.ndarray
+    converged: np.ndarray
+    iterations: np.ndarray
+
+
+def power_onset(energy, e_bg, amplitude, exponent) -> np.ndarray:
+    """A (E - E_BG)^b for E > E_BG, else 0; arguments broadcast (energy last)."""
+    x = np.asarray(energy, dtype=float) - np.asarray(e_bg, dtype=float)
+    above = x > 0
+    return np.where(above, amplitude * np.where(above, x, 1.0) ** exponent, 0.0)
+
+
+def _model(energy: np.ndarray, theta: np.ndarray, jacobian: bool, resolution: float = 0.0):
+    """Model (n, M) at theta (n, 3) = (A, E_BG, b), and d model / d theta (n, M, 3) if asked.
+
+    `resolution` bounds the 1/x in d model / d E_BG (see the covariance in fit_bandgap).
+    """
+    amplitude, e_bg, b = (theta[:, k, None] for k in range(3))
+    x = energy[None, :] - e_bg
+    above = x > 0
+    x_safe = np.where(above, x, 1.0)
+    log_x = np.log(x_safe)
+    power = np.where(above, np.exp(b * log_x), 0.0)
+    model = amplitude * power
+    if not jacobian:
+        return model, None
+    jac = np.stack([power, -amplitude * b * power / np.maximum(x_safe, resolution),
+                    model * log_x], axis=-1)
+    return model, jac
+
+
+def _valid(theta: np.ndarray, energy: np.ndarray, n_free: int, margin: float = 0.0) -> np.ndarray:
+    """Where theta lies in the model's domain (see the module docstring), `margin` inside it.
+
+    A fit that ends on the domain's edge (b at a bound, the onset run far below the window:
+    what noise without an onset does) found no optimum; a small margin tells those apart.
+    """
+    span = energy[-1] - energy[0]
+    lowest = energy[0] - 5.0 * span  # an onset far below the window is still a valid
+    # extrapolation, one this far below is a runaway
+    highest = energy[-(n_free + 1)]  # at least n_free + 1 channels above the onset
+    b_margin = margin if n_free == 3 else 0.0  # a fixed b sits where the caller put it
+    return (
+        np.isfinite(theta).all(axis=1)
+        & (theta[:, 0] > 0)
+        & (theta[:, 1] > lowest + margin * span) & (theta[:, 1] < highest)
+        & (theta[:, 2] >= EXPONENT_MIN + b_margin) & (theta[:, 2] <= EXPONENT_MAX - b_margin)
+    )
+
+
+def _profile_amplitude(energy, y, weight, e_bg, b):
+    """The chi2-optimal A for given E_BG and b (the model is linear in A), and that chi2."""
+    shape = power_onset(energy, e_bg[:, None], 1.0, b[:, None])
+    norm = (weight * shape * shape).sum(axis=1)
+    amplitude = np.where(norm > 0, (weight * shape * y).sum(axis=1) / np.where(norm > 0, norm, 1),
+                         np.nan)
+    chi2 = (weight * (y - amplitude[:, None] * shape) ** 2).sum(axis=1)
+    return amplitude, chi2
+
+
+def _normalised(hess: np.ndarray):
+    """hess / sqrt(d_i d_j) (unit diagonal) and sqrt(d), with the rows that are safe to invert.
+
+    Working on the unit-diagonal form makes the singularity test independent of the parameters'
+    units and of the data's scale (Marquardt's scaling).
+    """
+    d = np.sqrt(np.abs(np.diagonal(hess, axis1=1, axis2=2)))
+    safe = np.isfinite(hess).all(axis=(1, 2)) & (d > 0).all(axis=1)
+    d = np.where(safe[:, None], d, 1.0)
+    unit = hess / (d[:, :, None] * d[:, None, :])
+    safe &= np.isfinite(unit).all(axis=(1, 2))
+    unit = np.where(safe[:, None, None], unit, np.eye(hess.shape[-1]))
+    return unit, d, safe
+
+
+def _damped_step(hess, grad, lam):
+    """Levenberg-Marquardt steps (H + lam diag H) step = grad for a batch, and where they exist."""
+    unit, d, safe = _normalised(hess)
+    damped = unit + lam[:, None, None] * np.eye(hess.shape[-1])
+    safe &= np.linalg.det(damped) > RCOND
+    damped = np.where(safe[:, None, None], damped, np.eye(hess.shape[-1]))
+    step = np.linalg.solve(damped, (grad / d)[..., None])[..., 0] / d
+    return np.where(safe[:, None], step, 0.0), safe
+
+
+def _inverse_diagonal(hess):
+    """diag(H^-1) per row: the parameter variances; NaN where H is (near) singular."""
+    unit, d, safe = _normalised(hess)
+    safe &= np.linalg.det(unit) > RCOND
+    unit = np.where(safe[:, None, None], unit, np.eye(hess.shape[-1]))
+    variance = np.diagonal(np.linalg.inv(unit), axis1=1, axis2=2) / (d * d)
+    return np.where(safe[:, None], variance, np.nan)
+
+
+def _initial_guess(energy, y, weight, exponents, n_free):
+    """Start (n, 3) from the linearised fit of y^(1/b) vs E over the channels with clear signal."""
+    n = y.shape[0]
+    clear = y > SIGNAL_FRACTION  # y is scaled to a maximum |value| of 1
+    count = clear.sum(axis=1)
+    e_mean = np.where(clear, energy, 0.0).sum(axis=1) / np.maximum(count, 1)
+    de = np.where(clear, energy - e_mean[:, None], 0.0)
+    spread = (de * de).sum(axis=1)
+    span = energy[-1] - energy[0]
+    best = np.full((n, 3), np.nan)
+    best_chi2 = np.full(n, np.inf)
+    for b in exponents:
+        z = np.where(clear, np.maximum(y, 0.0), 0.0) ** (1.0 / b)
+        z_mean = z.sum(axis=1) / np.maximum(count, 1)
+        slope = (de * (z - z_mean[:, None])).sum(axis=1) / np.where(spread > 0, spread, 1.0)
+        e_bg = np.where((count >= 2) & (slope > 0),
+                        e_mean - z_mean / np.where(slope > 0, slope, 1.0),
+                        energy[0] - 0.1 * span)  # no line: assume the onset sits just below
+        e_bg = np.clip(e_bg, energy[0] - span, energy[-(n_free + 2)])
+        b_arr = np.full(n, b)
+        amplitude, chi2 = _profile_amplitude(energy, y, weight, e_bg, b_arr)
+        better = np.isfinite(amplitude) & (chi2 < best_chi2)
+        best[better] = np.stack([amplitude, e_bg, b_arr], axis=1)[better]
+        best_chi2[better] = chi2[better]
+    return best
+
+
+def fit_bandgap(
+    spectra,
+    energy,
+    *,
+    window: tuple[float, float] | None = None,
+    exponent: float | None = None,
+    sigma=None,
+    max_iter: int = 200,
+    xtol: float = 1e-8,
+    step_tol: float = 1e-2,
+) -> BandgapFit:
+    """Fit A (E - E_BG)^b to every spectrum (energy last) over the channels inside `window`.
+
+    exponent: b fixed to this value, or None to fit it.
+    sigma: per-channel errors: None (unweighted; covariance scaled by chi2 per degree of
+        freedom), "poisson" (sigma^2 = max(y, 1): counts, absolute) or an array that broadcasts
+        against the spectra (absolute errors, as curve_fit with absolute_sigma=True).
+    """
+    spectra = np.asarray(spectra)
+    energy = np.asarray(energy, dtype=np.float64)
+    if energy.ndim != 1 or energy.size != spectra.shape[-1]:
+        raise ValueError(f"energy must be 1-D with one value per channel: got {energy.shape} for "
+                         f"spectra of shape {spectra.shape}")
+    lead = spectra.shape[:-1]
+    inside = (np.ones(energy.size, bool) if window is None
+              else (energy >= window[0]) & (energy <= window[1]))
+    energy_w = energy[inside]
+    n_free = 2 if exponent is not None else 3
+    if energy_w.size < n_free + 2 or not np.all(np.diff(energy_w) > 0):
+        raise ValueError(f"the window needs at least {n_free + 2} channels on an increasing "
+                         f"energy axis, found {energy_w.size}")
+    y = spectra.reshape(-1, spectra.shape[-1])[:, inside].astype(np.float64)
+    n = y.shape[0]
+
+    if sigma is None:
+        err = None
+    elif isinstance(sigma, str):
+        if sigma != "poisson":
+            raise ValueError(f"sigma must be None, 'poisson' or an array, not {sigma!r}")
+        err = np.sqrt(np.maximum(y, 1.0))
+    else:
+        err = np.broadcast_to(np.asarray(sigma, np.float64), spectra.shape)
+        err = err.reshape(-1, spectra.shape[-1])[:, inside]
+    # Scale each spectrum to a largest |value| of 1 (chi2 is unchanged: y and err scale alike).
+    scale = np.abs(y).max(axis=1)
+    usable = np.isfinite(y).all(axis=1) & (scale > 0) & np.isfinite(scale)
+    if err is None:
+        weight = np.ones_like(y)
+    else:
+        usable &= np.isfinite(err).all(axis=1) & (err > 0).all(axis=1)
+        weight = (scale[:, None] / np.where(err > 0, err, 1.0)) ** 2
+    scale = np.where(usable, scale, 1.0)
+    y = np.where(usable[:, None], y / scale[:, None], 0.0)
+    weight = np.where(usable[:, None] & np.isfinite(weight), weight, 1.0)
+
+    exponents = EXPONENT_CANDIDATES if exponent is None else (float(exponent),)
+    theta = _initial_guess(energy_w, y, weight, exponents, n_free)
+    active = usable & _valid(theta, energy_w, n_free)
+    free = slice(0, n_free)  # theta columns being fitted: (A, E_BG) or (A, E_BG, b)
+    lam = np.full(n, LAMBDA_START)
+    chi2 = np.full(n, np.inf)
+    chi2[active] = (weight[active] * (y[active] - _model(energy_w, theta[active], False)[0]) ** 2
+                    ).sum(axis=1)
+    converged = np.zeros(n, bool)
+    iterations = np.zeros(n, np.int32)
+    dof = energy_w.size - n_free
+
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        iterations[idx] += 1
+        th, w, yy = theta[idx], weight[idx], y[idx]
+        model, jac = _model(energy_w, th, True)
+        jac = jac[..., free]
+        jtw = jac.transpose(0, 2, 1) * w[:, None, :]
+        hess = jtw @ jac
+        grad = (jtw @ (yy - model)[..., None])[..., 0]
+        step, solvable = _damped_step(hess, grad, lam[idx])
+        trial = th.copy()
+        trial[:, free] += step
+        ok = solvable & _valid(trial, energy_w, n_free)
+        trial_chi2 = np.full(idx.size, np.inf)
+        if ok.any():
+            trial_model = _model(energy_w, trial[ok], False)[0]
+            trial_chi2[ok] = (w[ok] * (yy[ok] - trial_model) ** 2).sum(axis=1)
+        accept = ok & (trial_chi2 <= chi2[idx])
+        theta[idx[accept]] = trial[accept]
+        chi2[idx[accept]] = trial_chi2[accept]
+        lam[idx] = np.where(accept, np.maximum(lam[idx] / 10.0, 1e-12), lam[idx] * 10.0)
+        # Stop where a tiny step cannot lower chi2 (noiseless data: chi2 -> 0), or where the
+        # undamped Gauss-Newton step is shorter than step_tol standard errors (its length in
+        # that metric is s^T H s = g^T s, with the noise level estimated by chi2 / dof): the
+        # rest is far below the statistical error. Without the second test an onset next to a
+        # channel, where the Jacobian jumps, oscillates towards it for hundreds of steps.
+        small = solvable & (np.abs(step) <= xtol * (np.abs(th[:, free]) + xtol)).all(axis=1)
+        newton, _ = _damped_step(hess, grad, np.zeros(idx.size))
+        flat = solvable & ((newton * grad).sum(axis=1) <= step_tol**2 * chi2[idx] / dof)
+        done = (small & (accept | (trial_chi2 >= chi2[idx]))) | flat
+        converged[idx[done]] = True
+        active[idx[done | (lam[idx] > LAMBDA_MAX) | ~solvable]] = False
+
+    # Covariance from the weighted Jacobian at the optimum. A channel records the spectrum
+    # averaged over its width, so its sensitivity to E_BG is bounded by the slope half a channel
+    # above the onset; the point-sampled x^(b-1) diverges for b < 1 when the onset lands just
+    # below a channel and would claim errors 10^4 times too small.
+    errors = np.full((n, 3), np.nan)
+    idx = np.flatnonzero(converged)
+    if idx.size:
+        half_channel = 0.5 * float(np.median(np.diff(energy_w)))
+        _, jac = _model(energy_w, theta[idx], True, half_channel)
+        jac = jac[..., free]
+        hess = (jac.transpose(0, 2, 1) * weight[idx, None, :]) @ jac
+        variance = _inverse_diagonal(hess)
+        if sigma is None:
+            variance *= (chi2[idx] / dof)[:, None]
+        errors[idx, :n_free] = np.sqrt(np.where(variance >= 0, variance, np.nan))
+        converged[idx] = (np.isfinite(errors[idx, :n_free]).all(axis=1)
+                          & _valid(theta[idx], energy_w, n_free, EDGE_MARGIN))
+    if exponent is not None:
+        errors[:, 2] = 0.0
+
+    # Back to the data's units; NaN wherever the fit failed.
+    theta[:, 0] *= scale
+    errors[:, 0] *= scale
+    if sigma is None:
+        chi2 = chi2 * scale**2  # unweighted: residual variance in data units
+    nan = ~converged
+    theta[nan] = np.nan
+    errors[nan] = np.nan
+    chi2 = np.where(nan, np.nan, chi2 / dof)
+    return BandgapFit(
+        e_bg=theta[:, 1].reshape(lead), amplitude=theta[:, 0].reshape(lead),
+        exponent=theta[:, 2].reshape(lead), e_bg_error=errors[:, 1].reshape(lead),
+        amplitude_error=errors[:, 0].reshape(lead), exponent_error=errors[:, 2].reshape(lead),
+        chi2=chi2.reshape(lead), converged=converged.reshape(lead),
+        iterations=iterations.reshape(lead),
+    )

@@ -1,0 +1,129 @@
+"""Band-gap maps: fit I_inel(E) = A (E - E_BG)^b in an energy window, per pixel.
+
+The fit runs on every spectrum of a chunk at once (engine.kernels.bandgap), mapped lazily over
+the pixel chunks. When the input carries quantile bands of the inelastic signal (the spread over
+ZLP replicas), each band curve is fitted too and the spread of their onsets is the error of
+E_BG: that error includes the ZLP model's uncertainty, which the fit covariance alone does not.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import OpError
+from ..kernels.bandgap import fit_bandgap as fit_kernel
+from ..registry import register_op
+from .core import require_dims, require_variables
+from .eels import ENERGY, passthrough
+
+QUANTILE = "quantile"
+_MAPS = ("e_bg", "e_bg_error", "amplitude", "exponent", "converged", "chi2")
+
+
+class BandgapParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    window_ev: tuple[float, float] = Field(
+        description="[low, high] energy loss window of the fit (eV), just above the onset")
+    exponent: float | None = Field(
+        None, gt=0, description="fixed b: 0.5 direct gap, 1.5 indirect; null fits b too")
+    variable: str = Field("inelastic", description="spectra variable (the ZLP-subtracted signal)")
+    quantile_variable: str | None = Field(
+        "inelastic_quantile", description=f"quantile bands over a {QUANTILE!r} dim, fitted for "
+        "the E_BG error; the default is used when present, null ignores bands")
+    weights: Literal["uniform", "poisson"] = Field(
+        "uniform", description="uniform: errors from the scatter about the fit; poisson: "
+        "sigma^2 = max(I, 1) counts")
+
+    @model_validator(mode="after")
+    def _ordered_window(self):
+        if not self.window_ev[0] < self.window_ev[1]:
+            raise ValueError(f"window_ev must be [low, high] with low < high, got "
+                             f"{list(self.window_ev)}")
+        return self
+
+
+def _fit_maps(spectra: np.ndarray, energy, window, exponent, sigma):
+    fit = fit_kernel(spectra, energy, window=window, exponent=exponent, sigma=sigma)
+    return (fit.e_bg.astype(np.float32), fit.e_bg_error.astype(np.float32),
+            fit.amplitude.astype(np.float32), fit.exponent.astype(np.float32),
+            fit.converged, fit.chi2.astype(np.float32))
+
+
+def _fit(spectra: xr.DataArray, energy: np.ndarray, params: BandgapParams) -> dict:
+    """Lazy fit maps of every spectrum in `spectra` (energy last, in one chunk)."""
+    if spectra.chunks and len(spectra.chunks[-1]) > 1:
+        spectra = spectra.chunk({ENERGY: -1})
+    maps = xr.apply_ufunc(
+        _fit_maps, spectra,
+        kwargs={"energy": energy, "window": params.window_ev, "exponent": params.exponent,
+                "sigma": None if params.weights == "uniform" else "poisson"},
+        input_core_dims=[[ENERGY]], output_core_dims=[[]] * len(_MAPS),
+        dask="parallelized", output_dtypes=[np.float32] * 4 + [bool, np.float32],
+    )
+    return dict(zip(_MAPS, maps, strict=True))
+
+
+def _check_window(energy: np.ndarray, params: BandgapParams) -> None:
+    low, high = params.window_ev
+    if energy.size < 2 or not np.all(np.diff(energy) > 0):
+        raise OpError(f"the {ENERGY!r} coordinate must increase")
+    if low < energy[0] or high > energy[-1]:
+        raise OpError(f"window_ev {list(params.window_ev)} eV is outside the data, which covers "
+                      f"{energy[0]:.4g} to {energy[-1]:.4g} eV")
+    needed = 5 if params.exponent is None else 4  # two more channels than free parameters
+    found = int(((energy >= low) & (energy <= high)).sum())
+    if found < needed:
+        raise OpError(f"window_ev {list(params.window_ev)} eV holds {found} channels; the fit "
+                      f"needs at least {needed}: widen it")
+
+
+@register_op("eels.fit_bandgap", params=BandgapParams, inputs=("inelastic",))
+def fit_bandgap(params: BandgapParams, inelastic: xr.Dataset) -> xr.Dataset:
+    """Band-gap maps from fits of A (E - E_BG)^b over window_ev, per pixel.
+
+    Output: `e_bg` (eV), `e_bg_error` (half the spread of E_BG over the quantile band curves
+    when the input has them, else the fit's standard error), `amplitude`, `exponent`,
+    `converged` (False: the maps are NaN there) and `chi2` (per degree of freedom); with bands
+    also `e_bg_quantile`, the onset of each band curve.
+    """
+    require_dims(inelastic, [ENERGY])
+    require_variables(inelastic, [params.variable])
+    if ENERGY not in inelastic.coords:
+        raise OpError(f"the data has no {ENERGY!r} coordinate; expected energy loss in eV")
+    energy = np.asarray(inelastic[ENERGY].values, dtype=np.float64)
+    _check_window(energy, params)
+    spectra = inelastic[params.variable]
+    if ENERGY not in spectra.dims:
+        raise OpError(f"variable {params.variable!r} has no {ENERGY!r} dim "
+                      f"(dims: {spectra.dims})")
+    maps = _fit(spectra.transpose(..., ENERGY), energy, params)
+    maps["e_bg_error"].attrs["source"] = "fit covariance"
+
+    bands = params.quantile_variable
+    explicit = "quantile_variable" in params.model_fields_set
+    if bands is not None and (bands in inelastic.data_vars or explicit):
+        require_variables(inelastic, [bands])
+        if QUANTILE not in inelastic[bands].dims or ENERGY not in inelastic[bands].dims:
+            raise OpError(f"variable {bands!r} needs {QUANTILE!r} and {ENERGY!r} dims "
+                          f"(dims: {inelastic[bands].dims})")
+        band_e_bg = _fit(inelastic[bands].transpose(..., ENERGY), energy, params)["e_bg"]
+        maps["e_bg_quantile"] = band_e_bg
+        maps["e_bg_error"] = ((band_e_bg.max(QUANTILE, skipna=False)
+                               - band_e_bg.min(QUANTILE, skipna=False)) / 2).astype(np.float32)
+        maps["e_bg_error"].attrs["source"] = f"half the spread over the {bands!r} curves"
+
+    units = {"e_bg": "eV", "e_bg_error": "eV", "e_bg_quantile": "eV", "exponent": "1"}
+    names = {"e_bg": "band gap E_BG", "e_bg_error": "band gap error (1 sigma)",
+             "e_bg_quantile": "band gap of each quantile curve", "amplitude": "onset amplitude A",
+             "exponent": "onset exponent b", "converged": "fit converged",
+             "chi2": "chi2 per degree of freedom"}
+    for name, var in maps.items():
+        var.attrs.update({"long_name": names[name], "window_ev": list(params.window_ev)})
+        if name in units:
+            var.attrs["units"] = units[name]
+    return xr.Dataset({**passthrough(inelastic), **maps}, attrs=dict(inelastic.attrs))
