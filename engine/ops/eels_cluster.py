@@ -1,0 +1,237 @@
+"""EELS clustering and ZLP training windows (DOMAIN.md section 2, items 3 and 4), lazily.
+
+`eels.cluster` reduces each spectrum to one scalar feature (a log intensity, a 2-D map of
+4 MB at 10^6 pixels) chunk by chunk, fits a seeded mini-batch K-means on that map in a single
+dask task, and labels every pixel by its nearest centroid. Only the small feature map is ever
+in memory at once; the image streams through chunk by chunk, which is what out-of-core needs.
+
+`eels.zlp_windows` summarises each cluster by the median and P16/P84 of ln I(E) over a seeded
+random sample of its spectra, and places the ZLP fit windows dE_I and dE_II on the median.
+Medians do not combine across chunks, so each chunk keeps only its candidate sample (the
+spectra with the smallest per-pixel hash keys of each cluster, kernels.eels_cluster) and a tree
+of merges keeps the smallest keys overall: a uniform sample without replacement of up to
+n_sample spectra per cluster, independent of the chunking, in memory bounded by k x n_sample
+spectra. Nothing here computes: the results are lazy datasets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import OpError
+from ..kernels import eels_cluster as kernels
+from ..registry import register_op
+from .core import require_dims, require_variables
+from .eels import ENERGY, energy_axis, spectra_of
+
+CLUSTER = "cluster"  # the label map (pixel dims)
+CLUSTER_ID = "cluster_id"  # the dim of per-cluster results; xarray cannot name both "cluster"
+_MERGE_FAN_IN = 8  # samples merged per task: a shallow tree, few spectra in memory per merge
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClusterParams(_Params):
+    n_clusters: int = Field(5, ge=1, description="number of clusters K")
+    seed: int = Field(0, ge=0, description="seed of the K-means initialisation and batch order")
+    feature: Literal["log_peak3", "log_zlp", "log_total"] = Field(
+        "log_peak3", description="log intensity to cluster on: 3 channels around the peak "
+        "(EELSfitter), the ZLP up to its first minimum, or the whole window")
+    batch_size: int = Field(4096, ge=1, description="pixels per mini-batch")
+    epochs: int = Field(3, ge=1, description="mini-batch passes over all pixels")
+    init_size: int = Field(10_000, ge=1, description="pixels sampled for the K-means++ start")
+    n_init: int = Field(8, ge=1, description="K-means++ starts tried; the best one is kept")
+    variable: str = Field("counts", description="spectra variable")
+
+
+def _pixel_dims(spectra: xr.DataArray) -> tuple[str, ...]:
+    return tuple(str(d) for d in spectra.dims[:-1])
+
+
+@register_op("eels.cluster", params=ClusterParams, inputs=("image",))
+def cluster(params: ClusterParams, image: xr.Dataset) -> xr.Dataset:
+    """K-means of pixels on a log-intensity feature: thickness classes sharing ZLP statistics.
+
+    Output: `cluster` (pixel dims, int32; -1 where the feature is not finite), `feature` (the
+    log intensity clustered on) and `centroid` (cluster_id). Centroids are sorted descending, so
+    cluster 0 is the thinnest (largest ZLP intensity) and labels do not depend on the run.
+    """
+    spectra = spectra_of(image, params.variable)
+    energy = energy_axis(image)
+    n_pixels = int(np.prod([spectra.sizes[d] for d in _pixel_dims(spectra)]))
+    if params.n_clusters > n_pixels:
+        raise OpError(f"n_clusters={params.n_clusters} is more than the {n_pixels} pixels of the "
+                      "image; lower n_clusters")
+    feature = xr.apply_ufunc(
+        kernels.cluster_feature, spectra, kwargs={"energy": energy, "kind": params.feature},
+        input_core_dims=[[ENERGY]], dask="parallelized", output_dtypes=[np.float32],
+    )
+    if feature.chunks is None:
+        feature = feature.chunk()
+    fitted = dask.delayed(kernels.fit_kmeans, pure=True)(
+        feature.data, params.n_clusters, params.seed, params.batch_size, params.epochs,
+        params.init_size, params.n_init)
+    centroid = xr.DataArray(da.from_delayed(fitted, (params.n_clusters,), dtype=np.float64),
+                            dims=(CLUSTER_ID,), coords={CLUSTER_ID: np.arange(params.n_clusters)})
+    labels = xr.apply_ufunc(
+        kernels.kmeans_assign, feature, centroid, input_core_dims=[[], [CLUSTER_ID]],
+        dask="parallelized", output_dtypes=[np.int32],
+    )
+    feature.attrs = {"units": "1", "long_name": f"clustering feature ({params.feature})"}
+    labels.attrs = {"long_name": "cluster label (0 = thinnest, -1 = no finite feature)"}
+    centroid.attrs = {"units": "1", "long_name": "cluster centroid of the feature"}
+    return xr.Dataset({CLUSTER: labels, "feature": feature, "centroid": centroid},
+                      attrs=dict(image.attrs))
+
+
+class WindowParams(_Params):
+    variable: str = Field("counts", description="spectra variable (aligned: ZLP at 0 eV)")
+    n_sample: int = Field(500, ge=1, description="spectra sampled per cluster for the quantiles")
+    seed: int = Field(0, ge=0, description="seed of the per-cluster spectra sample")
+    min_pixels: int = Field(10, ge=1, description="fewest pixels a cluster may have")
+    on_too_few: Literal["error", "flag"] = Field(
+        "error", description="a cluster below min_pixels fails the run, or is only flagged in "
+        "`enough_pixels`")
+    de_i: list[float | None] | None = Field(
+        None, description="dE_I per cluster in eV (null entries: automatic)")
+    de_ii: list[float | None] | None = Field(
+        None, description="dE_II per cluster in eV (null entries: automatic)")
+
+
+def _overrides(values: list[float | None] | None, name: str, k: int,
+               energy: np.ndarray) -> list[float | None]:
+    """One override per cluster (None = automatic), each inside the loss side of the data."""
+    if values is None:
+        return [None] * k
+    if len(values) != k:
+        raise OpError(f"{name} has {len(values)} values but the clusters input has {k} clusters; "
+                      "give one per cluster (null for automatic)")
+    for c, value in enumerate(values):
+        if value is not None and not 0 < value < energy[-1]:
+            raise OpError(f"{name}[{c}] = {value} eV is outside the loss side of the data "
+                          f"(0 to {energy[-1]:.3g} eV)")
+    return list(values)
+
+
+def _sample_block(spectra, labels, origin, shape, k, n_sample, seed) -> kernels.Sample:
+    """The candidate sample of one chunk, keyed by global flat pixel index."""
+    index = np.indices(labels.shape) + np.reshape(origin, (-1,) + (1,) * labels.ndim)
+    flat = np.ravel_multi_index(tuple(index), shape)
+    return kernels.block_sample(spectra, labels, flat, k, n_sample, seed)
+
+
+def _summarise(sample: kernels.Sample, energy: np.ndarray, k: int, min_pixels: int,
+               on_too_few: str, de_i: list[float | None],
+               de_ii: list[float | None]) -> dict[str, np.ndarray]:
+    """Quantiles, windows and sizes of every cluster from the merged sample."""
+    n_pixels = sample.n_pixels.astype(np.int64)
+    enough = n_pixels >= min_pixels
+    if on_too_few == "error" and not enough.all():
+        small = ", ".join(f"{c} ({n_pixels[c]} pixels)" for c in np.flatnonzero(~enough))
+        raise ValueError(f"clusters with fewer than min_pixels={min_pixels} pixels: "
+                         f"{small}; lower n_clusters or min_pixels, or set on_too_few: flag")
+    quantiles = kernels.log_quantiles(sample, k)
+    out = {name: np.full(k, np.nan) for name in ("de_i", "de_ii", "e_steepest", "e_first_minimum")}
+    for c in range(k):
+        if n_pixels[c] == 0 or (de_i[c] is not None and de_ii[c] is not None):
+            out["de_i"][c] = np.nan if de_i[c] is None else de_i[c]
+            out["de_ii"][c] = np.nan if de_ii[c] is None else de_ii[c]
+            continue
+        try:
+            w = kernels.zlp_windows(energy, quantiles[c, 1], de_i[c])
+        except ValueError as exc:
+            raise ValueError(f"cluster {c}: {exc}") from None
+        out["de_i"][c] = w.de_i
+        out["de_ii"][c] = w.de_ii if de_ii[c] is None else de_ii[c]
+        out["e_steepest"][c], out["e_first_minimum"][c] = w.steepest, w.first_minimum
+    bad = np.flatnonzero(out["de_ii"] <= out["de_i"])
+    if bad.size:
+        raise ValueError(f"dE_II must exceed dE_I; it does not for clusters {bad.tolist()} "
+                         f"(dE_I {out['de_i'][bad].tolist()}, dE_II {out['de_ii'][bad].tolist()} eV)")
+    return {**out, "n_pixels": n_pixels, "enough_pixels": enough, "quantiles": quantiles}
+
+
+@register_op("eels.zlp_windows", params=WindowParams, inputs=("image", "clusters"))
+def zlp_windows(params: WindowParams, image: xr.Dataset, clusters: xr.Dataset) -> xr.Dataset:
+    """Per cluster: median and P16/P84 of ln I(E), the fit windows dE_I, dE_II, and its size.
+
+    The quantiles come from a seeded uniform sample of up to n_sample spectra per cluster.
+    dE_I is the knee of the median ln I between its steepest descent and first minimum after
+    the peak, dE_II where the exponential through those two points falls to one count (exact
+    rules: kernels.eels_cluster.zlp_windows); recipe overrides replace either per cluster.
+    Channels whose quantile is not a positive count are NaN.
+    """
+    spectra = spectra_of(image, params.variable)
+    energy = energy_axis(image)
+    require_variables(clusters, [CLUSTER])
+    require_dims(clusters, [CLUSTER_ID])
+    pixel_dims = _pixel_dims(spectra)
+    labels = clusters[CLUSTER]
+    if set(labels.dims) != set(pixel_dims) or any(
+            labels.sizes[d] != spectra.sizes[d] for d in pixel_dims):
+        raise OpError(f"the cluster map {dict(labels.sizes)} does not match the image's pixels "
+                      f"{ {d: spectra.sizes[d] for d in pixel_dims} }")
+    k = clusters.sizes[CLUSTER_ID]
+    de_i = _overrides(params.de_i, "de_i", k, energy)
+    de_ii = _overrides(params.de_ii, "de_ii", k, energy)
+    for c, (low, high) in enumerate(zip(de_i, de_ii, strict=True)):
+        if low is not None and high is not None and not high > low:
+            raise OpError(f"de_ii[{c}] = {high} eV must be larger than de_i[{c}] = {low} eV")
+    if spectra.chunks is None:
+        spectra = spectra.chunk()
+    pixel_chunks = spectra.chunks[:-1]
+    labels = labels.transpose(*pixel_dims).chunk(dict(zip(pixel_dims, pixel_chunks, strict=True)))
+    shape = tuple(spectra.sizes[d] for d in pixel_dims)
+    offsets = [np.cumsum((0,) + c[:-1]) for c in pixel_chunks]
+    spectra_blocks = spectra.data.to_delayed().reshape(-1)
+    label_blocks = labels.data.to_delayed()
+    samples = [
+        dask.delayed(_sample_block, pure=True)(
+            spectra_blocks[i], label_blocks[block],
+            tuple(int(offsets[a][b]) for a, b in enumerate(block)), shape, k, params.n_sample,
+            params.seed)
+        for i, block in enumerate(np.ndindex(label_blocks.shape))
+    ]
+    while len(samples) > 1:
+        samples = [dask.delayed(kernels.merge_samples, pure=True)(
+            samples[i:i + _MERGE_FAN_IN], params.n_sample)
+            for i in range(0, len(samples), _MERGE_FAN_IN)]
+    summary = dask.delayed(_summarise, pure=True)(
+        samples[0], energy, k, params.min_pixels, params.on_too_few, de_i, de_ii)
+
+    def lazy(key, dims, shape_, dtype, attrs):
+        array = da.from_delayed(summary[key], shape_, dtype=dtype)
+        return xr.DataArray(array, dims=dims, attrs=attrs)
+
+    n_e = energy.size
+    quantiles = da.from_delayed(summary["quantiles"], (k, len(kernels.QUANTILES), n_e),
+                                dtype=np.float64)
+    result = {
+        "de_i": lazy("de_i", (CLUSTER_ID,), (k,), np.float64,
+                     {"units": "eV", "long_name": "dE_I: end of the ZLP-dominated fit region"}),
+        "de_ii": lazy("de_ii", (CLUSTER_ID,), (k,), np.float64,
+                      {"units": "eV", "long_name": "dE_II: start of the one-count region"}),
+        "e_steepest": lazy("e_steepest", (CLUSTER_ID,), (k,), np.float64,
+                           {"units": "eV", "long_name": "steepest descent of the median ln I"}),
+        "e_first_minimum": lazy("e_first_minimum", (CLUSTER_ID,), (k,), np.float64,
+                                {"units": "eV", "long_name": "first minimum after the peak"}),
+        "n_pixels": lazy("n_pixels", (CLUSTER_ID,), (k,), np.int64,
+                         {"long_name": "pixels in the cluster"}),
+        "enough_pixels": lazy("enough_pixels", (CLUSTER_ID,), (k,), bool,
+                              {"long_name": f"cluster has at least {params.min_pixels} pixels"}),
+    }
+    for j, name in enumerate(("ln_i_p16", "ln_i_median", "ln_i_p84")):
+        result[name] = xr.DataArray(
+            quantiles[:, j], dims=(CLUSTER_ID, ENERGY),
+            attrs={"units": "1", "long_name": f"{name[5:]} of ln counts over the cluster's "
+                   f"sampled spectra (n_sample={params.n_sample})"})
+    return xr.Dataset(result, coords={CLUSTER_ID: np.arange(k), ENERGY: image[ENERGY]},
+                      attrs=dict(image.attrs))

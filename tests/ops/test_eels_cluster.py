@@ -1,0 +1,133 @@
+"""eels.cluster and eels.zlp_windows on a known-truth synthetic image: lazy, right, and clear
+about bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from engine.errors import OpError
+from engine.ingest.synthetic_eels import ingest_synthetic_eels
+from engine.kernels import eels_synth
+from engine.ops.eels import AlignParams, align_zlp
+from engine.ops.eels_cluster import ClusterParams, WindowParams, cluster, zlp_windows
+from engine.testing import raise_if_computes
+
+# The seed-11 scene at 48 x 40: substrate tau 0.1-0.3 (1370 pixels) and six flakes on terraces
+# 0.45, 0.73, 1.01, 1.29, 1.57, 1.85 (67-120 pixels each), tau modulated by +-3% and N by +-10%.
+FLAKES = np.linspace(0.45, 1.85, 6)
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory) -> xr.Dataset:
+    from engine.storage import Lake
+
+    lake = Lake(str(tmp_path_factory.mktemp("eels_cluster") / "lake"))
+    ingest_synthetic_eels(lake, "img", (48, 40, 2048), seed=11, chunks=(16, 16), progress=False)
+    return align_zlp(AlignParams(), lake.open("raw", "img"))
+
+
+@pytest.fixture(scope="module")
+def clusters(aligned) -> xr.Dataset:
+    return cluster(ClusterParams(n_clusters=8, seed=1), aligned).compute()
+
+
+def test_ops_are_lazy(aligned):
+    with raise_if_computes():
+        result = cluster(ClusterParams(n_clusters=8, seed=1), aligned)
+        windows = zlp_windows(WindowParams(), aligned, result)
+    assert result["cluster"].dims == ("y", "x") and result["cluster"].dtype == np.int32
+    assert result["cluster"].chunks == ((16, 16, 16), (16, 16, 8))
+    assert result["centroid"].dims == ("cluster_id",)
+    assert windows["ln_i_median"].dims == ("cluster_id", "energy")
+    assert windows["de_i"].sizes == {"cluster_id": 8}
+
+
+def test_clusters_follow_the_thickness_terraces(aligned, clusters):
+    tau = aligned["tau"].values
+    labels = clusters["cluster"].values
+    assert (labels >= 0).all()
+    means = np.array([tau[labels == c].mean() for c in range(8)])
+    spreads = np.array([tau[labels == c].std() for c in range(8)])
+    # Cluster 0 is the thinnest and thickness rises with the label; the substrate (a 0.1-0.3
+    # ramp) takes two clusters and each flake one, within the edge pixels and the +-10% N
+    # modulation that the log-intensity feature also sees (measured spreads 0.02-0.07).
+    assert np.all(np.diff(means) > 0.05)
+    assert means[1] < 0.3
+    np.testing.assert_allclose(means[2:], FLAKES, atol=0.06)
+    assert spreads.max() < 0.08
+    assert np.all(np.diff(clusters["centroid"].values) < 0)
+
+
+def test_the_seed_makes_it_reproducible(aligned, clusters):
+    again = cluster(ClusterParams(n_clusters=8, seed=1), aligned).compute()
+    xr.testing.assert_identical(again, clusters)
+    rechunked = cluster(ClusterParams(n_clusters=8, seed=1), aligned.chunk({"y": 24, "x": 20}))
+    np.testing.assert_array_equal(rechunked["cluster"].values, clusters["cluster"].values)
+
+
+def test_other_features(aligned):
+    result = cluster(ClusterParams(n_clusters=3, seed=2, feature="log_zlp"), aligned).compute()
+    tau = aligned["tau"].values
+    means = [tau[result["cluster"].values == c].mean() for c in range(3)]
+    assert np.all(np.diff(means) > 0.3)
+
+
+def test_windows_are_physically_sensible(aligned, clusters):
+    windows = zlp_windows(WindowParams(n_sample=200, seed=3), aligned, clusters).compute()
+    np.testing.assert_array_equal(windows["n_pixels"].values,
+                                  np.bincount(clusters["cluster"].values.ravel(), minlength=8))
+    assert windows["enough_pixels"].values.all()
+    de_i, de_ii = windows["de_i"].values, windows["de_ii"].values
+    # The loss-side half width of the synthetic ZLP is 0.247 (1 + 0.15 tau) eV <= 0.32 eV:
+    # dE_I must lie beyond it, past the steepest descent, and (measured 1.1-1.9 eV) within
+    # the first 2.5 eV; dE_II, where the exponential tail reaches one count, beyond dE_I and
+    # (measured 2.7-4.0 eV) below 5 eV.
+    half_width = eels_synth.ZLP_WIDTH_LOSS * (1 + eels_synth.ZLP_BROADENING * 1.9)
+    assert np.all(de_i > half_width) and np.all(de_i > windows["e_steepest"].values)
+    assert np.all(de_i < 2.5)
+    assert np.all(de_ii > de_i) and np.all(de_ii < 5.0)
+    median = windows["ln_i_median"].sel(energy=0.0, method="nearest").values
+    assert np.all(np.diff(median) < 0)  # thicker clusters: lower ZLP
+    spread = (windows["ln_i_p84"] - windows["ln_i_p16"]).sel(energy=0.0, method="nearest")
+    assert np.all((spread > 0) & (spread < 0.5))
+
+
+def test_window_overrides(aligned, clusters):
+    params = WindowParams(de_i=[1.0] + [None] * 7, de_ii=[3.5] + [None] * 7)
+    windows = zlp_windows(params, aligned, clusters).compute()
+    assert windows["de_i"].values[0] == 1.0 and windows["de_ii"].values[0] == 3.5
+    assert np.isnan(windows["e_steepest"].values[0])  # nothing automatic was placed
+    assert np.all(windows["de_ii"].values[1:] > windows["de_i"].values[1:])
+
+
+def test_too_few_pixels(aligned, clusters):
+    with pytest.raises(ValueError, match=r"fewer than min_pixels=80 pixels: 4 \(67 pixels\), "
+                                         r"5 \(70 pixels\); lower n_clusters or min_pixels"):
+        zlp_windows(WindowParams(min_pixels=80), aligned, clusters).compute()
+    flagged = zlp_windows(WindowParams(min_pixels=80, on_too_few="flag"), aligned,
+                          clusters).compute()
+    assert not flagged["enough_pixels"].values.all() and flagged["enough_pixels"].values[0]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"de_i": [60.0] + [None] * 7}, r"de_i\[0\] = 60.0 eV is outside the loss side of the data "
+                                    r"\(0 to 46 eV\)"),
+    ({"de_ii": [-1.0] + [None] * 7}, r"de_ii\[0\] = -1.0 eV is outside the loss side"),
+    ({"de_i": [1.0, 2.0]}, "de_i has 2 values but the clusters input has 8 clusters"),
+    ({"de_i": [2.0] * 8, "de_ii": [1.0] * 8}, r"de_ii\[0\] = 1.0 eV must be larger than de_i"),
+    ({"variable": "count"}, "did you mean 'counts'"),
+])
+def test_bad_window_params(aligned, clusters, params, message):
+    with pytest.raises(OpError, match=message):
+        zlp_windows(WindowParams(**params), aligned, clusters)
+
+
+def test_bad_cluster_input(aligned, clusters):
+    with pytest.raises(OpError, match="n_clusters=2000 is more than the 1920 pixels"):
+        cluster(ClusterParams(n_clusters=2000), aligned)
+    with pytest.raises(OpError, match="does not match the image's pixels"):
+        zlp_windows(WindowParams(), aligned, clusters.isel(x=slice(0, 20)))
+    with pytest.raises(OpError, match="must contain 0 eV"):
+        cluster(ClusterParams(), aligned.assign_coords(energy=aligned["energy"] + 300.0))
