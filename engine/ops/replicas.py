@@ -23,10 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..errors import OpError, did_you_mean
 from ..registry import StepContext, register_op
 from .core import require_dims, require_variables
+from .ensembles import REPLICA, history_length, lazy_ensemble, result_arrays, result_layout, weight_names
 
-REPLICA = "replica"
 log = logging.getLogger("engine.replicas")
-DROP_REASONS = ("kept", "never reached the validation threshold", "chi2 outlier")
 
 
 class _Params(BaseModel):
@@ -260,50 +259,9 @@ def _train(features, target, mask, covariance, params: TrainParams, context: Ste
     return _model_arrays(result, low, high, params)
 
 
-def _history_length(params: TrainParams) -> int:
-    return params.epochs // params.validation_every + 2
-
-
 def _model_arrays(result, low, high, params: TrainParams) -> dict[str, np.ndarray]:
-    """Everything a model dataset stores, as fixed-shape arrays (history padded with NaN)."""
-    checks = _history_length(params)
-    history = result.history
-    padded = {name: np.full((checks, result.kept.size), np.nan) for name in ("train", "val")}
-    epochs = np.full(checks, -1, np.int64)
-    count = min(checks, history.epoch.size)
-    epochs[:count] = history.epoch[:count]
-    padded["train"][:count] = history.train[:count]
-    padded["val"][:count] = history.val[:count]
-    reason = np.array([next(i for i, text in enumerate(DROP_REASONS) if r.startswith(text))
-                       for r in result.reasons], np.int8)
-    return {**{k: np.asarray(v) for k, v in result.weights.items()},
-            "input_low": low, "input_high": high,
-            "best_epoch": result.best_epoch, "stopping_epoch": result.stopping_epoch,
-            "chi2_train": result.best_train, "chi2_validation": result.best_val,
-            "kept": result.kept, "drop_reason": reason, "n_reinit": result.n_reinit,
-            "history_epoch": epochs, "history_train": padded["train"], "history_val": padded["val"]}
-
-
-def _model_layout(architecture: dict, params: TrainParams, n_features: int, r: int) -> dict:
-    """(dims, shape, dtype) of every model variable, known before training runs."""
-    layout: dict[str, tuple] = {}
-    for k, (i, o) in enumerate(zip(architecture["sizes"][:-1], architecture["sizes"][1:])):
-        layout[f"weight_{k}"] = ((REPLICA, f"in_{k}", f"out_{k}"), (r, i, o), np.float32)
-        layout[f"bias_{k}"] = ((REPLICA, f"one_{k}", f"out_{k}"), (r, 1, o), np.float32)
-    checks = _history_length(params)
-    layout.update({
-        "replica_id": ((REPLICA,), (r,), np.int64), "generation": ((REPLICA,), (r,), np.int64),
-        "input_low": (("feature",), (n_features,), float),
-        "input_high": (("feature",), (n_features,), float),
-        "best_epoch": ((REPLICA,), (r,), np.int64), "stopping_epoch": ((REPLICA,), (r,), np.int64),
-        "chi2_train": ((REPLICA,), (r,), float), "chi2_validation": ((REPLICA,), (r,), float),
-        "kept": ((REPLICA,), (r,), bool), "drop_reason": ((REPLICA,), (r,), np.int8),
-        "n_reinit": ((REPLICA,), (r,), np.int64),
-        "history_epoch": (("check",), (checks,), np.int64),
-        "history_train": (("check", REPLICA), (checks, r), float),
-        "history_val": (("check", REPLICA), (checks, r), float),
-    })
-    return layout
+    checks = history_length(params.epochs, params.validation_every)
+    return {**result_arrays(result, checks), "input_low": low, "input_high": high}
 
 
 @register_op("replicas.train", params=TrainParams, wants_context=True, version="1")
@@ -325,15 +283,12 @@ def train(params: TrainParams, data: xr.Dataset, context: StepContext) -> xr.Dat
     trained = dask.delayed(_train, pure=True)(
         [f.data for f in features], target.data, data[params.mask].data,
         data[params.covariance].data, params, context)
-    layout = _model_layout(architecture, params, len(features), r)
-    variables = {name: (dims, da.from_delayed(trained[name], shape, dtype))
-                 for name, (dims, shape, dtype) in layout.items()}
-    model = xr.Dataset(variables, coords={REPLICA: np.arange(r)})
-    model["drop_reason"].attrs = {"flag_values": list(range(len(DROP_REASONS))),
-                                  "flag_meanings": " ".join(t.replace(" ", "_") for t in DROP_REASONS)}
-    model.attrs = {"architecture": json.dumps(architecture), "features": list(params.features),
-                   "kind": "replica regression ensemble", "epochs": params.epochs}
-    return model
+    layout = result_layout(architecture, r, history_length(params.epochs, params.validation_every))
+    layout["input_low"] = (("feature",), (len(features),), float)
+    layout["input_high"] = (("feature",), (len(features),), float)
+    return lazy_ensemble(trained, layout, architecture,
+                         {"features": list(params.features), "kind": "replica regression ensemble",
+                          "epochs": params.epochs})
 
 
 # -- inference --------------------------------------------------------------------------------
@@ -376,9 +331,8 @@ def predict(params: PredictParams, model: xr.Dataset, data: xr.Dataset) -> xr.Da
     features = xr.broadcast(*[data[n] for n in names])
     dims = features[0].dims
     stacked = da.stack([da.asarray(f.data) for f in features], axis=-1)
-    weight_names = [n for n in model.data_vars if n.startswith(("weight_", "bias_"))]
     weights = dask.delayed(_weight_arrays, pure=True)(
-        **{n: model[n].data for n in [*weight_names, "replica_id", "generation", "input_low", "input_high"]})
+        **{n: model[n].data for n in [*weight_names(model), "input_low", "input_high"]})
     r = model.sizes[REPLICA]
     out = da.map_blocks(_predict_block, stacked, weights, architecture, params.device,
                         drop_axis=stacked.ndim - 1, new_axis=0,
