@@ -94,9 +94,9 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True) -> 
             pending.append((step, tmp))
             dataset = step.dataset.copy()
             dataset.attrs[PROVENANCE_KEY] = provenance(plan, step, started)
-            writes.append(write_template(dataset, lake.url(tmp),
-                                         None if lake.is_local else lake.storage_options))
-        if writes:
+            writes += write_template(dataset, lake.url(tmp),
+                                     None if lake.is_local else lake.storage_options)
+        if stale:
             try:
                 _compute(writes, address, progress)
             except (ValueError, FloatingPointError, ArithmeticError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import dask
 import numpy as np
 import xarray as xr
 from dask.callbacks import Callback
@@ -44,5 +45,5 @@ def put_in_lake(lake: Lake, name: str, dataset: xr.Dataset, zone: str = "raw") -
                           else str(dataset.sizes))
     dataset.attrs[PROVENANCE_KEY] = {"token": token, "ingest": "testing"}
     tmp = lake.new_tmp_path(name)
-    write_template(dataset.chunk() if not dataset.chunks else dataset, lake.url(tmp)).compute()
+    dask.compute(*write_template(dataset.chunk() if not dataset.chunks else dataset, lake.url(tmp)))
     return publish_entry(lake, tmp, zone, name, description="test data")

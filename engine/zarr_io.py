@@ -7,8 +7,10 @@ dask chunk that straddles two zarr chunks would make parallel writes race.
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
 from zarr.codecs import BloscCodec
 
 CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
@@ -39,8 +41,23 @@ def prepare_for_write(dataset: xr.Dataset) -> xr.Dataset:
     return dataset
 
 
-def write_template(dataset: xr.Dataset, url: str, storage_options: dict | None = None):
-    """Lay out the store and return the dask graph that fills it (nothing computed yet)."""
+def write_template(dataset: xr.Dataset, url: str, storage_options: dict | None = None) -> list:
+    """Lay out the store; return the dask collections that fill it (nothing computed yet).
+
+    Compute them all in one `dask.compute(*writes)` (they yield nothing, so memory stays flat).
+
+    xarray writes the metadata and in-memory variables; the dask variables are stored by our
+    own `da.store(..., optimize_graph=False)`. xarray's store optimises each output's graph on
+    its own when the template is made, which renames fused tasks: a step shared by two outputs
+    (a training feeding both a model and a prediction) then ran once per output.
+    """
     dataset = prepare_for_write(dataset)
-    return dataset.to_zarr(url, mode="w", compute=False, consolidated=False, zarr_format=3,
-                           encoding=encoding_for(dataset), storage_options=storage_options or None)
+    dataset.to_zarr(url, mode="w", compute=False, consolidated=False, zarr_format=3,
+                    encoding=encoding_for(dataset), storage_options=storage_options or None)
+    lazy = [name for name, var in dataset.variables.items() if isinstance(var.data, da.Array)]
+    if not lazy:
+        return []
+    group = zarr.open_group(url, mode="r+", storage_options=storage_options or None)
+    stored = da.store([dataset[name].data for name in lazy], [group[str(name)] for name in lazy],
+                      lock=False, compute=False, optimize_graph=False)
+    return list(stored) if isinstance(stored, tuple | list) else [stored]

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import dask
+import dask.array as da
+import numpy as np
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +35,22 @@ def require_variables(data: xr.Dataset, names) -> None:
         if name not in data.data_vars:
             raise OpError(f"variable {name!r} is not in the data{did_you_mean(name, data.data_vars)}; "
                           f"variables are {', '.join(map(str, data.data_vars))}")
+
+
+def as_delayed(array):
+    """A whole dask array as one delayed numpy array, its graph left exactly as it is.
+
+    Handing a dask array straight to dask.delayed(...) optimises (fuses and renames) its graph
+    on the spot: a task it shares with other outputs, such as a training or a K-means fit, then
+    runs once per copy. `to_delayed(optimize_graph=False)` keeps every key, so shared work runs
+    once. Anything that is not a dask array is returned unchanged.
+    """
+    if not isinstance(array, da.Array):
+        return array
+    blocks = array.to_delayed(optimize_graph=False)
+    if blocks.size == 1:
+        return blocks.reshape(-1)[0]
+    return dask.delayed(np.block, pure=True)(blocks.tolist())
 
 
 class SelectParams(_Params):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import OpError
 from ..kernels import eels_cluster as kernels
 from ..registry import register_op
-from .core import require_dims, require_variables
+from .core import as_delayed, require_dims, require_variables
 from .eels import ENERGY, energy_axis, spectra_of
 
 CLUSTER = "cluster"  # the label map (pixel dims)
@@ -77,7 +77,7 @@ def cluster(params: ClusterParams, image: xr.Dataset) -> xr.Dataset:
     if feature.chunks is None:
         feature = feature.chunk()
     fitted = dask.delayed(kernels.fit_kmeans, pure=True)(
-        feature.data, params.n_clusters, params.seed, params.batch_size, params.epochs,
+        as_delayed(feature.data), params.n_clusters, params.seed, params.batch_size, params.epochs,
         params.init_size, params.n_init)
     centroid = xr.DataArray(da.from_delayed(fitted, (params.n_clusters,), dtype=np.float64),
                             dims=(CLUSTER_ID,), coords={CLUSTER_ID: np.arange(params.n_clusters)})
@@ -128,6 +128,46 @@ def _sample_block(spectra, labels, origin, shape, k, n_sample, seed) -> kernels.
     return kernels.block_sample(spectra, labels, flat, k, n_sample, seed)
 
 
+def cluster_labels(clusters: xr.Dataset, spectra: xr.DataArray) -> tuple[xr.DataArray, int]:
+    """The (pixel) label map of an eels.cluster output, checked against the image; and k."""
+    require_variables(clusters, [CLUSTER])
+    require_dims(clusters, [CLUSTER_ID])
+    pixel_dims = _pixel_dims(spectra)
+    labels = clusters[CLUSTER]
+    if set(labels.dims) != set(pixel_dims) or any(
+            labels.sizes[d] != spectra.sizes[d] for d in pixel_dims):
+        raise OpError(f"the cluster map {dict(labels.sizes)} does not match the image's pixels "
+                      f"{ {d: spectra.sizes[d] for d in pixel_dims} }")
+    return labels.transpose(*pixel_dims), clusters.sizes[CLUSTER_ID]
+
+
+def cluster_sample(spectra: xr.DataArray, labels: xr.DataArray, k: int, n_sample: int, seed: int):
+    """A delayed kernels.Sample: up to n_sample spectra per cluster, seeded, chunk-order free.
+
+    Each chunk keeps its own candidates and a tree of merges (fan-in 8) combines them, so memory
+    stays at k x n_sample spectra however large the image is.
+    """
+    pixel_dims = _pixel_dims(spectra)
+    if spectra.chunks is None:
+        spectra = spectra.chunk()
+    pixel_chunks = spectra.chunks[:-1]
+    labels = labels.transpose(*pixel_dims).chunk(dict(zip(pixel_dims, pixel_chunks, strict=True)))
+    shape = tuple(spectra.sizes[d] for d in pixel_dims)
+    offsets = [np.cumsum((0,) + c[:-1]) for c in pixel_chunks]
+    spectra_blocks = spectra.data.to_delayed(optimize_graph=False).reshape(-1)
+    label_blocks = labels.data.to_delayed(optimize_graph=False)
+    samples = [
+        dask.delayed(_sample_block, pure=True)(
+            spectra_blocks[i], label_blocks[block],
+            tuple(int(offsets[a][b]) for a, b in enumerate(block)), shape, k, n_sample, seed)
+        for i, block in enumerate(np.ndindex(label_blocks.shape))
+    ]
+    while len(samples) > 1:
+        samples = [dask.delayed(kernels.merge_samples, pure=True)(samples[i:i + _MERGE_FAN_IN], n_sample)
+                   for i in range(0, len(samples), _MERGE_FAN_IN)]
+    return samples[0]
+
+
 def _summarise(sample: kernels.Sample, energy: np.ndarray, k: int, min_pixels: int,
                on_too_few: str, de_i: list[float | None],
                de_ii: list[float | None]) -> dict[str, np.ndarray]:
@@ -171,41 +211,15 @@ def zlp_windows(params: WindowParams, image: xr.Dataset, clusters: xr.Dataset) -
     """
     spectra = spectra_of(image, params.variable)
     energy = energy_axis(image)
-    require_variables(clusters, [CLUSTER])
-    require_dims(clusters, [CLUSTER_ID])
-    pixel_dims = _pixel_dims(spectra)
-    labels = clusters[CLUSTER]
-    if set(labels.dims) != set(pixel_dims) or any(
-            labels.sizes[d] != spectra.sizes[d] for d in pixel_dims):
-        raise OpError(f"the cluster map {dict(labels.sizes)} does not match the image's pixels "
-                      f"{ {d: spectra.sizes[d] for d in pixel_dims} }")
-    k = clusters.sizes[CLUSTER_ID]
+    labels, k = cluster_labels(clusters, spectra)
     de_i = _overrides(params.de_i, "de_i", k, energy)
     de_ii = _overrides(params.de_ii, "de_ii", k, energy)
     for c, (low, high) in enumerate(zip(de_i, de_ii, strict=True)):
         if low is not None and high is not None and not high > low:
             raise OpError(f"de_ii[{c}] = {high} eV must be larger than de_i[{c}] = {low} eV")
-    if spectra.chunks is None:
-        spectra = spectra.chunk()
-    pixel_chunks = spectra.chunks[:-1]
-    labels = labels.transpose(*pixel_dims).chunk(dict(zip(pixel_dims, pixel_chunks, strict=True)))
-    shape = tuple(spectra.sizes[d] for d in pixel_dims)
-    offsets = [np.cumsum((0,) + c[:-1]) for c in pixel_chunks]
-    spectra_blocks = spectra.data.to_delayed().reshape(-1)
-    label_blocks = labels.data.to_delayed()
-    samples = [
-        dask.delayed(_sample_block, pure=True)(
-            spectra_blocks[i], label_blocks[block],
-            tuple(int(offsets[a][b]) for a, b in enumerate(block)), shape, k, params.n_sample,
-            params.seed)
-        for i, block in enumerate(np.ndindex(label_blocks.shape))
-    ]
-    while len(samples) > 1:
-        samples = [dask.delayed(kernels.merge_samples, pure=True)(
-            samples[i:i + _MERGE_FAN_IN], params.n_sample)
-            for i in range(0, len(samples), _MERGE_FAN_IN)]
+    sample = cluster_sample(spectra, labels, k, params.n_sample, params.seed)
     summary = dask.delayed(_summarise, pure=True)(
-        samples[0], energy, k, params.min_pixels, params.on_too_few, de_i, de_ii)
+        sample, energy, k, params.min_pixels, params.on_too_few, de_i, de_ii)
 
     def lazy(key, dims, shape_, dtype, attrs):
         array = da.from_delayed(summary[key], shape_, dtype=dtype)

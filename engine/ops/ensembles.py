@@ -10,12 +10,15 @@ adds only its own extras (input scaling, ...).
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 REPLICA = "replica"
+log = logging.getLogger("engine.replicas")
 DROP_REASONS = ("kept", "never reached the validation threshold", "chi2 outlier")
 
 
@@ -75,3 +78,43 @@ def weight_names(model: xr.Dataset) -> list[str]:
     """Variables EnsembleMLP.from_arrays needs to rebuild the networks."""
     return [n for n in model.data_vars if n.startswith(("weight_", "bias_", "param_"))] + [
         "replica_id", "generation"]
+
+
+def ensemble_architecture(n_in: int, hidden: list[int], activations: list[str], seed: int) -> dict:
+    """The architecture an [n_in, *hidden, 1] ensemble will have; unknown activations are OpErrors."""
+    from ..errors import OpError, did_you_mean
+    from ..kernels.mlp import ACTIVATIONS, EnsembleMLP
+
+    for name in activations:
+        if name not in ACTIVATIONS:
+            raise OpError(f"unknown activation {name!r}{did_you_mean(name, ACTIVATIONS)}; "
+                          f"known: {', '.join(sorted(ACTIVATIONS))}")
+    return EnsembleMLP(1, [n_in, *hidden, 1], list(activations), seed=seed).architecture()
+
+
+def checkpointed_training(context, epochs: int, validation_every: int, fit: Callable):
+    """Run `fit(progress=, on_checkpoint=, resume_from=)` with lake checkpoints and progress logs.
+
+    The checkpoint sits at the step's token (same inputs and params, same checkpoint), is read
+    back before training and removed once training has finished.
+    """
+    from ..checkpoints import clear_checkpoint, load_checkpoint, save_checkpoint
+    from ..storage import Lake
+
+    lake = Lake(context.lake_url, context.storage_options)
+    resume = load_checkpoint(lake, context.checkpoint_path)
+    if resume is not None:
+        log.info("%s: resuming training from epoch %d", context.step_id, int(resume["epoch"]))
+    every = max(validation_every, epochs // 10)
+
+    def progress(state) -> None:
+        if state.epoch % every == 0 or state.epoch == state.n_epochs:
+            log.info("%s: epoch %d/%d, %d/%d replicas training, median validation loss %.3g",
+                     context.step_id, state.epoch, state.n_epochs, int((~state.frozen).sum()),
+                     state.frozen.size, float(np.nanmedian(state.val)))
+
+    result = fit(progress=progress, resume_from=resume,
+                 on_checkpoint=lambda state: save_checkpoint(lake, context.checkpoint_path, state))
+    clear_checkpoint(lake, context.checkpoint_path)
+    log.info("%s: %s", context.step_id, result.summary())
+    return result

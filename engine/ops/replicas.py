@@ -11,7 +11,6 @@ known-truth 1-D dataset for closure tests.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Literal
 
 import dask
@@ -22,10 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import OpError, did_you_mean
 from ..registry import StepContext, register_op
-from .core import require_dims, require_variables
-from .ensembles import REPLICA, history_length, lazy_ensemble, result_arrays, result_layout, weight_names
-
-log = logging.getLogger("engine.replicas")
+from .core import as_delayed, require_dims, require_variables
+from .ensembles import (
+    REPLICA,
+    checkpointed_training,
+    ensemble_architecture,
+    history_length,
+    lazy_ensemble,
+    result_arrays,
+    result_layout,
+    weight_names,
+)
 
 
 class _Params(BaseModel):
@@ -149,7 +155,7 @@ def pseudodata(params: PseudodataParams, data: xr.Dataset) -> xr.Dataset:
     if params.covariance is not None and data[params.covariance].shape != (central.size,) * 2:
         raise OpError(f"covariance {params.covariance!r} has shape {data[params.covariance].shape}; "
                       f"expected ({central.size}, {central.size}) for {central.size} points")
-    drawn = dask.delayed(_draw, pure=True)(*arrays, params)
+    drawn = dask.delayed(_draw, pure=True)(*map(as_delayed, arrays), params)
     n, r = central.size, params.replicas
     other = f"{point}_b"
     result = xr.Dataset(
@@ -202,18 +208,6 @@ class TrainParams(_Params):
         return self
 
 
-def _architecture(params: TrainParams, n_features: int) -> dict:
-    """The ensemble's architecture as plain data (what EnsembleMLP.architecture() returns)."""
-    from ..kernels.mlp import ACTIVATIONS, EnsembleMLP
-
-    for name in params.activations:
-        if name not in ACTIVATIONS:
-            raise OpError(f"unknown activation {name!r}{did_you_mean(name, ACTIVATIONS)}; "
-                          f"known: {', '.join(sorted(ACTIVATIONS))}")
-    probe = EnsembleMLP(1, [n_features, *params.hidden, 1], params.activations, seed=params.seed)
-    return probe.architecture()
-
-
 def _features(data: xr.Dataset, names: list[str], point: str) -> list[xr.DataArray]:
     found = []
     for name in names:
@@ -226,37 +220,24 @@ def _features(data: xr.Dataset, names: list[str], point: str) -> list[xr.DataArr
 
 
 def _train(features, target, mask, covariance, params: TrainParams, context: StepContext):
-    from ..checkpoints import clear_checkpoint, load_checkpoint, save_checkpoint
     from ..kernels.optim import OptimiserConfig
     from ..kernels.regression import RegressionConfig, fit_regression
     from ..kernels.train import StoppingConfig
-    from ..storage import Lake
 
-    lake = Lake(context.lake_url, context.storage_options)
     config = RegressionConfig(
         tuple(params.hidden), tuple(params.activations), params.epochs,
-        OptimiserConfig(name=params.optimiser.name, lr=params.optimiser.lr,
-                        clip_norm=params.optimiser.clip_norm),
+        OptimiserConfig(**params.optimiser.model_dump()),
         StoppingConfig(**params.stopping.model_dump()), params.validation_every, params.seed,
         params.device, params.checkpoint_every)
-    resume = load_checkpoint(lake, context.checkpoint_path)
-    if resume is not None:
-        log.info("%s: resuming training from epoch %d", context.step_id, int(resume["epoch"]))
-    report_every = max(params.validation_every, params.epochs // 10)
+    fitted = {}
 
-    def progress(state):
-        if state.epoch % report_every == 0 or state.epoch == state.n_epochs:
-            log.info("%s: epoch %d/%d, %d/%d replicas training, median validation chi2/n %.3g",
-                     context.step_id, state.epoch, state.n_epochs, int((~state.frozen).sum()),
-                     state.frozen.size, float(np.nanmedian(state.val)))
+    def fit(**hooks):
+        result, fitted["low"], fitted["high"] = fit_regression(
+            np.stack(features, axis=-1), target, mask, covariance, config, **hooks)
+        return result
 
-    result, low, high = fit_regression(
-        np.stack(features, axis=-1), target, mask, covariance, config, progress=progress,
-        on_checkpoint=lambda state: save_checkpoint(lake, context.checkpoint_path, state),
-        resume_from=resume)
-    clear_checkpoint(lake, context.checkpoint_path)
-    log.info("%s: %s", context.step_id, result.summary())
-    return _model_arrays(result, low, high, params)
+    result = checkpointed_training(context, params.epochs, params.validation_every, fit)
+    return _model_arrays(result, fitted["low"], fitted["high"], params)
 
 
 def _model_arrays(result, low, high, params: TrainParams) -> dict[str, np.ndarray]:
@@ -278,11 +259,11 @@ def train(params: TrainParams, data: xr.Dataset, context: StepContext) -> xr.Dat
         raise OpError(f"target {params.target!r} must have dims ({REPLICA!r}, point), found {target.dims}")
     point = target.dims[1]
     features = _features(data, params.features, point)
-    architecture = _architecture(params, len(features))
+    architecture = ensemble_architecture(len(features), params.hidden, params.activations, params.seed)
     r = target.sizes[REPLICA]
     trained = dask.delayed(_train, pure=True)(
-        [f.data for f in features], target.data, data[params.mask].data,
-        data[params.covariance].data, params, context)
+        [as_delayed(f.data) for f in features], as_delayed(target.data), as_delayed(data[params.mask].data),
+        as_delayed(data[params.covariance].data), params, context)
     layout = result_layout(architecture, r, history_length(params.epochs, params.validation_every))
     layout["input_low"] = (("feature",), (len(features),), float)
     layout["input_high"] = (("feature",), (len(features),), float)
@@ -332,7 +313,7 @@ def predict(params: PredictParams, model: xr.Dataset, data: xr.Dataset) -> xr.Da
     dims = features[0].dims
     stacked = da.stack([da.asarray(f.data) for f in features], axis=-1)
     weights = dask.delayed(_weight_arrays, pure=True)(
-        **{n: model[n].data for n in [*weight_names(model), "input_low", "input_high"]})
+        **{n: as_delayed(model[n].data) for n in [*weight_names(model), "input_low", "input_high"]})
     r = model.sizes[REPLICA]
     out = da.map_blocks(_predict_block, stacked, weights, architecture, params.device,
                         drop_axis=stacked.ndim - 1, new_axis=0,

@@ -169,3 +169,14 @@ def test_covariance_shape_is_checked_at_validate_time(lake, write_recipe):
     put_in_lake(lake, "points", data)
     with pytest.raises(RecipeError, match=r"covariance 'cov' must be square, found shape \(3, 2\)"):
         compile_recipe(write_recipe(PSEUDO), lake)
+
+
+def test_a_training_shared_by_two_outputs_runs_once(lake, write_recipe, monkeypatch):
+    """The model and the bands both depend on one training: it must run once, not per output."""
+    import engine.kernels.regression as regression
+
+    calls = []
+    real = regression.fit_regression
+    monkeypatch.setattr(regression, "fit_regression", lambda *a, **k: calls.append(1) or real(*a, **k))
+    engine.run(closure_recipe(write_recipe, **{"epochs: 4000": "epochs: 200"}), lake)
+    assert len(calls) == 1

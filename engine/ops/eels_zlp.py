@@ -1,0 +1,227 @@
+"""ZLP ops: train the EELSfitter-style replica ensemble, then subtract it from every pixel.
+
+`eels.train_zlp` draws one spectrum per cluster per replica (from a seeded sample of each
+cluster) and trains the [2-10-15-5-1] ensemble on (E, ln N) in one batched job.
+`eels.subtract_zlp` evaluates the kept replicas once on a grid of ln N nodes, takes quantiles
+over replicas there (the matching is monotone in the model, so quantiles commute with it), and
+interpolates per pixel: the image streams through chunk by chunk with the whole energy axis in
+one chunk, and memory never depends on the image size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import astuple
+from typing import Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import OpError
+from ..registry import StepContext, register_op
+from .core import as_delayed, require_variables
+from .eels import ENERGY, energy_axis, spectra_of
+from .eels_cluster import CLUSTER_ID, cluster_labels, cluster_sample
+from .ensembles import (
+    checkpointed_training,
+    ensemble_architecture,
+    history_length,
+    lazy_ensemble,
+    result_arrays,
+    result_layout,
+    weight_names,
+)
+from .replicas import OptimiserParams, StoppingParams
+
+KIND = "eels zlp ensemble"
+SCALING = ("e_low", "e_high", "ln_n_low", "ln_n_high")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainZlpParams(_Params):
+    variable: str = Field("counts", description="aligned spectra variable")
+    replicas: int = Field(100, gt=0, description="Monte Carlo replicas R")
+    epochs: int = Field(10000, gt=0)
+    hidden: list[int] = Field([10, 15, 5], description="hidden widths (EELSfitter: 10, 15, 5)")
+    activations: list[str] = Field(["sigmoid", "sigmoid", "relu", "linear"])
+    penalty: float = Field(10.0, ge=0, description="weight of the ReLU(d lnI/dE) monotonicity penalty")
+    n_spectra: int = Field(500, ge=1, description="spectra sampled per cluster to draw replicas from")
+    optimiser: OptimiserParams = OptimiserParams(lr=1e-2)
+    stopping: StoppingParams = StoppingParams()
+    validation_every: int = Field(10, gt=0)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int | None = Field(1000, gt=0)
+
+    @model_validator(mode="after")
+    def _layers(self) -> TrainZlpParams:
+        if len(self.activations) != len(self.hidden) + 1:
+            raise ValueError(f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
+                             f"found {len(self.activations)}")
+        return self
+
+
+def _windows_of(windows: xr.Dataset, k: int) -> tuple[xr.DataArray, xr.DataArray]:
+    require_variables(windows, ["de_i", "de_ii"])
+    if windows.sizes.get(CLUSTER_ID) != k:
+        raise OpError(f"the windows input has {windows.sizes.get(CLUSTER_ID)} clusters, the cluster "
+                      f"map {k}: both must come from the same eels.cluster step")
+    return windows["de_i"], windows["de_ii"]
+
+
+def _fit_zlp(sample, energy, de_i, de_ii, params: TrainZlpParams, context: StepContext):
+    from ..kernels.optim import OptimiserConfig
+    from ..kernels.train import StoppingConfig
+    from ..kernels.zlp import train_zlp as train_kernel
+    from ..kernels.zlp import zlp_training_set
+
+    k = len(de_i)
+    empty = [c for c in range(k) if not np.any(sample.labels == c)]
+    if empty:
+        raise ValueError(f"clusters {empty} have no pixels to draw ZLP replicas from; "
+                         "lower n_clusters")
+    spectra = [sample.spectra[sample.labels == c] for c in range(k)]
+    training_set = zlp_training_set(spectra, energy, de_i, de_ii, params.replicas, params.seed)
+    result = checkpointed_training(
+        context, params.epochs, params.validation_every,
+        lambda **hooks: train_kernel(
+            training_set, hidden=params.hidden, activations=params.activations, epochs=params.epochs,
+            optimiser=OptimiserConfig(**params.optimiser.model_dump()),
+            stopping=StoppingConfig(**params.stopping.model_dump()), penalty=params.penalty,
+            validation_every=params.validation_every, seed=params.seed, device=params.device,
+            checkpoint_every=params.checkpoint_every, **hooks))
+    checks = history_length(params.epochs, params.validation_every)
+    return {**result_arrays(result, checks), "scaling": np.array(astuple(training_set.scaling))}
+
+
+@register_op("eels.train_zlp", params=TrainZlpParams, inputs=("image", "clusters", "windows"),
+             wants_context=True)
+def train_zlp(params: TrainZlpParams, image: xr.Dataset, clusters: xr.Dataset, windows: xr.Dataset,
+              context: StepContext) -> xr.Dataset:
+    """Train R ZLP networks ln I(E, ln N), one per replica, on spectra drawn per cluster.
+
+    Targets below dE_I are ln I with the cluster's spread as error; above dE_II one count with
+    error 0.8; in between only a penalty keeps the model decreasing. Stopping, re-initialisation
+    and selection are the replica core's; checkpoints go to the lake.
+    """
+    spectra = spectra_of(image, params.variable)
+    energy = energy_axis(image)
+    labels, k = cluster_labels(clusters, spectra)
+    de_i, de_ii = _windows_of(windows, k)
+    architecture = ensemble_architecture(2, params.hidden, params.activations, params.seed)
+    sample = cluster_sample(spectra, labels, k, params.n_spectra, params.seed)
+    trained = dask.delayed(_fit_zlp, pure=True)(sample, energy, as_delayed(de_i.data),
+                                                as_delayed(de_ii.data), params, context)
+    layout = result_layout(architecture, params.replicas,
+                           history_length(params.epochs, params.validation_every))
+    layout["scaling"] = (("scaling_param",), (len(SCALING),), float)
+    model = lazy_ensemble(trained, layout, architecture,
+                          {"kind": KIND, "inputs": ["energy", "ln_n"], "epochs": params.epochs})
+    model["scaling"].attrs = {"names": list(SCALING)}
+    return model
+
+
+class SubtractParams(_Params):
+    variable: str = Field("counts", description="aligned spectra variable")
+    quantiles: list[float] = Field([0.16, 0.5, 0.84], min_length=1)
+    grid_size: int = Field(256, ge=8, description="ln N nodes (fast vs brute force: 0.06 band "
+                           "widths at 256, measured)")
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+
+
+def _fwhm(ln_i: np.ndarray, energy: np.ndarray) -> float:
+    """Full width at half maximum of exp(ln_i), with linear interpolation at both crossings."""
+    intensity = np.exp(np.nan_to_num(ln_i, nan=-np.inf))
+    peak = int(np.argmax(intensity))
+    half = intensity[peak] / 2
+    left = np.flatnonzero(intensity[:peak] < half)
+    right = np.flatnonzero(intensity[peak:] < half)
+    if not left.size or not right.size:
+        raise ValueError("the cluster's median spectrum has no half-maximum crossing on both sides "
+                         "of the peak")
+    i, j = left[-1], peak + right[0]
+    e_left = np.interp(half, intensity[i:i + 2], energy[i:i + 2])
+    e_right = np.interp(half, intensity[j - 1:j + 1][::-1], energy[j - 1:j + 1][::-1])
+    return float(e_right - e_left)
+
+
+def _cluster_table(de_i, de_ii, ln_i_median, energy) -> np.ndarray:
+    """(3, K): dE_I, dE_II and the ZLP FWHM of every cluster."""
+    fwhm = [_fwhm(row, energy) for row in ln_i_median]
+    return np.stack([np.asarray(de_i, float), np.asarray(de_ii, float), np.asarray(fwhm)])
+
+
+def _quantile_grid(weights, kept, scaling, architecture, energy, ln_n_low, ln_n_high,
+                   quantiles, grid_size, device):
+    from ..kernels.zlp import ZlpScaling, ln_n_nodes, zlp_quantile_grid
+
+    if not np.any(kept):
+        raise ValueError("no replica of the ZLP model was kept; see its drop_reason")
+    arrays = {name: np.asarray(value)[kept] for name, value in weights.items()}
+    margin = 1e-9 * max(1.0, abs(float(ln_n_high)))  # float32 vs float64 sums at the edges
+    nodes = ln_n_nodes(float(ln_n_low) - margin, float(ln_n_high) + margin, grid_size)
+    grid = zlp_quantile_grid(arrays, architecture, ZlpScaling(*map(float, scaling)), energy, nodes,
+                             quantiles, device=device)
+    return nodes, grid
+
+
+def _subtract_block(spectra, labels, grid, table, energy):
+    from ..kernels.zlp import subtract_fast
+
+    nodes, quantile_grid = grid
+    flat = spectra.reshape(-1, spectra.shape[-1])
+    label = labels.reshape(-1)
+    out = np.full((quantile_grid.shape[0], *flat.shape), np.nan, np.float32)
+    good = label >= 0
+    if good.any():
+        de_i, de_ii, fwhm = table[:, label[good]]
+        out[:, good] = subtract_fast(flat[good], energy, nodes, quantile_grid, fwhm, de_i, de_ii)
+    return out.reshape(quantile_grid.shape[0], *spectra.shape)
+
+
+@register_op("eels.subtract_zlp", params=SubtractParams,
+             inputs=("image", "model", "clusters", "windows"))
+def subtract_zlp(params: SubtractParams, image: xr.Dataset, model: xr.Dataset, clusters: xr.Dataset,
+                 windows: xr.Dataset) -> xr.Dataset:
+    """Inelastic signal I - ZLP per pixel: quantile bands over the kept replicas (lazy).
+
+    Output `inelastic_quantile` (quantile, y, x, energy) and `inelastic` (the median band).
+    Unclustered pixels (label -1) are NaN.
+    """
+    if model.attrs.get("kind") != KIND:
+        raise OpError(f"input 'model' is not an eels.train_zlp ensemble (kind: {model.attrs.get('kind')!r})")
+    if any(not 0 < q < 1 for q in params.quantiles):
+        raise OpError(f"quantiles must lie strictly between 0 and 1, found {params.quantiles}")
+    spectra = spectra_of(image, params.variable)
+    energy = energy_axis(image)
+    labels, k = cluster_labels(clusters, spectra)
+    de_i, de_ii = _windows_of(windows, k)
+    require_variables(windows, ["ln_i_median"])
+    if spectra.chunks is None:
+        spectra = spectra.chunk()
+    pixel_dims = spectra.dims[:-1]
+    labels = labels.chunk(dict(zip(pixel_dims, spectra.chunks[:-1], strict=True)))
+    ln_n = np.log(spectra.sum(ENERGY, dtype=np.float64))
+    weights = {name: as_delayed(model[name].data) for name in weight_names(model)}
+    grid = dask.delayed(_quantile_grid, pure=True)(
+        weights, as_delayed(model["kept"].data), as_delayed(model["scaling"].data),
+        json.loads(model.attrs["architecture"]), energy, as_delayed(ln_n.min().data),
+        as_delayed(ln_n.max().data), params.quantiles, params.grid_size, params.device)
+    table = dask.delayed(_cluster_table, pure=True)(
+        as_delayed(de_i.data), as_delayed(de_ii.data), as_delayed(windows["ln_i_median"].data), energy)
+    n_q = len(params.quantiles)
+    # labels get a length-1 energy axis: map_blocks aligns arrays by their trailing dims
+    bands = da.map_blocks(_subtract_block, spectra.data, labels.data[..., None], grid, table, energy=energy,
+                          new_axis=0, chunks=((n_q,), *spectra.chunks), dtype=np.float32)
+    inelastic = xr.DataArray(bands, dims=("quantile", *spectra.dims),
+                             coords={"quantile": params.quantiles, **spectra.coords},
+                             attrs={"long_name": "inelastic signal I - ZLP, quantiles over replicas"})
+    return xr.Dataset({"inelastic_quantile": inelastic,
+                       "inelastic": inelastic.isel(quantile=n_q // 2, drop=True)},
+                      attrs=dict(image.attrs))
