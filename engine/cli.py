@@ -174,8 +174,8 @@ def schedule(recipe: RecipeArg, cron: CronOption = None, interval: IntervalOptio
     from .flows import FLOW_NAME, describe_schedules, register
 
     deployment = register(recipe, lake, catalogs, cron=cron, interval=interval)
-    out.print(f"registered deployment {FLOW_NAME}/{deployment.name} ({describe_schedules(deployment)}); "
-              "`replicalake serve` executes its runs")
+    out.print(f"registered deployment {FLOW_NAME}/{deployment.name} ({describe_schedules(deployment)}), "
+              "paused until `replicalake serve` executes its runs")
 
 
 @app.command()
