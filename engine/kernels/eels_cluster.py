@@ -217,7 +217,7 @@ def block_sample(spectra, labels, flat_index, k: int, n_sample: int, seed: int) 
     inside = (lab >= 0) & (lab < k)
     n_pixels = np.bincount(lab[inside], minlength=k)
     return _bottom(pixel_keys(idx[inside], seed), lab[inside],
-                   x.reshape(-1, x.shape[-1])[inside], n_pixels, n_sample)
+                   x.reshape(lab.size, x.shape[-1])[inside], n_pixels, n_sample)
 
 
 def merge_samples(samples: list[Sample], n_sample: int) -> Sample:

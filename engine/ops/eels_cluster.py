@@ -121,11 +121,37 @@ def _overrides(values: list[float | None] | None, name: str, k: int,
     return list(values)
 
 
-def _sample_block(spectra, labels, origin, shape, k, n_sample, seed) -> kernels.Sample:
-    """The candidate sample of one chunk, keyed by global flat pixel index."""
-    index = np.indices(labels.shape) + np.reshape(origin, (-1,) + (1,) * labels.ndim)
-    flat = np.ravel_multi_index(tuple(index), shape)
-    return kernels.block_sample(spectra, labels, flat, k, n_sample, seed)
+def _flat_index(block_shape, origin, shape) -> np.ndarray:
+    """Global flat pixel index of every pixel of a block at `origin` in an image of `shape`."""
+    index = np.indices(block_shape) + np.reshape(origin, (-1,) + (1,) * len(block_shape))
+    return np.ravel_multi_index(tuple(index), shape)
+
+
+def _candidates(labels, origin, shape, k, n_sample, seed) -> kernels.Sample:
+    """A block's candidates without spectra: keys depend on the pixel index and seed alone."""
+    flat = _flat_index(labels.shape, origin, shape)
+    return kernels.block_sample(np.empty((*labels.shape, 0), np.float32), labels, flat, k,
+                                n_sample, seed)
+
+
+def _gather(spectra, labels, origin, shape, selection: kernels.Sample, k, n_sample, seed):
+    """The selected pixels' spectra of one block (a handful of rows, not the block)."""
+    flat = _flat_index(labels.shape, origin, shape).reshape(-1)
+    chosen = np.isin(kernels.pixel_keys(flat, seed), selection.keys)
+    rows = np.asarray(spectra).reshape(flat.size, spectra.shape[-1])[chosen]
+    return kernels.block_sample(rows, np.asarray(labels).reshape(-1)[chosen], flat[chosen], k,
+                                n_sample, seed)
+
+
+def _merge_tree(samples: list, n_sample: int):
+    while len(samples) > 1:
+        samples = [dask.delayed(kernels.merge_samples, pure=True)(samples[i:i + _MERGE_FAN_IN], n_sample)
+                   for i in range(0, len(samples), _MERGE_FAN_IN)]
+    return samples[0]
+
+
+def _with_sizes(sample: kernels.Sample, sizes: kernels.Sample) -> kernels.Sample:
+    return kernels.Sample(sample.keys, sample.labels, sample.spectra, sizes.n_pixels)
 
 
 def cluster_labels(clusters: xr.Dataset, spectra: xr.DataArray) -> tuple[xr.DataArray, int]:
@@ -144,8 +170,9 @@ def cluster_labels(clusters: xr.Dataset, spectra: xr.DataArray) -> tuple[xr.Data
 def cluster_sample(spectra: xr.DataArray, labels: xr.DataArray, k: int, n_sample: int, seed: int):
     """A delayed kernels.Sample: up to n_sample spectra per cluster, seeded, chunk-order free.
 
-    Each chunk keeps its own candidates and a tree of merges (fan-in 8) combines them, so memory
-    stays at k x n_sample spectra however large the image is.
+    Two passes keep memory at k x n_sample spectra however large the image is: the first picks
+    the pixels from the labels alone (each pixel's key is a seeded hash of its index), merged in
+    a tree of fan-in 8; the second reads each block once more and keeps only the chosen rows.
     """
     pixel_dims = _pixel_dims(spectra)
     if spectra.chunks is None:
@@ -156,16 +183,14 @@ def cluster_sample(spectra: xr.DataArray, labels: xr.DataArray, k: int, n_sample
     offsets = [np.cumsum((0,) + c[:-1]) for c in pixel_chunks]
     spectra_blocks = spectra.data.to_delayed(optimize_graph=False).reshape(-1)
     label_blocks = labels.data.to_delayed(optimize_graph=False)
-    samples = [
-        dask.delayed(_sample_block, pure=True)(
-            spectra_blocks[i], label_blocks[block],
-            tuple(int(offsets[a][b]) for a, b in enumerate(block)), shape, k, n_sample, seed)
-        for i, block in enumerate(np.ndindex(label_blocks.shape))
-    ]
-    while len(samples) > 1:
-        samples = [dask.delayed(kernels.merge_samples, pure=True)(samples[i:i + _MERGE_FAN_IN], n_sample)
-                   for i in range(0, len(samples), _MERGE_FAN_IN)]
-    return samples[0]
+    blocks = [(i, block, tuple(int(offsets[a][b]) for a, b in enumerate(block)))
+              for i, block in enumerate(np.ndindex(label_blocks.shape))]
+    candidates = _merge_tree([dask.delayed(_candidates, pure=True)(
+        label_blocks[block], origin, shape, k, n_sample, seed) for _, block, origin in blocks], n_sample)
+    gathered = _merge_tree([dask.delayed(_gather, pure=True)(
+        spectra_blocks[i], label_blocks[block], origin, shape, candidates, k, n_sample, seed)
+        for i, block, origin in blocks], n_sample)
+    return dask.delayed(_with_sizes, pure=True)(gathered, candidates)
 
 
 def _summarise(sample: kernels.Sample, energy: np.ndarray, k: int, min_pixels: int,
