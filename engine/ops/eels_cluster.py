@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import OpError
 from ..kernels import eels_cluster as kernels
 from ..registry import register_op
-from .core import as_delayed, require_dims, require_variables
+from .core import as_delayed, require_dims, require_variables, second_pass
 from .eels import ENERGY, energy_axis, spectra_of
 
 CLUSTER = "cluster"  # the label map (pixel dims)
@@ -181,7 +181,7 @@ def cluster_sample(spectra: xr.DataArray, labels: xr.DataArray, k: int, n_sample
     labels = labels.transpose(*pixel_dims).chunk(dict(zip(pixel_dims, pixel_chunks, strict=True)))
     shape = tuple(spectra.sizes[d] for d in pixel_dims)
     offsets = [np.cumsum((0,) + c[:-1]) for c in pixel_chunks]
-    spectra_blocks = spectra.data.to_delayed(optimize_graph=False).reshape(-1)
+    spectra_blocks = second_pass(spectra.data).to_delayed(optimize_graph=False).reshape(-1)
     label_blocks = labels.data.to_delayed(optimize_graph=False)
     blocks = [(i, block, tuple(int(offsets[a][b]) for a, b in enumerate(block)))
               for i, block in enumerate(np.ndindex(label_blocks.shape))]

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import OpError
 from ..registry import StepContext, register_op
-from .core import as_delayed, require_variables
+from .core import as_delayed, require_variables, second_pass
 from .eels import ENERGY, energy_axis, spectra_of
 from .eels_cluster import CLUSTER_ID, cluster_labels, cluster_sample
 from .ensembles import (
@@ -217,7 +217,8 @@ def subtract_zlp(params: SubtractParams, image: xr.Dataset, model: xr.Dataset, c
         as_delayed(de_i.data), as_delayed(de_ii.data), as_delayed(windows["ln_i_median"].data), energy)
     n_q = len(params.quantiles)
     # labels get a length-1 energy axis: map_blocks aligns arrays by their trailing dims
-    bands = da.map_blocks(_subtract_block, spectra.data, labels.data[..., None], grid, table, energy=energy,
+    bands = da.map_blocks(_subtract_block, second_pass(spectra.data), labels.data[..., None], grid, table,
+                          energy=energy,
                           new_axis=0, chunks=((n_q,), *spectra.chunks), dtype=np.float32)
     inelastic = xr.DataArray(bands, dims=("quantile", *spectra.dims),
                              coords={"quantile": params.quantiles, **spectra.coords},
