@@ -1,15 +1,27 @@
-"""Band-gap fits: I(E) = A (E - E_BG)^b above E_BG (zero below), many spectra at once.
+"""Band-gap fits: I(E) = A (E - E_BG)^b above E_BG (zero below) [+ c E], many spectra at once.
 
 Why our own fitter: a band-gap map fits one small model per pixel and per quantile curve,
 10^5 - 10^6 fits, and scipy's curve_fit pays ~ms of Python overhead per call. Here every
 spectrum of a chunk (any leading shape, energy last) takes Levenberg-Marquardt steps together:
-one batched 3x3 (or 2x2) solve per iteration, so the cost per fit is a few microseconds of
+one batched 2x2 to 4x4 solve per iteration, so the cost per fit is a few microseconds of
 array work. A pixel that does not converge (no signal, noise only, a runaway onset) gets NaN
 and `converged = False`; it never stops its neighbours.
 
 Model and parameters. For x = E - E_BG > 0 the model is A x^b, else 0; b is either fixed
 (0.5 direct, 1.5 indirect gap) or free. Internally each spectrum is divided by its largest
 |value| in the window, so A is of order one for every pixel and one damping schedule suits all.
+
+Background (`background="linear"`): a term c E, c >= 0, added under the onset. Below a few eV
+the bulk plasmon's loss function E Gamma E_p^2 / ((E^2 - E_p^2)^2 + (E Gamma)^2) is
+Gamma E / E_p^2 to within (E / E_p)^2, so the plasmon tail under a band-gap onset is a straight
+line through the origin, and it is as large as the onset itself: fitted without it, the power
+law starts early to absorb it (E_BG low by 0.2-0.5 eV for b = 1.5 on the generator's spectra).
+No constant: no physical term in a ZLP-subtracted low-loss signal is flat, and a free constant,
+measured on the generator's spectra, buys its lower bias for b = 1.5 (0.03 instead of 0.09 eV)
+only by bending the power law towards the onset's own decay, at twice the scatter and with
+runaway fits at 10^6 counts. The bound c >= 0 is kept by an active set: where c sits at 0 and
+chi2 would fall by making it negative, c is held at 0 for that step (and in the covariance),
+so a spectrum without a tail converges to the pure power law.
 
 Steps are kept only where they lower chi2 and stay in the region where the model is defined:
 A > 0, b in [EXPONENT_MIN, EXPONENT_MAX], and enough channels above E_BG to determine the free
@@ -18,8 +30,9 @@ Gauss-Newton step is shorter than `step_tol` standard errors.
 
 Initial guess (what makes the batch robust): for each candidate b, y^(1/b) is linear in E
 above the onset, y^(1/b) = A^(1/b) (E - E_BG); a straight line through the channels with clear
-signal gives E_BG, then A follows in closed form (the model is linear in A). With b free, the
-candidate with the lowest chi2 starts the fit.
+signal gives E_BG, then A (and c) follow in closed form (the model is linear in them). With b
+free, the candidate with the lowest chi2 starts the fit. A background bends that line, so with
+one the onsets of a grid across the window are tried as well.
 
 Uncertainties come from the Jacobian at the optimum: cov = (J^T W J)^-1, scaled by chi2 per
 degree of freedom when no absolute errors were given (as curve_fit with absolute_sigma=False).
@@ -30,6 +43,7 @@ Array code only (numpy).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -43,6 +57,8 @@ EDGE_MARGIN = 1e-3  # a fit this close (in b, or in window spans for E_BG) to th
 LAMBDA_START = 1e-3
 RCOND = 1e-13  # unit-diagonal normal matrices with a smaller determinant count as singular
 LAMBDA_MAX = 1e12  # damping this large means no step lowers chi2: stop, not converged
+BACKGROUND_STARTS = 16  # onsets across the window tried as starts when a background is fitted
+A, E_BG, B, C = range(4)  # columns of theta: amplitude, onset, exponent, background slope
 
 
 @dataclass(frozen=True)
@@ -50,16 +66,20 @@ class BandgapFit:
     """Per-spectrum results, each shaped like the spectra without their energy axis.
 
     Errors are one standard deviation from the fit covariance; `exponent_error` is 0 where b
-    was fixed. `chi2` is chi2 per degree of freedom (in data units squared when the fit was
-    unweighted). Where `converged` is False every float is NaN.
+    was fixed, `background_error` where no background was fitted or c ended on its bound 0.
+    `background` is the slope c (data units per eV). `chi2` is chi2 per degree of freedom (in
+    data units squared when the fit was unweighted). Where `converged` is False every float is
+    NaN.
     """
 
     e_bg: np.ndarray
     amplitude: np.ndarray
     exponent: np.ndarray
+    background: np.ndarray
     e_bg_error: np.ndarray
     amplitude_error: np.ndarray
     exponent_error: np.ndarray
+    background_error: np.ndarray
     chi2: np.ndarray
     converged: np.ndarray
     iterations: np.ndarray
@@ -73,51 +93,88 @@ def power_onset(energy, e_bg, amplitude, exponent) -> np.ndarray:
 
 
 def _model(energy: np.ndarray, theta: np.ndarray, jacobian: bool, resolution: float = 0.0):
-    """Model (n, M) at theta (n, 3) = (A, E_BG, b), and d model / d theta (n, M, 3) if asked.
+    """Model (n, M) at theta (n, 4) = (A, E_BG, b, c), and d model / d theta (n, M, 4) if asked.
 
     `resolution` bounds the 1/x in d model / d E_BG (see the covariance in fit_bandgap).
     """
-    amplitude, e_bg, b = (theta[:, k, None] for k in range(3))
+    amplitude, e_bg, b, slope = (theta[:, k, None] for k in (A, E_BG, B, C))
     x = energy[None, :] - e_bg
     above = x > 0
     x_safe = np.where(above, x, 1.0)
     log_x = np.log(x_safe)
     power = np.where(above, np.exp(b * log_x), 0.0)
-    model = amplitude * power
+    onset = amplitude * power
+    model = onset + slope * energy[None, :]
     if not jacobian:
         return model, None
     jac = np.stack([power, -amplitude * b * power / np.maximum(x_safe, resolution),
-                    model * log_x], axis=-1)
+                    onset * log_x, np.broadcast_to(energy, model.shape)], axis=-1)
     return model, jac
 
 
-def _valid(theta: np.ndarray, energy: np.ndarray, n_free: int, margin: float = 0.0) -> np.ndarray:
+def _valid(theta: np.ndarray, energy: np.ndarray, n_free: int, b_free: bool,
+           margin: float = 0.0) -> np.ndarray:
     """Where theta lies in the model's domain (see the module docstring), `margin` inside it.
 
     A fit that ends on the domain's edge (b at a bound, the onset run far below the window:
     what noise without an onset does) found no optimum; a small margin tells those apart.
+    c = 0 is inside the domain: it is where a spectrum without a tail belongs.
     """
     span = energy[-1] - energy[0]
     lowest = energy[0] - 5.0 * span  # an onset far below the window is still a valid
     # extrapolation, one this far below is a runaway
     highest = energy[-(n_free + 1)]  # at least n_free + 1 channels above the onset
-    b_margin = margin if n_free == 3 else 0.0  # a fixed b sits where the caller put it
+    b_margin = margin if b_free else 0.0  # a fixed b sits where the caller put it
     return (
         np.isfinite(theta).all(axis=1)
-        & (theta[:, 0] > 0)
-        & (theta[:, 1] > lowest + margin * span) & (theta[:, 1] < highest)
-        & (theta[:, 2] >= EXPONENT_MIN + b_margin) & (theta[:, 2] <= EXPONENT_MAX - b_margin)
+        & (theta[:, A] > 0)
+        & (theta[:, E_BG] > lowest + margin * span) & (theta[:, E_BG] < highest)
+        & (theta[:, B] >= EXPONENT_MIN + b_margin) & (theta[:, B] <= EXPONENT_MAX - b_margin)
+        & (theta[:, C] >= 0)
     )
 
 
-def _profile_amplitude(energy, y, weight, e_bg, b):
-    """The chi2-optimal A for given E_BG and b (the model is linear in A), and that chi2."""
+def _profile_linear(energy, y, weight, e_bg, b, background: bool):
+    """The chi2-optimal A and c >= 0 for given E_BG and b (the model is linear in both), and
+    that chi2; c is 0 without a background, or where the unconstrained optimum has c < 0."""
     shape = power_onset(energy, e_bg[:, None], 1.0, b[:, None])
-    norm = (weight * shape * shape).sum(axis=1)
-    amplitude = np.where(norm > 0, (weight * shape * y).sum(axis=1) / np.where(norm > 0, norm, 1),
-                         np.nan)
-    chi2 = (weight * (y - amplitude[:, None] * shape) ** 2).sum(axis=1)
-    return amplitude, chi2
+
+    def solo(basis):
+        norm = (weight * basis * basis).sum(axis=1)
+        return np.where(norm > 0, (weight * basis * y).sum(axis=1) / np.where(norm > 0, norm, 1),
+                        np.nan)
+
+    amplitude, slope = solo(shape), np.zeros(e_bg.size)
+    if background:
+        line = np.broadcast_to(energy, y.shape)
+        s_ss, s_ee = (weight * shape * shape).sum(axis=1), (weight * line * line).sum(axis=1)
+        s_se = (weight * shape * line).sum(axis=1)
+        s_sy, s_ey = (weight * shape * y).sum(axis=1), (weight * line * y).sum(axis=1)
+        det = s_ss * s_ee - s_se**2
+        solvable = det > RCOND * s_ss * s_ee
+        det = np.where(solvable, det, 1.0)
+        joint_a, joint_c = (s_ee * s_sy - s_se * s_ey) / det, (s_ss * s_ey - s_se * s_sy) / det
+        use = solvable & (joint_c > 0)
+        amplitude, slope = np.where(use, joint_a, amplitude), np.where(use, joint_c, 0.0)
+    model = amplitude[:, None] * shape + slope[:, None] * energy
+    chi2 = (weight * (y - model) ** 2).sum(axis=1)
+    return amplitude, slope, chi2
+
+
+def _hold_bound(hess, grad, theta, free, background: bool):
+    """The normal equations with c held where it sits on its bound 0 and chi2 falls towards
+    negative c (grad = J^T W r is minus half the chi2 gradient): its row and column become the
+    identity's and its gradient 0, so the step leaves it there (an active set of one)."""
+    if not background:
+        return hess, grad
+    k = free.index(C)
+    held = (theta[:, C] <= 0) & (grad[:, k] <= 0)
+    hess, grad = hess.copy(), grad.copy()
+    hess[held, k, :] = 0.0
+    hess[held, :, k] = 0.0
+    hess[held, k, k] = 1.0
+    grad[held, k] = 0.0
+    return hess, grad
 
 
 def _normalised(hess: np.ndarray):
@@ -154,8 +211,10 @@ def _inverse_diagonal(hess):
     return np.where(safe[:, None], variance, np.nan)
 
 
-def _initial_guess(energy, y, weight, exponents, n_free):
-    """Start (n, 3) from the linearised fit of y^(1/b) vs E over the channels with clear signal."""
+def _initial_guess(energy, y, weight, exponents, n_free, background: bool):
+    """Start (n, 4) from the linearised fit of y^(1/b) vs E over the channels with clear signal,
+    or with a background from that and a grid of onsets across the window, whichever has the
+    lowest chi2."""
     n = y.shape[0]
     clear = y > SIGNAL_FRACTION  # y is scaled to a maximum |value| of 1
     count = clear.sum(axis=1)
@@ -163,8 +222,9 @@ def _initial_guess(energy, y, weight, exponents, n_free):
     de = np.where(clear, energy - e_mean[:, None], 0.0)
     spread = (de * de).sum(axis=1)
     span = energy[-1] - energy[0]
-    best = np.full((n, 3), np.nan)
+    best = np.full((n, 4), np.nan)
     best_chi2 = np.full(n, np.inf)
+    grid = np.linspace(energy[0], energy[-(n_free + 2)], BACKGROUND_STARTS) if background else []
     for b in exponents:
         z = np.where(clear, np.maximum(y, 0.0), 0.0) ** (1.0 / b)
         z_mean = z.sum(axis=1) / np.maximum(count, 1)
@@ -174,10 +234,11 @@ def _initial_guess(energy, y, weight, exponents, n_free):
                         energy[0] - 0.1 * span)  # no line: assume the onset sits just below
         e_bg = np.clip(e_bg, energy[0] - span, energy[-(n_free + 2)])
         b_arr = np.full(n, b)
-        amplitude, chi2 = _profile_amplitude(energy, y, weight, e_bg, b_arr)
-        better = np.isfinite(amplitude) & (chi2 < best_chi2)
-        best[better] = np.stack([amplitude, e_bg, b_arr], axis=1)[better]
-        best_chi2[better] = chi2[better]
+        for start in (e_bg, *(np.full(n, e) for e in grid)):
+            amplitude, slope, chi2 = _profile_linear(energy, y, weight, start, b_arr, background)
+            better = np.isfinite(amplitude) & (amplitude > 0) & (chi2 < best_chi2)
+            best[better] = np.stack([amplitude, start, b_arr, slope], axis=1)[better]
+            best_chi2[better] = chi2[better]
     return best
 
 
@@ -187,6 +248,7 @@ def fit_bandgap(
     *,
     window: tuple[float, float] | None = None,
     exponent: float | None = None,
+    background: Literal["none", "linear"] = "none",
     sigma=None,
     max_iter: int = 200,
     xtol: float = 1e-8,
@@ -195,6 +257,7 @@ def fit_bandgap(
     """Fit A (E - E_BG)^b to every spectrum (energy last) over the channels inside `window`.
 
     exponent: b fixed to this value, or None to fit it.
+    background: "linear" fits a term c E (c >= 0) jointly with the onset (module docstring).
     sigma: per-channel errors: None (unweighted; covariance scaled by chi2 per degree of
         freedom), "poisson" (sigma^2 = max(y, 1): counts, absolute) or an array that broadcasts
         against the spectra (absolute errors, as curve_fit with absolute_sigma=True).
@@ -208,7 +271,12 @@ def fit_bandgap(
     inside = (np.ones(energy.size, bool) if window is None
               else (energy >= window[0]) & (energy <= window[1]))
     energy_w = energy[inside]
-    n_free = 2 if exponent is not None else 3
+    if background not in ("none", "linear"):
+        raise ValueError(f"background must be 'none' or 'linear', not {background!r}")
+    b_free, with_background = exponent is None, background == "linear"
+    # theta columns being fitted: (A, E_BG), then b if free, then c if a background is
+    free = [A, E_BG] + [B] * b_free + [C] * with_background
+    n_free = len(free)
     if energy_w.size < n_free + 2 or not np.all(np.diff(energy_w) > 0):
         raise ValueError(f"the window needs at least {n_free + 2} channels on an increasing "
                          f"energy axis, found {energy_w.size}")
@@ -237,9 +305,8 @@ def fit_bandgap(
     weight = np.where(usable[:, None] & np.isfinite(weight), weight, 1.0)
 
     exponents = EXPONENT_CANDIDATES if exponent is None else (float(exponent),)
-    theta = _initial_guess(energy_w, y, weight, exponents, n_free)
-    active = usable & _valid(theta, energy_w, n_free)
-    free = slice(0, n_free)  # theta columns being fitted: (A, E_BG) or (A, E_BG, b)
+    theta = _initial_guess(energy_w, y, weight, exponents, n_free, with_background)
+    active = usable & _valid(theta, energy_w, n_free, b_free)
     lam = np.full(n, LAMBDA_START)
     chi2 = np.full(n, np.inf)
     chi2[active] = (weight[active] * (y[active] - _model(energy_w, theta[active], False)[0]) ** 2
@@ -259,10 +326,13 @@ def fit_bandgap(
         jtw = jac.transpose(0, 2, 1) * w[:, None, :]
         hess = jtw @ jac
         grad = (jtw @ (yy - model)[..., None])[..., 0]
+        hess, grad = _hold_bound(hess, grad, th, free, with_background)
         step, solvable = _damped_step(hess, grad, lam[idx])
         trial = th.copy()
         trial[:, free] += step
-        ok = solvable & _valid(trial, energy_w, n_free)
+        trial[:, C] = np.maximum(trial[:, C], 0.0)  # a step past c = 0 stops on it
+        step = trial[:, free] - th[:, free]
+        ok = solvable & _valid(trial, energy_w, n_free, b_free)
         trial_chi2 = np.full(idx.size, np.inf)
         if ok.any():
             trial_model = _model(energy_w, trial[ok], False)[0]
@@ -287,25 +357,32 @@ def fit_bandgap(
     # averaged over its width, so its sensitivity to E_BG is bounded by the slope half a channel
     # above the onset; the point-sampled x^(b-1) diverges for b < 1 when the onset lands just
     # below a channel and would claim errors 10^4 times too small.
-    errors = np.full((n, 3), np.nan)
+    # A c held on its bound is a fixed parameter there: variance 0.
+    errors = np.full((n, 4), np.nan)
     idx = np.flatnonzero(converged)
     if idx.size:
         half_channel = 0.5 * float(np.median(np.diff(energy_w)))
-        _, jac = _model(energy_w, theta[idx], True, half_channel)
+        model, jac = _model(energy_w, theta[idx], True, half_channel)
         jac = jac[..., free]
-        hess = (jac.transpose(0, 2, 1) * weight[idx, None, :]) @ jac
+        jtw = jac.transpose(0, 2, 1) * weight[idx, None, :]
+        grad = (jtw @ (y[idx] - model)[..., None])[..., 0]
+        hess, _ = _hold_bound(jtw @ jac, grad, theta[idx], free, with_background)
         variance = _inverse_diagonal(hess)
         if sigma is None:
             variance *= (chi2[idx] / dof)[:, None]
-        errors[idx, :n_free] = np.sqrt(np.where(variance >= 0, variance, np.nan))
-        converged[idx] = (np.isfinite(errors[idx, :n_free]).all(axis=1)
-                          & _valid(theta[idx], energy_w, n_free, EDGE_MARGIN))
-    if exponent is not None:
-        errors[:, 2] = 0.0
+        errors[np.ix_(idx, free)] = np.sqrt(np.where(variance >= 0, variance, np.nan))
+        if with_background:
+            errors[idx[theta[idx, C] <= 0], C] = 0.0
+        converged[idx] = (np.isfinite(errors[np.ix_(idx, free)]).all(axis=1)
+                          & _valid(theta[idx], energy_w, n_free, b_free, EDGE_MARGIN))
+    if not b_free:
+        errors[:, B] = 0.0
+    if not with_background:
+        errors[:, C] = 0.0
 
     # Back to the data's units; NaN wherever the fit failed.
-    theta[:, 0] *= scale
-    errors[:, 0] *= scale
+    theta[:, [A, C]] *= scale[:, None]
+    errors[:, [A, C]] *= scale[:, None]
     if sigma is None:
         chi2 = chi2 * scale**2  # unweighted: residual variance in data units
     nan = ~converged
@@ -313,9 +390,10 @@ def fit_bandgap(
     errors[nan] = np.nan
     chi2 = np.where(nan, np.nan, chi2 / dof)
     return BandgapFit(
-        e_bg=theta[:, 1].reshape(lead), amplitude=theta[:, 0].reshape(lead),
-        exponent=theta[:, 2].reshape(lead), e_bg_error=errors[:, 1].reshape(lead),
-        amplitude_error=errors[:, 0].reshape(lead), exponent_error=errors[:, 2].reshape(lead),
+        e_bg=theta[:, E_BG].reshape(lead), amplitude=theta[:, A].reshape(lead),
+        exponent=theta[:, B].reshape(lead), background=theta[:, C].reshape(lead),
+        e_bg_error=errors[:, E_BG].reshape(lead), amplitude_error=errors[:, A].reshape(lead),
+        exponent_error=errors[:, B].reshape(lead), background_error=errors[:, C].reshape(lead),
         chi2=chi2.reshape(lead), converged=converged.reshape(lead),
         iterations=iterations.reshape(lead),
     )

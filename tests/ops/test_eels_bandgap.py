@@ -91,7 +91,9 @@ def test_empty_and_negative_pixels_are_flagged():
     ({"window_ev": (0.5, 6.0)}, r"window_ev \[0.5, 6.0\] eV is outside the data, which covers "
                                 r"-0.5 to 5 eV"),
     ({"window_ev": (-1.0, 2.0)}, "outside the data"),
-    ({"window_ev": (1.0, 1.05)}, "holds 3 channels; the fit needs at least 5: widen it"),
+    ({"window_ev": (1.0, 1.05), "background": "none"},
+     "holds 3 channels; the fit needs at least 5: widen it"),
+    ({"window_ev": (1.0, 1.05)}, "holds 3 channels; the fit needs at least 6: widen it"),
     ({"window_ev": (1.0, 2.0), "variable": "inelastc"}, "did you mean 'inelastic'"),
     ({"window_ev": (1.0, 2.0), "quantile_variable": "bands"}, "variable 'bands' is not in the"),
     ({"window_ev": (1.0, 2.0), "quantile_variable": "e_g"}, "needs 'quantile' and 'energy' dims"),
@@ -117,3 +119,18 @@ def test_bands_off_and_default_absent():
     assert "e_bg_quantile" not in off
     plain = fit_bandgap(BandgapParams(window_ev=(0.5, 4.0)), image.drop_vars("inelastic_quantile"))
     assert "e_bg_quantile" not in plain
+
+
+def test_default_background_takes_the_plasmon_tail():
+    """An onset over a c E tail as large as itself: the default fits it, `none` starts early."""
+    image, truth = inelastic_image(bands=False)
+    tail = 400.0 * image["energy"].clip(min=0)  # 2000 counts at 5 eV, like the onset at 3 eV
+    image["inelastic"] = (image["inelastic"] + tail).astype(np.float32).transpose("y", "x", "energy")
+    params = {"window_ev": (0.5, 4.0), "exponent": 1.5}
+    linear = fit_bandgap(BandgapParams(**params), image).compute()
+    bare = fit_bandgap(BandgapParams(**params, background="none"), image).compute()
+    assert linear["converged"].all() and linear["background"].attrs["units"] == "signal units per eV"
+    np.testing.assert_allclose(linear["e_bg"], truth, atol=0.03)
+    np.testing.assert_allclose(linear["background"], 400.0, rtol=0.1)
+    assert float((bare["e_bg"] - truth).max()) < -0.1  # every pixel's onset far too early
+    assert (bare["background"] == 0).all()
