@@ -18,7 +18,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import OpError
 from ..registry import StepContext, register_op
@@ -34,7 +34,7 @@ from .ensembles import (
     result_layout,
     weight_names,
 )
-from .replicas import OptimiserParams, StoppingParams
+from .replicas import OptimiserParams, TrainingParams
 
 KIND = "eels zlp ensemble"
 SCALING = ("e_low", "e_high", "ln_n_low", "ln_n_high")
@@ -44,7 +44,7 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TrainZlpParams(_Params):
+class TrainZlpParams(TrainingParams):
     variable: str = Field("counts", description="aligned spectra variable")
     replicas: int = Field(100, gt=0, description="Monte Carlo replicas R")
     epochs: int = Field(10000, gt=0)
@@ -53,18 +53,6 @@ class TrainZlpParams(_Params):
     penalty: float = Field(10.0, ge=0, description="weight of the ReLU(d lnI/dE) monotonicity penalty")
     n_spectra: int = Field(500, ge=1, description="spectra sampled per cluster to draw replicas from")
     optimiser: OptimiserParams = OptimiserParams(lr=1e-2)
-    stopping: StoppingParams = StoppingParams()
-    validation_every: int = Field(10, gt=0)
-    seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every: int | None = Field(1000, gt=0)
-
-    @model_validator(mode="after")
-    def _layers(self) -> TrainZlpParams:
-        if len(self.activations) != len(self.hidden) + 1:
-            raise ValueError(f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
-                             f"found {len(self.activations)}")
-        return self
 
 
 def _windows_of(windows: xr.Dataset, k: int) -> tuple[xr.DataArray, xr.DataArray]:

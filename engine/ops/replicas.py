@@ -183,11 +183,9 @@ class StoppingParams(_Params):
     outlier_sigma: float = Field(4.0, gt=0)
 
 
-class TrainParams(_Params):
-    features: list[str] = Field(min_length=1, description="network inputs: coords or variables")
-    target: str = "pseudodata"
-    mask: str = "training_mask"
-    covariance: str = "covariance"
+class TrainingParams(_Params):
+    """What every replica training step shares: the network, the optimiser, stopping, device."""
+
     hidden: list[int] = Field([20, 20], description="hidden layer widths")
     activations: list[str] = Field(["tanh", "tanh", "linear"], description="one per layer")
     epochs: int = Field(5000, gt=0)
@@ -199,13 +197,20 @@ class TrainParams(_Params):
     checkpoint_every: int | None = Field(1000, gt=0, description="epochs between checkpoints")
 
     @model_validator(mode="after")
-    def _layers(self) -> TrainParams:
+    def _layers(self) -> TrainingParams:
         if len(self.activations) != len(self.hidden) + 1:
             raise ValueError(f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
                              f"found {len(self.activations)}")
         if any(w <= 0 for w in self.hidden):
             raise ValueError(f"hidden widths must be positive, found {self.hidden}")
         return self
+
+
+class TrainParams(TrainingParams):
+    features: list[str] = Field(min_length=1, description="network inputs: coords or variables")
+    target: str = "pseudodata"
+    mask: str = "training_mask"
+    covariance: str = "covariance"
 
 
 def _features(data: xr.Dataset, names: list[str], point: str) -> list[xr.DataArray]:
