@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .config import DEFAULT_PIXEL_CHUNKS
 from .errors import ReplicaLakeError
 
 app = typer.Typer(help="ReplicaLake: declarative out-of-core physics analyses over a zarr lake.",
@@ -227,7 +228,7 @@ def ingest_synthetic_eels(
     name: Annotated[str, typer.Argument(help="entry name under raw/")],
     shape: Annotated[tuple[int, int, int], typer.Option(help="NY NX NE")] = (128, 128, 2048),
     seed: Annotated[int, typer.Option(help="generator seed")] = 0,
-    chunks: Annotated[tuple[int, int], typer.Option(help="CY CX pixel chunk")] = (64, 64),
+    chunks: Annotated[tuple[int, int], typer.Option(help="CY CX pixel chunk")] = DEFAULT_PIXEL_CHUNKS,
     lake: LakeOption = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
@@ -244,7 +245,7 @@ def ingest_eels(
         metavar="FILE", help="DM3/DM4, .msa, .hspy or .txt spectra; several .txt files become "
         "one line scan in the order given")],
     name: Annotated[str, typer.Argument(help="entry name under raw/")],
-    chunks: Annotated[tuple[int, int], typer.Option(help="CY CX pixel chunk")] = (64, 64),
+    chunks: Annotated[tuple[int, int], typer.Option(help="CY CX pixel chunk")] = DEFAULT_PIXEL_CHUNKS,
     energy_start: Annotated[float | None, typer.Option(
         help="text only: energy of the first channel in eV (default -4.054, the WS2 data)")] = None,
     dispersion: Annotated[float | None, typer.Option(

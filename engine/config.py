@@ -13,6 +13,10 @@ LAKE_ENV = "REPLICALAKE_LAKE"
 SCHEDULER_ENV = "REPLICALAKE_SCHEDULER"
 CATALOG_DIR_ENV = "REPLICALAKE_CATALOGS"
 DEFAULT_LAKE = "storage"
+# Pixel chunk of ingested spectral images (the energy axis is always one chunk). 32 x 32 x 2048
+# float32 is 8 MiB: measured, 10^4 -> 10^6 spectra grew peak RSS of the thickness recipe by 1.15x
+# (64 x 64: 1.39x) at the same speed.
+DEFAULT_PIXEL_CHUNKS = (32, 32)
 
 
 def lake_root(explicit: str | None = None) -> str:

@@ -45,5 +45,6 @@ def put_in_lake(lake: Lake, name: str, dataset: xr.Dataset, zone: str = "raw") -
                           else str(dataset.sizes))
     dataset.attrs[PROVENANCE_KEY] = {"token": token, "ingest": "testing"}
     tmp = lake.new_tmp_path(name)
-    dask.compute(*write_template(dataset.chunk() if not dataset.chunks else dataset, lake.url(tmp)))
+    dask.compute(*write_template(dataset.chunk() if not dataset.chunks else dataset, lake.url(tmp),
+                                 merge_small_chunks=False))  # stored as given, like an ingest
     return publish_entry(lake, tmp, zone, name, description="test data")

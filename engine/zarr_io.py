@@ -7,6 +7,8 @@ dask chunk that straddles two zarr chunks would make parallel writes race.
 
 from __future__ import annotations
 
+import math
+
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -14,6 +16,8 @@ import zarr
 from zarr.codecs import BloscCodec
 
 CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+MIN_CHUNK_BYTES = 2**20
+TARGET_CHUNK_BYTES = 8 * 2**20
 
 
 def encoding_for(dataset: xr.Dataset) -> dict[str, dict]:
@@ -29,19 +33,35 @@ def encoding_for(dataset: xr.Dataset) -> dict[str, dict]:
     return encoding
 
 
-def prepare_for_write(dataset: xr.Dataset) -> xr.Dataset:
-    """Copy without inherited encodings, with uniform chunks (each dim's largest chunk)."""
+def prepare_for_write(dataset: xr.Dataset, merge_small_chunks: bool = True) -> xr.Dataset:
+    """Copy without inherited encodings, each variable with uniform chunks of a sensible size.
+
+    Chunks smaller than MIN_CHUNK_BYTES are merged up to TARGET_CHUNK_BYTES: a thickness map
+    inherits the image's 32 x 32-pixel chunking, and writing 10^6 pixels as a thousand 4 KiB
+    chunks cost more than computing them (zarr's per-chunk overhead, and more so on S3).
+    Irregular chunks are made uniform (each dim's largest chunk). Ingests, which fill a store
+    block by block from several threads, keep their chunks (`merge_small_chunks=False`): a
+    chunk shared by two blocks would be written by two threads at once.
+    """
     dataset = dataset.copy()
-    for var in dataset.variables.values():
+    for name, var in dataset.variables.items():
         var.encoding = {}
-    if dataset.chunks:
-        uniform = {dim: max(sizes) for dim, sizes in dataset.chunks.items()}
-        if any(len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0] for sizes in dataset.chunks.values()):
-            dataset = dataset.chunk(uniform)
+        if not var.chunks or name in dataset.indexes:
+            continue
+        largest = tuple(max(c) for c in var.chunks)
+        if merge_small_chunks and math.prod(largest) * var.dtype.itemsize < MIN_CHUNK_BYTES:
+            data = var.data.rechunk("auto", block_size_limit=TARGET_CHUNK_BYTES)
+            largest = tuple(max(c) for c in data.chunks)
+        else:
+            data = var.data
+        if any(len(set(c[:-1])) > 1 or c[-1] > c[0] for c in data.chunks):
+            data = data.rechunk(largest)
+        dataset[name] = var.copy(data=data)
     return dataset
 
 
-def write_template(dataset: xr.Dataset, url: str, storage_options: dict | None = None) -> list:
+def write_template(dataset: xr.Dataset, url: str, storage_options: dict | None = None,
+                   merge_small_chunks: bool = True) -> list:
     """Lay out the store; return the dask collections that fill it (nothing computed yet).
 
     Compute them all in one `dask.compute(*writes)` (they yield nothing, so memory stays flat).
@@ -51,7 +71,7 @@ def write_template(dataset: xr.Dataset, url: str, storage_options: dict | None =
     its own when the template is made, which renames fused tasks: a step shared by two outputs
     (a training feeding both a model and a prediction) then ran once per output.
     """
-    dataset = prepare_for_write(dataset)
+    dataset = prepare_for_write(dataset, merge_small_chunks)
     dataset.to_zarr(url, mode="w", compute=False, consolidated=False, zarr_format=3,
                     encoding=encoding_for(dataset), storage_options=storage_options or None)
     lazy = [name for name, var in dataset.variables.items() if isinstance(var.data, da.Array)]

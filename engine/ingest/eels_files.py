@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from ..config import DEFAULT_PIXEL_CHUNKS
 from ..errors import IngestError
 from ..storage import PROVENANCE_KEY, Lake, content_token
 from .eels_formats import LABELS, Spectra, format_of, open_spectra
@@ -37,7 +38,7 @@ MAX_THREADS = 8  # each thread holds about three copies of one block in memory
 
 
 def ingest_eels_files(lake: Lake, files: Sequence[str | Path], name: str,
-                      chunks: tuple[int, int] = (64, 64), energy_start: float | None = None,
+                      chunks: tuple[int, int] = DEFAULT_PIXEL_CHUNKS, energy_start: float | None = None,
                       dispersion: float | None = None, allow_nonfinite: bool = False,
                       progress: bool = True, threads: int | None = None) -> str:
     """Ingest DM3/DM4, EMSA, hspy or plain-text spectra into raw/NAME; returns a summary line."""

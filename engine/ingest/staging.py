@@ -43,7 +43,7 @@ class StagedEntry:
     def layout(self, template: xr.Dataset) -> zarr.Group:
         """Write the template's metadata (no data) and open the store for block writes."""
         options = None if self.lake.is_local else self.lake.storage_options
-        write_template(template, self.lake.url(self.path), options)
+        write_template(template, self.lake.url(self.path), options, merge_small_chunks=False)
         return zarr.open_group(self.lake.url(self.path), mode="r+", storage_options=options)
 
     def publish(self, description: str, metadata: dict) -> str:

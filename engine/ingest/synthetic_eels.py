@@ -11,6 +11,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ..config import DEFAULT_PIXEL_CHUNKS
 from ..errors import IngestError
 from ..kernels import eels_synth
 from ..storage import PROVENANCE_KEY, Lake, content_token
@@ -39,7 +40,7 @@ def _template(shape: tuple[int, int, int], chunks: tuple[int, int], energy: np.n
 
 
 def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], seed: int = 0,
-                          chunks: tuple[int, int] = (64, 64), progress: bool = True,
+                          chunks: tuple[int, int] = DEFAULT_PIXEL_CHUNKS, progress: bool = True,
                           threads: int | None = None) -> str:
     """Generate an NY x NX x NE image into raw/NAME; returns a one-line description."""
     if len(shape) != 3 or min(shape) < 1:

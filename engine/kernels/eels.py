@@ -113,14 +113,17 @@ def zlp_peak_position(spectra, energy):
     return (e0 + d * _peak_channel(x).astype(np.float64)).astype(x.dtype)
 
 
+_SHIFT_BATCH = 256  # spectra blended at a time: the blend buffer stays ~2 MB, not a chunk
+
+
 def shift_spectra(spectra, shift_ev, dispersion: float):
     """Shift each spectrum along energy by its own amount (eV; positive = to higher energy).
 
     Linear interpolation; channels shifted in from outside the window are 0. The blend
-    (1 - f) x[k - n] + f x[k - n - 1] for a shift of n + f channels is formed once on a
-    zero-bordered copy, then each spectrum's window is gathered as one contiguous row from a
-    strided sliding-window view: about four passes over memory, no per-pixel loop and no
-    (pixels x channels) index array.
+    (1 - f) x[k - n] + f x[k - n - 1] for a shift of n + f channels is formed on a zero-bordered
+    copy of a batch of spectra, then each spectrum's window is gathered as one contiguous row from
+    a strided sliding-window view: a few passes over memory, no per-pixel loop, no (pixels x
+    channels) index array, and no chunk-sized temporary besides the output.
     """
     xp = _xp(spectra)
     x = _float(spectra)
@@ -133,13 +136,17 @@ def shift_spectra(spectra, shift_ev, dispersion: float):
     # beyond -n-1 or n channels everything is shifted out already: clipping keeps zeros exact
     whole = xp.clip(whole, -n - 1, n).astype(xp.int64).reshape(-1)
     x2 = x.reshape(-1, n)
-    border = int(xp.abs(whole).max()) + 1 if whole.size else 1
-    # blend[:, q] = (1 - f) x[q + 1 - border] + f x[q - border], zero outside 0..n-1
-    blend = xp.zeros((x2.shape[0], n + 2 * border - 1), dtype=x.dtype)
-    xp.multiply(x2, 1 - frac, out=blend[:, border - 1 : border - 1 + n])
-    blend[:, border : border + n] += frac * x2
-    windows = xp.lib.stride_tricks.sliding_window_view(blend, n, axis=-1)
-    out = windows[xp.arange(x2.shape[0]), border - 1 - whole]
+    out = xp.empty_like(x2)
+    for lo in range(0, x2.shape[0], _SHIFT_BATCH):
+        rows = slice(lo, lo + _SHIFT_BATCH)
+        batch, f, w = x2[rows], frac[rows], whole[rows]
+        border = int(xp.abs(w).max()) + 1
+        # blend[:, q] = (1 - f) x[q + 1 - border] + f x[q - border], zero outside 0..n-1
+        blend = xp.zeros((batch.shape[0], n + 2 * border - 1), dtype=x.dtype)
+        xp.multiply(batch, 1 - f, out=blend[:, border - 1 : border - 1 + n])
+        blend[:, border : border + n] += f * batch
+        windows = xp.lib.stride_tricks.sliding_window_view(blend, n, axis=-1)
+        out[rows] = windows[xp.arange(batch.shape[0]), border - 1 - w]
     return out.reshape(x.shape)
 
 

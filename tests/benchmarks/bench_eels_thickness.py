@@ -69,12 +69,12 @@ def replicalake(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine", *args]
 
 
-def ensure_image(lake: Path, side: int, channels: int) -> str:
-    name = f"img{side}x{side}x{channels}"
+def ensure_image(lake: Path, side: int, channels: int, chunk: int = 32) -> str:
+    name = f"img{side}c{chunk}" + ("" if channels == 2048 else f"e{channels}")
     if not (lake / "raw" / name / "zarr.json").exists():
         seconds, rss, _ = run_measured(replicalake("ingest", "synthetic-eels", name, "--shape", str(side),
-                                                   str(side), str(channels), "--lake", str(lake),
-                                                   "--no-progress"))
+                                                   str(side), str(channels), "--chunks", str(chunk),
+                                                   str(chunk), "--lake", str(lake), "--no-progress"))
         print(f"ingest {side}x{side}x{channels}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, "
               f"{side * side / seconds:.0f} spectra/s")
     return name
