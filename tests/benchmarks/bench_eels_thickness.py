@@ -18,11 +18,8 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-
-import psutil
 
 RECIPE = """\
 version: 1
@@ -41,28 +38,24 @@ ALIGN_AND_THICKNESS = """\
 THRESHOLD = {"zlp_end": "threshold", "threshold_ev": 1.5}  # the same ZLP limit exSpy is given
 
 
+# Runs a command and reports its exact peak RSS (getrusage of the waited-for child), so short
+# runs are not under-reported as they are by sampling.
+_PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+             "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+             "file=sys.stderr); sys.exit(code)")
+
+
 def run_measured(command: list[str]) -> tuple[float, float, str]:
-    """Run a command; return (seconds, peak RSS in MiB of it and its children, stdout)."""
+    """Run a command; return (seconds, peak RSS in MiB, stdout)."""
     start = time.perf_counter()
-    process = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def poll():
-        while process.poll() is None:
-            try:
-                procs = [process, *process.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-    out, err = process.communicate()
-    watcher.join()
-    if process.returncode:
-        sys.exit(f"{' '.join(command)} failed:\n{err}")
-    return time.perf_counter() - start, peak[0] / 2**20, out
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS, *command], capture_output=True, text=True,
+                          check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
+    peak = next(int(line.split()[1]) for line in done.stderr.splitlines()[::-1]
+                if line.startswith("peak-rss-kib"))
+    return seconds, peak / 1024, done.stdout
 
 
 def replicalake(*args: str) -> list[str]:
