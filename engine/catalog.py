@@ -182,12 +182,10 @@ def register_entry(lake: Lake, zone: str, name: str, description: str = "",
     """Add or replace `zone/name` in the lake catalog (written atomically); return its key."""
     key = f"{zone}/{name}"
     data_key = key.replace("/", "__")
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
     path = lake.path(LAKE_CATALOG_FILE)
     with _catalog_lock(lake):
-        if lake.fs.exists(path):
-            doc = yaml.load(lake.fs.cat_file(path).decode()) or _empty_lake_catalog()
+        if lake.fs.exists(path):  # parsed like every catalog: plain data only, tags refused
+            doc = parse_yaml(lake.fs.cat_file(path).decode(), lake.url(path), CatalogError)[0]
         else:
             doc = _empty_lake_catalog()
         doc["data"][data_key] = {"datatype": DATATYPE, "kwargs": {"url": "{CATALOG_DIR}/" + key},
@@ -200,8 +198,10 @@ def register_entry(lake: Lake, zone: str, name: str, description: str = "",
             "user_parameters": {},
         }
         doc["aliases"][key] = key
+        writer = YAML(typ="safe", pure=True)
+        writer.default_flow_style = False
         buffer = StringIO()
-        yaml.dump(doc, buffer)
+        writer.dump(doc, buffer)
         lake.write_bytes_atomic(path, buffer.getvalue().encode())
     return key
 
