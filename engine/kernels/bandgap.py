@@ -92,8 +92,9 @@ def power_onset(energy, e_bg, amplitude, exponent) -> np.ndarray:
     return np.where(above, amplitude * np.where(above, x, 1.0) ** exponent, 0.0)
 
 
-def _model(energy: np.ndarray, theta: np.ndarray, jacobian: bool, resolution: float = 0.0):
-    """Model (n, M) at theta (n, 4) = (A, E_BG, b, c), and d model / d theta (n, M, 4) if asked.
+def _model(energy: np.ndarray, theta: np.ndarray, free=None, resolution: float = 0.0):
+    """Model (n, M) at theta (n, 4) = (A, E_BG, b, c), and if `free` (columns of theta) is given
+    d model / d theta[:, free] as (n, len(free), M) (channels last, ready for J W J^T).
 
     `resolution` bounds the 1/x in d model / d E_BG (see the covariance in fit_bandgap).
     """
@@ -101,14 +102,29 @@ def _model(energy: np.ndarray, theta: np.ndarray, jacobian: bool, resolution: fl
     x = energy[None, :] - e_bg
     above = x > 0
     x_safe = np.where(above, x, 1.0)
-    log_x = np.log(x_safe)
-    power = np.where(above, np.exp(b * log_x), 0.0)
+    need_log = free is not None and B in free
+    if need_log or not np.all(b == b[0]):
+        log_x = np.log(x_safe)
+        power = np.exp(b * log_x)
+    else:
+        power = x_safe ** float(b[0, 0]) if b.size else x_safe  # one b for all: no log needed
+    power[~above] = 0.0
     onset = amplitude * power
     model = onset + slope * energy[None, :]
-    if not jacobian:
+    if free is None:
         return model, None
-    jac = np.stack([power, -amplitude * b * power / np.maximum(x_safe, resolution),
-                    onset * log_x, np.broadcast_to(energy, model.shape)], axis=-1)
+    jac = np.empty((theta.shape[0], len(free), energy.size))
+    for j, k in enumerate(free):
+        if k == A:
+            jac[:, j] = power
+        elif k == E_BG:
+            np.divide(onset, np.maximum(x_safe, resolution) if resolution else x_safe,
+                      out=jac[:, j])
+            jac[:, j] *= -b
+        elif k == B:
+            np.multiply(onset, log_x, out=jac[:, j])
+        else:
+            jac[:, j] = energy
     return model, jac
 
 
@@ -211,6 +227,44 @@ def _inverse_diagonal(hess):
     return np.where(safe[:, None], variance, np.nan)
 
 
+def _grid_start(energy, y, weight, grid, b: float, background: bool, sums):
+    """The best of the onsets `grid` (the same for every spectrum) at exponent b: (A, c) and
+    chi2 profiled as in _profile_linear, for all onsets at once.
+
+    The shapes (E - E_BG)^b do not depend on the spectrum, so every weighted sum over channels
+    is one matrix product, and the profiled chi2 follows from the sums (at the optimum of the
+    linear parameters chi2 = sum w y^2 - A sum w s y - c sum w E y). That form loses digits to
+    cancellation, so it only ranks the onsets; the winner's chi2 is recomputed from its
+    residuals. Returns (amplitude, e_bg, slope, chi2), NaN / inf where no onset is usable.
+    """
+    s_ee, s_ey, s_yy, wy, we = sums
+    shape = power_onset(energy, grid[:, None], 1.0, b)  # (K, M)
+    s_ss = weight @ (shape * shape).T  # (n, K)
+    s_sy = wy @ shape.T
+    positive = s_ss > 0
+    amplitude = np.where(positive, s_sy / np.where(positive, s_ss, 1.0), np.nan)
+    slope = np.zeros_like(amplitude)
+    if background:
+        s_se = we @ shape.T
+        det = s_ss * s_ee[:, None] - s_se**2
+        solvable = det > RCOND * s_ss * s_ee[:, None]
+        det = np.where(solvable, det, 1.0)
+        joint_a = (s_ee[:, None] * s_sy - s_se * s_ey[:, None]) / det
+        joint_c = (s_ss * s_ey[:, None] - s_se * s_sy) / det
+        use = solvable & (joint_c > 0)
+        amplitude, slope = np.where(use, joint_a, amplitude), np.where(use, joint_c, 0.0)
+    rank = s_yy[:, None] - amplitude * s_sy - slope * s_ey[:, None]
+    usable = np.isfinite(amplitude) & (amplitude > 0)
+    rank = np.where(usable, rank, np.inf)
+    k = np.argmin(rank, axis=1)  # first of equals, as the sequential scan kept
+    rows = np.arange(y.shape[0])
+    found = usable[rows, k]
+    amplitude, slope = amplitude[rows, k], slope[rows, k]
+    model = amplitude[:, None] * shape[k] + slope[:, None] * energy
+    chi2 = np.where(found, (weight * (y - model) ** 2).sum(axis=1), np.inf)
+    return amplitude, grid[k], slope, chi2
+
+
 def _initial_guess(energy, y, weight, exponents, n_free, background: bool):
     """Start (n, 4) from the linearised fit of y^(1/b) vs E over the channels with clear signal,
     or with a background from that and a grid of onsets across the window, whichever has the
@@ -224,9 +278,14 @@ def _initial_guess(energy, y, weight, exponents, n_free, background: bool):
     span = energy[-1] - energy[0]
     best = np.full((n, 4), np.nan)
     best_chi2 = np.full(n, np.inf)
-    grid = np.linspace(energy[0], energy[-(n_free + 2)], BACKGROUND_STARTS) if background else []
+    if background:
+        grid = np.linspace(energy[0], energy[-(n_free + 2)], BACKGROUND_STARTS)
+        wy, we = weight * y, weight * energy
+        sums = ((we * energy).sum(axis=1), (wy * energy).sum(axis=1), (wy * y).sum(axis=1),
+                wy, we)
+    y_clear = np.where(clear, np.maximum(y, 0.0), 0.0)
     for b in exponents:
-        z = np.where(clear, np.maximum(y, 0.0), 0.0) ** (1.0 / b)
+        z = y_clear ** (1.0 / b)
         z_mean = z.sum(axis=1) / np.maximum(count, 1)
         slope = (de * (z - z_mean[:, None])).sum(axis=1) / np.where(spread > 0, spread, 1.0)
         e_bg = np.where((count >= 2) & (slope > 0),
@@ -234,8 +293,11 @@ def _initial_guess(energy, y, weight, exponents, n_free, background: bool):
                         energy[0] - 0.1 * span)  # no line: assume the onset sits just below
         e_bg = np.clip(e_bg, energy[0] - span, energy[-(n_free + 2)])
         b_arr = np.full(n, b)
-        for start in (e_bg, *(np.full(n, e) for e in grid)):
-            amplitude, slope, chi2 = _profile_linear(energy, y, weight, start, b_arr, background)
+        amplitude, slope, chi2 = _profile_linear(energy, y, weight, e_bg, b_arr, background)
+        starts = [(amplitude, e_bg, slope, chi2)]
+        if background:
+            starts.append(_grid_start(energy, y, weight, grid, b, background, sums))
+        for amplitude, start, slope, chi2 in starts:
             better = np.isfinite(amplitude) & (amplitude > 0) & (chi2 < best_chi2)
             best[better] = np.stack([amplitude, start, b_arr, slope], axis=1)[better]
             best_chi2[better] = chi2[better]
@@ -309,23 +371,25 @@ def fit_bandgap(
     active = usable & _valid(theta, energy_w, n_free, b_free)
     lam = np.full(n, LAMBDA_START)
     chi2 = np.full(n, np.inf)
-    chi2[active] = (weight[active] * (y[active] - _model(energy_w, theta[active], False)[0]) ** 2
+    chi2[active] = (weight[active] * (y[active] - _model(energy_w, theta[active])[0]) ** 2
                     ).sum(axis=1)
     converged = np.zeros(n, bool)
     iterations = np.zeros(n, np.int32)
     dof = energy_w.size - n_free
 
+    # The spectra still iterating, compacted: their weights and data are gathered again only
+    # when some of them stop.
+    idx = np.flatnonzero(active)
+    w, yy = weight[idx], y[idx]
     for _ in range(max_iter):
-        idx = np.flatnonzero(active)
         if idx.size == 0:
             break
         iterations[idx] += 1
-        th, w, yy = theta[idx], weight[idx], y[idx]
-        model, jac = _model(energy_w, th, True)
-        jac = jac[..., free]
-        jtw = jac.transpose(0, 2, 1) * w[:, None, :]
-        hess = jtw @ jac
-        grad = (jtw @ (yy - model)[..., None])[..., 0]
+        th = theta[idx]
+        model, jac = _model(energy_w, th, free)
+        jtw = jac * w[:, None, :]
+        hess = np.einsum("nim,njm->nij", jtw, jac)  # faster than matmul on many tiny matrices
+        grad = np.einsum("nim,nm->ni", jtw, yy - model)
         hess, grad = _hold_bound(hess, grad, th, free, with_background)
         step, solvable = _damped_step(hess, grad, lam[idx])
         trial = th.copy()
@@ -335,7 +399,7 @@ def fit_bandgap(
         ok = solvable & _valid(trial, energy_w, n_free, b_free)
         trial_chi2 = np.full(idx.size, np.inf)
         if ok.any():
-            trial_model = _model(energy_w, trial[ok], False)[0]
+            trial_model = _model(energy_w, trial[ok])[0]
             trial_chi2[ok] = (w[ok] * (yy[ok] - trial_model) ** 2).sum(axis=1)
         accept = ok & (trial_chi2 <= chi2[idx])
         theta[idx[accept]] = trial[accept]
@@ -351,7 +415,11 @@ def fit_bandgap(
         flat = solvable & ((newton * grad).sum(axis=1) <= step_tol**2 * chi2[idx] / dof)
         done = (small & (accept | (trial_chi2 >= chi2[idx]))) | flat
         converged[idx[done]] = True
-        active[idx[done | (lam[idx] > LAMBDA_MAX) | ~solvable]] = False
+        stop = done | (lam[idx] > LAMBDA_MAX) | ~solvable
+        if stop.any():
+            active[idx[stop]] = False
+            keep = ~stop
+            idx, w, yy = idx[keep], w[keep], yy[keep]
 
     # Covariance from the weighted Jacobian at the optimum. A channel records the spectrum
     # averaged over its width, so its sensitivity to E_BG is bounded by the slope half a channel
@@ -362,11 +430,11 @@ def fit_bandgap(
     idx = np.flatnonzero(converged)
     if idx.size:
         half_channel = 0.5 * float(np.median(np.diff(energy_w)))
-        model, jac = _model(energy_w, theta[idx], True, half_channel)
-        jac = jac[..., free]
-        jtw = jac.transpose(0, 2, 1) * weight[idx, None, :]
-        grad = (jtw @ (y[idx] - model)[..., None])[..., 0]
-        hess, _ = _hold_bound(jtw @ jac, grad, theta[idx], free, with_background)
+        model, jac = _model(energy_w, theta[idx], free, half_channel)
+        jtw = jac * weight[idx, None, :]
+        grad = np.einsum("nim,nm->ni", jtw, y[idx] - model)
+        hess, _ = _hold_bound(np.einsum("nim,njm->nij", jtw, jac), grad, theta[idx], free,
+                              with_background)
         variance = _inverse_diagonal(hess)
         if sigma is None:
             variance *= (chi2[idx] / dof)[:, None]
