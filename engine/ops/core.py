@@ -50,7 +50,16 @@ def as_delayed(array):
     blocks = array.to_delayed(optimize_graph=False)
     if blocks.size == 1:
         return blocks.reshape(-1)[0]
-    return dask.delayed(np.block, pure=True)(blocks.tolist())
+    # blocks go in as separate arguments: inside a list they make dask re-optimise the graph
+    return dask.delayed(_assemble, pure=True)(*blocks.reshape(-1), grid=blocks.shape)
+
+
+def _assemble(*blocks: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
+    """Concatenate a grid of numpy blocks (given in C order) into one array."""
+    nested = np.empty(grid, dtype=object)
+    for index, block in zip(np.ndindex(grid), blocks, strict=True):
+        nested[index] = block
+    return np.block(nested.tolist())
 
 
 def second_pass(data):

@@ -143,9 +143,18 @@ def _gather(spectra, labels, origin, shape, selection: kernels.Sample, k, n_samp
                                 n_sample, seed)
 
 
+def _merge(*samples: kernels.Sample, n_sample: int) -> kernels.Sample:
+    return kernels.merge_samples(list(samples), n_sample)
+
+
 def _merge_tree(samples: list, n_sample: int):
+    """Merge delayed samples in a tree of fan-in 8.
+
+    The samples go in as separate arguments: a list of delayed objects would make dask
+    re-optimise the whole graph at every call (minutes for a thousand chunks).
+    """
     while len(samples) > 1:
-        samples = [dask.delayed(kernels.merge_samples, pure=True)(samples[i:i + _MERGE_FAN_IN], n_sample)
+        samples = [dask.delayed(_merge, pure=True)(*samples[i:i + _MERGE_FAN_IN], n_sample=n_sample)
                    for i in range(0, len(samples), _MERGE_FAN_IN)]
     return samples[0]
 
