@@ -103,11 +103,13 @@ def _model(energy: np.ndarray, theta: np.ndarray, free=None, resolution: float =
     above = x > 0
     x_safe = np.where(above, x, 1.0)
     need_log = free is not None and B in free
-    if need_log or not np.all(b == b[0]):
+    if b.size == 0:  # no spectra left to evaluate (a chunk with none still fitting)
+        power = x_safe.copy()
+    elif need_log or not np.all(b == b[0]):
         log_x = np.log(x_safe)
         power = np.exp(b * log_x)
     else:
-        power = x_safe ** float(b[0, 0]) if b.size else x_safe  # one b for all: no log needed
+        power = x_safe ** float(b[0, 0])  # one b for all: no log needed
     power[~above] = 0.0
     onset = amplitude * power
     model = onset + slope * energy[None, :]

@@ -220,3 +220,12 @@ def test_background_removes_the_plasmon_bias_on_generator_spectra(b):
         if b == 1.5:
             scatter = linear.e_bg.std(axis=0, ddof=1) / np.median(linear.e_bg_error, axis=0)
             assert (0.4 < scatter).all() and (scatter < 2.0).all()
+
+
+def test_a_block_with_nothing_to_fit_is_flagged_not_an_error():
+    """A chunk whose spectra are all empty (e.g. vacuum or unclustered pixels) must not crash."""
+    energy = np.linspace(0.0, 4.0, 161)
+    for background in ("none", "linear"):
+        fit = fit_bandgap(np.zeros((3, 4, energy.size)), energy, window=(0.5, 3.5), exponent=1.5,
+                          background=background)
+        assert not fit.converged.any() and np.isnan(fit.e_bg).all()
