@@ -21,6 +21,8 @@ ingest_app = typer.Typer(help="Bring foreign data into the lake's raw/ zone.", n
 catalog_app = typer.Typer(help="List and show catalog entries.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(catalog_app, name="catalog")
+export_app = typer.Typer(help="Write lake entries out in foreign formats.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 out = Console()
 err = Console(stderr=True)
@@ -229,13 +231,19 @@ def ingest_synthetic_eels(
     shape: Annotated[tuple[int, int, int], typer.Option(help="NY NX NE")] = (128, 128, 2048),
     seed: Annotated[int, typer.Option(help="generator seed")] = 0,
     chunks: Annotated[tuple[int, int], typer.Option(help="CY CX pixel chunk")] = DEFAULT_PIXEL_CHUNKS,
+    energy_range: Annotated[tuple[float, float], typer.Option(
+        help="energy window MIN MAX (eV); monochromated: -1 9")] = (-5.0, 46.0),
+    zlp_fwhm: Annotated[float | None, typer.Option(
+        help="ZLP FWHM (eV) at zero thickness; default 0.382 (the real WS2 vacuum ZLP); "
+        "monochromated: 0.01-0.1")] = None,
     lake: LakeOption = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Write a synthetic EELS spectral image (exact Poisson multiple scattering) to raw/NAME."""
     from .ingest.synthetic_eels import ingest_synthetic_eels as ingest
 
-    result = ingest(_lake(lake), name, shape, seed=seed, chunks=chunks, progress=progress)
+    result = ingest(_lake(lake), name, shape, seed=seed, chunks=chunks, progress=progress,
+                    energy_range=energy_range, zlp_fwhm=zlp_fwhm)
     out.print(f"ingested raw/{name}: {result}")
 
 
@@ -262,6 +270,52 @@ def ingest_eels(
                                dispersion=dispersion, allow_nonfinite=allow_nonfinite,
                                progress=progress)
     out.print(f"ingested raw/{name}: {result}")
+
+
+@ingest_app.command("root")
+def ingest_root(
+    files: Annotated[list[Path], typer.Argument(
+        metavar="FILE", help="ROOT files; their trees are concatenated in the order given")],
+    name: Annotated[str, typer.Argument(help="entry name under raw/")],
+    tree: Annotated[str, typer.Option("--tree", help="name of the TTree in every file")],
+    branches: Annotated[list[str] | None, typer.Option(
+        "--branches", help="branch to keep (repeat the option); default all")] = None,
+    step_size: Annotated[int, typer.Option(
+        "--step-size", help="events read per step, and events per chunk in the lake")] = 100_000,
+    lake: LakeOption = None,
+) -> None:
+    """Stream ROOT trees into raw/NAME: flat branches as columns, jagged ones losslessly."""
+    from .ingest.root_files import ingest_root_files
+
+    result = ingest_root_files(_lake(lake), files, name, tree, branches, step_size)
+    out.print(f"ingested raw/{name}: {result}")
+
+
+@ingest_app.command("lhapdf")
+def ingest_lhapdf(
+    setdir: Annotated[Path, typer.Argument(help="LHAPDF set folder (NAME.info, NAME_0000.dat, ...)")],
+    name: Annotated[str, typer.Argument(help="entry name under raw/")],
+    lake: LakeOption = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Read an LHAPDF lhagrid1 set into raw/NAME as xf(member, flavour, x, q) per Q subgrid."""
+    from .ingest.lhapdf import ingest_lhapdf as ingest
+
+    result = ingest(_lake(lake), setdir, name, progress=progress)
+    out.print(f"ingested raw/{name}: {result}")
+
+
+@export_app.command("lhapdf")
+def export_lhapdf(
+    name: Annotated[str, typer.Argument(help="PDF set in the lake (raw/ or derived/)")],
+    outdir: Annotated[Path, typer.Argument(help="folder to write OUTDIR/NAME/ into")],
+    lake: LakeOption = None,
+) -> None:
+    """Write a PDF set as an LHAPDF lhagrid1 set (member 0 = replica average for MC fits)."""
+    from .ingest.lhapdf import export_lhapdf as export
+
+    setdir = export(_lake(lake), name, outdir)
+    out.print(f"wrote {setdir}")
 
 
 @app.command()
