@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -24,6 +23,7 @@ from ruamel.yaml import YAML
 
 from .config import catalog_dir
 from .errors import CatalogError, Problem, did_you_mean
+from .locks import catalog_lock
 from .recipe import parse_yaml
 from .storage import PROVENANCE_KEY, Lake, listing_token
 
@@ -128,7 +128,7 @@ def load_catalog(name: str, lake: Lake, catalogs: Path | str | None = None) -> C
 
 def open_entry(entry: CatalogEntry, lake: Lake, chunks: dict[str, int] | None = None) -> xr.Dataset:
     """Open an entry lazily as a dask-backed Dataset (on-disk chunking unless `chunks`)."""
-    fs, path = _fs_for(entry.url, lake)
+    fs, path = filesystem_for(entry.url, lake)
     if not fs.exists(posixpath.join(path, "zarr.json")):
         raise FileNotFoundError(f"entry {entry.name!r} points at {entry.url}, which holds no zarr store")
     kwargs = {"consolidated": False, **entry.open_kwargs}
@@ -138,7 +138,7 @@ def open_entry(entry: CatalogEntry, lake: Lake, chunks: dict[str, int] | None = 
 
 def entry_token(entry: CatalogEntry, lake: Lake) -> str:
     """Content token of an entry: the one recorded at publish time, else a listing token."""
-    fs, path = _fs_for(entry.url, lake)
+    fs, path = filesystem_for(entry.url, lake)
     try:
         attrs = json.loads(fs.cat_file(posixpath.join(path, "zarr.json"))).get("attributes", {})
     except FileNotFoundError:
@@ -147,7 +147,7 @@ def entry_token(entry: CatalogEntry, lake: Lake) -> str:
     return recorded or listing_token(fs, path)
 
 
-def _fs_for(url: str, lake: Lake) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem_for(url: str, lake: Lake) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and path of a URL, reusing the lake's filesystem for lake URLs."""
     if url.startswith(lake.url(lake.root)):
         return lake.fs, lake.fs._strip_protocol(url)
@@ -160,30 +160,13 @@ def _empty_lake_catalog() -> dict[str, Any]:
             "user_parameters": {}, "aliases": {}, "data": {}, "entries": {}}
 
 
-@contextmanager
-def _catalog_lock(lake: Lake):
-    """Serialise read-modify-write of the lake catalog between processes (local lakes)."""
-    if not lake.is_local:
-        yield
-        return
-    import fcntl
-
-    Path(lake.root).mkdir(parents=True, exist_ok=True)
-    with open(Path(lake.root) / ".catalog.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def register_entry(lake: Lake, zone: str, name: str, description: str = "",
                    metadata: dict[str, Any] | None = None) -> str:
     """Add or replace `zone/name` in the lake catalog (written atomically); return its key."""
     key = f"{zone}/{name}"
     data_key = key.replace("/", "__")
     path = lake.path(LAKE_CATALOG_FILE)
-    with _catalog_lock(lake):
+    with catalog_lock(lake):
         if lake.fs.exists(path):  # parsed like every catalog: plain data only, tags refused
             doc = parse_yaml(lake.fs.cat_file(path).decode(), lake.url(path), CatalogError)[0]
         else:
@@ -207,7 +190,7 @@ def register_entry(lake: Lake, zone: str, name: str, description: str = "",
 
 
 def publish_entry(lake: Lake, tmp_path: str, zone: str, name: str, description: str = "",
-                  metadata: dict[str, Any] | None = None) -> str:
-    """Make a finished store visible: rename into place, then list it in the lake catalog."""
-    lake.publish(tmp_path, zone, name)
+                  metadata: dict[str, Any] | None = None, known_digests: dict[str, str] | None = None) -> str:
+    """Make a finished store visible: checksum it, rename into place, list it in the lake catalog."""
+    lake.publish(tmp_path, zone, name, known_digests)
     return register_entry(lake, zone, name, description, metadata)

@@ -123,14 +123,15 @@ def _check_params(loaded: LoadedRecipe, checked: _Checked) -> None:
 
 
 def _open_sources(loaded: LoadedRecipe, lake: Lake,
-                  catalogs: str | Path | None) -> dict[str, tuple[xr.Dataset, str]]:
+                  catalogs: str | Path | None) -> dict[str, tuple[xr.Dataset, str, str]]:
+    """Each source opened lazily, with its content token and URL (dataset, token, url)."""
     problems: list[Problem] = []
-    opened: dict[str, tuple[xr.Dataset, str]] = {}
+    opened: dict[str, tuple[xr.Dataset, str, str]] = {}
     for name, source in loaded.recipe.sources.items():
         try:
             entry = load_catalog(source.catalog, lake, catalogs).entry(source.entry)
             dataset = open_entry(entry, lake, source.chunks)
-            opened[name] = (dataset, entry_token(entry, lake))
+            opened[name] = (dataset, entry_token(entry, lake), entry.url)
         except CatalogError as exc:
             for problem in exc.problems:
                 key = "catalog" if "no catalog" in problem.message else "entry"
@@ -149,13 +150,16 @@ def output_name(loaded_name: str, step_id: str, explicit: str | None) -> str:
     return explicit or f"{loaded_name}/{step_id}"
 
 
-def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.Dataset, str]],
+def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.Dataset, str, str]],
            lake: Lake) -> list[PlannedStep]:
     recipe = loaded.recipe
     index_of = {step.id: i for i, step in enumerate(recipe.steps)}
-    results: dict[str, tuple[xr.Dataset, str]] = dict(sources)
-    planned = [PlannedStep(id=name, op="source", dataset=ds, token=token, inputs={}, params={})
-               for name, (ds, token) in sources.items()]
+    results: dict[str, tuple[xr.Dataset, str]] = {name: (ds, token)
+                                                  for name, (ds, token, _) in sources.items()}
+    # A source's URL goes with it so the runner can check, before publishing, that the data
+    # read is still the data whose token was recorded (and find damaged chunks in it).
+    planned = [PlannedStep(id=name, op="source", dataset=ds, token=token, inputs={}, params={"url": url})
+               for name, (ds, token, url) in sources.items()]
     problems: list[Problem] = []
     failed: set[str] = set()
     for step_id in checked.order:

@@ -1,9 +1,10 @@
 """Execute a Plan: compute stale outputs together, publish them atomically, draw their plots.
 
-All stale outputs are laid out in `.tmp/` with `to_zarr(compute=False)` and computed in ONE dask
-call, so steps they share run once. Only after every chunk is written does a store move into its
-zone and join the lake catalog; a failure discards the temporary stores and leaves the lake as it
-was.
+All stale outputs are staged in `.tmp/resume/` (engine/resume.py) and computed in ONE dask call,
+so steps they share run once. Only after every chunk is written, and the sources are checked to
+be the ones the run started from, does a store get its checksum manifest, move into its zone and
+join the lake catalog; an error discards the staging and leaves the lake as it was, a kill leaves
+the chunks written so far for the next run to resume from. Outputs are locked while being made.
 """
 
 from __future__ import annotations
@@ -20,15 +21,24 @@ from typing import Any
 import dask
 
 from . import config
-from .catalog import publish_entry
+from .catalog import (
+    LAKE_CATALOG,
+    CatalogEntry,
+    entry_token,
+    filesystem_for,
+    load_catalog,
+    publish_entry,
+    register_entry,
+)
 from .errors import RunError
 from .graph import ENGINE_VERSION
+from .integrity import find_damage
+from .locks import output_locks
 from .memory import limit_heap_fragmentation
 from .plan import Plan, PlannedStep
 from .progress import DaskProgress
 from .reports import draw_plot, report_path
-from .storage import PROVENANCE_KEY
-from .zarr_io import write_template
+from .resume import StagedOutput, discard_other_attempts, stage_output
 
 KEY_LIBRARIES = ("numpy", "dask", "xarray", "zarr")
 
@@ -41,6 +51,8 @@ class OutputResult:
     status: str  # "computed" or "up to date"
     bytes_on_disk: int
     reports: list[str] = field(default_factory=list)
+    chunks_written: int = 0  # chunks this run computed and wrote
+    chunks_resumed: int = 0  # chunks a killed earlier run had written and this run verified
 
 
 @dataclass
@@ -78,49 +90,127 @@ def provenance(plan: Plan, step: PlannedStep, started: str) -> dict[str, Any]:
     }
 
 
-def execute(plan: Plan, scheduler: str | None = None, progress: bool = True) -> RunSummary:
-    """Compute and publish every stale output of `plan`; up-to-date outputs are left alone."""
+def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
+            lock_timeout: float | None = None) -> RunSummary:
+    """Compute and publish every stale output of `plan`; up-to-date outputs are left alone.
+
+    Each stale output is locked for the whole run (a second run of the same recipe waits up to
+    `lock_timeout` seconds, None: forever) and staged where a killed run can resume it.
+    """
     limit_heap_fragmentation()
     started_clock = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     lake = plan.lake
     address = config.scheduler_address(scheduler)
-    stale = plan.stale_outputs
-    pending: list[tuple[PlannedStep, str]] = []
-    try:
-        writes = []
-        for step in stale:
-            tmp = lake.new_tmp_path(f"{step.zone}-{step.name}")
-            pending.append((step, tmp))
-            dataset = step.dataset.copy()
-            dataset.attrs[PROVENANCE_KEY] = provenance(plan, step, started)
-            writes += write_template(dataset, lake.url(tmp),
-                                     None if lake.is_local else lake.storage_options)
-        if stale:
-            try:
-                _compute(writes, address, progress)
-            except (ValueError, FloatingPointError, ArithmeticError) as exc:
-                steps = ", ".join(step.id for step in stale)
-                raise RunError(f"computing {plan.recipe.name} ({steps}) failed: "
-                               f"{type(exc).__name__}: {exc}") from exc
-        for step, tmp in pending:
-            publish_entry(lake, tmp, step.zone, step.name,
-                          description=f"{plan.recipe.name}: step {step.id} ({step.op})",
-                          metadata={"token": step.token, "recipe": plan.recipe.name})
-        pending = []
-    finally:
-        for _, tmp in pending:
-            lake.discard(tmp)
+    keys = [f"{step.zone}/{step.name}" for step in plan.stale_outputs]
+    with output_locks(lake, keys, plan.recipe.name, lock_timeout):
+        staged = _stage_and_compute(plan, started, address, progress)
+    _list_in_catalog(plan)
     results = []
     for step in plan.outputs:
         reports = []
         if not step.up_to_date or not all(lake.fs.exists(p) for p in _report_paths(plan, step)):
             reports = [draw_plot(lake, step.zone, step.name, plot) for plot in step.output.plots]
+        written = staged.get(step.id)
         results.append(OutputResult(step.id, step.zone, step.name,
-                                    "up to date" if step.up_to_date else "computed",
-                                    lake.size(lake.entry_path(step.zone, step.name)), reports))
+                                    "computed" if written else "up to date",
+                                    lake.size(lake.entry_path(step.zone, step.name)), reports,
+                                    written.chunks_written if written else 0,
+                                    written.chunks_resumed if written else 0))
     return RunSummary(plan.recipe.name, results, time.perf_counter() - started_clock,
                       address or "threads")
+
+
+def _stage_and_compute(plan: Plan, started: str, address: str | None,
+                       progress: bool) -> dict[str, StagedOutput]:
+    """Stage, compute and publish the stale outputs (the caller holds their locks).
+
+    An ordinary error discards the staging areas (the same inputs would fail the same way); an
+    interrupt or a kill leaves them, so the next run resumes from the chunks already written.
+    """
+    lake = plan.lake
+    for step in plan.stale_outputs:  # a run we waited for may have published the same content
+        step.up_to_date = lake.token(step.zone, step.name) == step.token
+    stale = plan.stale_outputs
+    staged: dict[str, StagedOutput] = {}
+    try:
+        for step in stale:
+            discard_other_attempts(lake, step.zone, step.name, step.token)
+            staged[step.id] = stage_output(lake, step.dataset, step.zone, step.name, step.token,
+                                           provenance(plan, step, started))
+        writes = [write for item in staged.values() for write in item.writes]
+        if writes:
+            _compute_or_explain(plan, writes, address, progress)
+        _check_inputs_unchanged(plan)
+        for step in stale:
+            item = staged[step.id]
+            publish_entry(lake, item.store, step.zone, step.name,
+                          description=f"{plan.recipe.name}: step {step.id} ({step.op})",
+                          metadata={"token": step.token, "recipe": plan.recipe.name},
+                          known_digests=item.digests())
+            item.remove()
+    except Exception:
+        for item in staged.values():
+            item.remove()
+        raise
+    return staged
+
+
+def _compute_or_explain(plan: Plan, writes: list, address: str | None, progress: bool) -> None:
+    """Compute the writes; on failure, name damaged input chunks rather than a codec traceback."""
+    try:
+        _compute(writes, address, progress)
+    except Exception as exc:
+        damage = [str(d) for d in _damaged_inputs(plan)]
+        steps = ", ".join(step.id for step in plan.stale_outputs)
+        if damage:
+            raise RunError(f"computing {plan.recipe.name} ({steps}) failed reading damaged input "
+                           "data:\n  " + "\n  ".join(damage) + "\nre-ingest or recompute those "
+                           "entries (`replicalake verify` checks the whole lake)") from exc
+        if isinstance(exc, ValueError | FloatingPointError | ArithmeticError):
+            raise RunError(f"computing {plan.recipe.name} ({steps}) failed: "
+                           f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
+def _inputs(plan: Plan) -> list[tuple[str, str]]:
+    """(label, url) of every store the plan reads: its sources and the up-to-date outputs."""
+    lake = plan.lake
+    found = [(step.id, step.params["url"]) for step in plan.steps if step.op == "source"]
+    return found + [(f"{step.zone}/{step.name}", lake.entry_url(step.zone, step.name))
+                    for step in plan.outputs if step.up_to_date]
+
+
+def _damaged_inputs(plan: Plan) -> list:
+    damage = []
+    for label, url in _inputs(plan):
+        fs, path = filesystem_for(url, plan.lake)
+        damage += find_damage(fs, path, label)
+    return damage
+
+
+def _check_inputs_unchanged(plan: Plan) -> None:
+    """Refuse to publish when a source was republished while this run read it.
+
+    The outputs would be stored under a token naming the old source, yet computed from a mix
+    of old and new chunks; the run is discarded instead, and rerunning computes from the new one.
+    """
+    for step in plan.steps:
+        if step.op == "source":
+            now = entry_token(CatalogEntry(step.id, step.params["url"]), plan.lake)
+            if now != step.token:
+                raise RunError(f"source {step.id!r} ({step.params['url']}) was republished while "
+                               "this run read it; nothing was published; run the recipe again")
+
+
+def _list_in_catalog(plan: Plan) -> None:
+    """Re-list up-to-date outputs a run killed between publish and catalog update left unlisted."""
+    listed = load_catalog(LAKE_CATALOG, plan.lake).entries
+    for step in plan.outputs:
+        if not step.up_to_date or f"{step.zone}/{step.name}" in listed:
+            continue
+        register_entry(plan.lake, step.zone, step.name, f"{plan.recipe.name}: step {step.id} ({step.op})",
+                       {"token": step.token, "recipe": plan.recipe.name})
 
 
 def _report_paths(plan: Plan, step: PlannedStep) -> list[str]:

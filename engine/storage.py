@@ -18,6 +18,7 @@ import xarray as xr
 
 from . import config
 from .errors import LakeError
+from .integrity import write_manifest
 from .recipe import ZONES
 
 PROVENANCE_KEY = "replicalake"
@@ -103,13 +104,16 @@ class Lake:
         for zone in ZONES:
             self.fs.makedirs(self.path(zone), exist_ok=True)
 
-    def publish(self, tmp_path: str, zone: str, name: str) -> str:
-        """Move a finished store from .tmp/ to zone/name, replacing any older version.
+    def publish(self, tmp_path: str, zone: str, name: str,
+                known_digests: dict[str, str] | None = None) -> str:
+        """Record the store's checksums, then move it from .tmp/ to zone/name, replacing any older one.
 
         The old version is first moved aside, so at every instant readers see either the old
-        or the new complete store, never a mix.
+        or the new complete store, never a mix. `known_digests` are chunk digests taken when
+        the chunks were written (so the manifest does not read them back).
         """
         target = self.entry_path(zone, name)
+        write_manifest(self.fs, tmp_path, known_digests)
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
         retired = None
         if self.fs.exists(target):

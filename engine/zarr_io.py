@@ -71,13 +71,25 @@ def write_template(dataset: xr.Dataset, url: str, storage_options: dict | None =
     its own when the template is made, which renames fused tasks: a step shared by two outputs
     (a training feeding both a model and a prediction) then ran once per output.
     """
-    dataset = prepare_for_write(dataset, merge_small_chunks)
-    dataset.to_zarr(url, mode="w", compute=False, consolidated=False, zarr_format=3,
-                    encoding=encoding_for(dataset), storage_options=storage_options or None)
-    lazy = [name for name, var in dataset.variables.items() if isinstance(var.data, da.Array)]
+    dataset, lazy = lay_out(dataset, url, storage_options, merge_small_chunks)
     if not lazy:
         return []
     group = zarr.open_group(url, mode="r+", storage_options=storage_options or None)
     stored = da.store([dataset[name].data for name in lazy], [group[str(name)] for name in lazy],
                       lock=False, compute=False, optimize_graph=False)
     return list(stored) if isinstance(stored, tuple | list) else [stored]
+
+
+def lay_out(dataset: xr.Dataset, url: str, storage_options: dict | None = None,
+            merge_small_chunks: bool = True) -> tuple[xr.Dataset, list[str]]:
+    """Write a store's metadata and in-memory variables; return the prepared dataset and the
+    names of its dask variables, whose chunks the caller stores (nothing is computed here)."""
+    dataset = prepare_for_write(dataset, merge_small_chunks)
+    dataset.to_zarr(url, mode="w", compute=False, consolidated=False, zarr_format=3,
+                    encoding=encoding_for(dataset), storage_options=storage_options or None)
+    return dataset, lazy_variables(dataset)
+
+
+def lazy_variables(dataset: xr.Dataset) -> list[str]:
+    """Names of the variables whose data is a dask array (the ones stored chunk by chunk)."""
+    return [str(name) for name, var in dataset.variables.items() if isinstance(var.data, da.Array)]

@@ -50,9 +50,9 @@ def shared_data() -> Path:
 
 
 def lake_files(lake: Lake) -> set[str]:
-    """Every file under the lake root except the catalog lock (for 'nothing was written' checks)."""
+    """Every file under the lake root except lock files (for 'nothing was written' checks)."""
     root = Path(lake.root)
     if not root.exists():
         return set()
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
-            and p.name != ".catalog.lock"}
+            and p.name != ".catalog.lock" and p.relative_to(root).parts[0] != ".locks"}
