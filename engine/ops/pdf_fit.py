@@ -1,0 +1,383 @@
+"""PDF fit ops: LO DIS theory, closure truth and level-1 data, the replica fit and predictions.
+
+The chain of a fit (recipes/pdf_closure.yaml, recipes/pdf_dis_fit.yaml): `pdf.fk_tables` adds LO
+F2 FK tables to ingested NNPDF data; `pdf.toy_truth` and `pdf.level1` make closure data from the
+Les Houches toy PDF; `replicas.pseudodata` draws the replicas; `pdf.fit` trains one network per
+replica (batched) and stores the ensemble in models/; `pdf.fitted_set` writes the fitted PDF set
+in the lake's PDF-set layout; `pdf.predict` convolves any set with FK tables (lazy over points);
+`pdf.closure` computes the closure-test estimators of DOMAIN.md section 3.
+
+PDF-set layout (shared with the LHAPDF ingest/export): per Q subgrid k a variable xf_{k}
+(member, flavour, x_{k}, q_{k}), q in GeV, flavour PDG ids, attrs["lhapdf_info"] the .info keys.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import OpError
+from ..registry import StepContext, register_op
+from .core import as_delayed, require_variables
+from .ensembles import (
+    REPLICA,
+    checkpointed_training,
+    history_length,
+    lazy_ensemble,
+    result_arrays,
+    result_layout,
+    weight_names,
+)
+from .replicas import TrainingParams
+
+POINT = "point"
+X_GRID = "x_grid"
+LHAPDF_FLAVOURS = (-3, -2, -1, 1, 2, 3, 21)  # = kernels.pdf_fk.FLAVOURS (kernels load lazily)
+Q0 = float(np.sqrt(2.0))  # GeV: the Les Houches toy's input scale, Q0^2 = 2 GeV^2
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GridParams(_Params):
+    """The x grid of FK tables and fitted sets (kernels.pdf_fk.x_grid); both must match."""
+
+    x_min: float = Field(1e-3, gt=0, lt=0.1)
+    n_x: int = Field(50, ge=8)
+
+
+def _grid(params: GridParams) -> np.ndarray:
+    from ..kernels.pdf_fk import x_grid
+
+    return x_grid(params.n_x, params.x_min)
+
+
+# -- theory -----------------------------------------------------------------------------------
+def _fk(x, target, grid):
+    from ..kernels.pdf_fk import TARGETS, f2_fk_table
+
+    x, target = np.asarray(x, float), np.asarray(target, int)
+    if np.any((target < 0) | (target >= len(TARGETS))):
+        raise OpError(f"LO F2 tables exist for {', '.join(TARGETS)} only; {int(np.sum(target < 0))} "
+                      "points have another target (target_index -1)")
+    if x.min() < grid[0] or x.max() > 1:
+        raise OpError(f"kinematics outside the grid: data x spans {x.min():.4g}..{x.max():.4g}, "
+                      f"the FK grid [{grid[0]:.4g}, 1]; lower x_min")
+    return f2_fk_table(x, target, grid)
+
+
+@register_op("pdf.fk_tables", params=GridParams)
+def fk_tables(params: GridParams, data: xr.Dataset) -> xr.Dataset:
+    """LO F2 FK tables FK(point, x_grid, flavour) at the data's x and target, beside the data.
+
+    obs = sum FK xf(grid): cubic Lagrange interpolation in ln x to each point is built in. No
+    evolution: the PDF at Q0 serves every Q^2 (parton-model LO).
+    """
+    for name in ("x", "target_index"):
+        if name not in data.variables or data[name].dims != (POINT,):
+            raise OpError(f"pdf.fk_tables needs {name!r} over ({POINT!r},) (as `ingest nnpdf` writes); "
+                          f"found {data[name].dims if name in data.variables else 'nothing'}")
+    grid = _grid(params)
+    n = data.sizes[POINT]
+    table = dask.delayed(_fk, pure=True)(as_delayed(data["x"].data), as_delayed(data["target_index"].data),
+                                         grid)
+    fk = da.from_delayed(table, (n, grid.size, len(LHAPDF_FLAVOURS)), float)
+    return data.assign(fk=((POINT, X_GRID, "flavour"), fk)).assign_coords(
+        {X_GRID: grid, "flavour": list(LHAPDF_FLAVOURS)})
+
+
+class ScanParams(GridParams):
+    target: Literal["proton", "deuteron"] = "proton"
+    n_points: int = Field(60, ge=2)
+    x_range: tuple[float, float] = (1e-2, 0.9)
+
+
+@register_op("pdf.x_scan", params=ScanParams, inputs=())
+def x_scan(params: ScanParams) -> xr.Dataset:
+    """Kinematics for curves: log-spaced x of one target, to plot F2(x) at Q0 of any set."""
+    from ..kernels.pdf_fk import TARGETS
+
+    low, high = params.x_range
+    if not params.x_min <= low < high < 1:
+        raise OpError(f"x_range must satisfy x_min={params.x_min} <= low < high < 1, found {params.x_range}")
+    x = np.geomspace(low, high, params.n_points)
+    return xr.Dataset(coords={"x": (POINT, x), "target_index": (POINT, np.full(x.size, TARGETS.index(
+        params.target)))})
+
+
+def _set_dataset(xf: np.ndarray | da.Array, grid: np.ndarray, description: str, extra: dict) -> xr.Dataset:
+    """A one-subgrid PDF set: xf (member, flavour, x) repeated at 4 Q knots (no evolution)."""
+    q = np.geomspace(Q0, 100.0, 4)
+    members = xf.shape[0]
+    values = da.broadcast_to(da.asarray(xf)[..., None], (*xf.shape, q.size))
+    info = {"SetDesc": description, "Format": "lhagrid1", "NumMembers": members,
+            "Flavors": list(LHAPDF_FLAVOURS), "ErrorType": "replicas" if members > 1 else "none",
+            "XMin": float(grid[0]), "XMax": 1.0, "QMin": float(q[0]), "QMax": float(q[-1]),
+            "OrderQCD": 0, "DataVersion": 1, **extra}
+    return xr.Dataset({"xf_0": (("member", "flavour", "x_0", "q_0"), values)},
+                      coords={"member": np.arange(members), "flavour": list(LHAPDF_FLAVOURS),
+                              "x_0": grid, "q_0": q},
+                      attrs={"lhapdf_info": info})
+
+
+@register_op("pdf.toy_truth", params=GridParams, inputs=())
+def toy_truth(params: GridParams) -> xr.Dataset:
+    """The Les Houches toy PDF at Q0^2 = 2 GeV^2 as a one-member PDF set (closure-test truth)."""
+    from ..kernels.pdf_fk import les_houches_toy
+
+    grid = _grid(params)
+    xf = les_houches_toy(grid).T[None]
+    return _set_dataset(xf, grid, "Les Houches toy PDF at Q0^2 = 2 GeV^2 (values repeated in Q)", {})
+
+
+def _set_at_q0(pdf: xr.Dataset, fk: xr.Dataset, what: str) -> xr.DataArray:
+    """xf (member, x_grid, flavour) of a set on the FK grid at its lowest Q (LO, no evolution)."""
+    if "xf_0" not in pdf:
+        raise OpError(f"input {what!r} is not a PDF set (no xf_0 variable); found {list(pdf.data_vars)}")
+    grid = fk[X_GRID].values
+    knots = pdf["x_0"].values
+    if knots.shape != grid.shape or not np.allclose(knots, grid, rtol=1e-10):
+        raise OpError(f"input {what!r} has x knots {knots.size} in [{knots.min():.4g}, {knots.max():.4g}] "
+                      f"but the FK tables were built on {grid.size} in [{grid.min():.4g}, 1]: give "
+                      "pdf.fk_tables the x_min and n_x of the set")
+    missing = sorted(set(LHAPDF_FLAVOURS) - set(pdf["flavour"].values.tolist()))
+    if missing:
+        raise OpError(f"input {what!r} lacks flavours {missing} (PDG ids) the FK tables need")
+    xf = pdf["xf_0"].isel(q_0=0).sel(flavour=list(LHAPDF_FLAVOURS))
+    return xf.rename({"x_0": X_GRID}).transpose("member", X_GRID, "flavour")
+
+
+class Level1Params(_Params):
+    seed: int = Field(0, ge=0)
+    covariance: str = "covariance"
+
+
+def _fluctuate(truth, covariance, seed):
+    from ..kernels.replicas import checked_cholesky
+
+    rng = np.random.default_rng([seed, 1])
+    return truth + checked_cholesky(np.asarray(covariance, float)) @ rng.standard_normal(truth.size)
+
+
+@register_op("pdf.level1", params=Level1Params, inputs=("theory", "truth"))
+def level1(params: Level1Params, theory: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
+    """Closure data: truth predictions plus one draw from the experimental covariance (seeded).
+
+    `data` becomes the level-1 data; `truth_prediction` holds the noiseless truth and
+    `data_measured` the real measurement it replaces.
+    """
+    require_variables(theory, ["fk", params.covariance])
+    xf = _set_at_q0(truth, theory, "truth").isel(member=0)
+    exact = xr.dot(theory["fk"], xf, dim=[X_GRID, "flavour"])
+    data = dask.delayed(_fluctuate, pure=True)(as_delayed(exact.data),
+                                                as_delayed(theory[params.covariance].data), params.seed)
+    n = theory.sizes[POINT]
+    return theory.assign(data=(POINT, da.from_delayed(data, (n,), float)), truth_prediction=exact,
+                         data_measured=theory["data"])
+
+
+# -- fit --------------------------------------------------------------------------------------
+class PositivityParams(_Params):
+    initial: float = Field(10.0, ge=0, description="penalty multiplier lambda at epoch 0")
+    growth: float = Field(1.1, ge=1, description="lambda multiplies by this every 100 epochs")
+    maximum: float = Field(1e4, gt=0)
+
+
+class FitParams(TrainingParams, GridParams):
+    basis: list[str] = Field(["Sigma", "T3"], description="fitted evolution-basis functions")
+    hidden: list[int] = Field([25, 20], description="hidden layer widths (NNPDF4.0: 25, 20)")
+    positivity: PositivityParams = PositivityParams()
+    target: str = "pseudodata"
+    mask: str = "training_mask"
+    covariance: str = "covariance"
+
+    @model_validator(mode="after")
+    def _basis(self) -> FitParams:
+        from ..kernels.pdf_fit import check_basis
+
+        try:  # what no F2 data can constrain; the targets present are checked at run time
+            check_basis(tuple(self.basis), ("proton", "deuteron"))
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+def _config(params: FitParams):
+    from ..kernels.optim import OptimiserConfig
+    from ..kernels.pdf_fit import PdfFitConfig, PositivityConfig
+    from ..kernels.train import StoppingConfig
+
+    return PdfFitConfig(tuple(params.basis), tuple(params.hidden), tuple(params.activations), params.epochs,
+                        OptimiserConfig(**params.optimiser.model_dump()),
+                        StoppingConfig(**params.stopping.model_dump()),
+                        PositivityConfig(**params.positivity.model_dump()), params.validation_every,
+                        params.seed, params.device, params.checkpoint_every)
+
+
+def _fit(fk, target_index, pseudodata, mask, covariance, params: FitParams, context: StepContext):
+    from ..kernels.pdf_fit import POSITIVITY_TOLERANCE, check_basis, fit_pdf, gluon_normalisation, targets_of
+
+    try:
+        check_basis(tuple(params.basis), targets_of(target_index))
+    except ValueError as exc:
+        raise OpError(f"step {context.step_id!r}: {exc}") from None
+    config = _config(params)
+    penalty = {}
+
+    def fit(**hooks):
+        result, penalty["value"] = fit_pdf(np.asarray(fk), _grid(params), np.asarray(pseudodata),
+                                           np.asarray(mask), np.asarray(covariance), config, **hooks)
+        return result
+
+    result = checkpointed_training(context, params.epochs, params.validation_every, fit)
+    arrays = result_arrays(result, history_length(params.epochs, params.validation_every))
+    return {**arrays, "positivity_penalty": penalty["value"],
+            "positivity_ok": penalty["value"] < POSITIVITY_TOLERANCE,
+            "gluon_norm": gluon_normalisation(result.weights, result.architecture, config.basis)}
+
+
+@register_op("pdf.fit", params=FitParams, inputs=("data", "theory"), wants_context=True, version="1")
+def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepContext) -> xr.Dataset:
+    """NNPDF-style replica fit: NN(x, ln x) x^(1-alpha) (1-x)^beta per fitted basis function.
+
+    data: replicas.pseudodata output (pseudodata, training_mask, covariance); theory: pdf.fk_tables
+    output on the same points. Unfitted functions follow kernels.pdf_fit's stated assumptions; the
+    gluon is fixed by the momentum sum rule; positivity of x(q + qbar) is a growing penalty.
+    """
+    from ..kernels.pdf_fit import PdfFitConfig, build_model
+
+    require_variables(data, [params.target, params.mask, params.covariance])
+    require_variables(theory, ["fk"])
+    target = data[params.target]
+    if target.dims != (REPLICA, POINT) or theory.sizes[POINT] != target.sizes[POINT]:
+        raise OpError(f"data {params.target!r} must be ({REPLICA}, {POINT}) over the theory's "
+                      f"{theory.sizes[POINT]} points; found {dict(target.sizes)}")
+    if theory.sizes[X_GRID] != params.n_x or not np.isclose(theory[X_GRID].values[0], params.x_min):
+        raise OpError(f"the FK tables' grid ({theory.sizes[X_GRID]} points from "
+                      f"{theory[X_GRID].values[0]:.4g}) differs from this fit's x_min={params.x_min}, "
+                      f"n_x={params.n_x}: give both steps the same values")
+    r = target.sizes[REPLICA]
+    nb = len(params.basis)
+    config = PdfFitConfig(tuple(params.basis), tuple(params.hidden), tuple(params.activations),
+                          seed=params.seed)
+    architecture = build_model(1, config, "cpu").architecture()
+    trained = dask.delayed(_fit, pure=True)(
+        as_delayed(theory["fk"].data), as_delayed(theory["target_index"].data), as_delayed(target.data),
+        as_delayed(data[params.mask].data), as_delayed(data[params.covariance].data), params, context)
+    layout = result_layout(architecture, r, history_length(params.epochs, params.validation_every))
+    for name in ("param_alpha", "param_beta"):
+        layout[name] = ((REPLICA, "basis"), (r, nb), np.float32)
+    layout["positivity_penalty"] = ((REPLICA,), (r,), float)
+    layout["positivity_ok"] = ((REPLICA,), (r,), bool)
+    layout["gluon_norm"] = ((REPLICA,), (r,), float)
+    model = lazy_ensemble(trained, layout, architecture,
+                          {"kind": "PDF replica ensemble", "basis": list(params.basis),
+                           "x_min": params.x_min, "n_x": params.n_x, "epochs": params.epochs})
+    return model
+
+
+def _fitted_values(gluon_norm, keep, basis, grid, **arrays):
+    from ..kernels.pdf_fit import basis_on_grid, flavours_from_basis
+
+    weights = {k: np.asarray(v) for k, v in arrays.items() if k != "architecture"}
+    values = basis_on_grid(weights, json.loads(arrays["architecture"]), grid)
+    xf = flavours_from_basis(values, grid, tuple(basis), np.asarray(gluon_norm))
+    keep = np.asarray(keep, bool)
+    if not keep.any():
+        raise OpError("no replica passed the post-fit selection and positivity: nothing to average")
+    return np.concatenate([xf[keep].mean(0, keepdims=True), xf]).transpose(0, 2, 1)
+
+
+@register_op("pdf.fitted_set", params=_Params, inputs=("model",))
+def fitted_set(params: _Params, model: xr.Dataset) -> xr.Dataset:
+    """The fitted PDF set: member 0 = average of the kept replicas, member k = replica k - 1.
+
+    `kept` (member) flags the replicas that passed post-fit selection and positivity (member 0
+    is always True); an LHAPDF export should keep only those.
+    """
+    if model.attrs.get("kind") != "PDF replica ensemble":
+        raise OpError("input 'model' is not a pdf.fit ensemble (attrs kind != 'PDF replica ensemble')")
+    grid = _grid(GridParams(x_min=model.attrs["x_min"], n_x=model.attrs["n_x"]))
+    keep = model["kept"] & model["positivity_ok"]
+    r = model.sizes[REPLICA]
+    values = dask.delayed(_fitted_values, pure=True)(
+        as_delayed(model["gluon_norm"].data), as_delayed(keep.data), list(model.attrs["basis"]), grid,
+        architecture=model.attrs["architecture"],
+        **{n: as_delayed(model[n].data) for n in weight_names(model)})
+    xf = da.from_delayed(values, (r + 1, len(LHAPDF_FLAVOURS), grid.size), float)
+    result = _set_dataset(xf, grid, f"LO replica fit of F2 (basis {', '.join(model.attrs['basis'])}), "
+                          "PDF at Q0 repeated in Q (no evolution)", {"FitBasis": list(model.attrs["basis"])})
+    kept = da.concatenate([da.ones(1, bool), keep.data])
+    return result.assign(kept=("member", kept))
+
+
+# -- predictions and closure -----------------------------------------------------------------
+@register_op("pdf.predict", params=_Params, inputs=("pdf", "theory"), optional_inputs=("truth",))
+def predict(params: _Params, pdf: xr.Dataset, theory: xr.Dataset,
+            truth: xr.Dataset | None = None) -> xr.Dataset:
+    """obs[replica, point] = sum_{x, f} FK[point, x, f] xf[replica, x, f], lazy over point chunks.
+
+    Replicas are the set's members 1..N (member 0, the central value, becomes `central`); a
+    one-member set gives one replica. `truth` (a set) adds its prediction as `truth`.
+    """
+    require_variables(theory, ["fk"])
+    xf = _set_at_q0(pdf, theory, "pdf")
+    members = xf.sizes["member"]
+    replicas = xf.isel(member=slice(1, None)) if members > 1 else xf
+    obs = da.einsum("nxf,rxf->rn", theory["fk"].data, replicas.data.rechunk(-1))
+    r = replicas.sizes["member"]
+    kept = pdf["kept"].isel(member=slice(1, None)).data if "kept" in pdf and members > 1 else da.ones(r, bool)
+    coords = {POINT: np.arange(theory.sizes[POINT]), REPLICA: np.arange(r),
+              **{k: v for k, v in theory.coords.items() if v.dims == (POINT,)}}
+    central = da.einsum("nxf,xf->n", theory["fk"].data, xf.isel(member=0).data)
+    result = xr.Dataset({"prediction": ((REPLICA, POINT), obs), "kept": (REPLICA, kept),
+                         "central": (POINT, central)}, coords=coords)
+    passthrough = {k: v for k, v in theory.data_vars.items() if set(v.dims) <= {POINT, f"{POINT}_b"}}
+    result = result.assign(passthrough)
+    if truth is not None:
+        exact = _set_at_q0(truth, theory, "truth").isel(member=0)
+        result["truth"] = (POINT, da.einsum("nxf,xf->n", theory["fk"].data, exact.data))
+    return result
+
+
+class ClosureParams(_Params):
+    covariance: str = "covariance"
+
+
+def _closure(prediction, kept, truth, data, covariance):
+    from ..kernels.replicas import checked_cholesky
+
+    kept = np.asarray(kept, bool)
+    chosen = np.asarray(prediction)[kept]
+    central = chosen.mean(0)
+    factor = checked_cholesky(np.asarray(covariance, float))
+
+    def chi2(a, b):
+        z = np.linalg.solve(factor, a - b)
+        return float(z @ z / z.size)
+
+    pulls = (central - truth) / chosen.std(0, ddof=1)
+    return np.array([chi2(central, truth), chi2(central, data), float(np.sqrt(np.mean(pulls**2))),
+                     float(kept.mean()), float(kept.sum())])
+
+
+CLOSURE_ESTIMATORS = ("chi2_central_truth", "chi2_central_data", "rms_pull", "kept_fraction", "replicas_kept")
+
+
+@register_op("pdf.closure", params=ClosureParams)
+def closure(params: ClosureParams, data: xr.Dataset) -> xr.Dataset:
+    """Closure estimators (DOMAIN.md 3): chi2/n of the central prediction vs truth and vs level-1
+    data (experimental covariance), RMS pull (mean - truth) / std over points, kept fraction.
+    """
+    require_variables(data, ["prediction", "kept", "truth", "data", params.covariance])
+    values = dask.delayed(_closure, pure=True)(*(as_delayed(data[n].data) for n in (
+        "prediction", "kept", "truth", "data", params.covariance)))
+    arrays = da.from_delayed(values, (len(CLOSURE_ESTIMATORS),), float)
+    return xr.Dataset({name: ((), arrays[i]) for i, name in enumerate(CLOSURE_ESTIMATORS)})
