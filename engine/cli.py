@@ -132,8 +132,11 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
         prefect: Annotated[bool, typer.Option(
             "--prefect", help="run as a Prefect flow (on $PREFECT_API_URL, else a local ephemeral "
             "API): logs, retries and a report artifact")] = False,
+        lock_timeout: Annotated[float | None, typer.Option(
+            "--lock-timeout", help="seconds to wait for another run writing the same outputs "
+            "(default: wait until it is done; 0: fail at once)")] = None,
         as_json: JsonOption = False) -> None:
-    """Compute the recipe's stale outputs and publish them to the lake."""
+    """Compute the recipe's stale outputs and publish them to the lake (resuming a killed run)."""
     if prefect:
         from .flows import run_once
 
@@ -143,7 +146,8 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
         from .runner import execute
 
         compiled = compile_recipe(recipe, _lake(lake), catalogs)
-        summary = execute(compiled, scheduler=scheduler, progress=progress and not as_json)
+        summary = execute(compiled, scheduler=scheduler, progress=progress and not as_json,
+                          lock_timeout=lock_timeout)
     if as_json:
         out.print_json(json.dumps(summary.to_dict()))
         return
@@ -162,6 +166,26 @@ def _print_summary(summary) -> None:
     out.print(table)
     if not summary.computed:
         out.print("nothing to compute: every output is up to date")
+
+
+@app.command()
+def verify(names: Annotated[list[str] | None, typer.Argument(
+               help="lake entries (zone/name) to check (default: every entry of the lake catalog)")] = None,
+           lake: LakeOption = None, as_json: JsonOption = False) -> None:
+    """Check entries against the checksums recorded when they were published; name damaged chunks."""
+    from .verify import verify_entries
+
+    reports = verify_entries(_lake(lake), names or [])
+    if as_json:
+        out.print_json(json.dumps([report.to_dict() for report in reports]))
+    else:
+        for report in reports:
+            colour = "green" if report.ok else "red"
+            out.print(f"[{colour}]{report.status}[/{colour}] {report.entry} ({report.files} files)")
+            for damage in report.damage:
+                out.print(f"  {escape(damage.location)}: {damage.problem}", highlight=False)
+    if any(not report.ok for report in reports):
+        raise typer.Exit(1)
 
 
 CronOption = Annotated[str | None, typer.Option(
