@@ -10,9 +10,9 @@ Layout of an event sample in the lake (one zarr group, opened as one xarray data
   `event` exactly like a flat column, and every other buffer lies along the dim of the list
   level it belongs to (`Muon` for the first level, `Muon__<node>` below it). Counts split at
   any boundary; offsets would not (chunk k would need the last offset of chunk k-1);
-- the group attribute `jagged` holds per collection: the awkward form (JSON), the number of
-  events, buffer -> (variable, dim), and per content dim the number of elements in each event
-  chunk. With those lengths a reader rechunks each content variable so that its block k holds
+- the group attribute `jagged` holds per collection: the awkward form (JSON), the events in
+  each event chunk, buffer -> (variable, dim), and per content dim the number of elements in
+  each event chunk. With those lengths a reader rechunks each content variable so that its block k holds
   exactly the elements of event chunk k: the sample streams chunk by chunk with dask, and
   `ak.from_buffers` on one chunk's blocks rebuilds that chunk exactly (dtypes, parameters such as
   strings, field order).
@@ -112,7 +112,7 @@ class CollectionWriter:
     form: ak.forms.Form | None = None
     layout: dict[str, tuple[str, str]] = field(default_factory=dict)
     lengths: dict[str, list[int]] = field(default_factory=dict)
-    events: int = 0
+    event_chunks: list[int] = field(default_factory=list)
 
     def append(self, chunk: ak.Array) -> None:
         form, stored = to_stored(chunk)
@@ -134,11 +134,11 @@ class CollectionWriter:
         for dim, length in lengths.items():
             if dim != EVENT_DIM:
                 self.lengths.setdefault(dim, []).append(length)
-        self.events += len(chunk)
+        self.event_chunks.append(len(chunk))
 
     def description(self) -> dict:
         """What goes into the group's `jagged` attribute for this collection."""
-        return {"form": self.form.to_json(), "events": self.events,
+        return {"form": self.form.to_json(), "event_chunks": self.event_chunks,
                 "buffers": {key: {"variable": variable, "dim": dim}
                             for key, (variable, dim) in self.layout.items()},
                 "chunk_lengths": self.lengths}
@@ -160,16 +160,37 @@ def event_chunks(dataset: xr.Dataset) -> tuple[int, ...]:
     return tuple(chunks) if chunks else (int(dataset.sizes[EVENT_DIM]),)
 
 
+def align_events(dataset: xr.Dataset) -> xr.Dataset:
+    """The dataset with the event chunking its collections were stored with (lazy rechunk).
+
+    Writing an output merges small chunks and a recipe may rechunk `event`; the recorded
+    per-chunk lengths stay valid for the stored chunking, so readers go back to it.
+    """
+    recorded = {tuple(spec["event_chunks"]) for spec in collections(dataset).values()}
+    if not recorded:
+        return dataset
+    if len(recorded) > 1:
+        raise OpError("the jagged collections of this sample were stored with different event "
+                      "chunkings; expected one (as `replicalake ingest root` writes them)")
+    target = recorded.pop()
+    if sum(target) != dataset.sizes[EVENT_DIM]:
+        raise OpError(f"the jagged collections describe {sum(target)} events, but the sample has "
+                      f"{dataset.sizes[EVENT_DIM]}; was it cut without its collections?")
+    return dataset if event_chunks(dataset) == target else dataset.chunk({EVENT_DIM: target})
+
+
 def collection_blocks(dataset: xr.Dataset, name: str) -> list:
-    """One delayed awkward array per event chunk of collection `name`, each read on its own."""
+    """One delayed awkward array per event chunk of collection `name`, each read on its own.
+
+    The dataset must have its stored event chunking (see `align_events`).
+    """
     spec = collections(dataset)[name]
     chunks = event_chunks(dataset)
+    if chunks != tuple(spec["event_chunks"]):
+        raise OpError(f"jagged collection {name!r} was stored in event chunks of "
+                      f"{spec['event_chunks'][0]}, but the events now come in chunks of {chunks[0]}; "
+                      "align the sample first (engine.jagged.align_events)")
     stored_chunks = {dim: tuple(lengths) for dim, lengths in spec["chunk_lengths"].items()}
-    if any(len(lengths) != len(chunks) for lengths in stored_chunks.values()):
-        raise OpError(f"jagged collection {name!r} was stored in "
-                      f"{len(next(iter(stored_chunks.values())))} event chunks, but the events now "
-                      f"come in {len(chunks)}; keep the ingest's event chunking (do not rechunk "
-                      "'event' or write collections into derived outputs)")
     keys, per_buffer = [], []
     for key, buf in spec["buffers"].items():
         data = dataset[buf["variable"]].data

@@ -55,11 +55,12 @@ class Plot(_Model):
 
     kind `band`: `variable` is the base name of a replicas.summary output; the picture fills
     between its first and last quantile and draws the middle one, with `overlay` variables as
-    lines and `points` variables as markers.
+    lines and `points` variables as markers. kind `hist`: a 1-D lhc.histogram output drawn as
+    steps over its bin edges, with sqrt(variances) error bars.
     """
 
     variable: str
-    kind: Literal["map", "line", "band"] = "map"
+    kind: Literal["map", "line", "band", "hist"] = "map"
     title: str | None = None
     cmap: str = "viridis"
     overlay: list[str] = Field(default_factory=list)

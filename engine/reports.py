@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -74,6 +75,21 @@ def _draw_band(axes, dataset, plot: Plot) -> None:
     axes.legend()
 
 
+def _draw_hist(axes, dataset, plot: Plot) -> None:
+    """Counts as steps over the bin edges (`<dim>_edges`), with sqrt(variances) error bars."""
+    counts = dataset[plot.variable].load()
+    if counts.ndim != 1 or f"{counts.dims[0]}_edges" not in dataset.coords:
+        raise OpError(f"a hist plot needs a 1-D histogram with '<dim>_edges' (an lhc.histogram "
+                      f"output); {plot.variable!r} has dims {counts.dims}")
+    (dim,) = counts.dims
+    axes.stairs(counts.values, dataset[f"{dim}_edges"].values, label=plot.variable)
+    if "variances" in dataset:
+        axes.errorbar(dataset[dim].values, counts.values, yerr=np.sqrt(dataset["variances"].values),
+                      fmt="none", ecolor="black", elinewidth=0.8)
+    axes.set_xlabel(dataset[dim].attrs.get("long_name", dim))
+    axes.set_ylabel(counts.attrs.get("long_name", plot.variable))
+
+
 def draw_plot(lake: Lake, zone: str, name: str, plot: Plot) -> str:
     """Draw one plot of a published entry and write it atomically; return its path."""
     dataset = lake.open(zone, name)
@@ -84,6 +100,8 @@ def draw_plot(lake: Lake, zone: str, name: str, plot: Plot) -> str:
         _draw_map(axes, figure, dataset[plot.variable], plot)
     elif plot.kind == "band":
         _draw_band(axes, dataset, plot)
+    elif plot.kind == "hist":
+        _draw_hist(axes, dataset, plot)
     else:
         data = dataset[plot.variable]
         if data.ndim != 1:
