@@ -55,12 +55,15 @@ class Plot(_Model):
 
     kind `band`: `variable` is the base name of a replicas.summary output; the picture fills
     between its first and last quantile and draws the middle one, with `overlay` variables as
-    lines and `points` variables as markers. kind `hist`: a 1-D lhc.histogram output drawn as
-    steps over its bin edges, with sqrt(variances) error bars.
+    lines and `points` variables as markers. kind `scan`: a likelihood scan -2 Delta log L
+    (`variable` and `overlay`s): curves with the 95% line for one coefficient, 95% contours for two.
+    kind `roc`: `variable` is eps_B (replica, signal_efficiency), drawn as 1/eps_B (log scale)
+    with its band over replicas. kind `hist`: a 1-D lhc.histogram output drawn as steps over
+    its bin edges, with sqrt(variances) error bars.
     """
 
     variable: str
-    kind: Literal["map", "line", "band", "hist"] = "map"
+    kind: Literal["map", "line", "band", "scan", "roc", "hist"] = "map"
     title: str | None = None
     cmap: str = "viridis"
     overlay: list[str] = Field(default_factory=list)

@@ -75,6 +75,55 @@ def _draw_band(axes, dataset, plot: Plot) -> None:
     axes.legend()
 
 
+def _draw_scan(axes, dataset, plot: Plot) -> None:
+    """-2 Delta log L curves with the 1-dof 95% line, or 2-D contours at the 2-dof 95% level."""
+    names = [plot.variable, *plot.overlay]
+    first = dataset[plot.variable]
+    if first.ndim == 1:
+        x, label = _x_of(first)
+        for name in names:
+            axes.plot(x, dataset[name].values, label=name)
+        level = float(dataset.attrs.get("level", 3.84))
+        axes.axhline(level, color="grey", linestyle=":", label=f"95% ({level:g})")
+        axes.set_ylim(0, 4 * level)
+        axes.set_xlabel(label)
+        axes.set_ylabel("-2 Delta log L")
+    elif first.ndim == 2:
+        level = float(dataset.attrs.get("contour_level_2d", 5.99))
+        ydim, xdim = first.dims
+        for k, name in enumerate(names):
+            contour = axes.contour(dataset[xdim].values, dataset[ydim].values, dataset[name].values,
+                                   levels=[level], colors=[f"C{k}"])
+            contour.set_label(name)
+        axes.set_xlabel(xdim)
+        axes.set_ylabel(ydim)
+    else:
+        raise OpError(f"a scan plot needs a 1-D or 2-D variable; {plot.variable!r} has dims {first.dims}")
+    axes.legend()
+
+
+def _draw_roc(axes, dataset, plot: Plot) -> None:
+    """Background rejection 1/eps_B against signal efficiency (log scale): median and 68% band
+    over replicas of `variable`, eps_B with dims (replica, signal_efficiency)."""
+    eps_b = dataset[plot.variable].load()
+    if eps_b.dims != ("replica", "signal_efficiency"):
+        raise OpError(f"a roc plot needs {plot.variable!r} with dims (replica, signal_efficiency); "
+                      f"found {eps_b.dims}")
+    n_background = int(dataset["n_background_test"]) if "n_background_test" in dataset else 1
+    floor = 1.0 / max(n_background, 1)  # no background passing: rejection >= n_background
+    rejection = 1.0 / eps_b.clip(min=floor)
+    low, mid, high = (rejection.quantile(q, dim="replica") for q in (0.16, 0.5, 0.84))
+    x = eps_b["signal_efficiency"].values
+    axes.fill_between(x, low.values, high.values, alpha=0.3, label="16-84% of replicas")
+    axes.plot(x, mid.values, label="median")
+    if "quoted_signal_efficiency" in dataset.attrs:
+        axes.axvline(float(dataset.attrs["quoted_signal_efficiency"]), color="grey", linestyle=":")
+    axes.set_yscale("log")
+    axes.set_xlabel("signal efficiency eps_S")
+    axes.set_ylabel("background rejection 1/eps_B")
+    axes.legend()
+
+
 def _draw_hist(axes, dataset, plot: Plot) -> None:
     """Counts as steps over the bin edges (`<dim>_edges`), with sqrt(variances) error bars."""
     counts = dataset[plot.variable].load()
@@ -100,6 +149,10 @@ def draw_plot(lake: Lake, zone: str, name: str, plot: Plot) -> str:
         _draw_map(axes, figure, dataset[plot.variable], plot)
     elif plot.kind == "band":
         _draw_band(axes, dataset, plot)
+    elif plot.kind == "roc":
+        _draw_roc(axes, dataset, plot)
+    elif plot.kind == "scan":
+        _draw_scan(axes, dataset, plot)
     elif plot.kind == "hist":
         _draw_hist(axes, dataset, plot)
     else:

@@ -1,0 +1,560 @@
+"""ML4EFT ops: toy event samples, batched term training, the ratio r(x, c) and likelihood bounds.
+
+The chain of DOMAIN.md section 4: `lhc.eft_toy_events` writes the MC samples (SM and one
+"SM + term" sample per term, an independent sample per replica) as flat columns along `event`;
+`lhc.eft_toy_pseudodata` a pseudo-data sample at a chosen c; `lhc.eft_train` reduces the samples
+to one stored ensemble (every term x replica network trained together); `lhc.eft_ratio` maps it
+over event chunks; `lhc.eft_bounds` scans the extended unbinned likelihood (and a binned one
+beside it) for 95% intervals.
+
+Sample layout (what the training op reads from any event source): columns `sample_id` (index
+into the attr `samples`, whose labels are "sm" or a term name such as "c1" or "c1*c1") and
+`mc_replica`, plus the feature columns; attrs `sample_c_train` and `sample_sigma` (per sample, in
+`samples` order) and `replicas`. Sample metadata sits in attrs so building the graph reads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import OpError, did_you_mean
+from ..registry import StepContext, register_op
+from .core import as_delayed
+from .ensembles import (
+    REPLICA,
+    checkpointed_training,
+    history_length,
+    lazy_ensemble,
+    result_arrays,
+    result_layout,
+    weight_names,
+)
+from .replicas import TrainingParams
+
+EVENT = "event"
+SM = "sm"
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _toy():
+    from ..kernels import eft
+
+    return eft
+
+
+def _check_coefficients(names: list[str], known, what: str) -> None:
+    for name in names:
+        if name not in known:
+            raise OpError(f"unknown Wilson coefficient {name!r} in {what}{did_you_mean(name, known)}; "
+                          f"known: {', '.join(known)}")
+
+
+# -- toy samples ----------------------------------------------------------------------------------
+class ToyEventsParams(_Params):
+    coefficients: list[str] = Field(["c1"], min_length=1, description="toy coefficients: c1, c2")
+    quadratic: bool = Field(True, description="also the quadratic terms c_j c_k")
+    c_train: dict[str, float] = Field(description="coefficient -> value the SM+term samples use")
+    n_events: int = Field(50_000, gt=0, description="events per sample and replica")
+    replicas: int = Field(5, gt=0, description="independent MC samples of each kind")
+    chunk_events: int = Field(50_000, gt=0)
+    seed: int = Field(0, ge=0)
+
+
+def _toy_block(kind: str, c_train: float, replica: int, index: int, n: int, seed: int) -> np.ndarray:
+    """One chunk of one sample, keyed by (seed, sample, replica, chunk): any chunk alone."""
+    eft = _toy()
+    key = [seed, replica, index, *map(ord, kind)]
+    rng = np.random.default_rng(key)
+    if kind == SM:
+        return eft.sample_toy(rng, n, {})
+    return eft.sample_toy_term(rng, n, eft.parse_term(kind), c_train)
+
+
+def _block_sizes(n: int, chunk: int) -> list[int]:
+    return [min(chunk, n - start) for start in range(0, n, chunk)]
+
+
+@register_op("lhc.eft_toy_events", params=ToyEventsParams, inputs=())
+def eft_toy_events(params: ToyEventsParams) -> xr.Dataset:
+    """MC samples of the analytic ML4EFT toy: SM plus "SM + term" at c_train, per replica.
+
+    Exact sampling (DOMAIN.md section 4): dsigma_SM = e^-x1 phi(x2), r = 1 + c x1/2 +
+    c^2 x1^2 (1 + x2^2)/16 for c1 (and a second coefficient c2 for 2-D scans). Columns x1, x2,
+    sample_id, mc_replica along `event`; each chunk is generated from its own seed.
+    """
+    eft = _toy()
+    _check_coefficients(params.coefficients, eft.TOY_COEFFICIENTS, "coefficients")
+    _check_coefficients(list(params.c_train), params.coefficients, "c_train")
+    for name in params.coefficients:
+        if params.c_train.get(name, 0.0) == 0.0:
+            raise OpError(f"c_train of {name!r} must be given and non-zero (found "
+                          f"{params.c_train.get(name)}): SM + term at c = 0 is the SM sample")
+    terms = eft.eft_terms(params.coefficients, params.quadratic)
+    for term in terms:
+        if len(set(term)) > 1 and params.c_train[term[0]] != params.c_train[term[1]]:
+            raise OpError(f"the mixed term {eft.term_name(term)!r} is sampled at one c_train, but "
+                          f"{term[0]!r} and {term[1]!r} have {params.c_train[term[0]]} and "
+                          f"{params.c_train[term[1]]}")
+    kinds = [SM] + [eft.term_name(t) for t in terms]
+    c_trains = [0.0] + [float(params.c_train[t[0]]) for t in terms]
+    sigmas = [eft.SM_SIGMA] + [eft.SM_SIGMA + c ** len(t) * eft.toy_sigma(t)
+                               for c, t in zip(c_trains[1:], terms)]
+    blocks, ids, reps = [], [], []
+    sizes = _block_sizes(params.n_events, params.chunk_events)
+    for sample, kind in enumerate(kinds):
+        for replica in range(params.replicas):
+            for index, n in enumerate(sizes):
+                block = dask.delayed(_toy_block, pure=True)(kind, c_trains[sample], replica, index, n,
+                                                            params.seed)
+                blocks.append(da.from_delayed(block, (n, 2), float))
+                ids.append(da.full(n, sample, dtype=np.int16, chunks=n))
+                reps.append(da.full(n, replica, dtype=np.int32, chunks=n))
+    xs = da.concatenate(blocks)
+    return xr.Dataset(
+        {"x1": (EVENT, xs[:, 0]), "x2": (EVENT, xs[:, 1]),
+         "sample_id": (EVENT, da.concatenate(ids)), "mc_replica": (EVENT, da.concatenate(reps))},
+        attrs={"toy": eft.TOY_NAME, "replicas": params.replicas, "samples": kinds, "sample_c_train": c_trains,
+               "sample_sigma": sigmas, "coefficients": list(params.coefficients)})
+
+
+class ToyPseudodataParams(_Params):
+    c_true: dict[str, float] = Field(default_factory=dict, description="coefficients of the 'data'")
+    luminosity: float = Field(gt=0, description="expected events = luminosity x sigma(c_true)")
+    chunk_events: int = Field(50_000, gt=0)
+    seed: int = Field(0, ge=0)
+
+
+@register_op("lhc.eft_toy_pseudodata", params=ToyPseudodataParams, inputs=())
+def eft_toy_pseudodata(params: ToyPseudodataParams) -> xr.Dataset:
+    """A pseudo-data sample of the toy at c_true: Poisson(Lumi sigma(c_true)) events, exactly."""
+    eft = _toy()
+    _check_coefficients(list(params.c_true), eft.TOY_COEFFICIENTS, "c_true")
+    names = list(params.c_true)
+    point = np.array([[params.c_true[c] for c in names]])
+    sigma = float(eft.toy_cross_section(point, names)[0]) if names else eft.SM_SIGMA
+    n = int(np.random.default_rng([params.seed, 0]).poisson(params.luminosity * sigma))
+    if n == 0:
+        raise OpError(f"the pseudo-data sample is empty: Poisson({params.luminosity * sigma:.3g}) drew 0 "
+                      "events; raise the luminosity")
+    blocks = [da.from_delayed(dask.delayed(_pseudodata_block, pure=True)(
+        params.c_true, params.seed, k, size), (size, 2), float)
+        for k, size in enumerate(_block_sizes(n, params.chunk_events))]
+    xs = da.concatenate(blocks)
+    return xr.Dataset({"x1": (EVENT, xs[:, 0]), "x2": (EVENT, xs[:, 1])},
+                      attrs={"toy": eft.TOY_NAME, "luminosity": params.luminosity,
+                             "c_true": json.dumps(params.c_true), "sigma": sigma})
+
+
+def _pseudodata_block(c_true: dict, seed: int, index: int, n: int) -> np.ndarray:
+    return _toy().sample_toy(np.random.default_rng([seed, 1, index]), n, c_true)
+
+
+# -- training -------------------------------------------------------------------------------------
+class EftTrainParams(TrainingParams):
+    features: list[str] = Field(["x1", "x2"], min_length=1, description="per-event feature columns")
+    coefficients: list[str] = Field(min_length=1, description="Wilson coefficients to learn")
+    quadratic: bool = Field(True, description="also learn the quadratic terms c_j c_k")
+    batch_size: int | None = Field(None, gt=0, description="events per minibatch (None: all)")
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    hidden: list[int] = Field([25, 25, 25], description="hidden layer widths")
+    activations: list[str] = Field(["tanh", "tanh", "tanh", "linear"], description="one per layer")
+    epochs: int = Field(2000, gt=0)
+
+
+class _SampleLayout:
+    """Where each term's sample sits in an events dataset, read from its labels and attrs only."""
+
+    def __init__(self, data: xr.Dataset, terms: list[tuple[str, ...]]):
+        missing = [k for k in ("sample_id", "mc_replica") if k not in data.variables]
+        if missing:
+            raise OpError(f"events need the columns sample_id and mc_replica (as lhc.eft_toy_events "
+                          f"writes them); missing: {missing}")
+        for key in ("samples", "sample_c_train", "sample_sigma", "replicas"):
+            if key not in data.attrs:
+                raise OpError(f"events lack the attribute {key!r} (sample labels, their c_train and "
+                              "cross sections, and the replica count)")
+        labels = [str(s) for s in data.attrs["samples"]]
+        if SM not in labels:
+            raise OpError(f"events hold no SM sample (a 'sample' labelled {SM!r}); found {labels}")
+        eft = _toy()
+        self.sm = labels.index(SM)
+        self.terms = []
+        for term in terms:
+            name = eft.term_name(term)
+            if name not in labels:
+                raise OpError(f"events hold no sample for term {name!r}{did_you_mean(name, labels)}; "
+                              f"samples are {labels}")
+            self.terms.append(labels.index(name))
+        self.c_train = [float(data.attrs["sample_c_train"][k]) for k in self.terms]
+        for term, c in zip(terms, self.c_train):
+            if c == 0:
+                raise OpError(f"c_train of term {eft.term_name(term)!r} is 0: SM + term would be the SM")
+        self.c_scale = [c ** len(t) for c, t in zip(self.c_train, terms)]
+        self.sigma_sm = float(data.attrs["sample_sigma"][self.sm])
+        self.sigma = [float(data.attrs["sample_sigma"][k]) for k in self.terms]
+        self.replicas = int(data.attrs["replicas"])
+
+
+def require_features(data: xr.Dataset, names: list[str]) -> list[xr.DataArray]:
+    """The named per-event columns, with a did-you-mean for a missing one."""
+    found = []
+    for name in names:
+        if name not in data.variables:
+            raise OpError(f"feature column {name!r} is not in the events"
+                          f"{did_you_mean(name, data.variables)}; columns are "
+                          f"{', '.join(map(str, data.data_vars))}")
+        if data[name].dims != (EVENT,):
+            raise OpError(f"feature {name!r} must be a flat column along {EVENT!r}, found {data[name].dims}")
+        found.append(data[name])
+    if data.sizes.get(EVENT, 0) == 0:
+        raise OpError("the events are empty: no rows along 'event'")
+    return found
+
+
+def _group(features: np.ndarray, sample_id: np.ndarray, replica: np.ndarray, sample: int,
+           replicas: int, what: str) -> list[np.ndarray]:
+    out = []
+    for r in range(replicas):
+        rows = features[(sample_id == sample) & (replica == r)]
+        if len(rows) == 0:
+            raise OpError(f"the {what} sample of MC replica {r} is empty")
+        out.append(rows)
+    return out
+
+
+def _stack_equal(groups: list[np.ndarray]) -> np.ndarray:
+    """Samples cut to the smallest one's size: every row of the ensemble sees the same count."""
+    n = min(len(g) for g in groups)
+    return np.stack([g[:n] for g in groups])
+
+
+def _train(features, sample_id, replica, layout: _SampleLayout, names: list[str],
+           params: EftTrainParams, context: StepContext):
+    from ..kernels.eft import EftTrainConfig, fit_eft
+    from ..kernels.optim import OptimiserConfig
+    from ..kernels.train import StoppingConfig
+
+    x = np.stack(features, axis=-1).astype(float)
+    sm = _stack_equal(_group(x, sample_id, replica, layout.sm, layout.replicas, SM))
+    eft = [_group(x, sample_id, replica, k, layout.replicas, name)
+           for k, name in zip(layout.terms, names)]
+    eft = _stack_equal([g for groups in eft for g in groups]).reshape(len(names), layout.replicas, -1,
+                                                                      x.shape[-1])
+    config = EftTrainConfig(
+        tuple(params.hidden), tuple(params.activations), params.epochs, params.batch_size,
+        OptimiserConfig(**params.optimiser.model_dump()), StoppingConfig(**params.stopping.model_dump()),
+        params.validation_every, params.validation_fraction, params.seed, params.device,
+        params.checkpoint_every)
+    fitted = {}
+
+    def fit(**hooks):
+        result, fitted["low"], fitted["high"] = fit_eft(
+            sm, eft, layout.sigma_sm, np.array(layout.sigma), np.array(layout.c_scale), config, **hooks)
+        return result
+
+    result = checkpointed_training(context, params.epochs, params.validation_every, fit)
+    return {**result_arrays(result, history_length(params.epochs, params.validation_every)),
+            "input_low": fitted["low"], "input_high": fitted["high"]}
+
+
+@register_op("lhc.eft_train", params=EftTrainParams, inputs=("events",), wants_context=True, version="1")
+def eft_train(params: EftTrainParams, events: xr.Dataset, context: StepContext) -> xr.Dataset:
+    """One network per EFT term (linear per coefficient, quadratic per pair) x MC replica, all
+    trained together in one batched job: classifier SM vs SM + term at c_train, cross-entropy
+    weighted by each sample's cross section, smooth positivity 1 + s NN > 0, stagnation resets,
+    robust 5-95% feature scaling. Rows of `replica` are term-major: row = term x R + replica.
+    """
+    from ..kernels.eft import eft_terms, term_name
+    from ..kernels.mlp import EnsembleMLP
+
+    known = list(events.attrs.get("coefficients", []))
+    if known:
+        _check_coefficients(params.coefficients, known, "coefficients")
+    terms = eft_terms(params.coefficients, params.quadratic)
+    layout = _SampleLayout(events, terms)
+    features = require_features(events, params.features)
+    names = [term_name(t) for t in terms]
+    rows = len(terms) * layout.replicas
+    architecture = EnsembleMLP(
+        1, [len(features), *params.hidden, 1], list(params.activations), seed=params.seed,
+        output_transform="eft_positivity", replica_params={"c_scale": np.ones(1)}).architecture()
+    trained = dask.delayed(_train, pure=True)(
+        [as_delayed(f.data) for f in features], as_delayed(events["sample_id"].data),
+        as_delayed(events["mc_replica"].data), layout, names, params, context)
+    shapes = result_layout(architecture, rows, history_length(params.epochs, params.validation_every))
+    shapes["param_c_scale"] = ((REPLICA,), (rows,), np.float32)
+    shapes["input_low"] = (("feature",), (len(features),), float)
+    shapes["input_high"] = (("feature",), (len(features),), float)
+    model = lazy_ensemble(trained, shapes, architecture, {
+        "features": list(params.features), "kind": "ML4EFT term ensemble", "epochs": params.epochs,
+        "coefficients": list(params.coefficients), "terms": names, "replicas": layout.replicas,
+        "c_train": layout.c_train, "term_sigma": [(s - layout.sigma_sm) / c for s, c in
+                                                  zip(layout.sigma, layout.c_scale)],
+        "sigma_sm": layout.sigma_sm})
+    return model.assign_coords(row_term=(REPLICA, np.repeat(np.arange(len(terms)), layout.replicas)),
+                               row_replica=(REPLICA, np.tile(np.arange(layout.replicas), len(terms))))
+
+
+# -- inference: shared by ratio and bounds --------------------------------------------------------
+class _Ensemble:
+    """A stored term ensemble: what building a graph on it needs, checked, without computing."""
+
+    def __init__(self, model: xr.Dataset):
+        if model.attrs.get("kind") != "ML4EFT term ensemble":
+            raise OpError("input 'model' is not an ML4EFT term ensemble (made by lhc.eft_train)")
+        self.architecture = json.loads(model.attrs["architecture"])
+        self.features = list(model.attrs["features"])
+        self.coefficients = list(model.attrs["coefficients"])
+        self.terms = [tuple(t.split("*")) for t in model.attrs["terms"]]
+        self.replicas = int(model.attrs["replicas"])
+        self.sigma_sm = float(model.attrs["sigma_sm"])
+        self.term_sigma = np.asarray(model.attrs["term_sigma"], float)
+        self.weights = dask.delayed(_weight_arrays, pure=True)(
+            **{n: as_delayed(model[n].data) for n in
+               [*weight_names(model), "input_low", "input_high", "kept"]})
+
+    def points(self, values: list[dict[str, float]]) -> np.ndarray:
+        """(G, C) coefficient points from {name: value} dicts; absent coefficients are 0."""
+        for point in values:
+            _check_coefficients(list(point), self.coefficients, "a coefficient point")
+        return np.array([[p.get(c, 0.0) for c in self.coefficients] for p in values], float)
+
+    def products(self, points: np.ndarray) -> np.ndarray:
+        from ..kernels.eft import coefficient_products
+
+        return coefficient_products(points, self.coefficients, self.terms)
+
+    def stacked(self, data: xr.Dataset) -> da.Array:
+        """The model's features as one (event, feature) dask array over the data's chunks."""
+        features = require_features(data, self.features)
+        return da.stack([f.data for f in features], axis=-1).rechunk({1: -1})
+
+
+def _weight_arrays(**arrays):
+    return {name: np.asarray(value) for name, value in arrays.items()}
+
+
+def _term_networks(block: np.ndarray, weights: dict, architecture: dict, replicas: int) -> np.ndarray:
+    """(T, R, n) NN values on one chunk; rows of dropped replicas are NaN."""
+    from ..kernels.eft import predict_terms
+
+    nn = predict_terms(weights, architecture, block, weights["input_low"], weights["input_high"])
+    nn[~np.asarray(weights["kept"], bool)] = np.nan
+    return nn.reshape(-1, replicas, block.shape[0])
+
+
+# -- ratio ----------------------------------------------------------------------------------------
+class RatioParams(_Params):
+    points: list[dict[str, float]] = Field(min_length=1, description="coefficient values, e.g. [{c1: 1}]")
+    quantiles: list[float] = Field([0.05, 0.5, 0.95], min_length=1, description="band over replicas")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _in_unit_interval(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= q <= 1 for q in value):
+            raise ValueError(f"quantiles must lie in [0, 1], found {value}")
+        return value
+
+
+def _ratio_block(block, weights, architecture, replicas, products, quantiles):
+    from ..kernels.eft import ratio_from_terms
+
+    nn = _term_networks(block, weights, architecture, replicas)
+    r = ratio_from_terms(products, nn)  # (G, R, n)
+    median = ratio_from_terms(products, np.nanmedian(nn, axis=1))
+    return np.concatenate([median[None], np.nanquantile(r, quantiles, axis=1)]).astype(np.float32)
+
+
+@register_op("lhc.eft_ratio", params=RatioParams, inputs=("model", "data"))
+def eft_ratio(params: RatioParams, model: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
+    """r(x, c) of a term ensemble on every event, lazily chunk by chunk, at the given c points.
+
+    ratio_median: from the median over replicas of each term (as the likelihood uses it);
+    ratio_quantile: quantiles over replicas of the whole r(x, c). Data columns pass through.
+    """
+    ensemble = _Ensemble(model)
+    points = ensemble.points(params.points)
+    stacked = ensemble.stacked(data)
+    g, q = len(points), len(params.quantiles)
+    out = da.map_blocks(_ratio_block, stacked, ensemble.weights, ensemble.architecture,
+                        ensemble.replicas, ensemble.products(points), params.quantiles,
+                        drop_axis=1, new_axis=[0, 1], chunks=((1 + q,), (g,), stacked.chunks[0]),
+                        dtype=np.float32)
+    coords = {c: ("point", points[:, i]) for i, c in enumerate(ensemble.coefficients)}
+    result = xr.Dataset({"ratio_median": (("point", EVENT), out[0]),
+                         "ratio_quantile": (("quantile", "point", EVENT), out[1:])},
+                        coords={**coords, "quantile": params.quantiles})
+    return result.assign({k: v for k, v in data.data_vars.items() if v.dims == (EVENT,)})
+
+
+# -- bounds ---------------------------------------------------------------------------------------
+class BinnedParams(_Params):
+    feature: str = Field("x1", description="column histogrammed for the binned likelihood")
+    edges: list[float] = Field(min_length=2, description="bin edges, increasing")
+
+    @field_validator("edges")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError(f"bin edges must increase strictly, found {value}")
+        return value
+
+
+class BoundsParams(_Params):
+    grid: dict[str, tuple[float, float, int]] = Field(
+        description="coefficient -> [low, high, points] scanned (1 or 2 coefficients); others are 0")
+    luminosity: float | None = Field(None, gt=0, description="default: the data's 'luminosity' attr")
+    binned: BinnedParams | None = Field(None, description="binned likelihood beside (needs 'events')")
+    exact_toy: bool = Field(False, description="also the exact-r likelihood (toy pseudo-data only)")
+    level: float = Field(3.84, gt=0, description="-2 Delta log L of a 95% interval, 1 dof")
+
+    @field_validator("grid")
+    @classmethod
+    def _one_or_two(cls, value):
+        if not 1 <= len(value) <= 2:
+            raise ValueError(f"scan 1 or 2 coefficients, found {len(value)}: {list(value)}")
+        for name, (low, high, n) in value.items():
+            if not high > low or n < 3:
+                raise ValueError(f"grid of {name!r} needs low < high and >= 3 points, found "
+                                 f"{[low, high, n]}")
+        return value
+
+
+def _log_r_nn(block, weights, architecture, replicas, products):
+    from ..kernels.eft import sum_log_ratio
+
+    median = np.nanmedian(_term_networks(block, weights, architecture, replicas), axis=1)
+    return sum_log_ratio(products, median)[None]
+
+
+def _log_r_exact(block, points, coefficients):
+    from ..kernels.eft import toy_ratio
+
+    r = toy_ratio(block[:, 0], block[:, 1], points, coefficients)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(r > 0, np.log(np.where(r > 0, r, 1.0)), -np.inf).sum(axis=-1)[None]
+
+
+def _per_chunk_sum(fn, stacked: da.Array, g: int, *args) -> da.Array:
+    """sum over event chunks of fn(chunk, *args) -> (1, G): a tree reduction, memory one chunk."""
+    parts = da.map_blocks(fn, stacked, *args, drop_axis=1, new_axis=1,
+                          chunks=((1,) * stacked.numblocks[0], (g,)), dtype=float)
+    return parts.sum(axis=0)
+
+
+def _histograms(values, sample_id, edges, n_samples):
+    """(S + 1, B) counts of one chunk: the pseudo-data row first is filled elsewhere (zeros here)."""
+    out = np.zeros((n_samples, len(edges) - 1))
+    for s in range(n_samples):
+        out[s] = np.histogram(values[sample_id == s], edges)[0]
+    return out
+
+
+def _sample_histograms(events: xr.Dataset, feature: str, edges, n_samples: int) -> da.Array:
+    values = events[feature].data
+    ids = events["sample_id"].data.rechunk(values.chunks)
+    parts = da.map_blocks(_histograms, values, ids, edges, n_samples, new_axis=1,
+                          chunks=((n_samples,) * values.numblocks[0], (len(edges) - 1,)), dtype=float)
+    return parts.reshape(values.numblocks[0], n_samples, len(edges) - 1).sum(axis=0)
+
+
+def _expected(hist, totals, layout: _SampleLayout, products, luminosity) -> np.ndarray:
+    """mu_b(c) = Lumi [sigma_SM f_SM,b + sum_t P_t (sigma_(SM+t) f_t,b - sigma_SM f_SM,b) / s_t]."""
+    sm = layout.sigma_sm * hist[layout.sm] / totals[layout.sm]
+    terms = np.stack([(sig * hist[k] / totals[k] - sm) / s
+                      for k, sig, s in zip(layout.terms, layout.sigma, layout.c_scale)])
+    return luminosity * (sm + products @ terms)
+
+
+def _scan(log_r_nn, log_r_exact, counts, hist, sigma, products, layout, luminosity, axes, level):
+    from ..kernels.eft import binned_log_likelihood, delta_chi2, interval, unbinned_log_likelihood
+
+    shape = tuple(len(a) for a in axes)
+    q = {"nn": delta_chi2(unbinned_log_likelihood(log_r_nn, sigma, luminosity))}
+    if log_r_exact is not None:
+        q["exact"] = delta_chi2(unbinned_log_likelihood(log_r_exact, sigma, luminosity))
+    if counts is not None:
+        expected = _expected(hist, hist.sum(axis=1), layout, products, luminosity)
+        q["binned"] = delta_chi2(binned_log_likelihood(counts, expected))
+    out = {}
+    for method, values in q.items():
+        grid = values.reshape(shape)
+        out[f"q_{method}"] = grid
+        profiles = [grid.min(axis=tuple(j for j in range(len(axes)) if j != i)) for i in range(len(axes))]
+        out[f"interval_{method}"] = np.array([interval(a, p, level) for a, p in zip(axes, profiles)])
+    return out
+
+
+@register_op("lhc.eft_bounds", params=BoundsParams, inputs=("model", "data"), optional_inputs=("events",))
+def eft_bounds(params: BoundsParams, model: xr.Dataset, data: xr.Dataset,
+               events: xr.Dataset | None = None) -> xr.Dataset:
+    """95% intervals on Wilson coefficients from the extended unbinned likelihood of pseudo-data.
+
+    log L(c) = -Lumi sigma(c) + sum_i log r(x_i, c), r from the median over replicas of each
+    term, scanned on a 1-D or 2-D grid: q_nn = -2 Delta log L (95%: 3.84 for 1 dof, contour
+    5.99 for 2), intervals per coefficient (profiled over the other one in 2-D). Beside it:
+    q_binned, a Poisson likelihood of a histogram with term cross sections per bin from the MC
+    `events`, and q_exact, the same unbinned likelihood with the toy's exact r.
+    """
+    ensemble = _Ensemble(model)
+    _check_coefficients(list(params.grid), ensemble.coefficients, "grid")
+    luminosity = params.luminosity or data.attrs.get("luminosity")
+    if luminosity is None:
+        raise OpError("give params.luminosity: the data has no 'luminosity' attribute")
+    scanned = list(params.grid)
+    axes = [np.linspace(*params.grid[c]) for c in scanned]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    points = np.zeros((mesh[0].size, len(ensemble.coefficients)))
+    for name, values in zip(scanned, mesh):
+        points[:, ensemble.coefficients.index(name)] = values.ravel()
+    products = ensemble.products(points)
+    sigma = ensemble.sigma_sm + products @ ensemble.term_sigma
+    stacked = ensemble.stacked(data)
+    g = len(points)
+    log_r_nn = _per_chunk_sum(_log_r_nn, stacked, g, ensemble.weights, ensemble.architecture,
+                              ensemble.replicas, products)
+    log_r_exact = None
+    if params.exact_toy:
+        log_r_exact = _per_chunk_sum(_log_r_exact, _exact_features(data), g, points, ensemble.coefficients)
+    counts = hist = layout = None
+    if params.binned is not None:
+        if events is None:
+            raise OpError("the binned likelihood needs the MC samples: give the input 'events'")
+        layout = _SampleLayout(events, ensemble.terms)
+        column = require_features(data, [params.binned.feature])[0]
+        require_features(events, [params.binned.feature])
+        counts = da.histogram(column.data, bins=params.binned.edges)[0]
+        hist = _sample_histograms(events, params.binned.feature, params.binned.edges,
+                                  len(events.attrs["samples"]))
+    scan = dask.delayed(_scan, pure=True)(log_r_nn, log_r_exact, counts, hist, sigma, products, layout,
+                                          float(luminosity), axes, params.level)
+    shape = tuple(len(a) for a in axes)
+    methods = ["nn"] + ["exact"] * params.exact_toy + ["binned"] * (params.binned is not None)
+    variables = {}
+    for method in methods:
+        variables[f"q_{method}"] = (scanned, da.from_delayed(scan[f"q_{method}"], shape, float))
+        variables[f"interval_{method}"] = (("coefficient", "bound"), da.from_delayed(
+            scan[f"interval_{method}"], (len(scanned), 2), float))
+    result = xr.Dataset(variables, coords=dict(zip(scanned, axes)))
+    result.attrs = {"coefficients": scanned, "bounds": ["low", "high"],
+                    "luminosity": float(luminosity), "level": params.level,
+                    "contour_level_2d": 5.99, "n_events": int(data.sizes[EVENT])}
+    return result
+
+
+def _exact_features(data: xr.Dataset) -> da.Array:
+    from ..kernels.eft import TOY_FEATURES, TOY_NAME
+
+    if data.attrs.get("toy") != TOY_NAME:
+        raise OpError(f"exact_toy needs pseudo-data of the toy (attribute toy={TOY_NAME!r}); found "
+                      f"{data.attrs.get('toy')!r}")
+    return da.stack([f.data for f in require_features(data, list(TOY_FEATURES))], axis=-1).rechunk({1: -1})
