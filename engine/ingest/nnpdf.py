@@ -128,6 +128,14 @@ def _sys_matrix(parts: list[tuple[int, list]], n: int, treatment: str):
     return matrix, list(keys)
 
 
+def _sorted_by_kinematics(table, coverage: list[str]):
+    """Points ordered by x, then Q2, within their dataset (DIS), so curves over a dataset's
+    points run left to right; other kinematics keep the published order."""
+    if coverage[:2] != ["x", "Q2"]:
+        return table
+    return table.iloc[np.lexsort((table["kin2"].to_numpy(float), table["kin1"].to_numpy(float)))]
+
+
 def _target(setname: str) -> int:
     """0 proton, 1 deuteron, -1 other (from NNPDF's naming: ..._P, ..._D)."""
     return {"P": 0, "D": 1}.get(setname.rsplit("_", 1)[-1], -1)
@@ -151,7 +159,7 @@ def read_commondata(names: list[str], variant: str | None = None) -> xr.Dataset:
         elif coverage != kin_names:
             raise IngestError(f"dataset {name.full} has kinematics {coverage}, but {resolved[0].full} "
                               f"has {kin_names}: ingest them into separate entries")
-        table = data.commondata_table
+        table = _sorted_by_kinematics(data.commondata_table, coverage)
         columns, uncorrelated = _systematic_columns(table, data.systype_table, name.full)
         parts.append((offset, columns))
         n = len(table)

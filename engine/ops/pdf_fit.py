@@ -113,18 +113,16 @@ def x_scan(params: ScanParams) -> xr.Dataset:
 
 
 def _set_dataset(xf: np.ndarray | da.Array, grid: np.ndarray, description: str, extra: dict) -> xr.Dataset:
-    """A one-subgrid PDF set: xf (member, flavour, x) repeated at 4 Q knots (no evolution)."""
+    """A one-subgrid PDF set (engine.formats.lhapdf layout): xf (member, flavour, x) repeated at
+    4 Q knots from Q0 to 100 GeV, since the LO fit has no evolution (PDF at Q0 at every Q)."""
+    from ..formats.lhapdf import pdfset_from_arrays
+
     q = np.geomspace(Q0, 100.0, 4)
-    members = xf.shape[0]
     values = da.broadcast_to(da.asarray(xf)[..., None], (*xf.shape, q.size))
-    info = {"SetDesc": description, "Format": "lhagrid1", "NumMembers": members,
-            "Flavors": list(LHAPDF_FLAVOURS), "ErrorType": "replicas" if members > 1 else "none",
-            "XMin": float(grid[0]), "XMax": 1.0, "QMin": float(q[0]), "QMax": float(q[-1]),
-            "OrderQCD": 0, "DataVersion": 1, **extra}
-    return xr.Dataset({"xf_0": (("member", "flavour", "x_0", "q_0"), values)},
-                      coords={"member": np.arange(members), "flavour": list(LHAPDF_FLAVOURS),
-                              "x_0": grid, "q_0": q},
-                      attrs={"lhapdf_info": info})
+    info = {"SetDesc": description, "NumMembers": xf.shape[0],
+            "ErrorType": "replicas" if xf.shape[0] > 1 else "none", "XMax": 1.0, "OrderQCD": 0,
+            "DataVersion": 1, **extra}
+    return pdfset_from_arrays([grid], [q], LHAPDF_FLAVOURS, [values], info)
 
 
 @register_op("pdf.toy_truth", params=GridParams, inputs=())
@@ -381,3 +379,26 @@ def closure(params: ClosureParams, data: xr.Dataset) -> xr.Dataset:
         "prediction", "kept", "truth", "data", params.covariance)))
     arrays = da.from_delayed(values, (len(CLOSURE_ESTIMATORS),), float)
     return xr.Dataset({name: ((), arrays[i]) for i, name in enumerate(CLOSURE_ESTIMATORS)})
+
+
+class DatasetViewParams(_Params):
+    dataset: int = Field(ge=0, description="index into the ingested entry's attrs 'datasets'")
+    covariance: str = "covariance"
+
+
+@register_op("pdf.dataset_view", params=DatasetViewParams)
+def dataset_view(params: DatasetViewParams, data: xr.Dataset) -> xr.Dataset:
+    """One dataset of a pdf.predict output for data-vs-theory pictures, with data +- 1 sigma.
+
+    Points of other datasets become NaN (lazily: which points they are is known only at run
+    time), so a line plot shows gaps there; `data_low`/`data_high` are the data -+ the square
+    root of the covariance diagonal (total experimental uncertainty).
+    """
+    require_variables(data, ["dataset_index", "data", params.covariance])
+    mine = data["dataset_index"] == params.dataset
+    sigma = np.sqrt(xr.DataArray(da.diagonal(data[params.covariance].data), dims=(POINT,)))
+    shown = {k: v.where(mine) for k, v in data.data_vars.items() if POINT in v.dims and v.dtype.kind == "f"
+             and k != params.covariance}
+    shown["data_low"] = (data["data"] - sigma).where(mine)
+    shown["data_high"] = (data["data"] + sigma).where(mine)
+    return data.drop_vars(params.covariance).assign(shown)
