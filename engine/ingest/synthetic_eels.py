@@ -41,25 +41,41 @@ def _template(shape: tuple[int, int, int], chunks: tuple[int, int], energy: np.n
 
 def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], seed: int = 0,
                           chunks: tuple[int, int] = DEFAULT_PIXEL_CHUNKS, progress: bool = True,
-                          threads: int | None = None) -> str:
-    """Generate an NY x NX x NE image into raw/NAME; returns a one-line description."""
+                          threads: int | None = None, energy_range: tuple[float, float] = (-5.0, 46.0),
+                          zlp_fwhm: float | None = None) -> str:
+    """Generate an NY x NX x NE image into raw/NAME; returns a one-line description.
+
+    energy_range is the window (eV); zlp_fwhm (eV, at zero thickness) narrows or widens the
+    fitted real ZLP (0.382 eV): a monochromated microscope is 0.01-0.1 eV on a -1 ... 9 eV window.
+    """
     if len(shape) != 3 or min(shape) < 1:
         raise IngestError(f"--shape must be three positive integers NY NX NE, found {shape}")
     if shape[2] < 16:
         raise IngestError(f"NE={shape[2]} energy channels is too few for a spectrum (need >= 16)")
     if len(chunks) != 2 or min(chunks) < 1:
         raise IngestError(f"--chunks must be two positive integers CY CX, found {chunks}")
+    if zlp_fwhm is not None and not zlp_fwhm > 0:
+        raise IngestError(f"--zlp-fwhm must be a positive width in eV, found {zlp_fwhm}")
+    e_min, e_max = energy_range
+    if not (e_min < 0 < e_max):
+        raise IngestError("--energy-range must span the zero-loss peak (MIN < 0 < MAX), "
+                          f"found {energy_range}")
     chunks = (min(chunks[0], shape[0]), min(chunks[1], shape[1]))
-    energy = eels_synth.energy_axis(shape[2])
-    sample = eels_synth.simulate_block(shape[:2], (0, 0), (1, 1), energy, seed)
-    token = content_token(GENERATOR, GENERATOR_VERSION, list(shape), list(chunks), seed)
+    energy = eels_synth.energy_axis(shape[2], e_min, e_max)
+    fwhm = eels_synth.ZLP_FWHM if zlp_fwhm is None else float(zlp_fwhm)
+    instrument = {"zlp_scale": fwhm / eels_synth.ZLP_FWHM}
+    sample = eels_synth.simulate_block(shape[:2], (0, 0), (1, 1), energy, seed, **instrument)
+    token = content_token(GENERATOR, GENERATOR_VERSION, list(shape), list(chunks), seed,
+                          [e_min, e_max], fwhm)
     dataset = _template(shape, chunks, energy, sample)
     dataset.attrs = {
         "beam_energy_kev": BEAM_ENERGY_KEV,
         "dispersion_ev": float(energy[1] - energy[0]),
+        "zlp_fwhm_ev": fwhm,
         "description": "synthetic low-loss EELS image, exact Poisson multiple scattering",
         PROVENANCE_KEY: {"token": token, "ingest": GENERATOR, "generator_version": GENERATOR_VERSION,
-                         "shape": list(shape), "chunks": list(chunks), "seed": seed},
+                         "shape": list(shape), "chunks": list(chunks), "seed": seed,
+                         "energy_range": [e_min, e_max], "zlp_fwhm": fwhm},
     }
     with staged_entry(lake, "raw", name) as stage:
         group = stage.layout(dataset)
@@ -68,7 +84,8 @@ def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], se
         def write_block(where):
             (ys, xs) = where
             block = eels_synth.simulate_block(shape[:2], (ys.start, xs.start),
-                                              (ys.stop - ys.start, xs.stop - xs.start), energy, seed)
+                                              (ys.stop - ys.start, xs.stop - xs.start), energy, seed,
+                                              **instrument)
             for key, value in block.items():
                 arrays[key][ys, xs] = value
 

@@ -40,6 +40,7 @@ ZLP_WIDTH_LOSS = 0.247
 ZLP_SHAPE_GAIN = 1.47
 ZLP_SHAPE_LOSS = 1.91
 ZLP_BROADENING = 0.15  # widths grow by (1 + 0.15 tau): thicker specimen, broader ZLP
+ZLP_FWHM = ZLP_WIDTH_GAIN + ZLP_WIDTH_LOSS  # 0.382 eV at tau = 0; a monochromator narrows it
 
 PLASMON_ENERGY = 22.0  # E_p (eV)
 PLASMON_WIDTH = 5.0  # Gamma (eV)
@@ -98,16 +99,19 @@ def _pearson(e: np.ndarray, width, shape, out: np.ndarray | None = None) -> np.n
     return np.exp(t, out=t)
 
 
-def zero_loss_peak(energy, tau=0.0) -> np.ndarray:
+def zero_loss_peak(energy, tau=0.0, zlp_scale: float = 1.0) -> np.ndarray:
     """The model ZLP as a density (1/eV) of unit integral, broadened by (1 + 0.15 tau).
 
+    zlp_scale multiplies both half widths: 1 is the fitted real (unmonochromated) ZLP, and
+    e.g. 0.05 / ZLP_FWHM a monochromated one with a 50 meV FWHM. Scaling the width keeps the
+    shape, so the Pearson VII tail falls with it as zlp_scale^(2m - 1) at a given loss.
     Public so tests and later stages can compare with the exact peak the generator used;
     energy and tau broadcast against each other.
     """
     energy = np.asarray(energy)
     if energy.dtype.kind != "f":
         energy = energy.astype(np.float64)
-    scale = 1.0 + ZLP_BROADENING * np.asarray(tau, dtype=energy.dtype)
+    scale = zlp_scale * (1.0 + ZLP_BROADENING * np.asarray(tau, dtype=energy.dtype))
     gain = _pearson(energy, ZLP_WIDTH_GAIN * scale, ZLP_SHAPE_GAIN)
     loss = _pearson(energy, ZLP_WIDTH_LOSS * scale, ZLP_SHAPE_LOSS)
     return np.where(energy < 0, gain, loss) / (_ZLP_AREA * scale)
@@ -280,7 +284,8 @@ def truth_maps(iy, ix, shape: tuple[int, int], seed: int) -> dict[str, np.ndarra
 # ---------------------------------------------------------------- spectra
 
 
-def _zlp_rows(grid: ModelGrid, tau: np.ndarray, drift: np.ndarray, out: np.ndarray) -> None:
+def _zlp_rows(grid: ModelGrid, tau: np.ndarray, drift: np.ndarray, zlp_scale: float,
+              out: np.ndarray) -> None:
     """Per-pixel ZLP at (grid - drift) with unit sum, into the first n_signal columns of out.
 
     out is the zero-padded FFT input (its padding stays zero). The loss-side formula runs on
@@ -290,7 +295,7 @@ def _zlp_rows(grid: ModelGrid, tau: np.ndarray, drift: np.ndarray, out: np.ndarr
     e_grid = grid.energy.astype(np.float32)
     z = out[:, : grid.n_signal]
     np.subtract(e_grid[None, :], drift[:, None], out=z)
-    scale = (1.0 + ZLP_BROADENING * tau)[:, None]
+    scale = (zlp_scale * (1.0 + ZLP_BROADENING * tau))[:, None]
     n_gain = int(np.searchsorted(e_grid, drift.max(), side="left"))
     head = z[:, :n_gain].copy()
     _pearson(z, ZLP_WIDTH_LOSS * scale, ZLP_SHAPE_LOSS, out=z)
@@ -339,7 +344,7 @@ def _transfer(grid: ModelGrid, b: float) -> tuple:
     return tuple(r.astype(np.float32) for r in rows)
 
 
-def _batch_spectra(grid, transfer, work, tau, e_g, n, drift):
+def _batch_spectra(grid, transfer, work, zlp_scale, tau, e_g, n, drift):
     """Noiseless J and ZLP part on the window for a batch of pixels sharing one b (1-D inputs).
 
     Fourier form of the damped model: J_hat = Z_hat exp(ln N - tau + tau S_hat), with the
@@ -350,7 +355,7 @@ def _batch_spectra(grid, transfer, work, tau, e_g, n, drift):
     """
     d_re, d_im, o_mag, o_phase, omega = transfer
     padded, spectrum, phase, amp, tmp, h = work.rows(tau.size)
-    _zlp_rows(grid, tau, drift, out=padded)
+    _zlp_rows(grid, tau, drift, zlp_scale, out=padded)
     zlp = padded[:, grid.window] * (n * np.exp(-tau))[:, None]
     frame = grid.dispersion * np.arange(grid.n_signal)
     padded[:, : grid.n_signal] *= grid.damp(frame).astype(np.float32)
@@ -376,8 +381,11 @@ def _batch_spectra(grid, transfer, work, tau, e_g, n, drift):
     return spectrum[:, grid.window] * undamp, zlp
 
 
-def noiseless_spectra(energy: np.ndarray, maps: dict) -> tuple[np.ndarray, np.ndarray]:
+def noiseless_spectra(energy: np.ndarray, maps: dict,
+                      zlp_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Exact expected counts J and its zero-loss part N e^{-tau} Z on the window.
+
+    zlp_scale: the ZLP's width relative to the fitted real one (see zero_loss_peak).
 
     Both float32 with shape maps["tau"].shape + (n_channels,); each pixel's spectrum is
     generated on E - drift. Pixels go through in batches (a loop over batches, not pixels) so
@@ -400,7 +408,7 @@ def noiseless_spectra(energy: np.ndarray, maps: dict) -> tuple[np.ndarray, np.nd
             if rows.size == batch.stop - lo:
                 rows = batch  # the usual case: a slice writes faster than a scatter
             j[rows], zlp[rows] = _batch_spectra(
-                grid, transfers[b_value], work, *(flat[k][rows] for k in names)
+                grid, transfers[b_value], work, zlp_scale, *(flat[k][rows] for k in names)
             )
     shape = np.shape(maps["tau"]) + (n_ch,)
     return j.reshape(shape), zlp.reshape(shape)
@@ -418,21 +426,21 @@ def detector_counts(j: np.ndarray, rng: np.random.Generator, gain: float = 1.0,
     return counts
 
 
-def simulate_chunk(energy: np.ndarray, maps: dict, rng: np.random.Generator,
-                   gain: float = 1.0, read_noise: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+def simulate_chunk(energy: np.ndarray, maps: dict, rng: np.random.Generator, gain: float = 1.0,
+                   read_noise: float = 2.0, zlp_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Noisy counts (..., E) float32 and the windowed log-ratio truth (...) float32.
 
     The windowed truth ln(sum_window J / sum_window N e^{-tau} Z) is what log-ratio
     thickness can recover inside a finite window (plasmons beyond it are lost).
     """
-    j, zlp = noiseless_spectra(energy, maps)
+    j, zlp = noiseless_spectra(energy, maps, zlp_scale)
     windowed = np.log(j.sum(axis=-1) / zlp.sum(axis=-1))
     return detector_counts(j, rng, gain, read_noise), windowed.astype(np.float32)
 
 
 def simulate_block(shape: tuple[int, int], block_origin: tuple[int, int],
-                   block_shape: tuple[int, int], energy: np.ndarray, seed: int,
-                   gain: float = 1.0, read_noise: float = 2.0) -> dict[str, np.ndarray]:
+                   block_shape: tuple[int, int], energy: np.ndarray, seed: int, gain: float = 1.0,
+                   read_noise: float = 2.0, zlp_scale: float = 1.0) -> dict[str, np.ndarray]:
     """One block of a (NY, NX) image: counts, windowed_log_ratio and every truth map.
 
     Noise comes from SeedSequence([seed, iy0, ix0]), so the same call returns identical bytes
@@ -444,5 +452,5 @@ def simulate_block(shape: tuple[int, int], block_origin: tuple[int, int],
         raise ValueError(f"block {block_origin} + {block_shape} is not inside image {shape}")
     maps = truth_maps(slice(iy0, iy0 + by), slice(ix0, ix0 + bx), shape, seed)
     rng = np.random.default_rng(np.random.SeedSequence([seed, iy0, ix0]))
-    counts, windowed = simulate_chunk(energy, maps, rng, gain, read_noise)
+    counts, windowed = simulate_chunk(energy, maps, rng, gain, read_noise, zlp_scale)
     return {"counts": counts, "windowed_log_ratio": windowed, **maps}
