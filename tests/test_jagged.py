@@ -13,6 +13,7 @@ from engine.jagged import (
     ATTR,
     CollectionWriter,
     UnsupportedLayout,
+    align_events,
     buffer_layout,
     collection_blocks,
     from_stored,
@@ -78,7 +79,9 @@ def test_option_types_are_refused():
         buffer_layout(to_stored(ak.Array([[1, None], []]))[0], "x")
 
 
-def test_rechunked_events_are_refused_with_a_reason(tmp_path):
-    dataset = _write(tmp_path, "Muon", _muons(100), chunk=10).chunk({"event": 50})
-    with pytest.raises(OpError, match="event chunking"):
+def test_rechunked_events_are_refused_then_realigned(tmp_path):
+    muons = _muons(100)
+    dataset = _write(tmp_path, "Muon", muons, chunk=10).chunk({"event": 50})
+    with pytest.raises(OpError, match="align the sample"):
         collection_blocks(dataset, "Muon")
+    assert ak.array_equal(to_awkward(align_events(dataset), "Muon"), muons)
