@@ -104,7 +104,7 @@ def read_info(path: Path) -> dict[str, Any]:
     info, lines = _yaml_mapping(path.read_text(), path)
 
     def line(key: str) -> int | None:
-        return lines.line_of(key) if lines is not None else None
+        return lines.line_of(key) if lines is not None and key in info else None
 
     if info.get("Format") != FORMAT:
         found = f"found {info['Format']!r}" if "Format" in info else "the key is missing"
