@@ -2,7 +2,8 @@
 
 The crash and concurrency tests run the real CLI in a subprocess with this op registered, so they
 can kill it (or start a second run) while chunks are being written. Each block computed appends a
-line to $SLOW_OP_LOG, which is how a test counts recomputed chunks.
+line to $SLOW_OP_LOG, which is how a test counts recomputed chunks; while the file $SLOW_OP_GATE
+exists, blocks wait, so a test can hold a run mid-write for as long as it needs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def slow_double(params: SlowParams, data: xr.Dataset) -> xr.Dataset:
 
     def block(values):
         time.sleep(params.seconds)
+        gate = os.environ.get("SLOW_OP_GATE")
+        deadline = time.monotonic() + 120
+        while gate and os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)  # held until the test removes the gate file
         log = os.environ.get("SLOW_OP_LOG")
         if log:
             with open(log, "a") as handle:

@@ -40,18 +40,24 @@ outputs:
 CHUNKS = 16  # 2048 x 2048 float32 in 512 x 512 chunks: 1 MiB each, so none are merged
 
 
-def big_lake(root: Path) -> Lake:
+def big_lake(root: Path, size: int = 2048) -> Lake:
+    """A lake holding raw/big: a size x size ramp in 512 x 512 chunks (16 of them by default)."""
     lake = Lake(str(root))
-    put_in_lake(lake, "big", ramp_dataset(2048, 2048, 512))
+    put_in_lake(lake, "big", ramp_dataset(size, size, 512))
     return lake
 
 
-def start_cli(lake: Lake, log: Path, *args: str) -> subprocess.Popen:
-    """`replicalake ARGS` in a subprocess with the slow op registered; chunk computations go to `log`."""
+def start_cli(lake: Lake, log: Path, *args: str, gate: Path | None = None,
+              stderr: Path | None = None) -> subprocess.Popen:
+    """`replicalake ARGS` in a subprocess with the slow op registered; chunk computations go to `log`.
+
+    Its blocks wait while the file `gate` exists; its stderr goes to the file `stderr` if given.
+    """
     env = {**os.environ, "REPLICALAKE_LAKE": lake.root, "SLOW_OP_LOG": str(log), "COLUMNS": "200",
-           "REPLICALAKE_CATALOGS": str(REPO / "catalogs")}
+           "REPLICALAKE_CATALOGS": str(REPO / "catalogs"), "SLOW_OP_GATE": str(gate or "")}
     return subprocess.Popen([sys.executable, "-m", "tests.slow_ops", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True,
+                            stderr=stderr.open("w") if stderr else subprocess.PIPE)
 
 
 def chunk_records(lake: Lake) -> list[Path]:
