@@ -336,6 +336,42 @@ def ingest_root(
     out.print(f"ingested raw/{name}: {result}")
 
 
+@ingest_app.command("jets")
+def ingest_jets(
+    file: Annotated[Path, typer.Argument(help="HDF5 jet table: pandas fixed format (key 'table') or "
+                                              "one 1-D dataset per column")],
+    name: Annotated[str, typer.Argument(help="entry name under raw/")],
+    key: Annotated[str, typer.Option(help="group of a pandas table")] = "table",
+    label: Annotated[str, typer.Option(help="label column (1 = signal)")] = "is_signal_new",
+    constituents: Annotated[int | None, typer.Option(help="keep the first N constituents")] = None,
+    block_rows: Annotated[int, typer.Option(help="jets read per block, and per chunk")] = 10_000,
+    lake: LakeOption = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Copy a top-tagging-layout jet table (E_i, PX_i, PY_i, PZ_i, label) into raw/NAME."""
+    from .ingest.jet_tables import ingest_jet_table
+
+    result = ingest_jet_table(_lake(lake), file, name, key, label, constituents, block_rows, progress)
+    out.print(f"ingested raw/{name}: {result}")
+
+
+@ingest_app.command("synthetic-jets")
+def ingest_synthetic_jets(
+    name: Annotated[str, typer.Argument(help="entry name under raw/")],
+    jets: Annotated[int, typer.Option("--jets", help="number of jets")] = 100_000,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+    signal_fraction: Annotated[float, typer.Option(help="fraction of top jets")] = 0.5,
+    constituents: Annotated[int, typer.Option(help="constituent slots per jet")] = 200,
+    lake: LakeOption = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Generate QCD-like and top-like jets as a reference-layout HDF5 table and ingest it."""
+    from .ingest.jet_tables import ingest_synthetic_jets as ingest
+
+    result = ingest(_lake(lake), name, jets, seed, signal_fraction, constituents, progress)
+    out.print(f"ingested raw/{name}: {result}")
+
+
 @ingest_app.command("lhapdf")
 def ingest_lhapdf(
     setdir: Annotated[Path, typer.Argument(help="LHAPDF set folder (NAME.info, NAME_0000.dat, ...)")],
