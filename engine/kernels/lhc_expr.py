@@ -219,15 +219,17 @@ def names(node: Node) -> list[Node]:
 
 
 # -- typing -------------------------------------------------------------------------------------
-def check(text: str, node: Node, columns: dict[str, Kind], result: str | None = BOOL) -> Kind:
+def check(text: str, node: Node, columns: dict[str, Kind], result: str | None = BOOL,
+          lists: bool = False) -> Kind:
     """The kind of `node` given the kinds of the columns; raise ExpressionError where it cannot
-    work. `result` is what the whole expression must give per event (None: anything per event)."""
+    work. `result` is what the whole expression must give (None: anything), per event unless
+    `lists` allows one value per object of a collection."""
     kind = _Typer(text, columns).kind(node)
-    if kind.collection is not None:
+    if kind.collection is not None and not lists:
         raise ExpressionError(text, node.pos, f"expected one value per event, found {kind.describe()}; "
                               "reduce it with any(), all(), count(), min(), max() or sum()")
     if result is not None and kind.value != result:
-        raise ExpressionError(text, node.pos, f"expected {result}s per event, found {kind.describe()}")
+        raise ExpressionError(text, node.pos, f"expected {result}s, found {kind.describe()}")
     return kind
 
 

@@ -24,10 +24,11 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import OpError, did_you_mean
 from ..jagged import (
+    ATTR,
     EVENT_DIM,
     align_events,
     collection_blocks,
@@ -96,14 +97,21 @@ def _source_of(events: xr.Dataset, name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def parse_checked(text: str, events: xr.Dataset, what: str, result: str | None) -> Node:
+def parse_checked(text: str, events: xr.Dataset, what: str, result: str | None,
+                  lists: bool = False) -> tuple[Node, Kind]:
     """Parse and type an expression against the sample's columns; OpError with a caret if not."""
     try:
         tree = parse(text)
-        check(text, tree, column_kinds(events), result)
+        return tree, check(text, tree, column_kinds(events), result, lists)
     except ExpressionError as exc:
         raise OpError(f"{what}: {exc}") from None
-    return tree
+
+
+def _syntax(text: str | None) -> str | None:
+    """Params-time check of an expression's syntax (its columns are checked once data is known)."""
+    if text is not None:
+        parse(text)
+    return text
 
 
 class ChunkColumns:
@@ -183,12 +191,14 @@ class SelectParams(_Params):
     columns: list[str] | None = Field(None, description="flat columns and collections to keep "
                                       "(default all)")
 
+    _cut_syntax = field_validator("cut")(_syntax)
+
 
 @register_op("lhc.select", params=SelectParams, inputs=("events",))
 def select(params: SelectParams, events: xr.Dataset) -> xr.Dataset:
     """Select events with a cut: adds the mask `selected` (and-ed with an earlier one) and `n_selected`."""
     events = _kept(align_events(events), params.columns)
-    tree = parse_checked(params.cut, events, "cut", BOOL)
+    tree, _ = parse_checked(params.cut, events, "cut", BOOL)
     mask = map_events(events, _used(tree), partial(_cut_chunk, tree), [(MASK, bool)])[MASK]
     if MASK in events.data_vars:
         mask = mask & events[MASK].data
@@ -226,7 +236,7 @@ def _kept(events: xr.Dataset, columns: list[str] | None) -> xr.Dataset:
         else:
             raise OpError(f"columns: no column or collection {name!r}{did_you_mean(name, [*flat, *specs])}")
     out = events[keep + ([MASK] if MASK in events.data_vars and MASK not in keep else [])]
-    out.attrs = {**events.attrs, "jagged": {n: s for n, s in specs.items() if n in columns}}
+    out.attrs = {**events.attrs, ATTR: {n: s for n, s in specs.items() if n in columns}}
     return out
 
 
@@ -374,6 +384,7 @@ class AxisParams(_Params):
                 raise ValueError(f"expected start < stop, found start {self.start}, stop {self.stop}")
         if self.name is None and not re.match(IDENTIFIER, self.variable):
             raise ValueError(f"an expression variable ({self.variable!r}) needs a 'name' for its dim")
+        _syntax(self.variable)
         return self
 
     def axis(self) -> Axis:
@@ -388,23 +399,38 @@ class AxisParams(_Params):
 
 class HistogramParams(_Params):
     axes: list[AxisParams] = Field(min_length=1, max_length=3, description="one to three axes")
-    weight: str | None = Field(None, description="column or expression of per-event weights")
+    weight: str | None = Field(None, description="column or expression of per-event (or per-object) "
+                               "weights")
     split_every: int = Field(8, ge=2, description="chunk results summed per node of the tree reduction")
+
+    _weight_syntax = field_validator("weight")(_syntax)
 
 
 @register_op("lhc.histogram", params=HistogramParams, inputs=("events",))
 def histogram(params: HistogramParams, events: xr.Dataset) -> xr.Dataset:
-    """Fill a histogram (counts and variances) of selected events, chunk by chunk in a tree."""
+    """Fill a histogram (counts and variances) of selected events, chunk by chunk in a tree.
+
+    Variables may also be lists per event of one collection (`Muon_pt`): then every object of
+    the selected events is an entry, and per-event weights apply to each of its objects.
+    """
     events = align_events(events)
     dims = [a.dim for a in params.axes]
     if len(set(dims)) != len(dims):
         raise OpError(f"axes: expected distinct axis names, found {', '.join(dims)}")
-    trees = [parse_checked(a.variable, events, f"axes[{i}].variable", NUM) for i, a in enumerate(params.axes)]
-    weight = parse_checked(params.weight, events, "weight", NUM) if params.weight else None
+    checked = [parse_checked(a.variable, events, f"axes[{i}].variable", NUM, lists=True)
+               for i, a in enumerate(params.axes)]
+    if params.weight:
+        checked.append(parse_checked(params.weight, events, "weight", NUM, lists=True))
+    per_object = {kind.collection for _, kind in checked} - {None}
+    if len(per_object) > 1:
+        raise OpError(f"axes and weight: expected values per event or per object of one collection, "
+                      f"found lists of {', '.join(sorted(per_object))}")
+    trees = [tree for tree, _ in checked[:len(params.axes)]]
+    weight = checked[-1][0] if params.weight else None
     axes = [a.axis() for a in params.axes]
     has_mask = MASK in events.data_vars
     used = _used(*trees, weight) | ({MASK} if has_mask else set())
-    size = flat_size(axes)
+    size = flat_size(axes) + 1
     func = partial(_fill_chunk, tuple(trees), weight, axes, has_mask)
     vectors = da.concatenate([da.from_delayed(parts[0], (1, size), dtype=np.float64)
                               for parts in chunk_tasks(events, used, func, 1)], axis=0)
@@ -412,7 +438,7 @@ def histogram(params: HistogramParams, events: xr.Dataset) -> xr.Dataset:
     cuts = " and ".join(f"({c})" for c in events.attrs.get("cuts", [])) or "(no cut)"
     total = total.map_blocks(_require_filled, events=int(events.sizes[EVENT_DIM]), cuts=cuts,
                              dtype=np.float64)
-    n = size // 2 - 1
+    n = (size - 3) // 2
     shape = tuple(a.bins for a in axes)
     coords: dict[str, Any] = {}
     for spec, axis in zip(params.axes, axes, strict=True):
@@ -423,8 +449,8 @@ def histogram(params: HistogramParams, events: xr.Dataset) -> xr.Dataset:
     return xr.Dataset(
         {"counts": (dims, total[:n].reshape(shape), {"long_name": "sum of weights" if weight else "events"}),
          "variances": (dims, total[n:2 * n].reshape(shape), {"long_name": "sum of squared weights"}),
-         "selected_events": ((), total[-2].astype(np.int64)),
-         "entries": ((), total[-1].astype(np.int64), {"long_name": "selected events inside the axes"})},
+         "selected_events": ((), total[-1].astype(np.int64)),
+         "entries": ((), total[-2].astype(np.int64), {"long_name": "entries inside the axes"})},
         coords=coords,
         attrs={"cuts": list(events.attrs.get("cuts", [])), "weight": params.weight or "",
                "axes": [spec.model_dump(mode="json") for spec in params.axes]})
@@ -432,14 +458,30 @@ def histogram(params: HistogramParams, events: xr.Dataset) -> xr.Dataset:
 
 def _fill_chunk(trees: tuple[Node, ...], weight: Node | None, axes: list[Axis], has_mask: bool,
                 columns: ChunkColumns) -> tuple[np.ndarray]:
-    values = [per_event(evaluate(t, columns), columns.length) for t in trees]
-    weights = per_event(evaluate(weight, columns), columns.length) if weight is not None else None
-    mask = columns(MASK) if has_mask else None
-    return (fill(axes, values, weights, mask)[None, :],)
+    """The chunk's fill vector followed by its number of selected events."""
+    values = [evaluate(t, columns) for t in trees]
+    weights = evaluate(weight, columns) if weight is not None else None
+    mask = np.asarray(columns(MASK), bool) if has_mask else np.ones(columns.length, bool)
+    lists = next((v for v in [*values, weights] if isinstance(v, ak.Array) and v.ndim > 1), None)
+    if lists is None:
+        entries = [per_event(v, columns.length) for v in values]
+        weights = per_event(weights, columns.length) if weight is not None else None
+        vector = fill(axes, entries, weights, mask)
+    else:  # one entry per object: event values and the mask are repeated for each object
+        flat = [ak.to_numpy(ak.flatten(ak.broadcast_arrays(_on_events(v, columns.length), lists)[0]))
+                for v in [*values, mask, *([weights] if weight is not None else [])]]
+        vector = fill(axes, flat[:len(values)], flat[len(values) + 1] if weight is not None else None,
+                      flat[len(values)])
+    return (np.concatenate([vector, [mask.sum()]])[None, :],)
+
+
+def _on_events(values: Any, length: int) -> Any:
+    """Lists stay lists; per-event values and constants become one numpy value per event."""
+    return values if isinstance(values, ak.Array) and values.ndim > 1 else per_event(values, length)
 
 
 def _require_filled(total: np.ndarray, events: int, cuts: str) -> np.ndarray:
-    if total[-2] == 0:
+    if total[-1] == 0:
         raise ValueError(f"the selection {cuts} kept none of the {events} events; nothing to histogram")
     return total
 

@@ -75,7 +75,7 @@ def test_numeric_results_for_histograms():
     ("squirt(met) > 1", "unknown function 'squirt' (did you mean 'sqrt'?)", 0),
     ("Muon_pt > 20", "expected one value per event", 8),
     ("Muon_pt > Jet_pt", "cannot combine lists of different collections", 8),
-    ("met + 1", "expected booleans per event, found numbers", 4),
+    ("met + 1", "expected booleans, found numbers (per event)", 4),
     ("met and trigger", "'and' needs booleans", 0),
     ("count(met) > 1", "counts a collection or a list per event", 0),
     ("sum(met) > 1", "reduces a list per event", 0),

@@ -159,3 +159,36 @@ def test_empty_selection_is_an_error_and_nothing_is_published(zmumu, write_recip
     with pytest.raises(RunError, match=r"the selection \(pt1 > 1e6\) kept none of the 2304 events"):
         execute(plan, progress=False)
     assert not zmumu.exists("derived", "empty/h") and not zmumu.exists("derived", "empty/cut")
+
+
+def test_per_object_histogram_fills_every_muon_of_selected_events(hzz):
+    from engine.ops.lhc import HistogramParams, SelectParams, histogram, select
+
+    events = select(SelectParams(cut="NMuon >= 1 and MET_px > 0"), hzz.open("raw", "hzz"))
+    params = HistogramParams(axes=[{"variable": "Muon_Px", "bins": 20, "start": -100, "stop": 100},
+                                   {"variable": "Muon_Charge", "edges": [-2, 0, 2]}],
+                             weight="EventWeight * 2")
+    result = histogram(params, events).compute()
+    t = _truth(testdata.data_path("uproot-HZZ.root"), ["Muon_Px", "Muon_Charge", "NMuon", "MET_px",
+                                                       "EventWeight"])
+    keep = ((t.NMuon >= 1) & (t.MET_px > 0)).to_numpy()
+    mu = t.Muon[keep]
+    weights = ak.flatten(ak.broadcast_arrays(2.0 * t.EventWeight[keep], mu.Px)[0]).to_numpy()
+    expected, _, _ = np.histogram2d(ak.flatten(mu.Px).to_numpy(), ak.flatten(mu.Charge).to_numpy(),
+                                    [np.linspace(-100, 100, 21), [-2, 0, 2]], weights=weights)
+    np.testing.assert_allclose(result["counts"].values, expected, rtol=1e-5)
+    assert int(result["selected_events"]) == keep.sum()
+
+
+def test_cut_syntax_is_checked_with_the_params_before_any_source_opens(lake, write_recipe):
+    recipe = write_recipe("""
+        version: 1
+        name: syntax
+        sources: {events: {catalog: lhc, entry: zmumu}}
+        steps:
+          - {id: cut, op: lhc.select, inputs: {events: events}, params: {cut: "pt1 > 20 and"}}
+        outputs: {cut: {}}
+    """)
+    with pytest.raises(RecipeError, match="params") as info:
+        compile_recipe(recipe, lake)  # raw/zmumu was never ingested: the params phase comes first
+    assert "found the end of the expression" in str(info.value) and "recipe.yaml:5" in str(info.value)
