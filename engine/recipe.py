@@ -200,16 +200,16 @@ def parse_yaml(text: str, path: str,
     yaml = YAML(typ="safe", pure=True)
     try:
         node = yaml.compose(text)
+        if node is None:
+            raise error([Problem("the file is empty; expected a mapping", path, 1)], "YAML")
+        lines = _line_map(node, path, error)  # refuses tags and alias bombs before loading
+        data = YAML(typ="safe", pure=True).load(text)  # duplicate keys are found only here
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         raise error([Problem(f"not valid YAML: {exc.problem or exc}", path, line)], "YAML") from None
     except YAMLError as exc:
         raise error([Problem(f"not valid YAML: {exc}", path)], "YAML") from None
-    if node is None:
-        raise error([Problem("the file is empty; expected a mapping", path, 1)], "YAML")
-    lines = _line_map(node, path, error)
-    data = YAML(typ="safe", pure=True).load(text)
     return data, lines
 
 
