@@ -33,6 +33,12 @@ def hzz(lake):
     return lake
 
 
+def _zmumu_recipe(write_recipe, name: str, steps: str, outputs: str):
+    """A recipe over the lhc catalog's zmumu entry; `steps` are YAML lines (step 1 on line 5)."""
+    return write_recipe(f"version: 1\nname: {name}\nsources: {{events: {{catalog: lhc, entry: zmumu}}}}\n"
+                        f"steps:\n{steps}\noutputs: {outputs}\n")
+
+
 def _truth(path: str, branches: list[str]):
     with uproot.open(path) as handle:
         return handle["events"].arrays(branches, how="zip")
@@ -103,17 +109,10 @@ def test_jagged_cuts_and_kinematics_match_awkward(hzz, write_recipe):
 
 
 def test_bad_cut_is_a_recipe_error_with_caret_and_line(zmumu, write_recipe):
-    recipe = write_recipe("""
-        version: 1
-        name: bad-cut
-        sources: {events: {catalog: lhc, entry: zmumu}}
-        steps:
-          - id: cut
-            op: lhc.select
-            inputs: {events: events}
-            params: {cut: "Q1 * Q2 < 0 and ptt1 > 20"}
-        outputs: {cut: {}}
-    """)
+    recipe = _zmumu_recipe(write_recipe, "bad-cut", """  - id: cut
+    params: {cut: "Q1 * Q2 < 0 and ptt1 > 20"}
+    op: lhc.select
+    inputs: {events: events}""", "{cut: {}}")
     before = lake_files(zmumu)
     with pytest.raises(RecipeError) as info:
         compile_recipe(recipe, zmumu)
@@ -131,30 +130,19 @@ def test_bad_cut_is_a_recipe_error_with_caret_and_line(zmumu, write_recipe):
     ("{variable: 'pt1 + pt2', bins: 10, start: 0, stop: 1}", "needs a 'name'"),
 ])
 def test_invalid_axes_are_refused_at_validate_time(zmumu, write_recipe, axis, message):
-    recipe = write_recipe(f"""
-        version: 1
-        name: bad-axes
-        sources: {{events: {{catalog: lhc, entry: zmumu}}}}
-        steps:
-          - {{id: h, op: lhc.histogram, inputs: {{events: events}}, params: {{axes: [{axis}]}}}}
-        outputs: {{h: {{}}}}
-    """)
+    recipe = _zmumu_recipe(write_recipe, "bad-axes", f"""\
+  - {{id: h, op: lhc.histogram, inputs: {{events: events}},
+     params: {{axes: [{axis}]}}}}""", "{h: {}}")
     with pytest.raises(RecipeError, match=message) as info:
         compile_recipe(recipe, zmumu)
-    assert "params" in str(info.value) and "recipe.yaml:5" in str(info.value)
+    assert "params" in str(info.value) and "recipe.yaml:6" in str(info.value)
 
 
 def test_empty_selection_is_an_error_and_nothing_is_published(zmumu, write_recipe):
-    recipe = write_recipe("""
-        version: 1
-        name: empty
-        sources: {events: {catalog: lhc, entry: zmumu}}
-        steps:
-          - {id: cut, op: lhc.select, inputs: {events: events}, params: {cut: "pt1 > 1e6"}}
-          - {id: h, op: lhc.histogram, inputs: {events: cut},
-             params: {axes: [{variable: M, bins: 10, start: 0, stop: 100}]}}
-        outputs: {cut: {}, h: {}}
-    """)
+    recipe = _zmumu_recipe(write_recipe, "empty", """\
+  - {id: cut, op: lhc.select, inputs: {events: events}, params: {cut: "pt1 > 1e6"}}
+  - {id: h, op: lhc.histogram, inputs: {events: cut},
+     params: {axes: [{variable: M, bins: 10, start: 0, stop: 100}]}}""", "{cut: {}, h: {}}")
     plan = compile_recipe(recipe, zmumu)
     with pytest.raises(RunError, match=r"the selection \(pt1 > 1e6\) kept none of the 2304 events"):
         execute(plan, progress=False)
@@ -181,14 +169,8 @@ def test_per_object_histogram_fills_every_muon_of_selected_events(hzz):
 
 
 def test_cut_syntax_is_checked_with_the_params_before_any_source_opens(lake, write_recipe):
-    recipe = write_recipe("""
-        version: 1
-        name: syntax
-        sources: {events: {catalog: lhc, entry: zmumu}}
-        steps:
-          - {id: cut, op: lhc.select, inputs: {events: events}, params: {cut: "pt1 > 20 and"}}
-        outputs: {cut: {}}
-    """)
+    recipe = _zmumu_recipe(write_recipe, "syntax", """\
+  - {id: cut, op: lhc.select, inputs: {events: events}, params: {cut: "pt1 > 20 and"}}""", "{cut: {}}")
     with pytest.raises(RecipeError, match="params") as info:
         compile_recipe(recipe, lake)  # raw/zmumu was never ingested: the params phase comes first
     assert "found the end of the expression" in str(info.value) and "recipe.yaml:5" in str(info.value)
