@@ -128,6 +128,7 @@ def _open_sources(loaded: LoadedRecipe, lake: Lake,
     problems: list[Problem] = []
     opened: dict[str, tuple[xr.Dataset, str, str]] = {}
     for name, source in loaded.recipe.sources.items():
+        entry = None
         try:
             entry = load_catalog(source.catalog, lake, catalogs).entry(source.entry)
             dataset = open_entry(entry, lake, source.chunks)
@@ -139,7 +140,9 @@ def _open_sources(loaded: LoadedRecipe, lake: Lake,
                                                "sources", name, key))
         except (FileNotFoundError, ValueError, KeyError) as exc:
             missing = isinstance(exc, FileNotFoundError)
-            hint = "; ingest it first (`replicalake ingest ...`)" if missing else ""
+            where = entry.url if entry is not None else "the catalog entry"
+            hint = ("; ingest it first (`replicalake ingest ...`)" if missing else
+                    f" ({type(exc).__name__}); expected a readable zarr store at {where}")
             problems.append(loaded.problem(f"cannot open: {exc}{hint}", "sources", name))
     if problems:
         raise RecipeError(problems, "sources")
