@@ -92,3 +92,15 @@ def test_real_hzz_and_zmumu_round_trip(lake):
     zmumu = lake.open("raw", "zmumu")
     assert to_awkward(zmumu, "Type").to_list()[:2] == ["GT", "TT"]
     assert zmumu.sizes["event"] == 2304
+
+
+def test_cli_ingests_chosen_branches(lake, root_files):
+    files, data = root_files
+    result = CliRunner().invoke(app, ["ingest", "root", *map(str, files), "picked", "--tree", "Events",
+                                      "--branches", "met", "--branches", "Muon_pt", "--step-size", "64"])
+    assert result.exit_code == 0, result.output
+    dataset = lake.open("raw", "picked")
+    assert set(collections(dataset)) == {"Muon"} and "run" not in dataset
+    assert dataset["met"].chunks[0][0] == 64
+    expected = ak.concatenate([d["Muon"].pt for d in data])
+    assert ak.array_equal(to_awkward(dataset, "Muon").pt, expected)
