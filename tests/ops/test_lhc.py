@@ -174,3 +174,29 @@ def test_cut_syntax_is_checked_with_the_params_before_any_source_opens(lake, wri
     with pytest.raises(RecipeError, match="params") as info:
         compile_recipe(recipe, lake)  # raw/zmumu was never ingested: the params phase comes first
     assert "found the end of the expression" in str(info.value) and "recipe.yaml:5" in str(info.value)
+
+
+def test_polar_objects_and_kept_columns(zmumu):
+    from engine.errors import OpError
+    from engine.ops.lhc import KinematicsParams, SelectParams, kinematics, select
+
+    events = zmumu.open("raw", "zmumu")
+    for i in (1, 2):  # the same muons in (pt, eta, phi, m), computed here with numpy
+        px, py, pz, e = (events[f"{c}{i}"] for c in ("px", "py", "pz", "E"))
+        events[f"ptc{i}"] = np.hypot(px, py)
+        events[f"etac{i}"] = np.arcsinh(pz / events[f"ptc{i}"])
+        events[f"phic{i}"] = np.arctan2(py, px)
+        events[f"mc{i}"] = np.sqrt(np.maximum(e**2 - px**2 - py**2 - pz**2, 0))
+    polar = kinematics(KinematicsParams(prefix="p", objects=[
+        {"pt": f"ptc{i}", "eta": f"etac{i}", "phi": f"phic{i}", "mass": f"mc{i}"} for i in (1, 2)]), events)
+    cartesian = kinematics(KinematicsParams(prefix="c", objects=[
+        {"px": f"px{i}", "py": f"py{i}", "pz": f"pz{i}", "E": f"E{i}"} for i in (1, 2)]), events)
+    np.testing.assert_allclose(polar["p12_mass"].values, cartesian["c12_mass"].values, rtol=1e-6)
+    np.testing.assert_allclose(polar["p1_pt"].values, np.maximum(events.ptc1, events.ptc2).values, rtol=1e-12)
+    kept = select(SelectParams(cut="pt1 > 20", columns=["pt1", "Type"]), events)
+    assert {"pt1", "Type__counts", "selected"} <= set(kept.data_vars) and "pt2" not in kept
+    with pytest.raises(OpError, match=r"no column or collection 'pt3' \(did you mean"):
+        select(SelectParams(cut="pt1 > 20", columns=["pt3"]), events)
+    with pytest.raises(OpError, match="already in the data"):
+        kinematics(KinematicsParams(prefix="p", objects=[{"pt": "p1_pt", "eta": "eta1", "phi": "phi1",
+                                                          "mass": "mc1"}]), polar)
