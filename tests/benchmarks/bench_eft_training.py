@@ -1,0 +1,112 @@
+"""ML4EFT training: every (term, replica) network in one batched job vs a loop of separate networks.
+
+Run: python tests/benchmarks/bench_eft_training.py [--replicas 25] [--events 20000] [--batch 1024]
+     [--steps 200]      (about 3 minutes with the defaults on the 2-core machine, one thread)
+
+Both sides train the same networks ([2, 25, 25, 25, 1], tanh, smooth positivity 1 + s NN =
+softplus(1 + s raw)) for the same number of minibatch steps on the same samples, with the same
+cross-section-weighted cross-entropy and Adam. The loop side is what ML4EFT does (one torch.nn
+network and optimiser per (term, replica), trained one after another), with the kernels' CPU tanh
+so that the ratio measures batching alone. The batched side is `fit_eft`: one EnsembleMLP whose
+rows are term x replica, trained by `train_ensemble` (check epochs, stopping bookkeeping and
+validation included; stopping is switched off so both sides run every step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.kernels import eft
+from engine.kernels.mlp import ACTIVATIONS
+from engine.kernels.optim import OptimiserConfig
+from engine.kernels.train import StoppingConfig
+
+HIDDEN = (25, 25, 25)
+TERMS = [("c1",), ("c1", "c1")]
+C_TRAIN = 2.0
+NO_STOPPING = StoppingConfig(threshold=math.inf, patience=10**9, stagnation_epochs=None)
+
+
+def samples(replicas: int, events: int):
+    sm = np.stack([eft.sample_toy(np.random.default_rng([0, r]), events, {}) for r in range(replicas)])
+    terms = np.stack([np.stack([eft.sample_toy_term(np.random.default_rng([1 + t, r]), events, term, C_TRAIN)
+                                for r in range(replicas)]) for t, term in enumerate(TERMS)])
+    scale = np.array([C_TRAIN ** len(t) for t in TERMS])
+    sigma = 1.0 + scale * np.array([eft.toy_sigma(t) for t in TERMS])
+    return sm, terms, sigma, scale
+
+
+class _Tanh(torch.nn.Module):
+    def forward(self, z):
+        return ACTIVATIONS["tanh"](z.clone())
+
+
+def _network() -> torch.nn.Sequential:
+    layers, sizes = [], [2, *HIDDEN, 1]
+    for k, (i, o) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(i, o))
+        if k < len(HIDDEN):
+            layers.append(_Tanh())
+    return torch.nn.Sequential(*layers)
+
+
+def loop(sm, terms, sigma, scale, batch: int, steps: int) -> float:
+    """ML4EFT's way: one network and optimiser per (term, replica), trained one after another."""
+    low, high = eft.robust_range(sm.reshape(-1, 2))
+    start = time.perf_counter()
+    for t in range(terms.shape[0]):
+        for r in range(sm.shape[0]):
+            x_sm = torch.as_tensor(eft.scale(sm[r], low, high), dtype=torch.float32)
+            x_eft = torch.as_tensor(eft.scale(terms[t, r], low, high), dtype=torch.float32)
+            net, s = _network(), float(scale[t])
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+            rng = np.random.default_rng([t, r])
+            for _ in range(steps):
+                i, j = rng.integers(0, len(x_sm), batch), rng.integers(0, len(x_eft), batch)
+                r_sm = F.softplus(1 + s * net(x_sm[i])[:, 0])
+                r_eft = F.softplus(1 + s * net(x_eft[j])[:, 0])
+                loss = torch.log1p(r_sm).mean() + sigma[t] * (torch.log1p(r_eft) - torch.log(r_eft)).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return time.perf_counter() - start
+
+
+def batched(sm, terms, sigma, scale, batch: int, steps: int) -> float:
+    config = eft.EftTrainConfig(HIDDEN, ("tanh", "tanh", "tanh", "linear"), steps, batch,
+                                OptimiserConfig(lr=1e-3), NO_STOPPING, validation_every=20,
+                                validation_fraction=0.05)
+    start = time.perf_counter()
+    eft.fit_eft(sm, terms, 1.0, sigma, scale, config)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=25)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = samples(args.replicas, args.events)
+    rows = len(TERMS) * args.replicas
+    t_batched = batched(*data, args.batch, args.steps)
+    t_loop = loop(*data, args.batch, args.steps)
+    print(f"{rows} networks (2 terms x {args.replicas} replicas), {args.steps} steps of "
+          f"{args.batch}+{args.batch} events, 1 thread")
+    print(f"  loop of separate networks: {t_loop:7.2f} s ({1e3 * t_loop / (rows * args.steps):.2f} "
+          "ms per network-step)")
+    print(f"  one batched job:           {t_batched:7.2f} s ({1e3 * t_batched / (rows * args.steps):.2f} "
+          "ms per network-step)")
+    print(f"  speed-up: {t_loop / t_batched:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
