@@ -14,6 +14,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from .errors import OpError, did_you_mean  # noqa: E402
 from .recipe import Plot  # noqa: E402
@@ -88,18 +89,20 @@ def _draw_scan(axes, dataset, plot: Plot) -> None:
         axes.set_ylim(0, 4 * level)
         axes.set_xlabel(label)
         axes.set_ylabel("-2 Delta log L")
+        axes.legend()
     elif first.ndim == 2:
         level = float(dataset.attrs.get("contour_level_2d", 5.99))
         ydim, xdim = first.dims
+        handles = []
         for k, name in enumerate(names):
-            contour = axes.contour(dataset[xdim].values, dataset[ydim].values, dataset[name].values,
-                                   levels=[level], colors=[f"C{k}"])
-            contour.set_label(name)
+            axes.contour(dataset[xdim].values, dataset[ydim].values, dataset[name].values,
+                         levels=[level], colors=[f"C{k}"])
+            handles.append(Line2D([], [], color=f"C{k}", label=f"{name} 95% ({level:g})"))
+        axes.legend(handles=handles)
         axes.set_xlabel(xdim)
         axes.set_ylabel(ydim)
     else:
         raise OpError(f"a scan plot needs a 1-D or 2-D variable; {plot.variable!r} has dims {first.dims}")
-    axes.legend()
 
 
 def _draw_roc(axes, dataset, plot: Plot) -> None:
