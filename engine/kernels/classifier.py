@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .mlp import EnsembleMLP, resolve_device
-from .optim import OptimiserConfig
-from .train import Progress, StoppingConfig, TrainResult, train_ensemble
+from .regression import RegressionConfig as NetworkConfig  # the same network and training settings
+from .train import Progress, TrainResult, train_ensemble
 
 Tensor = torch.Tensor
 
@@ -95,19 +95,6 @@ def balance_classes(weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 # -- training ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NetworkConfig:
-    hidden: tuple[int, ...]
-    activations: tuple[str, ...]
-    epochs: int
-    optimiser: OptimiserConfig
-    stopping: StoppingConfig
-    validation_every: int = 10
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: int | None = None
-
-
 @dataclass(frozen=True)
 class Standardiser:
     """Per-feature mean and std of the training inputs (stored with the model)."""

@@ -18,7 +18,7 @@ equal total weight so f/(1-f) is the density ratio with no prior factor.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -112,10 +112,10 @@ def omnifold(mc_gen: np.ndarray, mc_reco: np.ndarray, data_reco: np.ndarray, ite
     pull = push
     means, stds = [weighted_moments(gen[:, 0], push)[0]], [weighted_moments(gen[:, 0], push)[1]]
     for iteration in range(1, iterations + 1):
-        step = NetworkConfig(**{**config.__dict__, "seed": config.seed + 2 * iteration})
+        step = replace(config, seed=config.seed + 2 * iteration)
         f = _classify(data, data_weights, reco, push, step1_held, step, reco)
         pull = push * _likelihood_ratio(f)
-        step = NetworkConfig(**{**config.__dict__, "seed": config.seed + 2 * iteration + 1})
+        step = replace(config, seed=config.seed + 2 * iteration + 1)
         f = _classify(gen, pull, gen, np.ones_like(pull), step2_held, step, gen)
         push = _likelihood_ratio(f)
         mean, std = weighted_moments(gen[:, 0], push)
