@@ -87,7 +87,7 @@ def column_kinds(events: xr.Dataset) -> dict[str, Kind]:
 def _source_of(events: xr.Dataset, name: str) -> tuple[str, str | None]:
     """(collection or flat column, field) that a usable name reads."""
     for collection, spec in collections(events).items():
-        content = ak.forms.from_json(spec["form"]).content
+        content = getattr(ak.forms.from_json(spec["form"]), "content", None)
         if name == collection:
             return collection, None
         if name.startswith(collection + "_") and isinstance(content, ak.forms.RecordForm):
