@@ -26,9 +26,9 @@ def save_checkpoint(lake: Lake, path: str, state: dict[str, np.ndarray]) -> None
     retired = None
     if lake.fs.exists(full):
         retired = lake.new_tmp_path("retired-checkpoint")
-        lake.fs.mv(full, retired, recursive=True)
+        lake.move_tree(full, retired)
     lake.fs.makedirs(full.rsplit("/", 1)[0], exist_ok=True)
-    lake.fs.mv(staging, full, recursive=True)
+    lake.move_tree(staging, full)
     if retired:
         lake.fs.rm(retired, recursive=True)
 

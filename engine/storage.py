@@ -113,16 +113,31 @@ class Lake:
         the chunks were written (so the manifest does not read them back).
         """
         target = self.entry_path(zone, name)
+        self.fs.invalidate_cache()  # object stores: listings cached while the store was written
         write_manifest(self.fs, tmp_path, known_digests)
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
         retired = None
         if self.fs.exists(target):
             retired = self.new_tmp_path(f"retired-{zone}-{name}")
-            self.fs.mv(target, retired, recursive=True)
-        self.fs.mv(tmp_path, target, recursive=True)
+            self.move_tree(target, retired)
+        self.move_tree(tmp_path, target)
         if retired is not None:
             self.fs.rm(retired, recursive=True)
         return target
+
+    def move_tree(self, source: str, target: str) -> None:
+        """Move a store: one rename on local disks; on object stores, a copy of every object with
+        the root `zarr.json` last (a store is only seen to exist once that object is there), then
+        removal of the source. Object stores have no atomic rename of a folder."""
+        if self.is_local:
+            self.fs.mv(source, target, recursive=True)
+            return
+        self.fs.invalidate_cache()
+        files = sorted(self.fs.find(source), key=lambda path: path == f"{source}/zarr.json")
+        for path in files:
+            self.fs.copy(path, f"{target}/{posixpath.relpath(path, source)}")
+        self.fs.rm(source, recursive=True)
+        self.fs.invalidate_cache()
 
     def discard(self, tmp_path: str) -> None:
         if self.fs.exists(tmp_path):
