@@ -74,7 +74,8 @@ def _as_features(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, float).reshape(len(values), -1)
 
 
-def _classify(x1, w1, x0, w0, validation: np.ndarray, config: NetworkConfig, x_eval) -> np.ndarray:
+def _classify(x1, w1, x0, w0, validation: np.ndarray, config: NetworkConfig, x_eval,
+              batch_size: int | None) -> np.ndarray:
     """Train label-1 (x1, w1) vs label-0 (x0, w0) per replica; f on x_eval, (R, n_eval).
 
     `validation` marks held-out events of the concatenated sample (early stopping on them).
@@ -83,14 +84,16 @@ def _classify(x1, w1, x0, w0, validation: np.ndarray, config: NetworkConfig, x_e
     y = np.r_[np.ones(len(x1)), np.zeros(len(x0))]
     w = balance_classes(np.concatenate([w1, w0], axis=-1), y)
     fit, scale = fit_network("bce", x[~validation], y[~validation], w[:, ~validation],
-                             x[validation], y[validation], w[:, validation], config)
+                             x[validation], y[validation], w[:, validation], config, batch_size=batch_size)
     return evaluate_network("bce", fit.weights, fit.architecture, x_eval, scale)
 
 
 def omnifold(mc_gen: np.ndarray, mc_reco: np.ndarray, data_reco: np.ndarray, iterations: int,
              replicas: int, config: NetworkConfig, seed: int = 0, validation_fraction: float = 0.2,
+             batch_size: int | None = None,
              progress: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> OmniFoldResult:
-    """Run `iterations` of OmniFold for `replicas` bootstrap replicas of the data, batched."""
+    """Run `iterations` of OmniFold for `replicas` bootstrap replicas of the data, batched
+    (`batch_size`: minibatch training steps instead of full-batch epochs)."""
     if iterations <= 0:
         raise ValueError(f"iterations must be positive, found {iterations}")
     if replicas <= 0:
@@ -113,10 +116,10 @@ def omnifold(mc_gen: np.ndarray, mc_reco: np.ndarray, data_reco: np.ndarray, ite
     means, stds = [weighted_moments(gen[:, 0], push)[0]], [weighted_moments(gen[:, 0], push)[1]]
     for iteration in range(1, iterations + 1):
         step = replace(config, seed=config.seed + 2 * iteration)
-        f = _classify(data, data_weights, reco, push, step1_held, step, reco)
+        f = _classify(data, data_weights, reco, push, step1_held, step, reco, batch_size)
         pull = push * _likelihood_ratio(f)
         step = replace(config, seed=config.seed + 2 * iteration + 1)
-        f = _classify(gen, pull, gen, np.ones_like(pull), step2_held, step, gen)
+        f = _classify(gen, pull, gen, np.ones_like(pull), step2_held, step, gen, batch_size)
         push = _likelihood_ratio(f)
         mean, std = weighted_moments(gen[:, 0], push)
         means.append(mean)

@@ -65,7 +65,8 @@ class OmniFoldParams(_Params):
     replicas: int = Field(10, gt=0, description="bootstrap replicas of the data")
     hidden: list[int] = Field([32, 32])
     activations: list[str] = Field(["tanh", "tanh", "linear"])
-    epochs: int = Field(300, gt=0)
+    epochs: int = Field(300, gt=0, description="most training steps per classifier")
+    batch_size: int | None = Field(None, gt=0, description="events per minibatch step; none: full batch")
     lr: float = Field(1e-2, gt=0)
     patience: int = Field(50, gt=0)
     validation_every: int = Field(10, gt=0)
@@ -112,7 +113,7 @@ def _unfold(mc_gen, mc_reco, data_reco, truth, params: OmniFoldParams) -> dict[s
                            params.validation_every, params.seed, params.device)
     try:
         result = omnifold(mc_gen, mc_reco, data_reco, params.iterations, params.replicas, config,
-                          params.seed, params.validation_fraction,
+                          params.seed, params.validation_fraction, params.batch_size,
                           progress=lambda i, m, s: log.info("omnifold iteration %d: mean %.4f std %.4f "
                                                             "(median over replicas)", i, np.median(m),
                                                             np.median(s)))

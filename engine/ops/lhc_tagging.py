@@ -54,7 +54,8 @@ class NetworkParams(_Params):
     n_constituents: int = Field(30, gt=0, description="leading constituents used as features")
     hidden: list[int] = Field([64, 64], description="hidden layer widths")
     activations: list[str] = Field(["relu", "relu", "linear"], description="one per layer")
-    epochs: int = Field(500, gt=0, description="most full-batch training epochs")
+    epochs: int = Field(500, gt=0, description="most training steps (full-batch epochs, or minibatches)")
+    batch_size: int | None = Field(None, gt=0, description="jets per minibatch step; none: full batch")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate")
     patience: int = Field(60, gt=0, description="epochs without validation improvement before stopping")
     validation_every: int = Field(10, gt=0)
@@ -63,7 +64,8 @@ class NetworkParams(_Params):
         "bootstrap", description="replicas resample the training jets, or differ by seed only")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="jets held out for the metrics")
     validation_fraction: float = Field(0.15, gt=0, lt=1, description="jets for early stopping")
-    max_jets: int | None = Field(None, gt=0, description="use at most this many jets (the first ones)")
+    max_jets: int | None = Field(None, gt=0, description="use at most this many jets (the first ones): "
+                                 "their features are held in memory by the one training task")
     signal_efficiency: float = Field(0.3, gt=0, le=1, description="eps_S of the quoted rejection")
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -167,7 +169,8 @@ def _fit(kind: str, features: np.ndarray, labels: np.ndarray, params: NetworkPar
     def fit(**hooks):
         result, fitted["scale"] = fit_network(
             kind, features[train], labels[train].astype(float), weights, features[val],
-            labels[val].astype(float), np.ones(int(val.sum())), config, **hooks)
+            labels[val].astype(float), np.ones(int(val.sum())), config, batch_size=params.batch_size,
+            **hooks)
         return result
 
     result = checkpointed_training(context, params.epochs, params.validation_every, fit)
@@ -182,6 +185,8 @@ def _tagger(kind: str, params: NetworkParams, jets: xr.Dataset, context: StepCon
             description: str) -> xr.Dataset:
     from ..kernels.mlp import EnsembleMLP
 
+    if params.max_jets is not None:
+        jets = jets.isel({JET: slice(0, params.max_jets)})
     features = _jet_features(jets, params.n_constituents)
     n_in = 3 * params.n_constituents
     n_out = 1 if kind == "bce" else n_in

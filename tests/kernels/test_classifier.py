@@ -118,3 +118,20 @@ def test_batched_classifier_learns_a_separable_problem():
     for row in p:
         assert auc(row, y[1000:]) > 0.95
     assert not np.allclose(p[0], p[1])  # bootstrap replicas differ
+
+
+def test_minibatch_training_resumes_exactly():
+    """Batches are keyed by (seed, step): a run resumed from a checkpoint equals an uninterrupted one."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 400).astype(float)
+    x = rng.normal(y[:, None], 1.0, (400, 2))
+    config = NetworkConfig((4,), ("tanh", "linear"), 40, OptimiserConfig(lr=1e-2),
+                           StoppingConfig(threshold=np.inf, patience=100), 10, seed=1, checkpoint_every=20)
+    states = []
+    args = ("bce", x[:300], y[:300], bootstrap_weights(300, 2, 0), x[300:], y[300:], np.ones(100), config)
+    whole, _ = fit_network(*args, batch_size=32, on_checkpoint=states.append)
+    resumed, _ = fit_network(*args, batch_size=32, on_checkpoint=lambda s: None, resume_from=states[0])
+    assert int(states[0]["epoch"]) == 20
+    np.testing.assert_array_equal(whole.weights["weight_0"], resumed.weights["weight_0"])
+    full, _ = fit_network(*args, on_checkpoint=lambda s: None)
+    assert not np.allclose(full.weights["weight_0"], whole.weights["weight_0"])  # batches matter
