@@ -161,7 +161,9 @@ def _print_summary(summary) -> None:
     for column in ("output", "status", "size", "reports"):
         table.add_column(column, overflow="fold")
     for item in summary.outputs:
-        table.add_row(f"{item.zone}/{item.name}", item.status, human_bytes(item.bytes_on_disk),
+        status = item.status + (f"\n({item.chunks_resumed} chunks resumed from a killed run)"
+                                if item.chunks_resumed else "")
+        table.add_row(f"{item.zone}/{item.name}", status, human_bytes(item.bytes_on_disk),
                       "\n".join(item.reports) or "-")
     out.print(table)
     if not summary.computed:
