@@ -17,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ruamel.yaml import YAML
 
+import engine
 from engine.catalog import LAKE_CATALOG, load_catalog
 from engine.integrity import find_damage
 from engine.storage import Lake
 from engine.testing import put_in_lake, ramp_dataset
 from tests.conftest import REPO
+from tests.test_graph import RECIPE
 
 SLOW_RECIPE = """\
 version: 1
@@ -131,3 +134,16 @@ def test_changed_params_after_a_kill_start_afresh_and_drop_the_old_staging(tmp_p
     assert rerun.returncode == 0, stderr
     assert json.loads(stdout)["outputs"][0]["chunks_resumed"] == 0
     assert not old_staging.exists()
+
+
+def test_output_published_but_not_yet_listed_is_listed_by_the_next_run(ramp_lake, write_recipe):
+    """A kill between the rename into place and the catalog update: the rerun lists the output."""
+    engine.run(write_recipe(RECIPE), ramp_lake)
+    catalog = Path(ramp_lake.root) / "catalog.yaml"
+    doc = YAML(typ="safe", pure=True).load(catalog.read_text())
+    del doc["entries"]["derived/smoke/total"]
+    YAML(typ="safe", pure=True).dump(doc, catalog)
+    assert "derived/smoke/total" not in load_catalog(LAKE_CATALOG, ramp_lake).entries
+    summary = engine.run(write_recipe(RECIPE), ramp_lake)
+    assert summary.outputs[0].status == "up to date"
+    assert "derived/smoke/total" in load_catalog(LAKE_CATALOG, ramp_lake).entries
