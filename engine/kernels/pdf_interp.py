@@ -183,10 +183,12 @@ class _Cells:
 def _cells(grid: HermiteGrid, log_x, log_q2, which, clamp_x: bool, xp) -> _Cells:
     """Locate every point in its subgrid (one pass over the points per subgrid, all vectorised)."""
     device = array_api_compat.device(log_x)
-    found = None
+    found, x_cells, x_knots = None, None, None
     for k, sub in enumerate(grid.subgrids):
-        lx = xp.clip(log_x, float(sub.log_x[0]), float(sub.log_x[-1])) if clamp_x else log_x
-        ix, tx, wx = _cell(xp, sub.log_x, lx)
+        if x_knots is None or not np.array_equal(sub.log_x, x_knots):  # subgrids mostly share x
+            lx = xp.clip(log_x, float(sub.log_x[0]), float(sub.log_x[-1])) if clamp_x else log_x
+            x_cells, x_knots = _cell(xp, sub.log_x, lx), sub.log_x
+        ix, tx, wx = x_cells
         iq, tq, wq = _cell(xp, sub.log_q2, log_q2)
         nq = sub.log_q2.size
         offsets = xp.asarray([0, 1, nq, nq + 1], dtype=ix.dtype, device=device)

@@ -109,6 +109,22 @@ def test_matches_lhapdf_step_order_including_the_linear_fallback_subgrid():
             assert out[c, i] == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
+def test_subgrids_with_their_own_x_knots():
+    rng = np.random.default_rng(8)
+    xs = [X, np.geomspace(1e-5, 1, 9), X[1:]]
+    values = [rng.normal(size=(2, x.size, q.size)) for x, q in zip(xs, Q_SUBGRIDS, strict=True)]
+    grid = hermite_grid(values, xs, Q_SUBGRIDS)
+    x, q = _random_points(rng, 300)
+    x = np.clip(x, 1e-5, 1)
+    out = evaluate(grid, x, q)
+    for i in range(300):
+        k = _subgrid_of(q[i])
+        expected = lhapdf_point(xs[k], Q_SUBGRIDS[k], values[k][1], x[i], q[i])
+        assert out[1, i] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError, match="1 of 1 points are outside"):
+        evaluate(grid, np.array([2e-6]), np.array([6.0]))  # in subgrid 0's x range, not subgrid 1's
+
+
 def test_exact_at_knots():
     rng = np.random.default_rng(2)
     values = _random_set(rng)
