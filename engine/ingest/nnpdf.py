@@ -193,6 +193,7 @@ def read_commondata(names: list[str], variant: str | None = None) -> xr.Dataset:
     }
     return xr.Dataset(variables, coords=coords, attrs={
         "datasets": [r.full for r in resolved], "variants": [str(b["variant"]) for b in blocks],
+        "dataset_points": [int(b["data"].size) for b in blocks],
         "targets": ["proton", "deuteron"], "kinematics": kin_names,
         "description": "NNPDF commondata (nnpdf-data), target_index: 0 proton, 1 deuteron, -1 other"})
 
@@ -221,6 +222,8 @@ def apply_cuts(dataset: xr.Dataset, q2_min: float | None, w2_min: float | None) 
     if not keep.any():
         raise IngestError(f"the cuts Q2 >= {q2_min}, W2 >= {w2_min} leave no data point")
     cut = dataset.isel(point=keep, point_b=keep)
+    counts = np.bincount(dataset["dataset_index"].values[keep], minlength=len(dataset.attrs["datasets"]))
+    cut.attrs["dataset_points"] = counts.tolist()
     cut.attrs["cuts"] = {"q2_min": q2_min, "w2_min": w2_min, "points_before": int(x.size)}
     return cut
 

@@ -117,8 +117,8 @@ class PositivityConfig:
     """Penalty lambda * sum elu(-x q+) on a positivity grid, lambda growing during training."""
 
     x: tuple[float, ...] = tuple(np.geomspace(5e-3, 0.9, 20).tolist())
-    initial: float = 10.0
-    growth: float = 1.1  # lambda multiplies by this every `every` epochs
+    initial: float = 100.0
+    growth: float = 1.3  # lambda multiplies by this every `every` epochs
     every: int = 100
     maximum: float = 1e4
 

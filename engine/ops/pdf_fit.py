@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import OpError
+from ..errors import OpError, did_you_mean
 from ..registry import StepContext, register_op
 from .core import as_delayed, require_variables
 from .ensembles import (
@@ -183,8 +183,8 @@ def level1(params: Level1Params, theory: xr.Dataset, truth: xr.Dataset) -> xr.Da
 
 # -- fit --------------------------------------------------------------------------------------
 class PositivityParams(_Params):
-    initial: float = Field(10.0, ge=0, description="penalty multiplier lambda at epoch 0")
-    growth: float = Field(1.1, ge=1, description="lambda multiplies by this every 100 epochs")
+    initial: float = Field(100.0, ge=0, description="penalty multiplier lambda at epoch 0")
+    growth: float = Field(1.3, ge=1, description="lambda multiplies by this every 100 epochs")
     maximum: float = Field(1e4, gt=0)
 
 
@@ -312,7 +312,7 @@ def fitted_set(params: _Params, model: xr.Dataset) -> xr.Dataset:
     xf = da.from_delayed(values, (r + 1, len(LHAPDF_FLAVOURS), grid.size), float)
     result = _set_dataset(xf, grid, f"LO replica fit of F2 (basis {', '.join(model.attrs['basis'])}), "
                           "PDF at Q0 repeated in Q (no evolution)", {"FitBasis": list(model.attrs["basis"])})
-    kept = da.concatenate([da.ones(1, bool), keep.data])
+    kept = da.concatenate([da.ones(1, dtype=bool), keep.data])
     return result.assign(kept=("member", kept))
 
 
@@ -331,7 +331,10 @@ def predict(params: _Params, pdf: xr.Dataset, theory: xr.Dataset,
     replicas = xf.isel(member=slice(1, None)) if members > 1 else xf
     obs = da.einsum("nxf,rxf->rn", theory["fk"].data, replicas.data.rechunk(-1))
     r = replicas.sizes["member"]
-    kept = pdf["kept"].isel(member=slice(1, None)).data if "kept" in pdf and members > 1 else da.ones(r, bool)
+    if "kept" in pdf and members > 1:
+        kept = pdf["kept"].isel(member=slice(1, None)).data
+    else:
+        kept = da.ones(r, dtype=bool)
     coords = {POINT: np.arange(theory.sizes[POINT]), REPLICA: np.arange(r),
               **{k: v for k, v in theory.coords.items() if v.dims == (POINT,)}}
     central = da.einsum("nxf,xf->n", theory["fk"].data, xf.isel(member=0).data)
@@ -339,6 +342,7 @@ def predict(params: _Params, pdf: xr.Dataset, theory: xr.Dataset,
                          "central": (POINT, central)}, coords=coords)
     passthrough = {k: v for k, v in theory.data_vars.items() if set(v.dims) <= {POINT, f"{POINT}_b"}}
     result = result.assign(passthrough)
+    result.attrs = {k: v for k, v in theory.attrs.items() if k in ("datasets", "dataset_points")}
     if truth is not None:
         exact = _set_at_q0(truth, theory, "truth").isel(member=0)
         result["truth"] = (POINT, da.einsum("nxf,xf->n", theory["fk"].data, exact.data))
@@ -382,23 +386,34 @@ def closure(params: ClosureParams, data: xr.Dataset) -> xr.Dataset:
 
 
 class DatasetViewParams(_Params):
-    dataset: int = Field(ge=0, description="index into the ingested entry's attrs 'datasets'")
+    dataset: str = Field(description="dataset name as ingested (SET_OBSERVABLE, or a unique prefix)")
     covariance: str = "covariance"
+
+
+def _dataset_slice(data: xr.Dataset, name: str) -> slice:
+    """The contiguous points of one ingested dataset, from the ingest's attrs (no computing)."""
+    names, counts = data.attrs.get("datasets"), data.attrs.get("dataset_points")
+    if not names or counts is None:
+        raise OpError("the data carry no 'datasets'/'dataset_points' attributes (written by "
+                      "`ingest nnpdf`): cannot tell which points belong to which dataset")
+    matches = [i for i, full in enumerate(names) if full == name or full.startswith(name)]
+    if len(matches) != 1:
+        raise OpError(f"dataset {name!r} {'is ambiguous' if matches else 'is not in the data'}"
+                      f"{did_you_mean(name, names)}; datasets: {', '.join(names)}")
+    start = int(np.sum(counts[: matches[0]]))
+    return slice(start, start + int(counts[matches[0]]))
 
 
 @register_op("pdf.dataset_view", params=DatasetViewParams)
 def dataset_view(params: DatasetViewParams, data: xr.Dataset) -> xr.Dataset:
-    """One dataset of a pdf.predict output for data-vs-theory pictures, with data +- 1 sigma.
+    """One dataset's points of a pdf.predict output, for data-vs-theory pictures.
 
-    Points of other datasets become NaN (lazily: which points they are is known only at run
-    time), so a line plot shows gaps there; `data_low`/`data_high` are the data -+ the square
-    root of the covariance diagonal (total experimental uncertainty).
+    Adds `data_low`/`data_high`: the data -+ the square root of the covariance diagonal (total
+    experimental uncertainty).
     """
-    require_variables(data, ["dataset_index", "data", params.covariance])
-    mine = data["dataset_index"] == params.dataset
+    require_variables(data, ["data", params.covariance])
+    points = _dataset_slice(data, params.dataset)
     sigma = np.sqrt(xr.DataArray(da.diagonal(data[params.covariance].data), dims=(POINT,)))
-    shown = {k: v.where(mine) for k, v in data.data_vars.items() if POINT in v.dims and v.dtype.kind == "f"
-             and k != params.covariance}
-    shown["data_low"] = (data["data"] - sigma).where(mine)
-    shown["data_high"] = (data["data"] + sigma).where(mine)
-    return data.drop_vars(params.covariance).assign(shown)
+    view = data.drop_vars(params.covariance).assign(data_low=data["data"] - sigma,
+                                                    data_high=data["data"] + sigma)
+    return view.isel({POINT: points})

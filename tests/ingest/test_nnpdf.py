@@ -1,0 +1,103 @@
+"""`ingest nnpdf`: NNPDF commondata into the lake, the covariance built from its systematics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.errors import IngestError
+from tests.conftest import lake_files
+
+pytest.importorskip("nnpdf_data")
+
+from engine.ingest.nnpdf import apply_cuts, ingest_nnpdf, read_commondata  # noqa: E402
+
+SLAC_P = "SLAC_NC_NOTFIXED_P"  # 211 points, one ADD (UNCORR) and two MULT normalisations
+
+
+@pytest.fixture(scope="module")
+def slac():
+    return read_commondata([SLAC_P])
+
+
+def test_slac_proton_points_kinematics_and_uncertainties(slac):
+    assert slac.sizes["point"] == 211
+    assert slac.attrs["datasets"] == [f"{SLAC_P}_EM-F2"] and slac.attrs["variants"] == ["legacy"]
+    assert slac.attrs["kinematics"] == ["x", "Q2", "y"]
+    assert np.all(slac["target_index"] == 0) and np.all(slac["dataset_index"] == 0)
+    x, q2 = slac["x"].values, slac["Q2"].values
+    assert np.all(np.diff(x) >= 0)  # sorted by x, then Q2
+    same_x = x[1:] == x[:-1]
+    assert np.all(np.diff(q2)[same_x] >= 0)
+    # the first published point (x = 0.07, Q2 = 0.59): F2 = 0.27808, stat 0.00695, UNCORR 0.00417
+    first = int(np.flatnonzero((x == 0.07) & (q2 == 0.59))[0])
+    assert slac["data"][first] == pytest.approx(0.27808)
+    assert slac["stat"][first] == pytest.approx(0.00695)
+    assert slac["sys_uncorrelated"][first] == pytest.approx(0.00417)
+    assert slac["sys_multiplicative"].attrs["names"] == ["SLACNORM", "SLACRELNORM"]
+    assert np.allclose(slac["sys_multiplicative"][first], [0.021, 0.0055])
+
+
+def test_covariance_is_the_sum_of_its_parts_and_positive_definite(slac):
+    d = slac["data"].values
+    mult = slac["sys_multiplicative"].values * d[:, None]
+    expected = np.diag(slac["stat"].values ** 2 + slac["sys_uncorrelated"].values ** 2) + mult @ mult.T
+    cov = slac["covariance"].values
+    assert np.allclose(cov, expected) and np.allclose(cov, cov.T)
+    assert np.linalg.eigvalsh(cov).min() > 0
+
+
+def test_cuts_keep_the_covariance_of_the_kept_points(slac):
+    cut = apply_cuts(slac, 3.49, 12.5)
+    x, q2 = cut["x"].values, cut["Q2"].values
+    assert 0 < cut.sizes["point"] < 211 and cut.sizes["point_b"] == cut.sizes["point"]
+    assert q2.min() >= 3.49 and np.all(0.938272**2 + q2 * (1 - x) / x >= 12.5)
+    keep = slac["Q2"].values >= 3.49
+    assert cut.attrs["cuts"]["points_before"] == 211
+    full = apply_cuts(slac, 3.49, None)
+    assert np.allclose(full["covariance"].values, slac["covariance"].values[np.ix_(keep, keep)])
+    with pytest.raises(IngestError, match="leave no data point"):
+        apply_cuts(slac, 1e6, None)
+
+
+def test_ingest_publishes_raw_entry_and_cli_reports_it(lake):
+    args = ["ingest", "nnpdf", SLAC_P, "slac", "--q2-min", "3.49", "--lake", lake.root]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    stored = lake.open("raw", "slac")
+    assert stored.sizes["point"] < 211 and stored.attrs["cuts"]["q2_min"] == 3.49
+    assert stored.attrs["replicalake"]["ingest"] == "nnpdf"
+    assert "ingested raw/slac" in result.output
+
+
+@pytest.mark.parametrize("names, message", [
+    (["SLAC_NC_NOTFIXD_P"], "unknown NNPDF dataset 'SLAC_NC_NOTFIXD_P' (did you mean 'SLAC_NC_NOTFIXED_P'"),
+    (["BCDMS_NC_NOTFIXED_P"], "has observables EM-F2, EM-F2-HEPDATA: name one"),
+    (["SLAC_NC_NOTFIXED_P_EM-F3"], "has no observable 'EM-F3' (did you mean 'EM-F2'?)"),
+    ([SLAC_P, f"{SLAC_P}_EM-F2"], "named twice"),
+])
+def test_bad_dataset_names_are_clear_errors_and_write_nothing(lake, names, message):
+    with pytest.raises(IngestError) as info:
+        ingest_nnpdf(lake, names, "bad")
+    assert message in str(info.value)
+    assert lake_files(lake) == set()
+
+
+def test_unknown_variant_and_cli_exit_code(lake):
+    with pytest.raises(IngestError, match="has no variant 'nope'; variants: legacy, legacy_dw"):
+        ingest_nnpdf(lake, [SLAC_P], "bad", variant="nope")
+    import sys
+
+    from engine.cli import main
+
+    argv = sys.argv
+    sys.argv = ["replicalake", "ingest", "nnpdf", "SLAC_NC_NOTFIXD_P", "bad", "--lake", lake.root]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        sys.argv = argv
+    assert exit_info.value.code == 1
+    assert lake_files(lake) == set()

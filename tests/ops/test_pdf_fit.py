@@ -1,0 +1,165 @@
+"""PDF ops end to end: a small closure fit through the recipe engine, predictions, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.errors import RecipeError, ReplicaLakeError
+from engine.graph import compile_recipe
+from engine.runner import execute
+from engine.testing import put_in_lake, raise_if_computes
+
+pytest.importorskip("nnpdf_data")
+
+from engine.ingest.nnpdf import apply_cuts, read_commondata  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DATASETS = ["BCDMS_NC_NOTFIXED_P_EM-F2", "BCDMS_NC_NOTFIXED_D_EM-F2"]
+
+
+@pytest.fixture(scope="module")
+def bcdms():
+    return apply_cuts(read_commondata(DATASETS), 3.49, 12.5)
+
+
+@pytest.fixture
+def dis_lake(lake, bcdms):
+    put_in_lake(lake, "dis_f2", bcdms)
+    return lake
+
+
+def closure_recipe(write_recipe, replicas=8, epochs=600, seed=1, basis="[Sigma, T3]", extra=""):
+    text = (REPO / "recipes" / "pdf_closure.yaml").read_text()
+    for old, new in (("replicas: 100", f"replicas: {replicas}"), ("epochs: 4000", f"epochs: {epochs}"),
+                     ("params: {seed: 1}", f"params: {{seed: {seed}}}"),
+                     ("basis: [Sigma, T3]", f"basis: {basis}")):
+        text = text.replace(old, new)
+    text += extra
+    return write_recipe(text, f"closure_{seed}.yaml")
+
+
+def test_closure_recipe_small_fit_passes_the_checks_it_can_make_at_this_size(dis_lake, write_recipe):
+    recipe = closure_recipe(write_recipe)
+    with raise_if_computes():
+        plan = compile_recipe(recipe, dis_lake, REPO / "catalogs")
+    execute(plan, progress=False)
+    closure = dis_lake.open("derived", "pdf-closure/closure").load()
+    # 8 replicas, 600 epochs: the central fit already sits on the truth and the level-1 data
+    assert float(closure.chi2_central_truth) < 0.5
+    assert 0.5 <= float(closure.chi2_central_data) <= 1.5
+    assert float(closure.kept_fraction) >= 0.5
+    model = dis_lake.open("models", "pdf-closure/model")
+    assert model.attrs["basis"] == ["Sigma", "T3"]
+    assert model["param_alpha"].shape == (8, 2)
+    alpha = model["param_alpha"].values
+    assert np.all((alpha[:, 0] >= 1.05) & (alpha[:, 0] <= 1.2))  # Sigma's preprocessing range
+    fitted = dis_lake.open("derived", "pdf-closure/fitted").load()
+    assert fitted["xf_0"].dims == ("member", "flavour", "x_0", "q_0") and fitted.sizes["member"] == 9
+    assert bool(fitted["kept"][0]) and fitted.attrs["lhapdf_info"]["NumMembers"] == 9
+    xf = fitted["xf_0"].isel(q_0=0)
+    kept = fitted["kept"].values[1:]
+    assert np.allclose(xf.isel(member=0), xf.isel(member=slice(1, None))[kept].mean("member"))
+    assert np.allclose(fitted["xf_0"].isel(q_0=0), fitted["xf_0"].isel(q_0=-1))  # no evolution
+    assert np.allclose(xf.sel(flavour=3), 0) and np.allclose(xf.sel(flavour=2), xf.sel(flavour=-2))
+    reports = Path(dis_lake.root) / "reports" / "derived" / "pdf-closure"
+    for name in ("f2p_band", "f2d_band", "bcdms_p_bands"):
+        assert (reports / name / "prediction.png").stat().st_size > 10_000
+
+
+def test_predict_of_the_truth_set_is_its_analytic_lo_f2(dis_lake, write_recipe):
+    recipe = write_recipe("""
+        version: 1
+        name: truth-f2
+        sources:
+          dis: {catalog: lake, entry: raw/dis_f2}
+        steps:
+          - {id: theory, op: pdf.fk_tables, inputs: {data: dis}}
+          - {id: truth, op: pdf.toy_truth}
+          - {id: prediction, op: pdf.predict, inputs: {pdf: truth, theory: theory, truth: truth}}
+        outputs:
+          prediction: {zone: derived}
+        """)
+    execute(compile_recipe(recipe, dis_lake, REPO / "catalogs"), progress=False)
+    out = dis_lake.open("derived", "truth-f2/prediction").load()
+    from engine.kernels.pdf_fk import TARGETS, f2_charges, les_houches_toy
+
+    x, target = out["x"].values, out["target_index"].values
+    exact = np.array([les_houches_toy(np.array([v]))[0] @ f2_charges(TARGETS[t]) for v, t in zip(x, target)])
+    assert out["prediction"].dims == ("replica", "point") and out.sizes["replica"] == 1
+    assert np.allclose(out["prediction"][0], exact, rtol=3e-4)
+    assert np.allclose(out["truth"], exact, rtol=3e-4)
+
+
+@pytest.mark.parametrize("basis, message", [
+    ("[Sigma, T3, T8]", "determine 2 combination(s) of PDFs, but the fit basis ['Sigma', 'T3', 'T8'] has 3"),
+    ("[Sigma, V]", "V do(es) not enter LO F2"),
+    ("[Sigma, Gluon]", "fit basis must list distinct names from Sigma, g, V"),
+])
+def test_a_basis_no_f2_data_can_constrain_is_a_recipe_error(dis_lake, write_recipe, basis, message):
+    with pytest.raises(RecipeError) as info:
+        compile_recipe(closure_recipe(write_recipe, basis=basis), dis_lake, REPO / "catalogs")
+    text = str(info.value)
+    assert message in text and "closure_1.yaml:" in text and "steps[4].params" in text
+
+
+def test_proton_only_data_cannot_fix_t3_and_the_run_says_so(lake, bcdms, write_recipe):
+    put_in_lake(lake, "dis_f2", bcdms.isel(point=bcdms["target_index"].values == 0,
+                                           point_b=bcdms["target_index"].values == 0))
+    recipe = closure_recipe(write_recipe, replicas=2, epochs=20)
+    with pytest.raises(ReplicaLakeError) as info:
+        execute(compile_recipe(recipe, lake, REPO / "catalogs"), progress=False)
+    assert "step 'model': LO F2 data on proton determine 1 combination(s)" in str(info.value)
+    assert not lake.exists("models", "pdf-closure/model")
+
+
+def test_sets_and_tables_on_different_x_grids_are_refused(dis_lake, write_recipe):
+    recipe = write_recipe("""
+        version: 1
+        name: grid-mismatch
+        sources:
+          dis: {catalog: lake, entry: raw/dis_f2}
+        steps:
+          - {id: theory, op: pdf.fk_tables, inputs: {data: dis}, params: {n_x: 40}}
+          - {id: truth, op: pdf.toy_truth}
+          - {id: prediction, op: pdf.predict, inputs: {pdf: truth, theory: theory}}
+        outputs:
+          prediction: {zone: derived}
+        """)
+    with pytest.raises(RecipeError, match="has x knots 50 in .* but the FK tables were built on 40"):
+        compile_recipe(recipe, dis_lake, REPO / "catalogs")
+
+
+def test_data_below_the_grid_is_refused_at_run_time(dis_lake, write_recipe):
+    recipe = write_recipe("""
+        version: 1
+        name: below-grid
+        sources:
+          dis: {catalog: lake, entry: raw/dis_f2}
+        steps:
+          - {id: theory, op: pdf.fk_tables, inputs: {data: dis}, params: {x_min: 0.09}}
+        outputs:
+          theory: {zone: derived}
+        """)
+    with pytest.raises(ReplicaLakeError, match="kinematics outside the grid: data x spans 0.07"):
+        execute(compile_recipe(recipe, dis_lake, REPO / "catalogs"), progress=False)
+
+
+@pytest.mark.slow
+def test_full_closure_pooled_over_level1_seeds(lake, bcdms, write_recipe):
+    """DOMAIN.md 3 closure checks at full size: 4 level-1 seeds, 30 replicas, 4000 epochs each."""
+    put_in_lake(lake, "dis_f2", bcdms)
+    pulls, kept = [], []
+    for seed in (1, 2, 3, 4):
+        recipe = closure_recipe(write_recipe, replicas=30, epochs=4000, seed=seed)
+        execute(compile_recipe(recipe, lake, REPO / "catalogs"), progress=False)
+        closure = lake.open("derived", "pdf-closure/closure").load()
+        assert float(closure.chi2_central_truth) < 0.5
+        assert 0.5 <= float(closure.chi2_central_data) <= 1.5
+        pulls.append(float(closure.rms_pull))
+        kept.append(float(closure.kept_fraction))
+    rms = float(np.sqrt(np.mean(np.square(pulls))))
+    assert 0.4 <= rms <= 1.6
+    assert np.mean(kept) >= 0.9
