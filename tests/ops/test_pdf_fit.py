@@ -41,6 +41,13 @@ def closure_recipe(write_recipe, replicas=8, epochs=600, seed=1, basis="[Sigma, 
     return write_recipe(text, f"closure_{seed}.yaml")
 
 
+def theory_recipe(write_recipe, name: str, steps: list[str], output: str):
+    """A recipe on raw/dis_f2 with the given step lines, publishing `output` to derived/."""
+    lines = ["version: 1", f"name: {name}", "sources:", "  dis: {catalog: lake, entry: raw/dis_f2}",
+             "steps:", *(f"  - {step}" for step in steps), "outputs:", f"  {output}: {{zone: derived}}"]
+    return write_recipe("\n".join(lines) + "\n", f"{name}.yaml")
+
+
 def test_closure_recipe_small_fit_passes_the_checks_it_can_make_at_this_size(dis_lake, write_recipe):
     recipe = closure_recipe(write_recipe)
     with raise_if_computes():
@@ -70,18 +77,10 @@ def test_closure_recipe_small_fit_passes_the_checks_it_can_make_at_this_size(dis
 
 
 def test_predict_of_the_truth_set_is_its_analytic_lo_f2(dis_lake, write_recipe):
-    recipe = write_recipe("""
-        version: 1
-        name: truth-f2
-        sources:
-          dis: {catalog: lake, entry: raw/dis_f2}
-        steps:
-          - {id: theory, op: pdf.fk_tables, inputs: {data: dis}}
-          - {id: truth, op: pdf.toy_truth}
-          - {id: prediction, op: pdf.predict, inputs: {pdf: truth, theory: theory, truth: truth}}
-        outputs:
-          prediction: {zone: derived}
-        """)
+    recipe = theory_recipe(write_recipe, "truth-f2", [
+        "{id: theory, op: pdf.fk_tables, inputs: {data: dis}}", "{id: truth, op: pdf.toy_truth}",
+        "{id: prediction, op: pdf.predict, inputs: {pdf: truth, theory: theory, truth: truth}}"],
+        "prediction")
     execute(compile_recipe(recipe, dis_lake, REPO / "catalogs"), progress=False)
     out = dis_lake.open("derived", "truth-f2/prediction").load()
     from engine.kernels.pdf_fk import TARGETS, f2_charges, les_houches_toy
@@ -116,33 +115,17 @@ def test_proton_only_data_cannot_fix_t3_and_the_run_says_so(lake, bcdms, write_r
 
 
 def test_sets_and_tables_on_different_x_grids_are_refused(dis_lake, write_recipe):
-    recipe = write_recipe("""
-        version: 1
-        name: grid-mismatch
-        sources:
-          dis: {catalog: lake, entry: raw/dis_f2}
-        steps:
-          - {id: theory, op: pdf.fk_tables, inputs: {data: dis}, params: {n_x: 40}}
-          - {id: truth, op: pdf.toy_truth}
-          - {id: prediction, op: pdf.predict, inputs: {pdf: truth, theory: theory}}
-        outputs:
-          prediction: {zone: derived}
-        """)
+    recipe = theory_recipe(write_recipe, "grid-mismatch", [
+        "{id: theory, op: pdf.fk_tables, inputs: {data: dis}, params: {n_x: 40}}",
+        "{id: truth, op: pdf.toy_truth}",
+        "{id: prediction, op: pdf.predict, inputs: {pdf: truth, theory: theory}}"], "prediction")
     with pytest.raises(RecipeError, match="has x knots 50 in .* but the FK tables were built on 40"):
         compile_recipe(recipe, dis_lake, REPO / "catalogs")
 
 
 def test_data_below_the_grid_is_refused_at_run_time(dis_lake, write_recipe):
-    recipe = write_recipe("""
-        version: 1
-        name: below-grid
-        sources:
-          dis: {catalog: lake, entry: raw/dis_f2}
-        steps:
-          - {id: theory, op: pdf.fk_tables, inputs: {data: dis}, params: {x_min: 0.09}}
-        outputs:
-          theory: {zone: derived}
-        """)
+    recipe = theory_recipe(write_recipe, "below-grid", [
+        "{id: theory, op: pdf.fk_tables, inputs: {data: dis}, params: {x_min: 0.09}}"], "theory")
     with pytest.raises(ReplicaLakeError, match="kinematics outside the grid: data x spans 0.07"):
         execute(compile_recipe(recipe, dis_lake, REPO / "catalogs"), progress=False)
 
