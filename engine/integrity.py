@@ -50,22 +50,23 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def store_files(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    """Paths (relative to the store) of every file of the store except its manifest."""
-    found = fs.find(path)
-    names = (posixpath.relpath(name, path) for name in found)
-    return sorted(n for n in names if n.split("/")[0] != MANIFEST_GROUP)
+def store_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
+    """Size of every file of the store (by path relative to it), its manifest left out."""
+    fs.invalidate_cache(path)  # object stores: listings cached before the last writes
+    found = fs.find(path, detail=True)
+    sizes = {posixpath.relpath(name, path): int(info["size"]) for name, info in found.items()}
+    return {name: size for name, size in sorted(sizes.items()) if name.split("/")[0] != MANIFEST_GROUP}
 
 
 def write_manifest(fs: fsspec.AbstractFileSystem, path: str, known: dict[str, str] | None = None) -> int:
-    """Record the digest of every file of the store at `path`; return how many files.
+    """Record the digest and size of every file of the store at `path`; return how many files.
 
     `known` holds digests computed when the chunks were written (the runner's chunk records),
     so a finished output is not read back whole a second time.
     """
     known = known or {}
-    files = {name: known.get(name) or digest(fs.cat_file(f"{path}/{name}"))
-             for name in store_files(fs, path)}
+    files = {name: {"digest": known.get(name) or digest(fs.cat_file(f"{path}/{name}")), "size": size}
+             for name, size in store_files(fs, path).items()}
     meta = {"zarr_format": 3, "node_type": "group",
             "attributes": {"algorithm": ALGORITHM, "files": files}}
     fs.makedirs(f"{path}/{MANIFEST_GROUP}", exist_ok=True)
@@ -73,7 +74,8 @@ def write_manifest(fs: fsspec.AbstractFileSystem, path: str, known: dict[str, st
     return len(files)
 
 
-def read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, str] | None:
+def read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict] | None:
+    """{file: {"digest", "size"}} recorded at publish, or None for a store without a manifest."""
     try:
         meta = json.loads(fs.cat_file(f"{path}/{MANIFEST_GROUP}/zarr.json"))
     except FileNotFoundError:
@@ -81,23 +83,30 @@ def read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, str] | 
     return meta.get("attributes", {}).get("files")
 
 
-def find_damage(fs: fsspec.AbstractFileSystem, path: str, label: str | None = None) -> list[Damage]:
+def find_damage(fs: fsspec.AbstractFileSystem, path: str, label: str | None = None,
+                quick: bool = False) -> list[Damage]:
     """Every damaged file of the store at `path`: changed, missing or unexpected chunks.
 
     With a manifest, each file's digest is compared; without one, each chunk is decoded.
+    `quick` compares only the listing (names and sizes) with the manifest: one listing, no
+    reads, so a run can afford it before it starts; it finds missing, truncated and stray
+    chunks, not a flipped bit (that takes the full check).
     """
     label = label or path
     manifest = read_manifest(fs, path)
     if manifest is None:
-        return _undecodable_chunks(fs, path, label)
+        return [] if quick else _undecodable_chunks(fs, path, label)
     damage = []
-    present = set(store_files(fs, path))
-    for name, expected in sorted(manifest.items()):
+    present = store_files(fs, path)
+    for name, recorded in manifest.items():
         if name not in present:
             damage.append(Damage(label, name, "missing (listed in the manifest)"))
-        elif digest(fs.cat_file(f"{path}/{name}")) != expected:
+        elif present[name] != recorded["size"]:
+            damage.append(Damage(label, name, f"{present[name]} bytes, {recorded['size']} at publish "
+                                              "(truncated or rewritten)"))
+        elif not quick and digest(fs.cat_file(f"{path}/{name}")) != recorded["digest"]:
             damage.append(Damage(label, name, "checksum differs from the one recorded at publish"))
-    for name in sorted(present - set(manifest)):
+    for name in sorted(set(present) - set(manifest)):
         damage.append(Damage(label, name, "not in the manifest (written after publish)"))
     return damage
 

@@ -132,6 +132,8 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None,
     for step in plan.stale_outputs:  # a run we waited for may have published the same content
         step.up_to_date = lake.token(step.zone, step.name) == step.token
     stale = plan.stale_outputs
+    if stale:  # one listing per input: missing, truncated or stray chunks stop the run up front
+        _refuse_damaged_inputs(plan, _damaged_inputs(plan, quick=True))
     staged: dict[str, StagedOutput] = {}
     try:
         for step in stale:
@@ -161,12 +163,8 @@ def _compute_or_explain(plan: Plan, writes: list, address: str | None, progress:
     try:
         _compute(writes, address, progress)
     except Exception as exc:
-        damage = [str(d) for d in _damaged_inputs(plan)]
+        _refuse_damaged_inputs(plan, _damaged_inputs(plan), exc)
         steps = ", ".join(step.id for step in plan.stale_outputs)
-        if damage:
-            raise RunError(f"computing {plan.recipe.name} ({steps}) failed reading damaged input "
-                           "data:\n  " + "\n  ".join(damage) + "\nre-ingest or recompute those "
-                           "entries (`replicalake verify` checks the whole lake)") from exc
         if isinstance(exc, ValueError | FloatingPointError | ArithmeticError):
             raise RunError(f"computing {plan.recipe.name} ({steps}) failed: "
                            f"{type(exc).__name__}: {exc}") from exc
@@ -181,12 +179,21 @@ def _inputs(plan: Plan) -> list[tuple[str, str]]:
                     for step in plan.outputs if step.up_to_date]
 
 
-def _damaged_inputs(plan: Plan) -> list:
+def _damaged_inputs(plan: Plan, quick: bool = False) -> list:
     damage = []
     for label, url in _inputs(plan):
         fs, path = filesystem_for(url, plan.lake)
-        damage += find_damage(fs, path, label)
+        damage += find_damage(fs, path, label, quick)
     return damage
+
+
+def _refuse_damaged_inputs(plan: Plan, damage: list, cause: Exception | None = None) -> None:
+    """Raise a RunError naming each damaged input chunk (nothing when there is none)."""
+    if damage:
+        steps = ", ".join(step.id for step in plan.stale_outputs)
+        raise RunError(f"computing {plan.recipe.name} ({steps}) failed reading damaged input data:\n  "
+                       + "\n  ".join(map(str, damage)) + "\nre-ingest or recompute those entries "
+                       "(`replicalake verify` checks the whole lake)") from cause
 
 
 def _check_inputs_unchanged(plan: Plan) -> None:
