@@ -99,14 +99,15 @@ def hermite_grid(values: Sequence[np.ndarray], xs: Sequence[np.ndarray],
                              f"least 2 knots per axis, got shape {grid.shape}")
         if not (np.all(np.diff(log_x) > 0) and np.all(np.diff(log_q2) > 0)):
             raise ValueError(f"subgrid {k}: knots must be strictly increasing")
-        flat = grid.reshape(-1, log_x.size, log_q2.size)
-        if columns is not None and flat.shape[0] != columns:
-            raise ValueError(f"subgrid {k}: expected {columns} columns like subgrid 0, got {flat.shape[0]}")
-        columns = flat.shape[0]
-        d_x = knot_derivatives(flat, log_x, axis=1)
-        rows = np.stack([flat, d_x, knot_derivatives(flat, log_q2, axis=2),
-                         knot_derivatives(d_x, log_q2, axis=2)])  # (4, C, nx, nq)
-        tables.append(rows.transpose(2, 3, 0, 1).reshape(-1, 4, columns))
+        # (nx, nq, C): columns innermost, so every derivative pass runs over contiguous memory
+        flat = np.ascontiguousarray(np.moveaxis(grid.reshape(-1, log_x.size, log_q2.size), 0, -1))
+        if columns is not None and flat.shape[-1] != columns:
+            raise ValueError(f"subgrid {k}: expected {columns} columns like subgrid 0, got {flat.shape[-1]}")
+        columns = flat.shape[-1]
+        d_x = knot_derivatives(flat, log_x, axis=0)
+        rows = np.stack([flat, d_x, knot_derivatives(flat, log_q2, axis=1),
+                         knot_derivatives(d_x, log_q2, axis=1)], axis=2)  # (nx, nq, 4, C)
+        tables.append(rows.reshape(-1, 4, columns))
         cubic = min(log_x.size, log_q2.size) >= CUBIC_MIN_KNOTS
         subgrids.append(Subgrid(log_x, log_q2, first_row, cubic))
         first_row += log_x.size * log_q2.size

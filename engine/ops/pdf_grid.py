@@ -23,6 +23,7 @@ from ..registry import register_op
 from .core import as_delayed
 
 OUTPUT_CHUNK_BYTES = 32 * 2**20
+TABLE_BYTES = 64 * 2**20  # Hermite tables built per member chunk (4x the chunk's grid values)
 POINT_CHUNK = 2**18  # points per chunk when the points come in memory
 
 
@@ -83,6 +84,16 @@ def _check_in_memory_points(grid_ranges, x: xr.DataArray, q: xr.DataArray, point
                       "nan to accept them")
 
 
+def _member_chunks(pdf: xr.Dataset, names: list[tuple[str, str, str]]) -> tuple[int, ...]:
+    """The set's member chunks, split further where one chunk's Hermite tables would pass
+    TABLE_BYTES (4 rows of 8 bytes per knot, flavour and member)."""
+    knots = sum(pdf.sizes[xdim] * pdf.sizes[qdim] for _, xdim, qdim in names)
+    most = max(1, TABLE_BYTES // (4 * 8 * pdf.sizes[FLAVOUR] * knots))
+    stored = pdf[names[0][0]].chunks
+    chunks = stored[pdf[names[0][0]].dims.index(MEMBER)] if stored else (pdf.sizes[MEMBER],)
+    return tuple(part for size in chunks for part in [most] * (size // most) + [size % most] if part)
+
+
 def _grid(*blocks: np.ndarray, xs: list[np.ndarray], qs: list[np.ndarray]) -> kernels.HermiteGrid:
     """Hermite tables of one member chunk (blocks: one per subgrid, as separate task inputs)."""
     return kernels.hermite_grid(blocks, xs, qs)
@@ -114,8 +125,7 @@ def evaluate(params: EvaluateParams, pdf: xr.Dataset, points: xr.Dataset) -> xr.
     x, q = _points(points, params)
     _check_in_memory_points(ranges, x, q, points, params)
     n_flavours = pdf.sizes[FLAVOUR]
-    first = pdf[names[0][0]]
-    member_chunks = first.chunks[0] if first.chunks else (pdf.sizes[MEMBER],)
+    member_chunks = _member_chunks(pdf, names)
     per_point = max(member_chunks) * n_flavours * 8
     if max(max(c) for c in x.chunks) * per_point > OUTPUT_CHUNK_BYTES:
         x, q = xr.unify_chunks(x.chunk({x.dims[0]: max(1, OUTPUT_CHUNK_BYTES // per_point)}),

@@ -72,6 +72,15 @@ def test_multidimensional_points_keep_their_dims():
                                rtol=1e-12, atol=1e-15)
 
 
+def test_member_chunks_are_split_to_bound_the_tables(monkeypatch):
+    monkeypatch.setattr(pdf_grid, "TABLE_BYTES", 4 * 8 * 7 * (13 * 4 + 13 * 5) * 2)  # 2 members' tables
+    pdf = read_lhapdf_set(TOY).chunk({"member": 3})
+    points = _points(200)
+    out = run_op(pdf, points)
+    assert out.xf.chunks[0] == (2, 1)
+    np.testing.assert_allclose(out.xf.values, _expected(pdf, points.x, points.q), rtol=1e-12, atol=1e-15)
+
+
 def test_output_chunks_stay_bounded_for_many_members(monkeypatch):
     monkeypatch.setattr(pdf_grid, "OUTPUT_CHUNK_BYTES", 3 * 7 * 8 * 64)
     out = run_op(read_lhapdf_set(TOY), _points(1000, chunk=1000))
