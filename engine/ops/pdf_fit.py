@@ -78,17 +78,17 @@ def fk_tables(params: GridParams, data: xr.Dataset) -> xr.Dataset:
     """LO F2 FK tables FK(point, x_grid, flavour) at the data's x and target, beside the data.
 
     obs = sum FK xf(grid): cubic Lagrange interpolation in ln x to each point is built in. No
-    evolution: the PDF at Q0 serves every Q^2 (parton-model LO).
+    evolution: the PDF at Q0 serves every Q^2 (parton-model LO). Chunked like the data's points.
     """
     for name in ("x", "target_index"):
         if name not in data.variables or data[name].dims != (POINT,):
             raise OpError(f"pdf.fk_tables needs {name!r} over ({POINT!r},) (as `ingest nnpdf` writes); "
                           f"found {data[name].dims if name in data.variables else 'nothing'}")
     grid = _grid(params)
-    n = data.sizes[POINT]
-    table = dask.delayed(_fk, pure=True)(as_delayed(data["x"].data), as_delayed(data["target_index"].data),
-                                         grid)
-    fk = da.from_delayed(table, (n, grid.size, len(LHAPDF_FLAVOURS)), float)
+    x, target = (da.asarray(data[name].data) for name in ("x", "target_index"))
+    target = target.rechunk(x.chunks)
+    fk = da.map_blocks(_fk, x, target, grid, new_axis=[1, 2], dtype=float,
+                       chunks=(x.chunks[0], (grid.size,), (len(LHAPDF_FLAVOURS),)))
     return data.assign(fk=((POINT, X_GRID, "flavour"), fk)).assign_coords(
         {X_GRID: grid, "flavour": list(LHAPDF_FLAVOURS)})
 
