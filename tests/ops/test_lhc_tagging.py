@@ -15,7 +15,10 @@ from engine.testing import put_in_lake, raise_if_computes
 from tests.conftest import REPO
 
 SMALL = {"n_constituents: 30": "n_constituents: 20", "hidden: [64, 64]": "hidden: [32, 32]",
-         "epochs: 500": "epochs: 300", "replicas: 5": "replicas: 3"}
+         "epochs: 4000": "epochs: 300", "replicas: 5": "replicas: 3",
+         "batch_size: 512": "batch_size: 100000",  # more than the jets: full-batch steps
+         "validation_every: 50": "validation_every: 10", "patience: 600": "patience: 60",
+         "lr: 0.001": "lr: 0.003"}
 SCORES = """  - id: scores
     op: lhc.score_jets
     inputs: {model: tagger, jets: jets}
