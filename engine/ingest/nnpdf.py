@@ -184,6 +184,8 @@ def read_commondata(names: list[str], variant: str | None = None) -> xr.Dataset:
         "stat": ("point", joined["stat"], {"long_name": "statistical uncertainty (absolute)"}),
         "sys_uncorrelated": ("point", joined["sys_uncorrelated"],
                              {"long_name": "uncorrelated systematics in quadrature (absolute)"}),
+        "uncorrelated": ("point", np.hypot(joined["stat"], joined["sys_uncorrelated"]),
+                         {"long_name": "statistical and uncorrelated systematic in quadrature (absolute)"}),
         "sys_additive": (("point", "sys_add"), add,
                          {"long_name": "correlated ADD systematics (absolute)", "names": add_keys}),
         "sys_multiplicative": (("point", "sys_mult"), mult,

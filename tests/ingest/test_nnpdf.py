@@ -36,6 +36,7 @@ def test_slac_proton_points_kinematics_and_uncertainties(slac):
     assert slac["data"][first] == pytest.approx(0.27808)
     assert slac["stat"][first] == pytest.approx(0.00695)
     assert slac["sys_uncorrelated"][first] == pytest.approx(0.00417)
+    assert slac["uncorrelated"][first] == pytest.approx(np.hypot(0.00695, 0.00417))
     assert slac["sys_multiplicative"].attrs["names"] == ["SLACNORM", "SLACRELNORM"]
     assert np.allclose(slac["sys_multiplicative"][first], [0.021, 0.0055])
 
@@ -101,3 +102,13 @@ def test_unknown_variant_and_cli_exit_code(lake):
         sys.argv = argv
     assert exit_info.value.code == 1
     assert lake_files(lake) == set()
+
+
+def test_parts_given_to_replicas_pseudodata_rebuild_the_covariance():
+    """uncorrelated + sys_additive + sys_multiplicative (at the data) = the stored covariance."""
+    bcdms = read_commondata(["BCDMS_NC_NOTFIXED_D_EM-F2"])
+    d = bcdms["data"].values
+    add, mult = bcdms["sys_additive"].values, bcdms["sys_multiplicative"].values * d[:, None]
+    assert add.shape[1] == 3 and "BCDMSNORM" in bcdms["sys_multiplicative"].attrs["names"]
+    rebuilt = np.diag(bcdms["uncorrelated"].values ** 2) + add @ add.T + mult @ mult.T
+    assert np.allclose(rebuilt, bcdms["covariance"].values, rtol=1e-12, atol=1e-15)
