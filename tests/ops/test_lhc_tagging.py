@@ -125,6 +125,11 @@ def test_bad_params_and_layouts_are_recipe_errors(tmp_path):
     (tmp_path / "nolabel.yaml").write_text(text.replace("n_constituents: 20", "n_constituents: 5"))
     with pytest.raises(RecipeError, match="variable 'label' is not in the data"):
         compile_recipe(tmp_path / "nolabel.yaml", lake)
+    put_in_lake(lake, "empty", lake.open("raw", "top_jets").isel(jet=slice(0, 0)))
+    empty = (tmp_path / "nolabel.yaml").read_text().replace("raw/nolabel", "raw/empty")
+    (tmp_path / "empty.yaml").write_text(empty)
+    with pytest.raises(RecipeError, match=r"the jets dataset is empty \(0 jets\)"):
+        compile_recipe(tmp_path / "empty.yaml", lake)
 
 
 @pytest.mark.slow
