@@ -48,7 +48,7 @@ def theory_recipe(write_recipe, name: str, steps: list[str], output: str):
     return write_recipe("\n".join(lines) + "\n", f"{name}.yaml")
 
 
-def test_closure_recipe_small_fit_passes_the_checks_it_can_make_at_this_size(dis_lake, write_recipe):
+def test_small_closure_fit_passes_the_checks_it_can_make_at_this_size(dis_lake, write_recipe, tmp_path):
     recipe = closure_recipe(write_recipe)
     with raise_if_computes():
         plan = compile_recipe(recipe, dis_lake, REPO / "catalogs")
@@ -74,6 +74,21 @@ def test_closure_recipe_small_fit_passes_the_checks_it_can_make_at_this_size(dis
     reports = Path(dis_lake.root) / "reports" / "derived" / "pdf-closure"
     for name in ("f2p_band", "f2d_band", "bcdms_p_bands"):
         assert (reports / name / "prediction.png").stat().st_size > 10_000
+    exported_reads_back_with_parton(dis_lake, fitted, tmp_path)
+
+
+def exported_reads_back_with_parton(lake, fitted, tmp_path):
+    """The fitted set exports as LHAPDF and an independent reader returns its knot values."""
+    parton = pytest.importorskip("parton")
+    from engine.ingest.lhapdf import export_lhapdf
+
+    setdir = export_lhapdf(lake, "pdf-closure/fitted", tmp_path / "sets")
+    x = fitted["x_0"].values[5:45:8]
+    q = float(fitted["q_0"].values[1])
+    central = parton.mkPDF(setdir.name, 0, pdfdir=str(setdir.parent))
+    for pid in (2, -1, 21):
+        expected = fitted["xf_0"].sel(member=0, flavour=pid).isel(q_0=1).values[5:45:8]
+        assert np.allclose(np.ravel(central.xfxQ(pid, x, q)), expected, rtol=1e-6, atol=1e-9)
 
 
 def test_predict_of_the_truth_set_is_its_analytic_lo_f2(dis_lake, write_recipe):
