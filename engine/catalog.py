@@ -23,7 +23,7 @@ from ruamel.yaml import YAML
 
 from .config import catalog_dir
 from .errors import CatalogError, Problem, did_you_mean
-from .locks import catalog_lock
+from .locks import catalog_lock, output_locks
 from .recipe import parse_yaml
 from .storage import PROVENANCE_KEY, Lake, listing_token
 
@@ -191,6 +191,10 @@ def register_entry(lake: Lake, zone: str, name: str, description: str = "",
 
 def publish_entry(lake: Lake, tmp_path: str, zone: str, name: str, description: str = "",
                   metadata: dict[str, Any] | None = None, known_digests: dict[str, str] | None = None) -> str:
-    """Make a finished store visible: checksum it, rename into place, list it in the lake catalog."""
-    lake.publish(tmp_path, zone, name, known_digests)
+    """Make a finished store visible: checksum it, rename into place, list it in the lake catalog.
+
+    Under the entry's lock: a run reading the entry (a shared lock) finishes before it is replaced.
+    """
+    with output_locks(lake, [f"{zone}/{name}"], f"publish {zone}/{name}"):
+        lake.publish(tmp_path, zone, name, known_digests)
     return register_entry(lake, zone, name, description, metadata)

@@ -1,4 +1,8 @@
-"""Locks between processes: one writer per lake output, one writer of the lake catalog.
+"""Locks between processes: one writer per lake entry, readers pin what they read, one catalog writer.
+
+A run holds an exclusive lock on each output it computes and a shared lock on each lake entry it
+reads; publishing an entry (ingest or run) takes its exclusive lock. So an entry is never
+replaced while a run reads its chunks: the re-ingest waits for the run (reads are pinned).
 
 Local lakes use `flock` on a file under `<lake>/.locks/`: the kernel drops the lock when its
 holder dies (even by SIGKILL), so a crashed run never leaves a lock behind, and the holder's PID,
@@ -18,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,6 +35,7 @@ from .storage import Lake
 LOCK_DIR = ".locks"
 POLL_SECONDS = 0.2
 log = logging.getLogger(__name__)
+_LOCAL = threading.local()
 
 
 class LockError(ReplicaLakeError, TimeoutError):
@@ -45,9 +51,9 @@ def _holder_text(path: Path) -> str:
         holder = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
         holder = {}
-    if not holder:
-        return "another process"
-    text = (f"pid {holder.get('pid')} on host {holder.get('host')} "
+    if not holder:  # exclusive holders write their names, readers do not
+        return "read by another run"
+    text = (f"written by pid {holder.get('pid')} on host {holder.get('host')} "
             f"(recipe {holder.get('recipe')!r}, since {holder.get('since')})")
     if holder.get("host") == platform.node() and not _pid_alive(int(holder.get("pid", 0))):
         text += "; that pid has exited, so a child process it started still holds the lock"
@@ -65,52 +71,77 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextmanager
-def file_lock(lake: Lake, key: str, purpose: str, timeout: float | None = None) -> Iterator[None]:
+def file_lock(lake: Lake, key: str, purpose: str, timeout: float | None = None,
+              shared: bool = False) -> Iterator[None]:
     """Hold the lock `key` of a local lake; wait up to `timeout` seconds (None: forever).
 
-    Raises LockError naming the holder when the wait runs out.
+    Exclusive for writers; `shared` for runs reading an entry, so it is not republished under
+    them (readers do not write their names: many hold the lock at once). Raises LockError
+    naming the holder when the wait runs out.
     """
     import fcntl
 
     path = lock_path(lake, key)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     with open(path, "a+") as handle:
         deadline = None if timeout is None else time.monotonic() + timeout
         warned = False
         while True:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise LockError(f"{key} is being written by {_holder_text(path)}; gave up after "
+                    raise LockError(f"{key} is being {_holder_text(path)}; gave up after "
                                     f"{timeout:g} s (--lock-timeout); run again when it is done"
                                     ) from None
                 if not warned:
-                    log.warning("waiting for %s: it is being written by %s", key, _holder_text(path))
+                    log.warning("waiting for %s: it is being %s", key, _holder_text(path))
                     warned = True
                 time.sleep(POLL_SECONDS)
+        _held().add(key)
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(json.dumps({"pid": os.getpid(), "host": platform.node(), "recipe": purpose,
-                                     "since": datetime.now(UTC).isoformat(timespec="seconds")}))
-            handle.flush()
+            if not shared:
+                _write_holder(handle, purpose)
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
+            _held().discard(key)
+            if not shared:
+                _write_holder(handle, None)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _write_holder(handle, purpose: str | None) -> None:
+    handle.seek(0)
+    handle.truncate()
+    if purpose is not None:
+        handle.write(json.dumps({"pid": os.getpid(), "host": platform.node(), "recipe": purpose,
+                                 "since": datetime.now(UTC).isoformat(timespec="seconds")}))
+    handle.flush()
+
+
+def _held() -> set[str]:
+    """Keys this thread holds: taking one again (publish inside a run) must not wait on itself."""
+    if not hasattr(_LOCAL, "held"):
+        _LOCAL.held = set()
+    return _LOCAL.held
+
+
 @contextmanager
-def output_locks(lake: Lake, keys: list[str], purpose: str, timeout: float | None = None) -> Iterator[None]:
-    """Hold the locks of several outputs (taken in sorted order, so two runs cannot deadlock)."""
+def output_locks(lake: Lake, keys: list[str], purpose: str, timeout: float | None = None,
+                 reads: list[str] = ()) -> Iterator[None]:
+    """Hold exclusive locks on the entries `keys` and shared locks on the entries `reads`.
+
+    All are taken in one sorted order (so two runs, each reading what the other writes, cannot
+    deadlock); keys this thread holds already are skipped (a run's publish inside its lock).
+    """
+    shared = {key: True for key in reads}
+    shared.update({key: False for key in keys})
     with ExitStack() as stack:
         if lake.is_local:
-            for key in sorted(set(keys)):
-                stack.enter_context(file_lock(lake, key, purpose, timeout))
+            for key in sorted(set(shared) - _held()):
+                stack.enter_context(file_lock(lake, key, purpose, timeout, shared[key]))
         yield
 
 

@@ -103,7 +103,7 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
     lake = plan.lake
     address = config.scheduler_address(scheduler)
     keys = [f"{step.zone}/{step.name}" for step in plan.stale_outputs]
-    with output_locks(lake, keys, plan.recipe.name, lock_timeout):
+    with output_locks(lake, keys, plan.recipe.name, lock_timeout, reads=_lake_entries_read(plan)):
         staged = _stage_and_compute(plan, started, address, progress)
     _list_in_catalog(plan)
     results = []
@@ -177,6 +177,12 @@ def _inputs(plan: Plan) -> list[tuple[str, str]]:
     found = [(step.id, step.params["url"]) for step in plan.steps if step.op == "source"]
     return found + [(f"{step.zone}/{step.name}", lake.entry_url(step.zone, step.name))
                     for step in plan.outputs if step.up_to_date]
+
+
+def _lake_entries_read(plan: Plan) -> list[str]:
+    """Keys (zone/name) of the lake entries the plan reads, pinned by shared locks while it runs."""
+    root = plan.lake.url(plan.lake.root).rstrip("/") + "/"
+    return [url[len(root):].strip("/") for _, url in _inputs(plan) if url.startswith(root)]
 
 
 def _damaged_inputs(plan: Plan, quick: bool = False) -> list:

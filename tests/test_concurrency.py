@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import numpy as np
 from engine.integrity import find_damage
 from engine.locks import lock_path
 from engine.testing import ramp_dataset
+from tests.conftest import REPO
 from tests.test_crash_resume import SLOW_RECIPE, big_lake, chunk_records, start_cli, wait_for
 
 OTHER_NAME = SLOW_RECIPE.replace("doubled: {zone: derived}", "doubled: {zone: derived, name: slow/other}")
@@ -91,3 +94,31 @@ def test_lock_of_a_killed_run_does_not_block_the_next(tmp_path, write_recipe):
     stdout, stderr = finish(rerun)
     assert rerun.returncode == 0, stderr
     assert json.loads(stdout)["outputs"][0]["status"] == "computed"
+
+
+def test_reads_are_pinned_a_republish_waits_for_the_run_reading_it(tmp_path, write_recipe):
+    lake = big_lake(tmp_path / "lake", 1024)
+    recipe = write_recipe(SLOW_RECIPE.replace("SECONDS", "0"))
+    gate = tmp_path / "gate"
+    gate.touch()
+    run = start_cli(lake, tmp_path / "run.log", "run", str(recipe), "--json", gate=gate)
+    wait_for(lambda: Path(lake.root, ".tmp", "resume").exists() or run.poll() is not None)
+    republish_err = tmp_path / "republish.err"
+    script = ("import sys; from engine.storage import Lake; from engine.testing import put_in_lake, "
+              "ramp_dataset; put_in_lake(Lake(sys.argv[1]), 'big', 3 * ramp_dataset(1024, 512, 512))")
+    republish = subprocess.Popen([sys.executable, "-c", script, lake.root], cwd=REPO,
+                                 stderr=republish_err.open("w"))
+    wait_for(lambda: "waiting for raw/big" in republish_err.read_text() or republish.poll() is not None)
+    assert republish.poll() is None, "the republish did not wait for the run reading raw/big"
+    gate.unlink()
+    stdout, stderr = finish(run)
+    assert run.returncode == 0 and republish.wait(timeout=120) == 0, stderr
+    assert "it is being read by another run" in republish_err.read_text()
+    old = ramp_dataset(1024, 1024, 512)["a"].values
+    np.testing.assert_array_equal(lake.open("derived", "slow/doubled")["a"].values, 2 * old)
+    new = 3 * ramp_dataset(1024, 512, 512)["a"].values  # another shape: put_in_lake tokens big data by shape
+    np.testing.assert_array_equal(lake.open("raw", "big")["a"].values, new)
+    rerun = start_cli(lake, tmp_path / "rerun.log", "run", str(recipe), "--json")
+    stdout, stderr = finish(rerun)
+    assert json.loads(stdout)["outputs"][0]["status"] == "computed"
+    np.testing.assert_array_equal(lake.open("derived", "slow/doubled")["a"].values, 2 * new)
