@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from engine.integrity import find_damage
 from engine.locks import lock_path
@@ -55,6 +56,7 @@ def test_second_run_of_the_same_recipe_waits_then_finds_it_up_to_date(tmp_path, 
                                   2 * ramp_dataset(1024, 1024, 512)["a"].values)
 
 
+@pytest.mark.slow  # ~20 s: real subprocesses
 def test_runs_writing_different_outputs_proceed_in_parallel(tmp_path, write_recipe):
     lake = big_lake(tmp_path / "lake", 1024)
     gate = tmp_path / "gate"
@@ -82,6 +84,7 @@ def test_runs_writing_different_outputs_proceed_in_parallel(tmp_path, write_reci
     np.testing.assert_array_equal(first, lake.open("derived", "slow/other")["a"].values)
 
 
+@pytest.mark.slow  # ~20 s: real subprocesses
 def test_lock_of_a_killed_run_does_not_block_the_next(tmp_path, write_recipe):
     lake = big_lake(tmp_path / "lake", 1024)
     recipe = write_recipe(SLOW_RECIPE.replace("SECONDS", "1"))
@@ -96,6 +99,7 @@ def test_lock_of_a_killed_run_does_not_block_the_next(tmp_path, write_recipe):
     assert json.loads(stdout)["outputs"][0]["status"] == "computed"
 
 
+@pytest.mark.slow  # ~20 s: real subprocesses
 def test_reads_are_pinned_a_republish_waits_for_the_run_reading_it(tmp_path, write_recipe):
     lake = big_lake(tmp_path / "lake", 1024)
     recipe = write_recipe(SLOW_RECIPE.replace("SECONDS", "0"))

@@ -121,6 +121,7 @@ def test_sigkill_mid_write_then_rerun_resumes_to_identical_output(tmp_path, reci
     assert find_damage(killed.fs, killed.entry_path("derived", "slow/doubled")) == []
 
 
+@pytest.mark.slow  # ~15 s: real subprocesses
 def test_changed_params_after_a_kill_start_afresh_and_drop_the_old_staging(tmp_path, recipe, write_recipe):
     lake = big_lake(tmp_path / "lake")
     run = start_cli(lake, tmp_path / "first.log", "run", str(recipe), "--no-progress")
