@@ -133,6 +133,7 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None,
         step.up_to_date = lake.token(step.zone, step.name) == step.token
     stale = plan.stale_outputs
     if stale:  # one listing per input: missing, truncated or stray chunks stop the run up front
+        _check_inputs_unchanged(plan)  # republished after compile, before our shared locks
         _refuse_damaged_inputs(plan, _damaged_inputs(plan, quick=True))
     staged: dict[str, StagedOutput] = {}
     try:
@@ -203,10 +204,12 @@ def _refuse_damaged_inputs(plan: Plan, damage: list, cause: Exception | None = N
 
 
 def _check_inputs_unchanged(plan: Plan) -> None:
-    """Refuse to publish when a source was republished while this run read it.
+    """Refuse to compute or publish when a source changed since the plan was compiled.
 
     The outputs would be stored under a token naming the old source, yet computed from a mix
     of old and new chunks; the run is discarded instead, and rerunning computes from the new one.
+    Local lakes pin the entries a run reads with shared locks; this check also covers sources
+    outside the lake and object-store lakes, which have no locks.
     """
     for step in plan.steps:
         if step.op == "source":
