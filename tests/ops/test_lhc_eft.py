@@ -21,8 +21,8 @@ from engine.testing import raise_if_computes
 from tests.conftest import REPO, lake_files
 
 RECIPE = REPO / "recipes" / "lhc_eft_toy.yaml"
-SMALL = {"n_events: 50000": "n_events: 6000", "replicas: 5": "replicas: 3", "epochs: 1500": "epochs: 300",
-         "patience: 1500": "patience: 300"}
+SMALL = {"n_events: 50000": "n_events: 5000", "replicas: 5": "replicas: 3", "epochs: 2000": "epochs: 300",
+         "batch_size: 4096": "batch_size: null", "lr: 0.003": "lr: 0.01", "patience: 2000": "patience: 300"}
 
 
 def recipe_text(**changes) -> str:
