@@ -129,6 +129,24 @@ def test_proton_only_data_cannot_fix_t3_and_the_run_says_so(lake, bcdms, write_r
     assert not lake.exists("models", "pdf-closure/model")
 
 
+def test_t0_covariance_takes_multiplicative_systematics_at_the_t0_predictions(dis_lake, write_recipe):
+    recipe = theory_recipe(write_recipe, "t0", [
+        "{id: experimental, op: pdf.fk_tables, inputs: {data: dis}}", "{id: toy, op: pdf.toy_truth}",
+        "{id: theory, op: pdf.t0_covariance, inputs: {theory: experimental, pdf: toy}}"], "theory")
+    execute(compile_recipe(recipe, dis_lake, REPO / "catalogs"), progress=False)
+    out = dis_lake.open("derived", "t0/theory").load()
+    t0 = out["t0_prediction"].values
+    additive, mult = out["sys_additive"].values, out["sys_multiplicative"].values
+    expected = (np.diag(out["uncorrelated"].values ** 2) + additive @ additive.T
+                + (mult * t0[:, None]) @ (mult * t0[:, None]).T)
+    assert np.allclose(out["covariance"].values, expected)
+    d = out["data"].values
+    at_t0, at_data = mult * t0[:, None], mult * d[:, None]
+    at_data = expected - at_t0 @ at_t0.T + at_data @ at_data.T
+    assert np.allclose(out["covariance_experimental"].values, at_data)
+    assert not np.allclose(out["covariance"].values, out["covariance_experimental"].values)
+
+
 def test_sets_and_tables_on_different_x_grids_are_refused(dis_lake, write_recipe):
     recipe = theory_recipe(write_recipe, "grid-mismatch", [
         "{id: theory, op: pdf.fk_tables, inputs: {data: dis}, params: {n_x: 40}}",
