@@ -4,9 +4,12 @@ The reference files hold one row per jet with columns E_i, PX_i, PY_i, PZ_i (i <
 pT ordered) and the label `is_signal_new`. Two HDF5 layouts carry such columns and both are read
 with h5py alone (no pandas/PyTables, never the whole file):
 
-- pandas "fixed" format (what `DataFrame.to_hdf(key, format="fixed")` writes, the reference
-  files' format): a group KEY with `block{k}_items` (column names) and `block{k}_values`
-  (rows x columns), one block per dtype;
+- pandas "fixed" format (`DataFrame.to_hdf(key, format="fixed")`): a group KEY with
+  `block{k}_items` (column names) and `block{k}_values` (rows x columns), one block per dtype;
+- pandas "table" format (`format="table"`, PyTables): a compound dataset KEY/table whose fields
+  `values_block_{k}` hold (rows x columns) and whose column names PyTables stores as a pickled
+  list in the attribute `values_block_{k}_kind`. Pickles are never loaded: the names are read
+  from the pickle's opcodes (pickletools), so no code in the file can run;
 - plain columns: one 1-D dataset per column name at the file's top level.
 
 Rows are copied in blocks into a staged zarr store along dim `jet`, with 2-D variables E, PX, PY,
@@ -15,6 +18,7 @@ PZ (jet, constituent) and `label`, and published only when every block is in.
 
 from __future__ import annotations
 
+import pickletools
 import re
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from ..storage import PROVENANCE_KEY, Lake, content_token
 from .staging import staged_entry, write_blocks
 
 DEFAULT_KEY = "table"
+STRING_OPCODES = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"}
 BLOCK_ROWS = 10_000
 FLOAT_BLOCK, LABEL_BLOCK = 0, 1
 
@@ -45,12 +50,15 @@ class JetTable:
             self.file = h5py.File(self.path, "r")
         except OSError as exc:
             raise IngestError(f"{self.path}: not a readable HDF5 file ({exc})") from None
-        self.columns: dict[str, tuple[object, int | None]] = {}
-        if key in self.file and isinstance(self.file[key], h5py.Group):
-            self._pandas_blocks(self.file[key], key)
+        self.columns: dict[str, tuple[object, str | None, int | None]] = {}
+        group = self.file.get(key)
+        if isinstance(group, h5py.Group) and isinstance(group.get("table"), h5py.Dataset):
+            self._pandas_table(group["table"], key)
+        elif isinstance(group, h5py.Group):
+            self._pandas_blocks(group, key)
         else:
             self._plain_columns(key)
-        lengths = {name: ds.shape[0] for name, (ds, _) in self.columns.items()}
+        lengths = {name: ds.shape[0] for name, (ds, _, _) in self.columns.items()}
         self.n_rows = min(lengths.values())
         if max(lengths.values()) != self.n_rows:
             longest = max(lengths, key=lengths.get)
@@ -69,12 +77,26 @@ class JetTable:
                 raise IngestError(f"{self.path}: {key}/block{k}_values must be 2-D with "
                                   f"{items.shape[0]} columns (one per block{k}_items), found {found}")
             for index, name in enumerate(items[()]):
-                self.columns[name.decode() if isinstance(name, bytes) else str(name)] = (values, index)
+                self.columns[name.decode() if isinstance(name, bytes) else str(name)] = (values, None, index)
+
+    def _pandas_table(self, table, key: str) -> None:
+        fields = [f for f in (table.dtype.names or ()) if f.startswith("values_block_")]
+        if not fields:
+            raise IngestError(f"{self.path}: {key}/table has no values_block_* fields: not a pandas "
+                              f"table (fields {table.dtype.names})")
+        for field in fields:
+            width = table.dtype[field].shape[0] if table.dtype[field].shape else 1
+            names = _pickled_strings(table.attrs.get(f"{field}_kind", b""))
+            if len(names) != width:
+                raise IngestError(f"{self.path}: {key}/table attribute {field}_kind should name "
+                                  f"{width} columns, found {len(names)} names")
+            for index, name in enumerate(names):
+                self.columns[name] = (table, field, index if table.dtype[field].shape else None)
 
     def _plain_columns(self, key: str) -> None:
         for name, ds in self.file.items():
             if hasattr(ds, "shape") and ds.ndim == 1:
-                self.columns[name] = (ds, None)
+                self.columns[name] = (ds, None, None)
             elif hasattr(ds, "shape"):
                 raise IngestError(f"{self.path}: column {name!r} must be 1-D (one value per jet), "
                                   f"found shape {ds.shape}")
@@ -103,18 +125,28 @@ class JetTable:
     def read(self, names: list[str], start: int, stop: int) -> np.ndarray:
         """(stop - start, len(names)) values of the named columns, read one block per dataset."""
         out = np.empty((stop - start, len(names)), np.float64)
-        by_dataset: dict[int, tuple[object, list[tuple[int, int | None]]]] = {}
+        by_dataset: dict[int, tuple[object, list[tuple[int, str | None, int | None]]]] = {}
         for j, name in enumerate(names):
-            ds, index = self.columns[name]
-            by_dataset.setdefault(id(ds), (ds, []))[1].append((j, index))
+            ds, field, index = self.columns[name]
+            by_dataset.setdefault(id(ds), (ds, []))[1].append((j, field, index))
         for ds, wanted in by_dataset.values():
             rows = ds[start:stop]
-            for j, index in wanted:
-                out[:, j] = rows if index is None else rows[:, index]
+            for j, field, index in wanted:
+                values = rows if field is None else rows[field]
+                out[:, j] = values if index is None else values[:, index]
         return out
 
     def close(self) -> None:
         self.file.close()
+
+
+def _pickled_strings(data) -> list[str]:
+    """The string constants of a pickle (PyTables' list of column names), without unpickling it."""
+    raw = data.tobytes() if hasattr(data, "tobytes") else bytes(data)
+    try:
+        return [arg for op, arg, _ in pickletools.genops(raw) if op.name in STRING_OPCODES]
+    except (ValueError, EOFError):
+        return []
 
 
 def _template(n_jets: int, n_const: int, block_rows: int) -> xr.Dataset:
@@ -175,7 +207,8 @@ def write_reference_table(path: Path, n_jets: int, seed: int = 0, signal_fractio
     """Write synthetic jets (kernels.jets_synth) as a pandas fixed-format table, block by block.
 
     Columns E_0, PX_0, PY_0, PZ_0, E_1, ... (the reference order) in block0 (float32) and the
-    label in block1 (int64), exactly what pandas writes for such a frame.
+    label in block1 (int64): the datasets pandas writes for such a frame (its PyTables attributes,
+    which no reader here needs, are left out).
     """
     import h5py
 

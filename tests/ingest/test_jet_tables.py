@@ -102,3 +102,24 @@ def test_synthetic_jets_refuse_bad_requests(lake):
     with pytest.raises(IngestError, match="--jets must be positive, found 0"):
         ingest_synthetic_jets(lake, "none", 0, progress=False)
     assert not lake.exists("raw", "none")
+
+
+@pytest.mark.parametrize("layout", ["fixed", "table"])
+def test_files_written_by_pandas_read_back_exactly(lake, tmp_path, layout):
+    """The reference files are pandas HDF5 frames; pandas itself (with PyTables) writes them here,
+    extra columns (truth four-momentum, ttv) and all, so the reader is checked against the real
+    writer rather than our own idea of its layout."""
+    pytest.importorskip("tables")
+    pd = pytest.importorskip("pandas")
+    jets = simulate_jets(40, seed=2, n_constituents=5)
+    frame = pd.DataFrame({f"{c}_{i}": jets[c][:, i] for i in range(5) for c in COLUMNS})
+    frame["truthE"] = np.float32(600.0)
+    frame["ttv"] = np.int64(0)
+    frame["is_signal_new"] = jets["label"].astype(np.int64)
+    path = tmp_path / f"{layout}.h5"
+    frame.to_hdf(path, key="table", format=layout)
+    ingest_jet_table(lake, path, layout, progress=False)
+    stored = lake.open("raw", layout)
+    for column in COLUMNS:
+        np.testing.assert_array_equal(stored[column].values, jets[column])
+    np.testing.assert_array_equal(stored["label"].values, jets["label"])
