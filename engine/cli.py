@@ -135,6 +135,9 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
         lock_timeout: Annotated[float | None, typer.Option(
             "--lock-timeout", help="seconds to wait for another run writing the same outputs "
             "(default: wait until it is done; 0: fail at once)")] = None,
+        verify_inputs: Annotated[bool, typer.Option(
+            "--verify-inputs", help="check every byte of the inputs against their checksums first "
+            "(reads them twice; default: a listing check of names and sizes)")] = False,
         as_json: JsonOption = False) -> None:
     """Compute the recipe's stale outputs and publish them to the lake (resuming a killed run)."""
     if prefect:
@@ -147,7 +150,7 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
 
         compiled = compile_recipe(recipe, _lake(lake), catalogs)
         summary = execute(compiled, scheduler=scheduler, progress=progress and not as_json,
-                          lock_timeout=lock_timeout)
+                          lock_timeout=lock_timeout, verify_inputs=verify_inputs)
     if as_json:
         out.print_json(json.dumps(summary.to_dict()))
         return
@@ -340,8 +343,8 @@ def ingest_root(
 
 @ingest_app.command("jets")
 def ingest_jets(
-    file: Annotated[Path, typer.Argument(help="HDF5 jet table: pandas fixed format (key 'table') or "
-                                              "one 1-D dataset per column")],
+    file: Annotated[Path, typer.Argument(help="HDF5 jet table: a pandas frame (fixed or table format, "
+                                              "under --key) or one 1-D dataset per column")],
     name: Annotated[str, typer.Argument(help="entry name under raw/")],
     key: Annotated[str, typer.Option(help="group of a pandas table")] = "table",
     label: Annotated[str, typer.Option(help="label column (1 = signal)")] = "is_signal_new",

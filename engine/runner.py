@@ -91,11 +91,13 @@ def provenance(plan: Plan, step: PlannedStep, started: str) -> dict[str, Any]:
 
 
 def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
-            lock_timeout: float | None = None) -> RunSummary:
+            lock_timeout: float | None = None, verify_inputs: bool = False) -> RunSummary:
     """Compute and publish every stale output of `plan`; up-to-date outputs are left alone.
 
     Each stale output is locked for the whole run (a second run of the same recipe waits up to
-    `lock_timeout` seconds, None: forever) and staged where a killed run can resume it.
+    `lock_timeout` seconds, None: forever) and staged where a killed run can resume it. Inputs
+    are checked against their manifests first: by listing (names and sizes), or with
+    `verify_inputs` by every byte's digest, which also catches a flipped bit that still decodes.
     """
     limit_heap_fragmentation()
     started_clock = time.perf_counter()
@@ -104,7 +106,7 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
     address = config.scheduler_address(scheduler)
     keys = [f"{step.zone}/{step.name}" for step in plan.stale_outputs]
     with output_locks(lake, keys, plan.recipe.name, lock_timeout, reads=_lake_entries_read(plan)):
-        staged = _stage_and_compute(plan, started, address, progress)
+        staged = _stage_and_compute(plan, started, address, progress, verify_inputs)
     _list_in_catalog(plan)
     results = []
     for step in plan.outputs:
@@ -121,8 +123,8 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
                       address or "threads")
 
 
-def _stage_and_compute(plan: Plan, started: str, address: str | None,
-                       progress: bool) -> dict[str, StagedOutput]:
+def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: bool,
+                       verify_inputs: bool) -> dict[str, StagedOutput]:
     """Stage, compute and publish the stale outputs (the caller holds their locks).
 
     An ordinary error discards the staging areas (the same inputs would fail the same way); an
@@ -134,7 +136,7 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None,
     stale = plan.stale_outputs
     if stale:  # one listing per input: missing, truncated or stray chunks stop the run up front
         _check_inputs_unchanged(plan)  # republished after compile, before our shared locks
-        _refuse_damaged_inputs(plan, _damaged_inputs(plan, quick=True))
+        _refuse_damaged_inputs(plan, _damaged_inputs(plan, quick=not verify_inputs))
     staged: dict[str, StagedOutput] = {}
     try:
         for step in stale:

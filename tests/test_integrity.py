@@ -95,3 +95,17 @@ def test_source_republished_after_compile_is_not_published_under_the_old_token(r
     assert summary.outputs[0].status == "computed"
     expected = [2 * sum(10 * y + x for x in range(6)) for y in range(2, 6)]
     np.testing.assert_allclose(ramp_lake.open("derived", "smoke/total")["a"].values, expected)
+
+
+def test_flipped_bit_that_still_decodes_is_caught_by_verify_inputs(ramp_lake, write_recipe, monkeypatch,
+                                                                    capsys):
+    """Blosc has no checksum: a flipped bit can decode to wrong numbers; --verify-inputs reads every byte."""
+    target = chunk_file(ramp_lake, "raw/ramp", "1/0")
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0x01
+    target.write_bytes(bytes(data))
+    code, _, err = replicalake(monkeypatch, capsys, "run", write_recipe(RECIPE), "--no-progress",
+                               "--verify-inputs")
+    assert code == 1
+    assert "data: array 'a', chunk (1, 0): checksum differs" in " ".join(err.split())
+    assert not ramp_lake.exists("derived", "smoke/total")

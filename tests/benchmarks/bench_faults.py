@@ -5,7 +5,8 @@
    nothing half-written is visible, and at the end that the output's chunk bytes equal an
    uninterrupted run's. Prints kills, chunks resumed and chunks recomputed.
 2. Damage: random single faults (bit flip, truncation, deletion, stray chunk) in a source's chunk
-   files; `verify` must name the damaged chunk and a run must fail naming it. Prints detections.
+   files; prints how often `verify` names the damaged chunk and how often a run fails naming it
+   (a flipped bit that still decodes is only caught by `verify`, which reads every byte).
 3. Overhead: writing the same lazy output through the resumable staging (per-chunk records and a
    checksum manifest) vs a plain `da.store`, same run; prints the ratio.
 
@@ -75,10 +76,11 @@ def kill_campaign(work: Path, seed: int, reference: dict[str, bytes]) -> tuple[i
     return kills, resumed, computed
 
 
-def damage_campaign(work: Path, count: int) -> tuple[int, int, int]:
-    """Inject `count` single faults; return (faults, named by verify, named by a failed run)."""
+def damage_campaign(work: Path, count: int) -> dict[str, list[int]]:
+    """Inject `count` single faults; return {kind: [faults, named by verify, by a run, by a run with
+    --verify-inputs]}."""
     rng = random.Random(0)
-    named_verify = named_run = 0
+    tally: dict[str, list[int]] = {}
     recipe = work / "ramp.yaml"
     recipe.write_text(RECIPE)
     for trial in range(count):
@@ -103,13 +105,16 @@ def damage_campaign(work: Path, count: int) -> tuple[int, int, int]:
             target.parent.mkdir()
             target.write_bytes(b"\x00" * 16)
             index = "(99, 0)"
-        found = find_damage(lake.fs, str(store))
-        named_verify += any(f"chunk {index}" in d.location for d in found)
-        try:
-            execute(compile_recipe(recipe, lake), progress=False)
-        except RunError as exc:
-            named_run += f"chunk {index}" in str(exc)
-    return count, named_verify, named_run
+        counts = tally.setdefault(kind, [0, 0, 0, 0])
+        counts[0] += 1
+        counts[1] += any(f"chunk {index}" in d.location for d in find_damage(lake.fs, str(store)))
+        for column, verify_inputs in ((2, False), (3, True)):
+            try:
+                execute(compile_recipe(recipe, lake), progress=False, verify_inputs=verify_inputs)
+                lake.fs.rm(lake.entry_path("derived", "smoke/total"), recursive=True)  # stale again
+            except RunError as exc:
+                counts[column] += f"chunk {index}" in str(exc)
+    return tally
 
 
 def overhead(work: Path, size: int) -> tuple[float, float]:
@@ -150,9 +155,10 @@ def main() -> None:
             total = [t + v for t, v in zip(total, (kills, resumed, computed), strict=True)]
         print(f"kills: {total[0]} SIGKILLs over {args.seeds} campaigns, every final output byte-identical; "
               f"{total[1]} chunks resumed, {total[2]} chunk computations for {16 * args.seeds} chunks")
-        faults, by_verify, by_run = damage_campaign(work, args.damage)
-        print(f"damage: {faults} single faults (flip/truncate/delete/stray) in source chunks; verify named "
-              f"{by_verify}/{faults}; a run failed naming the chunk {by_run}/{faults}")
+        tally = damage_campaign(work, args.damage)
+        for kind, (faults, by_verify, by_run, by_paranoid) in sorted(tally.items()):
+            print(f"damage: {faults} x {kind} of a source chunk: named by verify {by_verify}/{faults}, "
+                  f"by a failed run {by_run}/{faults}, by run --verify-inputs {by_paranoid}/{faults}")
         plain, resumable = overhead(work, args.size)
         print(f"overhead: {args.size}x{args.size} float32 output in 512x512 chunks: plain da.store "
               f"{plain:.2f} s, resumable staging + manifest + publish {resumable:.2f} s "
