@@ -441,6 +441,6 @@ def dataset_view(params: DatasetViewParams, data: xr.Dataset) -> xr.Dataset:
     require_variables(data, ["data", params.covariance])
     points = _dataset_slice(data, params.dataset)
     sigma = np.sqrt(xr.DataArray(da.diagonal(data[params.covariance].data), dims=(POINT,)))
-    view = data.drop_vars(params.covariance).assign(data_low=data["data"] - sigma,
-                                                    data_high=data["data"] + sigma)
+    square = [k for k, v in data.data_vars.items() if f"{POINT}_b" in v.dims]
+    view = data.drop_vars(square).assign(data_low=data["data"] - sigma, data_high=data["data"] + sigma)
     return view.isel({POINT: points})

@@ -74,6 +74,9 @@ def test_small_closure_fit_passes_the_checks_it_can_make_at_this_size(dis_lake, 
     reports = Path(dis_lake.root) / "reports" / "derived" / "pdf-closure"
     for name in ("f2p_band", "f2d_band", "bcdms_p_bands"):
         assert (reports / name / "prediction.png").stat().st_size > 10_000
+    view = dis_lake.open("derived", "pdf-closure/bcdms_p_bands")
+    assert view.sizes["point"] == int(np.sum(view["dataset_index"] == 0)) and "point_b" not in view.dims
+    assert np.all(view["data_high"] > view["data"]) and np.all(view["data_low"] < view["data"])
     exported_reads_back_with_parton(dis_lake, fitted, tmp_path)
 
 
