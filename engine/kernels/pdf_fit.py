@@ -10,6 +10,11 @@ Functions not fitted are fixed by stated assumptions: T8 = Sigma (no strange sea
 T3, V, V3, V8 = 0 (charge symmetry q = qbar); the gluon is never fitted by the networks (it does
 not enter LO F2): it keeps the Les Houches shape x^-0.1 (1 - x)^5, normalised per replica by the
 momentum sum rule. `check_basis` refuses a basis the data cannot determine.
+
+Sum rules: the momentum sum rule is the one this basis allows; it fixes only the gluon, which no
+LO F2 prediction depends on, so it is applied once to the trained replicas (on a fixed 2000-point
+integration grid) rather than at every step: the result is the same. Valence sum rules need V,
+V3, V8, which F2 cannot see (they are refused as a fit basis), so they are not imposed.
 """
 
 from __future__ import annotations
@@ -88,12 +93,8 @@ def check_basis(basis: tuple[str, ...], targets: tuple[str, ...]) -> None:
 
 
 def _constrained(targets: tuple[str, ...]) -> tuple[str, ...]:
+    """A basis F2 data on these targets determine: p and d fix Sigma and T3, one target Sigma."""
     return ("Sigma", "T3") if len(set(targets)) > 1 else ("Sigma",)
-
-
-def default_basis(targets: tuple[str, ...]) -> tuple[str, ...]:
-    """Sigma and T3 when proton and deuteron data are both present, Sigma alone otherwise."""
-    return _constrained(targets)
 
 
 def targets_of(target_index: np.ndarray) -> tuple[str, ...]:
