@@ -347,7 +347,7 @@ def fitted_set(params: _Params, model: xr.Dataset) -> xr.Dataset:
 @register_op("pdf.predict", params=_Params, inputs=("pdf", "theory"), optional_inputs=("truth",))
 def predict(params: _Params, pdf: xr.Dataset, theory: xr.Dataset,
             truth: xr.Dataset | None = None) -> xr.Dataset:
-    """obs[replica, point] = sum_{x, f} FK[point, x, f] xf[replica, x, f], lazy over point chunks.
+    """obs(replica, point) = sum over x, f of FK(point, x, f) xf(replica, x, f), lazy over points.
 
     Replicas are the set's members 1..N (member 0, the central value, becomes `central`); a
     one-member set gives one replica. `truth` (a set) adds its prediction as `truth`.
