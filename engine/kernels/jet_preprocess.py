@@ -40,7 +40,7 @@ def jet_axis_frame(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray):
     w = pt / np.where(total > 0, total, 1.0)
     eta_c = (w * eta).sum(-1, keepdims=True)
     ref = phi[..., :1]  # wrap relative to the leading constituent first, so the mean is not split
-    dphi_ref = np.angle(np.exp(1j * (phi - ref)))
+    dphi_ref = np.mod(phi - ref + np.pi, 2 * np.pi) - np.pi
     phi_c = (w * dphi_ref).sum(-1, keepdims=True)
     x = np.where(present, eta - eta_c, 0.0)
     y = np.where(present, dphi_ref - phi_c, 0.0)
@@ -65,7 +65,11 @@ def constituent_features(E: np.ndarray, PX: np.ndarray, PY: np.ndarray, PZ: np.n
                          f"{E.shape}, {PX.shape}, {PY.shape}, {PZ.shape}")
     if not 1 <= n_constituents <= E.shape[1]:
         raise ValueError(f"n_constituents must lie in [1, {E.shape[1]}], found {n_constituents}")
-    arrays = [np.asarray(a, np.float64) for a in (E, PX, PY, PZ)]
+    # slots that are padding in every jet add nothing to the frame: drop them before the
+    # arithmetic (zero padded to 200, real jets use ~40-80 slots: 5x faster)
+    occupied = np.flatnonzero((np.asarray(E) != 0).any(0))
+    used = max(n_constituents, int(occupied[-1]) + 1 if occupied.size else 0)
+    arrays = [np.asarray(a[:, :used], np.float64) for a in (E, PX, PY, PZ)]
     w, u, v = jet_axis_frame(*pt_eta_phi(*arrays))
     k = n_constituents
     return np.stack([w[:, :k], u[:, :k], v[:, :k]], axis=-1).reshape(len(E), 3 * k).astype(np.float32)
