@@ -135,3 +135,21 @@ def test_minibatch_training_resumes_exactly():
     np.testing.assert_array_equal(whole.weights["weight_0"], resumed.weights["weight_0"])
     full, _ = fit_network(*args, on_checkpoint=lambda s: None)
     assert not np.allclose(full.weights["weight_0"], whole.weights["weight_0"])  # batches matter
+
+
+@pytest.mark.gpu
+def test_classifier_trains_on_cuda_like_on_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 2000).astype(float)
+    x = rng.normal(2.0 * y[:, None], 1.0, (2000, 3))
+    aucs = {}
+    for device in ("cpu", "cuda"):
+        config = NetworkConfig((16,), ("tanh", "linear"), 200, OptimiserConfig(lr=1e-2),
+                               StoppingConfig(threshold=np.inf, patience=50), 10, seed=0, device=device)
+        result, scale = fit_network("bce", x[:1200], y[:1200], bootstrap_weights(1200, 4, 0), x[1200:1600],
+                                    y[1200:1600], np.ones(400), config, batch_size=256)
+        p = evaluate_network("bce", result.weights, result.architecture, x[1600:], scale, device)
+        aucs[device] = np.array([auc(row, y[1600:]) for row in p])
+    np.testing.assert_allclose(aucs["cuda"], aucs["cpu"], atol=0.01)
