@@ -1,3 +1,16 @@
 """Built-in ops. Importing this package registers them (see engine.registry)."""
 
-from . import core, eels, eels_bandgap, eels_cluster, eels_zlp, lhc, lhc_eft, lhc_omnifold, lhc_tagging, pdf_fit, pdf_grid, replicas  # noqa: F401
+from . import (  # noqa: F401
+    core,
+    eels,
+    eels_bandgap,
+    eels_cluster,
+    eels_zlp,
+    lhc,
+    lhc_eft,
+    lhc_omnifold,
+    lhc_tagging,
+    pdf_fit,
+    pdf_grid,
+    replicas,
+)
