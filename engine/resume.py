@@ -85,7 +85,8 @@ def stage_output(lake: Lake, dataset: xr.Dataset, zone: str, name: str, token: s
     dataset = dataset.copy()
     dataset.attrs[PROVENANCE_KEY] = provenance
     url = lake.url(staged.store)
-    if lake.fs.exists(f"{staged.root}/{TEMPLATE_DONE}"):
+    laid_out = f"{staged.root}/{TEMPLATE_DONE}", f"{staged.store}/zarr.json"
+    if all(lake.fs.exists(path) for path in laid_out):  # (a kill mid-publish moved the store away)
         dataset = prepare_for_write(dataset)
         lazy = lazy_variables(dataset)
         group = zarr.open_group(url, mode="r+", storage_options=options)
