@@ -58,7 +58,8 @@ def resolve_name(name: str, root: Path) -> DatasetName:
     from nnpdf_data.commondataparser import parse_set_metadata
 
     sets = known_sets(root)
-    setname = name if name in sets else next((s for s in sets if name.startswith(s + "_")), None)
+    prefixes = [s for s in sets if name.startswith(s + "_")]  # the longest: NMC_NC_NOTFIXED_P, not _NOTFIXED
+    setname = name if name in sets else max(prefixes, key=len, default=None)
     if setname is None:
         raise IngestError(f"unknown NNPDF dataset {name!r}{did_you_mean(name, sets)}; "
                           f"nnpdf-data ships {len(sets)} sets, listed under {root}")
@@ -95,10 +96,11 @@ def load_dataset(name: DatasetName, root: Path, variant: str | None):
         raise IngestError(f"{metadata_file}: could not load {name.full}: {exc}") from exc
 
 
-def _systematic_columns(table, systypes, dataset: str):
-    """(key, treatment, values) per correlated systematic, and the uncorrelated absolute sum."""
-    central = table["data"].to_numpy(float)
-    values = table.iloc[:, table.columns.get_loc("stat") + 1:].to_numpy(float)
+def _systematic_columns(central: np.ndarray, values: np.ndarray, systypes, dataset: str):
+    """(key, treatment, values) per correlated systematic, and the uncorrelated absolute sum.
+
+    values (n, nsys) are nnpdf-data's raw systematics: ADD absolute, MULT in percent.
+    """
     uncorrelated = np.zeros(central.size)
     columns = []
     for k, (treatment, sysname) in enumerate(zip(systypes["treatment"], systypes["name"])):
@@ -128,12 +130,12 @@ def _sys_matrix(parts: list[tuple[int, list]], n: int, treatment: str):
     return matrix, list(keys)
 
 
-def _sorted_by_kinematics(table, coverage: list[str]):
+def _kinematic_order(table, coverage: list[str]) -> np.ndarray:
     """Points ordered by x, then Q2, within their dataset (DIS), so curves over a dataset's
     points run left to right; other kinematics keep the published order."""
     if coverage[:2] != ["x", "Q2"]:
-        return table
-    return table.iloc[np.lexsort((table["kin2"].to_numpy(float), table["kin1"].to_numpy(float)))]
+        return np.arange(len(table))
+    return np.lexsort((table["kin2"].to_numpy(float), table["kin1"].to_numpy(float)))
 
 
 def _target(setname: str) -> int:
@@ -159,11 +161,14 @@ def read_commondata(names: list[str], variant: str | None = None) -> xr.Dataset:
         elif coverage != kin_names:
             raise IngestError(f"dataset {name.full} has kinematics {coverage}, but {resolved[0].full} "
                               f"has {kin_names}: ingest them into separate entries")
-        table = _sorted_by_kinematics(data.commondata_table, coverage)
-        columns, uncorrelated = _systematic_columns(table, data.systype_table, name.full)
+        order = _kinematic_order(data.commondata_table, coverage)
+        table = data.commondata_table.iloc[order]
+        central = table["data"].to_numpy(float)
+        systematics = data.systematics_table.to_numpy(float).reshape(len(order), -1)[order]
+        columns, uncorrelated = _systematic_columns(central, systematics, data.systype_table, name.full)
         parts.append((offset, columns))
         n = len(table)
-        blocks.append({"data": table["data"].to_numpy(float), "stat": table["stat"].to_numpy(float),
+        blocks.append({"data": central, "stat": table["stat"].to_numpy(float),
                        "sys_uncorrelated": uncorrelated, "dataset_index": np.full(n, index),
                        "target_index": np.full(n, _target(name.setname)),
                        **{k: table[f"kin{i + 1}"].to_numpy(float) for i, k in enumerate(coverage)},

@@ -112,3 +112,15 @@ def test_parts_given_to_replicas_pseudodata_rebuild_the_covariance():
     assert add.shape[1] == 3 and "BCDMSNORM" in bcdms["sys_multiplicative"].attrs["names"]
     rebuilt = np.diag(bcdms["uncorrelated"].values ** 2) + add @ add.T + mult @ mult.T
     assert np.allclose(rebuilt, bcdms["covariance"].values, rtol=1e-12, atol=1e-15)
+
+
+def test_longest_set_name_wins_and_non_dis_columns_are_read_by_name():
+    from engine.ingest.nnpdf import commondata_root, resolve_name
+
+    resolved = resolve_name("NMC_NC_NOTFIXED_P_EM-SIGMARED", commondata_root())
+    assert (resolved.setname, resolved.observable) == ("NMC_NC_NOTFIXED_P", "EM-SIGMARED")
+    # CMS Z rapidities: 132 points, 132 ADD columns, 'stat' after the systematics in nnpdf-data's table
+    cms = read_commondata(["CMS_Z0_7TEV_DIMUON"])
+    assert cms.attrs["kinematics"] == ["y", "m_Z2", "sqrts"] and np.all(cms["target_index"] == -1)
+    assert cms.sizes["sys_add"] == 132 and np.all(cms["stat"] == 0)  # published inside the ADD columns
+    assert np.linalg.eigvalsh(cms["covariance"].values).min() > 0
