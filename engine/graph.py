@@ -50,6 +50,12 @@ def compile_recipe(recipe: LoadedRecipe | str | Path, lake: Lake | None = None,
     return Plan(loaded.recipe, loaded.path, recipe_hash, lake, steps)
 
 
+def check_recipe_offline(recipe: LoadedRecipe | str | Path) -> None:
+    """The checks that need no lake: structure, references, cycles and every step's params."""
+    loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
+    _check_params(loaded, _check_references(loaded))
+
+
 def _check_references(loaded: LoadedRecipe) -> _Checked:
     recipe = loaded.recipe
     problems: list[Problem] = []

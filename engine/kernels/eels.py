@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "align_zlp",
+    "first_minimum_channel",
     "log_ratio_thickness",
     "shift_spectra",
     "zlp_intensity",
@@ -223,6 +224,12 @@ def _first_minimum(x, smooth: int | None):
         return (ahead >= behind) & (k >= start[:, None]) & (k + h[:, None] + 1 < n)
 
     return _first_true(x, int(start.min()), rising)
+
+
+def first_minimum_channel(spectra):
+    """Channel of each spectrum's first minimum after the ZLP (the end of the ZLP), FWHM boxcar."""
+    x = _float(spectra)
+    return _first_minimum(x.reshape(-1, x.shape[-1]), None).reshape(x.shape[:-1])
 
 
 def _threshold_channel(e0: float, d: float, n: int, threshold_ev) -> int:

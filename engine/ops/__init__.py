@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     eels,
     eels_bandgap,
     eels_cluster,
+    eels_dielectric,
     eels_zlp,
     lhc,
     lhc_eft,
