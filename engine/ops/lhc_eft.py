@@ -452,7 +452,7 @@ def _per_chunk_sum(fn, stacked: da.Array, g: int, *args) -> da.Array:
 
 
 def _histograms(values, sample_id, edges, n_samples):
-    """(S + 1, B) counts of one chunk: the pseudo-data row first is filled elsewhere (zeros here)."""
+    """(S, B) counts of one chunk: one histogram per MC sample."""
     out = np.zeros((n_samples, len(edges) - 1))
     for s in range(n_samples):
         out[s] = np.histogram(values[sample_id == s], edges)[0]

@@ -93,6 +93,17 @@ def test_small_run_learns_the_ratio_and_the_interval(small):
     assert (small.root and (small.fs.exists(small.path("reports/derived/lhc-eft-toy/bounds/q_nn.png"))))
 
 
+def test_events_are_flat_columns_one_sample_per_term_and_replica(small):
+    events = small.open("derived", "lhc-eft-toy/events").load()
+    assert all(events[v].dims == ("event",) for v in ("x1", "x2", "sample_id", "mc_replica"))
+    assert events.attrs["samples"] == ["sm", "c1", "c1*c1"] and events.attrs["sample_sigma"] == [1, 2, 2]
+    counts = np.bincount(events["sample_id"].values * 3 + events["mc_replica"].values)
+    assert counts.tolist() == [5000] * 9
+    sm = events.where(events["sample_id"] == 0, drop=True)
+    r = eft.toy_ratio(sm["x1"].values, sm["x2"].values, np.array([[1.0]]), ["c1"])[0]
+    assert abs(r.mean() - 1.75) < 4 * r.std() / np.sqrt(r.size)  # E_SM[r] = sigma(c)
+
+
 def test_model_stores_terms_replicas_and_scaler(small):
     model = xr.open_zarr(small.entry_url("models", "lhc-eft-toy/model"), consolidated=False)
     assert model["param_c_scale"].values.tolist() == [2.0] * 3 + [4.0] * 3  # c_train, c_train^2
