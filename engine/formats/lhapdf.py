@@ -39,6 +39,7 @@ from ..recipe import parse_yaml
 
 FORMAT = "lhagrid1"
 MEMBER = "member"
+KEPT = "kept"  # optional post-fit selection flag along member
 FLAVOUR = "flavour"
 INFO_ATTR = "lhapdf_info"
 HEADERS_ATTR = "lhapdf_member_headers"
@@ -400,10 +401,14 @@ def write_lhapdf_set(dataset: xr.Dataset, outdir: Path | str, name: str) -> Path
 
     Members are written in increasing id order as NAME_0000.dat, NAME_0001.dat, ...; a Monte
     Carlo set without member 0 gets it as the average of its replicas (LHAPDF's convention).
-    Dask-backed sets are computed one member at a time.
+    A boolean `kept` variable along member (a fit's post-fit selection) leaves the dropped
+    replicas out, as NNPDF's postfit does: users of the set never see them. Dask-backed sets are
+    computed one member at a time.
     """
     if not name or "/" in name or name.startswith("."):
         raise IngestError(f"expected a set name without '/', found {name!r}")
+    if KEPT in dataset and dataset[KEPT].dims == (MEMBER,):
+        dataset = dataset.isel({MEMBER: np.flatnonzero(np.asarray(dataset[KEPT].values, bool))})
     count = subgrid_count(dataset)
     info = dict(dataset.attrs.get(INFO_ATTR) or {})
     headers = dataset.attrs.get(HEADERS_ATTR) or {}

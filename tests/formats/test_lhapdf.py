@@ -107,6 +107,17 @@ def test_writer_adds_the_replica_average_as_member_0_and_lhapdf_management_reads
     assert "PdfType: replica" in (setdir / "Fit_0003.dat").read_text()
 
 
+def test_replicas_dropped_by_post_fit_selection_are_not_exported(tmp_path):
+    fit = _replica_fit()
+    kept = np.array([True, False, True, True])  # replica 2 failed selection
+    setdir = write_lhapdf_set(fit.assign(kept=("member", kept)), tmp_path, "Fit")
+    back = read_lhapdf_set(setdir)
+    assert back.attrs["lhapdf_info"]["NumMembers"] == 4 and back.sizes["member"] == 4
+    survivors = fit["xf_0"].sel(member=fit.member.values[kept])
+    np.testing.assert_allclose(back["xf_0"].isel(member=slice(1, None)), survivors, rtol=5e-9)
+    np.testing.assert_allclose(back["xf_0"].isel(member=0), survivors.mean("member"), rtol=5e-9)
+
+
 def test_parton_reads_our_set_between_knots(tmp_path):
     import parton
 
