@@ -102,3 +102,15 @@ def test_interval_ends_are_interpolated_and_nan_beyond_the_grid():
     low, high = eft.interval(grid, q, 3.84)
     np.testing.assert_allclose([low, high], [0.3 - 0.98, 0.3 + 0.98], atol=1e-3)
     assert np.isnan(eft.interval(grid, q / 100, 3.84)).all()
+
+
+def test_stuck_rows_are_reinitialised_by_the_replica_core():
+    """A row that never beats the constant classifier (threshold unreachable here) and stagnates is
+    re-initialised up to max_reinits times, then dropped: the replica core's reset on the EFT loss."""
+    sm = eft.sample_toy(np.random.default_rng(1), 500, {})[None]
+    term = eft.sample_toy_term(np.random.default_rng(2), 500, ("c1",), 1.0)[None, None]
+    stopping = StoppingConfig(threshold=1e-3, stagnation_epochs=10, stagnation_tol=10.0, max_reinits=2)
+    config = eft.EftTrainConfig((4,), ("tanh", "linear"), 100, None, OptimiserConfig(), stopping)
+    result, _, _ = eft.fit_eft(sm, term, 1.0, np.array([1.5]), np.array([1.0]), config)
+    assert result.n_reinit.tolist() == [2] and not result.kept[0]
+    assert result.weights["generation"].tolist() == [2]
