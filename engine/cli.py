@@ -424,6 +424,15 @@ def demo(lake: LakeOption = None,
     _print_summary(execute(compile_recipe(recipe, store, project / "catalogs")))
 
 
+# Optional packages and the pyproject extra that installs each (the core install runs the demo).
+EXTRA_OF_PACKAGE = {
+    "rsciio": "eels", "hyperspy": "eels", "exspy": "eels",
+    "uproot": "lhc", "hist": "lhc", "h5py": "lhc",
+    "nnpdf_data": "pdf", "parton": "pdf", "lhapdf_management": "pdf",
+    "s3fs": "cloud", "dask_jobqueue": "cloud",
+}
+
+
 def main() -> None:
     """Console entry point: run the app, turning our errors into a message and exit code 1."""
     import logging
@@ -439,3 +448,21 @@ def main() -> None:
     except ReplicaLakeError as exc:
         err.print("[bold red]error:[/bold red] " + escape(str(exc)), highlight=False)
         sys.exit(1)
+    except ImportError as exc:
+        package = _missing_extra_package(exc)
+        if package is None:
+            raise
+        extra = EXTRA_OF_PACKAGE[package]
+        err.print("[bold red]error:[/bold red] " + escape(
+            f"this needs the optional package {package!r}; install it with: pip install "
+            f"'replicalake[{extra}]' (or '.[{extra}]' in a checkout)"), highlight=False)
+        sys.exit(1)
+
+
+def _missing_extra_package(exc: ImportError) -> str | None:
+    """The optional package an ImportError is about: its module name, or named in its message
+    (fsspec says "Install s3fs to access S3")."""
+    name = (exc.name or "").split(".")[0]
+    if name in EXTRA_OF_PACKAGE:
+        return name
+    return next((p for p in EXTRA_OF_PACKAGE if p in str(exc).split()), None)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from engine import cli
-from tests.conftest import lake_files
+from tests.conftest import REPO, lake_files
 from tests.test_graph import RECIPE
 
 
@@ -99,3 +99,15 @@ def test_demo_ingests_and_maps_thickness(lake, tmp_path, monkeypatch, capsys):
     assert lake.exists("raw", "eels_demo") and lake.exists("derived", "eels-thickness/thickness")
     code, out, _ = replicalake(monkeypatch, capsys, "demo")
     assert code == 0 and "nothing to compute" in out
+
+
+@pytest.mark.parametrize("package, argv, extra", [
+    ("uproot", ["ingest", "root", "missing.root", "x", "--tree", "t"], "lhc"),
+    ("s3fs", ["validate", "recipes/eels_thickness.yaml", "--lake", "s3://bucket/lake"], "cloud"),
+])
+def test_a_missing_extra_names_the_install_command(package, argv, extra):
+    code = (f"import sys; sys.modules[{package!r}] = None; sys.argv = ['replicalake', *{argv!r}]; "
+            "from engine.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert f"pip install 'replicalake[{extra}]'" in " ".join(done.stderr.split()), done.stderr
