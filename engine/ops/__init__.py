@@ -9,6 +9,7 @@ from . import (  # noqa: F401
     eels_zlp,
     lhc,
     lhc_eft,
+    lhc_eft_bounds,
     lhc_omnifold,
     lhc_tagging,
     pdf_fit,

@@ -1,11 +1,11 @@
-"""ML4EFT ops: toy event samples, batched term training, the ratio r(x, c) and likelihood bounds.
+"""ML4EFT ops: toy event samples, batched term training and the ratio r(x, c).
 
 The chain of DOMAIN.md section 4: `lhc.eft_toy_events` writes the MC samples (SM and one
 "SM + term" sample per term, an independent sample per replica) as flat columns along `event`;
 `lhc.eft_toy_pseudodata` a pseudo-data sample at a chosen c; `lhc.eft_train` reduces the samples
 to one stored ensemble (every term x replica network trained together); `lhc.eft_ratio` maps it
-over event chunks; `lhc.eft_bounds` scans the extended unbinned likelihood (and a binned one
-beside it) for 95% intervals.
+over event chunks; `lhc.eft_bounds` (engine.ops.lhc_eft_bounds) scans the extended unbinned
+likelihood (and a binned one beside it) for 95% intervals.
 
 Sample layout (what the training op reads from any event source): columns `sample_id` (index
 into the attr `samples`, whose labels are "sm" or a term name such as "c1" or "c1*c1") and
@@ -41,7 +41,7 @@ EVENT = "event"
 SM = "sm"
 
 
-class _Params(BaseModel):
+class EftParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -51,7 +51,7 @@ def _toy():
     return eft
 
 
-def _check_coefficients(names: list[str], known, what: str) -> None:
+def check_coefficients(names: list[str], known, what: str) -> None:
     for name in names:
         if name not in known:
             raise OpError(f"unknown Wilson coefficient {name!r} in {what}{did_you_mean(name, known)}; "
@@ -59,7 +59,7 @@ def _check_coefficients(names: list[str], known, what: str) -> None:
 
 
 # -- toy samples ----------------------------------------------------------------------------------
-class ToyEventsParams(_Params):
+class ToyEventsParams(EftParams):
     coefficients: list[str] = Field(["c1"], min_length=1, description="toy coefficients: c1, c2")
     quadratic: bool = Field(True, description="also the quadratic terms c_j c_k")
     c_train: dict[str, float] = Field(description="coefficient -> value the SM+term samples use")
@@ -92,8 +92,8 @@ def eft_toy_events(params: ToyEventsParams) -> xr.Dataset:
     sample_id, mc_replica along `event`; each chunk is generated from its own seed.
     """
     eft = _toy()
-    _check_coefficients(params.coefficients, eft.TOY_COEFFICIENTS, "coefficients")
-    _check_coefficients(list(params.c_train), params.coefficients, "c_train")
+    check_coefficients(params.coefficients, eft.TOY_COEFFICIENTS, "coefficients")
+    check_coefficients(list(params.c_train), params.coefficients, "c_train")
     for name in params.coefficients:
         if params.c_train.get(name, 0.0) == 0.0:
             raise OpError(f"c_train of {name!r} must be given and non-zero (found "
@@ -126,7 +126,7 @@ def eft_toy_events(params: ToyEventsParams) -> xr.Dataset:
                "sample_sigma": sigmas, "coefficients": list(params.coefficients)})
 
 
-class ToyPseudodataParams(_Params):
+class ToyPseudodataParams(EftParams):
     c_true: dict[str, float] = Field(default_factory=dict, description="coefficients of the 'data'")
     luminosity: float = Field(gt=0, description="expected events = luminosity x sigma(c_true)")
     chunk_events: int = Field(50_000, gt=0)
@@ -137,7 +137,7 @@ class ToyPseudodataParams(_Params):
 def eft_toy_pseudodata(params: ToyPseudodataParams) -> xr.Dataset:
     """A pseudo-data sample of the toy at c_true: Poisson(Lumi sigma(c_true)) events, exactly."""
     eft = _toy()
-    _check_coefficients(list(params.c_true), eft.TOY_COEFFICIENTS, "c_true")
+    check_coefficients(list(params.c_true), eft.TOY_COEFFICIENTS, "c_true")
     names = list(params.c_true)
     point = np.array([[params.c_true[c] for c in names]])
     sigma = float(eft.toy_cross_section(point, names)[0]) if names else eft.SM_SIGMA
@@ -170,7 +170,7 @@ class EftTrainParams(TrainingParams):
     epochs: int = Field(2000, gt=0)
 
 
-class _SampleLayout:
+class SampleLayout:
     """Where each term's sample sits in an events dataset, read from its labels and attrs only."""
 
     def __init__(self, data: xr.Dataset, terms: list[tuple[str, ...]]):
@@ -237,7 +237,7 @@ def _stack_equal(groups: list[np.ndarray]) -> np.ndarray:
     return np.stack([g[:n] for g in groups])
 
 
-def _train(features, sample_id, replica, layout: _SampleLayout, names: list[str],
+def _train(features, sample_id, replica, layout: SampleLayout, names: list[str],
            params: EftTrainParams, context: StepContext):
     from ..kernels.eft import EftTrainConfig, fit_eft
     from ..kernels.optim import OptimiserConfig
@@ -278,9 +278,9 @@ def eft_train(params: EftTrainParams, events: xr.Dataset, context: StepContext) 
 
     known = list(events.attrs.get("coefficients", []))
     if known:
-        _check_coefficients(params.coefficients, known, "coefficients")
+        check_coefficients(params.coefficients, known, "coefficients")
     terms = eft_terms(params.coefficients, params.quadratic)
-    layout = _SampleLayout(events, terms)
+    layout = SampleLayout(events, terms)
     features = require_features(events, params.features)
     names = [term_name(t) for t in terms]
     rows = len(terms) * layout.replicas
@@ -305,7 +305,7 @@ def eft_train(params: EftTrainParams, events: xr.Dataset, context: StepContext) 
 
 
 # -- inference: shared by ratio and bounds --------------------------------------------------------
-class _Ensemble:
+class EftEnsemble:
     """A stored term ensemble: what building a graph on it needs, checked, without computing."""
 
     def __init__(self, model: xr.Dataset):
@@ -325,7 +325,7 @@ class _Ensemble:
     def points(self, values: list[dict[str, float]]) -> np.ndarray:
         """(G, C) coefficient points from {name: value} dicts; absent coefficients are 0."""
         for point in values:
-            _check_coefficients(list(point), self.coefficients, "a coefficient point")
+            check_coefficients(list(point), self.coefficients, "a coefficient point")
         return np.array([[p.get(c, 0.0) for c in self.coefficients] for p in values], float)
 
     def products(self, points: np.ndarray) -> np.ndarray:
@@ -343,7 +343,7 @@ def _weight_arrays(**arrays):
     return {name: np.asarray(value) for name, value in arrays.items()}
 
 
-def _term_networks(block: np.ndarray, weights: dict, architecture: dict, replicas: int) -> np.ndarray:
+def term_networks(block: np.ndarray, weights: dict, architecture: dict, replicas: int) -> np.ndarray:
     """(T, R, n) NN values on one chunk; rows of dropped replicas are NaN."""
     from ..kernels.eft import predict_terms
 
@@ -353,7 +353,7 @@ def _term_networks(block: np.ndarray, weights: dict, architecture: dict, replica
 
 
 # -- ratio ----------------------------------------------------------------------------------------
-class RatioParams(_Params):
+class RatioParams(EftParams):
     points: list[dict[str, float]] = Field(min_length=1, description="coefficient values, e.g. [{c1: 1}]")
     quantiles: list[float] = Field([0.05, 0.5, 0.95], min_length=1, description="band over replicas")
 
@@ -368,7 +368,7 @@ class RatioParams(_Params):
 def _ratio_block(block, weights, architecture, replicas, products, quantiles):
     from ..kernels.eft import ratio_from_terms
 
-    nn = _term_networks(block, weights, architecture, replicas)
+    nn = term_networks(block, weights, architecture, replicas)
     r = ratio_from_terms(products, nn)  # (G, R, n)
     median = ratio_from_terms(products, np.nanmedian(nn, axis=1))
     return np.concatenate([median[None], np.nanquantile(r, quantiles, axis=1)]).astype(np.float32)
@@ -381,7 +381,7 @@ def eft_ratio(params: RatioParams, model: xr.Dataset, data: xr.Dataset) -> xr.Da
     ratio_median: from the median over replicas of each term (as the likelihood uses it);
     ratio_quantile: quantiles over replicas of the whole r(x, c). Data columns pass through.
     """
-    ensemble = _Ensemble(model)
+    ensemble = EftEnsemble(model)
     points = ensemble.points(params.points)
     stacked = ensemble.stacked(data)
     g, q = len(points), len(params.quantiles)
@@ -394,167 +394,3 @@ def eft_ratio(params: RatioParams, model: xr.Dataset, data: xr.Dataset) -> xr.Da
                          "ratio_quantile": (("quantile", "point", EVENT), out[1:])},
                         coords={**coords, "quantile": params.quantiles})
     return result.assign({k: v for k, v in data.data_vars.items() if v.dims == (EVENT,)})
-
-
-# -- bounds ---------------------------------------------------------------------------------------
-class BinnedParams(_Params):
-    feature: str = Field("x1", description="column histogrammed for the binned likelihood")
-    edges: list[float] = Field(min_length=2, description="bin edges, increasing")
-
-    @field_validator("edges")
-    @classmethod
-    def _increasing(cls, value: list[float]) -> list[float]:
-        if any(b <= a for a, b in zip(value, value[1:])):
-            raise ValueError(f"bin edges must increase strictly, found {value}")
-        return value
-
-
-class BoundsParams(_Params):
-    grid: dict[str, tuple[float, float, int]] = Field(
-        description="coefficient -> [low, high, points] scanned (1 or 2 coefficients); others are 0")
-    luminosity: float | None = Field(None, gt=0, description="default: the data's 'luminosity' attr")
-    binned: BinnedParams | None = Field(None, description="binned likelihood beside (needs 'events')")
-    exact_toy: bool = Field(False, description="also the exact-r likelihood (toy pseudo-data only)")
-    level: float = Field(3.84, gt=0, description="-2 Delta log L of a 95% interval, 1 dof")
-
-    @field_validator("grid")
-    @classmethod
-    def _one_or_two(cls, value):
-        if not 1 <= len(value) <= 2:
-            raise ValueError(f"scan 1 or 2 coefficients, found {len(value)}: {list(value)}")
-        for name, (low, high, n) in value.items():
-            if not high > low or n < 3:
-                raise ValueError(f"grid of {name!r} needs low < high and >= 3 points, found "
-                                 f"{[low, high, n]}")
-        return value
-
-
-def _log_r_nn(block, weights, architecture, replicas, products):
-    from ..kernels.eft import sum_log_ratio
-
-    median = np.nanmedian(_term_networks(block, weights, architecture, replicas), axis=1)
-    return sum_log_ratio(products, median)[None]
-
-
-def _log_r_exact(block, points, coefficients):
-    from ..kernels.eft import toy_ratio
-
-    r = toy_ratio(block[:, 0], block[:, 1], points, coefficients)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(r > 0, np.log(np.where(r > 0, r, 1.0)), -np.inf).sum(axis=-1)[None]
-
-
-def _per_chunk_sum(fn, stacked: da.Array, g: int, *args) -> da.Array:
-    """sum over event chunks of fn(chunk, *args) -> (1, G): a tree reduction, memory one chunk."""
-    parts = da.map_blocks(fn, stacked, *args, drop_axis=1, new_axis=1,
-                          chunks=((1,) * stacked.numblocks[0], (g,)), dtype=float)
-    return parts.sum(axis=0)
-
-
-def _histograms(values, sample_id, edges, n_samples):
-    """(S, B) counts of one chunk: one histogram per MC sample."""
-    out = np.zeros((n_samples, len(edges) - 1))
-    for s in range(n_samples):
-        out[s] = np.histogram(values[sample_id == s], edges)[0]
-    return out
-
-
-def _sample_histograms(events: xr.Dataset, feature: str, edges, n_samples: int) -> da.Array:
-    values = events[feature].data
-    ids = events["sample_id"].data.rechunk(values.chunks)
-    parts = da.map_blocks(_histograms, values, ids, edges, n_samples, new_axis=1,
-                          chunks=((n_samples,) * values.numblocks[0], (len(edges) - 1,)), dtype=float)
-    return parts.reshape(values.numblocks[0], n_samples, len(edges) - 1).sum(axis=0)
-
-
-def _expected(hist, totals, layout: _SampleLayout, products, luminosity) -> np.ndarray:
-    """mu_b(c) = Lumi [sigma_SM f_SM,b + sum_t P_t (sigma_(SM+t) f_t,b - sigma_SM f_SM,b) / s_t]."""
-    sm = layout.sigma_sm * hist[layout.sm] / totals[layout.sm]
-    terms = np.stack([(sig * hist[k] / totals[k] - sm) / s
-                      for k, sig, s in zip(layout.terms, layout.sigma, layout.c_scale)])
-    return luminosity * (sm + products @ terms)
-
-
-def _scan(log_r_nn, log_r_exact, counts, hist, sigma, products, layout, luminosity, axes, level):
-    from ..kernels.eft import binned_log_likelihood, delta_chi2, interval, unbinned_log_likelihood
-
-    shape = tuple(len(a) for a in axes)
-    q = {"nn": delta_chi2(unbinned_log_likelihood(log_r_nn, sigma, luminosity))}
-    if log_r_exact is not None:
-        q["exact"] = delta_chi2(unbinned_log_likelihood(log_r_exact, sigma, luminosity))
-    if counts is not None:
-        expected = _expected(hist, hist.sum(axis=1), layout, products, luminosity)
-        q["binned"] = delta_chi2(binned_log_likelihood(counts, expected))
-    out = {}
-    for method, values in q.items():
-        grid = values.reshape(shape)
-        out[f"q_{method}"] = grid
-        profiles = [grid.min(axis=tuple(j for j in range(len(axes)) if j != i)) for i in range(len(axes))]
-        out[f"interval_{method}"] = np.array([interval(a, p, level) for a, p in zip(axes, profiles)])
-    return out
-
-
-@register_op("lhc.eft_bounds", params=BoundsParams, inputs=("model", "data"), optional_inputs=("events",))
-def eft_bounds(params: BoundsParams, model: xr.Dataset, data: xr.Dataset,
-               events: xr.Dataset | None = None) -> xr.Dataset:
-    """95% intervals on Wilson coefficients from the extended unbinned likelihood of pseudo-data.
-
-    log L(c) = -Lumi sigma(c) + sum_i log r(x_i, c), r from the median over replicas of each
-    term, scanned on a 1-D or 2-D grid: q_nn = -2 Delta log L (95%: 3.84 for 1 dof, contour
-    5.99 for 2), intervals per coefficient (profiled over the other one in 2-D). Beside it:
-    q_binned, a Poisson likelihood of a histogram with term cross sections per bin from the MC
-    `events`, and q_exact, the same unbinned likelihood with the toy's exact r.
-    """
-    ensemble = _Ensemble(model)
-    _check_coefficients(list(params.grid), ensemble.coefficients, "grid")
-    luminosity = params.luminosity or data.attrs.get("luminosity")
-    if luminosity is None:
-        raise OpError("give params.luminosity: the data has no 'luminosity' attribute")
-    scanned = list(params.grid)
-    axes = [np.linspace(*params.grid[c]) for c in scanned]
-    mesh = np.meshgrid(*axes, indexing="ij")
-    points = np.zeros((mesh[0].size, len(ensemble.coefficients)))
-    for name, values in zip(scanned, mesh):
-        points[:, ensemble.coefficients.index(name)] = values.ravel()
-    products = ensemble.products(points)
-    sigma = ensemble.sigma_sm + products @ ensemble.term_sigma
-    stacked = ensemble.stacked(data)
-    g = len(points)
-    log_r_nn = _per_chunk_sum(_log_r_nn, stacked, g, ensemble.weights, ensemble.architecture,
-                              ensemble.replicas, products)
-    log_r_exact = None
-    if params.exact_toy:
-        log_r_exact = _per_chunk_sum(_log_r_exact, _exact_features(data), g, points, ensemble.coefficients)
-    counts = hist = layout = None
-    if params.binned is not None:
-        if events is None:
-            raise OpError("the binned likelihood needs the MC samples: give the input 'events'")
-        layout = _SampleLayout(events, ensemble.terms)
-        column = require_features(data, [params.binned.feature])[0]
-        require_features(events, [params.binned.feature])
-        counts = da.histogram(column.data, bins=params.binned.edges)[0]
-        hist = _sample_histograms(events, params.binned.feature, params.binned.edges,
-                                  len(events.attrs["samples"]))
-    scan = dask.delayed(_scan, pure=True)(log_r_nn, log_r_exact, counts, hist, sigma, products, layout,
-                                          float(luminosity), axes, params.level)
-    shape = tuple(len(a) for a in axes)
-    methods = ["nn"] + ["exact"] * params.exact_toy + ["binned"] * (params.binned is not None)
-    variables = {}
-    for method in methods:
-        variables[f"q_{method}"] = (scanned, da.from_delayed(scan[f"q_{method}"], shape, float))
-        variables[f"interval_{method}"] = (("coefficient", "bound"), da.from_delayed(
-            scan[f"interval_{method}"], (len(scanned), 2), float))
-    result = xr.Dataset(variables, coords=dict(zip(scanned, axes)))
-    result.attrs = {"coefficients": scanned, "bounds": ["low", "high"],
-                    "luminosity": float(luminosity), "level": params.level,
-                    "contour_level_2d": 5.99, "n_events": int(data.sizes[EVENT])}
-    return result
-
-
-def _exact_features(data: xr.Dataset) -> da.Array:
-    from ..kernels.eft import TOY_FEATURES, TOY_NAME
-
-    if data.attrs.get("toy") != TOY_NAME:
-        raise OpError(f"exact_toy needs pseudo-data of the toy (attribute toy={TOY_NAME!r}); found "
-                      f"{data.attrs.get('toy')!r}")
-    return da.stack([f.data for f in require_features(data, list(TOY_FEATURES))], axis=-1).rechunk({1: -1})

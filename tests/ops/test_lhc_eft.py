@@ -43,13 +43,13 @@ def run_recipe(folder, changes):
 
 def bulk_errors(lake: Lake, n: int = 20_000) -> dict[float, float]:
     """Median |r_NN / r_true - 1| over SM events in the bulk (x1 below its 95% quantile, |x2| < 2)."""
-    from engine.ops.lhc_eft import _Ensemble, _term_networks
+    from engine.ops.lhc_eft import EftEnsemble, term_networks
 
     model = lake.open("models", "lhc-eft-toy/model")
-    ensemble = _Ensemble(model)
+    ensemble = EftEnsemble(model)
     weights = ensemble.weights.compute()
     x = eft.sample_toy(np.random.default_rng(99), n, {})
-    median = np.nanmedian(_term_networks(x, weights, ensemble.architecture, ensemble.replicas), axis=1)
+    median = np.nanmedian(term_networks(x, weights, ensemble.architecture, ensemble.replicas), axis=1)
     bulk = (x[:, 0] < np.quantile(x[:, 0], 0.95)) & (np.abs(x[:, 1]) < 2)
     errors = {}
     for c in (-1.0, -0.5, 0.5, 1.0, 2.0, 3.0):
