@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .mlp import EnsembleMLP, resolve_device
 from .regression import RegressionConfig as NetworkConfig  # the same network and training settings
-from .train import Progress, TrainResult, train_ensemble
+from .train import Progress, TrainResult, train_with_config
 
 Tensor = torch.Tensor
 
@@ -70,7 +70,7 @@ class WeightedEventLoss:
                                     for a in (x, target, w / w.sum(-1, keepdims=True))))
         n_train = len(train[0])
         self.batch_size = batch_size if batch_size is not None and batch_size < n_train else None
-        self.seed, self.step = seed, 0
+        self.seed, self.epoch = seed, 0  # set by train_ensemble (the minibatch key)
 
     def _loss(self, model: EnsembleMLP, subset) -> Tensor:
         x, target, weights = subset
@@ -78,13 +78,12 @@ class WeightedEventLoss:
 
     def _batch(self):
         x, target, weights = self._sets[0]
-        index = np.random.default_rng([self.seed, self.step]).integers(0, len(x), self.batch_size)
+        index = np.random.default_rng([self.seed, self.epoch]).integers(0, len(x), self.batch_size)
         index = torch.as_tensor(index, device=x.device)
         return x[index], target[index], weights[..., index]
 
     def __call__(self, model: EnsembleMLP, validate: bool) -> tuple[Tensor, Tensor | None]:
         train = self._loss(model, self._batch() if self.batch_size else self._sets[0])
-        self.step += 1
         if not validate:
             return train, None
         with torch.no_grad():
@@ -146,12 +145,8 @@ def fit_network(kind: str, x_train: np.ndarray, y_train: np.ndarray | None, trai
                         list(config.activations), seed=config.seed, device=device)
     loss = WeightedEventLoss(kind, (xt, targets[0], train_weights), (xv, targets[1], val_weights),
                              batch_size=batch_size, seed=config.seed, device=device)
-    if resume_from is not None:
-        loss.step = int(resume_from["epoch"])
-    result = train_ensemble(model, loss, config.epochs, optimiser=config.optimiser,
-                            stopping=config.stopping, validation_every=config.validation_every,
-                            progress=progress, checkpoint_every=config.checkpoint_every,
-                            on_checkpoint=on_checkpoint, resume_from=resume_from)
+    result = train_with_config(model, loss, config, progress=progress, on_checkpoint=on_checkpoint,
+                               resume_from=resume_from)
     return result, scale
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .mlp import EnsembleMLP, register_output_transform, resolve_device
 from .optim import OptimiserConfig
-from .train import Progress, StoppingConfig, TrainResult, train_ensemble
+from .train import Progress, StoppingConfig, TrainResult, train_with_config
 
 Tensor = torch.Tensor
 
@@ -209,12 +209,12 @@ class WeightedCrossEntropy:
     classifier (r = sigma_(SM+term) / sigma_SM), so 1 means "learned nothing" whatever the
     sample sizes: the stopping threshold then reads as "better than a constant", and a replica
     stuck above it is re-initialised. Minibatches are drawn from permutations keyed by (seed,
-    pass), and the step count starts from the checkpoint's epoch: a resumed run sees the same
-    batches as an uninterrupted one.
+    pass) and the step train_ensemble sets: a resumed run sees the same batches as an
+    uninterrupted one.
     """
 
     def __init__(self, sm: np.ndarray, eft: np.ndarray, sigma_sm: np.ndarray, sigma_eft: np.ndarray,
-                 config: EftTrainConfig, device: torch.device, dtype: torch.dtype, start_step: int = 0):
+                 config: EftTrainConfig, device: torch.device, dtype: torch.dtype):
         rows, n_sm = sm.shape[:2]
         n_eft = eft.shape[1]
         self.n_val = (max(1, int(n_sm * config.validation_fraction)),
@@ -233,7 +233,7 @@ class WeightedCrossEntropy:
         self.constant = tensor((sigma_sm + sigma_eft) * np.log1p(ratio) - sigma_eft * np.log(ratio))
         self.batch = config.batch_size
         self.seed = config.seed
-        self.step = start_step
+        self.epoch = 0  # set by train_ensemble before every call (the minibatch key)
         self.device = device
 
     def _loss(self, model: EnsembleMLP, sm: Tensor, eft: Tensor) -> Tensor:
@@ -248,13 +248,12 @@ class WeightedCrossEntropy:
         if self.batch is None or self.batch >= n:
             return None
         per_pass = n // self.batch
-        order = np.random.default_rng([self.seed, salt, self.step // per_pass]).permutation(n)
-        start = (self.step % per_pass) * self.batch
+        order = np.random.default_rng([self.seed, salt, self.epoch // per_pass]).permutation(n)
+        start = (self.epoch % per_pass) * self.batch
         return torch.as_tensor(order[start: start + self.batch], device=self.device)
 
     def __call__(self, model: EnsembleMLP, validate: bool) -> tuple[Tensor, Tensor | None]:
         sm_idx, eft_idx = self._indices(self.n_train[0], 0), self._indices(self.n_train[1], 1)
-        self.step += 1
         sm = self.sm_train if sm_idx is None else self.sm_train[:, sm_idx]
         eft = self.eft_train if eft_idx is None else self.eft_train[:, eft_idx]
         train = self._loss(model, sm, eft)
@@ -295,14 +294,11 @@ def fit_eft(
                         replica_params={"c_scale": np.repeat(np.asarray(c_scale, float), r)})
     sm_rows = np.tile(scale(sm, low, high), (t, 1, 1))
     eft_rows = scale(eft, low, high).reshape(t * r, *eft.shape[2:])
-    start = int(resume_from["epoch"]) if resume_from is not None else 0
     loss = WeightedCrossEntropy(sm_rows, eft_rows, np.full(t * r, float(sigma_sm)),
                                 np.repeat(np.asarray(sigma_eft, float), r), config, device,
-                                model.dtype, start_step=start)
-    result = train_ensemble(model, loss, config.epochs, optimiser=config.optimiser,
-                            stopping=config.stopping, validation_every=config.validation_every,
-                            progress=progress, checkpoint_every=config.checkpoint_every,
-                            on_checkpoint=on_checkpoint, resume_from=resume_from)
+                                model.dtype)
+    result = train_with_config(model, loss, config, progress=progress, on_checkpoint=on_checkpoint,
+                               resume_from=resume_from)
     return result, low, high
 
 

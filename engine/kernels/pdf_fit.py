@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .mlp import EnsembleMLP, resolve_device
 from .optim import OptimiserConfig
 from .pdf_fk import FLAVOURS, TARGETS, f2_charges
-from .train import Chi2Loss, Progress, StoppingConfig, TrainResult, train_ensemble
+from .train import Chi2Loss, Progress, StoppingConfig, TrainResult, train_with_config
 
 EVOLUTION_BASIS = ("Sigma", "g", "V", "V3", "V8", "T3", "T8")
 # (alpha range, beta range) per fittable function: x f ~ x^(1 - alpha) at small x, (1 - x)^beta
@@ -177,7 +177,7 @@ class PdfLoss:
         self.plus = as_tensor(_plus_rotation(config.basis))
         self.positivity = config.positivity
         self.chi2 = Chi2Loss(self._predict, pseudodata, covariance, mask, device=device, dtype=dtype)
-        self.epoch = 0
+        self.epoch = 0  # set by train_ensemble: the penalty grows with it
         self._penalty = None
 
     def _predict(self, model: EnsembleMLP):
@@ -195,7 +195,6 @@ class PdfLoss:
     def __call__(self, model: EnsembleMLP, validate: bool):
         train, val = self.chi2(model, validate)
         factor = self.positivity.factor(self.epoch)
-        self.epoch += 1
         return train + factor * self._penalty, val
 
 
@@ -212,12 +211,8 @@ def fit_pdf(fk: np.ndarray, grid: np.ndarray, pseudodata: np.ndarray, train_mask
     device = resolve_device(config.device)
     model = build_model(pseudodata.shape[0], config, device)
     loss = PdfLoss(fk, grid, pseudodata, covariance, train_mask, config, device, model.dtype)
-    if resume_from is not None:
-        loss.epoch = int(resume_from["epoch"])
-    result = train_ensemble(model, loss, config.epochs, optimiser=config.optimiser,
-                            stopping=config.stopping, validation_every=config.validation_every,
-                            progress=progress, checkpoint_every=config.checkpoint_every,
-                            on_checkpoint=on_checkpoint, resume_from=resume_from)
+    result = train_with_config(model, loss, config, progress=progress, on_checkpoint=on_checkpoint,
+                               resume_from=resume_from)
     return result, loss.penalty(model)
 
 

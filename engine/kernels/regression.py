@@ -15,7 +15,7 @@ import torch
 
 from .mlp import EnsembleMLP, resolve_device
 from .optim import OptimiserConfig
-from .train import Chi2Loss, Progress, StoppingConfig, TrainResult, train_ensemble
+from .train import Chi2Loss, Progress, StoppingConfig, TrainResult, train_with_config
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,8 @@ def fit_regression(
                         list(config.activations), seed=config.seed, device=device)
     x = torch.as_tensor(scale_features(features, low, high), dtype=model.dtype, device=device)
     loss = Chi2Loss(lambda m: m(x)[..., 0], pseudodata, covariance, train_mask, device=device)
-    result = train_ensemble(model, loss, config.epochs, optimiser=config.optimiser,
-                            stopping=config.stopping, validation_every=config.validation_every,
-                            progress=progress, checkpoint_every=config.checkpoint_every,
-                            on_checkpoint=on_checkpoint, resume_from=resume_from)
+    result = train_with_config(model, loss, config, progress=progress, on_checkpoint=on_checkpoint,
+                               resume_from=resume_from)
     return result, low, high
 
 

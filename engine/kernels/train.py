@@ -425,11 +425,13 @@ def train_ensemble(
     """Train every replica of `model` on `loss_fn` until all are frozen or n_epochs steps.
 
     loss_fn(model, validate) -> (train (R,), val (R,) or None): per-replica losses; val is
-    needed only when validate is True (check epochs). Epoch e evaluates the weights after e steps;
-    checks run at e % validation_every == 0 and once more after the last step. `on_checkpoint`
-    gets `state` every `checkpoint_every` steps; `resume_from=state` continues from it and gives
-    the same result as an uninterrupted run. On return the model holds each kept replica's best
-    weights.
+    needed only when validate is True (check epochs). A loss whose draws depend on the step
+    (minibatches, a growing penalty) has an `epoch` attribute: it is set to the epoch before every
+    call, so a resumed run draws exactly what an uninterrupted one would. Epoch e evaluates the
+    weights after e steps; checks run at e % validation_every == 0 and once more after the last
+    step. `on_checkpoint` gets `state` every `checkpoint_every` steps; `resume_from=state`
+    continues from it and gives the same result as an uninterrupted run. On return the model
+    holds each kept replica's best weights.
     """
     if n_epochs < 0 or validation_every <= 0:
         raise ValueError("n_epochs must be >= 0 and validation_every > 0")
@@ -439,8 +441,11 @@ def train_ensemble(
     fit = _Fit(model, n_epochs, optimiser, stopping or StoppingConfig())
     start = fit.restore(resume_from) if resume_from is not None else 0
     active = torch.as_tensor(~fit.track.frozen, device=model.device)
+    epoch_keyed = hasattr(loss_fn, "epoch")
     for epoch in range(start, n_epochs):
         check = epoch % validation_every == 0
+        if epoch_keyed:
+            loss_fn.epoch = epoch
         train, val = loss_fn(model, check)
         # gradients first: a check may re-initialise weights in place, which autograd forbids
         grads = torch.autograd.grad(
@@ -460,12 +465,31 @@ def train_ensemble(
         fit.opt.step(grads, step_mask)
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
             on_checkpoint(fit.state(epoch + 1))
+    if epoch_keyed:
+        loss_fn.epoch = n_epochs
     with torch.no_grad():
         train, val = loss_fn(model, True)
     fit.check(n_epochs, train, val, final=True)
     if progress:
         progress(_progress(fit, n_epochs))
     return fit.result(n_epochs)
+
+
+def train_with_config(
+    model: EnsembleMLP,
+    loss_fn: LossFn,
+    config,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    on_checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
+    resume_from: Mapping[str, np.ndarray] | None = None,
+) -> TrainResult:
+    """train_ensemble with the epochs, optimiser, stopping and cadences of an op's training config
+    (any object with epochs, optimiser, stopping, validation_every and checkpoint_every)."""
+    return train_ensemble(model, loss_fn, config.epochs, optimiser=config.optimiser,
+                          stopping=config.stopping, validation_every=config.validation_every,
+                          progress=progress, checkpoint_every=config.checkpoint_every,
+                          on_checkpoint=on_checkpoint, resume_from=resume_from)
 
 
 def _progress(fit: _Fit, epoch: int) -> Progress:

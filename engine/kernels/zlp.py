@@ -205,7 +205,7 @@ class ZlpLoss:
         self.k = ts.penalty_step.size
         self.penalty = float(penalty)
         self.x = torch.as_tensor(np.concatenate([ts.x, ts.penalty_x], axis=1), device=device)
-        self.step = torch.as_tensor(ts.penalty_step, dtype=torch.float32, device=device)[:, None]
+        self.penalty_step = torch.as_tensor(ts.penalty_step, dtype=torch.float32, device=device)[:, None]
         self._penalty_out = None
         self.chi2 = Chi2Loss(self._predict, ts.y, np.diag(ts.sigma**2), train_mask, device=device)
 
@@ -217,7 +217,7 @@ class ZlpLoss:
     def slope_penalty(self) -> torch.Tensor:
         """(R,) mean positive slope (1/eV) of the last forward pass on the penalty grid."""
         pen = self._penalty_out.reshape(self._penalty_out.shape[0], self.k, -1)
-        return torch.relu(pen.diff(dim=-1) / self.step).mean(dim=(1, 2))
+        return torch.relu(pen.diff(dim=-1) / self.penalty_step).mean(dim=(1, 2))
 
     def __call__(self, model: EnsembleMLP, validate: bool):
         train, val = self.chi2(model, validate)
