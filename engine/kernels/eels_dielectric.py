@@ -45,8 +45,10 @@ def cosine_taper(n: int, width: int) -> np.ndarray:
     return taper
 
 
-def fourier_log_ssd(spectra, zlp, energy, reconvolve_fwhm: float, taper_ev: float = 0.0):
+def fourier_log_ssd(spectra, zlp, energy, reconvolve_fwhm, taper_ev: float = 0.0):
     """Single-scattering distribution (counts per channel, same axis) and I0 of each spectrum.
+
+    reconvolve_fwhm (eV): one width, or one per spectrum (shape spectra[..., 0]).
 
     spectra and zlp share the aligned energy axis (ZLP at 0 eV, a channel-aligned 0 is not
     needed: the frame is rotated by a phase). The end of both is cosine tapered over taper_ev
@@ -63,7 +65,7 @@ def fourier_log_ssd(spectra, zlp, energy, reconvolve_fwhm: float, taper_ev: floa
     j_hat = sfft.rfft(j * taper, n_fft, axis=-1)
     z_hat = sfft.rfft(z * taper, n_fft, axis=-1)
     omega = 2.0 * np.pi * sfft.rfftfreq(n_fft, d)
-    sigma = reconvolve_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    sigma = np.asarray(reconvolve_fwhm, dtype=np.float64)[..., None] / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     gauss = np.exp(-0.5 * (omega * sigma) ** 2)
     # Z_hat carries the frame's origin (channel 0 at e[0]); the ratio J_hat/Z_hat does not, so the
     # SSD comes out with E = 0 at channel 0 and is shifted back onto the window by the phase.

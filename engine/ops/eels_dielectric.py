@@ -35,8 +35,8 @@ class KramersKronigParams(_Params):
         "collection_angle_mrad attribute, if any (without it there is no angular correction "
         "and no absolute thickness)")
     reconvolve_fwhm_ev: float | None = Field(
-        None, gt=0, description="FWHM of the Gaussian the SSD is reconvolved with; default the "
-        "median ZLP FWHM of the chunk")
+        None, gt=0, description="FWHM of the Gaussian the SSD is reconvolved with; default each "
+        "pixel's own ZLP FWHM")
     taper_ev: float | None = Field(
         None, ge=0, description="cosine taper at the window's end; default 5% of the window")
 
@@ -52,11 +52,11 @@ def _setting(value, image: xr.Dataset, attr: str, name: str, required: bool):
     return None
 
 
-def _fwhm(spectra: np.ndarray, energy: np.ndarray) -> float:
-    """Median FWHM (eV) of the ZLPs of a block, from the channels above half maximum."""
-    peak = spectra.max(axis=-1, keepdims=True)
-    above = (spectra >= 0.5 * peak).sum(axis=-1)
-    return float(np.median(above)) * float(energy[1] - energy[0])
+def _fwhm(zlp: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """FWHM (eV) of each ZLP, from its channels above half maximum: a property of the spectrum
+    alone, so results never depend on how the image is chunked."""
+    above = (zlp >= 0.5 * zlp.max(axis=-1, keepdims=True)).sum(axis=-1)
+    return np.maximum(above, 1) * float(energy[1] - energy[0])
 
 
 def _zlp_by_first_minimum(spectra: np.ndarray, energy: np.ndarray) -> np.ndarray:

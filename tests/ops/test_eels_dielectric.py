@@ -88,3 +88,10 @@ def test_inelastic_on_another_energy_axis_is_refused(image):
     other = xr.Dataset({"inelastic": image["counts"].isel(energy=slice(0, 100))})
     with pytest.raises(OpError, match="inelastic input must be eels.subtract_zlp's output"):
         kramers_kronig(METAL, image, inelastic=other)
+
+
+def test_results_do_not_depend_on_the_chunking(image):
+    part = image.isel(y=slice(0, 8), x=slice(0, 8))
+    one = kramers_kronig(METAL, part.chunk({"y": 8, "x": 8})).compute()
+    many = kramers_kronig(METAL, part.chunk({"y": 3, "x": 5})).compute()
+    xr.testing.assert_identical(one, many)
