@@ -1,12 +1,16 @@
-"""Helpers for tests: small datasets in a lake, and a guard that proves nothing is computed."""
+"""Helpers for tests: small datasets in a lake, a guard that proves nothing is computed, and a
+check that a graph computes no task twice."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 
 import dask
 import numpy as np
 import xarray as xr
+from dask._task_spec import Task
 from dask.callbacks import Callback
 
 from .catalog import publish_entry
@@ -28,6 +32,36 @@ def raise_if_computes():
     """Fail loudly if any dask task runs on the local schedulers inside the block."""
     with _Guard():
         yield
+
+
+def repeated_tasks(graph: Mapping) -> dict:
+    """Tasks the graph would run more than once: {key: times}; empty when each runs once.
+
+    Why: handing a dask array straight to dask.delayed (or anything else that finalises it)
+    optimises its graph on the spot, inlining upstream tasks into the copy. A task shared with
+    another output (a training, a sample generation) then runs once per copy, in parallel, each
+    copy writing the same checkpoint. An inlined copy keeps its key, so counting every task,
+    top-level and nested inside another task's arguments, finds it.
+    """
+    seen: Counter = Counter()
+
+    def visit(node) -> None:
+        if isinstance(node, Task):
+            if node.key is not None and not str(node.key).startswith("__dask_blockwise__"):
+                seen[node.key] += 1  # (anonymous inline calls and blockwise templates have none)
+            visit_all(node.args)
+            visit_all(node.kwargs.values())
+        elif isinstance(node, list | tuple | set | frozenset):
+            visit_all(node)
+        elif isinstance(node, dict):
+            visit_all(node.values())
+
+    def visit_all(nodes: Iterable) -> None:
+        for node in nodes:
+            visit(node)
+
+    visit_all(dict(graph).values())
+    return {key: n for key, n in seen.items() if n > 1}
 
 
 def ramp_dataset(ny: int = 8, nx: int = 6, chunks: int = 4) -> xr.Dataset:

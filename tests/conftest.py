@@ -7,11 +7,28 @@ from pathlib import Path
 
 import pytest
 
+from engine import runner
 from engine.storage import Lake
-from engine.testing import put_in_lake, ramp_dataset
+from engine.testing import put_in_lake, ramp_dataset, repeated_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def no_task_runs_twice(monkeypatch):
+    """Every recipe run in the tests computes each task once (see engine.testing.repeated_tasks)."""
+    compute = runner._compute
+
+    def checked(writes, *args, **kwargs):
+        graph = {}
+        for write in writes:
+            graph.update(write.__dask_graph__())
+        repeated = repeated_tasks(graph)
+        assert not repeated, f"tasks the run would compute more than once: {repeated}"
+        return compute(writes, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_compute", checked)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 
 from ..errors import OpError
 from ..registry import register_op
+from .core import as_delayed
 from .lhc_eft import (
     EVENT,
     EftEnsemble,
@@ -166,8 +167,8 @@ def eft_bounds(params: BoundsParams, model: xr.Dataset, data: xr.Dataset,
         counts = da.histogram(column.data, bins=params.binned.edges)[0]
         hist = _sample_histograms(events, params.binned.feature, params.binned.edges,
                                   len(events.attrs["samples"]))
-    scan = dask.delayed(_scan, pure=True)(log_r_nn, log_r_exact, counts, hist, sigma, products, layout,
-                                          float(luminosity), axes, params.level)
+    scan = dask.delayed(_scan, pure=True)(*map(as_delayed, (log_r_nn, log_r_exact, counts, hist)), sigma,
+                                          products, layout, float(luminosity), axes, params.level)
     shape = tuple(len(a) for a in axes)
     methods = ["nn"] + ["exact"] * params.exact_toy + ["binned"] * (params.binned is not None)
     variables = {}
