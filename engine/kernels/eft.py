@@ -211,6 +211,10 @@ class WeightedCrossEntropy:
     stuck above it is re-initialised. Minibatches are drawn from permutations keyed by (seed,
     pass) and the step train_ensemble sets: a resumed run sees the same batches as an
     uninterrupted one.
+
+    Why both samples sit in one tensor: a step gathers its SM and SM+term events with one index
+    and sends them through the networks in one forward pass, half the operations of two passes;
+    at small minibatches the per-operation cost is most of a step.
     """
 
     def __init__(self, sm: np.ndarray, eft: np.ndarray, sigma_sm: np.ndarray, sigma_eft: np.ndarray,
@@ -226,8 +230,8 @@ class WeightedCrossEntropy:
         def tensor(a):
             return torch.as_tensor(a, dtype=dtype, device=device)
 
-        self.sm_train, self.sm_val = tensor(sm[:, : self.n_train[0]]), tensor(sm[:, self.n_train[0]:])
-        self.eft_train, self.eft_val = tensor(eft[:, : self.n_train[1]]), tensor(eft[:, self.n_train[1]:])
+        self.train = tensor(np.concatenate([sm[:, : self.n_train[0]], eft[:, : self.n_train[1]]], 1))
+        self.val = tensor(np.concatenate([sm[:, self.n_train[0]:], eft[:, self.n_train[1]:]], 1))
         self.sigma_sm, self.sigma_eft = tensor(sigma_sm), tensor(sigma_eft)
         ratio = sigma_eft / sigma_sm
         self.constant = tensor((sigma_sm + sigma_eft) * np.log1p(ratio) - sigma_eft * np.log(ratio))
@@ -235,32 +239,40 @@ class WeightedCrossEntropy:
         self.seed = config.seed
         self.epoch = 0  # set by train_ensemble before every call (the minibatch key)
         self.device = device
+        self._orders: dict[int, tuple[int, np.ndarray]] = {}  # salt -> (pass, its permutation)
 
-    def _loss(self, model: EnsembleMLP, sm: Tensor, eft: Tensor) -> Tensor:
+    def _loss(self, model: EnsembleMLP, events: Tensor, n_sm: int) -> Tensor:
+        """Loss per row; `events` (rows, n, f) holds n_sm SM events, then the SM+term ones."""
         s = model.replica_params["c_scale"].view(-1, 1)
-        r_sm = 1.0 + s * model(sm)[..., 0]
-        r_eft = (1.0 + s * model(eft)[..., 0]).clamp(min=1e-30)
+        r = 1.0 + s * model(events)[..., 0]
+        r_sm, r_eft = r[:, :n_sm], r[:, n_sm:].clamp(min=1e-30)
         sm_term = F.softplus(torch.log(r_sm.clamp(min=1e-30))).mean(1)  # log(1 + r), stable
         eft_term = (torch.log1p(r_eft) - torch.log(r_eft)).mean(1)
         return (self.sigma_sm * sm_term + self.sigma_eft * eft_term) / self.constant
 
-    def _indices(self, n: int, salt: int) -> Tensor | None:
+    def _indices(self, n: int, salt: int) -> np.ndarray:
+        """This step's minibatch of range(n): the next slice of the pass's permutation."""
         if self.batch is None or self.batch >= n:
-            return None
+            return np.arange(n)
         per_pass = n // self.batch
-        order = np.random.default_rng([self.seed, salt, self.epoch // per_pass]).permutation(n)
+        which = self.epoch // per_pass
+        if self._orders.get(salt, (None,))[0] != which:  # one permutation per pass, not per step
+            self._orders[salt] = which, np.random.default_rng([self.seed, salt, which]).permutation(n)
         start = (self.epoch % per_pass) * self.batch
-        return torch.as_tensor(order[start: start + self.batch], device=self.device)
+        return self._orders[salt][1][start: start + self.batch]
 
     def __call__(self, model: EnsembleMLP, validate: bool) -> tuple[Tensor, Tensor | None]:
         sm_idx, eft_idx = self._indices(self.n_train[0], 0), self._indices(self.n_train[1], 1)
-        sm = self.sm_train if sm_idx is None else self.sm_train[:, sm_idx]
-        eft = self.eft_train if eft_idx is None else self.eft_train[:, eft_idx]
-        train = self._loss(model, sm, eft)
+        if len(sm_idx) + len(eft_idx) == self.train.shape[1]:
+            events = self.train
+        else:
+            index = torch.as_tensor(np.concatenate([sm_idx, self.n_train[0] + eft_idx]), device=self.device)
+            events = torch.index_select(self.train, 1, index)  # 3-4x faster than train[:, index]
+        train = self._loss(model, events, len(sm_idx))
         if not validate:
             return train, None
         with torch.no_grad():
-            return train, self._loss(model, self.sm_val, self.eft_val)
+            return train, self._loss(model, self.val, self.n_val[0])
 
 
 def fit_eft(

@@ -462,7 +462,7 @@ def train_ensemble(
             step_mask = active & torch.as_tensor(~reinit, device=model.device)
         if fit.clip is not None:
             grads = clip_per_replica(grads, fit.clip)
-        fit.opt.step(grads, step_mask)
+        fit.opt.step(grads, step_mask, epoch / max(1, n_epochs - 1))
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
             on_checkpoint(fit.state(epoch + 1))
     if epoch_keyed:

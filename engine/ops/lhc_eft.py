@@ -319,7 +319,7 @@ class EftEnsemble:
         self.sigma_sm = float(model.attrs["sigma_sm"])
         self.term_sigma = np.asarray(model.attrs["term_sigma"], float)
         self.weights = dask.delayed(_weight_arrays, pure=True)(
-            **{n: as_delayed(model[n].data) for n in
+            list(model.attrs["terms"]), self.replicas, **{n: as_delayed(model[n].data) for n in
                [*weight_names(model), "input_low", "input_high", "kept"]})
 
     def points(self, values: list[dict[str, float]]) -> np.ndarray:
@@ -339,7 +339,12 @@ class EftEnsemble:
         return da.stack([f.data for f in features], axis=-1).rechunk({1: -1})
 
 
-def _weight_arrays(**arrays):
+def _weight_arrays(terms: list[str], replicas: int, **arrays):
+    """The stored arrays, refused when a term has no kept replica (its median would be NaN)."""
+    kept = np.asarray(arrays["kept"], bool).reshape(len(terms), replicas)
+    if failed := [term for term, row in zip(terms, kept) if not row.any()]:
+        raise ValueError(f"the model has no kept replica of term(s) {', '.join(failed)}: every "
+                         "replica missed stopping.threshold; train for more epochs or raise it")
     return {name: np.asarray(value) for name, value in arrays.items()}
 
 

@@ -172,7 +172,15 @@ def pseudodata(params: PseudodataParams, data: xr.Dataset) -> xr.Dataset:
 class OptimiserParams(_Params):
     name: Literal["adam", "nadam", "rmsprop"] = "adam"
     lr: float = Field(1e-3, gt=0)
+    lr_final: float | None = Field(None, gt=0, description="learning rate at the last epoch: lr falls "
+                                   "geometrically to it (none: constant lr)")
     clip_norm: float | None = Field(None, gt=0, description="per-replica gradient norm cap")
+
+    @model_validator(mode="after")
+    def _decays(self) -> OptimiserParams:
+        if self.lr_final is not None and self.lr_final > self.lr:
+            raise ValueError(f"lr_final must not exceed lr = {self.lr}, found {self.lr_final}")
+        return self
 
 
 class StoppingParams(_Params):

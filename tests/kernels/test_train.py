@@ -73,6 +73,30 @@ def test_optimisers_follow_torch_for_an_always_active_replica(config, reference,
 
 
 @pytest.mark.parametrize("name", ["adam", "nadam", "rmsprop"])
+def test_a_falling_learning_rate_follows_torch_with_the_same_schedule(name, monkeypatch):
+    """lr_final: the rate falls geometrically from lr to lr_final over the training's progress."""
+    nadam_module = sys.modules[torch.optim.NAdam.__module__]
+    monkeypatch.setattr(nadam_module, "_get_scalar_dtype", lambda: torch.float64)
+    config = OptimiserConfig(name, lr=0.02, lr_final=0.002)
+    assert config.lr_at(0.0) == 0.02 and config.lr_at(1.0) == pytest.approx(0.002)
+    assert config.lr_at(0.5) == pytest.approx(0.02 * 0.1**0.5)
+    reference = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam,
+                 "rmsprop": lambda p, lr: torch.optim.RMSprop(p, lr, alpha=0.9)}[name]
+    gen = torch.Generator().manual_seed(1)
+    ours = [torch.randn(1, 5, 3, generator=gen, dtype=torch.float64)]
+    theirs = [p.clone().requires_grad_() for p in ours]
+    opt, ref = make_optimiser(ours, config), reference(theirs, lr=0.02)
+    steps = 25
+    for k in range(steps):
+        grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in ours]
+        opt.step(grads, torch.ones(1, dtype=torch.bool), k / (steps - 1))
+        ref.param_groups[0]["lr"] = config.lr_at(k / (steps - 1))
+        theirs[0].grad = grads[0].clone()
+        ref.step()
+    torch.testing.assert_close(ours[0], theirs[0].detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["adam", "nadam", "rmsprop"])
 def test_zero_loss_on_one_replica_never_moves_its_weights(name):
     x, _, loss = sine_problem(4)
     model = EnsembleMLP(4, [1, 8, 1], ["tanh", "linear"], seed=1)
@@ -142,6 +166,8 @@ def test_optimiser_config_errors():
         OptimiserConfig(lr=0)
     with pytest.raises(ValueError, match="clip_norm"):
         OptimiserConfig(clip_norm=-1.0)
+    with pytest.raises(ValueError, match=r"lr_final must be in \(0, lr = 0.001\], got 0.01"):
+        OptimiserConfig(lr=1e-3, lr_final=1e-2)
 
 
 # ---------------------------------------------------------------- chi2

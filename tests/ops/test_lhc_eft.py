@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 import engine
-from engine.errors import RecipeError
+from engine.errors import RecipeError, RunError
 from engine.graph import compile_recipe
 from engine.kernels import eft
 from engine.storage import Lake
@@ -21,8 +21,10 @@ from engine.testing import raise_if_computes
 from tests.conftest import REPO, lake_files
 
 RECIPE = REPO / "recipes" / "lhc_eft_toy.yaml"
-SMALL = {"n_events: 50000": "n_events: 5000", "replicas: 5": "replicas: 3", "epochs: 2000": "epochs: 300",
-         "batch_size: 4096": "batch_size: null", "lr: 0.003": "lr: 0.01", "patience: 2000": "patience: 300"}
+SMALL = {"n_events: 50000": "n_events: 5000", "replicas: 5": "replicas: 3", "epochs: 8000": "epochs: 300",
+         "batch_size: 256": "batch_size: null", "validation_every: 200": "validation_every: 20",
+         "lr: 0.003, lr_final: 0.0003": "lr: 0.01", "patience: 8000": "patience: 300",
+         "stagnation_epochs: 1000": "stagnation_epochs: 200"}
 
 
 def recipe_text(**changes) -> str:
@@ -140,6 +142,13 @@ def test_two_coefficients_give_a_contour(tmp_path):
     assert model.attrs["terms"] == ["c1", "c2", "c1*c1", "c1*c2", "c2*c2"]
 
 
+def test_a_model_without_kept_replicas_is_a_clear_error(lake, write_recipe):
+    """No replica can reach 1% of the constant classifier's loss: NaN ratios and bounds would follow."""
+    with pytest.raises(RunError, match=r"no kept replica of term\(s\) c1, c1\*c1: every replica missed"):
+        engine.run(write_recipe(recipe_text(**{**SMALL, "threshold: 1.0": "threshold: 0.01"})), lake)
+    assert not [f for f in lake_files(lake) if "derived" in f or "models" in f]
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"coefficients: [c1], c_train": "coefficients: [c3], c_train"},
      "unknown Wilson coefficient 'c3'"),
@@ -169,5 +178,6 @@ def test_full_recipe_meets_the_domain_accuracy(tmp_path):
     assert max(errors.values()) < 0.03, errors
     bounds = lake.open("derived", "lhc-eft-toy/bounds").load()
     nn, exact = bounds["interval_nn"].values[0], bounds["interval_exact"].values[0]
-    # measured: ends 0.28 and 0.01 sigma from the exact ones (DOMAIN.md reproduction: 0.03 sigma)
+    # measured: ends 0.22 and 0.06 sigma from the exact ones (DOMAIN.md reproduction: 0.03 sigma); half
+    # of the low end's offset is one pseudo-data event at x1 = 7.1, where the networks are 20% low
     assert np.all(np.abs(nn - exact) < 0.35 * sigma_of_interval(bounds)), (nn, exact)
