@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dask
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
 
 import engine
 from engine.graph import compile_recipe
+from engine.ops.core import as_delayed
 from engine.runner import execute
+from engine.testing import repeated_tasks
 from tests.conftest import lake_files
 from tests.test_graph import RECIPE
 
@@ -73,19 +77,12 @@ def test_plots_are_written_to_reports(ramp_lake, write_recipe):
 
 def _shared_work():
     """A costly task feeding two outputs, as a training feeds a model and its predictions."""
-    import dask
-    import dask.array as da
-
     trained = dask.delayed(np.arange, pure=True)(6.0)
     weights = da.from_delayed(trained, (6,), float)
     return trained, weights, (weights * 2).sum()
 
 
 def test_repeated_tasks_finds_work_that_a_delayed_array_copies():
-    import dask
-
-    from engine.testing import repeated_tasks
-
     trained, weights, total = _shared_work()
     copied = dask.delayed(float, pure=True)(total)  # finalises `total`: its graph is fused and copied
     graph = {**weights.__dask_graph__(), **copied.__dask_graph__()}
@@ -93,11 +90,6 @@ def test_repeated_tasks_finds_work_that_a_delayed_array_copies():
 
 
 def test_repeated_tasks_is_empty_when_shared_work_is_kept_by_key():
-    import dask
-
-    from engine.ops.core import as_delayed
-    from engine.testing import repeated_tasks
-
     _, weights, total = _shared_work()
     kept = dask.delayed(float, pure=True)(as_delayed(total))
     assert repeated_tasks({**weights.__dask_graph__(), **kept.__dask_graph__()}) == {}

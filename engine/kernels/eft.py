@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .mlp import EnsembleMLP, register_output_transform, resolve_device
 from .optim import OptimiserConfig
+from .regression import scale_features
 from .train import Progress, StoppingConfig, TrainResult, train_with_config
 
 Tensor = torch.Tensor
@@ -196,10 +197,6 @@ def robust_range(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return low, np.where(high > low, high, low + 1.0)
 
 
-def scale(features: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    return 2.0 * (features - low) / (high - low) - 1.0
-
-
 class WeightedCrossEntropy:
     """A loss_fn for train_ensemble: per-row cross-entropy of SM vs SM+term, in minibatches.
 
@@ -304,8 +301,8 @@ def fit_eft(
     model = EnsembleMLP(t * r, [sm.shape[-1], *config.hidden, 1], list(config.activations),
                         seed=config.seed, device=device, output_transform="eft_positivity",
                         replica_params={"c_scale": np.repeat(np.asarray(c_scale, float), r)})
-    sm_rows = np.tile(scale(sm, low, high), (t, 1, 1))
-    eft_rows = scale(eft, low, high).reshape(t * r, *eft.shape[2:])
+    sm_rows = np.tile(scale_features(sm, low, high), (t, 1, 1))
+    eft_rows = scale_features(eft, low, high).reshape(t * r, *eft.shape[2:])
     loss = WeightedCrossEntropy(sm_rows, eft_rows, np.full(t * r, float(sigma_sm)),
                                 np.repeat(np.asarray(sigma_eft, float), r), config, device,
                                 model.dtype)
@@ -319,7 +316,7 @@ def predict_terms(arrays: Mapping[str, np.ndarray], architecture: Mapping, featu
     """NN_t of every stored row at features (n, f): (rows, n)."""
     torch.set_num_threads(1)
     model = EnsembleMLP.from_arrays(arrays, architecture, device=resolve_device(device))
-    x = torch.as_tensor(scale(np.asarray(features, float), low, high), dtype=model.dtype,
+    x = torch.as_tensor(scale_features(np.asarray(features, float), low, high), dtype=model.dtype,
                         device=model.device)
     with torch.no_grad():
         return model(x)[..., 0].cpu().numpy()

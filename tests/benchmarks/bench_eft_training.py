@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from engine.kernels import eft
 from engine.kernels.mlp import ACTIVATIONS
 from engine.kernels.optim import OptimiserConfig
+from engine.kernels.regression import scale_features
 from engine.kernels.train import StoppingConfig
 
 HIDDEN = (25, 25, 25)
@@ -69,8 +70,8 @@ def loop(sm, terms, sigma, scale, batch: int, steps: int) -> float:
     start = time.perf_counter()
     for t in range(terms.shape[0]):
         for r in range(sm.shape[0]):
-            x_sm = torch.as_tensor(eft.scale(sm[r], low, high), dtype=torch.float32)
-            x_eft = torch.as_tensor(eft.scale(terms[t, r], low, high), dtype=torch.float32)
+            x_sm = torch.as_tensor(scale_features(sm[r], low, high), dtype=torch.float32)
+            x_eft = torch.as_tensor(scale_features(terms[t, r], low, high), dtype=torch.float32)
             net, s = _network(), float(scale[t])
             opt = torch.optim.Adam(net.parameters(), lr=LR)
             rng = np.random.default_rng([t, r])
