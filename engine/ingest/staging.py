@@ -17,7 +17,7 @@ import xarray as xr
 import zarr
 
 from ..catalog import publish_entry
-from ..memory import limit_heap_fragmentation
+from ..memory import tune_malloc
 from ..progress import make_progress
 from ..storage import Lake
 from ..zarr_io import write_template
@@ -53,7 +53,7 @@ class StagedEntry:
 @contextmanager
 def staged_entry(lake: Lake, zone: str, name: str) -> Iterator[StagedEntry]:
     """Stage an entry; discard it if the block raises (published entries are left alone)."""
-    limit_heap_fragmentation()
+    tune_malloc()
     stage = StagedEntry(lake, zone, name)
     try:
         yield stage
