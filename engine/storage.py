@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import uuid
 from typing import Any
 
@@ -97,8 +98,16 @@ class Lake:
     # -- writing -------------------------------------------------------------------------
     def new_tmp_path(self, label: str) -> str:
         """A fresh folder under .tmp/ for work in progress (never in the catalog)."""
-        safe = label.replace("/", "__")
-        return self.path(TMP_DIR, f"{safe}-{uuid.uuid4().hex[:12]}")
+        return self.path(TMP_DIR, f"{_tmp_label(label)}-{uuid.uuid4().hex[:12]}")
+
+    def tmp_paths(self, label: str) -> list[str]:
+        """The folders `new_tmp_path(label)` made that are still under .tmp/ (that label only)."""
+        folder = self.path(TMP_DIR)
+        if not self.fs.exists(folder):
+            return []
+        pattern = re.compile(re.escape(_tmp_label(label)) + r"-[0-9a-f]{12}")
+        return sorted(path for path in self.fs.ls(folder, detail=False)
+                      if pattern.fullmatch(posixpath.basename(path.rstrip("/"))))
 
     def ensure_zones(self) -> None:
         for zone in ZONES:
@@ -150,6 +159,10 @@ class Lake:
         with self.fs.open(tmp, "wb") as handle:
             handle.write(data)
         self.fs.mv(tmp, path)
+
+
+def _tmp_label(label: str) -> str:
+    return label.replace("/", "__")
 
 
 def listing_token(fs: fsspec.AbstractFileSystem, path: str) -> str:

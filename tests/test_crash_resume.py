@@ -148,3 +148,29 @@ def test_output_published_but_not_yet_listed_is_listed_by_the_next_run(ramp_lake
     summary = engine.run(write_recipe(RECIPE), ramp_lake)
     assert summary.outputs[0].status == "up to date"
     assert "derived/smoke/total" in load_catalog(LAKE_CATALOG, ramp_lake).entries
+
+
+def staged_ingests(lake: Lake, name: str) -> list[str]:
+    return lake.tmp_paths(f"raw-{name}")
+
+
+def test_a_killed_ingest_shows_nothing_and_the_next_one_removes_what_it_staged(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    ingest = ("ingest", "synthetic-eels", "img", "--chunks", "16", "16", "--no-progress")
+    first = start_cli(lake, tmp_path / "unused.log", *ingest, "--shape", "256", "256", "2048")
+    wait_for(lambda: any(Path(p, "counts").exists() for p in staged_ingests(lake, "img"))
+             or first.poll() is not None)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
+    leftover = staged_ingests(lake, "img")
+    assert len(leftover) == 1 and not lake.exists("raw", "img")
+    other = Path(lake.path(".tmp", "raw-img2-0123456789ab"))  # another name's staging: not ours to remove
+    other.mkdir()
+
+    second = start_cli(lake, tmp_path / "unused.log", *ingest, "--shape", "16", "16", "256")
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 0, stderr
+    assert "a killed ingest of raw/img staged it" in stderr
+    assert staged_ingests(lake, "img") == [] and other.exists()
+    assert lake.open("raw", "img")["counts"].shape == (16, 16, 256)

@@ -7,6 +7,7 @@ is in; any failure removes the staged store, so the lake never shows half an ing
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +18,13 @@ import xarray as xr
 import zarr
 
 from ..catalog import publish_entry
+from ..locks import output_locks
 from ..memory import tune_malloc
 from ..progress import make_progress
 from ..storage import Lake
 from ..zarr_io import write_template
 
+log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 Block = tuple[slice, slice]
 
@@ -38,7 +41,7 @@ class StagedEntry:
     def __init__(self, lake: Lake, zone: str, name: str):
         lake.entry_path(zone, name)  # refuse bad names before anything is written
         self.lake, self.zone, self.name = lake, zone, name
-        self.path = lake.new_tmp_path(f"{zone}-{name}")
+        self.path = lake.new_tmp_path(f"{zone}-{name}")  # staged_entry finds leftovers by this label
 
     def layout(self, template: xr.Dataset) -> zarr.Group:
         """Write the template's metadata (no data) and open the store for block writes."""
@@ -52,14 +55,26 @@ class StagedEntry:
 
 @contextmanager
 def staged_entry(lake: Lake, zone: str, name: str) -> Iterator[StagedEntry]:
-    """Stage an entry; discard it if the block raises (published entries are left alone)."""
+    """Stage an entry; discard it if the block raises (published entries are left alone).
+
+    On a local lake the staging lock of zone/NAME is held throughout: a second ingest of the same
+    name waits for the first, so a staged store of that name found under .tmp/ is what a killed
+    ingest (SIGKILL, power loss) left, and is removed before staging anew. Object-store lakes
+    have no locks, so there such leftovers stay until removed by hand.
+    """
     tune_malloc()
-    stage = StagedEntry(lake, zone, name)
-    try:
-        yield stage
-    except BaseException:
-        lake.discard(stage.path)
-        raise
+    label = f"{zone}-{name}"
+    with output_locks(lake, [f"staging/{zone}/{name}"], f"ingest of {zone}/{name}"):
+        if lake.is_local:
+            for leftover in lake.tmp_paths(label):
+                log.warning("removing %s: a killed ingest of %s/%s staged it", leftover, zone, name)
+                lake.discard(leftover)
+        stage = StagedEntry(lake, zone, name)
+        try:
+            yield stage
+        except BaseException:
+            lake.discard(stage.path)
+            raise
 
 
 def write_blocks(blocks: list[Block], write: Callable[[Block], Result], label: str,
