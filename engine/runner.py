@@ -34,7 +34,7 @@ from .errors import RunError
 from .graph import ENGINE_VERSION
 from .integrity import find_damage
 from .locks import output_locks
-from .memory import tune_malloc
+from .memory import limit_heap_fragmentation
 from .plan import Plan, PlannedStep
 from .progress import DaskProgress
 from .reports import draw_plot, report_path
@@ -99,7 +99,7 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
     are checked against their manifests first: by listing (names and sizes), or with
     `verify_inputs` by every byte's digest, which also catches a flipped bit that still decodes.
     """
-    tune_malloc()
+    limit_heap_fragmentation()
     started_clock = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     lake = plan.lake

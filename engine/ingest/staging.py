@@ -19,7 +19,7 @@ import zarr
 
 from ..catalog import publish_entry
 from ..locks import output_locks
-from ..memory import tune_malloc
+from ..memory import limit_heap_fragmentation
 from ..progress import make_progress
 from ..storage import Lake
 from ..zarr_io import write_template
@@ -62,7 +62,7 @@ def staged_entry(lake: Lake, zone: str, name: str) -> Iterator[StagedEntry]:
     ingest (SIGKILL, power loss) left, and is removed before staging anew. Object-store lakes
     have no locks, so there such leftovers stay until removed by hand.
     """
-    tune_malloc()
+    limit_heap_fragmentation()
     label = f"{zone}-{name}"
     with output_locks(lake, [f"staging/{zone}/{name}"], f"ingest of {zone}/{name}"):
         if lake.is_local:

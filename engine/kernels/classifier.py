@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from .mlp import EnsembleMLP, resolve_device
 from .regression import RegressionConfig as NetworkConfig  # the same network and training settings
 from .train import Progress, TrainResult, train_with_config
-from .worker import prepare_small_network_worker
 
 Tensor = torch.Tensor
 
@@ -136,7 +135,7 @@ def fit_network(kind: str, x_train: np.ndarray, y_train: np.ndarray | None, trai
     """Train an ensemble (R = len(train_weights)) as a classifier (kind 'bce', logits out, labels
     y) or an autoencoder (kind 'reconstruction', inputs reconstructed, y ignored); `batch_size`
     switches from full-batch steps to minibatch steps (see WeightedEventLoss)."""
-    prepare_small_network_worker()
+    torch.set_num_threads(1)  # small nets on few cores: one thread per worker is fastest
     scale = Standardiser.fit(x_train)
     xt, xv = scale(x_train), scale(x_val)
     n_out = 1 if kind == "bce" else xt.shape[1]
@@ -154,7 +153,7 @@ def fit_network(kind: str, x_train: np.ndarray, y_train: np.ndarray | None, trai
 def evaluate_network(kind: str, arrays: Mapping[str, np.ndarray], architecture: Mapping,
                      x: np.ndarray, scale: Standardiser, device: str = "cpu") -> np.ndarray:
     """(R, n) scores of a stored ensemble: classifier probabilities, or reconstruction errors."""
-    prepare_small_network_worker()
+    torch.set_num_threads(1)
     model = EnsembleMLP.from_arrays(arrays, architecture, device=resolve_device(device))
     xs = torch.as_tensor(scale(x), dtype=model.dtype, device=model.device)
     with torch.no_grad():

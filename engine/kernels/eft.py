@@ -27,7 +27,6 @@ from .mlp import EnsembleMLP, register_output_transform, resolve_device
 from .optim import OptimiserConfig
 from .regression import scale_features
 from .train import Progress, StoppingConfig, TrainResult, train_with_config
-from .worker import prepare_small_network_worker
 
 Tensor = torch.Tensor
 
@@ -300,7 +299,7 @@ def fit_eft(
     replica; sigma_eft (T,) their fiducial cross sections; c_scale (T,) each term's coefficient
     product at c_train. Rows of the ensemble are ordered term-major: row = t R + r.
     """
-    prepare_small_network_worker()
+    torch.set_num_threads(1)
     t, r = eft.shape[:2]
     if sm.shape[0] != r or sm.shape[-1] != eft.shape[-1]:
         raise ValueError(f"SM samples {sm.shape} do not match the SM+term samples {eft.shape}")
@@ -324,7 +323,7 @@ def fit_eft(
 def predict_terms(arrays: Mapping[str, np.ndarray], architecture: Mapping, features: np.ndarray,
                   low: np.ndarray, high: np.ndarray, device: str = "cpu") -> np.ndarray:
     """NN_t of every stored row at features (n, f): (rows, n)."""
-    prepare_small_network_worker()
+    torch.set_num_threads(1)
     model = EnsembleMLP.from_arrays(arrays, architecture, device=resolve_device(device))
     x = torch.as_tensor(scale_features(np.asarray(features, float), low, high), dtype=model.dtype,
                         device=model.device)

@@ -30,7 +30,6 @@ from .mlp import EnsembleMLP, resolve_device
 from .optim import OptimiserConfig
 from .pdf_fk import FLAVOURS, TARGETS, f2_charges
 from .train import Chi2Loss, Progress, StoppingConfig, TrainResult, train_with_config
-from .worker import prepare_small_network_worker
 
 EVOLUTION_BASIS = ("Sigma", "g", "V", "V3", "V8", "T3", "T8")
 # (alpha range, beta range) per fittable function: x f ~ x^(1 - alpha) at small x, (1 - x)^beta
@@ -208,7 +207,7 @@ def fit_pdf(fk: np.ndarray, grid: np.ndarray, pseudodata: np.ndarray, train_mask
 
     penalty (R,) is each replica's positivity penalty with its final weights (pass: < 1e-6).
     """
-    prepare_small_network_worker()
+    torch.set_num_threads(1)  # small nets on few cores: one thread per worker is fastest
     device = resolve_device(config.device)
     model = build_model(pseudodata.shape[0], config, device)
     loss = PdfLoss(fk, grid, pseudodata, covariance, train_mask, config, device, model.dtype)
@@ -219,7 +218,7 @@ def fit_pdf(fk: np.ndarray, grid: np.ndarray, pseudodata: np.ndarray, train_mask
 
 def basis_on_grid(arrays: Mapping[str, np.ndarray], architecture: Mapping, x: np.ndarray) -> np.ndarray:
     """(R, len(x), n_basis) fitted functions of a stored ensemble at x (numpy)."""
-    prepare_small_network_worker()
+    torch.set_num_threads(1)
     model = EnsembleMLP.from_arrays(arrays, architecture, dtype=torch.float64)
     with torch.no_grad():
         return model(torch.as_tensor(np.asarray(x, float)[:, None])).numpy()

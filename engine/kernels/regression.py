@@ -16,7 +16,6 @@ import torch
 from .mlp import EnsembleMLP, resolve_device
 from .optim import OptimiserConfig
 from .train import Chi2Loss, Progress, StoppingConfig, TrainResult, train_with_config
-from .worker import prepare_small_network_worker
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def fit_regression(
     resume_from: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[TrainResult, np.ndarray, np.ndarray]:
     """Train R networks y_r(x) on pseudo-data (R, n); returns (result, feature low, high)."""
-    prepare_small_network_worker()
+    torch.set_num_threads(1)  # small nets on few cores: one thread per worker is fastest
     features = np.asarray(features, float).reshape(len(features), -1)
     low, high = feature_range(features)
     device = resolve_device(config.device)
@@ -71,7 +70,7 @@ def predict_regression(arrays: Mapping[str, np.ndarray], architecture: Mapping,
                        features: np.ndarray, low: np.ndarray, high: np.ndarray,
                        device: str = "cpu") -> np.ndarray:
     """(R, n) predictions of a stored ensemble at `features` (n, f) (or (n,) for one feature)."""
-    prepare_small_network_worker()
+    torch.set_num_threads(1)
     features = np.asarray(features, float).reshape(len(features), -1)
     model = EnsembleMLP.from_arrays(arrays, architecture, device=resolve_device(device))
     x = torch.as_tensor(scale_features(features, low, high), dtype=model.dtype, device=model.device)

@@ -37,7 +37,6 @@ from .mlp import EnsembleMLP, resolve_device
 from .optim import OptimiserConfig
 from .replicas import training_masks
 from .train import Chi2Loss, Progress, StoppingConfig, TrainResult, train_ensemble
-from .worker import prepare_small_network_worker
 
 # Nodes of the fast path's ln N grid. Measured against brute force (70 kept replicas, 200
 # generator pixels over ln N 12.6-13.9, |fast - brute| / (P84 - P16) on channels with a band of
@@ -254,7 +253,7 @@ def train_zlp(
     Subtract with the kept replicas only, {k: v[result.kept] for k, v in result.weights.items()}:
     a replica that never fitted can sit orders of magnitude off and would set a quantile.
     """
-    prepare_small_network_worker()
+    torch.set_num_threads(1)  # small nets: one thread per worker is fastest (DOMAIN.md 1)
     ts = training_set
     r, n = ts.y.shape
     dev = resolve_device(device)
@@ -268,7 +267,7 @@ def train_zlp(
 
 
 def _model(arrays, architecture, device) -> EnsembleMLP:
-    prepare_small_network_worker()
+    torch.set_num_threads(1)
     return EnsembleMLP.from_arrays(arrays, architecture, device=resolve_device(device))
 
 

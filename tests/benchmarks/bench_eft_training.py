@@ -8,8 +8,7 @@ Both sides train the same networks ([2, 25, 25, 25, 1], tanh, smooth positivity 
 softplus(1 + s raw)) for the same number of minibatch steps on the same samples, with the same
 cross-section-weighted cross-entropy and Adam (the rate falling 10x over the steps), and both
 check their loss on the same held-out 20% every 200 steps, keeping the best weights: the recipe's
-settings. Each side first runs a few untimed steps (allocator and kernel warm-up), and both run
-with the process set-up of the kernels (one thread, engine.memory's malloc settings). The loop side
+settings. Each side first runs a few untimed steps (allocator and kernel warm-up). The loop side
 is what ML4EFT does (one torch.nn network and optimiser per (term, replica), trained one after
 another), with the kernels' CPU tanh so that the ratio measures batching alone; it indexes tensors
 directly, faster than ML4EFT's DataLoader. The batched side is `fit_eft`: one EnsembleMLP whose
@@ -37,7 +36,6 @@ from engine.kernels.mlp import ACTIVATIONS
 from engine.kernels.optim import OptimiserConfig
 from engine.kernels.regression import scale_features
 from engine.kernels.train import StoppingConfig
-from engine.kernels.worker import prepare_small_network_worker
 
 HIDDEN = (25, 25, 25)
 TERMS = [("c1",), ("c1", "c1")]
@@ -132,7 +130,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--validate-every", type=int, default=200)
     args = parser.parse_args()
-    prepare_small_network_worker()  # both sides: one thread, glibc keeping freed buffers
+    torch.set_num_threads(1)
     data = samples(args.replicas, args.events)
     rows = len(TERMS) * args.replicas
     print(f"{rows} networks (2 terms x {args.replicas} replicas), {args.steps} steps, 1 thread")

@@ -35,7 +35,6 @@ from engine.kernels.mlp import ACTIVATIONS, EnsembleMLP
 from engine.kernels.optim import OptimiserConfig
 from engine.kernels.replicas import draw_replicas, training_masks
 from engine.kernels.train import Chi2Loss, StoppingConfig, train_ensemble
-from engine.kernels.worker import prepare_small_network_worker
 
 EELS_NET = ([2, 10, 15, 5, 1], ["sigmoid", "sigmoid", "relu", "linear"])
 PDF_NET = ([2, 25, 20, 8], ["tanh", "tanh", "linear"])
@@ -122,7 +121,7 @@ class _Activation(torch.nn.Module):
 
 
 def main() -> None:
-    prepare_small_network_worker()  # as the kernels: one thread, engine.memory's malloc settings
+    torch.set_num_threads(1)
     workloads = {
         "eels 2-10-15-5-1": regression(*EELS_NET),
         "pdf 2-25-20-8 fk": fk_convolution(*PDF_NET),
