@@ -21,6 +21,7 @@ from ruamel.yaml import YAML
 
 import engine
 from engine.catalog import LAKE_CATALOG, load_catalog
+from engine.ingest.staging import staged_entry
 from engine.integrity import find_damage
 from engine.storage import Lake
 from engine.testing import put_in_lake, ramp_dataset
@@ -174,3 +175,11 @@ def test_a_killed_ingest_shows_nothing_and_the_next_one_removes_what_it_staged(t
     assert "a killed ingest of raw/img staged it" in stderr
     assert staged_ingests(lake, "img") == [] and other.exists()
     assert lake.open("raw", "img")["counts"].shape == (16, 16, 256)
+
+
+def test_a_live_ingest_keeps_its_staging_when_another_ingest_of_the_name_starts(lake):
+    with staged_entry(lake, "raw", "img") as first:
+        live = first.path
+        with staged_entry(lake, "raw", "img") as second:
+            assert second.path != live and Path(live).is_dir()  # its lock is held: not a leftover
+            assert staged_ingests(lake, "img") == sorted([live, second.path])

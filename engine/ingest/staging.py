@@ -7,18 +7,19 @@ is in; any failure removes the staged store, so the lake never shows half an ing
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import xarray as xr
 import zarr
 
 from ..catalog import publish_entry
-from ..locks import output_locks
 from ..memory import limit_heap_fragmentation
 from ..progress import make_progress
 from ..storage import Lake
@@ -36,12 +37,57 @@ def pixel_blocks(shape: tuple[int, int], block: tuple[int, int]) -> list[Block]:
 
 
 class StagedEntry:
-    """A store being written in `.tmp/` that becomes zone/NAME on `publish`."""
+    """A store being written in `.tmp/` that becomes zone/NAME on `publish`.
 
-    def __init__(self, lake: Lake, zone: str, name: str):
+    Why staging folders on local lakes carry a lock: a killed ingest (SIGKILL, power loss) cannot
+    remove what it staged. Each staging folder has a sibling `<folder>.lock` that its ingest holds
+    (flock, freed by the kernel when the process dies) from before the folder exists, so the next
+    ingest of the same name can tell a leftover (lock free) from a live ingest (lock held) and
+    removes only leftovers. Object-store lakes have no locks: there leftovers stay until removed
+    by hand.
+    """
+
+    def __init__(self, lake: Lake, zone: str, name: str, stack: ExitStack):
         lake.entry_path(zone, name)  # refuse bad names before anything is written
         self.lake, self.zone, self.name = lake, zone, name
-        self.path = lake.new_tmp_path(f"{zone}-{name}")  # staged_entry finds leftovers by this label
+        self.label = f"{zone}-{name}"
+        self._stack = stack  # closes the staging lock when staged_entry ends
+        self._path: str | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._path is not None
+
+    @property
+    def path(self) -> str:
+        """The staging folder, made on first use: input rejected before that touches nothing."""
+        if self._path is None:
+            if self.lake.is_local:
+                self._remove_leftovers()
+                self._path = self._claim_locked_folder()
+            else:
+                self._path = self.lake.new_tmp_path(self.label)
+        return self._path
+
+    def _claim_locked_folder(self) -> str:
+        path = self.lake.new_tmp_path(self.label)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle = _open_lock(path)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._stack.callback(_close_and_remove, handle)
+        os.makedirs(path)
+        return path
+
+    def _remove_leftovers(self) -> None:
+        for path in self.lake.tmp_paths(self.label):
+            with _open_lock(path) as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live ingest of the same name
+                log.warning("removing %s: a killed ingest of %s/%s staged it", path, self.zone, self.name)
+                self.lake.discard(path)
+                Path(handle.name).unlink(missing_ok=True)  # a third ingest may have been quicker
 
     def layout(self, template: xr.Dataset) -> zarr.Group:
         """Write the template's metadata (no data) and open the store for block writes."""
@@ -53,27 +99,27 @@ class StagedEntry:
         return publish_entry(self.lake, self.path, self.zone, self.name, description, metadata)
 
 
+def _open_lock(folder: str):
+    return open(f"{folder}.lock", "a")
+
+
+def _close_and_remove(handle) -> None:
+    """Release a staging lock once its folder is published or discarded, and remove its file."""
+    Path(handle.name).unlink()
+    handle.close()
+
+
 @contextmanager
 def staged_entry(lake: Lake, zone: str, name: str) -> Iterator[StagedEntry]:
-    """Stage an entry; discard it if the block raises (published entries are left alone).
-
-    On a local lake the staging lock of zone/NAME is held throughout: a second ingest of the same
-    name waits for the first, so a staged store of that name found under .tmp/ is what a killed
-    ingest (SIGKILL, power loss) left, and is removed before staging anew. Object-store lakes
-    have no locks, so there such leftovers stay until removed by hand.
-    """
+    """Stage an entry; discard it if the block raises (published entries are left alone)."""
     limit_heap_fragmentation()
-    label = f"{zone}-{name}"
-    with output_locks(lake, [f"staging/{zone}/{name}"], f"ingest of {zone}/{name}"):
-        if lake.is_local:
-            for leftover in lake.tmp_paths(label):
-                log.warning("removing %s: a killed ingest of %s/%s staged it", leftover, zone, name)
-                lake.discard(leftover)
-        stage = StagedEntry(lake, zone, name)
+    with ExitStack() as stack:
+        stage = StagedEntry(lake, zone, name, stack)
         try:
             yield stage
         except BaseException:
-            lake.discard(stage.path)
+            if stage.started:
+                lake.discard(stage.path)
             raise
 
 
