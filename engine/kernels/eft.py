@@ -209,9 +209,8 @@ class WeightedCrossEntropy:
     pass) and the step train_ensemble sets: a resumed run sees the same batches as an
     uninterrupted one.
 
-    Why both samples sit in one tensor: a step gathers its SM and SM+term events with one index
-    and sends them through the networks in one forward pass, half the operations of two passes;
-    at small minibatches the per-operation cost is most of a step.
+    Why a step's SM and SM+term events go through the networks together: one forward pass is
+    half the operations of two, and at small minibatches the per-operation cost is most of a step.
     """
 
     def __init__(self, sm: np.ndarray, eft: np.ndarray, sigma_sm: np.ndarray, sigma_eft: np.ndarray,
