@@ -1,25 +1,43 @@
 """ReplicaLake: a declarative data-lake engine for physics machine learning.
 
 The Python API mirrors the CLI: `load_recipe` (schema check), `compile_recipe` (a lazy Plan),
-`run` (compute and publish). Importing `engine` imports neither torch, cupy nor prefect.
+`run` (compute and publish). Importing `engine` imports neither torch, cupy nor prefect, and
+xarray only once one of these names is used: every `engine.*` import runs this file first,
+the CLI's included, and `replicalake --help` needs none of them.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import RecipeError, ReplicaLakeError
-from .graph import compile_recipe
-from .recipe import load_recipe
-from .storage import Lake
+
+if TYPE_CHECKING:
+    from .graph import compile_recipe
+    from .recipe import load_recipe
+    from .storage import Lake
 
 __all__ = ["Lake", "RecipeError", "ReplicaLakeError", "compile_recipe", "load_recipe", "run"]
 
+_LAZY = {"compile_recipe": "graph", "load_recipe": "recipe", "Lake": "storage"}  # name -> module
+
+
+def __getattr__(name: str):
+    """The API names above, imported from their modules on first use (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def run(recipe: str | Path, lake: str | Lake | None = None, scheduler: str | None = None,
-        progress: bool = False):
-    """Compile and execute a recipe; returns the RunSummary."""
+        progress: bool = False, max_memory: int | str | None = None):
+    """Compile and execute a recipe; returns the RunSummary (see engine.runner.execute)."""
+    from .graph import compile_recipe
     from .runner import execute
+    from .storage import Lake
 
     store = lake if isinstance(lake, Lake) else Lake(lake)
-    return execute(compile_recipe(recipe, store), scheduler=scheduler, progress=progress)
+    return execute(compile_recipe(recipe, store), scheduler=scheduler, progress=progress,
+                   max_memory=max_memory)

@@ -24,11 +24,10 @@ from ruamel.yaml import YAML
 from .config import catalog_dir
 from .errors import CatalogError, Problem, did_you_mean
 from .locks import catalog_lock, output_locks
+from .names import LAKE_CATALOG, LAKE_CATALOG_FILE, catalog_name_problem
 from .recipe import parse_yaml
 from .storage import PROVENANCE_KEY, Lake, listing_token
 
-LAKE_CATALOG = "lake"
-LAKE_CATALOG_FILE = "catalog.yaml"
 READER = "intake.readers.readers:XArrayDatasetReader"
 DATATYPE = "intake.readers.datatypes:Zarr"
 _DATA_REF = re.compile(r"^\{data\((?P<key>[^)]+)\)\}$")
@@ -104,7 +103,7 @@ def parse_catalog(text: str, path: str, name: str, substitutions: dict[str, str]
 
 def available_catalogs(catalogs: Path | str | None = None) -> list[str]:
     folder = catalog_dir(catalogs)
-    return sorted(p.stem for p in folder.glob("*.yaml")) + [LAKE_CATALOG]
+    return sorted(p.stem for p in folder.glob("*.yaml") if not catalog_name_problem(p.stem)) + [LAKE_CATALOG]
 
 
 def load_catalog(name: str, lake: Lake, catalogs: Path | str | None = None) -> Catalog:
@@ -117,6 +116,9 @@ def load_catalog(name: str, lake: Lake, catalogs: Path | str | None = None) -> C
         return parse_catalog(text, lake.url(path), name,
                              {"CATALOG_DIR": lake.url(lake.root), "lake": lake.url(lake.root)})
     folder = catalog_dir(catalogs)
+    problem = catalog_name_problem(name)
+    if problem:  # a name is a plain stem: never a path to some other *.yaml file
+        raise CatalogError([Problem(f"catalog name {name!r} {problem}", str(folder))], "catalogs")
     path = folder / f"{name}.yaml"
     if not path.is_file():
         choices = available_catalogs(folder)
@@ -162,7 +164,11 @@ def _empty_lake_catalog() -> dict[str, Any]:
 
 def register_entry(lake: Lake, zone: str, name: str, description: str = "",
                    metadata: dict[str, Any] | None = None) -> str:
-    """Add or replace `zone/name` in the lake catalog (written atomically); return its key."""
+    """Add or replace `zone/name` in the lake catalog (written atomically); return its key.
+
+    The name is checked here too because it becomes a key and a `{...}`-templated URL.
+    """
+    lake.entry_path(zone, name)
     key = f"{zone}/{name}"
     data_key = key.replace("/", "__")
     path = lake.path(LAKE_CATALOG_FILE)

@@ -12,12 +12,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .config import DEFAULT_PIXEL_CHUNKS
+from .cli_ingest import FormatGroup
 from .errors import ReplicaLakeError
 
 app = typer.Typer(help="ReplicaLake: declarative out-of-core physics analyses over a zarr lake.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-ingest_app = typer.Typer(help="Bring foreign data into the lake's raw/ zone.", no_args_is_help=True)
+ingest_app = typer.Typer(cls=FormatGroup, help="Bring foreign data into the lake's raw/ zone.",
+                         no_args_is_help=True)
 catalog_app = typer.Typer(help="List and show catalog entries.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(catalog_app, name="catalog")
@@ -46,7 +47,7 @@ def init(lake: LakeOption = None) -> None:
     """Create an empty lake (zones raw/, derived/, models/, reports/)."""
     store = _lake(lake)
     store.ensure_zones()
-    out.print(f"lake ready at {store.root_url}")
+    out.print(f"lake ready at {escape(store.root_url)}")
 
 
 @app.command()
@@ -94,30 +95,47 @@ def validate(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOptio
     from .graph import compile_recipe
 
     plan = compile_recipe(recipe, _lake(lake), catalogs)
-    out.print(f"[green]ok[/green] {recipe}: {len(plan.recipe.steps)} steps, "
+    out.print(f"[green]ok[/green] {escape(str(recipe))}: {len(plan.recipe.steps)} steps, "
               f"{len(plan.outputs)} outputs ({len(plan.stale_outputs)} to compute)")
+
+
+MaxMemoryOption = Annotated[str | None, typer.Option(
+    "--max-memory", help="memory budget, e.g. 4GiB, 500MB or bytes: a run projected above it is "
+    "refused; default $REPLICALAKE_MAX_MEMORY, else 75% of the machine's RAM")]
 
 
 @app.command()
 def plan(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = None,
-         as_json: JsonOption = False) -> None:
-    """Show the steps: dims, chunks, bytes, projected peak memory, what is up to date."""
+         max_memory: MaxMemoryOption = None, as_json: JsonOption = False) -> None:
+    """Show the steps: dims, chunks, bytes, projected peak memory, what is up to date.
+
+    Exits 1, after the table, when the run's projected peak is above the memory budget."""
+    from .config import max_memory as memory_budget
     from .graph import compile_recipe
     from .plan import human_bytes
+    from .projection import refuse_over_budget
 
+    budget = memory_budget(max_memory)
     compiled = compile_recipe(recipe, _lake(lake), catalogs)
-    rows = compiled.rows()
+    projection = compiled.projection()
+    rows = compiled.rows(projection)
     if as_json:
-        out.print_json(json.dumps({"recipe": compiled.recipe.name, "steps": rows}))
-        return
-    table = Table(title=f"plan of {compiled.recipe.name} ({recipe})")
-    for column in ("step", "op", "dims", "chunks", "size", "est. peak", "status"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(row["id"], row["op"], _dims_text(row["dims"]), _dims_text(row["chunks"]),
-                      human_bytes(row["bytes"]), human_bytes(row["projected_peak_bytes"]),
-                      row["status"] + (f"\n-> {row['output']}" if row["output"] else ""))
-    out.print(table)
+        out.print_json(json.dumps({"recipe": compiled.recipe.name, "steps": rows, "memory": {
+            "projected_bytes": projection.total_bytes, "threads": projection.threads,
+            "max_memory_bytes": budget}}))
+    else:
+        table = Table(title=escape(f"plan of {compiled.recipe.name} ({recipe})"), caption=(
+            f"projected peak of the run: {human_bytes(projection.total_bytes)} on "
+            f"{projection.threads} threads (budget {human_bytes(budget)}); est. peak: a step run alone"))
+        for column in ("step", "op", "dims", "chunks", "size", "est. peak", "status"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            peak = row["projected_peak_bytes"]
+            table.add_row(row["id"], row["op"], _dims_text(row["dims"]), _dims_text(row["chunks"]),
+                          human_bytes(row["bytes"]), "-" if peak is None else human_bytes(peak),
+                          escape(row["status"] + (f"\n-> {row['output']}" if row["output"] else "")))
+        out.print(table)
+    refuse_over_budget(compiled, projection, budget)
 
 
 def _dims_text(sizes: dict[str, int]) -> str:
@@ -138,19 +156,20 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
         verify_inputs: Annotated[bool, typer.Option(
             "--verify-inputs", help="check every byte of the inputs against their checksums first "
             "(reads them twice; default: a listing check of names and sizes)")] = False,
-        as_json: JsonOption = False) -> None:
+        max_memory: MaxMemoryOption = None, as_json: JsonOption = False) -> None:
     """Compute the recipe's stale outputs and publish them to the lake (resuming a killed run)."""
     if prefect:
         from .flows import run_once
 
-        summary = run_once(recipe, lake, catalogs, scheduler)
+        summary = run_once(recipe, lake, catalogs, scheduler, max_memory)
     else:
         from .graph import compile_recipe
         from .runner import execute
 
         compiled = compile_recipe(recipe, _lake(lake), catalogs)
         summary = execute(compiled, scheduler=scheduler, progress=progress and not as_json,
-                          lock_timeout=lock_timeout, verify_inputs=verify_inputs)
+                          lock_timeout=lock_timeout, verify_inputs=verify_inputs,
+                          max_memory=max_memory)
     if as_json:
         out.print_json(json.dumps(summary.to_dict()))
         return
@@ -160,17 +179,27 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
 def _print_summary(summary) -> None:
     from .plan import human_bytes
 
-    table = Table(title=f"{summary.recipe}: done in {summary.seconds:.1f} s on {summary.scheduler}")
-    for column in ("output", "status", "size", "reports"):
+    table = Table(title=escape(f"{summary.recipe}: done in {summary.seconds:.1f} s on {summary.scheduler}"))
+    for column in ("output", "status", "size", "peak memory\nmeasured / projected", "reports"):
         table.add_column(column, overflow="fold")
     for item in summary.outputs:
         status = item.status + (f"\n({item.chunks_resumed} chunks resumed from a killed run)"
                                 if item.chunks_resumed else "")
-        table.add_row(f"{item.zone}/{item.name}", status, human_bytes(item.bytes_on_disk),
-                      "\n".join(item.reports) or "-")
+        table.add_row(escape(f"{item.zone}/{item.name}"), status, human_bytes(item.bytes_on_disk),
+                      _memory_text(item.memory), escape("\n".join(item.reports)) or "-")
     out.print(table)
     if not summary.computed:
         out.print("nothing to compute: every output is up to date")
+
+
+def _memory_text(memory: dict | None) -> str:
+    """'measured / projected' peak of the run that computed an output ('-' where unknown)."""
+    from .plan import human_bytes
+
+    if memory is None:
+        return "-"
+    measured = memory["measured_peak_bytes"]
+    return f"{'-' if measured is None else human_bytes(measured)} / {human_bytes(memory['projected_bytes'])}"
 
 
 @app.command()
@@ -186,7 +215,7 @@ def verify(names: Annotated[list[str] | None, typer.Argument(
     else:
         for report in reports:
             colour = "green" if report.ok else "red"
-            out.print(f"[{colour}]{report.status}[/{colour}] {report.entry} ({report.files} files)")
+            out.print(f"[{colour}]{report.status}[/{colour}] {escape(report.entry)} ({report.files} files)")
             for damage in report.damage:
                 out.print(f"  {escape(damage.location)}: {damage.problem}", highlight=False)
     if any(not report.ok for report in reports):
@@ -233,11 +262,11 @@ def catalog_list(name: Annotated[str, typer.Argument(help="catalog stem or 'lake
         out.print_json(json.dumps({n: {"url": e.url, "description": e.description}
                                    for n, e in loaded.entries.items()}))
         return
-    table = Table(title=f"catalog {name} ({loaded.path})")
+    table = Table(title=escape(f"catalog {name} ({loaded.path})"))
     for column in ("entry", "url", "description"):
         table.add_column(column, overflow="fold")
     for entry in loaded.entries.values():
-        table.add_row(entry.name, entry.url, entry.description)
+        table.add_row(escape(entry.name), escape(entry.url), escape(entry.description))
     out.print(table)
 
 
@@ -252,143 +281,6 @@ def catalog_show(entry: Annotated[str, typer.Argument(help="entry name")],
     found = load_catalog(name, store, catalogs).entry(entry)
     dataset = open_entry(found, store)
     out.print(dataset)
-
-
-@ingest_app.command("synthetic-eels")
-def ingest_synthetic_eels(
-    name: Annotated[str, typer.Argument(help="entry name under raw/")],
-    shape: Annotated[tuple[int, int, int], typer.Option(help="NY NX NE")] = (128, 128, 2048),
-    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
-    chunks: Annotated[tuple[int, int], typer.Option(help="CY CX pixel chunk")] = DEFAULT_PIXEL_CHUNKS,
-    energy_range: Annotated[tuple[float, float], typer.Option(
-        help="energy window MIN MAX (eV); monochromated: -1 9")] = (-5.0, 46.0),
-    zlp_fwhm: Annotated[float | None, typer.Option(
-        help="ZLP FWHM (eV) at zero thickness; default 0.382 (the real WS2 vacuum ZLP); "
-        "monochromated: 0.01-0.1")] = None,
-    lake: LakeOption = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-) -> None:
-    """Write a synthetic EELS spectral image (exact Poisson multiple scattering) to raw/NAME."""
-    from .ingest.synthetic_eels import ingest_synthetic_eels as ingest
-
-    result = ingest(_lake(lake), name, shape, seed=seed, chunks=chunks, progress=progress,
-                    energy_range=energy_range, zlp_fwhm=zlp_fwhm)
-    out.print(f"ingested raw/{name}: {result}")
-
-
-@ingest_app.command("eels")
-def ingest_eels(
-    files: Annotated[list[Path], typer.Argument(
-        metavar="FILE", help="DM3/DM4, .msa, .hspy or .txt spectra; several .txt files become "
-        "one line scan in the order given")],
-    name: Annotated[str, typer.Argument(help="entry name under raw/")],
-    chunks: Annotated[tuple[int, int], typer.Option(help="CY CX pixel chunk")] = DEFAULT_PIXEL_CHUNKS,
-    energy_start: Annotated[float | None, typer.Option(
-        help="text only: energy of the first channel in eV (default -4.054, the WS2 data)")] = None,
-    dispersion: Annotated[float | None, typer.Option(
-        help="text only: eV per channel (default 0.025, the WS2 data)")] = None,
-    allow_nonfinite: Annotated[bool, typer.Option(
-        "--allow-nonfinite", help="keep NaN/inf values instead of refusing the file")] = False,
-    lake: LakeOption = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-) -> None:
-    """Copy real EELS spectra into raw/NAME as counts (y, x, energy) with an eV energy axis."""
-    from .ingest.eels_files import ingest_eels_files
-
-    result = ingest_eels_files(_lake(lake), files, name, chunks=chunks, energy_start=energy_start,
-                               dispersion=dispersion, allow_nonfinite=allow_nonfinite,
-                               progress=progress)
-    out.print(f"ingested raw/{name}: {result}")
-
-
-@ingest_app.command("nnpdf")
-def ingest_nnpdf(
-    datasets: Annotated[list[str], typer.Argument(
-        metavar="DATASET", help="NNPDF dataset names from nnpdf-data (SET or SET_OBSERVABLE, e.g. "
-        "SLAC_NC_NOTFIXED_P BCDMS_NC_NOTFIXED_P_EM-F2)")],
-    name: Annotated[str, typer.Argument(help="entry name under raw/")],
-    variant: Annotated[str | None, typer.Option(
-        help="uncertainty variant (default: the dataset's own, else 'legacy')")] = None,
-    q2_min: Annotated[float | None, typer.Option(
-        "--q2-min", help="keep points with Q^2 >= this (GeV^2; NNPDF's DIS cut: 3.49)")] = None,
-    w2_min: Annotated[float | None, typer.Option(
-        "--w2-min", help="keep points with W^2 >= this (GeV^2; NNPDF's DIS cut: 12.5)")] = None,
-    lake: LakeOption = None,
-) -> None:
-    """Copy NNPDF commondata (central values, kinematics, uncertainties, covariance) into raw/NAME."""
-    from .ingest.nnpdf import ingest_nnpdf as ingest
-
-    result = ingest(_lake(lake), datasets, name, variant, q2_min, w2_min)
-    out.print(f"ingested raw/{name}: {result}")
-
-
-@ingest_app.command("root")
-def ingest_root(
-    files: Annotated[list[Path], typer.Argument(
-        metavar="FILE", help="ROOT files; their trees are concatenated in the order given")],
-    name: Annotated[str, typer.Argument(help="entry name under raw/")],
-    tree: Annotated[str, typer.Option("--tree", help="name of the TTree in every file")],
-    branches: Annotated[list[str] | None, typer.Option(
-        "--branches", help="branch to keep (repeat the option); default all")] = None,
-    step_size: Annotated[int, typer.Option(
-        "--step-size", help="events read per step, and events per chunk in the lake")] = 100_000,
-    lake: LakeOption = None,
-) -> None:
-    """Stream ROOT trees into raw/NAME: flat branches as columns, jagged ones losslessly."""
-    from .ingest.root_files import ingest_root_files
-
-    result = ingest_root_files(_lake(lake), files, name, tree, branches, step_size)
-    out.print(f"ingested raw/{name}: {result}")
-
-
-@ingest_app.command("jets")
-def ingest_jets(
-    file: Annotated[Path, typer.Argument(help="HDF5 jet table: a pandas frame (fixed or table format, "
-                                              "under --key) or one 1-D dataset per column")],
-    name: Annotated[str, typer.Argument(help="entry name under raw/")],
-    key: Annotated[str, typer.Option(help="group of a pandas table")] = "table",
-    label: Annotated[str, typer.Option(help="label column (1 = signal)")] = "is_signal_new",
-    constituents: Annotated[int | None, typer.Option(help="keep the first N constituents")] = None,
-    block_rows: Annotated[int, typer.Option(help="jets read per block, and per chunk")] = 10_000,
-    lake: LakeOption = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-) -> None:
-    """Copy a top-tagging-layout jet table (E_i, PX_i, PY_i, PZ_i, label) into raw/NAME."""
-    from .ingest.jet_tables import ingest_jet_table
-
-    result = ingest_jet_table(_lake(lake), file, name, key, label, constituents, block_rows, progress)
-    out.print(f"ingested raw/{name}: {result}")
-
-
-@ingest_app.command("synthetic-jets")
-def ingest_synthetic_jets(
-    name: Annotated[str, typer.Argument(help="entry name under raw/")],
-    jets: Annotated[int, typer.Option("--jets", help="number of jets")] = 100_000,
-    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
-    signal_fraction: Annotated[float, typer.Option(help="fraction of top jets")] = 0.5,
-    constituents: Annotated[int, typer.Option(help="constituent slots per jet")] = 200,
-    lake: LakeOption = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-) -> None:
-    """Generate QCD-like and top-like jets as a reference-layout HDF5 table and ingest it."""
-    from .ingest.jet_tables import ingest_synthetic_jets as ingest
-
-    result = ingest(_lake(lake), name, jets, seed, signal_fraction, constituents, progress)
-    out.print(f"ingested raw/{name}: {result}")
-
-
-@ingest_app.command("lhapdf")
-def ingest_lhapdf(
-    setdir: Annotated[Path, typer.Argument(help="LHAPDF set folder (NAME.info, NAME_0000.dat, ...)")],
-    name: Annotated[str, typer.Argument(help="entry name under raw/")],
-    lake: LakeOption = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-) -> None:
-    """Read an LHAPDF lhagrid1 set into raw/NAME as xf(member, flavour, x, q) per Q subgrid."""
-    from .ingest.lhapdf import ingest_lhapdf as ingest
-
-    result = ingest(_lake(lake), setdir, name, progress=progress)
-    out.print(f"ingested raw/{name}: {result}")
 
 
 @export_app.command("lhapdf")

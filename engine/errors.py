@@ -81,5 +81,13 @@ class RunError(ReplicaLakeError, RuntimeError):
     """Computing a plan failed (bad data found at run time, a kernel refused its input)."""
 
 
+class MemoryBudgetError(RunError):
+    """A plan's projected peak memory is above the budget (--max-memory); nothing was run."""
+
+
+class ConfigError(ReplicaLakeError, ValueError):
+    """A setting (command-line option or environment variable) has a value the engine cannot use."""
+
+
 class LakeError(ReplicaLakeError, OSError):
     """The lake is missing something, or a path would leave the lake root."""

@@ -108,9 +108,9 @@ def compile_plan(recipe: str, lake: str | None = None, catalogs: str | None = No
 
 
 @task(name="compute", **_RETRIED)
-def compute_outputs(plan: Plan, scheduler: str | None = None) -> RunSummary:
+def compute_outputs(plan: Plan, scheduler: str | None = None, max_memory: str | None = None) -> RunSummary:
     """Compute and publish the stale outputs of `plan` (the runner skips up-to-date ones)."""
-    summary = execute(plan, scheduler=scheduler, progress=False)
+    summary = execute(plan, scheduler=scheduler, progress=False, max_memory=max_memory)
     log = _logger()
     for item in summary.outputs:
         log.info("%s/%s: %s", item.zone, item.name, item.status)
@@ -164,11 +164,11 @@ def report_outputs(plan: Plan, summary: RunSummary) -> None:
 # pickle one file per run into PREFECT_HOME for nobody.
 @flow(name=FLOW_NAME, persist_result=False)
 def recipe_flow(recipe: str, lake: str | None = None, catalogs: str | None = None,
-                scheduler: str | None = None) -> RunSummary:
+                scheduler: str | None = None, max_memory: str | None = None) -> RunSummary:
     """Recompile a recipe, compute its stale outputs, publish a report of them."""
     plan = compile_plan(recipe, lake, catalogs)
     # quote(): Prefect would otherwise walk the plan's lazy datasets looking for futures.
-    summary = compute_outputs(quote(plan), scheduler)
+    summary = compute_outputs(quote(plan), scheduler, max_memory)
     report_outputs(quote(plan), quote(summary))
     return summary
 
@@ -207,14 +207,14 @@ def check_api(required: bool) -> str | None:
 
 
 def run_once(recipe: str | Path, lake: str | None = None, catalogs: str | Path | None = None,
-             scheduler: str | None = None) -> RunSummary:
+             scheduler: str | None = None, max_memory: str | None = None) -> RunSummary:
     """Run a recipe once as a flow: on PREFECT_API_URL if set, else on an ephemeral local API."""
     # Checked before Prefect starts: a bad recipe costs no API start-up and no Prefect traceback.
     parameters, _ = _checked(recipe, lake, catalogs)
     check_api(required=False)
     timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), EPHEMERAL_STARTUP_TIMEOUT_S)
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout}):
-        return recipe_flow(**parameters, scheduler=scheduler)
+        return recipe_flow(**parameters, scheduler=scheduler, max_memory=max_memory)
 
 
 def schedule_options(loaded: LoadedRecipe, cron: str | None = None, interval: float | None = None,

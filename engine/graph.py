@@ -20,9 +20,11 @@ from pydantic import BaseModel, ValidationError
 
 from .catalog import entry_token, load_catalog, open_entry
 from .errors import CatalogError, OpError, Problem, RecipeError, UnknownOpError, did_you_mean
+from .fingerprint import code_fingerprint
+from .names import entry_name_problem, nesting_pairs
 from .plan import Plan, PlannedStep
 from .recipe import LoadedRecipe, load_recipe, validation_problems
-from .registry import OpSpec, StepContext, get_op, op_names
+from .registry import OpSpec, StepContext, get_op
 from .storage import Lake, content_token
 
 ENGINE_VERSION = version("replicalake")
@@ -71,10 +73,8 @@ def _check_references(loaded: LoadedRecipe) -> _Checked:
     for index, step in enumerate(recipe.steps):
         try:
             spec = get_op(step.op)
-        except UnknownOpError:
-            problems.append(loaded.problem(
-                f"unknown op {step.op!r}{did_you_mean(step.op, op_names())}; "
-                "`replicalake ops` lists them", "steps", index, "op"))
+        except UnknownOpError as exc:  # its text also names any plugin that failed to load
+            problems.append(loaded.problem(str(exc), "steps", index, "op"))
             spec = None
         if spec is not None:
             checked.ops[step.id] = spec
@@ -102,6 +102,7 @@ def _check_references(loaded: LoadedRecipe) -> _Checked:
         if name not in graph:
             problems.append(loaded.problem(
                 f"output {name!r} is not a step id{did_you_mean(name, graph)}", "outputs", name))
+    problems += _output_name_problems(loaded)
     if not problems:
         try:
             checked.order = list(TopologicalSorter(graph).static_order())
@@ -113,6 +114,30 @@ def _check_references(loaded: LoadedRecipe) -> _Checked:
     if problems:
         raise RecipeError(problems, "references")
     return checked
+
+
+def _output_name_problems(loaded: LoadedRecipe) -> list[Problem]:
+    """Default names (RECIPE/STEP) checked like explicit ones, and outputs that would share a store.
+
+    Two outputs with the same lake name, or one inside the other (`nest`, `nest/inner`), would
+    replace each other on every run while each run reports success.
+    """
+    problems: list[Problem] = []
+    written: dict[str, str] = {}
+    for key, output in loaded.recipe.outputs.items():
+        name = output_name(loaded.recipe.name, key, output.name)
+        problem = entry_name_problem(name) if output.name is None else None
+        if problem:
+            problems.append(loaded.problem(f"the default lake name {name!r} (RECIPE/STEP) {problem}; "
+                                           "give this output a name", "outputs", key))
+        written[key] = f"{output.zone}/{name}"
+    for first, second in nesting_pairs(written):
+        relation = "the same store as" if written[first] == written[second] else "a store nested with"
+        problems.append(loaded.problem(
+            f"output {second!r} writes {written[second]}, {relation} output {first!r} ({written[first]}); "
+            "expected a separate lake name per output (one publish would replace the other)",
+            "outputs", second))
+    return problems
 
 
 def _check_params(loaded: LoadedRecipe, checked: _Checked) -> None:
@@ -155,6 +180,12 @@ def _open_sources(loaded: LoadedRecipe, lake: Lake,
     return opened
 
 
+def step_token(spec: OpSpec, params: dict, input_tokens: dict[str, str], code: str) -> str:
+    """A step's content token: what computes it (op, version, code fingerprint, engine) and
+    from what (params as JSON, input tokens). Public so tests can check tokens are stable."""
+    return content_token(spec.name, spec.version, params, input_tokens, ENGINE_VERSION, code)
+
+
 def output_name(loaded_name: str, step_id: str, explicit: str | None) -> str:
     return explicit or f"{loaded_name}/{step_id}"
 
@@ -177,12 +208,17 @@ def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.
             failed.add(step_id)
             continue
         spec, params = checked.ops[step_id], checked.params[step_id]
-        token = content_token(spec.name, spec.version, params.model_dump(mode="json"),
-                              {k: results[v][1] for k, v in step.inputs.items()}, ENGINE_VERSION)
+        code = code_fingerprint(spec.func.__module__)
+        made = {"op": spec.name, "op_version": spec.version, "code": code,
+                "params": params.model_dump(mode="json"),
+                "inputs": {k: results[v][1] for k, v in step.inputs.items()}}
+        token = step_token(spec, made["params"], made["inputs"], code)
         output = recipe.outputs.get(step_id)
         zone = output.zone if output else None
         name = output_name(recipe.name, step_id, output.name if output else None) if output else None
-        up_to_date = output is not None and lake.token(zone, name) == token
+        stored = lake.provenance(zone, name) if output else None
+        up_to_date = stored is not None and stored.get("token") == token
+        stale = output is not None and not up_to_date
         if up_to_date:
             dataset = lake.open(zone, name)
         else:
@@ -201,7 +237,24 @@ def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.
         planned.append(PlannedStep(id=step_id, op=spec.name, dataset=dataset, token=token,
                                    inputs=dict(step.inputs), params=params.model_dump(mode="json"),
                                    output=output, zone=zone, name=name, up_to_date=up_to_date,
-                                   op_version=spec.version))
+                                   op_version=spec.version, code=code,
+                                   stale_reason=_stale_reason(stored, made) if stale else ""))
     if problems:
         raise RecipeError(problems, "op checks")
     return planned
+
+
+def _stale_reason(stored: dict | None, made: dict) -> str:
+    """Why an output whose token is not in the lake must be computed, comparing what its stored
+    provenance says it was made from with what the step would be made from now (`made`: op,
+    op_version, code, params, inputs). An engine upgrade is a code change too, and so is a change
+    of how tokens are made, the one way a token can differ while everything else matches."""
+    if stored is None:
+        return "missing output"
+    changed = {
+        "new input": stored.get("inputs") != made["inputs"],
+        "params changed": stored.get("params") != made["params"],
+        "code changed": any(stored.get(key) != made[key] for key in ("op", "op_version", "code"))
+        or stored.get("versions", {}).get("replicalake") != ENGINE_VERSION,
+    }
+    return ", ".join(reason for reason, yes in changed.items() if yes) or "code changed"

@@ -25,8 +25,8 @@ a message rather than stored in a way this reader could not rebuild.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import awkward as ak
 import dask
 import dask.array as da
 import numpy as np
@@ -35,6 +35,9 @@ import zarr
 
 from .errors import OpError
 from .zarr_io import CODEC
+
+if TYPE_CHECKING:  # imported where chunks are converted: loading the ops must not pay for awkward
+    import awkward as ak
 
 ATTR = "jagged"
 EVENT_DIM = "event"
@@ -53,6 +56,8 @@ def buffer_layout(form: ak.forms.Form, collection: str) -> dict[str, tuple[str, 
     their list (`Muon__counts`), so the dataset reads naturally in xarray; a leaf without a
     field name gets `__data`, because a variable named like its own dim would become an index.
     """
+    import awkward as ak
+
     layout: dict[str, tuple[str, str]] = {}
 
     def name(path: tuple[str, ...], suffix: str) -> str:
@@ -77,6 +82,8 @@ def buffer_layout(form: ak.forms.Form, collection: str) -> dict[str, tuple[str, 
 
 def to_stored(array: ak.Array) -> tuple[ak.forms.Form, dict[str, np.ndarray]]:
     """The form and stored buffers (offsets turned into counts) of one chunk of a collection."""
+    import awkward as ak
+
     form, _, buffers = ak.to_buffers(ak.to_packed(array))
     stored = {}
     for key, values in buffers.items():
@@ -90,6 +97,8 @@ def to_stored(array: ak.Array) -> tuple[ak.forms.Form, dict[str, np.ndarray]]:
 
 def from_stored(form: ak.forms.Form | str, length: int, stored: dict[str, np.ndarray]) -> ak.Array:
     """Rebuild a chunk from its stored buffers (the inverse of `to_stored`)."""
+    import awkward as ak
+
     form = ak.forms.from_json(form) if isinstance(form, str) else form
     buffers = {}
     for key, values in stored.items():
@@ -211,5 +220,7 @@ def _rebuild(form: str, length: int, keys: list[str], *blocks: np.ndarray) -> ak
 
 def to_awkward(dataset: xr.Dataset, name: str) -> ak.Array:
     """A whole collection in memory (tests, small samples); streaming code uses collection_blocks."""
+    import awkward as ak
+
     blocks = dask.compute(*collection_blocks(dataset, name), scheduler="threads")
     return ak.concatenate(blocks) if len(blocks) > 1 else blocks[0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -12,13 +10,8 @@ import xarray as xr
 from .recipe import Output, Recipe
 
 if TYPE_CHECKING:
+    from .projection import Projection
     from .storage import Lake
-
-# Resident size of a Python process with numpy, dask, xarray and zarr imported (measured ~200 MB)
-# plus slack for zarr codecs' buffers; the base of every peak-memory projection.
-BASELINE_BYTES = 300 * 2**20
-# Buffers alive per worker thread per chunk: the input chunk, the op's output and temporaries.
-BUFFERS_PER_THREAD = 4
 
 
 @dataclass
@@ -36,22 +29,14 @@ class PlannedStep:
     name: str | None = None
     up_to_date: bool = False
     op_version: str = "1"
+    code: str = ""  # fingerprint of the op's code (engine/fingerprint.py)
+    # Why a stale output must be computed: "missing output", "new input", "params changed",
+    # "code changed" or several of them, comma-separated; "" for everything else.
+    stale_reason: str = ""
 
     @property
     def nbytes(self) -> int:
         return int(self.dataset.nbytes)
-
-    @property
-    def chunk_bytes(self) -> int:
-        """Bytes of the largest chunk of any variable (its whole size when not chunked)."""
-        largest = 0
-        for var in self.dataset.variables.values():
-            if var.chunks:
-                size = math.prod(max(c) if c else 1 for c in var.chunks) * var.dtype.itemsize
-            else:
-                size = var.nbytes
-            largest = max(largest, size)
-        return largest
 
     @property
     def status(self) -> str:
@@ -81,36 +66,39 @@ class Plan:
     def stale_outputs(self) -> list[PlannedStep]:
         return [s for s in self.outputs if not s.up_to_date]
 
-    def lineage_chunk_bytes(self, step_id: str) -> int:
-        """Largest chunk among a step and everything upstream of it."""
-        step = self.step(step_id)
-        return max([step.chunk_bytes] + [self.lineage_chunk_bytes(ref) for ref in step.inputs.values()])
+    def projection(self, threads: int | None = None) -> Projection:
+        """Projected peak memory of running this plan (engine/projection.py)."""
+        from .projection import project
 
-    def projected_peak_bytes(self, step_id: str, threads: int | None = None) -> int:
-        """Rough resident-memory peak while computing a step: chunks per thread, not data size."""
-        threads = threads or os.cpu_count() or 1
-        return BASELINE_BYTES + threads * BUFFERS_PER_THREAD * self.lineage_chunk_bytes(step_id)
+        return project(self, threads)
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One plain-data row per step (what `plan` prints and `plan --json` returns)."""
+    def rows(self, projection: Projection | None = None) -> list[dict[str, Any]]:
+        """One plain-data row per step (what `plan` prints and `plan --json` returns).
+
+        `projected_peak_bytes` is the peak if that step ran alone, None for a step that does
+        not run (a source, an up-to-date output and what only it needs).
+        """
+        projection = projection or self.projection()
         rows = []
         for step in self.steps:
             ds = step.dataset
             chunks = {str(d): max(c) for d, c in ds.chunks.items()} if ds.chunks else {}
             rows.append({
-                "id": step.id, "op": step.op, "status": step.status,
+                "id": step.id, "op": step.op,
+                "status": step.status + (f" ({step.stale_reason})" if step.stale_reason else ""),
+                "why": step.stale_reason,
                 "dims": {str(d): int(n) for d, n in ds.sizes.items()},
                 "chunks": chunks, "bytes": step.nbytes,
-                "projected_peak_bytes": self.projected_peak_bytes(step.id),
+                "projected_peak_bytes": projection.step_bytes(step.id),
                 "output": f"{step.zone}/{step.name}" if step.output else None,
                 "token": step.token,
             })
         return rows
 
 
-def human_bytes(count: float) -> str:
+def human_bytes(count: float, digits: int = 1) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.{digits}f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")

@@ -13,15 +13,23 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import Problem, ProblemsError, RecipeError, did_you_mean
+from .names import LAKE_CATALOG, catalog_name_problem, entry_key_problem, entry_name_problem
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
-ZONES = ("raw", "derived", "models", "reports")
 MAX_YAML_NODES = 200_000  # far above any real recipe; stops alias "billion laughs" documents
 STANDARD_TAGS = {
     "tag:yaml.org,2002:" + t
@@ -33,12 +41,32 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _checked(value: str, problem: str | None) -> str:
+    """`value`, or the ValueError pydantic reports at its key when engine.names found a problem."""
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class Source(_Model):
     """An input: one entry of a catalog, optionally rechunked when opened."""
 
     catalog: str = Field(description="stem of a file in catalogs/, or 'lake' for the lake's own catalog")
     entry: str = Field(description="entry name in that catalog")
     chunks: dict[str, int] | None = Field(None, description="dask chunk sizes per dim at open time")
+
+    @field_validator("catalog")
+    @classmethod
+    def _catalog_stem(cls, value: str) -> str:
+        return _checked(value, catalog_name_problem(value))
+
+    @field_validator("entry")
+    @classmethod
+    def _lake_entry_key(cls, value: str, info: ValidationInfo) -> str:
+        """Entries of the lake's catalog are ZONE/NAME keys; other catalogs name theirs freely."""
+        if info.data.get("catalog") != LAKE_CATALOG:
+            return value
+        return _checked(value, entry_key_problem(value))
 
 
 class Step(_Model):
@@ -79,12 +107,8 @@ class Output(_Model):
 
     @field_validator("name")
     @classmethod
-    def _relative_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = value.split("/")
-            if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
-                raise ValueError(f"must be a relative name inside the zone, found {value!r}")
-        return value
+    def _entry_name(cls, value: str | None) -> str | None:
+        return value if value is None else _checked(value, entry_name_problem(value))
 
 
 class Schedule(_Model):
@@ -213,7 +237,9 @@ def parse_yaml(text: str, path: str,
     return data, lines
 
 
-def _expected_and_found(error: dict) -> str:
+def expected_and_found(error: dict) -> str:
+    """What one pydantic error expected and found; recipes and ingest command lines share it so
+    their errors read alike."""
     found = error.get("input")
     found_text = json.dumps(found, default=str) if not isinstance(found, dict) else "a mapping"
     if len(found_text) > 60:
@@ -233,7 +259,7 @@ def validation_problems(
     problems = []
     for error in exc.errors():
         loc = prefix + tuple(p for p in error["loc"] if not str(p).startswith("function-after"))
-        message = _expected_and_found(error)
+        message = expected_and_found(error)
         if error["type"] == "extra_forbidden" and allowed is not None:
             choices = allowed.get(loc[:-1], [])
             message += did_you_mean(str(loc[-1]), choices)

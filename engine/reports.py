@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from .errors import OpError, did_you_mean  # noqa: E402
-from .recipe import Plot  # noqa: E402
-from .storage import Lake  # noqa: E402
+from .errors import OpError, did_you_mean
+from .recipe import Plot
+from .storage import Lake
 
 MAX_PIXELS_PER_SIDE = 1024
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend. Imported when a picture is drawn, not
+    with this module: matplotlib takes ~0.5 s to import and a run with nothing to compute draws
+    nothing (the runner only checks that the PNGs exist)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def report_path(lake: Lake, zone: str, name: str, plot: Plot) -> str:
@@ -91,6 +98,8 @@ def _draw_scan(axes, dataset, plot: Plot) -> None:
         axes.set_ylabel("-2 Delta log L")
         axes.legend()
     elif first.ndim == 2:
+        from matplotlib.lines import Line2D
+
         level = float(dataset.attrs.get("contour_level_2d", 5.99))
         ydim, xdim = first.dims
         handles = []
@@ -147,6 +156,7 @@ def draw_plot(lake: Lake, zone: str, name: str, plot: Plot) -> str:
     dataset = lake.open(zone, name)
     base = [f"{plot.variable}_quantile"] if plot.kind == "band" else [plot.variable]
     _require(dataset, base + plot.overlay + plot.points, zone, name)
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 5), dpi=120)
     if plot.kind == "map":
         _draw_map(axes, figure, dataset[plot.variable], plot)

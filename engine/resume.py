@@ -57,6 +57,12 @@ class StagedOutput:
                 found[record["file"]] = record["digest"]
         return found
 
+    def add_provenance(self, **entries) -> None:
+        """Add to the staged store's provenance what is known only once computed (measured memory)."""
+        options = None if self.lake.is_local else self.lake.storage_options
+        group = zarr.open_group(self.lake.url(self.store), mode="r+", storage_options=options)
+        group.attrs[PROVENANCE_KEY] = {**group.attrs[PROVENANCE_KEY], **entries}
+
     def remove(self) -> None:
         self.lake.discard(self.root)
 

@@ -9,7 +9,6 @@ the chunks written so far for the next run to resume from. Outputs are locked wh
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +34,10 @@ from .graph import ENGINE_VERSION
 from .integrity import find_damage
 from .locks import output_locks
 from .memory import limit_heap_fragmentation
+from .peak_rss import PeakRss
 from .plan import Plan, PlannedStep
 from .progress import DaskProgress
+from .projection import project, refuse_over_budget
 from .reports import draw_plot, report_path
 from .resume import StagedOutput, discard_other_attempts, stage_output
 
@@ -53,6 +54,7 @@ class OutputResult:
     reports: list[str] = field(default_factory=list)
     chunks_written: int = 0  # chunks this run computed and wrote
     chunks_resumed: int = 0  # chunks a killed earlier run had written and this run verified
+    memory: dict[str, Any] | None = None  # the run's projected and measured peak, when computed
 
 
 @dataclass
@@ -61,6 +63,8 @@ class RunSummary:
     outputs: list[OutputResult]
     seconds: float
     scheduler: str
+    # projected_bytes and measured_peak_bytes of the computation (None: nothing was computed)
+    memory: dict[str, Any] | None = None
 
     @property
     def computed(self) -> list[OutputResult]:
@@ -68,11 +72,14 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "seconds": round(self.seconds, 3), "scheduler": self.scheduler,
-                "outputs": [vars(o) for o in self.outputs]}
+                "memory": self.memory, "outputs": [vars(o) for o in self.outputs]}
 
 
-def provenance(plan: Plan, step: PlannedStep, started: str) -> dict[str, Any]:
-    """What a future reader needs to know how an output was made (stored in its zarr attrs)."""
+def provenance(plan: Plan, step: PlannedStep, started: str,
+               memory: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a future reader needs to know how an output was made (stored in its zarr attrs).
+
+    `memory`: the run's projected peak and, once computed, its measured one (see execute)."""
     return {
         "token": step.token,
         "recipe": plan.recipe.name,
@@ -81,32 +88,43 @@ def provenance(plan: Plan, step: PlannedStep, started: str) -> dict[str, Any]:
         "step": step.id,
         "op": step.op,
         "op_version": step.op_version,
+        "code": step.code,
         "params": step.params,
         "inputs": {name: plan.step(ref).token for name, ref in step.inputs.items()},
         "versions": {"replicalake": ENGINE_VERSION, "python": platform.python_version(),
                      **{lib: version(lib) for lib in KEY_LIBRARIES}},
         "started": started,
         "host": platform.node(),
+        "memory": memory,
     }
 
 
 def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
-            lock_timeout: float | None = None, verify_inputs: bool = False) -> RunSummary:
+            lock_timeout: float | None = None, verify_inputs: bool = False,
+            max_memory: int | str | None = None) -> RunSummary:
     """Compute and publish every stale output of `plan`; up-to-date outputs are left alone.
 
     Each stale output is locked for the whole run (a second run of the same recipe waits up to
     `lock_timeout` seconds, None: forever) and staged where a killed run can resume it. Inputs
     are checked against their manifests first: by listing (names and sizes), or with
     `verify_inputs` by every byte's digest, which also catches a flipped bit that still decodes.
+
+    On the threaded scheduler a plan whose projected peak memory (engine/projection.py) is above
+    `max_memory` (bytes or '4GiB'; default config.max_memory) is refused before the lake is
+    touched, and the measured peak is recorded beside the projection (summary and provenance).
     """
     limit_heap_fragmentation()
     started_clock = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     lake = plan.lake
     address = config.scheduler_address(scheduler)
+    projection = project(plan)
+    if address is None:  # a cluster's workers are other processes, with their own memory limits
+        refuse_over_budget(plan, projection, config.max_memory(max_memory))
     keys = [f"{step.zone}/{step.name}" for step in plan.stale_outputs]
     with output_locks(lake, keys, plan.recipe.name, lock_timeout, reads=_lake_entries_read(plan)):
-        staged = _stage_and_compute(plan, started, address, progress, verify_inputs)
+        staged, memory = _stage_and_compute(plan, started, address, progress, verify_inputs,
+                                            projection.total_bytes)
     _list_in_catalog(plan)
     results = []
     for step in plan.outputs:
@@ -118,14 +136,16 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
                                     "computed" if written else "up to date",
                                     lake.size(lake.entry_path(step.zone, step.name)), reports,
                                     written.chunks_written if written else 0,
-                                    written.chunks_resumed if written else 0))
+                                    written.chunks_resumed if written else 0,
+                                    memory if written else None))
     return RunSummary(plan.recipe.name, results, time.perf_counter() - started_clock,
-                      address or "threads")
+                      address or "threads", memory)
 
 
 def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: bool,
-                       verify_inputs: bool) -> dict[str, StagedOutput]:
-    """Stage, compute and publish the stale outputs (the caller holds their locks).
+                       verify_inputs: bool, projected: int) -> tuple[dict[str, StagedOutput], dict | None]:
+    """Stage, compute and publish the stale outputs (the caller holds their locks); return them
+    with the projected and measured peak memory (None when there was nothing to compute).
 
     An ordinary error discards the staging areas (the same inputs would fail the same way); an
     interrupt or a kill leaves them, so the next run resumes from the chunks already written.
@@ -138,17 +158,21 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
         _check_inputs_unchanged(plan)  # republished after compile, before our shared locks
         _refuse_damaged_inputs(plan, _damaged_inputs(plan, quick=not verify_inputs))
     staged: dict[str, StagedOutput] = {}
+    memory = None
     try:
         for step in stale:
             discard_other_attempts(lake, step.zone, step.name, step.token)
             staged[step.id] = stage_output(lake, step.dataset, step.zone, step.name, step.token,
-                                           provenance(plan, step, started))
+                                           provenance(plan, step, started, {
+                                               "projected_bytes": projected, "measured_peak_bytes": None}))
         writes = [write for item in staged.values() for write in item.writes]
         if writes:
-            _compute_or_explain(plan, writes, address, progress)
+            memory = _compute_measured(plan, writes, address, progress, projected)
         _check_inputs_unchanged(plan)
         for step in stale:
             item = staged[step.id]
+            if memory is not None:
+                item.add_provenance(memory=memory)
             publish_entry(lake, item.store, step.zone, step.name,
                           description=f"{plan.recipe.name}: step {step.id} ({step.op})",
                           metadata={"token": step.token, "recipe": plan.recipe.name},
@@ -158,7 +182,18 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
         for item in staged.values():
             item.remove()
         raise
-    return staged
+    return staged, memory
+
+
+def _compute_measured(plan: Plan, writes: list, address: str | None, progress: bool,
+                      projected: int) -> dict[str, Any]:
+    """Compute the writes; return the projected and the measured peak resident memory."""
+    with PeakRss() as peak:
+        _compute_or_explain(plan, writes, address, progress)
+    if address is not None:
+        return {"projected_bytes": projected, "measured_peak_bytes": None,
+                "note": "computed by dask.distributed workers, whose memory is not measured here"}
+    return {"projected_bytes": projected, "measured_peak_bytes": peak.bytes}
 
 
 def _compute_or_explain(plan: Plan, writes: list, address: str | None, progress: bool) -> None:
@@ -239,7 +274,7 @@ def _compute(writes: list, address: str | None, progress: bool) -> None:
     if address is None:
         # Our own pool, shut down (waiting) on the way out: after a failed task no other
         # thread may still be writing chunks while the temporary stores are removed.
-        pool = ThreadPoolExecutor(os.cpu_count() or 1)
+        pool = ThreadPoolExecutor(config.worker_threads())
         try:
             with DaskProgress("computing outputs", disable=not progress):
                 dask.compute(*writes, scheduler="threads", pool=pool)

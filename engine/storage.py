@@ -20,7 +20,7 @@ import xarray as xr
 from . import config
 from .errors import LakeError
 from .integrity import write_manifest
-from .recipe import ZONES
+from .names import ZONES, check_entry_name, is_inside
 
 PROVENANCE_KEY = "replicalake"
 TMP_DIR = ".tmp"
@@ -51,11 +51,34 @@ class Lake:
         return self.root if relative == "." else f"{self.root}/{relative}"
 
     def entry_path(self, zone: str, name: str) -> str:
-        if zone not in ZONES:
-            raise LakeError(f"unknown lake zone {zone!r}; expected one of {', '.join(ZONES)}")
-        if not name or name.startswith("/") or ".." in name.split("/"):
-            raise LakeError(f"lake entry name {name!r} must be a relative name inside zone {zone!r}")
+        """Path of entry `name` in `zone`, after engine.names has checked both."""
+        check_entry_name(zone, name)
         return self.path(zone, name)
+
+    def new_entry_path(self, zone: str, name: str) -> str:
+        """Path `name` will be published at, refusing a name inside another entry or around one.
+
+        Publishing replaces the folder at the path whole and writes a checksum manifest into it,
+        so a name inside an entry (`ramp/sub`) would overwrite that entry's files, and a name
+        around entries (`ramp` over `ramp/sub`) would delete them, while the catalog still lists
+        them under their own keys.
+        """
+        target = self.entry_path(zone, name)
+        parts = name.split("/")
+        for outer in ("/".join(parts[:depth]) for depth in range(1, len(parts))):
+            if self.exists(zone, outer):
+                raise LakeError(f"lake entry name {name!r} lies inside the existing entry {zone}/{outer}; "
+                                "expected a name outside every entry")
+        if not self.exists(zone, name):
+            stores = [posixpath.dirname(path) for path in self.fs.find(target)
+                      if posixpath.basename(path) == "zarr.json"]
+            inner = sorted(path for path in stores if not any(is_inside(path, other) and path != other
+                                                              for other in stores))
+            if inner:
+                found = ", ".join(f"{zone}/{posixpath.relpath(path, self.path(zone))}" for path in inner)
+                raise LakeError(f"lake entry name {name!r} would replace the folder {zone}/{name}, "
+                                f"which holds the entries {found}; expected a name outside every entry")
+        return target
 
     def url(self, path: str) -> str:
         """A URL xarray/zarr can open for a filesystem path of this lake."""
@@ -121,8 +144,8 @@ class Lake:
         or the new complete store, never a mix. `known_digests` are chunk digests taken when
         the chunks were written (so the manifest does not read them back).
         """
-        target = self.entry_path(zone, name)
         self.fs.invalidate_cache()  # object stores: listings cached while the store was written
+        target = self.new_entry_path(zone, name)
         write_manifest(self.fs, tmp_path, known_digests)
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
         retired = None

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .catalog import LAKE_CATALOG, filesystem_for, load_catalog
 from .errors import LakeError, did_you_mean
 from .integrity import Damage, find_damage, read_manifest
+from .names import entry_key_problem
 from .storage import Lake
 
 
@@ -36,6 +37,9 @@ def verify_entries(lake: Lake, names: list[str]) -> list[EntryReport]:
     """Check the named entries (default: every entry of the lake catalog)."""
     entries = load_catalog(LAKE_CATALOG, lake).entries
     for name in names:
+        problem = entry_key_problem(name)
+        if problem:
+            raise LakeError(f"lake entry {name!r} {problem}")
         if name not in entries:
             raise LakeError(f"no entry {name!r}{did_you_mean(name, entries)} in the lake catalog of "
                             f"{lake.root_url!r}; entries: {', '.join(sorted(entries)) or 'none'}")

@@ -31,7 +31,7 @@ def test_validate_plan_run_and_rerun(ramp_lake, write_recipe, monkeypatch, capsy
     assert code == 0 and "ok" in out and "1 outputs (1 to compute)" in out
     code, out, _ = replicalake(monkeypatch, capsys, "plan", recipe, "--json")
     rows = json.loads(out)["steps"]
-    assert code == 0 and rows[-1]["status"] == "to compute"
+    assert code == 0 and rows[-1]["status"] == "to compute (missing output)"
     code, out, _ = replicalake(monkeypatch, capsys, "run", recipe, "--json")
     assert code == 0 and json.loads(out)["outputs"][0]["status"] == "computed"
     code, out, _ = replicalake(monkeypatch, capsys, "run", recipe, "--no-progress")

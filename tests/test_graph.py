@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from engine import registry
 from engine.errors import RecipeError
 from engine.graph import compile_recipe
+from engine.projection import BASELINE_BYTES
 from engine.testing import raise_if_computes
 from tests.conftest import lake_files
 
@@ -132,8 +134,14 @@ def test_tokens_change_with_params_and_only_downstream(ramp_lake, write_recipe):
 
 
 def test_plan_rows_show_dims_chunks_bytes_and_memory(ramp_lake, write_recipe):
-    rows = compile_text(write_recipe, ramp_lake, RECIPE).rows()
+    plan = compile_text(write_recipe, ramp_lake, RECIPE)
+    rows = plan.rows()
     total = rows[-1]
     assert total["dims"] == {"y": 4} and total["bytes"] == 4 * 4 + 4 * 8
     assert total["output"] == "derived/smoke/total"
-    assert total["projected_peak_bytes"] > 0
+    # core.sum's declared multiplier of one chunk in (2 x 4 float32) and out (2 float32), on
+    # each of its 2 chunks at once, above the process baseline; the source does not run
+    sums = registry.get_op("core.sum").memory * (2 * 4 * 4 + 2 * 4)
+    threads = min(2, plan.projection().threads)
+    assert total["projected_peak_bytes"] == BASELINE_BYTES + threads * int(sums)
+    assert rows[0]["projected_peak_bytes"] is None

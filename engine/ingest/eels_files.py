@@ -19,11 +19,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from pydantic import Field
 
 from ..config import DEFAULT_PIXEL_CHUNKS
 from ..errors import IngestError
 from ..storage import PROVENANCE_KEY, Lake, content_token
 from .eels_formats import LABELS, Spectra, format_of, open_spectra
+from .registry import EntryName, IngestParams, Progress, register_format
 from .staging import pixel_blocks, staged_entry, write_blocks
 
 INGEST = "eels-files"
@@ -37,6 +39,23 @@ TEXT_DISPERSION_EV = 0.025
 MAX_THREADS = 8  # each thread holds about three copies of one block in memory
 
 
+class EelsFilesParams(IngestParams):
+    """Copy real EELS spectra into raw/NAME as counts (y, x, energy) with an eV energy axis."""
+
+    files: list[Path] = Field(description="DM3/DM4, .msa, .hspy or .txt spectra; several .txt files "
+                              "become one line scan in the order given")
+    name: EntryName
+    chunks: tuple[int, int] = Field(DEFAULT_PIXEL_CHUNKS, description="CY CX pixel chunk")
+    energy_start: float | None = Field(
+        None, description=f"text only: energy of the first channel in eV (default {TEXT_ENERGY_START_EV}, "
+        "the WS2 data)")
+    dispersion: float | None = Field(
+        None, gt=0, description=f"text only: eV per channel (default {TEXT_DISPERSION_EV}, the WS2 data)")
+    allow_nonfinite: bool = Field(False, description="keep NaN/inf values instead of refusing the file")
+    progress: Progress = True
+
+
+@register_format("eels", EelsFilesParams, positional=("files", "name"))
 def ingest_eels_files(lake: Lake, files: Sequence[str | Path], name: str,
                       chunks: tuple[int, int] = DEFAULT_PIXEL_CHUNKS, energy_start: float | None = None,
                       dispersion: float | None = None, allow_nonfinite: bool = False,
@@ -69,7 +88,7 @@ def ingest_eels_files(lake: Lake, files: Sequence[str | Path], name: str,
 
 def _check_request(lake: Lake, paths: list[Path], name: str, chunks: tuple[int, int]) -> None:
     """Refuse what can be refused before any reading, so bad requests cost nothing."""
-    lake.entry_path("raw", name)
+    lake.new_entry_path("raw", name)
     if not paths:
         raise IngestError("expected at least one file to ingest, found none")
     if len(chunks) != 2 or min(chunks) < 1:

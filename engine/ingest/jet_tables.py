@@ -25,10 +25,12 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import xarray as xr
+from pydantic import Field
 
 from ..errors import IngestError, did_you_mean
 from ..kernels.jets_synth import COLUMNS, LABEL, N_CONSTITUENTS, simulate_jets
 from ..storage import PROVENANCE_KEY, Lake, content_token
+from .registry import EntryName, IngestParams, Progress, Seed, register_format
 from .staging import staged_entry, write_blocks
 
 DEFAULT_KEY = "table"
@@ -157,6 +159,20 @@ def _template(n_jets: int, n_const: int, block_rows: int) -> xr.Dataset:
     return xr.Dataset(variables, coords={"jet": np.arange(n_jets), "constituent": np.arange(n_const)})
 
 
+class JetTableParams(IngestParams):
+    """Copy a top-tagging-layout jet table (E_i, PX_i, PY_i, PZ_i, label) into raw/NAME."""
+
+    path: Path = Field(alias="file", description="HDF5 jet table: a pandas frame (fixed or table format, "
+                       "under --key) or one 1-D dataset per column")
+    name: EntryName
+    key: str = Field(DEFAULT_KEY, description="group of a pandas table")
+    label: str = Field(LABEL, description="label column (1 = signal)")
+    constituents: int | None = Field(None, description="keep the first N constituents")
+    block_rows: int = Field(BLOCK_ROWS, ge=1, description="jets read per block, and per chunk")
+    progress: Progress = True
+
+
+@register_format("jets", JetTableParams, positional=("file", "name"))
 def ingest_jet_table(lake: Lake, path: Path, name: str, key: str = DEFAULT_KEY, label: str = LABEL,
                      constituents: int | None = None, block_rows: int = BLOCK_ROWS,
                      progress: bool = True) -> str:
@@ -233,15 +249,29 @@ def write_reference_table(path: Path, n_jets: int, seed: int = 0, signal_fractio
     return Path(path)
 
 
+class SyntheticJetsParams(IngestParams):
+    """Generate QCD-like and top-like jets as a reference-layout HDF5 table and ingest it."""
+
+    name: EntryName
+    n_jets: int = Field(100_000, alias="jets", description="number of jets")
+    seed: Seed = 0
+    signal_fraction: float = Field(0.5, description="fraction of top jets")
+    n_constituents: int = Field(N_CONSTITUENTS, alias="constituents", ge=1,
+                                description="constituent slots per jet")
+    progress: Progress = True
+
+
+@register_format("synthetic-jets", SyntheticJetsParams)
 def ingest_synthetic_jets(lake: Lake, name: str, n_jets: int, seed: int = 0,
                           signal_fraction: float = 0.5, n_constituents: int = N_CONSTITUENTS,
                           progress: bool = True) -> str:
     """Generate a reference-layout HDF5 file in a temporary folder and ingest it as raw/NAME."""
     import tempfile
 
+    lake.new_entry_path("raw", name)  # refuse a bad name before generating
     if not 0 <= signal_fraction <= 1:
         raise IngestError(f"--signal-fraction must lie in [0, 1], found {signal_fraction}")
     with tempfile.TemporaryDirectory(prefix="replicalake-jets-") as folder:
-        path = write_reference_table(Path(folder) / f"{name}.h5", n_jets, seed, signal_fraction,
+        path = write_reference_table(Path(folder) / f"{Path(name).name}.h5", n_jets, seed, signal_fraction,
                                      n_constituents)
         return ingest_jet_table(lake, path, name, progress=progress)

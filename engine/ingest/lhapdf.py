@@ -1,8 +1,8 @@
 """`replicalake ingest lhapdf SETDIR NAME` and `replicalake export lhapdf NAME OUTDIR`.
 
-The ingest streams a set into raw/NAME in the layout of engine.formats.lhapdf: member 0 is read
-first to lay out the store, then blocks of members (one zarr chunk along `member` each) are parsed
-and written from a few threads, so memory holds a few members' text and values, never the set.
+The ingest streams a set into raw/NAME in the layout of engine.ingest.lhapdf_format: member 0 is
+read first to lay out the store, then blocks of members (one zarr chunk along `member` each) are
+parsed and written from a few threads, so memory holds a few members' text and values, never the set.
 Like every ingest it fills `.tmp/` and publishes atomically: a bad member file anywhere leaves
 nothing in the lake.
 """
@@ -16,10 +16,12 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import xarray as xr
+from pydantic import Field
 
 from ..errors import IngestError, LakeError
-from ..formats import lhapdf as fmt
 from ..storage import PROVENANCE_KEY, Lake, content_token
+from . import lhapdf_format as fmt
+from .registry import EntryName, IngestParams, Progress, register_format
 from .staging import staged_entry, write_blocks
 
 INGEST = "lhapdf"
@@ -41,11 +43,20 @@ def chunk_shape(n_flavours: int, nx: int, nq: int) -> tuple[int, int]:
     return 1, max(1, CHUNK_BYTES // (n_flavours * nq * 8))
 
 
+class LhapdfParams(IngestParams):
+    """Read an LHAPDF lhagrid1 set into raw/NAME as xf(member, flavour, x, q) per Q subgrid."""
+
+    setdir: Path = Field(description="LHAPDF set folder (NAME.info, NAME_0000.dat, ...)")
+    name: EntryName
+    progress: Progress = True
+
+
+@register_format(INGEST, LhapdfParams, positional=("setdir", "name"))
 def ingest_lhapdf(lake: Lake, setdir: str | Path, name: str, progress: bool = True,
                   threads: int | None = None) -> str:
     """Read the set at SETDIR into raw/NAME; returns a summary line."""
     setdir = Path(setdir)
-    lake.entry_path("raw", name)
+    lake.new_entry_path("raw", name)
     if not setdir.is_dir():
         raise IngestError(f"{setdir}: expected an LHAPDF set folder (NAME/NAME.info, NAME_0000.dat, "
                           "...), found no such folder")
@@ -107,5 +118,5 @@ def export_lhapdf(lake: Lake, name: str, outdir: str | Path) -> Path:
     dataset = lake.open(zones[0], name)
     if fmt.INFO_ATTR not in dataset.attrs:
         raise IngestError(f"{zones[0]}/{name} is not a PDF set: its attributes have no "
-                          f"{fmt.INFO_ATTR!r} (expected the layout of engine.formats.lhapdf)")
+                          f"{fmt.INFO_ATTR!r} (expected the layout of engine.ingest.lhapdf_format)")
     return fmt.write_lhapdf_set(dataset, Path(outdir), Path(name).name)

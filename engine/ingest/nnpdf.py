@@ -19,10 +19,12 @@ from pathlib import Path
 import dask
 import numpy as np
 import xarray as xr
+from pydantic import Field
 
 from ..errors import IngestError, did_you_mean
 from ..storage import PROVENANCE_KEY, Lake, content_token
 from ..zarr_io import write_template
+from .registry import EntryName, IngestParams, register_format
 from .staging import staged_entry
 
 PER_DATASET = {"CORR", "THEORYCORR"}
@@ -235,12 +237,27 @@ def apply_cuts(dataset: xr.Dataset, q2_min: float | None, w2_min: float | None) 
     return cut
 
 
+class NnpdfParams(IngestParams):
+    """Copy NNPDF commondata (central values, kinematics, uncertainties, covariance) into raw/NAME."""
+
+    names: list[str] = Field(alias="datasets", description="NNPDF dataset names from nnpdf-data (SET or "
+                             "SET_OBSERVABLE, e.g. SLAC_NC_NOTFIXED_P BCDMS_NC_NOTFIXED_P_EM-F2)")
+    entry: EntryName = Field(alias="name")
+    variant: str | None = Field(None, description="uncertainty variant (default: the dataset's own, "
+                                f"else {DEFAULT_VARIANT!r})")
+    q2_min: float | None = Field(None, ge=0, description="keep points with Q^2 >= this (GeV^2; NNPDF's "
+                                 "DIS cut: 3.49)")
+    w2_min: float | None = Field(None, ge=0, description="keep points with W^2 >= this (GeV^2; NNPDF's "
+                                 "DIS cut: 12.5)")
+
+
+@register_format("nnpdf", NnpdfParams, positional=("datasets", "name"))
 def ingest_nnpdf(lake: Lake, names: list[str], entry: str, variant: str | None = None,
                  q2_min: float | None = None, w2_min: float | None = None) -> str:
     """Read the datasets, apply the kinematic cuts, publish raw/ENTRY; returns a description."""
     import nnpdf_data
 
-    lake.entry_path("raw", entry)  # refuse a bad entry name before the slow parsing
+    lake.new_entry_path("raw", entry)  # refuse a bad entry name before the slow parsing
     dataset = apply_cuts(read_commondata(names, variant), q2_min, w2_min)
     version = getattr(nnpdf_data, "__version__", "unknown")
     token = content_token("nnpdf-data", version, dataset.attrs["datasets"], dataset.attrs["variants"],

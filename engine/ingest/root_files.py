@@ -18,12 +18,14 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 import zarr
+from pydantic import Field
 
 from ..errors import IngestError, did_you_mean
 from ..jagged import ATTR, EVENT_DIM, CollectionWriter, UnsupportedLayout
 from ..storage import PROVENANCE_KEY, Lake, content_token
 from ..zarr_io import CODEC
 from .eels_files import _file_digest, _source
+from .registry import EntryName, IngestParams, register_format
 from .staging import staged_entry
 
 INGEST = "root-files"
@@ -31,6 +33,18 @@ INGEST_VERSION = "1"
 DEFAULT_STEP_SIZE = 100_000
 
 
+class RootFilesParams(IngestParams):
+    """Stream ROOT trees into raw/NAME: flat branches as columns, jagged ones losslessly."""
+
+    files: list[Path] = Field(description="ROOT files; their trees are concatenated in the order given")
+    name: EntryName
+    tree: str = Field(description="name of the TTree in every file")
+    branches: list[str] | None = Field(None, description="branch to keep (repeat the option); default all")
+    step_size: int = Field(DEFAULT_STEP_SIZE, description="events read per step, and events per chunk "
+                           "in the lake")
+
+
+@register_format("root", RootFilesParams, positional=("files", "name"))
 def ingest_root_files(lake: Lake, files: Sequence[str | Path], name: str, tree: str,
                       branches: Sequence[str] | None = None,
                       step_size: int = DEFAULT_STEP_SIZE) -> str:
@@ -63,7 +77,7 @@ def ingest_root_files(lake: Lake, files: Sequence[str | Path], name: str, tree: 
 
 
 def _check_request(lake: Lake, paths: list[Path], name: str, step_size: int) -> None:
-    lake.entry_path("raw", name)
+    lake.new_entry_path("raw", name)
     if not paths:
         raise IngestError("expected at least one ROOT file to ingest, found none")
     if step_size < 1:

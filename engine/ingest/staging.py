@@ -48,7 +48,7 @@ class StagedEntry:
     """
 
     def __init__(self, lake: Lake, zone: str, name: str, stack: ExitStack):
-        lake.entry_path(zone, name)  # refuse bad names before anything is written
+        lake.new_entry_path(zone, name)  # refuse bad names before anything is written
         self.lake, self.zone, self.name = lake, zone, name
         self.label = f"{zone}-{name}"
         self._stack = stack  # closes the staging lock when staged_entry ends

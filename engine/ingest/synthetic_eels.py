@@ -10,11 +10,13 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import xarray as xr
+from pydantic import Field
 
 from ..config import DEFAULT_PIXEL_CHUNKS
 from ..errors import IngestError
 from ..kernels import eels_synth
 from ..storage import PROVENANCE_KEY, Lake, content_token
+from .registry import EntryName, IngestParams, Progress, Seed, register_format
 from .staging import pixel_blocks, staged_entry, write_blocks
 
 DEMO_NAME = "eels_demo"
@@ -39,6 +41,21 @@ def _template(shape: tuple[int, int, int], chunks: tuple[int, int], energy: np.n
     return xr.Dataset(variables, coords=coords)
 
 
+class SyntheticEelsParams(IngestParams):
+    """Write a synthetic EELS spectral image (exact Poisson multiple scattering) to raw/NAME."""
+
+    name: EntryName
+    shape: tuple[int, int, int] = Field((128, 128, 2048), description="NY NX NE")
+    seed: Seed = 0
+    chunks: tuple[int, int] = Field(DEFAULT_PIXEL_CHUNKS, description="CY CX pixel chunk")
+    energy_range: tuple[float, float] = Field(
+        (-5.0, 46.0), description="energy window MIN MAX (eV); monochromated: -1 9")
+    zlp_fwhm: float | None = Field(None, description="ZLP FWHM (eV) at zero thickness; default 0.382 "
+                                   "(the real WS2 vacuum ZLP); monochromated: 0.01-0.1")
+    progress: Progress = True
+
+
+@register_format(GENERATOR, SyntheticEelsParams)
 def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], seed: int = 0,
                           chunks: tuple[int, int] = DEFAULT_PIXEL_CHUNKS, progress: bool = True,
                           threads: int | None = None, energy_range: tuple[float, float] = (-5.0, 46.0),

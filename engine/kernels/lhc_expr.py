@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import awkward as ak
 import numpy as np
 
 from ..errors import did_you_mean
@@ -76,7 +75,9 @@ UFUNCS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_e
           "!=": np.not_equal, "+": np.add, "-": np.subtract, "*": np.multiply, "/": np.true_divide,
           "**": np.power, "and": np.logical_and, "or": np.logical_or}
 ELEMENTWISE = {"abs": np.abs, "sqrt": np.sqrt, "log": np.log, "exp": np.exp}
-REDUCTIONS = {"sum": ak.sum, "any": ak.any, "all": ak.all, "min": ak.min, "max": ak.max}
+# Per-event reductions over a collection: awkward's functions of these names. Evaluating imports
+# awkward; parsing and checking an expression (a recipe's validation) does not.
+REDUCTIONS = ("sum", "any", "all", "min", "max")
 FUNCTIONS = sorted([*ELEMENTWISE, *REDUCTIONS, "count", "len"])
 MAX_LENGTH = 2000
 MAX_LISTED = 12  # column names listed in an error
@@ -327,6 +328,8 @@ def _evaluate(node: Node, lookup) -> Any:
 
 
 def _call(node: Node, values: list) -> Any:
+    import awkward as ak
+
     name = node.value
     if name in ("count", "len"):
         return ak.num(values[0], axis=1)
@@ -335,12 +338,14 @@ def _call(node: Node, values: list) -> Any:
     if name in ELEMENTWISE:
         return ELEMENTWISE[name](values[0])
     if name in ("min", "max"):
-        return ak.fill_none(REDUCTIONS[name](values[0], axis=1, mask_identity=True), np.nan)
-    return REDUCTIONS[name](values[0], axis=1)
+        return ak.fill_none(getattr(ak, name)(values[0], axis=1, mask_identity=True), np.nan)
+    return getattr(ak, name)(values[0], axis=1)
 
 
 def per_event(values: Any, length: int, dtype=None) -> np.ndarray:
     """An evaluated per-event result as a 1-D numpy array of `length` (constants broadcast)."""
+    import awkward as ak
+
     if isinstance(values, ak.Array):
         values = ak.to_numpy(ak.fill_none(values, False if dtype is bool else np.nan))
     array = np.broadcast_to(np.asarray(values), (length,))

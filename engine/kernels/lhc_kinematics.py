@@ -9,8 +9,12 @@ is -sqrt(p^2 - E^2), the ROOT TLorentzVector convention, so such events stay vis
 
 from __future__ import annotations
 
-import awkward as ak
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # imported where arrays are computed: loading the ops must not pay for awkward
+    import awkward as ak
 
 CARTESIAN = ("px", "py", "pz", "E")
 POLAR = ("pt", "eta", "phi", "mass")
@@ -46,6 +50,8 @@ def leading_objects(objects: ak.Array, count: int, extras: tuple[str, ...] = ())
     `{i}_mass`, `{i}_<extra>` for i = 1..count (NaN where an event has fewer objects),
     `count`, and with count >= 2 `12_mass` and `12_pt` of the two leading objects together.
     """
+    import awkward as ak
+
     polar = to_polar(*(objects[c] for c in CARTESIAN))
     order = ak.argsort(polar["pt"], axis=1, ascending=False, stable=True)
     columns: dict[str, np.ndarray] = {"count": ak.to_numpy(ak.num(objects, axis=1)).astype(np.int64)}
@@ -63,10 +69,14 @@ def leading_objects(objects: ak.Array, count: int, extras: tuple[str, ...] = ())
 
 
 def _column(values: ak.Array) -> np.ndarray:
+    import awkward as ak
+
     return ak.to_numpy(ak.fill_none(ak.values_astype(values, np.float64), np.nan))
 
 
 def _f64(values):
+    import awkward as ak
+
     if isinstance(values, ak.Array):
         return ak.values_astype(values, np.float64)
     return np.asarray(values, np.float64)

@@ -27,13 +27,14 @@ callables: loading an ensemble from the lake executes no code (no pickles, no to
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import architecture as spec
 
 Tensor = torch.Tensor
 InputTransform = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
@@ -85,9 +86,7 @@ def lookup(registry: Mapping[str, object], name: str, what: str):
     """Registry access whose error names the closest known entries (typos are the usual cause)."""
     if name in registry:
         return registry[name]
-    close = difflib.get_close_matches(name, list(registry), n=3)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown {what} {name!r}{hint} (known: {', '.join(sorted(registry))})")
+    raise spec.unknown_name(name, registry, what)
 
 
 def register_input_transform(name: str):
@@ -206,12 +205,7 @@ class EnsembleMLP(torch.nn.Module):
         super().__init__()
         if n_replicas <= 0:
             raise ValueError(f"n_replicas must be positive, got {n_replicas}")
-        if len(sizes) < 2 or any(int(s) <= 0 for s in sizes):
-            raise ValueError(f"sizes must list >= 2 positive layer widths, got {list(sizes)}")
-        if len(activations) != len(sizes) - 1:
-            raise ValueError(
-                f"{len(sizes) - 1} layers need {len(sizes) - 1} activations, got {len(activations)}"
-            )
+        sizes = spec.check_layers(sizes, activations)
         if not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         ids = np.arange(n_replicas) if replica_ids is None else np.asarray(replica_ids, np.int64)
@@ -219,7 +213,7 @@ class EnsembleMLP(torch.nn.Module):
             raise ValueError(
                 f"replica_ids must hold n_replicas={n_replicas} non-negative ids, got {ids}"
             )
-        self.sizes = [int(s) for s in sizes]
+        self.sizes = sizes
         self.activations = list(activations)
         self._acts = [lookup(ACTIVATIONS, a, "activation") for a in self.activations]
         self.seed = int(seed)
@@ -236,7 +230,7 @@ class EnsembleMLP(torch.nn.Module):
         self.replica_ids = ids
         self.generation = np.zeros(n_replicas, np.int64)
         device = resolve_device(device)
-        self._shapes = [(i, o) for i, o in zip(self.sizes[:-1], self.sizes[1:])]
+        self._shapes = spec.layer_shapes(self.sizes)
         self._chunks = [n for i, o in self._shapes for n in (i * o, o)]
         rows = np.stack([self._draw(int(r), 0) for r in ids])
         self.flat = torch.nn.Parameter(torch.as_tensor(rows, dtype=dtype, device=device))
@@ -355,19 +349,23 @@ class EnsembleMLP(torch.nn.Module):
             self.flat[k] = torch.as_tensor(row, dtype=self.dtype, device=self.device)
 
     def architecture(self) -> dict:
-        """Plain-data description (JSON-able) that, with `to_arrays`, rebuilds the ensemble."""
-        return {
-            "sizes": list(self.sizes),
-            "activations": list(self.activations),
-            "seed": self.seed,
-            "init": self.init,
-            "input_transform": self.input_transform,
-            "output_transform": self.output_transform,
-            "replica_params": list(self._param_names),
-            "trainable_params": list(self.trainable_params),
-            "positivity": asdict(self.positivity) if self.positivity else None,
-            "dtype": str(self.dtype).removeprefix("torch."),
-        }
+        """Plain-data description (JSON-able) that, with `to_arrays`, rebuilds the ensemble.
+
+        The same dict kernels.architecture.architecture() gives without torch (ops declare it
+        before training).
+        """
+        return spec.architecture(
+            self.sizes,
+            self.activations,
+            self.seed,
+            init=self.init,
+            input_transform=self.input_transform,
+            output_transform=self.output_transform,
+            replica_params=self._param_names,
+            trainable_params=self.trainable_params,
+            positivity=asdict(self.positivity) if self.positivity else None,
+            dtype=str(self.dtype).removeprefix("torch."),
+        )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Weights (R, in, out), biases (R, 1, out), replica params, ids, generations (numpy)."""

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .classifier import NetworkConfig, balance_classes, bootstrap_weights, evaluate_network, fit_network
+if TYPE_CHECKING:  # the classifiers are torch: imported to train, not to describe the samples
+    from .classifier import NetworkConfig
 
 PROBABILITY_CLIP = 1e-6
 
@@ -80,6 +82,8 @@ def _classify(x1, w1, x0, w0, validation: np.ndarray, config: NetworkConfig, x_e
 
     `validation` marks held-out events of the concatenated sample (early stopping on them).
     """
+    from .classifier import balance_classes, evaluate_network, fit_network
+
     x = np.concatenate([x1, x0])
     y = np.r_[np.ones(len(x1)), np.zeros(len(x0))]
     w = balance_classes(np.concatenate([w1, w0], axis=-1), y)
@@ -94,6 +98,8 @@ def omnifold(mc_gen: np.ndarray, mc_reco: np.ndarray, data_reco: np.ndarray, ite
              progress: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> OmniFoldResult:
     """Run `iterations` of OmniFold for `replicas` bootstrap replicas of the data, batched
     (`batch_size`: minibatch training steps instead of full-batch epochs)."""
+    from .classifier import bootstrap_weights
+
     if iterations <= 0:
         raise ValueError(f"iterations must be positive, found {iterations}")
     if replicas <= 0:

@@ -9,7 +9,9 @@ The fit basis is a subset of the evolution basis (Sigma, g, V, V3, V8, T3, T8) a
 Functions not fitted are fixed by stated assumptions: T8 = Sigma (no strange sea: s + sbar = 0),
 T3, V, V3, V8 = 0 (charge symmetry q = qbar); the gluon is never fitted by the networks (it does
 not enter LO F2): it keeps the Les Houches shape x^-0.1 (1 - x)^5, normalised per replica by the
-momentum sum rule. `check_basis` refuses a basis the data cannot determine.
+momentum sum rule. `check_basis` refuses a basis the data cannot determine. The basis, its rotation
+and its check are numpy only and live in kernels.pdf_basis (validating and planning a fit imports
+no torch); they are re-exported here.
 
 Sum rules: the momentum sum rule is the one this basis allows; it fixes only the gluon, which no
 LO F2 prediction depends on, so it is applied once to the trained replicas (on a fixed 2000-point
@@ -28,89 +30,24 @@ import torch.nn.functional as F
 
 from .mlp import EnsembleMLP, resolve_device
 from .optim import OptimiserConfig
-from .pdf_fk import FLAVOURS, TARGETS, f2_charges
+from .pdf_basis import (  # noqa: F401 (re-exported: the basis, its check and rotation, without torch)
+    EVOLUTION_BASIS,
+    FIT_INPUT_TRANSFORM,
+    FIT_OUTPUT_TRANSFORM,
+    GLUON_SHAPE_EXPONENTS,
+    PREPROCESSING,
+    ROTATION,
+    check_basis,
+    draw_preprocessing,
+    fit_architecture,
+    fit_rotation,
+    fit_sizes,
+    targets_of,
+)
+from .pdf_fk import FLAVOURS
 from .train import Chi2Loss, Progress, StoppingConfig, TrainResult, train_with_config
 
-EVOLUTION_BASIS = ("Sigma", "g", "V", "V3", "V8", "T3", "T8")
-# (alpha range, beta range) per fittable function: x f ~ x^(1 - alpha) at small x, (1 - x)^beta
-PREPROCESSING = {"Sigma": ((1.05, 1.2), (1.5, 3.5)), "T3": ((-0.5, 1.0), (1.5, 3.5)),
-                 "T8": ((0.5, 1.1), (1.5, 4.0))}
-GLUON_SHAPE_EXPONENTS = (-0.1, 5.0)  # x g ~ x^a (1 - x)^b, the Les Houches gluon's shape
 POSITIVITY_TOLERANCE = 1e-6  # a replica passes positivity if its final penalty is below this
-
-
-def _rotation() -> np.ndarray:
-    """(flavour, basis) matrix: x f_flavour = sum_b R[f, b] x f_b (FLAVOURS, EVOLUTION_BASIS)."""
-    # q+ = q + qbar and q- = q - qbar of u, d, s from the evolution basis
-    plus = {"u": {"Sigma": 1 / 3, "T3": 1 / 2, "T8": 1 / 6}, "d": {"Sigma": 1 / 3, "T3": -1 / 2, "T8": 1 / 6},
-            "s": {"Sigma": 1 / 3, "T8": -1 / 3}}
-    minus = {"u": {"V": 1 / 3, "V3": 1 / 2, "V8": 1 / 6}, "d": {"V": 1 / 3, "V3": -1 / 2, "V8": 1 / 6},
-             "s": {"V": 1 / 3, "V8": -1 / 3}}
-    names = {1: "d", 2: "u", 3: "s"}
-    rotation = np.zeros((len(FLAVOURS), len(EVOLUTION_BASIS)))
-    for i, pid in enumerate(FLAVOURS):
-        if pid == 21:
-            rotation[i, EVOLUTION_BASIS.index("g")] = 1.0
-            continue
-        sign = 1.0 if pid > 0 else -1.0  # q = (q+ + q-) / 2, qbar = (q+ - q-) / 2
-        for part, factor in ((plus, 0.5), (minus, 0.5 * sign)):
-            for name, c in part[names[abs(pid)]].items():
-                rotation[i, EVOLUTION_BASIS.index(name)] += factor * c
-    return rotation
-
-
-ROTATION = _rotation()
-
-
-def fit_rotation(basis: tuple[str, ...]) -> np.ndarray:
-    """(flavour, fitted) matrix with the assumptions for unfitted functions folded in."""
-    effective = ROTATION.copy()
-    if "T8" not in basis:  # T8 = Sigma: no strange sea
-        effective[:, EVOLUTION_BASIS.index("Sigma")] += effective[:, EVOLUTION_BASIS.index("T8")]
-    return effective[:, [EVOLUTION_BASIS.index(b) for b in basis]]
-
-
-def check_basis(basis: tuple[str, ...], targets: tuple[str, ...]) -> None:
-    """Raise ValueError unless LO F2 data on `targets` determine every fitted function.
-
-    The data fix rank(M) combinations, M[t, b] = F2 charges of target t . rotation column b; each
-    fitted function needs its own.
-    """
-    unknown = [b for b in basis if b not in EVOLUTION_BASIS]
-    if unknown or not basis or len(set(basis)) != len(basis):
-        raise ValueError(f"fit basis must list distinct names from {', '.join(EVOLUTION_BASIS)}; "
-                         f"found {list(basis)}")
-    matrix = np.stack([f2_charges(t) for t in targets]) @ fit_rotation(basis)
-    blind = [b for b, column in zip(basis, matrix.T) if not np.any(np.abs(column) > 1e-12)]
-    if blind:
-        raise ValueError(f"{', '.join(blind)} do(es) not enter LO F2, so the data cannot constrain "
-                         f"it; fit a basis from {', '.join(PREPROCESSING)}")
-    rank = np.linalg.matrix_rank(matrix)
-    if rank < len(basis):
-        raise ValueError(f"LO F2 data on {', '.join(targets)} determine {rank} combination(s) of PDFs, "
-                         f"but the fit basis {list(basis)} has {len(basis)} functions; fit "
-                         f"{rank} of them (e.g. {list(_constrained(targets))})")
-
-
-def _constrained(targets: tuple[str, ...]) -> tuple[str, ...]:
-    """A basis F2 data on these targets determine: p and d fix Sigma and T3, one target Sigma."""
-    return ("Sigma", "T3") if len(set(targets)) > 1 else ("Sigma",)
-
-
-def targets_of(target_index: np.ndarray) -> tuple[str, ...]:
-    return tuple(TARGETS[i] for i in sorted(set(np.asarray(target_index, int).tolist())))
-
-
-def draw_preprocessing(basis: tuple[str, ...], replica_ids: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """alpha, beta (R, n_basis) drawn uniformly in each function's range, seeded per replica."""
-    alpha = np.empty((len(replica_ids), len(basis)))
-    beta = np.empty_like(alpha)
-    for k, replica in enumerate(replica_ids):
-        rng = np.random.default_rng([seed, int(replica), 7])
-        for j, name in enumerate(basis):
-            (a_low, a_high), (b_low, b_high) = PREPROCESSING[name]
-            alpha[k, j], beta[k, j] = rng.uniform(a_low, a_high), rng.uniform(b_low, b_high)
-    return {"alpha": alpha, "beta": beta}
 
 
 @dataclass(frozen=True)
@@ -144,9 +81,9 @@ class PdfFitConfig:
 
 def build_model(r: int, config: PdfFitConfig, device) -> EnsembleMLP:
     ids = np.arange(r)
-    return EnsembleMLP(r, [2, *config.hidden, len(config.basis)], list(config.activations),
-                       seed=config.seed, device=device, input_transform="x_logx",
-                       output_transform="pdf_preprocessing",
+    return EnsembleMLP(r, fit_sizes(config.basis, config.hidden), list(config.activations),
+                       seed=config.seed, device=device, input_transform=FIT_INPUT_TRANSFORM,
+                       output_transform=FIT_OUTPUT_TRANSFORM,
                        replica_params=draw_preprocessing(config.basis, ids, config.seed))
 
 

@@ -62,17 +62,23 @@ def _assemble(*blocks: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
     return np.block(nested.tolist())
 
 
-def second_pass(data):
+def second_pass(data, first_pass):
     """The same lazy array or dataset with new task keys, for a second pass over its chunks.
 
     A two-pass algorithm (a global statistic, then a per-chunk step that needs it) makes dask
     hold every chunk of the shared input in memory until the first pass has finished: 8 GiB at
     10^6 spectra. Cloning the input's graph makes the second pass read (and align) each chunk
     again instead, so memory stays bounded by the chunk size at the cost of one more read.
+
+    The new keys derive from `first_pass`, the first pass's result that the second one uses
+    (a delayed statistic, a sample's choice of pixels): the graph, and so a plan, is the same
+    on every build, and two second passes over the same data share tasks only when they use
+    the same first-pass result, that is, when they are the same computation.
     """
+    from dask.base import tokenize
     from dask.graph_manipulation import clone
 
-    return clone(data)
+    return clone(data, seed=tokenize(first_pass))
 
 
 class SelectParams(_Params):
@@ -84,7 +90,8 @@ class SelectParams(_Params):
     nearest: bool = Field(False, description="pick the nearest label instead of an exact match")
 
 
-@register_op("core.select", params=SelectParams)
+@register_op("core.select", params=SelectParams,
+             memory=1.5)  # slicing: the input chunk and the selected copy
 def select(params: SelectParams, data: xr.Dataset) -> xr.Dataset:
     """Keep part of a dataset: labels, coordinate ranges and variables."""
     require_dims(data, list(params.labels) + list(params.ranges))
@@ -112,14 +119,16 @@ class ReduceParams(_Params):
     skipna: bool = Field(True, description="ignore NaN values")
 
 
-@register_op("core.sum", params=ReduceParams)
+@register_op("core.sum", params=ReduceParams,
+             memory=2.0)  # a partial sum per chunk beside its input
 def sum_over(params: ReduceParams, data: xr.Dataset) -> xr.Dataset:
     """Sum over dims."""
     require_dims(data, params.dims)
     return data.sum(params.dims, skipna=params.skipna, keep_attrs=True)
 
 
-@register_op("core.mean", params=ReduceParams)
+@register_op("core.mean", params=ReduceParams,
+             memory=2.0)  # a partial sum per chunk beside its input
 def mean_over(params: ReduceParams, data: xr.Dataset) -> xr.Dataset:
     """Mean over dims."""
     require_dims(data, params.dims)
@@ -130,7 +139,8 @@ class RechunkParams(_Params):
     chunks: dict[str, int] = Field(description="dim -> chunk size (-1: one chunk along that dim)")
 
 
-@register_op("core.rechunk", params=RechunkParams)
+@register_op("core.rechunk", params=RechunkParams,
+             memory=2.0)  # the pieces of input chunks and the new chunk
 def rechunk(params: RechunkParams, data: xr.Dataset) -> xr.Dataset:
     """Change dask chunking (e.g. before an op that needs a whole axis in one chunk)."""
     require_dims(data, params.chunks)

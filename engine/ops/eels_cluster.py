@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import OpError
 from ..kernels import eels_cluster as kernels
 from ..registry import register_op
+from . import needs
 from .core import as_delayed, require_dims, require_variables, second_pass
 from .eels import ENERGY, energy_axis, spectra_of
 
@@ -56,7 +57,8 @@ def _pixel_dims(spectra: xr.DataArray) -> tuple[str, ...]:
     return tuple(str(d) for d in spectra.dims[:-1])
 
 
-@register_op("eels.cluster", params=ClusterParams, inputs=("image",))
+@register_op("eels.cluster", params=ClusterParams, inputs=("image",),
+             memory=needs.cluster_need)
 def cluster(params: ClusterParams, image: xr.Dataset) -> xr.Dataset:
     """K-means of pixels on a log-intensity feature: thickness classes sharing ZLP statistics.
 
@@ -190,12 +192,12 @@ def cluster_sample(spectra: xr.DataArray, labels: xr.DataArray, k: int, n_sample
     labels = labels.transpose(*pixel_dims).chunk(dict(zip(pixel_dims, pixel_chunks, strict=True)))
     shape = tuple(spectra.sizes[d] for d in pixel_dims)
     offsets = [np.cumsum((0,) + c[:-1]) for c in pixel_chunks]
-    spectra_blocks = second_pass(spectra.data).to_delayed(optimize_graph=False).reshape(-1)
     label_blocks = labels.data.to_delayed(optimize_graph=False)
     blocks = [(i, block, tuple(int(offsets[a][b]) for a, b in enumerate(block)))
               for i, block in enumerate(np.ndindex(label_blocks.shape))]
     candidates = _merge_tree([dask.delayed(_candidates, pure=True)(
         label_blocks[block], origin, shape, k, n_sample, seed) for _, block, origin in blocks], n_sample)
+    spectra_blocks = second_pass(spectra.data, candidates).to_delayed(optimize_graph=False).reshape(-1)
     gathered = _merge_tree([dask.delayed(_gather, pure=True)(
         spectra_blocks[i], label_blocks[block], origin, shape, candidates, k, n_sample, seed)
         for i, block, origin in blocks], n_sample)
@@ -233,7 +235,8 @@ def _summarise(sample: kernels.Sample, energy: np.ndarray, k: int, min_pixels: i
     return {**out, "n_pixels": n_pixels, "enough_pixels": enough, "quantiles": quantiles}
 
 
-@register_op("eels.zlp_windows", params=WindowParams, inputs=("image", "clusters"))
+@register_op("eels.zlp_windows", params=WindowParams, inputs=("image", "clusters"),
+             memory=needs.zlp_windows_need)
 def zlp_windows(params: WindowParams, image: xr.Dataset, clusters: xr.Dataset) -> xr.Dataset:
     """Per cluster: median and P16/P84 of ln I(E), the fit windows dE_I, dE_II, and its size.
 

@@ -80,16 +80,24 @@ def weight_names(model: xr.Dataset) -> list[str]:
         "replica_id", "generation"]
 
 
-def ensemble_architecture(n_in: int, hidden: list[int], activations: list[str], seed: int) -> dict:
-    """The architecture an [n_in, *hidden, 1] ensemble will have; unknown activations are OpErrors."""
+def ensemble_architecture(n_in: int, hidden: list[int], activations: list[str], seed: int,
+                          n_out: int = 1, **options) -> dict:
+    """The architecture an [n_in, *hidden, n_out] ensemble will have (kernels.mlp.EnsembleMLP's
+    `architecture()`), described without torch: building a graph imports no torch. `options` are
+    kernels.architecture.architecture's (transforms, replica_params, ...). Bad settings (an
+    unknown activation, a wrong number of them) are OpErrors.
+    """
     from ..errors import OpError, did_you_mean
-    from ..kernels.mlp import ACTIVATIONS, EnsembleMLP
+    from ..kernels.architecture import ACTIVATION_NAMES, architecture
 
     for name in activations:
-        if name not in ACTIVATIONS:
-            raise OpError(f"unknown activation {name!r}{did_you_mean(name, ACTIVATIONS)}; "
-                          f"known: {', '.join(sorted(ACTIVATIONS))}")
-    return EnsembleMLP(1, [n_in, *hidden, 1], list(activations), seed=seed).architecture()
+        if name not in ACTIVATION_NAMES:
+            raise OpError(f"unknown activation {name!r}{did_you_mean(name, ACTIVATION_NAMES)}; "
+                          f"known: {', '.join(sorted(ACTIVATION_NAMES))}")
+    try:
+        return architecture([n_in, *hidden, n_out], list(activations), seed, **options)
+    except ValueError as exc:
+        raise OpError(str(exc)) from None
 
 
 def checkpointed_training(context, epochs: int, validation_every: int, fit: Callable):

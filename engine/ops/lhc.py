@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import awkward as ak
 import dask
 import dask.array as da
 import numpy as np
@@ -53,6 +52,9 @@ from ..kernels.lhc_hist import Axis, fill, flat_size
 from ..kernels.lhc_kinematics import CARTESIAN, POLAR, leading_objects, to_cartesian
 from ..registry import register_op
 
+if TYPE_CHECKING:  # imported where chunks are computed: loading the ops must not pay for awkward
+    import awkward as ak
+
 MASK = "selected"
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -65,6 +67,8 @@ class _Params(BaseModel):
 def column_kinds(events: xr.Dataset) -> dict[str, Kind]:
     """Every name an expression may use: flat columns, collection fields (`Muon_Px`) and
     collections themselves (`Muon`, for count())."""
+    import awkward as ak
+
     buffers = collection_variables(events)
     kinds = {str(name): Kind(BOOL if var.dtype == bool else NUM)
              for name, var in events.data_vars.items()
@@ -86,6 +90,8 @@ def column_kinds(events: xr.Dataset) -> dict[str, Kind]:
 
 def _source_of(events: xr.Dataset, name: str) -> tuple[str, str | None]:
     """(collection or flat column, field) that a usable name reads."""
+    import awkward as ak
+
     for collection, spec in collections(events).items():
         content = getattr(ak.forms.from_json(spec["form"]), "content", None)
         if name == collection:
@@ -194,7 +200,8 @@ class SelectParams(_Params):
     _cut_syntax = field_validator("cut")(_syntax)
 
 
-@register_op("lhc.select", params=SelectParams, inputs=("events",))
+@register_op("lhc.select", params=SelectParams, inputs=("events",),
+             memory=0.8)  # reads only the cut's columns: measured 0.73, 0.65 (10^5, 4 x 10^5 events)
 def select(params: SelectParams, events: xr.Dataset) -> xr.Dataset:
     """Select events with a cut: adds the mask `selected` (and-ed with an earlier one) and `n_selected`."""
     events = _kept(align_events(events), params.columns)
@@ -263,7 +270,8 @@ class KinematicsParams(_Params):
         return self
 
 
-@register_op("lhc.kinematics", params=KinematicsParams, inputs=("events",))
+@register_op("lhc.kinematics", params=KinematicsParams, inputs=("events",),
+             memory=4.5)  # float64 four-vectors: measured 4.14, 4.10 (10^5, 4 x 10^5 events a chunk)
 def kinematics(params: KinematicsParams, events: xr.Dataset) -> xr.Dataset:
     """pt, eta, phi, mass of the leading objects and the invariant mass of the leading pair."""
     events = align_events(events)
@@ -340,6 +348,8 @@ def _objects_recipe(params: KinematicsParams, kinds: dict[str, Kind]):
 
 def _kinematics_chunk(recipe: dict, extras: tuple[str, ...], leading: int, keys: tuple[str, ...],
                       columns: ChunkColumns) -> tuple:
+    import awkward as ak
+
     if "collection" in recipe:
         fields = {k: columns(v) for k, v in recipe["columns"].items()}
     else:  # flat objects become a list of fixed length per event, so both take one path
@@ -406,7 +416,8 @@ class HistogramParams(_Params):
     _weight_syntax = field_validator("weight")(_syntax)
 
 
-@register_op("lhc.histogram", params=HistogramParams, inputs=("events",))
+@register_op("lhc.histogram", params=HistogramParams, inputs=("events",),
+             memory=0.3)  # reads only the filled columns: measured 0.26, 0.15 (10^5, 4 x 10^5 events)
 def histogram(params: HistogramParams, events: xr.Dataset) -> xr.Dataset:
     """Fill a histogram (counts and variances) of selected events, chunk by chunk in a tree.
 
@@ -459,6 +470,8 @@ def histogram(params: HistogramParams, events: xr.Dataset) -> xr.Dataset:
 def _fill_chunk(trees: tuple[Node, ...], weight: Node | None, axes: list[Axis], has_mask: bool,
                 columns: ChunkColumns) -> tuple[np.ndarray]:
     """The chunk's fill vector followed by its number of selected events."""
+    import awkward as ak
+
     values = [evaluate(t, columns) for t in trees]
     weights = evaluate(weight, columns) if weight is not None else None
     mask = np.asarray(columns(MASK), bool) if has_mask else np.ones(columns.length, bool)
@@ -477,6 +490,8 @@ def _fill_chunk(trees: tuple[Node, ...], weight: Node | None, axes: list[Axis], 
 
 def _on_events(values: Any, length: int) -> Any:
     """Lists stay lists; per-event values and constants become one numpy value per event."""
+    import awkward as ak
+
     return values if isinstance(values, ak.Array) and values.ndim > 1 else per_event(values, length)
 
 

@@ -25,10 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import OpError, did_you_mean
 from ..registry import StepContext, register_op
+from . import needs
 from .core import as_delayed
 from .ensembles import (
     REPLICA,
     checkpointed_training,
+    ensemble_architecture,
     history_length,
     lazy_ensemble,
     result_arrays,
@@ -46,9 +48,10 @@ class EftParams(BaseModel):
 
 
 def _toy():
-    from ..kernels import eft
+    """The toy and the term algebra: numpy only, so building a graph of them imports no torch."""
+    from ..kernels import eft_toy
 
-    return eft
+    return eft_toy
 
 
 def check_coefficients(names: list[str], known, what: str) -> None:
@@ -83,7 +86,8 @@ def _block_sizes(n: int, chunk: int) -> list[int]:
     return [min(chunk, n - start) for start in range(0, n, chunk)]
 
 
-@register_op("lhc.eft_toy_events", params=ToyEventsParams, inputs=())
+@register_op("lhc.eft_toy_events", params=ToyEventsParams, inputs=(),
+             memory=3.0)  # each chunk drawn by rejection sampling
 def eft_toy_events(params: ToyEventsParams) -> xr.Dataset:
     """MC samples of the analytic ML4EFT toy: SM plus "SM + term" at c_train, per replica.
 
@@ -133,7 +137,8 @@ class ToyPseudodataParams(EftParams):
     seed: int = Field(0, ge=0)
 
 
-@register_op("lhc.eft_toy_pseudodata", params=ToyPseudodataParams, inputs=())
+@register_op("lhc.eft_toy_pseudodata", params=ToyPseudodataParams, inputs=(),
+             memory=3.0)  # each chunk drawn by rejection sampling
 def eft_toy_pseudodata(params: ToyPseudodataParams) -> xr.Dataset:
     """A pseudo-data sample of the toy at c_true: Poisson(Lumi sigma(c_true)) events, exactly."""
     eft = _toy()
@@ -266,15 +271,15 @@ def _train(features, sample_id, replica, layout: SampleLayout, names: list[str],
             "input_low": fitted["low"], "input_high": fitted["high"]}
 
 
-@register_op("lhc.eft_train", params=EftTrainParams, inputs=("events",), wants_context=True, version="1")
+@register_op("lhc.eft_train", params=EftTrainParams, inputs=("events",), wants_context=True, version="1",
+             memory=needs.TorchNeed(needs.eft_train_need))
 def eft_train(params: EftTrainParams, events: xr.Dataset, context: StepContext) -> xr.Dataset:
     """One network per EFT term (linear per coefficient, quadratic per pair) x MC replica, all
     trained together in one batched job: classifier SM vs SM + term at c_train, cross-entropy
     weighted by each sample's cross section, smooth positivity 1 + s NN > 0, stagnation resets,
     robust 5-95% feature scaling. Rows of `replica` are term-major: row = term x R + replica.
     """
-    from ..kernels.eft import eft_terms, term_name
-    from ..kernels.mlp import EnsembleMLP
+    from ..kernels.eft_toy import TERM_OUTPUT_TRANSFORM, eft_terms, term_name
 
     known = list(events.attrs.get("coefficients", []))
     if known:
@@ -284,9 +289,8 @@ def eft_train(params: EftTrainParams, events: xr.Dataset, context: StepContext) 
     features = require_features(events, params.features)
     names = [term_name(t) for t in terms]
     rows = len(terms) * layout.replicas
-    architecture = EnsembleMLP(
-        1, [len(features), *params.hidden, 1], list(params.activations), seed=params.seed,
-        output_transform="eft_positivity", replica_params={"c_scale": np.ones(1)}).architecture()
+    architecture = ensemble_architecture(len(features), params.hidden, params.activations, params.seed,
+                                         output_transform=TERM_OUTPUT_TRANSFORM, replica_params=["c_scale"])
     trained = dask.delayed(_train, pure=True)(
         [as_delayed(f.data) for f in features], as_delayed(events["sample_id"].data),
         as_delayed(events["mc_replica"].data), layout, names, params, context)
@@ -329,14 +333,20 @@ class EftEnsemble:
         return np.array([[p.get(c, 0.0) for c in self.coefficients] for p in values], float)
 
     def products(self, points: np.ndarray) -> np.ndarray:
-        from ..kernels.eft import coefficient_products
-
-        return coefficient_products(points, self.coefficients, self.terms)
+        return _toy().coefficient_products(points, self.coefficients, self.terms)
 
     def stacked(self, data: xr.Dataset) -> da.Array:
         """The model's features as one (event, feature) dask array over the data's chunks."""
-        features = require_features(data, self.features)
-        return da.stack([f.data for f in features], axis=-1).rechunk({1: -1})
+        return stack_features(require_features(data, self.features))
+
+
+def stack_features(columns: list[xr.DataArray]) -> da.Array:
+    """Columns along `event` as one (event, feature) array, the features in one chunk.
+
+    method="tasks": joining a few one-column chunks per block of events needs no shuffle, and
+    left to choose, dask asks dask.distributed whether a client runs, importing it at every plan.
+    """
+    return da.stack([c.data for c in columns], axis=-1).rechunk({1: -1}, method="tasks")
 
 
 def _weight_arrays(terms: list[str], replicas: int, **arrays):
@@ -379,7 +389,8 @@ def _ratio_block(block, weights, architecture, replicas, products, quantiles):
     return np.concatenate([median[None], np.nanquantile(r, quantiles, axis=1)]).astype(np.float32)
 
 
-@register_op("lhc.eft_ratio", params=RatioParams, inputs=("model", "data"))
+@register_op("lhc.eft_ratio", params=RatioParams, inputs=("model", "data"),
+             memory=needs.TorchNeed(4.0))  # term networks and ratios per chunk of events
 def eft_ratio(params: RatioParams, model: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
     """r(x, c) of a term ensemble on every event, lazily chunk by chunk, at the given c points.
 
@@ -393,7 +404,7 @@ def eft_ratio(params: RatioParams, model: xr.Dataset, data: xr.Dataset) -> xr.Da
     out = da.map_blocks(_ratio_block, stacked, ensemble.weights, ensemble.architecture,
                         ensemble.replicas, ensemble.products(points), params.quantiles,
                         drop_axis=1, new_axis=[0, 1], chunks=((1 + q,), (g,), stacked.chunks[0]),
-                        dtype=np.float32)
+                        dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))  # meta: no torch at plan
     coords = {c: ("point", points[:, i]) for i, c in enumerate(ensemble.coefficients)}
     result = xr.Dataset({"ratio_median": (("point", EVENT), out[0]),
                          "ratio_quantile": (("quantile", "point", EVENT), out[1:])},

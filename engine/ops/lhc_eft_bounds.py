@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 
 from ..errors import OpError
 from ..registry import register_op
+from . import needs
 from .core import as_delayed
 from .lhc_eft import (
     EVENT,
@@ -25,6 +26,7 @@ from .lhc_eft import (
     SampleLayout,
     check_coefficients,
     require_features,
+    stack_features,
     term_networks,
 )
 
@@ -69,7 +71,7 @@ def _log_r_nn(block, weights, architecture, replicas, products):
 
 
 def _log_r_exact(block, points, coefficients):
-    from ..kernels.eft import toy_ratio
+    from ..kernels.eft_toy import toy_ratio
 
     r = toy_ratio(block[:, 0], block[:, 1], points, coefficients)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -77,9 +79,13 @@ def _log_r_exact(block, points, coefficients):
 
 
 def _per_chunk_sum(fn, stacked: da.Array, g: int, *args) -> da.Array:
-    """sum over event chunks of fn(chunk, *args) -> (1, G): a tree reduction, memory one chunk."""
+    """sum over event chunks of fn(chunk, *args) -> (1, G): a tree reduction, memory one chunk.
+
+    meta given: dask does not call fn (a torch kernel) on empty arrays while the graph is built.
+    """
     parts = da.map_blocks(fn, stacked, *args, drop_axis=1, new_axis=1,
-                          chunks=((1,) * stacked.numblocks[0], (g,)), dtype=float)
+                          chunks=((1,) * stacked.numblocks[0], (g,)), dtype=float,
+                          meta=np.empty((0, 0), float))
     return parts.sum(axis=0)
 
 
@@ -126,7 +132,8 @@ def _scan(log_r_nn, log_r_exact, counts, hist, sigma, products, layout, luminosi
     return out
 
 
-@register_op("lhc.eft_bounds", params=BoundsParams, inputs=("model", "data"), optional_inputs=("events",))
+@register_op("lhc.eft_bounds", params=BoundsParams, inputs=("model", "data"), optional_inputs=("events",),
+             memory=needs.TorchNeed(needs.eft_bounds_need))
 def eft_bounds(params: BoundsParams, model: xr.Dataset, data: xr.Dataset,
                events: xr.Dataset | None = None) -> xr.Dataset:
     """95% intervals on Wilson coefficients from the extended unbinned likelihood of pseudo-data.
@@ -184,9 +191,9 @@ def eft_bounds(params: BoundsParams, model: xr.Dataset, data: xr.Dataset,
 
 
 def _exact_features(data: xr.Dataset) -> da.Array:
-    from ..kernels.eft import TOY_FEATURES, TOY_NAME
+    from ..kernels.eft_toy import TOY_FEATURES, TOY_NAME
 
     if data.attrs.get("toy") != TOY_NAME:
         raise OpError(f"exact_toy needs pseudo-data of the toy (attribute toy={TOY_NAME!r}); found "
                       f"{data.attrs.get('toy')!r}")
-    return da.stack([f.data for f in require_features(data, list(TOY_FEATURES))], axis=-1).rechunk({1: -1})
+    return stack_features(require_features(data, list(TOY_FEATURES)))

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import OpError
 from ..registry import register_op
+from . import needs
 from .core import as_delayed, require_variables
 from .ensembles import REPLICA
 
@@ -42,7 +43,8 @@ class SamplesParams(_Params):
     seed: int = Field(0, ge=0)
 
 
-@register_op("lhc.gaussian_unfolding_samples", params=SamplesParams, inputs=())
+@register_op("lhc.gaussian_unfolding_samples", params=SamplesParams, inputs=(),
+             memory=3.0)  # every sample drawn at once, in one chunk
 def gaussian_unfolding_samples(params: SamplesParams) -> xr.Dataset:
     """Known-truth unfolding samples: mc_gen, mc_reco along mc_event; data_gen, data_reco along data_event."""
     from ..kernels.omnifold import GaussianTruth, gaussian_samples
@@ -138,7 +140,8 @@ def _one_dim(data: xr.Dataset, name: str) -> xr.DataArray:
     return data[name]
 
 
-@register_op("lhc.omnifold", params=OmniFoldParams, inputs=("samples",))
+@register_op("lhc.omnifold", params=OmniFoldParams, inputs=("samples",),
+             memory=needs.TorchNeed(needs.omnifold_need))
 def omnifold_op(params: OmniFoldParams, samples: xr.Dataset) -> xr.Dataset:
     """Unbinned OmniFold unfolding of one observable; bootstrap replicas of the data give bands.
 

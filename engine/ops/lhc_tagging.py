@@ -26,10 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import OpError
 from ..registry import StepContext, register_op
+from . import needs
 from .core import as_delayed, require_dims, require_variables
 from .ensembles import (
     REPLICA,
     checkpointed_training,
+    ensemble_architecture,
     history_length,
     lazy_ensemble,
     result_arrays,
@@ -183,18 +185,12 @@ def _fit(kind: str, features: np.ndarray, labels: np.ndarray, params: NetworkPar
 
 def _tagger(kind: str, params: NetworkParams, jets: xr.Dataset, context: StepContext,
             description: str) -> xr.Dataset:
-    from ..kernels.mlp import EnsembleMLP
-
     if params.max_jets is not None:
         jets = jets.isel({JET: slice(0, params.max_jets)})
     features = _jet_features(jets, params.n_constituents)
     n_in = 3 * params.n_constituents
     n_out = 1 if kind == "bce" else n_in
-    try:
-        architecture = EnsembleMLP(1, [n_in, *params.hidden, n_out], params.activations,
-                                   seed=params.seed).architecture()
-    except ValueError as exc:
-        raise OpError(str(exc)) from None
+    architecture = ensemble_architecture(n_in, params.hidden, params.activations, params.seed, n_out=n_out)
     trained = dask.delayed(_fit, pure=True)(kind, as_delayed(features), as_delayed(jets["label"].data),
                                             params, context)
     r = params.replicas
@@ -212,7 +208,8 @@ def _tagger(kind: str, params: NetworkParams, jets: xr.Dataset, context: StepCon
     return model.assign_coords(signal_efficiency=("signal_efficiency", ROC_POINTS))
 
 
-@register_op("lhc.train_classifier", params=ClassifierParams, inputs=("jets",), wants_context=True)
+@register_op("lhc.train_classifier", params=ClassifierParams, inputs=("jets",), wants_context=True,
+             memory=needs.TorchNeed(needs.tagger_need))
 def train_classifier(params: ClassifierParams, jets: xr.Dataset, context: StepContext) -> xr.Dataset:
     """A DNN top tagger on jet-frame constituents, one network per replica, with test metrics.
 
@@ -222,7 +219,8 @@ def train_classifier(params: ClassifierParams, jets: xr.Dataset, context: StepCo
     return _tagger("bce", params, jets, context, "jet classifier ensemble")
 
 
-@register_op("lhc.anomaly_score", params=AnomalyParams, inputs=("jets",), wants_context=True)
+@register_op("lhc.anomaly_score", params=AnomalyParams, inputs=("jets",), wants_context=True,
+             memory=needs.TorchNeed(needs.tagger_need))
 def anomaly_score(params: AnomalyParams, jets: xr.Dataset, context: StepContext) -> xr.Dataset:
     """An autoencoder trained on background jets only; score = reconstruction error.
 
@@ -246,7 +244,8 @@ def _score_block(E, PX, PY, PZ, weights: dict, architecture: dict, kind: str, n:
                             scale, device).astype(np.float32)
 
 
-@register_op("lhc.score_jets", params=ScoreParams, inputs=("model", "jets"))
+@register_op("lhc.score_jets", params=ScoreParams, inputs=("model", "jets"),
+             memory=needs.TorchNeed(3.0))  # jet-frame features and every replica's activations per chunk
 def score_jets(params: ScoreParams, model: xr.Dataset, jets: xr.Dataset) -> xr.Dataset:
     """Apply a stored tagger to any jets, chunk by chunk: score (replica, jet).
 
@@ -262,7 +261,8 @@ def score_jets(params: ScoreParams, model: xr.Dataset, jets: xr.Dataset) -> xr.D
     r = model.sizes[REPLICA]
     out = da.map_blocks(_score_block, *arrays, weights, json.loads(model.attrs["architecture"]),
                         model.attrs["score"], n, params.device, drop_axis=1, new_axis=0,
-                        chunks=((r,), arrays[0].chunks[0]), dtype=np.float32)
+                        chunks=((r,), arrays[0].chunks[0]), dtype=np.float32,
+                        meta=np.empty((0, 0), np.float32))  # meta: dask need not call torch to plan
     return xr.Dataset({params.name: ((REPLICA, JET), out), "label": jets["label"]},
                       coords={REPLICA: model[REPLICA].values, JET: jets[JET].values}
                       if JET in jets.coords else {REPLICA: model[REPLICA].values})

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import OpError, did_you_mean
 from ..registry import StepContext, register_op
+from . import needs
 from .core import as_delayed, require_variables
 from .ensembles import (
     REPLICA,
@@ -73,7 +74,8 @@ def _fk(x, target, grid):
     return f2_fk_table(x, target, grid)
 
 
-@register_op("pdf.fk_tables", params=GridParams)
+@register_op("pdf.fk_tables", params=GridParams,
+             memory=2.0)  # FK rows built per chunk of points
 def fk_tables(params: GridParams, data: xr.Dataset) -> xr.Dataset:
     """LO F2 FK tables FK(point, x_grid, flavour) at the data's x and target, beside the data.
 
@@ -99,7 +101,8 @@ class ScanParams(GridParams):
     x_range: tuple[float, float] = (1e-2, 0.9)
 
 
-@register_op("pdf.x_scan", params=ScanParams, inputs=())
+@register_op("pdf.x_scan", params=ScanParams, inputs=(),
+             memory=2.0)  # a small in-memory grid
 def x_scan(params: ScanParams) -> xr.Dataset:
     """Kinematics for curves: log-spaced x of one target, to plot F2(x) at Q0 of any set."""
     from ..kernels.pdf_fk import TARGETS
@@ -113,9 +116,9 @@ def x_scan(params: ScanParams) -> xr.Dataset:
 
 
 def _set_dataset(xf: np.ndarray | da.Array, grid: np.ndarray, description: str, extra: dict) -> xr.Dataset:
-    """A one-subgrid PDF set (engine.formats.lhapdf layout): xf (member, flavour, x) repeated at
+    """A one-subgrid PDF set (engine.ingest.lhapdf_format layout): xf (member, flavour, x) repeated at
     4 Q knots from Q0 to 100 GeV, since the LO fit has no evolution (PDF at Q0 at every Q)."""
-    from ..formats.lhapdf import pdfset_from_arrays
+    from ..ingest.lhapdf_format import pdfset_from_arrays
 
     q = np.geomspace(Q0, 100.0, 4)
     values = da.broadcast_to(da.asarray(xf)[..., None], (*xf.shape, q.size))
@@ -125,7 +128,8 @@ def _set_dataset(xf: np.ndarray | da.Array, grid: np.ndarray, description: str, 
     return pdfset_from_arrays([grid], [q], LHAPDF_FLAVOURS, [values], info)
 
 
-@register_op("pdf.toy_truth", params=GridParams, inputs=())
+@register_op("pdf.toy_truth", params=GridParams, inputs=(),
+             memory=2.0)  # a small in-memory grid
 def toy_truth(params: GridParams) -> xr.Dataset:
     """The Les Houches toy PDF at Q0^2 = 2 GeV^2 as a one-member PDF set (closure-test truth)."""
     from ..kernels.pdf_fk import les_houches_toy
@@ -164,7 +168,8 @@ def _fluctuate(truth, covariance, seed):
     return truth + checked_cholesky(np.asarray(covariance, float)) @ rng.standard_normal(truth.size)
 
 
-@register_op("pdf.level1", params=Level1Params, inputs=("theory", "truth"))
+@register_op("pdf.level1", params=Level1Params, inputs=("theory", "truth"),
+             memory=needs.gathered(3.0))  # one draw from the Cholesky factor of the whole covariance
 def level1(params: Level1Params, theory: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
     """Closure data: truth predictions plus one draw from the experimental covariance (seeded).
 
@@ -187,7 +192,8 @@ def _t0_covariance(t0, uncorrelated, additive, multiplicative):
     return np.diag(np.asarray(uncorrelated) ** 2) + additive @ additive.T + scaled @ scaled.T
 
 
-@register_op("pdf.t0_covariance", params=_Params, inputs=("theory", "pdf"))
+@register_op("pdf.t0_covariance", params=_Params, inputs=("theory", "pdf"),
+             memory=needs.gathered(3.0))  # the whole covariance and its factors
 def t0_covariance(params: _Params, theory: xr.Dataset, pdf: xr.Dataset) -> xr.Dataset:
     """The fit covariance with multiplicative systematics at theory predictions t0 (NNPDF's t0).
 
@@ -225,7 +231,7 @@ class FitParams(TrainingParams, GridParams):
 
     @model_validator(mode="after")
     def _basis(self) -> FitParams:
-        from ..kernels.pdf_fit import check_basis
+        from ..kernels.pdf_basis import check_basis
 
         try:  # what no F2 data can constrain; the targets present are checked at run time
             check_basis(tuple(self.basis), ("proton", "deuteron"))
@@ -268,7 +274,8 @@ def _fit(fk, target_index, pseudodata, mask, covariance, params: FitParams, cont
             "gluon_norm": gluon_normalisation(result.weights, result.architecture, config.basis)}
 
 
-@register_op("pdf.fit", params=FitParams, inputs=("data", "theory"), wants_context=True, version="1")
+@register_op("pdf.fit", params=FitParams, inputs=("data", "theory"), wants_context=True, version="1",
+             memory=needs.TorchNeed(needs.pdf_fit_need))
 def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepContext) -> xr.Dataset:
     """NNPDF-style replica fit: NN(x, ln x) x^(1-alpha) (1-x)^beta per fitted basis function.
 
@@ -276,7 +283,7 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
     output on the same points. Unfitted functions follow kernels.pdf_fit's stated assumptions; the
     gluon is fixed by the momentum sum rule; positivity of x(q + qbar) is a growing penalty.
     """
-    from ..kernels.pdf_fit import PdfFitConfig, build_model
+    from ..kernels.pdf_basis import fit_architecture
 
     require_variables(data, [params.target, params.mask, params.covariance])
     require_variables(theory, ["fk"])
@@ -290,9 +297,11 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
                       f"n_x={params.n_x}: give both steps the same values")
     r = target.sizes[REPLICA]
     nb = len(params.basis)
-    config = PdfFitConfig(tuple(params.basis), tuple(params.hidden), tuple(params.activations),
-                          seed=params.seed)
-    architecture = build_model(1, config, "cpu").architecture()
+    try:
+        architecture = fit_architecture(tuple(params.basis), tuple(params.hidden),
+                                        tuple(params.activations), params.seed)
+    except ValueError as exc:  # an unknown activation
+        raise OpError(str(exc)) from None
     trained = dask.delayed(_fit, pure=True)(
         as_delayed(theory["fk"].data), as_delayed(theory["target_index"].data), as_delayed(target.data),
         as_delayed(data[params.mask].data), as_delayed(data[params.covariance].data), params, context)
@@ -320,7 +329,8 @@ def _fitted_values(gluon_norm, keep, basis, grid, **arrays):
     return np.concatenate([xf[keep].mean(0, keepdims=True), xf]).transpose(0, 2, 1)
 
 
-@register_op("pdf.fitted_set", params=_Params, inputs=("model",))
+@register_op("pdf.fitted_set", params=_Params, inputs=("model",),
+             memory=needs.TorchNeed(3.0))  # every replica evaluated on the x grid
 def fitted_set(params: _Params, model: xr.Dataset) -> xr.Dataset:
     """The fitted PDF set: member 0 = average of the kept replicas, member k = replica k - 1.
 
@@ -339,12 +349,14 @@ def fitted_set(params: _Params, model: xr.Dataset) -> xr.Dataset:
     xf = da.from_delayed(values, (r + 1, len(LHAPDF_FLAVOURS), grid.size), float)
     result = _set_dataset(xf, grid, f"LO replica fit of F2 (basis {', '.join(model.attrs['basis'])}), "
                           "PDF at Q0 repeated in Q (no evolution)", {"FitBasis": list(model.attrs["basis"])})
-    kept = da.concatenate([da.ones(1, dtype=bool), keep.data])
+    # one chunk along member, like xf: a dataset's chunks must agree per dim (`plan` reads them)
+    kept = da.concatenate([da.ones(1, dtype=bool), keep.data]).rechunk(-1, method="tasks")
     return result.assign(kept=("member", kept))
 
 
 # -- predictions and closure -----------------------------------------------------------------
-@register_op("pdf.predict", params=_Params, inputs=("pdf", "theory"), optional_inputs=("truth",))
+@register_op("pdf.predict", params=_Params, inputs=("pdf", "theory"), optional_inputs=("truth",),
+             memory=3.0)  # FK rows times every member per chunk of points
 def predict(params: _Params, pdf: xr.Dataset, theory: xr.Dataset,
             truth: xr.Dataset | None = None) -> xr.Dataset:
     """obs(replica, point) = sum over x, f of FK(point, x, f) xf(replica, x, f), lazy over points.
@@ -400,7 +412,8 @@ def _closure(prediction, kept, truth, data, covariance):
 CLOSURE_ESTIMATORS = ("chi2_central_truth", "chi2_central_data", "rms_pull", "kept_fraction", "replicas_kept")
 
 
-@register_op("pdf.closure", params=ClosureParams)
+@register_op("pdf.closure", params=ClosureParams,
+             memory=needs.gathered(3.0))  # estimators over every point at once
 def closure(params: ClosureParams, data: xr.Dataset) -> xr.Dataset:
     """Closure estimators (DOMAIN.md 3): chi2/n of the central prediction vs truth and vs level-1
     data (experimental covariance), RMS pull (mean - truth) / std over points, kept fraction.
@@ -431,7 +444,8 @@ def _dataset_slice(data: xr.Dataset, name: str) -> slice:
     return slice(start, start + int(counts[matches[0]]))
 
 
-@register_op("pdf.dataset_view", params=DatasetViewParams)
+@register_op("pdf.dataset_view", params=DatasetViewParams,
+             memory=1.5)  # slicing: the input chunk and the selected copy
 def dataset_view(params: DatasetViewParams, data: xr.Dataset) -> xr.Dataset:
     """One dataset's points of a pdf.predict output, for data-vs-theory pictures.
 

@@ -1,4 +1,4 @@
-"""`pdf.evaluate`: a PDF set (engine.formats.lhapdf layout) interpolated at (x, Q) points.
+"""`pdf.evaluate`: a PDF set (engine.ingest.lhapdf_format layout) interpolated at (x, Q) points.
 
 The set is small and the points are many: for each chunk of members the per-knot Hermite
 tables are built once (one delayed task shared by every point chunk), then the kernel maps over
@@ -17,7 +17,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import IngestError, OpError
-from ..formats.lhapdf import FLAVOUR, GLUON, MEMBER, subgrid_count, subgrid_names
+from ..ingest.lhapdf_format import FLAVOUR, GLUON, MEMBER, subgrid_count, subgrid_names
 from ..kernels import pdf_interp as kernels
 from ..registry import register_op
 from .core import as_delayed
@@ -105,7 +105,8 @@ def _evaluate_block(x, q, grid: kernels.HermiteGrid, head: tuple[int, int], extr
     return values.reshape(head + tuple(x.shape))
 
 
-@register_op("pdf.evaluate", params=EvaluateParams, inputs=("pdf", "points"))
+@register_op("pdf.evaluate", params=EvaluateParams, inputs=("pdf", "points"),
+             memory=4.0)  # per chunk of points: the knot tables of a member chunk and the weights
 def evaluate(params: EvaluateParams, pdf: xr.Dataset, points: xr.Dataset) -> xr.Dataset:
     """Interpolate a PDF set at (x, Q) points with LHAPDF's log-bicubic scheme.
 

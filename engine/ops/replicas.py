@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import OpError, did_you_mean
 from ..registry import StepContext, register_op
+from . import needs
 from .core import as_delayed, require_dims, require_variables
 from .ensembles import (
     REPLICA,
@@ -64,7 +65,8 @@ def _toy(params: ToyParams) -> dict[str, np.ndarray]:
     return {"x": x, "truth": truth, "stat": stat, "y": truth * shift + stat * rng.standard_normal(x.size)}
 
 
-@register_op("replicas.toy_regression", params=ToyParams, inputs=())
+@register_op("replicas.toy_regression", params=ToyParams, inputs=(),
+             memory=2.0)  # a small in-memory table
 def toy_regression(params: ToyParams) -> xr.Dataset:
     """Level-1 closure data: one fluctuation of a known function, with its uncertainties.
 
@@ -93,10 +95,18 @@ class PseudodataParams(_Params):
     replicas: int = Field(gt=0, description="number of Monte Carlo replicas R")
     seed: int = Field(0, ge=0)
     training_fraction: float = Field(0.75, gt=0, le=1)
+    split: Literal["per_replica", "shared"] = Field(
+        "per_replica", description="per_replica: each replica its own training/validation split "
+        "(NNPDF); shared: one split for all, whose bands are calibrated (see training_masks)")
+    t0: str | None = Field(
+        None, description="1-D reference values at which multiplicative systematics enter the fit "
+        "covariance (NNPDF's t0: a previous fit, or a closure test's truth); none: the central "
+        "values, which pulls fits below the data (d'Agostini bias)")
 
 
 def _loss_covariance(central, stat, cov, sys_add, sys_mult) -> np.ndarray:
-    """The covariance the fit uses: all sources added, multiplicative ones at the central value."""
+    """The covariance the fit uses: all sources added, multiplicative ones at `central` (the data's
+    central values, or t0 reference values)."""
     n = central.size
     total = np.zeros((n, n)) if cov is None else np.array(cov, float)
     if stat is not None:
@@ -109,15 +119,17 @@ def _loss_covariance(central, stat, cov, sys_add, sys_mult) -> np.ndarray:
     return total
 
 
-def _draw(central, stat, cov, sys_add, sys_mult, group, params: PseudodataParams):
+def _draw(central, stat, cov, sys_add, sys_mult, group, t0, params: PseudodataParams):
     from ..kernels.replicas import draw_replicas, training_masks
 
     additive = _loss_covariance(central, stat, cov, sys_add, None)
     data = draw_replicas(central, additive, sys_mult, params.replicas, params.seed)
     groups = np.zeros(central.size, int) if group is None else np.unique(group, return_inverse=True)[1]
-    mask = training_masks(central.size, groups, params.replicas, params.training_fraction, params.seed)
+    mask = training_masks(central.size, groups, params.replicas, params.training_fraction, params.seed,
+                          shared=params.split == "shared")
     return {"pseudodata": data, "training_mask": mask,
-            "covariance": _loss_covariance(central, stat, cov, sys_add, sys_mult)}
+            "covariance": _loss_covariance(central if t0 is None else np.asarray(t0, float),
+                                           stat, cov, sys_add, sys_mult)}
 
 
 def _optional(data: xr.Dataset, name: str | None, dims: tuple[str, ...], what: str):
@@ -134,7 +146,8 @@ def _optional(data: xr.Dataset, name: str | None, dims: tuple[str, ...], what: s
     return var.data
 
 
-@register_op("replicas.pseudodata", params=PseudodataParams)
+@register_op("replicas.pseudodata", params=PseudodataParams,
+             memory=needs.gathered(3.0))  # every replica drawn at once from the whole covariance
 def pseudodata(params: PseudodataParams, data: xr.Dataset) -> xr.Dataset:
     """R pseudo-data replicas d_k = (d + L eps_k) prod(1 + delta r_k), seeded, with per-replica
     training masks (a `training_fraction` of each group's points) and the fit covariance.
@@ -151,7 +164,8 @@ def pseudodata(params: PseudodataParams, data: xr.Dataset) -> xr.Dataset:
               _optional(data, params.covariance, (point,), "covariance"),
               _optional(data, params.sys_additive, (point,), "sys_additive"),
               _optional(data, params.sys_multiplicative, (point,), "sys_multiplicative"),
-              _optional(data, params.group, (point,), "group")]
+              _optional(data, params.group, (point,), "group"),
+              _optional(data, params.t0, (point,), "t0")]
     if params.covariance is not None and data[params.covariance].shape != (central.size,) * 2:
         raise OpError(f"covariance {params.covariance!r} has shape {data[params.covariance].shape}; "
                       f"expected ({central.size}, {central.size}) for {central.size} points")
@@ -258,7 +272,8 @@ def _model_arrays(result, low, high, params: TrainParams) -> dict[str, np.ndarra
     return {**result_arrays(result, checks), "input_low": low, "input_high": high}
 
 
-@register_op("replicas.train", params=TrainParams, wants_context=True, version="1")
+@register_op("replicas.train", params=TrainParams, wants_context=True, version="1",
+             memory=needs.TorchNeed(needs.replica_fit_need))
 def train(params: TrainParams, data: xr.Dataset, context: StepContext) -> xr.Dataset:
     """Train one network per pseudo-data replica, all replicas batched in one job.
 
@@ -306,7 +321,8 @@ def _weight_arrays(**arrays):
     return {name: np.asarray(value) for name, value in arrays.items()}
 
 
-@register_op("replicas.predict", params=PredictParams, inputs=("model", "data"))
+@register_op("replicas.predict", params=PredictParams, inputs=("model", "data"),
+             memory=needs.TorchNeed(needs.predict_need))
 def predict(params: PredictParams, model: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
     """Evaluate every replica of a stored ensemble on any dataset, chunk by chunk (lazy).
 
@@ -330,7 +346,8 @@ def predict(params: PredictParams, model: xr.Dataset, data: xr.Dataset) -> xr.Da
     r = model.sizes[REPLICA]
     out = da.map_blocks(_predict_block, stacked, weights, architecture, params.device,
                         drop_axis=stacked.ndim - 1, new_axis=0,
-                        chunks=((r,), *stacked.chunks[:-1]), dtype=np.float32)
+                        chunks=((r,), *stacked.chunks[:-1]), dtype=np.float32,
+                        meta=np.empty((0,) * stacked.ndim, np.float32))  # meta: no torch call to plan
     coords = {k: v for k, v in data.coords.items() if set(v.dims) <= set(dims)}
     result = xr.Dataset({params.name: ((REPLICA, *dims), out), "kept": model["kept"]},
                         coords={**coords, REPLICA: model[REPLICA].values})
@@ -344,7 +361,8 @@ class SummaryParams(_Params):
     mask: str | None = Field("kept", description="boolean (replica) variable: replicas to use")
 
 
-@register_op("replicas.summary", params=SummaryParams)
+@register_op("replicas.summary", params=SummaryParams,
+             memory=4.0)  # quantiles sort a copy of every replica per chunk
 def summary(params: SummaryParams, data: xr.Dataset) -> xr.Dataset:
     """Mean, standard deviation and quantiles over replicas (dropped replicas masked out)."""
     require_variables(data, [params.variable])

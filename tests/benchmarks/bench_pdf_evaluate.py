@@ -31,7 +31,7 @@ import xarray as xr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from engine.formats.lhapdf import pdfset_from_arrays, write_lhapdf_set  # noqa: E402
+from engine.ingest.lhapdf_format import pdfset_from_arrays, write_lhapdf_set  # noqa: E402
 from engine.kernels.pdf_interp import evaluate, hermite_grid  # noqa: E402
 from engine.registry import get_op  # noqa: E402
 from tests.data.lhapdf.make_toy_set import toy_xf  # noqa: E402

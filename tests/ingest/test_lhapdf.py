@@ -9,9 +9,9 @@ import numpy as np
 import xarray as xr
 
 from engine.catalog import load_catalog
-from engine.formats.lhapdf import read_lhapdf_set
 from engine.ingest import lhapdf as ingest_module
 from engine.ingest.lhapdf import chunk_shape, ingest_lhapdf
+from engine.ingest.lhapdf_format import read_lhapdf_set
 from engine.testing import put_in_lake
 from tests.conftest import lake_files
 from tests.test_cli import replicalake

@@ -16,7 +16,7 @@ import pytest
 import xarray as xr
 
 from engine.errors import IngestError
-from engine.formats.lhapdf import (
+from engine.ingest.lhapdf_format import (
     LhapdfFormatError,
     pdfset_from_arrays,
     read_lhapdf_set,

@@ -60,7 +60,13 @@ def test_recovers_the_onset_map_with_band_errors(exponent):
     np.testing.assert_allclose(result["e_bg_quantile"].sel(quantile=0.84), truth - 0.05, atol=1e-4)
     np.testing.assert_allclose(result["exponent"], 1.5, atol=0.1 if exponent is None else 0)
     assert "quantile" in result["e_bg_error"].attrs["source"]
-    assert 0.7 < float(result["chi2"].median()) < 1.5 * 2000  # unweighted: residual variance
+    # Unweighted, chi2/dof is the residual variance: it must be the noise variance max(I, 1)
+    # averaged over the window. Measured ratio (median pixel) 0.96, 0.92-1.00 over 6 noise
+    # seeds (sd 0.025): the median of a right-skewed ratio and 3-4 fitted parameters sit it just
+    # below 1. A missed onset or a chi2 not divided by its dof leaves the bound.
+    inside = (ENERGY >= 0.5) & (ENERGY <= 4.0)
+    noise = np.maximum(power_onset(ENERGY[inside], truth[..., None], 2000.0, 1.5), 1.0).mean(-1)
+    assert 0.9 < float(np.median(result["chi2"] / noise)) < 1.05
     np.testing.assert_allclose(result["amplitude"], 2000.0, rtol=0.1)
 
 

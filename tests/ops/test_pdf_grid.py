@@ -10,9 +10,9 @@ import xarray as xr
 
 import engine
 from engine.errors import OpError, RecipeError, RunError
-from engine.formats.lhapdf import read_lhapdf_set
 from engine.graph import compile_recipe
 from engine.ingest.lhapdf import ingest_lhapdf
+from engine.ingest.lhapdf_format import read_lhapdf_set
 from engine.kernels.pdf_interp import evaluate as kernel_evaluate
 from engine.kernels.pdf_interp import hermite_grid
 from engine.ops import pdf_grid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pytest
 import xarray as xr
@@ -9,8 +10,23 @@ import xarray as xr
 import engine
 from engine.errors import RecipeError, RunError
 from engine.graph import compile_recipe
+from engine.ops.replicas import (
+    PredictParams,
+    PseudodataParams,
+    SummaryParams,
+    ToyParams,
+    TrainParams,
+    predict,
+    pseudodata,
+    toy_regression,
+    train,
+)
+from engine.ops.replicas import summary as replicas_summary
+from engine.recipe import load_recipe
+from engine.registry import StepContext
 from engine.storage import Lake
 from engine.testing import put_in_lake, raise_if_computes
+from tests.calibration import BAND, SeedBands, assert_calibrated, pooled
 from tests.conftest import REPO, lake_files
 
 FAST = {"replicas: 50": "replicas: 30", "epochs: 4000": "epochs: 2500"}
@@ -45,29 +61,84 @@ def test_compiling_the_closure_recipe_computes_nothing(lake, write_recipe):
     assert plan.step("bands").status == "to compute"
 
 
-def test_truth_lies_in_the_bands_at_the_expected_rate(closure):
-    lake, _, summary = closure
-    assert {o.step: o.status for o in summary.outputs} == {"model": "computed", "bands": "computed"}
-    bands = lake.open("derived", "replicas-closure-1d/bands").load()
-    low, high = bands["prediction_quantile"].isel(quantile=0), bands["prediction_quantile"].isel(quantile=-1)
-    coverage = float(((bands["truth"] >= low) & (bands["truth"] <= high)).mean())
-    pull = (bands["prediction_mean"] - bands["truth"]) / bands["prediction_std"]
-    rms_pull = float(np.sqrt((pull**2).mean()))
-    # One level-1 data set: the 68% band should cover the truth at >= ~68% of the points, and
-    # the RMS pull must be O(1) (NNPDF closure criterion [0.4, 1.6], pooled over seeds; a single
-    # seed with a 2% normalisation shift sits low in it). Measured: coverage 0.9-1.0, pull ~0.5.
-    assert 0.6 <= coverage <= 1.0
-    assert 0.2 <= rms_pull <= 1.6
-    assert int(bands["replicas_used"]) >= 27  # >= 90% of replicas kept
+CALIBRATION_REPLICAS = 30
+
+
+def shipped_params(step_id: str, **changes) -> dict:
+    """The shipped closure recipe's params for one step, with `changes` on top."""
+    steps = load_recipe(REPO / "recipes" / "replicas_closure_1d.yaml").recipe.steps
+    return {**next(step.params for step in steps if step.id == step_id), **changes}
+
+
+def closure_bands(seeds, folder, normalisation: float) -> list[SeedBands]:
+    """The shipped closure's ops and settings over level-1 seeds, 30 replicas each.
+
+    Each seed gets its own level-1 data (replicas.toy_regression) and pseudo-data
+    (replicas.pseudodata); the seeds' replicas are stacked and trained by one replicas.train
+    call, then replicas.predict and, per seed, replicas.summary. Stacking is exact because a
+    replica's training depends only on its own data and id, and every seed has the same fit
+    covariance (stat, and the normalisation taken at t0 = truth); the one thing pooled across
+    seeds is the chi2-outlier cut. It makes 30 fits cost about 6. Smaller than the recipe only
+    where that costs time, not calibration: 30 replicas (the finite-R expectation is computed),
+    1500 epochs with patience 200 (replicas stop at ~850).
+    """
+    toys = [toy_regression(ToyParams(**shipped_params("data", seed=seed, normalisation=normalisation)))
+            for seed in seeds]
+    changes = {} if normalisation else {"sys_multiplicative": None}
+    replicas = [pseudodata(PseudodataParams(**shipped_params(
+        "pseudodata", replicas=CALIBRATION_REPLICAS, seed=seed, **changes)), toy)
+        for seed, toy in zip(seeds, toys)]
+    covariances = dask.compute(*(r["covariance"] for r in replicas))
+    assert all(np.array_equal(c, covariances[0]) for c in covariances)
+    stacked = xr.concat([r[["pseudodata", "training_mask"]] for r in replicas], "replica")
+    stacked = stacked.assign(covariance=covariances[0]).assign_coords(
+        replica=np.arange(stacked.sizes["replica"]))
+    stopping = {**shipped_params("model")["stopping"], "patience": 200}
+    context = StepContext("model", "calibration", str(folder))
+    model = train(TrainParams(**shipped_params("model", epochs=1500, stopping=stopping)), stacked,
+                  context=context).compute()
+    prediction = predict(PredictParams(), model, toys[0]).compute()
+    params = SummaryParams(**shipped_params("bands"))
+    bands = []
+    for i, toy in enumerate(dask.compute(*toys)):
+        one = slice(i * CALIBRATION_REPLICAS, (i + 1) * CALIBRATION_REPLICAS)
+        summary = replicas_summary(params, prediction.isel(replica=one)).compute()
+        quantile = summary["prediction_quantile"]
+        bands.append(SeedBands(toy["truth"].values, quantile.sel(quantile=BAND[0]).values,
+                               quantile.sel(quantile=BAND[1]).values, summary["prediction_mean"].values,
+                               summary["prediction_std"].values, int(summary["replicas_used"]),
+                               CALIBRATION_REPLICAS))
+    return bands
+
+
+def test_closure_bands_are_calibrated_over_level1_seeds(tmp_path):
+    """Pooled over 30 seeds x 60 data points, the 68% band covers the truth at the calibrated rate.
+
+    Evaluated at the data x: the fit error is smooth, so neighbouring points are correlated (about
+    7 independent points per seed); the pooled figures' errors come from the seed scatter, which
+    counts that. Without the recipe's 2% normalisation error: it moves all points of a seed
+    together (per-seed coverage scatter 0.25 instead of 0.17), so checking it to +-0.07 takes
+    ~80 seeds; that is the slow test below. Measured: see the README's calibration table.
+    """
+    assert_calibrated(pooled(closure_bands(range(101, 131), tmp_path, normalisation=0.0)))
+
+
+@pytest.mark.slow
+def test_closure_bands_with_a_normalisation_error_are_calibrated(tmp_path):
+    """As above with the recipe's 2% normalisation error, over 80 seeds (~2 minutes)."""
+    normalisation = shipped_params("data")["normalisation"]
+    assert_calibrated(pooled(closure_bands(range(201, 281), tmp_path, normalisation)))
 
 
 def test_model_is_a_plain_dataset_with_training_record(closure):
-    lake, _, _ = closure
+    lake, _, summary = closure
+    assert {o.step: o.status for o in summary.outputs} == {"model": "computed", "bands": "computed"}
     model = xr.open_zarr(lake.entry_url("models", "replicas-closure-1d/model"), consolidated=False)
     assert model["weight_0"].shape == (30, 1, 20) and model["bias_2"].shape == (30, 1, 1)
     assert model["history_train"].dims == ("check", "replica")
     assert (model["stopping_epoch"] <= 2500).all() and (model["stopping_epoch"] > 0).all()
     assert model["drop_reason"].attrs["flag_meanings"].startswith("kept never_reached")
+    assert int(model["kept"].sum()) >= 27  # >= 90% of replicas kept in one seed's run too
     assert model.attrs["features"] == ["x"] and "sizes" in model.attrs["architecture"]
     assert not lake.fs.exists(lake.path(".tmp/checkpoints"))  or not lake.fs.ls(lake.path(".tmp/checkpoints"))
 

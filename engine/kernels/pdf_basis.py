@@ -1,0 +1,116 @@
+"""The fit basis of the NNPDF-style PDF fit, in numpy only (no torch).
+
+Which evolution-basis functions a fit may parametrise, how they rotate to flavours, which ones LO
+F2 data on given targets can determine (`check_basis`), the preprocessing exponents drawn per
+replica, and the description of the fit's networks (`fit_architecture`).
+
+Why its own module: `replicalake validate` and `plan` check a fit's basis and declare its
+ensemble before anything trains, and must not import torch for it; kernels.pdf_fit (the networks,
+the loss and the training, re-exporting these names) builds its model from the same constants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .architecture import architecture
+from .pdf_fk import FLAVOURS, TARGETS, f2_charges
+
+EVOLUTION_BASIS = ("Sigma", "g", "V", "V3", "V8", "T3", "T8")
+# (alpha range, beta range) per fittable function: x f ~ x^(1 - alpha) at small x, (1 - x)^beta
+PREPROCESSING = {"Sigma": ((1.05, 1.2), (1.5, 3.5)), "T3": ((-0.5, 1.0), (1.5, 3.5)),
+                 "T8": ((0.5, 1.1), (1.5, 4.0))}
+GLUON_SHAPE_EXPONENTS = (-0.1, 5.0)  # x g ~ x^a (1 - x)^b, the Les Houches gluon's shape
+
+
+def _rotation() -> np.ndarray:
+    """(flavour, basis) matrix: x f_flavour = sum_b R[f, b] x f_b (FLAVOURS, EVOLUTION_BASIS)."""
+    # q+ = q + qbar and q- = q - qbar of u, d, s from the evolution basis
+    plus = {"u": {"Sigma": 1 / 3, "T3": 1 / 2, "T8": 1 / 6}, "d": {"Sigma": 1 / 3, "T3": -1 / 2, "T8": 1 / 6},
+            "s": {"Sigma": 1 / 3, "T8": -1 / 3}}
+    minus = {"u": {"V": 1 / 3, "V3": 1 / 2, "V8": 1 / 6}, "d": {"V": 1 / 3, "V3": -1 / 2, "V8": 1 / 6},
+             "s": {"V": 1 / 3, "V8": -1 / 3}}
+    names = {1: "d", 2: "u", 3: "s"}
+    rotation = np.zeros((len(FLAVOURS), len(EVOLUTION_BASIS)))
+    for i, pid in enumerate(FLAVOURS):
+        if pid == 21:
+            rotation[i, EVOLUTION_BASIS.index("g")] = 1.0
+            continue
+        sign = 1.0 if pid > 0 else -1.0  # q = (q+ + q-) / 2, qbar = (q+ - q-) / 2
+        for part, factor in ((plus, 0.5), (minus, 0.5 * sign)):
+            for name, c in part[names[abs(pid)]].items():
+                rotation[i, EVOLUTION_BASIS.index(name)] += factor * c
+    return rotation
+
+
+ROTATION = _rotation()
+
+
+def fit_rotation(basis: tuple[str, ...]) -> np.ndarray:
+    """(flavour, fitted) matrix with the assumptions for unfitted functions folded in."""
+    effective = ROTATION.copy()
+    if "T8" not in basis:  # T8 = Sigma: no strange sea
+        effective[:, EVOLUTION_BASIS.index("Sigma")] += effective[:, EVOLUTION_BASIS.index("T8")]
+    return effective[:, [EVOLUTION_BASIS.index(b) for b in basis]]
+
+
+def check_basis(basis: tuple[str, ...], targets: tuple[str, ...]) -> None:
+    """Raise ValueError unless LO F2 data on `targets` determine every fitted function.
+
+    The data fix rank(M) combinations, M[t, b] = F2 charges of target t . rotation column b; each
+    fitted function needs its own.
+    """
+    unknown = [b for b in basis if b not in EVOLUTION_BASIS]
+    if unknown or not basis or len(set(basis)) != len(basis):
+        raise ValueError(f"fit basis must list distinct names from {', '.join(EVOLUTION_BASIS)}; "
+                         f"found {list(basis)}")
+    matrix = np.stack([f2_charges(t) for t in targets]) @ fit_rotation(basis)
+    blind = [b for b, column in zip(basis, matrix.T) if not np.any(np.abs(column) > 1e-12)]
+    if blind:
+        raise ValueError(f"{', '.join(blind)} do(es) not enter LO F2, so the data cannot constrain "
+                         f"it; fit a basis from {', '.join(PREPROCESSING)}")
+    rank = np.linalg.matrix_rank(matrix)
+    if rank < len(basis):
+        raise ValueError(f"LO F2 data on {', '.join(targets)} determine {rank} combination(s) of PDFs, "
+                         f"but the fit basis {list(basis)} has {len(basis)} functions; fit "
+                         f"{rank} of them (e.g. {list(_constrained(targets))})")
+
+
+def _constrained(targets: tuple[str, ...]) -> tuple[str, ...]:
+    """A basis F2 data on these targets determine: p and d fix Sigma and T3, one target Sigma."""
+    return ("Sigma", "T3") if len(set(targets)) > 1 else ("Sigma",)
+
+
+def targets_of(target_index: np.ndarray) -> tuple[str, ...]:
+    return tuple(TARGETS[i] for i in sorted(set(np.asarray(target_index, int).tolist())))
+
+
+def draw_preprocessing(basis: tuple[str, ...], replica_ids: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """alpha, beta (R, n_basis) drawn uniformly in each function's range, seeded per replica."""
+    alpha = np.empty((len(replica_ids), len(basis)))
+    beta = np.empty_like(alpha)
+    for k, replica in enumerate(replica_ids):
+        rng = np.random.default_rng([seed, int(replica), 7])
+        for j, name in enumerate(basis):
+            (a_low, a_high), (b_low, b_high) = PREPROCESSING[name]
+            alpha[k, j], beta[k, j] = rng.uniform(a_low, a_high), rng.uniform(b_low, b_high)
+    return {"alpha": alpha, "beta": beta}
+
+
+# The fit's networks: NN(x, ln x) per fitted function, times x^(1 - alpha) (1 - x)^beta per replica.
+FIT_INPUT_TRANSFORM = "x_logx"
+FIT_OUTPUT_TRANSFORM = "pdf_preprocessing"
+FIT_REPLICA_PARAMS = ("alpha", "beta")
+
+
+def fit_sizes(basis: tuple[str, ...], hidden: tuple[int, ...]) -> list[int]:
+    """Layer widths of a fit's networks: (x, ln x) in, one output per fitted function."""
+    return [2, *hidden, len(basis)]
+
+
+def fit_architecture(basis: tuple[str, ...], hidden: tuple[int, ...], activations: tuple[str, ...],
+                     seed: int) -> dict:
+    """The architecture kernels.pdf_fit.build_model's ensemble has, without building it."""
+    return architecture(fit_sizes(basis, hidden), list(activations), seed,
+                        input_transform=FIT_INPUT_TRANSFORM, output_transform=FIT_OUTPUT_TRANSFORM,
+                        replica_params=FIT_REPLICA_PARAMS)

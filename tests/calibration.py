@@ -1,0 +1,131 @@
+"""Calibration of Monte Carlo replica bands in closure tests: pooled over level-1 seeds, two-sided.
+
+A closure test knows the truth, so it can ask whether a 68% band is a 68% band: pooled over the
+points of several independent level-1 data sets, the replica 16-84% band must cover the truth at
+the rate a calibrated ensemble gives, and the pulls (mean - truth) / std must have RMS near 1.
+Both bounds are two-sided: bands twice too wide fail as surely as bands too narrow.
+
+Why pooled over seeds: the points of one level-1 data set share its one fluctuation (a smooth fit
+error, and a normalisation shift if the data have one), so a single seed covers the truth almost
+everywhere or almost nowhere whatever the method. For the same reason the standard error of a
+pooled figure is taken from the scatter between the seeds' own figures, not from the binomial
+sqrt(p (1 - p) / n_points), which would treat correlated points as independent; `assert_calibrated`
+refuses a check whose pooled figure is too uncertain for its bound to mean anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+# The quantiles of a 68% band (the one-sigma interval of a Gaussian, rounded as NNPDF does).
+BAND = (0.16, 0.84)
+
+
+@dataclass(frozen=True)
+class SeedBands:
+    """One level-1 seed's closure at the evaluation points: truth and the ensemble's summary."""
+
+    truth: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    kept: int
+    replicas: int
+
+    @property
+    def covered(self) -> np.ndarray:
+        return (self.truth >= self.low) & (self.truth <= self.high)
+
+    @property
+    def pulls(self) -> np.ndarray:
+        return (self.mean - self.truth) / self.std
+
+
+@lru_cache
+def expected_for_calibrated(replicas: int) -> tuple[float, float]:
+    """(coverage, RMS pull) that a perfectly calibrated ensemble of `replicas` members gives.
+
+    Why not (0.683, 1): a finite ensemble's 16-84% sample quantiles scatter, its mean carries
+    std / sqrt(R) of its own, and dividing by a sample std inflates pulls. Model: the truth is a
+    draw from the distribution the replicas sample. The RMS pull is then exactly
+    sqrt((1 + 1/R) (R - 1) / (R - 3)); the coverage comes from a seeded simulation of the same
+    model with numpy's linear quantiles (what xarray's quantile uses), good to +-0.002.
+    R = 30: 0.638 and 1.054; R = 50: 0.655 and 1.031.
+    """
+    if replicas < 4:
+        raise ValueError(f"a calibration needs at least 4 replicas per seed, got {replicas}")
+    draws = np.random.default_rng(0).standard_normal((50_000, replicas))
+    low, high = np.quantile(draws, BAND, axis=1)
+    truth = np.random.default_rng(1).standard_normal(draws.shape[0])  # centre 0, truth ~ N(0, 1)
+    coverage = float(((truth >= low) & (truth <= high)).mean())
+    return coverage, float(np.sqrt((1 + 1 / replicas) * (replicas - 1) / (replicas - 3)))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Pooled closure figures over seeds, each with its standard error from the seed scatter."""
+
+    seeds: int
+    points: int
+    coverage: float
+    coverage_error: float
+    rms_pull: float
+    rms_pull_error: float
+    kept_fraction: float
+    expected_coverage: float
+    expected_rms_pull: float
+
+    def __str__(self) -> str:
+        return (f"{self.seeds} seeds x {self.points} points: coverage {self.coverage:.3f} "
+                f"+- {self.coverage_error:.3f} (calibrated: {self.expected_coverage:.3f}), RMS pull "
+                f"{self.rms_pull:.3f} +- {self.rms_pull_error:.3f} (calibrated: "
+                f"{self.expected_rms_pull:.3f}), kept {self.kept_fraction:.3f}")
+
+
+def pooled(seeds: Sequence[SeedBands]) -> Calibration:
+    """Coverage and RMS pull over all points of all seeds, with errors from the seed scatter."""
+    if len(seeds) < 3:
+        raise ValueError(f"pooling needs at least 3 level-1 seeds to estimate its error, got {len(seeds)}")
+    covered = [s.covered for s in seeds]
+    squares = [s.pulls**2 for s in seeds]
+    sizes = np.array([c.size for c in covered])
+    coverage, coverage_error = _pooled_mean([c.mean() for c in covered], sizes)
+    mean_square, square_error = _pooled_mean([q.mean() for q in squares], sizes)
+    rms = float(np.sqrt(mean_square))
+    kept = sum(s.kept for s in seeds)
+    replicas = sum(s.replicas for s in seeds)
+    expected = expected_for_calibrated(round(kept / len(seeds)))
+    return Calibration(len(seeds), int(sizes.sum()), coverage, coverage_error, rms,
+                       square_error / (2 * rms), kept / replicas, *expected)
+
+
+def _pooled_mean(per_seed: Sequence[float], sizes: np.ndarray) -> tuple[float, float]:
+    """Point-weighted mean of per-seed figures and its standard error (a ratio estimator's)."""
+    values = np.asarray(per_seed, float)
+    weights = sizes / sizes.sum()
+    mean = float(weights @ values)
+    spread = np.sqrt(np.sum(weights**2 * (values - mean) ** 2) * len(values) / (len(values) - 1))
+    return mean, float(spread)
+
+
+def assert_calibrated(result: Calibration, coverage_tolerance: float = 0.07,
+                      pull_tolerance: float = 0.2, min_kept: float = 0.9) -> None:
+    """The pooled figures lie within the tolerances of a calibrated ensemble's, on both sides.
+
+    A check is informative only if a calibrated method passes it most of the time: each tolerance
+    must be at least two standard errors of its pooled figure, otherwise the fault is too few
+    seeds, and this says so instead of passing or failing by luck.
+    """
+    for name, error, tolerance in (("coverage", result.coverage_error, coverage_tolerance),
+                                   ("RMS pull", result.rms_pull_error, pull_tolerance)):
+        assert 2 * error <= tolerance, (
+            f"pooled {name} is known only to +-{error:.3f}, too loose for a +-{tolerance} bound: "
+            f"pool more seeds ({result})")
+    assert abs(result.coverage - result.expected_coverage) <= coverage_tolerance, str(result)
+    assert abs(result.rms_pull - result.expected_rms_pull) <= pull_tolerance, str(result)
+    assert result.kept_fraction >= min_kept, str(result)

@@ -1,0 +1,91 @@
+"""The inputs each shipped recipe (recipes/*.yaml) reads, ingested small into a lake.
+
+Why here: running a shipped recipe as shipped needs its catalog entries in the lake, and the
+recipes' headers say how to ingest them at full size. These are the same ingests, small enough
+for a test or a benchmark (tests/benchmarks/bench_memory_projection.py) to run every recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.storage import Lake
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+# 64 x 64 pixels in the default 32 x 32-pixel chunks (8 MiB at 2048 channels): four chunks, so
+# the chunk-proportional terms of a run are visible beside the process baseline.
+EELS_SHAPE = (64, 64, 2048)
+# eels_dielectric.yaml plots pixel (64, 64), so its wide-window image needs 65 pixels a side.
+EELS_WIDE_SHAPE = (72, 72, 2048)
+NNPDF_DIS = ["SLAC_NC_NOTFIXED_P", "SLAC_NC_NOTFIXED_D", "BCDMS_NC_NOTFIXED_P_EM-F2",
+             "BCDMS_NC_NOTFIXED_D_EM-F2"]
+
+
+def _eels_demo(lake: Lake) -> None:
+    from engine.ingest.synthetic_eels import ingest_synthetic_eels
+
+    ingest_synthetic_eels(lake, "eels_demo", EELS_SHAPE, seed=5, progress=False)
+
+
+def _eels_wide(lake: Lake) -> None:
+    from engine.ingest.synthetic_eels import ingest_synthetic_eels
+
+    ingest_synthetic_eels(lake, "eels_wide", EELS_WIDE_SHAPE, seed=3, energy_range=(-5.0, 200.0),
+                          progress=False)
+
+
+def _ws2_specimen4(lake: Lake) -> None:
+    from engine.ingest.eels_files import ingest_eels_files
+
+    folder = SHARED_DATA / "eels" / "ws2_specimen4_lowloss"
+    files = sorted(folder.glob("specimen_*.txt")) + sorted(folder.glob("vacuum_*.txt"))
+    if not files:
+        raise FileNotFoundError(f"no WS2 spectra in {folder}")
+    ingest_eels_files(lake, files, "ws2_specimen4", progress=False)
+
+
+def _zmumu(lake: Lake) -> None:
+    import skhep_testdata
+
+    from engine.ingest.root_files import ingest_root_files
+
+    ingest_root_files(lake, [skhep_testdata.data_path("uproot-Zmumu.root")], "zmumu", "events",
+                      step_size=500)
+
+
+def _top_jets(lake: Lake) -> None:
+    from engine.ingest.jet_tables import ingest_synthetic_jets
+
+    ingest_synthetic_jets(lake, "top_jets", 5000, seed=11, progress=False)
+
+
+def _dis_f2(lake: Lake) -> None:
+    from engine.ingest.nnpdf import ingest_nnpdf
+
+    ingest_nnpdf(lake, NNPDF_DIS, "dis_f2", q2_min=3.49, w2_min=12.5)
+
+
+# recipe file stem -> the ingests it needs (recipes that generate their own data need none)
+INPUTS: dict[str, list[Callable[[Lake], None]]] = {
+    "eels_bandgap": [_eels_demo],
+    "eels_dielectric": [_eels_wide],
+    "eels_thickness": [_eels_demo],
+    "eels_ws2_spectra": [_ws2_specimen4],
+    "lhc_dimuon": [_zmumu],
+    "lhc_eft_toy": [],
+    "lhc_omnifold": [],
+    "lhc_top_tagging": [_top_jets],
+    "pdf_closure": [_dis_f2],
+    "pdf_dis_fit": [_dis_f2],
+    "replicas_closure_1d": [],
+}
+
+
+def prepare_inputs(recipe: Path, lake: Lake) -> None:
+    """Ingest, small, everything the shipped recipe `recipe` reads into `lake`."""
+    if recipe.stem not in INPUTS:
+        raise KeyError(f"no inputs known for recipe {recipe.name}; add its ingests to INPUTS in {__file__}")
+    for ingest in INPUTS[recipe.stem]:
+        ingest(lake)
