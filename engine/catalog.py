@@ -9,7 +9,7 @@ catalog's folder, and a missing entry or store is a clear error naming the file 
 
 from __future__ import annotations
 
-import json
+import logging
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -23,11 +23,12 @@ from ruamel.yaml import YAML
 
 from .config import catalog_dir
 from .errors import CatalogError, Problem, did_you_mean
-from .locks import catalog_lock, output_locks
+from .locks import LockError, catalog_lock, file_lock, output_locks
 from .names import LAKE_CATALOG, LAKE_CATALOG_FILE, catalog_name_problem
 from .recipe import parse_yaml
-from .storage import PROVENANCE_KEY, Lake, listing_token
+from .storage import PROVENANCE_KEY, Lake, PublishRecord, listing_token, store_attributes
 
+log = logging.getLogger(__name__)
 READER = "intake.readers.readers:XArrayDatasetReader"
 DATATYPE = "intake.readers.datatypes:Zarr"
 _DATA_REF = re.compile(r"^\{data\((?P<key>[^)]+)\)\}$")
@@ -67,6 +68,11 @@ def parse_catalog(text: str, path: str, name: str, substitutions: dict[str, str]
         found = data.get("version") if isinstance(data, dict) else type(data).__name__
         raise CatalogError([Problem(f"expected an Intake 2 catalog ('version: 2'), found {found!r}",
                                     path, 1, "version")], f"catalog {name!r}")
+    for section in ("data", "entries"):
+        if not isinstance(data.get(section) or {}, dict):
+            found = type(data[section]).__name__
+            raise CatalogError([lines.problem(f"expected a mapping of names, found a {found}", section)],
+                               f"catalog {name!r}")
     stores = data.get("data") or {}
     entries: dict[str, CatalogEntry] = {}
     for entry_name, spec in (data.get("entries") or {}).items():
@@ -109,12 +115,8 @@ def available_catalogs(catalogs: Path | str | None = None) -> list[str]:
 def load_catalog(name: str, lake: Lake, catalogs: Path | str | None = None) -> Catalog:
     """Load catalog `name`: a stem of catalogs/*.yaml, or 'lake' for the lake's own catalog."""
     if name == LAKE_CATALOG:
-        path = lake.path(LAKE_CATALOG_FILE)
-        if not lake.fs.exists(path):
-            return Catalog(LAKE_CATALOG, lake.url(path), {})
-        text = lake.fs.cat_file(path).decode()
-        return parse_catalog(text, lake.url(path), name,
-                             {"CATALOG_DIR": lake.url(lake.root), "lake": lake.url(lake.root)})
+        finish_interrupted_publishes(lake)
+        return read_lake_catalog(lake)
     folder = catalog_dir(catalogs)
     problem = catalog_name_problem(name)
     if problem:  # a name is a plain stem: never a path to some other *.yaml file
@@ -124,8 +126,39 @@ def load_catalog(name: str, lake: Lake, catalogs: Path | str | None = None) -> C
         choices = available_catalogs(folder)
         raise CatalogError([Problem(f"no catalog {name!r}{did_you_mean(name, choices)}; "
                                     f"available: {', '.join(choices)}", str(path))], "catalogs")
-    return parse_catalog(path.read_text(), str(path), name,
+    return parse_catalog(_decode(path.read_bytes(), str(path)), str(path), name,
                          {"CATALOG_DIR": str(folder.resolve()), "lake": lake.url(lake.root)})
+
+
+def read_lake_catalog(lake: Lake) -> Catalog:
+    """The lake's catalog as it is on disk (no entries when there is no file); unlike
+    `load_catalog`, it finishes no interrupted publish first, so it changes nothing."""
+    text, url = _lake_catalog_text(lake)
+    return Catalog(LAKE_CATALOG, url, {}) if text is None else _parse_lake_catalog(lake, text, url)
+
+
+def _parse_lake_catalog(lake: Lake, text: str, url: str) -> Catalog:
+    root = lake.url(lake.root)
+    return parse_catalog(text, url, LAKE_CATALOG, {"CATALOG_DIR": root, "lake": root})
+
+
+def _lake_catalog_text(lake: Lake) -> tuple[str | None, str]:
+    """The text of the lake's catalog file (None when there is none) and its URL."""
+    path = lake.path(LAKE_CATALOG_FILE)
+    url = lake.url(path)
+    if not lake.fs.exists(path):
+        return None, url
+    return _decode(lake.fs.cat_file(path), url), url
+
+
+def _decode(data: bytes, path: str) -> str:
+    """Catalog bytes as text: a file that is not UTF-8 is a CatalogError naming it and the byte."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise CatalogError([Problem(f"expected UTF-8 text (a YAML catalog), found byte "
+                                    f"0x{data[exc.start]:02x} at offset {exc.start}", path)],
+                           "catalog file") from None
 
 
 def open_entry(entry: CatalogEntry, lake: Lake, chunks: dict[str, int] | None = None) -> xr.Dataset:
@@ -133,6 +166,7 @@ def open_entry(entry: CatalogEntry, lake: Lake, chunks: dict[str, int] | None = 
     fs, path = filesystem_for(entry.url, lake)
     if not fs.exists(posixpath.join(path, "zarr.json")):
         raise FileNotFoundError(f"entry {entry.name!r} points at {entry.url}, which holds no zarr store")
+    store_attributes(fs, path)  # a root zarr.json that is not an object: a LakeError naming it
     kwargs = {"consolidated": False, **entry.open_kwargs}
     kwargs["chunks"] = chunks if chunks is not None else (kwargs.get("chunks") or {})
     return xr.open_zarr(entry.url, **kwargs)
@@ -141,11 +175,9 @@ def open_entry(entry: CatalogEntry, lake: Lake, chunks: dict[str, int] | None = 
 def entry_token(entry: CatalogEntry, lake: Lake) -> str:
     """Content token of an entry: the one recorded at publish time, else a listing token."""
     fs, path = filesystem_for(entry.url, lake)
-    try:
-        attrs = json.loads(fs.cat_file(posixpath.join(path, "zarr.json"))).get("attributes", {})
-    except FileNotFoundError:
+    if not fs.exists(posixpath.join(path, "zarr.json")):
         return "missing"
-    recorded = (attrs.get(PROVENANCE_KEY) or {}).get("token")
+    recorded = (store_attributes(fs, path).get(PROVENANCE_KEY) or {}).get("token")
     return recorded or listing_token(fs, path)
 
 
@@ -162,6 +194,20 @@ def _empty_lake_catalog() -> dict[str, Any]:
             "user_parameters": {}, "aliases": {}, "data": {}, "entries": {}}
 
 
+def editable_lake_catalog(lake: Lake) -> dict[str, Any]:
+    """The lake catalog as plain data, ready to update; a file that is not a readable Intake 2
+    catalog is a CatalogError naming it. Writers call this before they change anything, so a
+    malformed catalog stops an ingest or run before it publishes, not after."""
+    text, url = _lake_catalog_text(lake)
+    if text is None:
+        return _empty_lake_catalog()
+    _parse_lake_catalog(lake, text, url)  # the structure every catalog must have, with file and line
+    doc = parse_yaml(text, url, CatalogError)[0]  # plain data only, tags refused
+    for section in ("data", "entries", "aliases"):
+        doc[section] = doc.get(section) or {}
+    return doc
+
+
 def register_entry(lake: Lake, zone: str, name: str, description: str = "",
                    metadata: dict[str, Any] | None = None) -> str:
     """Add or replace `zone/name` in the lake catalog (written atomically); return its key.
@@ -171,12 +217,8 @@ def register_entry(lake: Lake, zone: str, name: str, description: str = "",
     lake.entry_path(zone, name)
     key = f"{zone}/{name}"
     data_key = key.replace("/", "__")
-    path = lake.path(LAKE_CATALOG_FILE)
     with catalog_lock(lake):
-        if lake.fs.exists(path):  # parsed like every catalog: plain data only, tags refused
-            doc = parse_yaml(lake.fs.cat_file(path).decode(), lake.url(path), CatalogError)[0]
-        else:
-            doc = _empty_lake_catalog()
+        doc = editable_lake_catalog(lake)
         doc["data"][data_key] = {"datatype": DATATYPE, "kwargs": {"url": "{CATALOG_DIR}/" + key},
                                  "metadata": {}, "user_parameters": {}}
         doc["entries"][key] = {
@@ -187,20 +229,76 @@ def register_entry(lake: Lake, zone: str, name: str, description: str = "",
             "user_parameters": {},
         }
         doc["aliases"][key] = key
-        writer = YAML(typ="safe", pure=True)
-        writer.default_flow_style = False
-        buffer = StringIO()
-        writer.dump(doc, buffer)
-        lake.write_bytes_atomic(path, buffer.getvalue().encode())
+        _write_lake_catalog(lake, doc)
     return key
+
+
+def unregister_entry(lake: Lake, key: str) -> None:
+    """Remove entry `key` (ZONE/NAME) from the lake catalog, for an entry whose store is gone."""
+    with catalog_lock(lake):
+        doc = editable_lake_catalog(lake)
+        entry = doc["entries"].pop(key, None)
+        match = _DATA_REF.match(str(((entry or {}).get("kwargs") or {}).get("args", [None])[0]))
+        if match:
+            doc["data"].pop(match["key"], None)
+        doc["aliases"].pop(key, None)
+        _write_lake_catalog(lake, doc)
+
+
+def _write_lake_catalog(lake: Lake, doc: dict[str, Any]) -> None:
+    writer = YAML(typ="safe", pure=True)
+    writer.default_flow_style = False
+    buffer = StringIO()
+    writer.dump(doc, buffer)
+    lake.write_bytes_atomic(lake.path(LAKE_CATALOG_FILE), buffer.getvalue().encode())
 
 
 def publish_entry(lake: Lake, tmp_path: str, zone: str, name: str, description: str = "",
                   metadata: dict[str, Any] | None = None, known_digests: dict[str, str] | None = None) -> str:
-    """Make a finished store visible: checksum it, rename into place, list it in the lake catalog.
+    """Make a finished store visible: checksum it, move it into place, list it in the lake catalog.
 
     Under the entry's lock: a run reading the entry (a shared lock) finishes before it is replaced.
+    Each step is recorded first (storage.PublishRecord), so a publish that a kill cut short is
+    finished or undone by the next one (here, or `finish_interrupted_publishes`).
     """
-    with output_locks(lake, [f"{zone}/{name}"], f"publish {zone}/{name}"):
-        lake.publish(tmp_path, zone, name, known_digests)
-    return register_entry(lake, zone, name, description, metadata)
+    key = f"{zone}/{name}"
+    with output_locks(lake, [key], f"publish {key}"):
+        editable_lake_catalog(lake)
+        for interrupted in lake.interrupted_publishes(key):
+            settle_publish(lake, interrupted)
+        record = lake.move_into_place(tmp_path, zone, name, known_digests,
+                                      {"description": description, "metadata": metadata or {}})
+        register_entry(lake, zone, name, description, metadata)
+        lake.finish_publish(record)
+    return key
+
+
+def finish_interrupted_publishes(lake: Lake) -> list[str]:
+    """Finish or undo every publish a killed ingest or run left half done; return their entry keys.
+
+    A publish whose entry lock is held is still in progress and left alone. Object stores have
+    no locks, so there a live publish cannot be told from a dead one: `replicalake doctor
+    --repair` settles them, when no writer runs.
+    """
+    if not lake.is_local:
+        return []
+    settled = []
+    for record in lake.interrupted_publishes():
+        try:
+            with file_lock(lake, record.key, "finish an interrupted publish", timeout=0):
+                if lake.fs.exists(record.file):  # not finished while we took the lock
+                    settle_publish(lake, record)
+                    settled.append(record.key)
+        except LockError:
+            continue
+    return settled
+
+
+def settle_publish(lake: Lake, record: PublishRecord) -> None:
+    """Finish or undo one interrupted publish (the caller holds the entry's lock)."""
+    finished = lake.settle_publish(record)
+    if finished:
+        register_entry(lake, record.zone, record.name, **record.listing)
+        lake.finish_publish(record)
+    log.warning("%s the publish of %s that a killed process left half done",
+                "finished" if finished else "undid", record.key)

@@ -15,7 +15,7 @@ from .storage import Lake
 
 def save_checkpoint(lake: Lake, path: str, state: dict[str, np.ndarray]) -> None:
     """Write `state` as a zarr group at lake path `path`, replacing any older one whole."""
-    full = lake.path(path)
+    full = lake.writable(lake.path(path))
     staging = lake.new_tmp_path("checkpoint")
     group = zarr.open_group(lake.url(staging), mode="w", zarr_format=3,
                             storage_options=None if lake.is_local else lake.storage_options)

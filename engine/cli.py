@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .cli_ingest import FormatGroup
-from .errors import ReplicaLakeError
+from .config import checked_lock_timeout
+from .errors import ConfigError, ReplicaLakeError
 
 app = typer.Typer(help="ReplicaLake: declarative out-of-core physics analyses over a zarr lake.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -39,7 +41,12 @@ RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file")]
 def _lake(root: str | None):
     from .storage import Lake
 
-    return Lake(root)
+    store = Lake(root)
+    _LAKES_USED.append(store.root_url)  # named by main() when a failed write has no file name
+    return store
+
+
+_LAKES_USED: list[str] = []
 
 
 @app.command()
@@ -65,15 +72,21 @@ def ops(as_json: JsonOption = False) -> None:
     for column in ("op", "inputs", "params", "what it does"):
         table.add_column(column, overflow="fold")
     for spec in specs:
-        params = "\n".join(_param_line(name, field) for name, field in spec.params.model_fields.items())
-        table.add_row(spec.name, ", ".join(spec.inputs), params or "-", spec.summary)
+        schema = spec.params.model_json_schema().get("properties", {})
+        params = "\n".join(_param_line(name, field, schema.get(name, {}))
+                           for name, field in spec.params.model_fields.items())
+        table.add_row(spec.name, ", ".join(spec.inputs), escape(params) or "-", spec.summary)
     out.print(table)
 
 
-def _param_line(name: str, field) -> str:
+def _param_line(name: str, field, schema: dict) -> str:
+    """'replicas: int = 100 (> 0, <= 10000)': type, default and the bounds of its JSON schema."""
+    from .bounds import limits_text
+
     kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
     default = "required" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
-    return f"{name}: {kind} {default}"
+    limits = limits_text(schema)
+    return f"{name}: {kind} {default}" + (f" ({limits})" if limits else "")
 
 
 @app.command()
@@ -83,6 +96,14 @@ def schema(output: Annotated[Path | None, typer.Option("-o", "--output")] = None
 
     text = json.dumps(recipe_json_schema(), indent=2)
     if output:
+        if output.is_dir():
+            raise ConfigError(f"-o {output}: that is a folder; expected a file name (e.g. {output / 'recipe.schema.json'})")
+        if output.parent.exists() and not output.parent.is_dir():
+            raise ConfigError(f"-o {output}: {output.parent} is a file, not a folder; write the schema "
+                              "elsewhere")
+        if not output.parent.is_dir():
+            raise ConfigError(f"-o {output}: the folder {output.parent} does not exist; create it first "
+                              "or write the schema elsewhere")
         output.write_text(text + "\n")
         out.print(f"wrote {output}")
     else:
@@ -151,7 +172,8 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
             "--prefect", help="run as a Prefect flow (on $PREFECT_API_URL, else a local ephemeral "
             "API): logs, retries and a report artifact")] = False,
         lock_timeout: Annotated[float | None, typer.Option(
-            "--lock-timeout", help="seconds to wait for another run writing the same outputs "
+            "--lock-timeout", callback=checked_lock_timeout,
+            help="seconds to wait for another run writing the same outputs "
             "(default: wait until it is done; 0: fail at once)")] = None,
         verify_inputs: Annotated[bool, typer.Option(
             "--verify-inputs", help="check every byte of the inputs against their checksums first "
@@ -349,6 +371,51 @@ def main() -> None:
             f"this needs the optional package {package!r}; install it with: pip install "
             f"'replicalake[{extra}]' (or '.[{extra}]' in a checkout)"), highlight=False)
         sys.exit(1)
+    except Exception as exc:
+        message = _machine_error_message(exc)
+        if message is None:
+            raise
+        err.print("[bold red]error:[/bold red] " + escape(message), highlight=False)
+        sys.exit(1)
+
+
+# OSErrors about the machine, not the input: errno -> (what happened, what to do). main() says
+# them in one line (exit 1) wherever they are raised; runs and ingests discard what they staged.
+MACHINE_ERRORS = {
+    errno.EROFS: ("the file system is read-only",
+                  "use a lake you can write (--lake, $REPLICALAKE_LAKE) or remount it read-write"),
+    errno.ENOSPC: ("no space left on the device",
+                   "free some space, or use a lake on a larger disk, then run the command again"),
+    errno.EDQUOT: ("the disk quota is exceeded",
+                   "free some space within your quota, or use another lake, then run the command again"),
+    errno.EACCES: ("permission denied",
+                   "check the owner and mode of the folder, or use a lake you may write"),
+    errno.EPERM: ("operation not permitted",
+                  "check the owner and mode of the folder, or use a lake you may write"),
+}
+
+
+def _machine_error_message(exc: BaseException) -> str | None:
+    """One line for an OSError in MACHINE_ERRORS (raised, or the cause of what was raised) naming
+    the file, what happened and what to do; None for any other exception (a traceback: a bug)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in MACHINE_ERRORS:
+            break
+        exc = exc.__cause__ or exc.__context__
+    else:
+        return None
+    what, todo = MACHINE_ERRORS[exc.errno]
+    if exc.filename is not None:  # (a write that fails half way has none)
+        where = str(exc.filename)
+    elif _LAKES_USED:
+        where = f"to the lake at {_LAKES_USED[-1]}"
+    else:
+        where = "a file"
+    verb = "access" if exc.errno in (errno.EACCES, errno.EPERM) else "write"
+    return (f"cannot {verb} {where}: {what} ({errno.errorcode[exc.errno]}); nothing half-written "
+            f"was kept; {todo}")
 
 
 def _missing_extra_package(exc: ImportError) -> str | None:

@@ -65,9 +65,9 @@ def _command(spec: IngestFormat, lake_option: Any, console: Console) -> Callable
                                         annotation=lake_option))
 
     def command(lake: str | None, **values: Any) -> None:
-        from .storage import Lake
+        from .cli import _lake  # the lake a failed write is reported against
 
-        summary = spec.ingest(Lake(lake), _validated(spec, values))
+        summary = spec.ingest(_lake(lake), _validated(spec, values))
         console.print(escape(f"ingested raw/{values[ENTRY]}: {summary}"))
 
     command.__signature__ = inspect.Signature(parameters)

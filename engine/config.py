@@ -14,6 +14,8 @@ from .errors import ConfigError
 
 LAKE_ENV = "REPLICALAKE_LAKE"
 SCHEDULER_ENV = "REPLICALAKE_SCHEDULER"
+SCHEDULER_TIMEOUT_ENV = "REPLICALAKE_SCHEDULER_TIMEOUT"
+DEFAULT_SCHEDULER_TIMEOUT_S = 10.0
 CATALOG_DIR_ENV = "REPLICALAKE_CATALOGS"
 MAX_MEMORY_ENV = "REPLICALAKE_MAX_MEMORY"
 # Share of the machine's RAM a run may be projected to use when no budget is given: the rest is
@@ -35,6 +37,32 @@ def lake_root(explicit: str | None = None) -> str:
 def scheduler_address(explicit: str | None = None) -> str | None:
     """A dask.distributed scheduler address, or None for the in-process threaded scheduler."""
     return explicit or os.environ.get(SCHEDULER_ENV) or None
+
+
+def scheduler_timeout() -> float:
+    """Seconds to wait for a dask.distributed scheduler to answer before a run gives up:
+    $REPLICALAKE_SCHEDULER_TIMEOUT, else DEFAULT_SCHEDULER_TIMEOUT_S (dask's own default is 30 s)."""
+    text = os.environ.get(SCHEDULER_TIMEOUT_ENV)
+    if not text:
+        return DEFAULT_SCHEDULER_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"${SCHEDULER_TIMEOUT_ENV}: expected a positive number of seconds, found {text!r}")
+    return seconds
+
+
+def checked_lock_timeout(seconds: float | None) -> float | None:
+    """`--lock-timeout`: seconds to wait for another run's lock (None: until it is done), checked.
+
+    NaN compares false with every deadline, so it waited forever while saying it would not;
+    inf says the same as None less plainly, and a negative wait means nothing.
+    """
+    if seconds is not None and not 0 <= seconds < float("inf"):
+        raise ConfigError(f"--lock-timeout: expected a finite number of seconds >= 0, found {seconds!r}")
+    return seconds
 
 
 def worker_threads() -> int:

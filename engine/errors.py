@@ -91,3 +91,7 @@ class ConfigError(ReplicaLakeError, ValueError):
 
 class LakeError(ReplicaLakeError, OSError):
     """The lake is missing something, or a path would leave the lake root."""
+
+
+class SchedulerError(ReplicaLakeError, ConnectionError):
+    """The dask.distributed scheduler a run was pointed at (--scheduler) cannot be reached."""

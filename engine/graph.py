@@ -19,12 +19,14 @@ import xarray as xr
 from pydantic import BaseModel, ValidationError
 
 from .catalog import entry_token, load_catalog, open_entry
-from .errors import CatalogError, OpError, Problem, RecipeError, UnknownOpError, did_you_mean
+from .errors import CatalogError, LakeError, OpError, Problem, RecipeError, UnknownOpError, did_you_mean
 from .fingerprint import code_fingerprint
+from .integrity import find_damage
 from .names import entry_name_problem, nesting_pairs
 from .plan import Plan, PlannedStep
-from .recipe import LoadedRecipe, load_recipe, validation_problems
+from .recipe import LoadedRecipe, Output, load_recipe, validation_problems
 from .registry import OpSpec, StepContext, get_op
+from .reports import missing_plot_variables
 from .storage import Lake, content_token
 
 ENGINE_VERSION = version("replicalake")
@@ -216,8 +218,8 @@ def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.
         output = recipe.outputs.get(step_id)
         zone = output.zone if output else None
         name = output_name(recipe.name, step_id, output.name if output else None) if output else None
-        stored = lake.provenance(zone, name) if output else None
-        up_to_date = stored is not None and stored.get("token") == token
+        stored, damage = stored_output(lake, zone, name, token) if output else (None, "")
+        up_to_date = _has_token(stored, token) and not damage
         stale = output is not None and not up_to_date
         if up_to_date:
             dataset = lake.open(zone, name)
@@ -233,15 +235,56 @@ def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.
                 continue
             if not isinstance(dataset, xr.Dataset):
                 raise TypeError(f"op {spec.name!r} returned {type(dataset).__name__}, not a Dataset")
+        problems += _plot_problems(loaded, step_id, output, dataset) if output else []
         results[step_id] = (dataset, token)
         planned.append(PlannedStep(id=step_id, op=spec.name, dataset=dataset, token=token,
                                    inputs=dict(step.inputs), params=params.model_dump(mode="json"),
                                    output=output, zone=zone, name=name, up_to_date=up_to_date,
                                    op_version=spec.version, code=code,
-                                   stale_reason=_stale_reason(stored, made) if stale else ""))
+                                   stale_reason=(f"damaged output: {damage}" if damage else
+                                                 _stale_reason(stored, made)) if stale else ""))
     if problems:
         raise RecipeError(problems, "op checks")
     return planned
+
+
+def stored_output(lake: Lake, zone: str, name: str, token: str) -> tuple[dict | None, str]:
+    """An output's recorded provenance (None when there is none) and what damage keeps it from
+    being up to date ('' when none): an output is up to date only when its token is `token` AND
+    its store is complete and matches its checksum manifest.
+
+    Only an output with the wanted token is checked, by listing its store once against the
+    manifest (integrity.find_damage, quick): missing, truncated or stray chunks and a missing
+    manifest, no chunk read. Otherwise a deleted chunk would be served as fill value (NaN).
+    """
+    try:
+        stored = lake.provenance(zone, name)
+    except LakeError as exc:  # a root zarr.json that is not a JSON object
+        return None, str(exc)
+    if not _has_token(stored, token):
+        return stored, ""
+    damage = find_damage(lake.fs, lake.entry_path(zone, name), f"{zone}/{name}", quick=True,
+                         require_manifest=True)
+    text = "; ".join(f"{found.location}: {found.problem}" for found in damage[:3])
+    return stored, text + (f"; and {len(damage) - 3} more" if len(damage) > 3 else "")
+
+
+def is_up_to_date(lake: Lake, zone: str, name: str, token: str) -> bool:
+    """Whether output zone/name holds `token` in a whole store (see stored_output)."""
+    stored, damage = stored_output(lake, zone, name, token)
+    return _has_token(stored, token) and not damage
+
+
+def _has_token(stored: dict | None, token: str) -> bool:
+    return stored is not None and stored.get("token") == token
+
+
+def _plot_problems(loaded: LoadedRecipe, step_id: str, output: Output, dataset: xr.Dataset) -> list[Problem]:
+    """A plot naming a variable its output lacks: found while compiling, not after publishing."""
+    return [loaded.problem(f"plot {index} ({plot.kind} of {plot.variable!r}): {message}",
+                           "outputs", step_id, "plots", index, *key)
+            for index, plot in enumerate(output.plots)
+            for key, message in missing_plot_variables(dataset, plot)]
 
 
 def _stale_reason(stored: dict | None, made: dict) -> str:

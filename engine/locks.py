@@ -18,6 +18,7 @@ identical content). Run one writer per output there (e.g. one scheduled deployme
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .config import checked_lock_timeout
 from .errors import ReplicaLakeError
 from .storage import Lake
 
@@ -43,7 +45,25 @@ class LockError(ReplicaLakeError, TimeoutError):
 
 
 def lock_path(lake: Lake, key: str) -> Path:
-    return Path(lake.root) / LOCK_DIR / (key.replace("/", "__") + ".lock")
+    return Path(lake.writable(lake.path(LOCK_DIR, key.replace("/", "__") + ".lock")))
+
+
+def is_held(path: Path) -> bool:
+    """Whether a live process holds the lock file `path` exclusively (a writer), asked without
+    creating the file or waiting: for reports that must change nothing (`replicalake doctor`)."""
+    import fcntl
+
+    try:
+        handle = open(path)
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def _holder_text(path: Path) -> str:
@@ -82,9 +102,12 @@ def file_lock(lake: Lake, key: str, purpose: str, timeout: float | None = None,
     import fcntl
 
     path = lock_path(lake, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    with open(path, "a+") as handle:
+    handle = _open_lock_file(path, shared)
+    if handle is None:  # a reader on a lake it may not write: see _open_lock_file
+        yield
+        return
+    with handle:
         deadline = None if timeout is None else time.monotonic() + timeout
         warned = False
         while True:
@@ -112,6 +135,27 @@ def file_lock(lake: Lake, key: str, purpose: str, timeout: float | None = None,
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _open_lock_file(path: Path, shared: bool):
+    """The lock file, opened for flock; None for a reader on a lake it cannot write without one.
+
+    flock needs no write access, so a reader (shared) on a read-only lake, or one whose lock
+    folder it may not write, opens the lock file read-only; only where no lock file exists and
+    none can be made does it read unlocked (a writer cannot create one there either, unless it
+    writes through another mount).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a+")
+    except OSError as exc:
+        if not shared or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+    try:
+        return open(path)
+    except FileNotFoundError:
+        log.debug("reading %s unlocked: %s cannot be created", path.stem, path)
+        return None
+
+
 def _write_holder(handle, purpose: str | None) -> None:
     handle.seek(0)
     handle.truncate()
@@ -136,6 +180,7 @@ def output_locks(lake: Lake, keys: list[str], purpose: str, timeout: float | Non
     All are taken in one sorted order (so two runs, each reading what the other writes, cannot
     deadlock); keys this thread holds already are skipped (a run's publish inside its lock).
     """
+    timeout = checked_lock_timeout(timeout)  # a NaN deadline never passes: it waited forever
     shared = {key: True for key in reads}
     shared.update({key: False for key in keys})
     with ExitStack() as stack:

@@ -31,7 +31,8 @@ class PlannedStep:
     op_version: str = "1"
     code: str = ""  # fingerprint of the op's code (engine/fingerprint.py)
     # Why a stale output must be computed: "missing output", "new input", "params changed",
-    # "code changed" or several of them, comma-separated; "" for everything else.
+    # "code changed" or several of them, comma-separated, or "damaged output: <what>" (its token
+    # is current but its store is incomplete or lost its manifest); "" for everything else.
     stale_reason: str = ""
 
     @property

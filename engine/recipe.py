@@ -9,13 +9,13 @@ composing the YAML node tree once; the data itself comes from ruamel's safe load
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -24,13 +24,21 @@ from pydantic import (
 )
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from .bounds import STRICT, ChunkLength
 from .errors import Problem, ProblemsError, RecipeError, did_you_mean
 from .names import LAKE_CATALOG, catalog_name_problem, entry_key_problem, entry_name_problem
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 MAX_YAML_NODES = 200_000  # far above any real recipe; stops alias "billion laughs" documents
+# Recipes and catalogs are a few KB. Pure-Python YAML reads ~40 KB/s (three passes: compose, line
+# map, load), so 1 MiB already takes ~25 s and the 50 MB list a user once fed it took minutes.
+MAX_YAML_BYTES = 2**20
+# Maps and lists nest 5 deep in a recipe. Composing YAML recurses per level: a few hundred levels
+# exhaust Python's stack, so the check must come first (see _too_deep).
+MAX_YAML_DEPTH = 64
 STANDARD_TAGS = {
     "tag:yaml.org,2002:" + t
     for t in ("map", "seq", "str", "int", "float", "bool", "null", "timestamp")
@@ -38,7 +46,7 @@ STANDARD_TAGS = {
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT  # unknown keys and NaN/inf refused, as in every params model
 
 
 def _checked(value: str, problem: str | None) -> str:
@@ -53,7 +61,7 @@ class Source(_Model):
 
     catalog: str = Field(description="stem of a file in catalogs/, or 'lake' for the lake's own catalog")
     entry: str = Field(description="entry name in that catalog")
-    chunks: dict[str, int] | None = Field(None, description="dask chunk sizes per dim at open time")
+    chunks: dict[str, ChunkLength] | None = Field(None, description="dask chunk sizes per dim at open time")
 
     @field_validator("catalog")
     @classmethod
@@ -197,6 +205,8 @@ def _line_map(node: Node, path: str, error: type[ProblemsError]) -> LineMap:
                          "expected a recipe of ordinary size", path, current.start_mark.line + 1)],
                 "YAML",
             )
+        if len(loc) > MAX_YAML_DEPTH:  # nesting through aliases too, which the text does not show
+            raise error([_too_deep(path, current.start_mark.line + 1, _dotted(loc[:1]))], "YAML")
         if current.tag not in STANDARD_TAGS:
             raise error(
                 [Problem(f"YAML tag {current.tag!r} is not allowed: this file is plain data "
@@ -218,12 +228,49 @@ def _line_map(node: Node, path: str, error: type[ProblemsError]) -> LineMap:
     return lines
 
 
+def _too_deep(path: str, line: int | None, key: str | None = None) -> Problem:
+    return Problem(f"YAML nested deeper than {MAX_YAML_DEPTH} levels of maps and lists; expected a "
+                   "file of ordinary shape", path, line, key)
+
+
+def _deep_line(text: str) -> int | None:
+    """Line where the text's nesting first passes MAX_YAML_DEPTH. Parsing events is iterative, so
+    this works where composing ran out of stack; it stops there, before the scanner's cost of
+    very deep flow nesting (quadratic in the depth) adds up."""
+    depth = 0
+    for event in YAML(typ="safe", pure=True).parse(text):
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                return event.start_mark.line + 1
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def _size_problem(size: int, path: str) -> Problem | None:
+    if size <= MAX_YAML_BYTES:
+        return None
+    return Problem(f"the file is {size} bytes; expected a YAML file of at most {MAX_YAML_BYTES} bytes "
+                   f"({MAX_YAML_BYTES / 2**20:g} MiB)", path)
+
+
 def parse_yaml(text: str, path: str,
                error: type[ProblemsError] = RecipeError) -> tuple[Any, LineMap]:
-    """Safely parse YAML text; return (data, line map). Raises `error` naming the line."""
+    """Safely parse YAML text; return (data, line map). Raises `error` naming the line.
+
+    Text over MAX_YAML_BYTES is refused before parsing, nesting over MAX_YAML_DEPTH before it
+    can exhaust the stack, so a hostile file costs seconds, not minutes or a traceback.
+    """
+    too_big = _size_problem(len(text.encode()), path)
+    if too_big:
+        raise error([too_big], "YAML")
     yaml = YAML(typ="safe", pure=True)
     try:
-        node = yaml.compose(text)
+        try:
+            node = yaml.compose(text)
+        except RecursionError:
+            raise error([_too_deep(path, _deep_line(text))], "YAML") from None
         if node is None:
             raise error([Problem("the file is empty; expected a mapping", path, 1)], "YAML")
         lines = _line_map(node, path, error)  # refuses tags and alias bombs before loading
@@ -248,6 +295,8 @@ def expected_and_found(error: dict) -> str:
         return f"unknown key (found {found_text})"
     if error["type"] == "missing":
         return "required key is missing"
+    if error["type"] == "int_parsing_size":  # pydantic's own words speak of parsing a string
+        return f"Input should be an integer of ordinary size (found {found_text})"
     return f"{error['msg']} (found {found_text})"
 
 
@@ -277,7 +326,12 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     """Read and structurally validate a recipe file. Raises RecipeError with every problem."""
     path = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:  # at most one byte past the limit, even from a pipe
+            raw = handle.read(MAX_YAML_BYTES + 1)
+            too_big = _size_problem(max(len(raw), os.fstat(handle.fileno()).st_size), path)
+        if too_big:
+            raise RecipeError([too_big], "the recipe file")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise RecipeError([Problem("no such recipe file", path)], "the recipe file") from None
     except (UnicodeDecodeError, IsADirectoryError) as exc:

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
+from .bounds import Params
 from .errors import UnknownOpError, did_you_mean
 
 ENTRY_POINT_GROUP = "replicalake.ops"
@@ -27,10 +28,8 @@ ENTRY_POINT_GROUP = "replicalake.ops"
 MemoryNeed = float | Callable[..., int]
 
 
-class NoParams(BaseModel):
+class NoParams(Params):
     """Params model of ops that take none."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -87,11 +86,13 @@ def register_op(
 ) -> Callable[[Callable], Callable]:
     """Register `func(params, **inputs) -> xarray.Dataset` under `name`.
 
-    Params models should forbid extra keys (`model_config = ConfigDict(extra="forbid")`) so a
-    typo in a recipe is an error rather than a silently ignored setting. Ops that must keep
-    state in the lake while they run (training checkpoints) set `wants_context` and receive a
-    `context=StepContext` keyword. `memory` declares what one of its tasks holds (see
-    MemoryNeed); an op without it is projected with a cautious default multiplier.
+    Params models should derive from engine.bounds.Params, which refuses unknown keys (a typo
+    in a recipe is an error rather than a silently ignored setting) and non-finite floats, and
+    bound their counts with its types (Replicas, Epochs, ...) so validation cannot exhaust memory.
+    Ops that must keep state in the lake while they run (training checkpoints) set
+    `wants_context` and receive a `context=StepContext` keyword. `memory` declares what one of
+    its tasks holds (see MemoryNeed); an op without it is projected with a cautious default
+    multiplier.
     """
 
     def decorate(func: Callable) -> Callable:

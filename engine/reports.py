@@ -34,11 +34,22 @@ def report_path(lake: Lake, zone: str, name: str, plot: Plot) -> str:
     return lake.entry_path("reports", f"{zone}/{name}/{plot.variable}.png")
 
 
-def _require(dataset, names: list[str], zone: str, name: str) -> None:
-    for variable in names:
-        if variable not in dataset.variables:
-            raise OpError(f"plot variable {variable!r} is not in output {zone}/{name}"
-                          f"{did_you_mean(variable, dataset.variables)}")
+def plot_variables(plot: Plot) -> list[tuple[tuple, str]]:
+    """(key in the plot, variable) of every variable the plot reads: a band's
+    `<variable>_quantile` (as replicas.summary writes it), else `variable`, then overlays and points."""
+    base = f"{plot.variable}_quantile" if plot.kind == "band" else plot.variable
+    return [(("variable",), base), *((("overlay", i), v) for i, v in enumerate(plot.overlay)),
+            *((("points", i), v) for i, v in enumerate(plot.points))]
+
+
+def missing_plot_variables(dataset, plot: Plot) -> list[tuple[tuple, str]]:
+    """(key in the plot, message) of each variable `plot` reads that `dataset` lacks. Compiling a
+    recipe checks its plots with this against each output's lazy dataset, so a misnamed variable
+    fails `validate` rather than every run after the output is published."""
+    available = ", ".join(map(str, dataset.data_vars)) or "none"
+    return [(key, f"variable {name!r} is not in the output{did_you_mean(name, dataset.variables)}; "
+                  f"its variables are {available}")
+            for key, name in plot_variables(plot) if name not in dataset.variables]
 
 
 def _draw_map(axes, figure, data, plot: Plot) -> None:
@@ -154,8 +165,9 @@ def _draw_hist(axes, dataset, plot: Plot) -> None:
 def draw_plot(lake: Lake, zone: str, name: str, plot: Plot) -> str:
     """Draw one plot of a published entry and write it atomically; return its path."""
     dataset = lake.open(zone, name)
-    base = [f"{plot.variable}_quantile"] if plot.kind == "band" else [plot.variable]
-    _require(dataset, base + plot.overlay + plot.points, zone, name)
+    missing = missing_plot_variables(dataset, plot)
+    if missing:  # the output in the lake is not what compiling the recipe checked
+        raise OpError(f"plot of {zone}/{name}: {missing[0][1]}")
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 5), dpi=120)
     if plot.kind == "map":

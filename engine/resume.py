@@ -68,7 +68,7 @@ class StagedOutput:
 
 
 def staging_root(lake: Lake, zone: str, name: str, token: str) -> str:
-    return lake.path(TMP_DIR, RESUME_DIR, f"{zone}__{name.replace('/', '__')}-{token}")
+    return lake.writable(lake.path(TMP_DIR, RESUME_DIR, f"{zone}__{name.replace('/', '__')}-{token}"))
 
 
 def discard_other_attempts(lake: Lake, zone: str, name: str, token: str) -> None:

@@ -23,14 +23,15 @@ from . import config
 from .catalog import (
     LAKE_CATALOG,
     CatalogEntry,
+    editable_lake_catalog,
     entry_token,
     filesystem_for,
     load_catalog,
     publish_entry,
     register_entry,
 )
-from .errors import RunError
-from .graph import ENGINE_VERSION
+from .errors import RunError, SchedulerError
+from .graph import ENGINE_VERSION, is_up_to_date
 from .integrity import find_damage
 from .locks import output_locks
 from .memory import limit_heap_fragmentation
@@ -121,7 +122,10 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
     projection = project(plan)
     if address is None:  # a cluster's workers are other processes, with their own memory limits
         refuse_over_budget(plan, projection, config.max_memory(max_memory))
+    elif plan.stale_outputs:  # before any lock or staging: an unreachable scheduler changes nothing
+        check_scheduler(address)
     keys = [f"{step.zone}/{step.name}" for step in plan.stale_outputs]
+    _refuse_unwritable_lake(plan)
     with output_locks(lake, keys, plan.recipe.name, lock_timeout, reads=_lake_entries_read(plan)):
         staged, memory = _stage_and_compute(plan, started, address, progress, verify_inputs,
                                             projection.total_bytes)
@@ -142,6 +146,15 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
                       address or "threads", memory)
 
 
+def _refuse_unwritable_lake(plan: Plan) -> None:
+    """Before any lock, staging or computing: refuse outputs that would be written through a link
+    out of the lake, and a lake catalog that could not list them (a CatalogError naming it)."""
+    if plan.stale_outputs:
+        for step in plan.stale_outputs:
+            plan.lake.new_entry_path(step.zone, step.name)
+        editable_lake_catalog(plan.lake)
+
+
 def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: bool,
                        verify_inputs: bool, projected: int) -> tuple[dict[str, StagedOutput], dict | None]:
     """Stage, compute and publish the stale outputs (the caller holds their locks); return them
@@ -152,7 +165,7 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
     """
     lake = plan.lake
     for step in plan.stale_outputs:  # a run we waited for may have published the same content
-        step.up_to_date = lake.token(step.zone, step.name) == step.token
+        step.up_to_date = is_up_to_date(lake, step.zone, step.name, step.token)
     stale = plan.stale_outputs
     if stale:  # one listing per input: missing, truncated or stray chunks stop the run up front
         _check_inputs_unchanged(plan)  # republished after compile, before our shared locks
@@ -284,8 +297,51 @@ def _compute(writes: list, address: str | None, progress: bool) -> None:
     from distributed import Client
     from distributed import progress as distributed_progress
 
-    with Client(address, set_as_default=False) as client:
+    try:
+        client = Client(address, set_as_default=False)
+    except OSError as exc:  # it answered check_scheduler, then went away or never said hello
+        raise SchedulerError(f"cannot reach the dask scheduler at {address}: {exc}") from exc
+    with client:
         futures = client.compute(writes)
         if progress:
             distributed_progress(futures)
         client.gather(futures)
+
+
+def check_scheduler(address: str) -> None:
+    """Refuse a run whose dask.distributed scheduler does not answer, in config.scheduler_timeout()
+    seconds (dask itself retries for 30 s, then gives a traceback), with one line saying why.
+
+    A tcp:// address is first connected to plainly, so a refused one fails at once (a dask comm
+    retries until the timeout); then the scheduler must complete dask's handshake, which a wrong
+    port (the dashboard's, any HTTP server) does not.
+    """
+    import asyncio
+    import socket
+
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    timeout = config.scheduler_timeout()
+
+    async def hello() -> None:
+        comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout)
+        await comm.close()
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme == "tcp":
+            socket.create_connection(parse_host_port(location), timeout=timeout).close()
+        with ThreadPoolExecutor(1) as pool:  # a thread of its own: the caller may run an event loop
+            pool.submit(asyncio.run, hello()).result()
+    except (OSError, ValueError, TypeError) as exc:
+        why = (f"no answer in {timeout:g} s (${config.SCHEDULER_TIMEOUT_ENV} sets the wait)"
+               if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or str(exc))
+    except Exception:  # garbage where the handshake's frame sizes should be (MemoryError, msgpack)
+        why = ("what answered there is not a dask scheduler (a scheduler listens on 8786 by default, "
+               "its dashboard on 8787)")
+    else:
+        return
+    raise SchedulerError(f"cannot reach the dask scheduler at {address}: {why}; check the address "
+                         f"(--scheduler or ${config.SCHEDULER_ENV}) and that the scheduler is running; "
+                         "nothing was computed")

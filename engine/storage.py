@@ -12,6 +12,7 @@ import json
 import posixpath
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -20,10 +21,36 @@ import xarray as xr
 from . import config
 from .errors import LakeError
 from .integrity import write_manifest
+from .links import refuse_link_out
 from .names import ZONES, check_entry_name, is_inside
 
 PROVENANCE_KEY = "replicalake"
 TMP_DIR = ".tmp"
+PUBLISH_DIR = "publish"  # .tmp/publish/: a record of each publish in progress (PublishRecord)
+_JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+@dataclass(frozen=True)
+class PublishRecord:
+    """A publish in progress, written before anything moves (paths relative to the lake root).
+
+    Why: a publish is several steps (move the old version aside, move the new one in, list it
+    in the catalog, drop the old one), and a process killed between two of them would leave an
+    entry missing, unlisted or doubled. With the record, the next command finishes or undoes
+    the publish (Lake.settle_publish) instead of leaving the lake inconsistent.
+    """
+
+    file: str
+    zone: str
+    name: str
+    staged: str  # the store being published (gone from there once moved into place)
+    retired: str | None  # where the entry's previous version is moved aside to, if it had one
+    listing: dict  # the catalog's description and metadata for the entry
+
+    @property
+    def key(self) -> str:
+        return f"{self.zone}/{self.name}"
 
 
 class Lake:
@@ -63,7 +90,7 @@ class Lake:
         around entries (`ramp` over `ramp/sub`) would delete them, while the catalog still lists
         them under their own keys.
         """
-        target = self.entry_path(zone, name)
+        target = self.writable(self.entry_path(zone, name))
         parts = name.split("/")
         for outer in ("/".join(parts[:depth]) for depth in range(1, len(parts))):
             if self.exists(zone, outer):
@@ -79,6 +106,12 @@ class Lake:
                 raise LakeError(f"lake entry name {name!r} would replace the folder {zone}/{name}, "
                                 f"which holds the entries {found}; expected a name outside every entry")
         return target
+
+    def writable(self, path: str) -> str:
+        """`path`, once checked to be writable without leaving the lake through a symbolic link
+        (engine/links.py); every path the lake writes to goes through here. Object stores have
+        no links."""
+        return refuse_link_out(self.root, path) if self.is_local else path
 
     def url(self, path: str) -> str:
         """A URL xarray/zarr can open for a filesystem path of this lake."""
@@ -101,11 +134,7 @@ class Lake:
 
     def attributes(self, path: str) -> dict[str, Any]:
         """Root-group attributes of the zarr store at `path` ({} when there is none)."""
-        try:
-            meta = json.loads(self.fs.cat_file(path + "/zarr.json"))
-        except FileNotFoundError:
-            return {}
-        return meta.get("attributes", {})
+        return store_attributes(self.fs, path)
 
     def provenance(self, zone: str, name: str) -> dict[str, Any] | None:
         return self.attributes(self.entry_path(zone, name)).get(PROVENANCE_KEY)
@@ -121,7 +150,7 @@ class Lake:
     # -- writing -------------------------------------------------------------------------
     def new_tmp_path(self, label: str) -> str:
         """A fresh folder under .tmp/ for work in progress (never in the catalog)."""
-        return self.path(TMP_DIR, f"{_tmp_label(label)}-{uuid.uuid4().hex[:12]}")
+        return self.writable(self.path(TMP_DIR, f"{_tmp_label(label)}-{uuid.uuid4().hex[:12]}"))
 
     def tmp_paths(self, label: str) -> list[str]:
         """The folders `new_tmp_path(label)` made that are still under .tmp/ (that label only)."""
@@ -134,28 +163,96 @@ class Lake:
 
     def ensure_zones(self) -> None:
         for zone in ZONES:
-            self.fs.makedirs(self.path(zone), exist_ok=True)
+            self.fs.makedirs(self.writable(self.path(zone)), exist_ok=True)
 
     def publish(self, tmp_path: str, zone: str, name: str,
                 known_digests: dict[str, str] | None = None) -> str:
-        """Record the store's checksums, then move it from .tmp/ to zone/name, replacing any older one.
+        """Move a finished store into place as zone/name (`move_into_place`) and clean up
+        (`finish_publish`), for a store no catalog lists; returns its path."""
+        self.finish_publish(self.move_into_place(tmp_path, zone, name, known_digests))
+        return self.entry_path(zone, name)
 
-        The old version is first moved aside, so at every instant readers see either the old
-        or the new complete store, never a mix. `known_digests` are chunk digests taken when
-        the chunks were written (so the manifest does not read them back).
+    def move_into_place(self, tmp_path: str, zone: str, name: str,
+                        known_digests: dict[str, str] | None = None,
+                        listing: dict | None = None) -> PublishRecord:
+        """Record the store's checksums and a PublishRecord, then move the store from .tmp/ to
+        zone/name, moving any older version aside first; the caller lists the entry (`listing`
+        says how) and then calls `finish_publish`.
+
+        At every instant readers see either the old or the new complete store, never a mix.
+        `known_digests` are chunk digests taken when the chunks were written (so the manifest
+        does not read them back).
         """
         self.fs.invalidate_cache()  # object stores: listings cached while the store was written
         target = self.new_entry_path(zone, name)
-        write_manifest(self.fs, tmp_path, known_digests)
+        write_manifest(self.fs, self.writable(tmp_path), known_digests)
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        retired = None
-        if self.fs.exists(target):
-            retired = self.new_tmp_path(f"retired-{zone}-{name}")
+        retired = self.new_tmp_path(f"retired-{zone}-{name}") if self.fs.exists(target) else None
+        file = self.path(TMP_DIR, PUBLISH_DIR, f"{_tmp_label(f'{zone}-{name}')}-{uuid.uuid4().hex[:12]}.json")
+        record = PublishRecord(file, zone, name, tmp_path, retired, listing or {})
+        self.write_bytes_atomic(record.file, json.dumps({
+            "zone": zone, "name": name, "staged": self._relative(tmp_path),
+            "retired": retired and self._relative(retired), "listing": record.listing}).encode())
+        if retired is not None:
             self.move_tree(target, retired)
         self.move_tree(tmp_path, target)
-        if retired is not None:
-            self.fs.rm(retired, recursive=True)
-        return target
+        return record
+
+    def finish_publish(self, record: PublishRecord) -> None:
+        """The last steps of a publish, once the entry is listed: drop the old version, then the record."""
+        if record.retired is not None:
+            self.discard(record.retired)
+        self.fs.rm(record.file)
+
+    def interrupted_publishes(self, key: str | None = None) -> list[PublishRecord]:
+        """The publishes whose records are still in .tmp/publish/ (of entry `key` only, if given):
+        in progress, or left half done by a killed process (the caller tells which by the entry's lock)."""
+        folder = self.path(TMP_DIR, PUBLISH_DIR)
+        if not self.fs.exists(folder):
+            return []
+        records = [self._read_record(path) for path in sorted(self.fs.ls(folder, detail=False))
+                   if path.endswith(".json")]
+        return [record for record in records if key is None or record.key == key]
+
+    def settle_publish(self, record: PublishRecord) -> bool:
+        """Finish or undo a publish a killed process left half done (the caller holds the entry's lock).
+
+        True when the entry holds the published store and is still to be listed (the caller
+        lists it, then calls `finish_publish`); False when the lake was put back as it was before
+        the publish began (the record is removed; the staged store stays where its owner left it:
+        a run resumes from it, an ingest's next attempt removes it).
+        """
+        target = self.entry_path(record.zone, record.name)
+        staged, moved_in, aside = (self._is_store(path) for path in (record.staged, target, record.retired))
+        if moved_in and (not staged or self._token(record.staged) == self._token(target)):
+            self.discard(record.staged)  # object stores: a copy into place whose source was not yet removed
+            return True
+        if not moved_in and aside:
+            self.discard(target)  # object stores: what a cut-short copy into place got through
+            self.move_tree(record.retired, target)
+        elif record.retired is not None:
+            self.discard(record.retired)  # object stores: a cut-short copy aside; the entry is whole
+        self.fs.rm(record.file)
+        return False
+
+    def _is_store(self, path: str | None) -> bool:
+        return path is not None and self.fs.exists(f"{path}/zarr.json")
+
+    def _token(self, path: str) -> str | None:
+        return (self.attributes(path).get(PROVENANCE_KEY) or {}).get("token")
+
+    def _relative(self, path: str) -> str:
+        return posixpath.relpath(path, self.root)
+
+    def _read_record(self, file: str) -> PublishRecord:
+        try:
+            data = json.loads(self.fs.cat_file(file))
+            return PublishRecord(file, data["zone"], data["name"], self.path(data["staged"]),
+                                 data["retired"] and self.path(data["retired"]), data["listing"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LakeError(f"{file}: expected a publish record written by replicalake (JSON with zone, "
+                            f"name, staged, retired, listing), found {type(exc).__name__}: {exc}; remove "
+                            "it if no ingest or run is publishing") from None
 
     def move_tree(self, source: str, target: str) -> None:
         """Move a store: one rename on local disks; on object stores, a copy of every object with
@@ -177,7 +274,7 @@ class Lake:
 
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Write a small file (catalog, PNG) so readers see the old or the new file, never half."""
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.fs.makedirs(posixpath.dirname(self.writable(path)), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
         with self.fs.open(tmp, "wb") as handle:
             handle.write(data)
@@ -186,6 +283,31 @@ class Lake:
 
 def _tmp_label(label: str) -> str:
     return label.replace("/", "__")
+
+
+def store_attributes(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
+    """Root-group attributes of the zarr store at `path` ({} when there is none).
+
+    Why not let zarr read it: a root `zarr.json` that is not a JSON object makes zarr fail with
+    a TypeError deep inside; here it is a LakeError naming the file and what it holds.
+    """
+    file = f"{path}/zarr.json"
+    try:
+        data = fs.cat_file(file)
+    except FileNotFoundError:
+        return {}
+    try:
+        meta = json.loads(data)
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
+        meta = None
+        found = f"{len(data)} bytes that are not JSON"
+    else:
+        found = (f"a JSON {_JSON_KINDS.get(type(meta), 'value')}" if not isinstance(meta, dict)
+                 else "an object whose 'attributes' are not an object")
+    if not isinstance(meta, dict) or not isinstance(meta.get("attributes", {}), dict):
+        raise LakeError(f"{file}: expected a zarr store's metadata (a JSON object with an 'attributes' "
+                        f"object), found {found}; re-ingest or recompute this entry")
+    return meta.get("attributes", {})
 
 
 def listing_token(fs: fsspec.AbstractFileSystem, path: str) -> str:

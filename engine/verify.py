@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from .catalog import LAKE_CATALOG, filesystem_for, load_catalog
 from .errors import LakeError, did_you_mean
 from .integrity import Damage, find_damage, read_manifest
-from .names import entry_key_problem
+from .names import LAKE_CATALOG_FILE, entry_key_problem
 from .storage import Lake
 
 
@@ -34,8 +34,17 @@ class EntryReport:
 
 
 def verify_entries(lake: Lake, names: list[str]) -> list[EntryReport]:
-    """Check the named entries (default: every entry of the lake catalog)."""
-    entries = load_catalog(LAKE_CATALOG, lake).entries
+    """Check the named entries (default: every entry of the lake catalog).
+
+    A lake without its catalog file is an error, not an empty success: every published entry is
+    listed there, so "nothing to check" would hide a lost catalog.
+    """
+    catalog = load_catalog(LAKE_CATALOG, lake)
+    if not lake.fs.exists(lake.path(LAKE_CATALOG_FILE)):
+        raise LakeError(f"no lake catalog at {catalog.path}: the lake lists no entries to verify; "
+                        "expected the catalog.yaml the first ingest writes (`replicalake doctor --repair` "
+                        "rebuilds a lost one from the stores on disk)")
+    entries = catalog.entries
     for name in names:
         problem = entry_key_problem(name)
         if problem:
@@ -43,11 +52,19 @@ def verify_entries(lake: Lake, names: list[str]) -> list[EntryReport]:
         if name not in entries:
             raise LakeError(f"no entry {name!r}{did_you_mean(name, entries)} in the lake catalog of "
                             f"{lake.root_url!r}; entries: {', '.join(sorted(entries)) or 'none'}")
-    reports = []
-    for name in names or sorted(entries):
-        fs, path = filesystem_for(entries[name].url, lake)
+    return [_check_entry(lake, name, entries[name].url) for name in names or sorted(entries)]
+
+
+def _check_entry(lake: Lake, name: str, url: str) -> EntryReport:
+    """Every file of one entry against its manifest (a missing manifest is damage: publish writes one)."""
+    fs, path = filesystem_for(url, lake)
+    if not fs.exists(f"{path}/zarr.json"):
+        gone = f"missing: the catalog lists this entry, but {url} holds no zarr store"
+        return EntryReport(name, 0, "manifest", [Damage(name, "zarr.json", gone)])
+    try:
         manifest = read_manifest(fs, path)
-        damage = find_damage(fs, path, name)
-        reports.append(EntryReport(name, len(manifest) if manifest is not None else 0,
-                                   "manifest" if manifest is not None else "decoding", damage))
-    return reports
+    except LakeError:  # find_damage names it
+        manifest = None
+    return EntryReport(name, len(manifest) if manifest is not None else 0,
+                       "manifest" if manifest is not None else "decoding",
+                       find_damage(fs, path, name, require_manifest=True))

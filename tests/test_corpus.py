@@ -25,7 +25,11 @@ def tree_hash(root: Path) -> str:
 
 
 def command_line(case: dict) -> list[str]:
+    """The CLI arguments of a case: `args` spelt out (with {case} and {corpus} filled in), or the
+    short forms run / validate / ingest-eels of a recipe or data file."""
     target = CORPUS / case["case"]
+    if "args" in case:
+        return [arg.format(case=target, corpus=CORPUS) for arg in case["args"]]
     if case["command"] in ("run", "validate"):
         extra = ["--no-progress"] if case["command"] == "run" else []
         return [case["command"], str(target), "--catalogs", str(CORPUS / "catalogs_bad"), *extra]

@@ -21,6 +21,7 @@ import xarray as xr
 import zarr
 from pydantic import Field
 
+from ..bounds import PixelChunk
 from ..config import DEFAULT_PIXEL_CHUNKS
 from ..errors import IngestError
 from ..storage import PROVENANCE_KEY, Lake, content_token
@@ -45,7 +46,7 @@ class EelsFilesParams(IngestParams):
     files: list[Path] = Field(description="DM3/DM4, .msa, .hspy or .txt spectra; several .txt files "
                               "become one line scan in the order given")
     name: EntryName
-    chunks: tuple[int, int] = Field(DEFAULT_PIXEL_CHUNKS, description="CY CX pixel chunk")
+    chunks: tuple[PixelChunk, PixelChunk] = Field(DEFAULT_PIXEL_CHUNKS, description="CY CX pixel chunk")
     energy_start: float | None = Field(
         None, description=f"text only: energy of the first channel in eV (default {TEXT_ENERGY_START_EV}, "
         "the WS2 data)")

@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 from pydantic import Field
 
+from ..bounds import Constituents, Events, Rows
 from ..errors import IngestError, did_you_mean
 from ..kernels.jets_synth import COLUMNS, LABEL, N_CONSTITUENTS, simulate_jets
 from ..storage import PROVENANCE_KEY, Lake, content_token
@@ -167,8 +168,8 @@ class JetTableParams(IngestParams):
     name: EntryName
     key: str = Field(DEFAULT_KEY, description="group of a pandas table")
     label: str = Field(LABEL, description="label column (1 = signal)")
-    constituents: int | None = Field(None, description="keep the first N constituents")
-    block_rows: int = Field(BLOCK_ROWS, ge=1, description="jets read per block, and per chunk")
+    constituents: Constituents | None = Field(None, ge=1, description="keep the first N constituents")
+    block_rows: Rows = Field(BLOCK_ROWS, ge=1, description="jets read per block, and per chunk")
     progress: Progress = True
 
 
@@ -253,10 +254,10 @@ class SyntheticJetsParams(IngestParams):
     """Generate QCD-like and top-like jets as a reference-layout HDF5 table and ingest it."""
 
     name: EntryName
-    n_jets: int = Field(100_000, alias="jets", description="number of jets")
+    n_jets: Events = Field(100_000, alias="jets", ge=1, description="number of jets")
     seed: Seed = 0
-    signal_fraction: float = Field(0.5, description="fraction of top jets")
-    n_constituents: int = Field(N_CONSTITUENTS, alias="constituents", ge=1,
+    signal_fraction: float = Field(0.5, ge=0, le=1, description="fraction of top jets")
+    n_constituents: Constituents = Field(N_CONSTITUENTS, alias="constituents", ge=1,
                                 description="constituent slots per jet")
     progress: Progress = True
 

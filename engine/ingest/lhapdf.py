@@ -48,12 +48,13 @@ class LhapdfParams(IngestParams):
 
     setdir: Path = Field(description="LHAPDF set folder (NAME.info, NAME_0000.dat, ...)")
     name: EntryName
+    allow_nonfinite: bool = Field(False, description="keep NaN/inf grid values instead of refusing the set")
     progress: Progress = True
 
 
 @register_format(INGEST, LhapdfParams, positional=("setdir", "name"))
-def ingest_lhapdf(lake: Lake, setdir: str | Path, name: str, progress: bool = True,
-                  threads: int | None = None) -> str:
+def ingest_lhapdf(lake: Lake, setdir: str | Path, name: str, allow_nonfinite: bool = False,
+                  progress: bool = True, threads: int | None = None) -> str:
     """Read the set at SETDIR into raw/NAME; returns a summary line."""
     setdir = Path(setdir)
     lake.new_entry_path("raw", name)
@@ -62,7 +63,7 @@ def ingest_lhapdf(lake: Lake, setdir: str | Path, name: str, progress: bool = Tr
                           "...), found no such folder")
     info = fmt.read_info(fmt.info_path(setdir))
     paths = fmt.member_paths(setdir, info)
-    first = fmt.read_member(paths[0])
+    first = fmt.read_member(paths[0], allow_nonfinite=allow_nonfinite)
     fmt.check_flavours(info, first, paths[0])
     token = content_token(INGEST, INGEST_VERSION, [_file_digest(fmt.info_path(setdir))]
                           + [_file_digest(p) for p in paths])
@@ -76,7 +77,7 @@ def ingest_lhapdf(lake: Lake, setdir: str | Path, name: str, progress: bool = Tr
 
         def write(block: tuple[slice, slice]) -> None:
             members = block[0]
-            read = [first if i == 0 else fmt.read_member(paths[i], first)
+            read = [first if i == 0 else fmt.read_member(paths[i], first, allow_nonfinite)
                     for i in range(members.start, members.stop)]
             for k in range(len(first.xs)):
                 group[fmt.subgrid_names(k)[0]][members] = np.stack([m.values[k] for m in read])

@@ -23,6 +23,7 @@ the shortest text that reads back as the same double, values with the digits the
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -145,6 +146,8 @@ def _knots(text: str, path: Path, line: int, what: str, dtype=float) -> np.ndarr
 
 
 def _check_increasing(knots: np.ndarray, path: Path, line: int, what: str) -> None:
+    if not np.all(np.isfinite(knots)):
+        raise _fail(path, line, f"expected finite {what}, found {float(knots[~np.isfinite(knots)][0])}")
     if not np.all(knots > 0):
         raise _fail(path, line, f"expected positive {what}, found {knots[knots <= 0][0]!r}")
     steps = np.diff(knots)
@@ -160,8 +163,11 @@ def _mantissa_digits(token: str) -> int:
     return len(mantissa.split(".")[1]) if "." in mantissa else 0
 
 
-def _block(lines: list[str], start: int, stop: int, path: Path):
-    """Parse lines[start:stop] (one subgrid block); line numbers in errors are 1-based."""
+def _block(lines: list[str], start: int, stop: int, path: Path, allow_nonfinite: bool):
+    """Parse lines[start:stop] (one subgrid block); line numbers in errors are 1-based.
+
+    NaN or inf values are refused unless `allow_nonfinite`: interpolating a grid spreads one to
+    every point near it, so a damaged file would give NaN PDFs far from the damage."""
     if stop - start < 3:
         raise _fail(path, start + 1, "expected a block of x knots, Q knots and PDG ids lines, found "
                     f"{stop - start} line(s) before '{SEPARATOR}'")
@@ -187,6 +193,12 @@ def _block(lines: list[str], start: int, stop: int, path: Path):
     except ValueError:
         bad = next(i for i, tokens in enumerate(split) if not _all_numbers(tokens))
         raise _fail(path, start + 4 + bad, f"expected numbers, found {rows[bad].strip()[:60]!r}") from None
+    nonfinite = ~np.isfinite(values)
+    if nonfinite.any() and not allow_nonfinite:
+        row, column = divmod(int(np.argmax(nonfinite)), pids.size)
+        raise _fail(path, start + 4 + row, f"expected finite values, found {int(nonfinite.sum())} NaN or "
+                    f"inf (the first, {split[row][column]!r}, in column {column + 1}); pass "
+                    "--allow-nonfinite to keep them")
     digits = max((_mantissa_digits(t) for t in split[0]), default=DEFAULT_DIGITS)
     values = values.reshape(x.size, q.size, pids.size).transpose(2, 0, 1)
     return x, q, pids, np.ascontiguousarray(values), digits
@@ -200,7 +212,7 @@ def _all_numbers(tokens: list[str]) -> bool:
     return True
 
 
-def read_member(path: Path, reference: Member | None = None) -> Member:
+def read_member(path: Path, reference: Member | None = None, allow_nonfinite: bool = False) -> Member:
     """Read one .dat file; with a `reference` (member 0), require its knots and ids."""
     if not path.is_file():
         raise _fail(path, None, "no such file; expected one .dat file per member (NumMembers)")
@@ -220,7 +232,7 @@ def read_member(path: Path, reference: Member | None = None) -> Member:
         raise _fail(path, separators[0] + 1, "expected at least one subgrid block, found none")
     member = Member(header, [], [], np.empty(0, np.int64), [], DEFAULT_DIGITS)
     for k, (sep, stop) in enumerate(bounds):
-        x, q, pids, values, digits = _block(lines, sep + 1, stop, path)
+        x, q, pids, values, digits = _block(lines, sep + 1, stop, path, allow_nonfinite)
         pids = np.array([_flavour_id(p) for p in pids], dtype=np.int64)
         if k == 0:
             member.pids, member.digits = pids, digits
@@ -261,17 +273,21 @@ def info_path(setdir: Path) -> Path:
 
 
 def member_paths(setdir: Path, info: dict[str, Any]) -> list[Path]:
-    """The NumMembers .dat files, all present, and no stray ones beyond them."""
-    name = setdir.name
-    paths = [setdir / f"{name}_{i:04d}.dat" for i in range(info["NumMembers"])]
-    missing = [p.name for p in paths if not p.is_file()]
-    found = sorted(p.name for p in setdir.glob(f"{name}_*.dat"))
-    if missing or len(found) != len(paths):
-        raise _fail(info_path(setdir), None, f"NumMembers is {len(paths)}, so expected {paths[0].name} .. "
-                    f"{paths[-1].name}; found {len(found)} member files"
+    """The NumMembers .dat files, all present, and no stray ones beyond them.
+
+    The count is checked against the files present before a path is made per member, so a .info
+    claiming 10^9 members costs one folder listing, not a billion paths in memory.
+    """
+    name, count = setdir.name, info["NumMembers"]
+    present = {p.name for p in setdir.glob(f"{name}_*.dat") if p.is_file()}
+    expected = (f"{name}_{i:04d}.dat" for i in range(count))
+    missing = list(itertools.islice((file for file in expected if file not in present), 4))
+    if missing or len(present) != count:
+        raise _fail(info_path(setdir), None, f"NumMembers is {count}, so expected {name}_0000.dat .. "
+                    f"{name}_{count - 1:04d}.dat; found {len(present)} member files"
                     + (f", missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
                        if missing else ""))
-    return paths
+    return [setdir / f"{name}_{i:04d}.dat" for i in range(count)]
 
 
 def check_flavours(info: dict[str, Any], member: Member, path: Path) -> None:
@@ -282,16 +298,17 @@ def check_flavours(info: dict[str, Any], member: Member, path: Path) -> None:
                     f"{sorted(member.pids.tolist())}")
 
 
-def read_lhapdf_set(setdir: Path | str) -> xr.Dataset:
-    """Read a whole set into memory, one member file at a time."""
+def read_lhapdf_set(setdir: Path | str, allow_nonfinite: bool = False) -> xr.Dataset:
+    """Read a whole set into memory, one member file at a time (NaN/inf values refused unless
+    `allow_nonfinite`)."""
     setdir = Path(setdir)
     if not setdir.is_dir():
         raise LhapdfFormatError(f"{setdir}: expected an LHAPDF set folder, found no such folder")
     info = read_info(info_path(setdir))
     paths = member_paths(setdir, info)
-    first = read_member(paths[0])
+    first = read_member(paths[0], allow_nonfinite=allow_nonfinite)
     check_flavours(info, first, paths[0])
-    members = [first] + [read_member(p, first) for p in paths[1:]]
+    members = [first] + [read_member(p, first, allow_nonfinite) for p in paths[1:]]
     values = [np.stack([m.values[k] for m in members]) for k in range(len(first.xs))]
     return pdfset_from_arrays(first.xs, first.qs, first.pids, values, info,
                               headers={str(i): m.header for i, m in enumerate(members)},

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from pydantic.fields import FieldInfo
+
+from .. import bounds
 
 if TYPE_CHECKING:
     from ..storage import Lake
@@ -30,16 +32,15 @@ RESERVED = ("lake",)  # options every ingest command has besides its params
 
 EntryName = Annotated[str, Field(description="entry name under raw/")]
 Progress = Annotated[bool, Field(description="show a progress bar")]
-Seed = Annotated[int, Field(ge=0, description="generator seed")]
+Seed = Annotated[bounds.Seed, Field(description="generator seed")]
 
 
-class IngestParams(BaseModel):
+class IngestParams(bounds.Params):
     """Base of every format's params model; its docstring is the command's help.
 
-    Unknown keys are refused so a misspelt param is an error rather than a silently ignored one.
+    Unknown keys and non-finite numbers are refused (engine.bounds.Params) so a misspelt param or
+    a `--dispersion nan` is an error rather than a silently ignored setting or an all-NaN entry.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)

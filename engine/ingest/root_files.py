@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 from pydantic import Field
 
+from ..bounds import Rows
 from ..errors import IngestError, did_you_mean
 from ..jagged import ATTR, EVENT_DIM, CollectionWriter, UnsupportedLayout
 from ..storage import PROVENANCE_KEY, Lake, content_token
@@ -40,7 +41,7 @@ class RootFilesParams(IngestParams):
     name: EntryName
     tree: str = Field(description="name of the TTree in every file")
     branches: list[str] | None = Field(None, description="branch to keep (repeat the option); default all")
-    step_size: int = Field(DEFAULT_STEP_SIZE, description="events read per step, and events per chunk "
+    step_size: Rows = Field(DEFAULT_STEP_SIZE, ge=1, description="events read per step, and events per chunk "
                            "in the lake")
 
 

@@ -2,7 +2,9 @@
 
 An ingest builds a lazy template dataset (final layout, nothing computed), writes pixel blocks
 into it from a few threads with a progress bar, and publishes it to raw/NAME only when every block
-is in; any failure removes the staged store, so the lake never shows half an ingest.
+is in; any failure removes the staged store, so the lake never shows half an ingest. Publishing is
+`catalog.publish_entry`, the recorded publish a run uses too: a kill between its steps (old version
+moved aside, new one moved in, catalog updated) is finished or undone by the next command.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TypeVar
 import xarray as xr
 import zarr
 
-from ..catalog import publish_entry
+from ..catalog import editable_lake_catalog, publish_entry
 from ..memory import limit_heap_fragmentation
 from ..progress import make_progress
 from ..storage import Lake
@@ -48,7 +50,8 @@ class StagedEntry:
     """
 
     def __init__(self, lake: Lake, zone: str, name: str, stack: ExitStack):
-        lake.new_entry_path(zone, name)  # refuse bad names before anything is written
+        lake.new_entry_path(zone, name)  # refuse bad names and links out before anything is written
+        editable_lake_catalog(lake)  # and a catalog that could not list the entry once published
         self.lake, self.zone, self.name = lake, zone, name
         self.label = f"{zone}-{name}"
         self._stack = stack  # closes the staging lock when staged_entry ends

@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 from pydantic import Field
 
+from ..bounds import Channels, ImageSide, PixelChunk
 from ..config import DEFAULT_PIXEL_CHUNKS
 from ..errors import IngestError
 from ..kernels import eels_synth
@@ -45,9 +46,9 @@ class SyntheticEelsParams(IngestParams):
     """Write a synthetic EELS spectral image (exact Poisson multiple scattering) to raw/NAME."""
 
     name: EntryName
-    shape: tuple[int, int, int] = Field((128, 128, 2048), description="NY NX NE")
+    shape: tuple[ImageSide, ImageSide, Channels] = Field((128, 128, 2048), description="NY NX NE")
     seed: Seed = 0
-    chunks: tuple[int, int] = Field(DEFAULT_PIXEL_CHUNKS, description="CY CX pixel chunk")
+    chunks: tuple[PixelChunk, PixelChunk] = Field(DEFAULT_PIXEL_CHUNKS, description="CY CX pixel chunk")
     energy_range: tuple[float, float] = Field(
         (-5.0, 46.0), description="energy window MIN MAX (eV); monochromated: -1 9")
     zlp_fwhm: float | None = Field(None, description="ZLP FWHM (eV) at zero thickness; default 0.382 "

@@ -80,6 +80,9 @@ ELEMENTWISE = {"abs": np.abs, "sqrt": np.sqrt, "log": np.log, "exp": np.exp}
 REDUCTIONS = ("sum", "any", "all", "min", "max")
 FUNCTIONS = sorted([*ELEMENTWISE, *REDUCTIONS, "count", "len"])
 MAX_LENGTH = 2000
+# Nesting of parentheses, operators and calls. Cuts nest a few levels; parsing, checking and
+# evaluating recurse per level, and 2000 characters of '(' or 'a+' would exhaust Python's stack.
+MAX_DEPTH = 64
 MAX_LISTED = 12  # column names listed in an error
 
 
@@ -118,6 +121,7 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.at = 0
+        self.nesting = 0
 
     def peek(self) -> Token:
         return self.tokens[self.at]
@@ -141,9 +145,22 @@ class _Parser:
         if token.kind != "end":
             raise ExpressionError(self.text, token.pos,
                                   f"expected an operator or the end, found {_show(token)}")
+        deepest = _deeper_than(node, MAX_DEPTH)  # a chain like a+a+...: deep, built by a loop
+        if deepest is not None:
+            raise _too_deep(self.text, deepest.pos)
         return node
 
     def expression(self, min_power: int) -> Node:
+        """The operators binding tighter than `min_power`, nested at most MAX_DEPTH deep (a
+        failed parse is abandoned, so the count needs no unwinding on errors)."""
+        self.nesting += 1
+        if self.nesting > MAX_DEPTH:
+            raise _too_deep(self.text, self.peek().pos)
+        node = self._operators(min_power)
+        self.nesting -= 1
+        return node
+
+    def _operators(self, min_power: int) -> Node:
         left = self.prefix()
         while True:
             token = self.peek()
@@ -170,7 +187,10 @@ class _Parser:
     def prefix(self) -> Node:
         token = self.take()
         if token.kind == "number":
-            return Node("num", token.pos, value=float(token.text))
+            value = float(token.text)
+            if not np.isfinite(value):
+                raise ExpressionError(self.text, token.pos, f"expected a finite number, found {token.text!r}")
+            return Node("num", token.pos, value=value)
         if token.text == "-":
             return Node("neg", token.pos, (self.expression(self.NEGATE_POWER),))
         if token.text == "+":
@@ -201,6 +221,23 @@ class _Parser:
                 args.append(self.expression(0))
         self.expect(")")
         return Node("call", name.pos, tuple(args), name.text)
+
+
+def _too_deep(text: str, position: int) -> ExpressionError:
+    return ExpressionError(text, position, f"expected at most {MAX_DEPTH} nested levels of "
+                           "parentheses, operators and calls, found more")
+
+
+def _deeper_than(node: Node, limit: int) -> Node | None:
+    """The first node below `limit` levels of the tree, found without recursion (it guards
+    the recursive checker and evaluator)."""
+    stack = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > limit:
+            return current
+        stack += [(arg, depth + 1) for arg in current.args if isinstance(arg, Node)]
+    return None
 
 
 def _show(token: Token) -> str:

@@ -12,14 +12,12 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..bounds import ChunkLength
+from ..bounds import Params as _Params
 from ..errors import OpError, did_you_mean
 from ..registry import register_op
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def require_dims(data: xr.Dataset, dims, what: str = "dim") -> None:
@@ -136,7 +134,7 @@ def mean_over(params: ReduceParams, data: xr.Dataset) -> xr.Dataset:
 
 
 class RechunkParams(_Params):
-    chunks: dict[str, int] = Field(description="dim -> chunk size (-1: one chunk along that dim)")
+    chunks: dict[str, ChunkLength] = Field(description="dim -> chunk size (-1: one chunk along that dim)")
 
 
 @register_op("core.rechunk", params=RechunkParams,

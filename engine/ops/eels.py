@@ -11,18 +11,15 @@ from typing import Literal
 
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..bounds import Params as _Params
 from ..errors import OpError
 from ..kernels import eels as kernels
 from ..registry import register_op
 from .core import require_dims, require_variables
 
 ENERGY = "energy"
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def spectra_of(image: xr.Dataset, variable: str) -> xr.DataArray:

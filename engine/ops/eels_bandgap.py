@@ -16,8 +16,9 @@ from typing import Literal
 
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from ..bounds import Params
 from ..errors import OpError
 from ..kernels.bandgap import fit_bandgap as fit_kernel
 from ..registry import register_op
@@ -28,9 +29,7 @@ QUANTILE = "quantile"
 _MAPS = ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "converged", "chi2")
 
 
-class BandgapParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BandgapParams(Params):
     window_ev: tuple[float, float] = Field(
         description="[low, high] energy loss window of the fit (eV), just above the onset")
     exponent: float | None = Field(

@@ -22,8 +22,10 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..bounds import Clusters, Epochs, Repeats, Sample, Seed, Spectra
+from ..bounds import Params as _Params
 from ..errors import OpError
 from ..kernels import eels_cluster as kernels
 from ..registry import register_op
@@ -36,20 +38,16 @@ CLUSTER_ID = "cluster_id"  # the dim of per-cluster results; xarray cannot name 
 _MERGE_FAN_IN = 8  # samples merged per task: a shallow tree, few spectra in memory per merge
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class ClusterParams(_Params):
-    n_clusters: int = Field(5, ge=1, description="number of clusters K")
-    seed: int = Field(0, ge=0, description="seed of the K-means initialisation and batch order")
+    n_clusters: Clusters = Field(5, ge=1, description="number of clusters K")
+    seed: Seed = Field(0, description="seed of the K-means initialisation and batch order")
     feature: Literal["log_peak3", "log_zlp", "log_total"] = Field(
         "log_peak3", description="log intensity to cluster on: 3 channels around the peak "
         "(EELSfitter), the ZLP up to its first minimum, or the whole window")
-    batch_size: int = Field(4096, ge=1, description="pixels per mini-batch")
-    epochs: int = Field(3, ge=1, description="mini-batch passes over all pixels")
-    init_size: int = Field(10_000, ge=1, description="pixels sampled for the K-means++ start")
-    n_init: int = Field(8, ge=1, description="K-means++ starts tried; the best one is kept")
+    batch_size: Sample = Field(4096, ge=1, description="pixels per mini-batch")
+    epochs: Epochs = Field(3, ge=1, description="mini-batch passes over all pixels")
+    init_size: Sample = Field(10_000, ge=1, description="pixels sampled for the K-means++ start")
+    n_init: Repeats = Field(8, ge=1, description="K-means++ starts tried; the best one is kept")
     variable: str = Field("counts", description="spectra variable")
 
 
@@ -96,9 +94,9 @@ def cluster(params: ClusterParams, image: xr.Dataset) -> xr.Dataset:
 
 class WindowParams(_Params):
     variable: str = Field("counts", description="spectra variable (aligned: ZLP at 0 eV)")
-    n_sample: int = Field(500, ge=1, description="spectra sampled per cluster for the quantiles")
-    seed: int = Field(0, ge=0, description="seed of the per-cluster spectra sample")
-    min_pixels: int = Field(10, ge=1, description="fewest pixels a cluster may have")
+    n_sample: Spectra = Field(500, ge=1, description="spectra sampled per cluster for the quantiles")
+    seed: Seed = Field(0, description="seed of the per-cluster spectra sample")
+    min_pixels: Sample = Field(10, ge=1, description="fewest pixels a cluster may have")
     on_too_few: Literal["error", "flag"] = Field(
         "error", description="a cluster below min_pixels fails the run, or is only flagged in "
         "`enough_pixels`")

@@ -18,8 +18,10 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..bounds import Epochs, GridNodes, Replicas, Spectra, Widths
+from ..bounds import Params as _Params
 from ..errors import OpError
 from ..registry import StepContext, register_op
 from . import needs
@@ -41,18 +43,14 @@ KIND = "eels zlp ensemble"
 SCALING = ("e_low", "e_high", "ln_n_low", "ln_n_high")
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class TrainZlpParams(TrainingParams):
     variable: str = Field("counts", description="aligned spectra variable")
-    replicas: int = Field(100, gt=0, description="Monte Carlo replicas R")
-    epochs: int = Field(10000, gt=0)
-    hidden: list[int] = Field([10, 15, 5], description="hidden widths (EELSfitter: 10, 15, 5)")
+    replicas: Replicas = Field(100, gt=0, description="Monte Carlo replicas R")
+    epochs: Epochs = Field(10000, gt=0)
+    hidden: Widths = Field([10, 15, 5], description="hidden widths (EELSfitter: 10, 15, 5)")
     activations: list[str] = Field(["sigmoid", "sigmoid", "relu", "linear"])
     penalty: float = Field(10.0, ge=0, description="weight of the ReLU(d lnI/dE) monotonicity penalty")
-    n_spectra: int = Field(500, ge=1, description="spectra sampled per cluster to draw replicas from")
+    n_spectra: Spectra = Field(500, ge=1, description="spectra sampled per cluster to draw replicas from")
     optimiser: OptimiserParams = OptimiserParams(lr=1e-2)
 
 
@@ -120,7 +118,7 @@ def train_zlp(params: TrainZlpParams, image: xr.Dataset, clusters: xr.Dataset, w
 class SubtractParams(_Params):
     variable: str = Field("counts", description="aligned spectra variable")
     quantiles: list[float] = Field([0.16, 0.5, 0.84], min_length=1)
-    grid_size: int = Field(256, ge=8, description="ln N nodes (fast vs brute force: 0.06 band "
+    grid_size: GridNodes = Field(256, ge=8, description="ln N nodes (fast vs brute force: 0.06 band "
                            "widths at 256, measured)")
     device: Literal["auto", "cpu", "cuda"] = "cpu"
 
@@ -177,7 +175,7 @@ def _subtract_block(spectra, labels, grid, table, energy):
 
 @register_op("eels.subtract_zlp", params=SubtractParams,
              inputs=("image", "model", "clusters", "windows"),
-             memory=needs.TorchNeed(2.0))  # measured 2.06, 1.75 at 32, 64 px (calibrate_op_memory.py)
+             memory=needs.TorchNeed(needs.subtract_zlp_need))
 def subtract_zlp(params: SubtractParams, image: xr.Dataset, model: xr.Dataset, clusters: xr.Dataset,
                  windows: xr.Dataset) -> xr.Dataset:
     """Inelastic signal I - ZLP per pixel: quantile bands over the kept replicas (lazy).

@@ -15,6 +15,7 @@ is an error when it is computed (a histogram or `n_selected`), so nothing is pub
 
 from __future__ import annotations
 
+import math
 import re
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -23,8 +24,10 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from ..bounds import MAX_BINS, Bins, Fanin
+from ..bounds import Params as _Params
 from ..errors import OpError, did_you_mean
 from ..jagged import (
     ATTR,
@@ -57,10 +60,6 @@ if TYPE_CHECKING:  # imported where chunks are computed: loading the ops must no
 
 MASK = "selected"
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # -- columns of a sample ------------------------------------------------------------------------
@@ -370,10 +369,11 @@ class AxisParams(_Params):
     variable: str = Field(description="column or expression giving one number per event")
     name: str | None = Field(None, pattern=IDENTIFIER, description="dim name (default: the variable)")
     label: str | None = Field(None, description="axis label, e.g. 'm(mu mu) [GeV]'")
-    bins: int | None = Field(None, description="regular axis: number of bins")
+    bins: Bins | None = Field(None, description="regular axis: number of bins")
     start: float | None = Field(None, description="regular axis: low edge")
     stop: float | None = Field(None, description="regular axis: high edge")
-    edges: list[float] | None = Field(None, description="variable axis: bin edges, increasing")
+    edges: list[float] | None = Field(None, max_length=MAX_BINS + 1,
+                                      description="variable axis: bin edges, increasing")
 
     @model_validator(mode="after")
     def _valid_axis(self) -> AxisParams:
@@ -406,14 +406,27 @@ class AxisParams(_Params):
     def dim(self) -> str:
         return self.name or self.variable
 
+    @property
+    def bin_count(self) -> int:
+        return len(self.edges) - 1 if self.edges is not None else self.bins
+
 
 class HistogramParams(_Params):
     axes: list[AxisParams] = Field(min_length=1, max_length=3, description="one to three axes")
     weight: str | None = Field(None, description="column or expression of per-event (or per-object) "
                                "weights")
-    split_every: int = Field(8, ge=2, description="chunk results summed per node of the tree reduction")
+    split_every: Fanin = Field(8, ge=2, description="chunk results summed per node of the tree reduction")
 
     _weight_syntax = field_validator("weight")(_syntax)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> HistogramParams:
+        """Each axis is bounded; their product is the size of every chunk's fill vector."""
+        counts = [axis.bin_count for axis in self.axes]
+        if math.prod(counts) > MAX_BINS:
+            raise ValueError(f"expected at most {MAX_BINS} bins in all, found {math.prod(counts)} "
+                             f"({' x '.join(map(str, counts))})")
+        return self
 
 
 @register_op("lhc.histogram", params=HistogramParams, inputs=("events",),

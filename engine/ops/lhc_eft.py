@@ -21,8 +21,10 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from ..bounds import MAX_CHUNKS, MAX_EVENTS, Epochs, Events, Replicas, Rows, Seed, Widths
+from ..bounds import Params as EftParams
 from ..errors import OpError, did_you_mean
 from ..registry import StepContext, register_op
 from . import needs
@@ -41,10 +43,6 @@ from .replicas import TrainingParams
 
 EVENT = "event"
 SM = "sm"
-
-
-class EftParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _toy():
@@ -66,10 +64,19 @@ class ToyEventsParams(EftParams):
     coefficients: list[str] = Field(["c1"], min_length=1, description="toy coefficients: c1, c2")
     quadratic: bool = Field(True, description="also the quadratic terms c_j c_k")
     c_train: dict[str, float] = Field(description="coefficient -> value the SM+term samples use")
-    n_events: int = Field(50_000, gt=0, description="events per sample and replica")
-    replicas: int = Field(5, gt=0, description="independent MC samples of each kind")
-    chunk_events: int = Field(50_000, gt=0)
-    seed: int = Field(0, ge=0)
+    n_events: Events = Field(50_000, gt=0, description="events per sample and replica")
+    replicas: Replicas = Field(5, gt=0, description="independent MC samples of each kind")
+    chunk_events: Rows = Field(50_000, gt=0)
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _few_chunks(self) -> ToyEventsParams:
+        """Every chunk of every replica's sample is laid out while the graph is built."""
+        chunks = -(-self.n_events // self.chunk_events) * self.replicas
+        if chunks > MAX_CHUNKS:
+            raise ValueError(f"expected at most {MAX_CHUNKS} chunks per sample (n_events / chunk_events "
+                             f"x replicas), found {chunks}; raise chunk_events")
+        return self
 
 
 def _toy_block(kind: str, c_train: float, replica: int, index: int, n: int, seed: int) -> np.ndarray:
@@ -133,8 +140,8 @@ def eft_toy_events(params: ToyEventsParams) -> xr.Dataset:
 class ToyPseudodataParams(EftParams):
     c_true: dict[str, float] = Field(default_factory=dict, description="coefficients of the 'data'")
     luminosity: float = Field(gt=0, description="expected events = luminosity x sigma(c_true)")
-    chunk_events: int = Field(50_000, gt=0)
-    seed: int = Field(0, ge=0)
+    chunk_events: Rows = Field(50_000, gt=0)
+    seed: Seed = 0
 
 
 @register_op("lhc.eft_toy_pseudodata", params=ToyPseudodataParams, inputs=(),
@@ -146,6 +153,11 @@ def eft_toy_pseudodata(params: ToyPseudodataParams) -> xr.Dataset:
     names = list(params.c_true)
     point = np.array([[params.c_true[c] for c in names]])
     sigma = float(eft.toy_cross_section(point, names)[0]) if names else eft.SM_SIGMA
+    expected = params.luminosity * sigma
+    if not expected <= MAX_EVENTS or expected / params.chunk_events > MAX_CHUNKS:
+        raise OpError(f"expected at most {MAX_EVENTS} events in at most {MAX_CHUNKS} chunks, found "
+                      f"luminosity x sigma(c_true) = {expected:.3g} events in chunks of "
+                      f"{params.chunk_events}")
     n = int(np.random.default_rng([params.seed, 0]).poisson(params.luminosity * sigma))
     if n == 0:
         raise OpError(f"the pseudo-data sample is empty: Poisson({params.luminosity * sigma:.3g}) drew 0 "
@@ -168,11 +180,11 @@ class EftTrainParams(TrainingParams):
     features: list[str] = Field(["x1", "x2"], min_length=1, description="per-event feature columns")
     coefficients: list[str] = Field(min_length=1, description="Wilson coefficients to learn")
     quadratic: bool = Field(True, description="also learn the quadratic terms c_j c_k")
-    batch_size: int | None = Field(None, gt=0, description="events per minibatch (None: all)")
+    batch_size: Rows | None = Field(None, gt=0, description="events per minibatch (None: all)")
     validation_fraction: float = Field(0.2, gt=0, lt=1)
-    hidden: list[int] = Field([25, 25, 25], description="hidden layer widths")
+    hidden: Widths = Field([25, 25, 25], description="hidden layer widths")
     activations: list[str] = Field(["tanh", "tanh", "tanh", "linear"], description="one per layer")
-    epochs: int = Field(2000, gt=0)
+    epochs: Epochs = Field(2000, gt=0)
 
 
 class SampleLayout:

@@ -9,12 +9,15 @@ engine.ops.lhc_eft.
 
 from __future__ import annotations
 
+import math
+
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 from pydantic import Field, field_validator
 
+from ..bounds import MAX_BINS, MAX_SCAN_POINTS
 from ..errors import OpError
 from ..registry import register_op
 from . import needs
@@ -33,7 +36,7 @@ from .lhc_eft import (
 
 class BinnedParams(EftParams):
     feature: str = Field("x1", description="column histogrammed for the binned likelihood")
-    edges: list[float] = Field(min_length=2, description="bin edges, increasing")
+    edges: list[float] = Field(min_length=2, max_length=MAX_BINS + 1, description="bin edges, increasing")
 
     @field_validator("edges")
     @classmethod
@@ -60,6 +63,9 @@ class BoundsParams(EftParams):
             if not high > low or n < 3:
                 raise ValueError(f"grid of {name!r} needs low < high and >= 3 points, found "
                                  f"{[low, high, n]}")
+        points = math.prod(n for _, _, n in value.values())
+        if points > MAX_SCAN_POINTS:
+            raise ValueError(f"expected at most {MAX_SCAN_POINTS} grid points in all, found {points}")
         return value
 
 

@@ -17,8 +17,10 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from ..bounds import Bins, Epochs, Events, Repeats, Replicas, Rows, Seed, Widths
+from ..bounds import Params as _Params
 from ..errors import OpError
 from ..registry import register_op
 from . import needs
@@ -28,19 +30,15 @@ from .ensembles import REPLICA
 MC, DATA = "mc_event", "data_event"
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class SamplesParams(_Params):
-    n_mc: int = Field(100_000, gt=0)
-    n_data: int = Field(100_000, gt=0)
+    n_mc: Events = Field(100_000, gt=0)
+    n_data: Events = Field(100_000, gt=0)
     mc_mean: float = 0.0
     mc_std: float = Field(1.0, gt=0)
     data_mean: float = 0.2
     data_std: float = Field(0.8, gt=0)
     smearing: float = Field(0.5, ge=0)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
 
 
 @register_op("lhc.gaussian_unfolding_samples", params=SamplesParams, inputs=(),
@@ -63,20 +61,20 @@ class OmniFoldParams(_Params):
     mc_reco: str = Field("mc_reco", description="MC detector-level observable, same dim as mc_gen")
     data_reco: str = Field("data_reco", description="data detector-level observable (1-D)")
     truth: str | None = Field("data_gen", description="true data gen, for comparison only (optional)")
-    iterations: int = Field(5, description="OmniFold iterations (> 0)")
-    replicas: int = Field(10, gt=0, description="bootstrap replicas of the data")
-    hidden: list[int] = Field([32, 32])
+    iterations: Repeats = Field(5, description="OmniFold iterations (> 0)")
+    replicas: Replicas = Field(10, gt=0, description="bootstrap replicas of the data")
+    hidden: Widths = Field([32, 32])
     activations: list[str] = Field(["tanh", "tanh", "linear"])
-    epochs: int = Field(300, gt=0, description="most training steps per classifier")
-    batch_size: int | None = Field(None, gt=0, description="events per minibatch step; none: full batch")
+    epochs: Epochs = Field(300, gt=0, description="most training steps per classifier")
+    batch_size: Rows | None = Field(None, gt=0, description="events per minibatch step; none: full batch")
     lr: float = Field(1e-2, gt=0)
-    patience: int = Field(50, gt=0)
-    validation_every: int = Field(10, gt=0)
+    patience: Epochs = Field(50, gt=0)
+    validation_every: Epochs = Field(10, gt=0)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
-    bins: int = Field(40, ge=2)
+    bins: Bins = Field(40, ge=2)
     range: tuple[float, float] = (-3.0, 3.0)
     quantiles: list[float] = Field([0.16, 0.5, 0.84], min_length=1)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")

@@ -22,8 +22,10 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from ..bounds import Constituents, Epochs, Replicas, Rows, Seed, Widths
+from ..bounds import Params as _Params
 from ..errors import OpError
 from ..registry import StepContext, register_op
 from . import needs
@@ -46,32 +48,28 @@ ROC_POINTS = np.round(np.linspace(0.01, 1.0, 100), 4)
 SPLIT_STREAM = 7  # the split's random stream, apart from the replicas' bootstrap streams
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class NetworkParams(_Params):
     """What both taggers share: the network, its training and the replica ensemble."""
 
-    n_constituents: int = Field(30, gt=0, description="leading constituents used as features")
-    hidden: list[int] = Field([64, 64], description="hidden layer widths")
+    n_constituents: Constituents = Field(30, gt=0, description="leading constituents used as features")
+    hidden: Widths = Field([64, 64], description="hidden layer widths")
     activations: list[str] = Field(["relu", "relu", "linear"], description="one per layer")
-    epochs: int = Field(500, gt=0, description="most training steps (full-batch epochs, or minibatches)")
-    batch_size: int | None = Field(None, gt=0, description="jets per minibatch step; none: full batch")
+    epochs: Epochs = Field(500, gt=0, description="most training steps (full-batch epochs, or minibatches)")
+    batch_size: Rows | None = Field(None, gt=0, description="jets per minibatch step; none: full batch")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate")
-    patience: int = Field(60, gt=0, description="epochs without validation improvement before stopping")
-    validation_every: int = Field(10, gt=0)
-    replicas: int = Field(5, gt=0)
+    patience: Epochs = Field(60, gt=0, description="epochs without validation improvement before stopping")
+    validation_every: Epochs = Field(10, gt=0)
+    replicas: Replicas = Field(5, gt=0)
     resample: Literal["bootstrap", "seeds"] = Field(
         "bootstrap", description="replicas resample the training jets, or differ by seed only")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="jets held out for the metrics")
     validation_fraction: float = Field(0.15, gt=0, lt=1, description="jets for early stopping")
-    max_jets: int | None = Field(None, gt=0, description="use at most this many jets (the first ones): "
+    max_jets: Rows | None = Field(None, gt=0, description="use at most this many jets (the first ones): "
                                  "their features are held in memory by the one training task")
     signal_efficiency: float = Field(0.3, gt=0, le=1, description="eps_S of the quoted rejection")
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every: int | None = Field(None, gt=0, description="epochs between lake checkpoints")
+    checkpoint_every: Epochs | None = Field(None, gt=0, description="epochs between lake checkpoints")
 
     @model_validator(mode="after")
     def _layers(self):
@@ -90,7 +88,7 @@ class ClassifierParams(NetworkParams):
 
 
 class AnomalyParams(NetworkParams):
-    hidden: list[int] = Field([32, 6, 32], description="encoder, bottleneck and decoder widths")
+    hidden: Widths = Field([32, 6, 32], description="encoder, bottleneck and decoder widths")
     activations: list[str] = Field(["tanh", "tanh", "tanh", "linear"], description="one per layer")
 
 

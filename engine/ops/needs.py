@@ -161,6 +161,25 @@ def train_zlp_need(params, inputs: dict[str, xr.Dataset], output: xr.Dataset) ->
             + ensemble_training_bytes(params.replicas, sizes, rows))
 
 
+# kernels.zlp.zlp_quantile_grid evaluates every replica on this many ln N nodes at a time
+QUANTILE_GRID_NODES_PER_PASS = 16
+# eels.subtract_zlp per chunk (spectra, labels, bands): measured 2.06 and 1.75 at 32 and 64 px
+SUBTRACT_CHUNK_MULTIPLIER = 2.0
+
+
+def subtract_zlp_need(params, inputs: dict[str, xr.Dataset], output: xr.Dataset) -> int:
+    """The heavier of eels.subtract_zlp's two kinds of task: a chunk of spectra with its bands,
+    or (once) the quantile grid, every replica evaluated on a pass of ln N nodes at every
+    channel (two adjacent layers' activations and the sorted copy, float32). Measured with 100
+    replicas on 64 x 64 x 2048 (eels_bandgap.yaml): the grid ~315 MiB."""
+    model = inputs["model"]
+    sizes = json.loads(model.attrs["architecture"])["sizes"]
+    widest = max(a + b for a, b in zip(sizes[:-1], sizes[1:]))
+    points = QUANTILE_GRID_NODES_PER_PASS * inputs["image"].sizes["energy"]
+    grid = model.sizes["replica"] * points * (widest + 1) * FLOAT32
+    return max(chunk_task(SUBTRACT_CHUNK_MULTIPLIER, inputs, output), grid)
+
+
 # -- replica fits ---------------------------------------------------------------------------------
 # kernels.train.Chi2Loss factors the covariance per replica and point subset (training, then
 # validation): a float64 gather of the block and its float64 Cholesky factor, of which training

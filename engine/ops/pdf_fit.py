@@ -20,8 +20,10 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from ..bounds import GridNodes, Points, Seed, Widths
+from ..bounds import Params as _Params
 from ..errors import OpError, did_you_mean
 from ..registry import StepContext, register_op
 from . import needs
@@ -43,15 +45,11 @@ LHAPDF_FLAVOURS = (-3, -2, -1, 1, 2, 3, 21)  # = kernels.pdf_fk.FLAVOURS (kernel
 Q0 = float(np.sqrt(2.0))  # GeV: the Les Houches toy's input scale, Q0^2 = 2 GeV^2
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class GridParams(_Params):
     """The x grid of FK tables and fitted sets (kernels.pdf_fk.x_grid); both must match."""
 
     x_min: float = Field(1e-3, gt=0, lt=0.1)
-    n_x: int = Field(50, ge=8)
+    n_x: GridNodes = Field(50, ge=8)
 
 
 def _grid(params: GridParams) -> np.ndarray:
@@ -97,7 +95,7 @@ def fk_tables(params: GridParams, data: xr.Dataset) -> xr.Dataset:
 
 class ScanParams(GridParams):
     target: Literal["proton", "deuteron"] = "proton"
-    n_points: int = Field(60, ge=2)
+    n_points: Points = Field(60, ge=2)
     x_range: tuple[float, float] = (1e-2, 0.9)
 
 
@@ -157,7 +155,7 @@ def _set_at_q0(pdf: xr.Dataset, fk: xr.Dataset, what: str) -> xr.DataArray:
 
 
 class Level1Params(_Params):
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     covariance: str = "covariance"
 
 
@@ -223,7 +221,7 @@ class PositivityParams(_Params):
 
 class FitParams(TrainingParams, GridParams):
     basis: list[str] = Field(["Sigma", "T3"], description="fitted evolution-basis functions")
-    hidden: list[int] = Field([25, 20], description="hidden layer widths (NNPDF4.0: 25, 20)")
+    hidden: Widths = Field([25, 20], description="hidden layer widths (NNPDF4.0: 25, 20)")
     positivity: PositivityParams = PositivityParams()
     target: str = "pseudodata"
     mask: str = "training_mask"

@@ -14,8 +14,9 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..bounds import Params
 from ..errors import IngestError, OpError
 from ..ingest.lhapdf_format import FLAVOUR, GLUON, MEMBER, subgrid_count, subgrid_names
 from ..kernels import pdf_interp as kernels
@@ -27,9 +28,7 @@ TABLE_BYTES = 64 * 2**20  # Hermite tables built per member chunk (4x the chunk'
 POINT_CHUNK = 2**18  # points per chunk when the points come in memory
 
 
-class EvaluateParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EvaluateParams(Params):
     extrapolation: Literal["error", "nearest", "nan"] = Field(
         "error", description="points outside the grid: fail naming them, take the nearest edge value "
         "of the grid, or give NaN")

@@ -17,8 +17,10 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from ..bounds import Epochs, Points, Repeats, Replicas, Seed, Widths
+from ..bounds import Params as _Params
 from ..errors import OpError, did_you_mean
 from ..registry import StepContext, register_op
 from . import needs
@@ -34,11 +36,6 @@ from .ensembles import (
     weight_names,
 )
 
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # -- known-truth data ------------------------------------------------------------------------
 TOY_FUNCTIONS = {
     "sin": lambda x: 1.0 + 0.5 * np.sin(2 * np.pi * x),
@@ -49,11 +46,11 @@ TOY_FUNCTIONS = {
 
 class ToyParams(_Params):
     function: Literal["sin", "gauss", "poly"] = "sin"
-    n_points: int = Field(60, ge=4)
+    n_points: Points = Field(60, ge=4)
     x_range: tuple[float, float] = (0.0, 1.0)
     noise: float = Field(0.05, gt=0, description="relative statistical uncertainty per point")
     normalisation: float = Field(0.0, ge=0, description="relative fully correlated uncertainty")
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
 
 
 def _toy(params: ToyParams) -> dict[str, np.ndarray]:
@@ -92,8 +89,8 @@ class PseudodataParams(_Params):
     sys_additive: str | None = Field(None, description="absolute correlated systematics (point, sys)")
     sys_multiplicative: str | None = Field(None, description="relative systematics (point, sys)")
     group: str | None = Field(None, description="dataset label per point: splits are per group")
-    replicas: int = Field(gt=0, description="number of Monte Carlo replicas R")
-    seed: int = Field(0, ge=0)
+    replicas: Replicas = Field(gt=0, description="number of Monte Carlo replicas R")
+    seed: Seed = 0
     training_fraction: float = Field(0.75, gt=0, le=1)
     split: Literal["per_replica", "shared"] = Field(
         "per_replica", description="per_replica: each replica its own training/validation split "
@@ -199,24 +196,24 @@ class OptimiserParams(_Params):
 
 class StoppingParams(_Params):
     threshold: float = Field(10.0, gt=0, description="validation chi2/n a replica must reach")
-    patience: int | None = Field(None, gt=0, description="epochs without improvement (10% default)")
-    stagnation_epochs: int | None = Field(200, gt=0)
-    max_reinits: int = Field(3, ge=0)
+    patience: Epochs | None = Field(None, gt=0, description="epochs without improvement (10% default)")
+    stagnation_epochs: Epochs | None = Field(200, gt=0)
+    max_reinits: Repeats = Field(3, ge=0)
     outlier_sigma: float = Field(4.0, gt=0)
 
 
 class TrainingParams(_Params):
     """What every replica training step shares: the network, the optimiser, stopping, device."""
 
-    hidden: list[int] = Field([20, 20], description="hidden layer widths")
+    hidden: Widths = Field([20, 20], description="hidden layer widths")
     activations: list[str] = Field(["tanh", "tanh", "linear"], description="one per layer")
-    epochs: int = Field(5000, gt=0)
-    validation_every: int = Field(10, gt=0)
+    epochs: Epochs = Field(5000, gt=0)
+    validation_every: Epochs = Field(10, gt=0)
     optimiser: OptimiserParams = OptimiserParams()
     stopping: StoppingParams = StoppingParams()
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every: int | None = Field(1000, gt=0, description="epochs between checkpoints")
+    checkpoint_every: Epochs | None = Field(1000, gt=0, description="epochs between checkpoints")
 
     @model_validator(mode="after")
     def _layers(self) -> TrainingParams:

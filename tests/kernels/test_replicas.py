@@ -66,6 +66,12 @@ def test_masks_split_every_group_with_the_same_counts():
     assert not np.array_equal(masks, training_masks(16, groups, 50, 0.75, seed=4))
 
 
+def test_shared_masks_give_every_replica_replica_0s_split():
+    groups = np.repeat([0, 1], 6)
+    shared = training_masks(12, groups, 5, 0.75, seed=3, shared=True)
+    np.testing.assert_array_equal(shared, np.repeat(training_masks(12, groups, 1, 0.75, seed=3), 5, 0))
+
+
 def test_masks_edge_fractions():
     groups = np.repeat([0, 1], 5)
     assert training_masks(10, groups, 4, fraction=1.0).all()

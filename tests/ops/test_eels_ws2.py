@@ -2,7 +2,7 @@
 
 The whole chain runs on the nine ingested spectra with a small ZLP ensemble (~35 s on 2 cores);
 the checks are the ones a smaller ensemble cannot fake: the vacuum spectra (pure ZLP) leave
-nothing above the ZLP, and the specimen spectra give a finite band gap in a broad physical range.
+nothing above the ZLP, and the specimen spectra give the band gap this chain measures.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from tests.conftest import REPO
 
 RECIPE = REPO / "recipes" / "eels_ws2_spectra.yaml"
 N_SPECIMEN = 6  # specimen_{14,15,16,19,20,21} come first in the ingested line, then 3 vacuum
-# Broad on purpose (published: 1.6 +0.3/-0.2 eV; the full recipe gives ~0.9): below 0.3 eV an
-# onset would sit inside the ZLP core (FWHM 0.47 eV), where the matched ZLP is the signal
-# itself; WS2's gaps run from 1.3 eV (bulk, indirect) to 2 eV (monolayer), 3 eV is far above.
-GAP_RANGE_EV = (0.3, 3.0)
+# Median E_BG of the six specimen spectra in this reduced run, measured with ZLP training seeds
+# 7 (the recipe's) to 11: 0.765, 0.855, 0.624, 0.582, 0.946 eV; mean 0.75, sd 0.15: the bound
+# is that +-2 sd. The full recipe gives 0.89. The published 1.6 (+0.3/-0.2) eV lies above it:
+# the ZLP tail under the onset pulls this chain low (README, "Real spectra: WS2"), so the bound
+# pins what the chain measures; a fix that reaches the published gap must move it.
+GAP_RANGE_EV = (0.45, 1.05)
 
 
 @pytest.fixture
@@ -48,7 +50,7 @@ def reduced_recipe(tmp_path, replicas: int, epochs: int, threshold: float):
     return path
 
 
-def test_ws2_chain_vacuum_is_zero_and_the_gap_is_physical(ws2_lake, tmp_path):
+def test_ws2_chain_vacuum_is_zero_and_the_gap_is_reproduced(ws2_lake, tmp_path):
     summary = engine.run(reduced_recipe(tmp_path, replicas=16, epochs=12000, threshold=30.0),
                          ws2_lake)
     assert {o.status for o in summary.outputs} == {"computed"}

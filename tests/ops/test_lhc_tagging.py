@@ -1,24 +1,29 @@
-"""Jet taggers end to end: the shipped recipe (small) on synthetic jets ingested from HDF5."""
+"""Jet taggers end to end: the shipped recipe (half the steps, 3 replicas) on synthetic jets."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import xarray as xr
+from ruamel.yaml import YAML
+from scipy.stats import rankdata
 
 import engine
 from engine.errors import RecipeError, RunError
 from engine.graph import compile_recipe
 from engine.ingest.jet_tables import ingest_synthetic_jets
 from engine.kernels.classifier import auc
+from engine.kernels.jets_synth import jet_mass
+from engine.ops.lhc_tagging import ClassifierParams, split_jets
 from engine.storage import Lake
 from engine.testing import put_in_lake, raise_if_computes
 from tests.conftest import REPO
 
-SMALL = {"n_constituents: 30": "n_constituents: 20", "hidden: [64, 64]": "hidden: [32, 32]",
-         "epochs: 4000": "epochs: 300", "replicas: 5": "replicas: 3",
-         "batch_size: 512": "batch_size: 100000",  # more than the jets: full-batch steps
-         "validation_every: 50": "validation_every: 10", "patience: 600": "patience: 60",
-         "lr: 0.001": "lr: 0.003"}
+# Half the steps and 3 replicas; the networks and inputs as shipped: with fewer constituents,
+# narrower layers or fewer jets the tagger no longer beats the jet mass (20 constituents: by 2
+# sigma; 10k jets: tied; the 5k-jet, 20-constituent, [32, 32] setup that was here: 0.05 below it).
+SMALL = {"epochs: 4000": "epochs: 2000", "replicas: 5": "replicas: 3"}
+N_JETS = 20_000
 SCORES = """  - id: scores
     op: lhc.score_jets
     inputs: {model: tagger, jets: jets}
@@ -38,10 +43,10 @@ def small_recipe(folder, extra_outputs: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def tagged(tmp_path_factory):
-    """5000 synthetic jets through `ingest synthetic-jets` and the recipe, run once per module."""
+    """20k synthetic jets through `ingest synthetic-jets` and the recipe, run once per module."""
     folder = tmp_path_factory.mktemp("tagging")
     lake = Lake(str(folder / "lake"))
-    ingest_synthetic_jets(lake, "top_jets", 5000, seed=11, n_constituents=40, progress=False)
+    ingest_synthetic_jets(lake, "top_jets", N_JETS, seed=11, n_constituents=40, progress=False)
     recipe = small_recipe(folder, "  scores: {zone: derived}\n")
     return lake, recipe, engine.run(recipe, lake)
 
@@ -53,37 +58,72 @@ def test_compiling_computes_nothing(tagged, tmp_path):
     with raise_if_computes():
         plan = compile_recipe(recipe, fresh)
     assert plan.step("tagger").dataset["weight_0"].dims == ("replica", "in_0", "out_0")
-    assert plan.step("tagger").dataset["weight_0"].shape == (3, 60, 32)
+    assert plan.step("tagger").dataset["weight_0"].shape == (3, 90, 64)
 
 
-def test_classifier_separates_tops_from_qcd(tagged):
-    """Threshold: AUC > 0.88 for every replica. On this stand-in the jet mass alone reaches
-    ~0.96 and a DNN on 20 jet-frame constituents trained on ~2,800 jets measured 0.90-0.94;
-    chance is 0.5 with a statistical error of ~0.01 at 1,500 test jets, so 0.88 fails any tagger
-    that lost the jet-frame information (without preprocessing the reference DNN fell by 0.09)."""
-    lake, _, summary = tagged
+def paired_auc_difference(scores: np.ndarray, baseline: np.ndarray, labels: np.ndarray):
+    """AUC(scores) - AUC(baseline) on the same jets, and its standard error (DeLong et al. 1988).
+
+    Both AUCs are measured on the same jets, so their statistical errors are positively
+    correlated and the difference is known better than their errors added in quadrature.
+    """
+    labels = labels.astype(bool)
+    below_signal, below_background = [], []
+    for s in (scores, baseline):
+        x, y = s[labels], s[~labels]
+        ranks = rankdata(np.r_[x, y])
+        below_signal.append((ranks[: x.size] - rankdata(x)) / y.size)  # background below each signal
+        below_background.append((ranks[x.size :] - rankdata(y)) / x.size)  # signal below each background
+    d_signal = below_signal[0] - below_signal[1]
+    d_background = below_background[0] - below_background[1]
+    error = np.sqrt(d_signal.var(ddof=1) / d_signal.size + d_background.var(ddof=1) / d_background.size)
+    return float(d_signal.mean()), float(error)
+
+
+def test_classifier_beats_the_jet_mass(tagged):
+    """Every replica's tagger beats the jet mass alone on the same test jets, by > 2 standard errors.
+
+    On this stand-in the jet mass alone gives AUC 0.96: a tagger that learned less than the mass
+    (any AUC threshold below that passes it) fails here. Measured: AUC 0.969-0.972, 0.010-0.013
+    above the mass (+-0.003). A mass window |m - 175 GeV| reaches 0.975, above this reduced
+    training; the shipped recipe on 100k jets (0.983) beats that too.
+    """
+    lake, recipe, summary = tagged
     assert {o.step: o.status for o in summary.outputs} == {"tagger": "computed", "anomaly": "computed",
                                                           "scores": "computed"}
     model = lake.open("models", "lhc-top-tagging/tagger").load()
     print({k: model[k].values.round(3).tolist() for k in ("auc", "accuracy", "background_rejection")})
-    assert (model["auc"] > 0.88).all()
+    steps = YAML(typ="safe").load(recipe.read_text())["steps"]
+    params = ClassifierParams(**next(s["params"] for s in steps if s["id"] == "tagger"))
+    test = split_jets(N_JETS, params.test_fraction, params.validation_fraction, params.seed) == 2
+    jets = lake.open("raw", "top_jets").isel(jet=test).load()
+    mass = jet_mass(*(jets[c].values for c in ("E", "PX", "PY", "PZ")))
+    labels = jets["label"].values
+    scores = lake.open("derived", "lhc-top-tagging/scores")["score"].values[:, test]
+    np.testing.assert_allclose([auc(s, labels) for s in scores], model["auc"], atol=1e-6)  # same jets
+    print("mass AUC", round(auc(mass, labels), 4))
+    for replica_scores in scores:
+        difference, error = paired_auc_difference(replica_scores, mass, labels)
+        print(f"tagger - mass: {difference:.4f} +- {error:.4f}")
+        assert difference > 2 * error
     assert (model["accuracy"] > 0.78).all()
     assert (model["background_rejection"] > 20).all()  # 1/eps_B at eps_S = 0.3
     assert model["auc"].std() > 0  # bootstrap replicas give a spread
     eps_b = model["background_efficiency"]
     assert eps_b.dims == ("replica", "signal_efficiency")
     assert (eps_b.diff("signal_efficiency") >= 0).all() and ((eps_b >= 0) & (eps_b <= 1)).all()
-    assert int(model["n_background_test"]) + int(model["n_signal_test"]) == pytest.approx(1500, rel=0.1)
+    n_test = int(model["n_background_test"]) + int(model["n_signal_test"])
+    assert n_test == int(test.sum())
     png = lake.path("reports/models/lhc-top-tagging/tagger/background_efficiency.png")
     assert lake.fs.exists(png) and lake.fs.size(png) > 10_000
 
 
 def test_autoencoder_trained_on_background_flags_tops(tagged):
-    """AUC > 0.7 for every replica: 0.5 is no information and its statistical error at ~1,500 test
-    jets is ~0.01, so 0.7 is > 10 sigma; measured 0.93-0.95 on this stand-in."""
+    """AUC > 0.7 for every replica: 0.5 is no information and its statistical error at ~6,000 test
+    jets is ~0.005, so 0.7 is > 10 sigma; measured 0.976 on this stand-in."""
     lake, _, _ = tagged
     model = lake.open("models", "lhc-top-tagging/anomaly").load()
-    assert model["weight_0"].shape == (3, 60, 32) and model["weight_3"].shape == (3, 32, 60)
+    assert model["weight_0"].shape == (3, 90, 32) and model["weight_3"].shape == (3, 32, 90)
     print({"anomaly auc": model["auc"].values.round(3).tolist()})
     assert (model["auc"] > 0.7).all()
     assert "accuracy" not in model
@@ -92,7 +132,7 @@ def test_autoencoder_trained_on_background_flags_tops(tagged):
 def test_score_jets_maps_the_stored_tagger_over_every_jet(tagged):
     lake, _, _ = tagged
     scores = xr.open_zarr(lake.entry_url("derived", "lhc-top-tagging/scores"), consolidated=False)
-    assert scores["score"].dims == ("replica", "jet") and scores["score"].shape == (3, 5000)
+    assert scores["score"].dims == ("replica", "jet") and scores["score"].shape == (3, N_JETS)
     values = scores["score"].values
     assert ((values >= 0) & (values <= 1)).all()
     assert auc(values[0], scores["label"].values) > 0.9  # training jets included: above test AUC
@@ -102,7 +142,7 @@ def test_one_class_labels_are_a_clear_run_error(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     ingest_synthetic_jets(lake, "top_jets", 200, signal_fraction=1.0, n_constituents=20, progress=False)
     recipe = small_recipe(tmp_path)
-    text = recipe.read_text().replace("n_constituents: 20", "n_constituents: 10")
+    text = recipe.read_text().replace("n_constituents: 30", "n_constituents: 10")
     recipe.write_text(text)
     with pytest.raises(RunError, match=r"labels are all 1 \(200 jets\): a tagger needs signal"):
         engine.run(recipe, lake)
@@ -113,7 +153,7 @@ def test_bad_params_and_layouts_are_recipe_errors(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     ingest_synthetic_jets(lake, "top_jets", 50, n_constituents=10, progress=False)
     recipe = small_recipe(tmp_path)
-    with pytest.raises(RecipeError, match="n_constituents=20 but the jets hold only 10 constituents"):
+    with pytest.raises(RecipeError, match="n_constituents=30 but the jets hold only 10 constituents"):
         compile_recipe(recipe, lake)
     recipe.write_text(recipe.read_text().replace("activations: [relu, relu, linear]",
                                                  "activations: [relu, linear]"))
@@ -122,7 +162,7 @@ def test_bad_params_and_layouts_are_recipe_errors(tmp_path):
     jets = lake.open("raw", "top_jets").drop_vars("label")
     put_in_lake(lake, "nolabel", jets)
     text = small_recipe(tmp_path).read_text().replace("raw/top_jets", "raw/nolabel")
-    (tmp_path / "nolabel.yaml").write_text(text.replace("n_constituents: 20", "n_constituents: 5"))
+    (tmp_path / "nolabel.yaml").write_text(text.replace("n_constituents: 30", "n_constituents: 5"))
     with pytest.raises(RecipeError, match="variable 'label' is not in the data"):
         compile_recipe(tmp_path / "nolabel.yaml", lake)
     put_in_lake(lake, "empty", lake.open("raw", "top_jets").isel(jet=slice(0, 0)))

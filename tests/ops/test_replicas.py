@@ -75,12 +75,13 @@ def closure_bands(seeds, folder, normalisation: float) -> list[SeedBands]:
 
     Each seed gets its own level-1 data (replicas.toy_regression) and pseudo-data
     (replicas.pseudodata); the seeds' replicas are stacked and trained by one replicas.train
-    call, then replicas.predict and, per seed, replicas.summary. Stacking is exact because a
-    replica's training depends only on its own data and id, and every seed has the same fit
-    covariance (stat, and the normalisation taken at t0 = truth); the one thing pooled across
-    seeds is the chi2-outlier cut. It makes 30 fits cost about 6. Smaller than the recipe only
-    where that costs time, not calibration: 30 replicas (the finite-R expectation is computed),
-    1500 epochs with patience 200 (replicas stop at ~850).
+    call, then replicas.predict and, per seed, replicas.summary. Stacking changes nothing a
+    replica sees: its training depends only on its own data and id (the id sets its initial
+    weights), and every seed has the same fit covariance (stat, and the normalisation taken at
+    t0 = truth); the one thing pooled across seeds is the chi2-outlier cut. It halves the cost
+    (0.9 s a seed against 1.7 s for separate fits, 2 shared cores). Smaller than the recipe
+    only where that costs time, not calibration: 30 replicas (the finite-R expectation is
+    computed), 1500 epochs with patience 200 (replicas stop at ~850).
     """
     toys = [toy_regression(ToyParams(**shipped_params("data", seed=seed, normalisation=normalisation)))
             for seed in seeds]
@@ -117,17 +118,21 @@ def test_closure_bands_are_calibrated_over_level1_seeds(tmp_path):
     Evaluated at the data x: the fit error is smooth, so neighbouring points are correlated (about
     7 independent points per seed); the pooled figures' errors come from the seed scatter, which
     counts that. Without the recipe's 2% normalisation error: it moves all points of a seed
-    together (per-seed coverage scatter 0.25 instead of 0.17), so checking it to +-0.07 takes
-    ~80 seeds; that is the slow test below. Measured: see the README's calibration table.
+    together (per-seed coverage scatter 0.21-0.25 instead of 0.17, and the RMS pull's error
+    doubles), so its check takes ~80 seeds: the slow test below. Numbers: the README's table.
     """
-    assert_calibrated(pooled(closure_bands(range(101, 131), tmp_path, normalisation=0.0)))
+    result = pooled(closure_bands(range(101, 131), tmp_path, normalisation=0.0))
+    print(result)
+    assert_calibrated(result)
 
 
 @pytest.mark.slow
 def test_closure_bands_with_a_normalisation_error_are_calibrated(tmp_path):
     """As above with the recipe's 2% normalisation error, over 80 seeds (~2 minutes)."""
     normalisation = shipped_params("data")["normalisation"]
-    assert_calibrated(pooled(closure_bands(range(201, 281), tmp_path, normalisation)))
+    result = pooled(closure_bands(range(201, 281), tmp_path, normalisation))
+    print(result)
+    assert_calibrated(result)
 
 
 def test_model_is_a_plain_dataset_with_training_record(closure):
@@ -221,6 +226,19 @@ def test_pseudodata_follow_the_covariance(lake, write_recipe):
     result = lake.open("derived", "pseudo/replicas").load()
     np.testing.assert_allclose(np.cov(result["pseudodata"].values.T), cov, atol=1.5e-3)
     assert result["training_mask"].sum("point").min() == 1  # 75% of 2 points rounds to 1
+
+
+@pytest.mark.parametrize("t0", [None, "reference"])
+def test_multiplicative_errors_enter_the_fit_covariance_at_t0(t0):
+    """At the data by default, at the t0 reference values when given (measured d'Agostini bias in
+    the closure without it: coverage 0.55 against 0.64 calibrated)."""
+    cov = np.eye(2) * 0.01
+    data = points([1.0, 2.0], cov).assign(norm=(("point", "sys"), [[0.1], [0.1]]),
+                                          reference=("point", [2.0, 4.0]))
+    params = PseudodataParams(central="y", stat=None, covariance="cov", sys_multiplicative="norm",
+                              t0=t0, replicas=2)
+    at = np.array([2.0, 4.0] if t0 else [1.0, 2.0])
+    np.testing.assert_allclose(pseudodata(params, data)["covariance"].values, cov + 0.01 * np.outer(at, at))
 
 
 @pytest.mark.parametrize(("y", "cov", "expected"), [
