@@ -115,11 +115,23 @@ _LIMITS = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("ex
 
 def limits_text(schema: dict[str, Any]) -> str:
     """The bounds in one field's JSON schema as text, e.g. '>= 1, <= 10000': the field's own,
-    those of its non-null alternative (`int | None`) and those of its items (a list of widths).
-    `replicalake ops` and the ingest commands' help show them beside each param."""
+    those of its non-null alternative (`int | None`) and those of its items or values (a list of
+    widths, a mapping of chunk sizes, a tuple's items by position). `replicalake ops` and the
+    ingest commands' help show them beside each param."""
     parts = []
     for branch in [schema, *schema.get("anyOf", [])]:
-        items = branch.get("items") if isinstance(branch.get("items"), dict) else {}
-        parts += [f"{sign} {branch[key]}" for key, sign in _LIMITS if key in branch]
-        parts += [f"each {sign} {items[key]}" for key, sign in _LIMITS if key in items]
+        inner = next((part for part in (branch.get("items"), branch.get("additionalProperties"))
+                      if isinstance(part, dict)), {})
+        parts += _own_limits(branch) + [f"each {part}" for part in _own_limits(inner)]
+        by_position = [_own_limits(item) for item in branch.get("prefixItems", [])]
+        if by_position and all(limits == by_position[0] for limits in by_position):
+            parts += [f"each {part}" for part in by_position[0]]
+        else:
+            parts += [f"item {i} {part}" for i, limits in enumerate(by_position, 1) for part in limits]
     return ", ".join(dict.fromkeys(parts))
+
+
+def _own_limits(schema: dict[str, Any]) -> list[str]:
+    tuple_length = schema.get("minItems", 0) == schema.get("maxItems")  # a tuple's length is its type
+    return [f"{sign} {schema[key]}" for key, sign in _LIMITS
+            if key in schema and not (tuple_length and key in ("minItems", "maxItems"))]

@@ -244,6 +244,32 @@ def verify(names: Annotated[list[str] | None, typer.Argument(
         raise typer.Exit(1)
 
 
+@app.command()
+def doctor(lake: LakeOption = None,
+           repair: Annotated[bool, typer.Option(
+               "--repair", help="restore consistency: finish or undo interrupted publishes, list whole "
+               "stores the catalog misses, unlist entries whose store is gone, put back or remove retired "
+               "copies, remove leftovers no live process holds; never deletes a complete output")] = False,
+           as_json: JsonOption = False) -> None:
+    """Find every inconsistency between the lake's stores, manifests and catalog; exit 1 while any is left."""
+    from .doctor import examine
+
+    findings = examine(_lake(lake), repair)
+    if as_json:
+        out.print_json(json.dumps([finding.to_dict() for finding in findings]))
+    else:
+        for finding in findings:
+            colour, label = (("green", "repaired") if finding.repaired else
+                             ("red", "--repair would" if finding.repairable and not repair else "to fix"))
+            out.print(f"[{colour}]{escape(finding.kind)}[/{colour}] {escape(finding.where)}: "
+                      f"{escape(finding.problem)}\n  {label}: {escape(finding.remedy)}", highlight=False)
+        left = sum(not finding.repaired for finding in findings)
+        out.print(f"{left} of {len(findings)} problems left" if left else
+                  f"the lake is consistent{f' ({len(findings)} problems repaired)' if findings else ''}")
+    if any(not finding.repaired for finding in findings):
+        raise typer.Exit(1)
+
+
 CronOption = Annotated[str | None, typer.Option(
     "--cron", help="cron expression, e.g. '0 3 * * *' (default: the recipe's schedule: block)")]
 IntervalOption = Annotated[float | None, typer.Option(

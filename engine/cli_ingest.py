@@ -10,9 +10,12 @@ the model refuses is one line naming the option, what was expected and what was 
 
 from __future__ import annotations
 
+import functools
 import inspect
+import operator
+import types
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
@@ -21,11 +24,10 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
+from .bounds import limits_text
 from .errors import IngestError
 from .ingest.registry import ENTRY, IngestFormat, IngestParams, list_formats
 from .recipe import expected_and_found
-
-_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
 
 class FormatGroup(TyperGroup):
@@ -59,8 +61,9 @@ def format_command(spec: IngestFormat, lake_option: Any, console: Console) -> Ty
 def _command(spec: IngestFormat, lake_option: Any, console: Console) -> Callable[..., None]:
     """A function whose signature typer reads as the format's arguments and options."""
     fields = spec.fields()
+    schema = spec.params.model_json_schema()["properties"]  # keyed like fields: alias, else name
     order = [*spec.positional, *(name for name in fields if name not in spec.positional)]
-    parameters = [_parameter(name, fields[name], name in spec.positional) for name in order]
+    parameters = [_parameter(name, fields[name], schema[name], name in spec.positional) for name in order]
     parameters.append(inspect.Parameter("lake", inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=lake_option))
 
@@ -74,9 +77,9 @@ def _command(spec: IngestFormat, lake_option: Any, console: Console) -> Callable
     return command
 
 
-def _parameter(name: str, field: FieldInfo, positional: bool) -> inspect.Parameter:
+def _parameter(name: str, field: FieldInfo, schema: dict, positional: bool) -> inspect.Parameter:
     """The typer parameter of one field: an argument, a flag or an option named after it."""
-    help_text = _help(field)
+    help_text = _help(field, schema)
     if positional:
         info = typer.Argument(help=help_text)
     elif field.annotation is bool and field.default is False:
@@ -85,14 +88,26 @@ def _parameter(name: str, field: FieldInfo, positional: bool) -> inspect.Paramet
         info = typer.Option(help=help_text)
     default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                             annotation=Annotated[field.annotation, info])
+                             annotation=Annotated[_plain(field.annotation), info])
 
 
-def _help(field: FieldInfo) -> str:
-    """The field's description with its bounds, e.g. 'generator seed (>= 0)'."""
-    bounds = [f"{sign} {getattr(item, key)}" for item in field.metadata for key, sign in _BOUNDS
-              if hasattr(item, key)]
-    return (field.description or "") + (f" ({', '.join(bounds)})" if bounds else "")
+def _plain(annotation: Any) -> Any:
+    """The type without the bounds annotated inside it: typer reads `tuple[int, int]` and
+    `int | None` but not their members' Annotated bounds, which pydantic checks anyway."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _plain(args[0])
+    if origin in (Union, types.UnionType):
+        return functools.reduce(operator.or_, (_plain(arg) for arg in args))
+    if origin is tuple:
+        return tuple[tuple(_plain(arg) for arg in args)]
+    return annotation
+
+
+def _help(field: FieldInfo, schema: dict) -> str:
+    """The field's description with the bounds of its JSON schema, e.g. 'generator seed (>= 0)'."""
+    bounds = limits_text(schema)
+    return (field.description or "") + (f" ({bounds})" if bounds else "")
 
 
 def _validated(spec: IngestFormat, values: dict[str, Any]) -> IngestParams:

@@ -171,6 +171,8 @@ def _open_sources(loaded: LoadedRecipe, lake: Lake,
                 key = "catalog" if "no catalog" in problem.message else "entry"
                 problems.append(loaded.problem(f"{problem.message} (in {problem.file})",
                                                "sources", name, key))
+        except LakeError as exc:  # a store's metadata that is not a JSON object: named in the text
+            problems.append(loaded.problem(f"cannot open: {exc}", "sources", name))
         except (FileNotFoundError, ValueError, KeyError) as exc:
             missing = isinstance(exc, FileNotFoundError)
             where = entry.url if entry is not None else "the catalog entry"

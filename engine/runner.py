@@ -40,7 +40,7 @@ from .plan import Plan, PlannedStep
 from .progress import DaskProgress
 from .projection import project, refuse_over_budget
 from .reports import draw_plot, report_path
-from .resume import StagedOutput, discard_other_attempts, stage_output
+from .resume import StagedOutput, discard_other_attempts, stage_output, staging_root
 
 KEY_LIBRARIES = ("numpy", "dask", "xarray", "zarr")
 
@@ -192,8 +192,8 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
                           known_digests=item.digests())
             item.remove()
     except Exception:
-        for item in staged.values():
-            item.remove()
+        for step in stale:  # (and the one whose layout failed half way: it is not in `staged`)
+            lake.discard(staging_root(lake, step.zone, step.name, step.token))
         raise
     return staged, memory
 

@@ -276,9 +276,14 @@ class Lake:
         """Write a small file (catalog, PNG) so readers see the old or the new file, never half."""
         self.fs.makedirs(posixpath.dirname(self.writable(path)), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        with self.fs.open(tmp, "wb") as handle:
-            handle.write(data)
-        self.fs.mv(tmp, path)
+        try:
+            with self.fs.open(tmp, "wb") as handle:
+                handle.write(data)
+            self.fs.mv(tmp, path)
+        except BaseException:  # a full disk: no half-written .tmp beside the file
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+            raise
 
 
 def _tmp_label(label: str) -> str:

@@ -1,0 +1,39 @@
+"""The calibration helper itself: a calibrated toy ensemble passes, too-wide and too-narrow fail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.calibration import BAND, SeedBands, assert_calibrated, pooled
+
+
+def toy_seeds(width: float, n_seeds: int = 20, points: int = 60, replicas: int = 30) -> list[SeedBands]:
+    """Seeds whose ensembles scatter about a centre that is one truth-sized draw off the truth,
+    with the spread scaled by `width` (1 = calibrated)."""
+    rng = np.random.default_rng(5)
+    seeds = []
+    for _ in range(n_seeds):
+        truth = np.zeros(points)
+        draws = rng.standard_normal(points) + width * rng.standard_normal((replicas, points))
+        low, high = np.quantile(draws, BAND, axis=0)
+        seeds.append(SeedBands(truth, low, high, draws.mean(0), draws.std(0, ddof=1), replicas, replicas))
+    return seeds
+
+
+def test_a_calibrated_ensemble_passes_at_its_finite_r_expectation():
+    result = pooled(toy_seeds(1.0))
+    assert abs(result.coverage - 0.642) < 0.02 and abs(result.rms_pull - 1.054) < 0.05
+    assert_calibrated(result)
+
+
+@pytest.mark.parametrize("width", [1.3, 0.7])
+def test_too_wide_and_too_narrow_bands_fail(width):
+    with pytest.raises(AssertionError, match="coverage is not within"):
+        assert_calibrated(pooled(toy_seeds(width)))
+
+
+def test_too_few_seeds_for_the_bound_is_said():
+    seeds = toy_seeds(1.0, n_seeds=3, points=2)
+    with pytest.raises(AssertionError, match="pool more seeds"):
+        assert_calibrated(pooled(seeds))
