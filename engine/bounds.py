@@ -44,9 +44,10 @@ MAX_POINTS = 20_000
 # Knots of a grid built beside the data: FK tables are points x 14 flavours x nodes (2.1 GB at
 # 4,600 points); the ZLP bands hold a chunk's spectra x ln N nodes. NNPDF uses 50 x nodes.
 MAX_GRID_NODES = 4_096
-# K-means centroids: EELS maps use 3-20; a batch holds pixels x K distances.
-MAX_CLUSTERS = 1_000
-# Pixels held at once (a K-means batch or start): 10^6 pixels x 1,000 centroids is 8 GB.
+# K-means centroids: EELS maps use 3-20; a batch holds pixels x K distances (330 MB at the default
+# 4,096-pixel batch and 10^4 centroids).
+MAX_CLUSTERS = 10_000
+# Pixels held at once (a K-means batch or start): 10^6 pixels x 20 centroids is 160 MB of distances.
 MAX_SAMPLE = 1_000_000
 # Spectra sampled per cluster and held at once: 10^5 x 2,048 channels of float64 is 1.6 GB.
 MAX_SPECTRA = 100_000

@@ -9,6 +9,7 @@ catalog's folder, and a missing entry or store is a clear error naming the file 
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import re
@@ -23,6 +24,7 @@ from ruamel.yaml import YAML
 
 from .config import catalog_dir
 from .errors import CatalogError, Problem, did_you_mean
+from .integrity import read_manifest
 from .locks import LockError, catalog_lock, file_lock, output_locks
 from .names import LAKE_CATALOG, LAKE_CATALOG_FILE, catalog_name_problem
 from .recipe import parse_yaml
@@ -70,8 +72,8 @@ def parse_catalog(text: str, path: str, name: str, substitutions: dict[str, str]
                                     path, 1, "version")], f"catalog {name!r}")
     for section in ("data", "entries"):
         if not isinstance(data.get(section) or {}, dict):
-            found = type(data[section]).__name__
-            raise CatalogError([lines.problem(f"expected a mapping of names, found a {found}", section)],
+            found = json.dumps(data[section], default=str)[:60]
+            raise CatalogError([lines.problem(f"expected a mapping of names, found {found}", section)],
                                f"catalog {name!r}")
     stores = data.get("data") or {}
     entries: dict[str, CatalogEntry] = {}
@@ -166,7 +168,8 @@ def open_entry(entry: CatalogEntry, lake: Lake, chunks: dict[str, int] | None = 
     fs, path = filesystem_for(entry.url, lake)
     if not fs.exists(posixpath.join(path, "zarr.json")):
         raise FileNotFoundError(f"entry {entry.name!r} points at {entry.url}, which holds no zarr store")
-    store_attributes(fs, path)  # a root zarr.json that is not an object: a LakeError naming it
+    store_attributes(fs, path)  # a root zarr.json or a manifest that is not one: a LakeError naming
+    read_manifest(fs, path)  # the file, where zarr and xarray would fail with a bare JSON or TypeError
     kwargs = {"consolidated": False, **entry.open_kwargs}
     kwargs["chunks"] = chunks if chunks is not None else (kwargs.get("chunks") or {})
     return xr.open_zarr(entry.url, **kwargs)
@@ -197,7 +200,9 @@ def _empty_lake_catalog() -> dict[str, Any]:
 def editable_lake_catalog(lake: Lake) -> dict[str, Any]:
     """The lake catalog as plain data, ready to update; a file that is not a readable Intake 2
     catalog is a CatalogError naming it. Writers call this before they change anything, so a
-    malformed catalog stops an ingest or run before it publishes, not after."""
+    malformed catalog (or one that is a link out of the lake) stops an ingest or run before it
+    publishes, not after."""
+    lake.writable(lake.path(LAKE_CATALOG_FILE))
     text, url = _lake_catalog_text(lake)
     if text is None:
         return _empty_lake_catalog()
@@ -268,7 +273,12 @@ def publish_entry(lake: Lake, tmp_path: str, zone: str, name: str, description: 
             settle_publish(lake, interrupted)
         record = lake.move_into_place(tmp_path, zone, name, known_digests,
                                       {"description": description, "metadata": metadata or {}})
-        register_entry(lake, zone, name, description, metadata)
+        try:
+            register_entry(lake, zone, name, description, metadata)
+        except Exception:  # (a full disk) renames only: the store back to staging, the old one in place
+            lake.move_tree(lake.entry_path(zone, name), tmp_path)
+            lake.settle_publish(record)
+            raise
         lake.finish_publish(record)
     return key
 

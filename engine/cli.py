@@ -97,7 +97,8 @@ def schema(output: Annotated[Path | None, typer.Option("-o", "--output")] = None
     text = json.dumps(recipe_json_schema(), indent=2)
     if output:
         if output.is_dir():
-            raise ConfigError(f"-o {output}: that is a folder; expected a file name (e.g. {output / 'recipe.schema.json'})")
+            raise ConfigError(f"-o {output}: that is a folder; expected a file name "
+                              f"(e.g. {output / 'recipe.schema.json'})")
         if output.parent.exists() and not output.parent.is_dir():
             raise ConfigError(f"-o {output}: {output.parent} is a file, not a folder; write the schema "
                               "elsewhere")

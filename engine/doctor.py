@@ -15,7 +15,6 @@ live process holds them (the flock locks of entries and ingest staging say which
 
 from __future__ import annotations
 
-import logging
 import posixpath
 import re
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from .names import LAKE_CATALOG_FILE, ZONES, entry_name_problem
 from .resume import RESUME_DIR
 from .storage import PROVENANCE_KEY, PUBLISH_DIR, TMP_DIR, Lake
 
-log = logging.getLogger(__name__)
 KEPT_TMP = {RESUME_DIR, PUBLISH_DIR, "checkpoints"}  # resumable work, and records (checked apart)
 _RETIRED = re.compile(r"retired-(?P<zone>[a-z]+)-(?P<flat>.+)-[0-9a-f]{12}")
 
@@ -81,7 +79,6 @@ def _fix(lake: Lake, finding: Finding, repair: bool, key: str | None, action: Ca
         finding.remedy += f" (not now: {exc})"
         return
     finding.repaired = True
-    log.info("repaired %s: %s", finding.where, finding.remedy)
 
 
 def _relative(lake: Lake, path: str) -> str:
@@ -159,8 +156,9 @@ def _stores(lake: Lake, repair: bool) -> list[Finding]:
     except CatalogError:
         listed = None  # reported (and not repaired) by _catalog_file: nothing to compare with
     no_catalog = "" if lake.fs.exists(lake.path(LAKE_CATALOG_FILE)) else " (there is no catalog.yaml)"
+    pending = {record.key for record in _records(lake)}  # settling their publish comes first
     findings = []
-    on_disk = _stores_on_disk(lake)
+    on_disk = {key: path for key, path in _stores_on_disk(lake).items() if key not in pending}
     for key, path in on_disk.items():
         damage = _damage(lake, path)
         if damage:
@@ -174,7 +172,7 @@ def _stores(lake: Lake, repair: bool) -> list[Finding]:
             findings.append(finding)
     for key, entry in (listed or {}).items():
         fs, path = filesystem_for(entry.url, lake)
-        if key in on_disk or fs.exists(f"{path}/zarr.json"):
+        if key in on_disk or key in pending or fs.exists(f"{path}/zarr.json"):
             continue
         if fs.exists(path) and fs.find(path):
             findings.append(Finding("damaged store", key, f"{entry.url} holds files but no root zarr.json",
@@ -192,8 +190,9 @@ def _tmp_leftovers(lake: Lake, repair: bool) -> list[Finding]:
     """What killed ingests and runs left in .tmp/ (and half-written catalog files) that no live
     process holds: ingest staging whose lock is free; anything else only while no writer runs."""
     busy = _busy(lake)
+    staged = {record.staged for record in _records(lake)}  # their publish's to settle first
     findings = []
-    for path in _leftovers(lake):
+    for path in sorted(set(_leftovers(lake)) - staged - {f"{path}.lock" for path in staged}):
         lock = Path(path if path.endswith(".lock") else f"{path}.lock")  # an ingest's staging lock
         if lake.is_local and lock.exists():
             if is_held(lock):

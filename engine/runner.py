@@ -41,6 +41,7 @@ from .progress import DaskProgress
 from .projection import project, refuse_over_budget
 from .reports import draw_plot, report_path
 from .resume import StagedOutput, discard_other_attempts, stage_output, staging_root
+from .zarr_io import settle_background_writes
 
 KEY_LIBRARIES = ("numpy", "dask", "xarray", "zarr")
 
@@ -147,12 +148,17 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
 
 
 def _refuse_unwritable_lake(plan: Plan) -> None:
-    """Before any lock, staging or computing: refuse outputs that would be written through a link
-    out of the lake, and a lake catalog that could not list them (a CatalogError naming it)."""
+    """Before any lock, staging or computing: refuse outputs whose store, staging area or plots
+    would be written through a link out of the lake, and a lake catalog that could not list them
+    (a CatalogError naming it). Locks check their own folder before they create anything."""
+    lake = plan.lake
+    for step in plan.stale_outputs:
+        lake.new_entry_path(step.zone, step.name)
+        staging_root(lake, step.zone, step.name, step.token)
+        for path in _report_paths(plan, step):
+            lake.writable(path)
     if plan.stale_outputs:
-        for step in plan.stale_outputs:
-            plan.lake.new_entry_path(step.zone, step.name)
-        editable_lake_catalog(plan.lake)
+        editable_lake_catalog(lake)
 
 
 def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: bool,
@@ -192,6 +198,7 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
                           known_digests=item.digests())
             item.remove()
     except Exception:
+        settle_background_writes()
         for step in stale:  # (and the one whose layout failed half way: it is not in `staged`)
             lake.discard(staging_root(lake, step.zone, step.name, step.token))
         raise

@@ -1,8 +1,11 @@
 """The lake: a zarr tree under one root URL, with zones, atomic publishing and provenance.
 
 Every write goes to `.tmp/` first and becomes visible by a rename, so a crashed run never leaves a
-half-written entry where a reader (or the catalog) could find it. Each published store carries its
-content token and provenance in the zarr attributes under the key `replicalake`.
+half-written entry where a reader (or the catalog) could find it; a publish is recorded before it
+moves anything (PublishRecord), so a kill between its steps can be finished or undone. Every path
+written goes through `Lake.writable`, which refuses to write through a link out of the lake. Each
+published store carries its content token and provenance in the zarr attributes under the key
+`replicalake`.
 """
 
 from __future__ import annotations

@@ -93,3 +93,22 @@ def lay_out(dataset: xr.Dataset, url: str, storage_options: dict | None = None,
 def lazy_variables(dataset: xr.Dataset) -> list[str]:
     """Names of the variables whose data is a dask array (the ones stored chunk by chunk)."""
     return [str(name) for name, var in dataset.variables.items() if isinstance(var.data, da.Array)]
+
+
+def settle_background_writes(timeout: float = 60.0) -> None:
+    """Wait until zarr has no write in flight: call before removing a store a failed write left.
+
+    zarr runs the writes of one call (a store's metadata files, the chunks of a region) at once
+    on its own event loop; when one fails (a full disk) the call raises straight away while the
+    others go on, and those may make folders and files again in a store already discarded.
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def others_done() -> None:
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    sync(others_done())

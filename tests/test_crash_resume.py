@@ -68,7 +68,7 @@ def chunk_records(lake: Lake) -> list[Path]:
     return sorted((Path(lake.root) / ".tmp" / "resume").glob("*/chunks/a/*"))
 
 
-def wait_for(condition, seconds: float = 60.0) -> None:
+def wait_for(condition, seconds: float = 180.0) -> None:  # (includes starting a process under load)
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:

@@ -68,7 +68,7 @@ def scheduler_address(tmp_path):
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = None
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine starts processes slowly
         while not scheduler_file.exists():
             assert time.monotonic() < deadline, "the dask scheduler did not start"
             time.sleep(0.1)
@@ -76,8 +76,8 @@ def scheduler_address(tmp_path):
         worker = subprocess.Popen([bin_dir / "dask", "worker", address, "--nworkers", "2", "--nthreads", "1",
                                    "--no-dashboard", "--host", "127.0.0.1"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+        with Client(address, timeout=120) as client:
+            client.wait_for_workers(2, timeout=180)
         yield address
     finally:
         for process in (worker, scheduler):

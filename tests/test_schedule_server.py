@@ -9,6 +9,7 @@ with the status the run gave it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -28,8 +29,10 @@ from tests.test_cli import replicalake
 from tests.test_flows import closed_port, prefect_env, prefect_settings
 from tests.test_graph import RECIPE
 
-SERVER_START_TIMEOUT_S = 120
-RUNS_TIMEOUT_S = 120
+SERVER_START_TIMEOUT_S = 180
+RUNS_TIMEOUT_S = 180
+API_REQUEST_TIMEOUT_S = 30  # one request to the server
+API_PATIENCE_S = 180  # how long a read is retried (api)
 # Two outputs over two sources: changing raw/ramp must recompute from_ramp and never from_other.
 TWO_SOURCES = """\
 version: 1
@@ -53,12 +56,26 @@ schedule: {interval: 2}
 """
 
 
-def api(url: str, path: str, body: dict | None = None):
-    """GET (or POST `body` as JSON to) the Prefect REST API; the decoded JSON answer."""
+def api(url: str, path: str, body: dict | None = None, patience: float = API_PATIENCE_S):
+    """GET (or POST `body` as JSON to) the Prefect REST API; the decoded JSON answer.
+
+    Every call here only reads (filters are POSTs that change nothing), so a request that times
+    out or loses its connection (a server stalled by a loaded machine) is sent again until
+    `patience` seconds have passed; an HTTP error is the server's answer and is raised at once.
+    """
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    deadline = time.monotonic() + patience
+    while True:
+        request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=API_REQUEST_TIMEOUT_S) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError:
+            raise
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def wait_for(condition, timeout: float, what: str, log: Path | None = None):
@@ -94,8 +111,8 @@ def stop(process: subprocess.Popen) -> None:
 
 def healthy(url: str) -> bool:
     try:
-        return api(url, "/health") is True
-    except (OSError, ValueError):
+        return api(url, "/health", patience=0) is True  # (one try: wait_for polls it)
+    except (OSError, ValueError, http.client.HTTPException):
         return False
 
 

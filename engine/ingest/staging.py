@@ -25,7 +25,7 @@ from ..catalog import editable_lake_catalog, publish_entry
 from ..memory import limit_heap_fragmentation
 from ..progress import make_progress
 from ..storage import Lake
-from ..zarr_io import write_template
+from ..zarr_io import settle_background_writes, write_template
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -122,6 +122,7 @@ def staged_entry(lake: Lake, zone: str, name: str) -> Iterator[StagedEntry]:
             yield stage
         except BaseException:
             if stage.started:
+                settle_background_writes()
                 lake.discard(stage.path)
             raise
 
