@@ -3,7 +3,7 @@ with `--repair` a consistent lake again, without ever deleting a complete, verif
 
 Why a command of its own: `verify` checks the bytes of what the catalog lists, so it cannot see
 what the catalog does not (a store on disk it misses, a lost catalog), nor what killed processes
-left in `.tmp/`. The doctor looks at the lake from disk: publishes cut short, the catalog file,
+left in `.tmp/`. The doctor looks at the lake from disk: the catalog file, publishes cut short,
 retired copies, every store (listed or not, whole or not), `.tmp/` leftovers and links out.
 Each check repairs what it found before the next one looks, so later checks see the repaired
 lake (a retired copy put back into place is then listed like any unlisted store).
@@ -60,8 +60,11 @@ class Finding:
 
 def examine(lake: Lake, repair: bool = False) -> list[Finding]:
     """Every inconsistency of the lake, each repaired (where it can be) when `repair`."""
+    if not lake.fs.isdir(lake.root):
+        raise LakeError(f"no lake at {lake.root_url!r}: expected a folder holding its zones and "
+                        "catalog.yaml (`replicalake init` makes one)")
     findings: list[Finding] = []
-    for check in (_interrupted_publishes, _catalog_file, _retired_copies, _stores, _tmp_leftovers,
+    for check in (_catalog_file, _interrupted_publishes, _retired_copies, _stores, _tmp_leftovers,
                   _links_out):
         findings += check(lake, repair)
     return findings
@@ -86,6 +89,21 @@ def _relative(lake: Lake, path: str) -> str:
 
 
 # -- the checks, in the order they run ---------------------------------------------------------
+def _catalog_file(lake: Lake, repair: bool) -> list[Finding]:
+    """A catalog file that cannot be read is moved aside; the store check then lists every store again."""
+    try:
+        read_lake_catalog(lake)
+    except CatalogError as exc:
+        path = lake.path(LAKE_CATALOG_FILE)
+        aside = f"{path}.unreadable-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+        finding = Finding("unreadable catalog", LAKE_CATALOG_FILE, " ".join(str(exc).split()),
+                          f"move it aside to {_relative(lake, aside)} and list every whole store in a new "
+                          "catalog", True)
+        _fix(lake, finding, repair, "catalog", partial(lake.fs.mv, path, aside))
+        return [finding]
+    return []
+
+
 def _interrupted_publishes(lake: Lake, repair: bool) -> list[Finding]:
     """Publishes a killed ingest or run left half done (their records in .tmp/publish/)."""
     try:
@@ -103,21 +121,6 @@ def _interrupted_publishes(lake: Lake, repair: bool) -> list[Finding]:
         _fix(lake, finding, repair, record.key, partial(settle_publish, lake, record))
         findings.append(finding)
     return findings
-
-
-def _catalog_file(lake: Lake, repair: bool) -> list[Finding]:
-    """A catalog file that cannot be read is moved aside; the store check then lists every store again."""
-    try:
-        read_lake_catalog(lake)
-    except CatalogError as exc:
-        path = lake.path(LAKE_CATALOG_FILE)
-        aside = f"{path}.unreadable-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
-        finding = Finding("unreadable catalog", LAKE_CATALOG_FILE, " ".join(str(exc).split()),
-                          f"move it aside to {_relative(lake, aside)} and list every whole store in a new "
-                          "catalog", True)
-        _fix(lake, finding, repair, "catalog", lambda: lake.fs.mv(path, aside))
-        return [finding]
-    return []
 
 
 def _retired_copies(lake: Lake, repair: bool) -> list[Finding]:

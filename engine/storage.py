@@ -36,7 +36,8 @@ _JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool
 
 @dataclass(frozen=True)
 class PublishRecord:
-    """A publish in progress, written before anything moves (paths relative to the lake root).
+    """A publish in progress, written to .tmp/publish/ before anything moves (its paths relative to
+    the lake root, so a lake moved or mounted elsewhere still settles).
 
     Why: a publish is several steps (move the old version aside, move the new one in, list it
     in the catalog, drop the old one), and a process killed between two of them would leave an

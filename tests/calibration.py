@@ -18,11 +18,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
+from engine.recipe import load_recipe
+
 # The quantiles of a 68% band (the one-sigma interval of a Gaussian, rounded as NNPDF does).
 BAND = (0.16, 0.84)
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def shipped_params(recipe: str, step_id: str, **changes) -> dict:
+    """A shipped recipe's params for one step, with `changes` on top: a calibration runs the
+    recipe's ops with its settings, so what it measures is what the recipe ships."""
+    steps = load_recipe(RECIPES / recipe).recipe.steps
+    return {**next(step.params for step in steps if step.id == step_id), **changes}
 
 
 @dataclass(frozen=True)
@@ -121,13 +132,71 @@ def assert_calibrated(result: Calibration, coverage_tolerance: float = 0.07,
     must be at least two standard errors of its pooled figure, otherwise the fault is too few
     seeds, and this says so instead of passing or failing by luck.
     """
-    for name, error, tolerance in (("coverage", result.coverage_error, coverage_tolerance),
-                                   ("RMS pull", result.rms_pull_error, pull_tolerance)):
-        assert 2 * error <= tolerance, (
-            f"pooled {name} is known only to +-{error:.3f}, too loose for a +-{tolerance} bound: "
-            f"pool more seeds ({result})")
-    assert abs(result.coverage - result.expected_coverage) <= coverage_tolerance, (
-        f"coverage is not within +-{coverage_tolerance} of a calibrated ensemble's: {result}")
-    assert abs(result.rms_pull - result.expected_rms_pull) <= pull_tolerance, (
-        f"RMS pull is not within +-{pull_tolerance} of a calibrated ensemble's: {result}")
+    for check in (("coverage", result.coverage, result.coverage_error, result.expected_coverage,
+                   coverage_tolerance),
+                  ("RMS pull", result.rms_pull, result.rms_pull_error, result.expected_rms_pull,
+                   pull_tolerance)):
+        _assert_resolved_and_close(*check, result)
     assert result.kept_fraction >= min_kept, f"fewer than {min_kept:.0%} of replicas kept: {result}"
+
+
+def _assert_resolved_and_close(name: str, value: float, error: float, expected: float,
+                               tolerance: float, result: object) -> None:
+    """value within +-tolerance of expected, and known well enough (2 errors <= tolerance) to say."""
+    assert 2 * error <= tolerance, (
+        f"pooled {name} is known only to +-{error:.3f}, too loose for a +-{tolerance} bound: "
+        f"pool more seeds ({result})")
+    assert abs(value - expected) <= tolerance, (
+        f"{name} is not within +-{tolerance} of a calibrated ensemble's: {result}")
+
+
+@dataclass(frozen=True)
+class BiasVariance:
+    """NNPDF's closure estimator over level-1 seeds: sqrt(mean bias / mean variance)."""
+
+    seeds: int
+    ratio: float
+    error: float
+    expected: float
+
+    def __str__(self) -> str:
+        return (f"{self.seeds} seeds: sqrt(bias / variance) {self.ratio:.3f} +- {self.error:.3f} "
+                f"(calibrated: {self.expected:.3f})")
+
+
+def seed_bias_variance(replicas: np.ndarray, truth: np.ndarray, covariance: np.ndarray) -> tuple[float, float]:
+    """One seed's (bias, variance) in data space, as NNPDF's closure tests define them.
+
+    bias: the chi2 of the replica mean against the truth's predictions; variance: the mean over the
+    (R, n) replicas of each one's chi2 against the replica mean (1/R, as validphys); both with the
+    experimental covariance and not divided by n (only their ratio is read). Why data space: the
+    covariance weighs each direction by how well the data measure it, so a fit is judged where the
+    data speak, whatever the correlations of its points.
+    """
+    factor = np.linalg.cholesky(covariance)
+    mean = replicas.mean(0)
+    bias = np.linalg.solve(factor, mean - truth)
+    spread = np.linalg.solve(factor, (replicas - mean).T)
+    return float(bias @ bias), float((spread**2).sum(0).mean())
+
+
+def pooled_bias_variance(bias: Sequence[float], variance: Sequence[float], replicas: int) -> BiasVariance:
+    """sqrt(E[bias] / E[variance]) over seeds (arXiv:2111.05787's R_bv), error from the seed scatter.
+
+    Calibrated value at finite R (the model of `expected_for_calibrated`): the replica mean carries
+    1/R of the spread of its own and the 1/R variance misses 1/R of it, so sqrt((R + 1) / (R - 1)),
+    1.05 at R = 20, not 1. Error: the delta method for a ratio of means, over seeds.
+    """
+    b, v = np.asarray(bias, float), np.asarray(variance, float)
+    if b.size < 3 or b.shape != v.shape:
+        raise ValueError(f"pooling needs bias and variance of at least 3 seeds, got {b.size} and {v.size}")
+    ratio = b.sum() / v.sum()
+    ratio_error = np.sqrt(np.sum((b - ratio * v) ** 2) * b.size / (b.size - 1)) / v.sum()
+    return BiasVariance(b.size, float(np.sqrt(ratio)), float(ratio_error / (2 * np.sqrt(ratio))),
+                        float(np.sqrt((replicas + 1) / (replicas - 1))))
+
+
+def assert_bias_variance(result: BiasVariance, tolerance: float = 0.2) -> None:
+    """The pooled sqrt(bias / variance) within +-tolerance of a calibrated ensemble's, resolved."""
+    _assert_resolved_and_close("sqrt(bias / variance)", result.ratio, result.error, result.expected,
+                               tolerance, result)

@@ -517,3 +517,17 @@ def test_the_corpus_damaged_lakes_are_left_byte_identical(ramp_lake, monkeypatch
         before = tree_hash(folder)
         assert replicalake(monkeypatch, capsys, *args)[0] == 1, case
         assert tree_hash(folder) == before, case
+
+
+def test_doctor_on_a_folder_that_is_no_lake_says_so(tmp_path, monkeypatch, capsys):
+    code, _, err = replicalake(monkeypatch, capsys, "doctor", "--lake", tmp_path / "nowhere")
+    assert code == 1 and f"no lake at '{tmp_path / 'nowhere'}'" in message(err)
+
+
+def test_doctor_repairs_a_killed_publish_in_a_lake_whose_catalog_is_unreadable(ramp_lake, monkeypatch,
+                                                                                 capsys):
+    republish_and_die(ramp_lake, monkeypatch, "new version moved in, not listed", name="fresh")
+    Path(ramp_lake.path("catalog.yaml")).write_text("version: [2]\n")
+    code, out = doctor(monkeypatch, capsys, "--repair")
+    assert code == 0 and "the lake is consistent (3 problems repaired)" in out
+    assert set(read_lake_catalog(ramp_lake).entries) == {"raw/ramp", "raw/fresh"}

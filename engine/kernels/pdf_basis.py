@@ -85,12 +85,20 @@ def targets_of(target_index: np.ndarray) -> tuple[str, ...]:
     return tuple(TARGETS[i] for i in sorted(set(np.asarray(target_index, int).tolist())))
 
 
-def draw_preprocessing(basis: tuple[str, ...], replica_ids: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """alpha, beta (R, n_basis) drawn uniformly in each function's range, seeded per replica."""
+def draw_preprocessing(basis: tuple[str, ...], replica_ids: np.ndarray, seed: int,
+                       shared: bool = False) -> dict[str, np.ndarray]:
+    """alpha, beta (R, n_basis) drawn uniformly in each function's range, seeded per replica.
+
+    shared=True gives every replica the draw of replica 0. Why: exponents drawn per replica (NNPDF's
+    way of sampling the functional form) add a scatter between replicas that no data fluctuation
+    causes and that the replica mean averages away, so the band overstates the mean's error where
+    data constrain the PDF; the pooled closure measured bias/variance 0.72 and RMS pull 0.68 with
+    them, both calibrated with one draw for all (README, PDF fits).
+    """
     alpha = np.empty((len(replica_ids), len(basis)))
     beta = np.empty_like(alpha)
     for k, replica in enumerate(replica_ids):
-        rng = np.random.default_rng([seed, int(replica), 7])
+        rng = np.random.default_rng([seed, 0 if shared else int(replica), 7])
         for j, name in enumerate(basis):
             (a_low, a_high), (b_low, b_high) = PREPROCESSING[name]
             alpha[k, j], beta[k, j] = rng.uniform(a_low, a_high), rng.uniform(b_low, b_high)

@@ -77,6 +77,7 @@ class PdfFitConfig:
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int | None = None
+    preprocessing: str = "per_replica"  # or "shared": pdf_basis.draw_preprocessing says why
 
 
 def build_model(r: int, config: PdfFitConfig, device) -> EnsembleMLP:
@@ -84,7 +85,8 @@ def build_model(r: int, config: PdfFitConfig, device) -> EnsembleMLP:
     return EnsembleMLP(r, fit_sizes(config.basis, config.hidden), list(config.activations),
                        seed=config.seed, device=device, input_transform=FIT_INPUT_TRANSFORM,
                        output_transform=FIT_OUTPUT_TRANSFORM,
-                       replica_params=draw_preprocessing(config.basis, ids, config.seed))
+                       replica_params=draw_preprocessing(config.basis, ids, config.seed,
+                                                         shared=config.preprocessing == "shared"))
 
 
 def _plus_rotation(basis: tuple[str, ...]) -> np.ndarray:

@@ -408,7 +408,11 @@ class AxisParams(_Params):
 
     @property
     def bin_count(self) -> int:
-        return len(self.edges) - 1 if self.edges is not None else self.bins
+        """Bins of the axis, without building its edges (a valid axis has edges or bins)."""
+        if self.edges is not None:
+            return len(self.edges) - 1
+        assert self.bins is not None
+        return self.bins
 
 
 class HistogramParams(_Params):

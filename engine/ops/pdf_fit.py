@@ -223,6 +223,9 @@ class FitParams(TrainingParams, GridParams):
     basis: list[str] = Field(["Sigma", "T3"], description="fitted evolution-basis functions")
     hidden: Widths = Field([25, 20], description="hidden layer widths (NNPDF4.0: 25, 20)")
     positivity: PositivityParams = PositivityParams()
+    preprocessing: Literal["per_replica", "shared"] = Field(
+        "per_replica", description="per_replica: exponents alpha, beta drawn per replica (NNPDF); "
+        "shared: one draw for all, whose bands are calibrated (kernels.pdf_basis.draw_preprocessing)")
     target: str = "pseudodata"
     mask: str = "training_mask"
     covariance: str = "covariance"
@@ -247,7 +250,7 @@ def _config(params: FitParams):
                         OptimiserConfig(**params.optimiser.model_dump()),
                         StoppingConfig(**params.stopping.model_dump()),
                         PositivityConfig(**params.positivity.model_dump()), params.validation_every,
-                        params.seed, params.device, params.checkpoint_every)
+                        params.seed, params.device, params.checkpoint_every, params.preprocessing)
 
 
 def _fit(fk, target_index, pseudodata, mask, covariance, params: FitParams, context: StepContext):

@@ -22,11 +22,11 @@ from engine.ops.replicas import (
     train,
 )
 from engine.ops.replicas import summary as replicas_summary
-from engine.recipe import load_recipe
 from engine.registry import StepContext
 from engine.storage import Lake
 from engine.testing import put_in_lake, raise_if_computes
 from tests.calibration import BAND, SeedBands, assert_calibrated, pooled
+from tests.calibration import shipped_params as recipe_params
 from tests.conftest import REPO, lake_files
 
 FAST = {"replicas: 50": "replicas: 30", "epochs: 4000": "epochs: 2500"}
@@ -66,8 +66,7 @@ CALIBRATION_REPLICAS = 30
 
 def shipped_params(step_id: str, **changes) -> dict:
     """The shipped closure recipe's params for one step, with `changes` on top."""
-    steps = load_recipe(REPO / "recipes" / "replicas_closure_1d.yaml").recipe.steps
-    return {**next(step.params for step in steps if step.id == step_id), **changes}
+    return recipe_params("replicas_closure_1d.yaml", step_id, **changes)
 
 
 def closure_bands(seeds, folder, normalisation: float) -> list[SeedBands]:
