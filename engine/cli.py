@@ -375,7 +375,8 @@ EXTRA_OF_PACKAGE = {
 
 
 def main() -> None:
-    """Console entry point: run the app, turning our errors into a message and exit code 1."""
+    """Console entry point: run the app, turning our errors, and the machine's (MACHINE_ERRORS: a
+    read-only or full disk), into one line and exit code 1."""
     import logging
 
     from rich.logging import RichHandler
@@ -384,6 +385,7 @@ def main() -> None:
     if not engine_log.handlers:  # progress of long steps (training) goes to stderr
         engine_log.addHandler(RichHandler(console=err, show_path=False))
         engine_log.setLevel(logging.INFO)
+    _LAKES_USED.clear()
     try:
         app()
     except ReplicaLakeError as exc:
