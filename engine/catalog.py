@@ -27,10 +27,16 @@ from .errors import CatalogError, Problem, did_you_mean
 from .integrity import read_manifest
 from .locks import LockError, catalog_lock, file_lock, output_locks
 from .names import LAKE_CATALOG, LAKE_CATALOG_FILE, catalog_name_problem
-from .recipe import parse_yaml
+from .recipe import MAX_YAML_BYTES, parse_yaml
 from .storage import PROVENANCE_KEY, Lake, PublishRecord, listing_token, store_attributes
 
 log = logging.getLogger(__name__)
+
+# The lake's own catalog grows by ~460 bytes an entry, so the 1 MiB limit for hand-written files
+# would refuse a lake of ~2,000 entries; 16 MiB holds ~36,000. Reading it is pure-Python YAML
+# (~40 KB/s), so a lake that large pays seconds per command.
+LAKE_CATALOG_MAX_BYTES = 16 * MAX_YAML_BYTES
+
 READER = "intake.readers.readers:XArrayDatasetReader"
 DATATYPE = "intake.readers.datatypes:Zarr"
 _DATA_REF = re.compile(r"^\{data\((?P<key>[^)]+)\)\}$")
@@ -62,9 +68,10 @@ class Catalog:
         return self.entries[name]
 
 
-def parse_catalog(text: str, path: str, name: str, substitutions: dict[str, str]) -> Catalog:
+def parse_catalog(text: str, path: str, name: str, substitutions: dict[str, str],
+                  max_bytes: int = MAX_YAML_BYTES) -> Catalog:
     """Parse an Intake 2 catalog text into entries with resolved URLs."""
-    data, lines = parse_yaml(text, path, CatalogError)
+    data, lines = parse_yaml(text, path, CatalogError, max_bytes)
     problems: list[Problem] = []
     if not isinstance(data, dict) or data.get("version") != 2:
         found = data.get("version") if isinstance(data, dict) else type(data).__name__
@@ -141,7 +148,8 @@ def read_lake_catalog(lake: Lake) -> Catalog:
 
 def _parse_lake_catalog(lake: Lake, text: str, url: str) -> Catalog:
     root = lake.url(lake.root)
-    return parse_catalog(text, url, LAKE_CATALOG, {"CATALOG_DIR": root, "lake": root})
+    return parse_catalog(text, url, LAKE_CATALOG, {"CATALOG_DIR": root, "lake": root},
+                         LAKE_CATALOG_MAX_BYTES)
 
 
 def _lake_catalog_text(lake: Lake) -> tuple[str | None, str]:
@@ -207,7 +215,7 @@ def editable_lake_catalog(lake: Lake) -> dict[str, Any]:
     if text is None:
         return _empty_lake_catalog()
     _parse_lake_catalog(lake, text, url)  # the structure every catalog must have, with file and line
-    doc = parse_yaml(text, url, CatalogError)[0]  # plain data only, tags refused
+    doc = parse_yaml(text, url, CatalogError, LAKE_CATALOG_MAX_BYTES)[0]  # plain data only, tags refused
     for section in ("data", "entries", "aliases"):
         doc[section] = doc.get(section) or {}
     return doc

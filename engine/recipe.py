@@ -192,16 +192,17 @@ def _dotted(loc: tuple) -> str | None:
     return text
 
 
-def _line_map(node: Node, path: str, error: type[ProblemsError]) -> LineMap:
+def _line_map(node: Node, path: str, error: type[ProblemsError],
+              max_nodes: int = MAX_YAML_NODES) -> LineMap:
     """Map every key path of a composed YAML tree to its 1-based line, refusing foreign tags."""
     lines = LineMap(path)
-    budget = [MAX_YAML_NODES]
+    budget = [max_nodes]
 
     def walk(current: Node, loc: tuple) -> None:
         budget[0] -= 1
         if budget[0] < 0:
             raise error(
-                [Problem(f"YAML expands to more than {MAX_YAML_NODES} nodes (anchors/aliases?); "
+                [Problem(f"YAML expands to more than {max_nodes} nodes (anchors/aliases?); "
                          "expected a recipe of ordinary size", path, current.start_mark.line + 1)],
                 "YAML",
             )
@@ -248,21 +249,21 @@ def _deep_line(text: str) -> int | None:
     return None
 
 
-def _size_problem(size: int, path: str) -> Problem | None:
-    if size <= MAX_YAML_BYTES:
+def _size_problem(size: int, path: str, limit: int = MAX_YAML_BYTES) -> Problem | None:
+    if size <= limit:
         return None
-    return Problem(f"the file is {size} bytes; expected a YAML file of at most {MAX_YAML_BYTES} bytes "
-                   f"({MAX_YAML_BYTES / 2**20:g} MiB)", path)
+    return Problem(f"the file is {size} bytes; expected a YAML file of at most {limit} bytes "
+                   f"({limit / 2**20:g} MiB)", path)
 
 
-def parse_yaml(text: str, path: str,
-               error: type[ProblemsError] = RecipeError) -> tuple[Any, LineMap]:
+def parse_yaml(text: str, path: str, error: type[ProblemsError] = RecipeError,
+               max_bytes: int = MAX_YAML_BYTES) -> tuple[Any, LineMap]:
     """Safely parse YAML text; return (data, line map). Raises `error` naming the line.
 
-    Text over MAX_YAML_BYTES is refused before parsing, nesting over MAX_YAML_DEPTH before it
+    Text over `max_bytes` is refused before parsing, nesting over MAX_YAML_DEPTH before it
     can exhaust the stack, so a hostile file costs seconds, not minutes or a traceback.
     """
-    too_big = _size_problem(len(text.encode()), path)
+    too_big = _size_problem(len(text.encode()), path, max_bytes)
     if too_big:
         raise error([too_big], "YAML")
     yaml = YAML(typ="safe", pure=True)
@@ -273,7 +274,9 @@ def parse_yaml(text: str, path: str,
             raise error([_too_deep(path, _deep_line(text))], "YAML") from None
         if node is None:
             raise error([Problem("the file is empty; expected a mapping", path, 1)], "YAML")
-        lines = _line_map(node, path, error)  # refuses tags and alias bombs before loading
+        # Nodes in proportion to the size allowed: a larger file (the lake's catalog) may hold
+        # more, aliases still may not multiply them. Refuses tags and alias bombs before loading.
+        lines = _line_map(node, path, error, MAX_YAML_NODES * max(1, max_bytes // MAX_YAML_BYTES))
         data = YAML(typ="safe", pure=True).load(text)  # duplicate keys are found only here
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

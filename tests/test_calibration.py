@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.calibration import BAND, SeedBands, assert_calibrated, pooled
+from tests.calibration import (
+    BAND,
+    SeedBands,
+    assert_bias_variance,
+    assert_calibrated,
+    pooled,
+    pooled_bias_variance,
+    seed_bias_variance,
+)
 
 
 def toy_seeds(width: float, n_seeds: int = 20, points: int = 60, replicas: int = 30) -> list[SeedBands]:
@@ -37,3 +45,20 @@ def test_too_few_seeds_for_the_bound_is_said():
     seeds = toy_seeds(1.0, n_seeds=3, points=2)
     with pytest.raises(AssertionError, match="pool more seeds"):
         assert_calibrated(pooled(seeds))
+
+
+@pytest.mark.parametrize("width", [1.0, 1.3, 0.7])
+def test_bias_variance_is_calibrated_only_for_the_right_width(width):
+    """Toy seeds as above, 60 independent points of unit covariance: sqrt(bias / variance) sits at
+    its finite-R value sqrt(31 / 29) = 1.034 for a calibrated ensemble, and fails when too wide or
+    too narrow."""
+    rng = np.random.default_rng(6)
+    seeds = [seed_bias_variance(rng.standard_normal(60) + width * rng.standard_normal((30, 60)),
+                                np.zeros(60), np.eye(60)) for _ in range(20)]
+    result = pooled_bias_variance(*zip(*seeds), replicas=30)
+    if width == 1.0:
+        assert abs(result.ratio - 1.034) < 0.03
+        assert_bias_variance(result)
+    else:
+        with pytest.raises(AssertionError, match="bias / variance.* is not within"):
+            assert_bias_variance(result)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import xarray as xr
 
 from engine import registry
-from engine.errors import RecipeError
+from engine.errors import OpError, RecipeError
 from engine.graph import compile_recipe
+from engine.ops.core import SelectParams, select
 from engine.projection import BASELINE_BYTES
 from engine.testing import raise_if_computes
 from tests.conftest import lake_files
@@ -121,6 +124,13 @@ def test_op_checks_name_the_step(ramp_lake, write_recipe):
         compile_text(write_recipe, ramp_lake, RECIPE.replace("dims: [x]", "dims: [z]"))
     with pytest.raises(RecipeError, match=r"range \[20.0, 30.0\] of 'y' selects nothing"):
         compile_text(write_recipe, ramp_lake, RECIPE.replace("[2, 5]", "[20, 30]"))
+
+
+def test_a_range_on_a_dim_without_coordinate_is_an_op_check_not_a_traceback():
+    data = xr.Dataset({"a": (("y", "x"), np.zeros((3, 4)))})
+    with pytest.raises(OpError, match="dim 'x' has no coordinate, so a range of values cannot select"):
+        select(SelectParams(ranges={"x": (0, 1)}), data)
+    assert select(SelectParams(labels={"x": [1, 2]}), data).sizes["x"] == 2
 
 
 def test_tokens_change_with_params_and_only_downstream(ramp_lake, write_recipe):

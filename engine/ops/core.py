@@ -97,6 +97,9 @@ def select(params: SelectParams, data: xr.Dataset) -> xr.Dataset:
         require_variables(data, params.variables)
         data = data[params.variables]
     for dim, (low, high) in params.ranges.items():
+        if dim not in data.coords:  # a range is in coordinate units: an index-only dim has none
+            raise OpError(f"dim {dim!r} has no coordinate, so a range of values cannot select on it; "
+                          f"select positions with labels instead")
         coord = data[dim]
         if len(coord) and coord[0] > coord[-1]:  # descending coordinate: slice high -> low
             low, high = high, low

@@ -94,7 +94,7 @@ def test_small_run_learns_the_ratio_and_the_interval(small):
     # q is -2 Delta log L, zero at its minimum by construction; where that minimum sits is the
     # NN's best fit, which must be the exact likelihood's (measured 0.01 apart = 0.09 sigma) and
     # inside the scanned grid (q at both ends far above the 95% line).
-    best = {m: float(bounds["c1"][bounds[f"q_{m}"].argmin()]) for m in ("nn", "exact")}
+    best = {m: float(bounds["c1"][int(np.argmin(bounds[f"q_{m}"].values))]) for m in ("nn", "exact")}
     assert abs(best["nn"] - best["exact"]) < 0.25 * sigma_of_interval(bounds), best
     assert min(bounds["q_nn"].values[[0, -1]]) > 3.84
     assert (small.root and (small.fs.exists(small.path("reports/derived/lhc-eft-toy/bounds/q_nn.png"))))
