@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,50 @@ app.add_typer(export_app, name="export")
 
 out = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"replicalake {version('replicalake')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="print the version and exit")] = False,
+             ) -> None:
+    pass
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]],
+                caption: str | None = None) -> None:
+    """Every table of the CLI: a rich Table on a terminal; piped or redirected, plain rows a tool
+    can read (`replicalake ops | grep replicas`): a tab-separated header, then one line per row,
+    never wrapped (line breaks inside a cell become '; '), then the title and caption as '# '
+    lines. `--json` gives every field, typed."""
+    if out.is_terminal:
+        table = Table(title=escape(title), caption=escape(caption) if caption else None)
+        for column in columns:
+            table.add_column(escape(column), overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        out.print(table)
+        return
+    lines = ["\t".join(_plain_cell(column, " ") for column in columns)]
+    lines += ["\t".join(_plain_cell(cell) for cell in row) for row in rows]
+    lines += [f"# {_plain_cell(text, ' ')}" for text in (title, caption) if text]
+    print("\n".join(lines), flush=True)
+
+
+def _plain_cell(text: str, joiner: str = "; ") -> str:
+    return joiner.join(part.strip() for part in str(text).splitlines()).replace("\t", " ") or "-"
+
+
+def say(text: str, **kwargs) -> None:
+    """A line of a listing (verify, doctor): wrapped on a terminal, whole when piped."""
+    out.print(text, soft_wrap=not out.is_terminal, **kwargs)
 
 LakeOption = Annotated[str | None, typer.Option(
     "--lake", help="lake root (path or fsspec URL); default $REPLICALAKE_LAKE or ./storage")]
@@ -58,35 +103,73 @@ def init(lake: LakeOption = None) -> None:
 
 
 @app.command()
-def ops(as_json: JsonOption = False) -> None:
-    """List registered ops with their inputs, params and docs."""
-    from .registry import list_ops
+def ops(name: Annotated[str | None, typer.Argument(
+            help="one op to show in full: inputs, every param's type, default, bounds, allowed "
+            "values and description, and its whole doc")] = None,
+        as_json: JsonOption = False) -> None:
+    """List registered ops with their inputs, params and docs (or show one op: `ops NAME`)."""
+    from .registry import get_op, list_ops
 
-    specs = list_ops()
+    specs = [get_op(name)] if name else list_ops()
     if as_json:
-        out.print_json(json.dumps([{"name": s.name, "inputs": s.inputs, "optional_inputs":
-                                    s.optional_inputs, "version": s.version, "doc": s.doc.strip(),
-                                    "params": s.params.model_json_schema()} for s in specs]))
+        found = [{"name": s.name, "inputs": s.inputs, "optional_inputs": s.optional_inputs,
+                  "version": s.version, "doc": s.doc.strip(), "params": s.params.model_json_schema()}
+                 for s in specs]
+        out.print_json(json.dumps(found[0] if name else found))
         return
-    table = Table(title="ops")
-    for column in ("op", "inputs", "params", "what it does"):
-        table.add_column(column, overflow="fold")
+    if name:
+        _show_op(specs[0])
+        return
+    rows = []
     for spec in specs:
         schema = spec.params.model_json_schema().get("properties", {})
-        params = "\n".join(_param_line(name, field, schema.get(name, {}))
-                           for name, field in spec.params.model_fields.items())
-        table.add_row(spec.name, ", ".join(spec.inputs), escape(params) or "-", spec.summary)
-    out.print(table)
+        params = "\n".join(_param_line(param, field, schema.get(param, {}))
+                           for param, field in spec.params.model_fields.items())
+        rows.append((spec.name, ", ".join(spec.inputs), params or "-", spec.summary))
+    print_table("ops (`replicalake ops NAME` shows one in full)",
+                ("op", "inputs", "params", "what it does"), rows)
+
+
+def _show_op(spec) -> None:
+    """`ops NAME`: everything about one op, as plain lines."""
+    import inspect
+
+    schema = spec.params.model_json_schema().get("properties", {})
+    lines = [f"{spec.name} (version {spec.version})", f"inputs: {', '.join(spec.inputs) or 'none'}"]
+    if spec.optional_inputs:
+        lines.append(f"optional inputs: {', '.join(spec.optional_inputs)}")
+    lines.append("params:" if spec.params.model_fields else "params: none")
+    for param, field in spec.params.model_fields.items():
+        lines.append("  " + _param_line(param, field, schema.get(param, {})))
+        description = schema.get(param, {}).get("description") or field.description
+        if description:
+            lines.append(f"      {description}")
+    lines += ["", *(f"  {line}".rstrip() for line in inspect.cleandoc(spec.doc or "(no doc)").splitlines())]
+    for line in lines:
+        say(escape(line), highlight=False)
 
 
 def _param_line(name: str, field, schema: dict) -> str:
-    """'replicas: int = 100 (> 0, <= 10000)': type, default and the bounds of its JSON schema."""
+    """'replicas: int = 100 (> 0, <= 10000)': type, default, the bounds of its JSON schema and,
+    for a Literal, the values it allows ("device: Literal = 'auto' (one of 'auto', 'cpu', 'cuda')")."""
     from .bounds import limits_text
 
     kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
     default = "required" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
-    limits = limits_text(schema)
-    return f"{name}: {kind} {default}" + (f" ({limits})" if limits else "")
+    notes = ", ".join(part for part in (limits_text(schema), _choices_text(schema)) if part)
+    return f"{name}: {kind} {default}" + (f" ({notes})" if notes else "")
+
+
+def _choices_text(schema: dict) -> str:
+    """"one of 'a', 'b'" for a field whose JSON schema lists its values (a Literal), '' for others;
+    "each one of ..." for a list of them."""
+    for branch in [schema, *schema.get("anyOf", [])]:
+        items = branch.get("items") if isinstance(branch.get("items"), dict) else {}
+        for where, prefix in ((branch, ""), (items, "each ")):
+            values = where.get("enum") or ([where["const"]] if "const" in where else None)
+            if values:
+                return prefix + "one of " + ", ".join(map(repr, values))
+    return ""
 
 
 @app.command()
@@ -126,9 +209,14 @@ MaxMemoryOption = Annotated[str | None, typer.Option(
     "refused; default $REPLICALAKE_MAX_MEMORY, else 75% of the machine's RAM")]
 
 
+ForceOption = Annotated[list[str] | None, typer.Option(
+    "--force", metavar="STEP", help="recompute this step's outputs (and those of every step after "
+    "it) although they are up to date; repeatable")]
+
+
 @app.command()
 def plan(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = None,
-         max_memory: MaxMemoryOption = None, as_json: JsonOption = False) -> None:
+         max_memory: MaxMemoryOption = None, force: ForceOption = None, as_json: JsonOption = False) -> None:
     """Show the steps: dims, chunks, bytes, projected peak memory, what is up to date.
 
     Exits 1, after the table, when the run's projected peak is above the memory budget."""
@@ -138,7 +226,7 @@ def plan(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = 
     from .projection import refuse_over_budget
 
     budget = memory_budget(max_memory)
-    compiled = compile_recipe(recipe, _lake(lake), catalogs)
+    compiled = compile_recipe(recipe, _lake(lake), catalogs, force=force or ())
     projection = compiled.projection()
     rows = compiled.rows(projection)
     if as_json:
@@ -146,17 +234,17 @@ def plan(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = 
             "projected_bytes": projection.total_bytes, "threads": projection.threads,
             "max_memory_bytes": budget}}))
     else:
-        table = Table(title=escape(f"plan of {compiled.recipe.name} ({recipe})"), caption=(
-            f"projected peak of the run: {human_bytes(projection.total_bytes)} on "
-            f"{projection.threads} threads (budget {human_bytes(budget)}); est. peak: a step run alone"))
-        for column in ("step", "op", "dims", "chunks", "size", "est. peak", "status"):
-            table.add_column(column, overflow="fold")
+        cells = []
         for row in rows:
             peak = row["projected_peak_bytes"]
-            table.add_row(row["id"], row["op"], _dims_text(row["dims"]), _dims_text(row["chunks"]),
+            cells.append((row["id"], row["op"], _dims_text(row["dims"]), _dims_text(row["chunks"]),
                           human_bytes(row["bytes"]), "-" if peak is None else human_bytes(peak),
-                          escape(row["status"] + (f"\n-> {row['output']}" if row["output"] else "")))
-        out.print(table)
+                          row["status"] + (f"\n-> {row['output']}" if row["output"] else "")))
+        print_table(f"plan of {compiled.recipe.name} ({recipe})",
+                    ("step", "op", "dims", "chunks", "size", "est. peak", "status"), cells,
+                    caption=f"projected peak of the run: {human_bytes(projection.total_bytes)} on "
+                    f"{projection.threads} threads (budget {human_bytes(budget)}); "
+                    "est. peak: a step run alone")
     refuse_over_budget(compiled, projection, budget)
 
 
@@ -179,20 +267,24 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
         verify_inputs: Annotated[bool, typer.Option(
             "--verify-inputs", help="check every byte of the inputs against their checksums first "
             "(reads them twice; default: a listing check of names and sizes)")] = False,
+        replace: Annotated[bool, typer.Option(
+            "--replace", help="publish over outputs another recipe made (refused otherwise: a copied "
+            "recipe keeps the original's output names)")] = False,
+        force: ForceOption = None,
         max_memory: MaxMemoryOption = None, as_json: JsonOption = False) -> None:
     """Compute the recipe's stale outputs and publish them to the lake (resuming a killed run)."""
     if prefect:
         from .flows import run_once
 
-        summary = run_once(recipe, lake, catalogs, scheduler, max_memory)
+        summary = run_once(recipe, lake, catalogs, scheduler, max_memory, replace=replace, force=force)
     else:
         from .graph import compile_recipe
         from .runner import execute
 
-        compiled = compile_recipe(recipe, _lake(lake), catalogs)
+        compiled = compile_recipe(recipe, _lake(lake), catalogs, force=force or ())
         summary = execute(compiled, scheduler=scheduler, progress=progress and not as_json,
                           lock_timeout=lock_timeout, verify_inputs=verify_inputs,
-                          max_memory=max_memory)
+                          max_memory=max_memory, replace=replace)
     if as_json:
         out.print_json(json.dumps(summary.to_dict()))
         return
@@ -202,15 +294,14 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
 def _print_summary(summary) -> None:
     from .plan import human_bytes
 
-    table = Table(title=escape(f"{summary.recipe}: done in {summary.seconds:.1f} s on {summary.scheduler}"))
-    for column in ("output", "status", "size", "peak memory\nmeasured / projected", "reports"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for item in summary.outputs:
         status = item.status + (f"\n({item.chunks_resumed} chunks resumed from a killed run)"
                                 if item.chunks_resumed else "")
-        table.add_row(escape(f"{item.zone}/{item.name}"), status, human_bytes(item.bytes_on_disk),
-                      _memory_text(item.memory), escape("\n".join(item.reports)) or "-")
-    out.print(table)
+        rows.append((f"{item.zone}/{item.name}", status, human_bytes(item.bytes_on_disk),
+                     _memory_text(item.memory), "\n".join(item.reports) or "-"))
+    print_table(f"{summary.recipe}: done in {summary.seconds:.1f} s on {summary.scheduler}",
+                ("output", "status", "size", "peak memory\nmeasured / projected", "reports"), rows)
     if not summary.computed:
         out.print("nothing to compute: every output is up to date")
 
@@ -238,9 +329,9 @@ def verify(names: Annotated[list[str] | None, typer.Argument(
     else:
         for report in reports:
             colour = "green" if report.ok else "red"
-            out.print(f"[{colour}]{report.status}[/{colour}] {escape(report.entry)} ({report.files} files)")
+            say(f"[{colour}]{report.status}[/{colour}] {escape(report.entry)} ({report.files} files)")
             for damage in report.damage:
-                out.print(f"  {escape(damage.location)}: {damage.problem}", highlight=False)
+                say(f"  {escape(damage.location)}: {escape(damage.problem)}", highlight=False)
     if any(not report.ok for report in reports):
         raise typer.Exit(1)
 
@@ -262,8 +353,8 @@ def doctor(lake: LakeOption = None,
         for finding in findings:
             colour, label = (("green", "repaired") if finding.repaired else
                              ("red", "--repair would" if finding.repairable and not repair else "to fix"))
-            out.print(f"[{colour}]{escape(finding.kind)}[/{colour}] {escape(finding.where)}: "
-                      f"{escape(finding.problem)}\n  {label}: {escape(finding.remedy)}", highlight=False)
+            say(f"[{colour}]{escape(finding.kind)}[/{colour}] {escape(finding.where)}: "
+                f"{escape(finding.problem)}\n  {label}: {escape(finding.remedy)}", highlight=False)
         left = sum(not finding.repaired for finding in findings)
         out.print(f"{left} of {len(findings)} problems left" if left else
                   f"the lake is consistent{f' ({len(findings)} problems repaired)' if findings else ''}")
@@ -311,12 +402,8 @@ def catalog_list(name: Annotated[str, typer.Argument(help="catalog stem or 'lake
         out.print_json(json.dumps({n: {"url": e.url, "description": e.description}
                                    for n, e in loaded.entries.items()}))
         return
-    table = Table(title=escape(f"catalog {name} ({loaded.path})"))
-    for column in ("entry", "url", "description"):
-        table.add_column(column, overflow="fold")
-    for entry in loaded.entries.values():
-        table.add_row(escape(entry.name), escape(entry.url), escape(entry.description))
-    out.print(table)
+    print_table(f"catalog {name} ({loaded.path})", ("entry", "url", "description"),
+                [(entry.name, entry.url, entry.description) for entry in loaded.entries.values()])
 
 
 @catalog_app.command("show")
@@ -388,6 +475,12 @@ def main() -> None:
     _LAKES_USED.clear()
     try:
         app()
+    except KeyboardInterrupt:  # outside a command (typer ends one inside with exit 130, silently)
+        _interrupted()
+    except SystemExit as exc:
+        if exc.code == 130 and _caused_by(exc, KeyboardInterrupt):
+            _interrupted()
+        raise
     except ReplicaLakeError as exc:
         err.print("[bold red]error:[/bold red] " + escape(str(exc)), highlight=False)
         sys.exit(1)
@@ -406,6 +499,24 @@ def main() -> None:
             raise
         err.print("[bold red]error:[/bold red] " + escape(message), highlight=False)
         sys.exit(1)
+
+
+def _interrupted() -> None:
+    """Ctrl-C (SIGINT): one line and exit 130, the shell's code for it. A run leaves the chunks it
+    wrote staged (engine/resume.py), so running the same command again resumes from them."""
+    err.print("interrupted; rerun to resume", highlight=False)
+    sys.exit(130)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `exc` or an exception it was raised from or during is a `kind`."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 # OSErrors about the machine, not the input: errno -> (what happened, what to do). main() says

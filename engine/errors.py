@@ -93,5 +93,13 @@ class LakeError(ReplicaLakeError, OSError):
     """The lake is missing something, or a path would leave the lake root."""
 
 
+class OutputConflictError(ReplicaLakeError, FileExistsError):
+    """A run would publish over an output another recipe made (refused unless asked to replace)."""
+
+
+class UnknownEntryError(ReplicaLakeError, KeyError):
+    """A lake entry name that the lake catalog does not list."""
+
+
 class SchedulerError(ReplicaLakeError, ConnectionError):
     """The dask.distributed scheduler a run was pointed at (--scheduler) cannot be reached."""

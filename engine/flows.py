@@ -13,14 +13,25 @@ task per output would compute shared upstream steps again. Only transient I/O er
 retried; a RecipeError or a LakeError (an OSError too, but a missing entry stays missing) fails
 the run at once.
 """
+# ruff: noqa: E402 (Prefect's settings must be set in the environment before it is imported)
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from pathlib import Path
 from typing import Any
+
+# Set before Prefect is imported (it reads its settings then), unless already set: no telemetry.
+# Offline, the ephemeral server's heartbeat to Prefect logs "ERROR | Failed to send telemetry"
+# in the middle of a run that is going fine, and the SDK's usage events try the network too.
+QUIET_PREFECT = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's heartbeat (the ERROR)
+                 "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",  # Prefect Cloud's run spans
+                 "DO_NOT_TRACK": "1"}  # the SDK's usage events (the convention Prefect follows)
+for _name, _value in QUIET_PREFECT.items():
+    os.environ.setdefault(_name, _value)
 
 from prefect import flow, get_client, serve, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -96,10 +107,12 @@ _RETRIED = {**_STAGE, "retries": len(RETRY_DELAYS_S), "retry_delay_seconds": RET
 
 
 @task(name="compile", **_RETRIED)
-def compile_plan(recipe: str, lake: str | None = None, catalogs: str | None = None) -> Plan:
-    """Compile the recipe against the lake as it is now, so this run sees current tokens."""
+def compile_plan(recipe: str, lake: str | None = None, catalogs: str | None = None,
+                 force: list[str] | None = None) -> Plan:
+    """Compile the recipe against the lake as it is now, so this run sees current tokens
+    (`force`: steps to recompute although up to date, as `run --force`)."""
     started = time.perf_counter()
-    plan = compile_recipe(recipe, Lake(lake), catalogs)
+    plan = compile_recipe(recipe, Lake(lake), catalogs, force=force or ())
     stale = [step.id for step in plan.stale_outputs]
     _logger().info("%s: %d of %d outputs to compute%s; compiled in %.2f s", plan.recipe.name,
                    len(stale), len(plan.outputs), f" ({', '.join(stale)})" if stale else "",
@@ -108,9 +121,10 @@ def compile_plan(recipe: str, lake: str | None = None, catalogs: str | None = No
 
 
 @task(name="compute", **_RETRIED)
-def compute_outputs(plan: Plan, scheduler: str | None = None, max_memory: str | None = None) -> RunSummary:
+def compute_outputs(plan: Plan, scheduler: str | None = None, max_memory: str | None = None,
+                    replace: bool = False) -> RunSummary:
     """Compute and publish the stale outputs of `plan` (the runner skips up-to-date ones)."""
-    summary = execute(plan, scheduler=scheduler, progress=False, max_memory=max_memory)
+    summary = execute(plan, scheduler=scheduler, progress=False, max_memory=max_memory, replace=replace)
     log = _logger()
     for item in summary.outputs:
         log.info("%s/%s: %s", item.zone, item.name, item.status)
@@ -164,11 +178,12 @@ def report_outputs(plan: Plan, summary: RunSummary) -> None:
 # pickle one file per run into PREFECT_HOME for nobody.
 @flow(name=FLOW_NAME, persist_result=False)
 def recipe_flow(recipe: str, lake: str | None = None, catalogs: str | None = None,
-                scheduler: str | None = None, max_memory: str | None = None) -> RunSummary:
+                scheduler: str | None = None, max_memory: str | None = None,
+                replace: bool = False, force: list[str] | None = None) -> RunSummary:
     """Recompile a recipe, compute its stale outputs, publish a report of them."""
-    plan = compile_plan(recipe, lake, catalogs)
+    plan = compile_plan(recipe, lake, catalogs, force)
     # quote(): Prefect would otherwise walk the plan's lazy datasets looking for futures.
-    summary = compute_outputs(quote(plan), scheduler, max_memory)
+    summary = compute_outputs(quote(plan), scheduler, max_memory, replace)
     report_outputs(quote(plan), quote(summary))
     return summary
 
@@ -207,14 +222,17 @@ def check_api(required: bool) -> str | None:
 
 
 def run_once(recipe: str | Path, lake: str | None = None, catalogs: str | Path | None = None,
-             scheduler: str | None = None, max_memory: str | None = None) -> RunSummary:
-    """Run a recipe once as a flow: on PREFECT_API_URL if set, else on an ephemeral local API."""
+             scheduler: str | None = None, max_memory: str | None = None, replace: bool = False,
+             force: list[str] | None = None) -> RunSummary:
+    """Run a recipe once as a flow: on PREFECT_API_URL if set, else on an ephemeral local API
+    (`replace`, `force`: as `run --replace --force STEP`)."""
     # Checked before Prefect starts: a bad recipe costs no API start-up and no Prefect traceback.
-    parameters, _ = _checked(recipe, lake, catalogs)
+    parameters, _ = _checked(recipe, lake, catalogs, force)
     check_api(required=False)
     timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), EPHEMERAL_STARTUP_TIMEOUT_S)
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout}):
-        return recipe_flow(**parameters, scheduler=scheduler, max_memory=max_memory)
+        return recipe_flow(**parameters, scheduler=scheduler, max_memory=max_memory, replace=replace,
+                           force=list(force) if force else None)
 
 
 def schedule_options(loaded: LoadedRecipe, cron: str | None = None, interval: float | None = None,
@@ -243,12 +261,12 @@ def schedule_options(loaded: LoadedRecipe, cron: str | None = None, interval: fl
     return {"cron": cron}
 
 
-def _checked(recipe: str | Path, lake: str | None,
-             catalogs: str | Path | None) -> tuple[dict[str, str], LoadedRecipe]:
+def _checked(recipe: str | Path, lake: str | None, catalogs: str | Path | None,
+             force: list[str] | None = None) -> tuple[dict[str, str], LoadedRecipe]:
     """Flow parameters of a recipe that compiles; a RecipeError refuses the deployment."""
     parameters = flow_parameters(recipe, lake, catalogs)
     loaded = load_recipe(parameters["recipe"])
-    compile_recipe(loaded, Lake(parameters["lake"]), parameters["catalogs"])
+    compile_recipe(loaded, Lake(parameters["lake"]), parameters["catalogs"], force=force or ())
     return parameters, loaded
 
 

@@ -10,6 +10,7 @@ the lake instead of being rebuilt.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from importlib.metadata import version
@@ -23,6 +24,7 @@ from .errors import CatalogError, LakeError, OpError, Problem, RecipeError, Unkn
 from .fingerprint import code_fingerprint
 from .integrity import find_damage
 from .names import entry_name_problem, nesting_pairs
+from .ownership import forced_steps
 from .plan import Plan, PlannedStep
 from .recipe import LoadedRecipe, Output, load_recipe, validation_problems
 from .registry import OpSpec, StepContext, get_op
@@ -42,16 +44,21 @@ class _Checked:
 
 
 def compile_recipe(recipe: LoadedRecipe | str | Path, lake: Lake | None = None,
-                   catalogs: str | Path | None = None) -> Plan:
-    """Validate `recipe` and build its lazy Plan. Raises RecipeError listing every problem."""
+                   catalogs: str | Path | None = None, force: Iterable[str] = ()) -> Plan:
+    """Validate `recipe` and build its lazy Plan. Raises RecipeError listing every problem.
+
+    `force`: step ids to recompute although their outputs are up to date, with every step
+    downstream of them (engine/ownership.py; a ConfigError names an id that is no step)."""
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
     lake = lake or Lake()
     checked = _check_references(loaded)
+    forced = forced_steps({step.id: step.inputs.values() for step in loaded.recipe.steps}, force,
+                          loaded.recipe.sources)
     _check_params(loaded, checked)
     sources = _open_sources(loaded, lake, catalogs)
-    steps = _build(loaded, checked, sources, lake)
+    steps = _build(loaded, checked, sources, lake, forced)
     recipe_hash = hashlib.sha256(loaded.text.encode()).hexdigest()[:16]
-    return Plan(loaded.recipe, loaded.path, recipe_hash, lake, steps)
+    return Plan(loaded.recipe, loaded.path, recipe_hash, lake, steps, overrides=loaded.overrides)
 
 
 def check_recipe_offline(recipe: LoadedRecipe | str | Path) -> None:
@@ -195,7 +202,7 @@ def output_name(loaded_name: str, step_id: str, explicit: str | None) -> str:
 
 
 def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.Dataset, str, str]],
-           lake: Lake) -> list[PlannedStep]:
+           lake: Lake, forced: set[str] = frozenset()) -> list[PlannedStep]:
     recipe = loaded.recipe
     index_of = {step.id: i for i, step in enumerate(recipe.steps)}
     results: dict[str, tuple[xr.Dataset, str]] = {name: (ds, token)
@@ -221,7 +228,7 @@ def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.
         zone = output.zone if output else None
         name = output_name(recipe.name, step_id, output.name if output else None) if output else None
         stored, damage = stored_output(lake, zone, name, token) if output else (None, "")
-        up_to_date = _has_token(stored, token) and not damage
+        up_to_date = _has_token(stored, token) and not damage and step_id not in forced
         stale = output is not None and not up_to_date
         if up_to_date:
             dataset = lake.open(zone, name)
@@ -242,9 +249,10 @@ def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.
         planned.append(PlannedStep(id=step_id, op=spec.name, dataset=dataset, token=token,
                                    inputs=dict(step.inputs), params=params.model_dump(mode="json"),
                                    output=output, zone=zone, name=name, up_to_date=up_to_date,
-                                   op_version=spec.version, code=code,
+                                   op_version=spec.version, code=code, forced=step_id in forced,
                                    stale_reason=(f"damaged output: {damage}" if damage else
-                                                 _stale_reason(stored, made)) if stale else ""))
+                                                 "forced" if step_id in forced and _has_token(stored, token)
+                                                 else _stale_reason(stored, made)) if stale else ""))
     if problems:
         raise RecipeError(problems, "op checks")
     return planned

@@ -32,8 +32,10 @@ class PlannedStep:
     code: str = ""  # fingerprint of the op's code (engine/fingerprint.py)
     # Why a stale output must be computed: "missing output", "new input", "params changed",
     # "code changed" or several of them, comma-separated, or "damaged output: <what>" (its token
-    # is current but its store is incomplete or lost its manifest); "" for everything else.
+    # is current but its store is incomplete or lost its manifest), or "forced" (`--force` named
+    # it or a step upstream of it); "" for everything else.
     stale_reason: str = ""
+    forced: bool = False  # recomputed on request even where its token is in the lake (--force)
 
     @property
     def nbytes(self) -> int:
@@ -55,6 +57,8 @@ class Plan:
     recipe_hash: str
     lake: Lake
     steps: list[PlannedStep] = field(default_factory=list)
+    # `params=` the Python API merged into the recipe (engine/api.py); recorded in provenance
+    overrides: dict[str, Any] | None = None
 
     def step(self, step_id: str) -> PlannedStep:
         return next(s for s in self.steps if s.id == step_id)
@@ -95,6 +99,35 @@ class Plan:
                 "token": step.token,
             })
         return rows
+
+    def __repr__(self) -> str:  # (the dataclass's would print every lazy dataset)
+        return (f"<Plan of {self.recipe.name!r}: {len(self.steps)} steps, {len(self.stale_outputs)} of "
+                f"{len(self.outputs)} outputs to compute>")
+
+    def _repr_html_(self) -> str:
+        """The plan as a notebook shows it: each step's status and why, sizes and projected peak."""
+        from html import escape
+
+        projection = self.projection()
+        head = ("step", "op", "status", "why", "dims", "chunks", "size", "est. peak", "output")
+        body = []
+        for row in self.rows(projection):
+            peak = row["projected_peak_bytes"]
+            cells = (row["id"], row["op"], row["status"].split(" (")[0], row["why"] or "",
+                     _sizes(row["dims"]), _sizes(row["chunks"]), human_bytes(row["bytes"]),
+                     "-" if peak is None else human_bytes(peak), row["output"] or "")
+            body.append("<tr>" + "".join(f"<td style='text-align:left'>{escape(str(c))}</td>"
+                                         for c in cells) + "</tr>")
+        title = (f"<b>plan of {escape(self.recipe.name)}</b> ({escape(str(self.path))}): "
+                 f"{len(self.stale_outputs)} of {len(self.outputs)} outputs to compute; projected peak "
+                 f"of the run {human_bytes(projection.total_bytes)} on {projection.threads} threads")
+        return (f"<div>{title}<table><thead><tr>"
+                + "".join(f"<th style='text-align:left'>{h}</th>" for h in head)
+                + "</tr></thead><tbody>" + "".join(body) + "</tbody></table></div>")
+
+
+def _sizes(sizes: dict[str, int]) -> str:
+    return " ".join(f"{d}:{n}" for d, n in sizes.items()) or "-"
 
 
 def human_bytes(count: float, digits: int = 1) -> str:

@@ -178,6 +178,7 @@ class LoadedRecipe:
         self.lines = lines
         self.path = lines.path
         self.text = text
+        self.overrides: dict[str, Any] | None = None  # `params=` merged in by engine/api.py
 
     def problem(self, message: str, *loc: Any) -> Problem:
         return self.lines.problem(message, *loc)

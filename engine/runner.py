@@ -35,6 +35,7 @@ from .graph import ENGINE_VERSION, is_up_to_date
 from .integrity import find_damage
 from .locks import output_locks
 from .memory import limit_heap_fragmentation
+from .ownership import recipe_location, refuse_other_recipes_outputs
 from .peak_rss import PeakRss
 from .plan import Plan, PlannedStep
 from .progress import DaskProgress
@@ -85,7 +86,8 @@ def provenance(plan: Plan, step: PlannedStep, started: str,
     return {
         "token": step.token,
         "recipe": plan.recipe.name,
-        "recipe_path": plan.path,
+        "recipe_path": recipe_location(plan.path),  # absolute: a copy of the recipe is told apart
+        "recipe_params": plan.overrides,  # `params=` of the Python API, merged into the recipe
         "recipe_hash": plan.recipe_hash,
         "step": step.id,
         "op": step.op,
@@ -103,7 +105,7 @@ def provenance(plan: Plan, step: PlannedStep, started: str,
 
 def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
             lock_timeout: float | None = None, verify_inputs: bool = False,
-            max_memory: int | str | None = None) -> RunSummary:
+            max_memory: int | str | None = None, replace: bool = False) -> RunSummary:
     """Compute and publish every stale output of `plan`; up-to-date outputs are left alone.
 
     Each stale output is locked for the whole run (a second run of the same recipe waits up to
@@ -114,6 +116,10 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
     On the threaded scheduler a plan whose projected peak memory (engine/projection.py) is above
     `max_memory` (bytes or '4GiB'; default config.max_memory) is refused before the lake is
     touched, and the measured peak is recorded beside the projection (summary and provenance).
+
+    A stale output whose store another recipe published is refused (OutputConflictError, nothing
+    staged) unless `replace` (engine/ownership.py); outputs `--force`d at compile time are
+    computed although their tokens are in the lake.
     """
     limit_heap_fragmentation()
     started_clock = time.perf_counter()
@@ -129,7 +135,7 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
     _refuse_unwritable_lake(plan)
     with output_locks(lake, keys, plan.recipe.name, lock_timeout, reads=_lake_entries_read(plan)):
         staged, memory = _stage_and_compute(plan, started, address, progress, verify_inputs,
-                                            projection.total_bytes)
+                                            projection.total_bytes, replace)
     _list_in_catalog(plan)
     results = []
     for step in plan.outputs:
@@ -162,7 +168,8 @@ def _refuse_unwritable_lake(plan: Plan) -> None:
 
 
 def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: bool,
-                       verify_inputs: bool, projected: int) -> tuple[dict[str, StagedOutput], dict | None]:
+                       verify_inputs: bool, projected: int,
+                       replace: bool = False) -> tuple[dict[str, StagedOutput], dict | None]:
     """Stage, compute and publish the stale outputs (the caller holds their locks); return them
     with the projected and measured peak memory (None when there was nothing to compute).
 
@@ -171,8 +178,9 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
     """
     lake = plan.lake
     for step in plan.stale_outputs:  # a run we waited for may have published the same content
-        step.up_to_date = is_up_to_date(lake, step.zone, step.name, step.token)
+        step.up_to_date = not step.forced and is_up_to_date(lake, step.zone, step.name, step.token)
     stale = plan.stale_outputs
+    refuse_other_recipes_outputs(plan, replace)  # under the locks: no run publishes meanwhile
     if stale:  # one listing per input: missing, truncated or stray chunks stop the run up front
         _check_inputs_unchanged(plan)  # republished after compile, before our shared locks
         _refuse_damaged_inputs(plan, _damaged_inputs(plan, quick=not verify_inputs))

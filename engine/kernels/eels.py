@@ -8,15 +8,22 @@ arrays work too (the namespace is taken from the input array).
 
 Energy axes are linear (first channel energy + channel index x dispersion), as every
 spectrometer writes them; a non-linear axis is rejected rather than silently mis-shifted.
+
+The ZLP is looked for near 0 eV only (ZLP_SEARCH_EV), never as the tallest peak: on a thick
+specimen (t/lambda above ~2) with a broad ZLP or coarse channels the plasmon is taller, and
+taking it moved spectra by ~20 eV and turned t/lambda ~3 into ~0. A spectrum without a clear
+peak in that window gets NaN (position, shift, thickness) rather than a wrong number.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
+    "ZLP_SEARCH_EV",
     "align_zlp",
     "first_minimum_channel",
     "log_ratio_thickness",
@@ -72,8 +79,101 @@ _PEAK_KERNEL = (1.0, 4.0, 6.0, 4.0, 1.0)  # binomial smoothing of the peak top b
 _PEAK_REACH = 4  # channels gathered on each side of the raw argmax
 
 
-def _peak_channel(spectra):
-    """Subpixel channel of each spectrum's maximum.
+ZLP_SEARCH_EV = 1.0
+"""Default half width (eV) of the window around 0 eV that must hold each spectrum's ZLP maximum.
+
+About three FWHM of a cold-FEG ZLP and more than the calibration error of a spectrometer whose
+ZLP was set to 0 eV, yet below the band-gap onsets and excitons of most materials and far below
+any plasmon (5-30 eV), which a thick specimen makes taller than the ZLP. Only the maximum must
+lie inside: the peak's flanks may reach beyond (a 2-3 eV thermionic ZLP is fine). Never
+narrower than _SEARCH_MIN_CHANNELS channels on each side, so that at coarse dispersion (0.5 eV
+per channel) the peak still has neighbours. An axis miscalibrated by more needs a wider window.
+"""
+_SEARCH_MIN_CHANNELS = 3
+_NOISE_CHANNELS = 33  # channels at each end of a spectrum that its noise level is taken from
+_PROMINENCE_SIGMAS = 8.0  # the smoothed ZLP top must stand this far above its flanks' noise
+
+
+def _search_window(e0: float, d: float, n: int, search_ev: float) -> tuple[int, int]:
+    """First and last channel of the ZLP search window |E| <= max(search_ev, 3 channels)."""
+    if not search_ev > 0:
+        raise ValueError(f"the ZLP search half width must be positive, got {search_ev} eV")
+    reach = max(float(search_ev), _SEARCH_MIN_CHANNELS * d)
+    lo = max(int(np.ceil((-reach - e0) / d - 1e-9)), 0)
+    hi = min(int(np.floor((reach - e0) / d + 1e-9)), n - 1)
+    return lo, hi
+
+
+class _Zlp(NamedTuple):
+    """Where each spectrum's ZLP is: raw maximum channel, whether it is a ZLP at all, and the
+    first channel after it below half its height (the loss-side half width, for the boxcar)."""
+
+    peak: object
+    found: object
+    loss_half: object
+
+
+def _falls_to_half(x, peak, top):
+    """Per spectrum (x is (spectra, channels)), the first channel after peak where x drops below
+    half of top or rises above it, and the value there (rising first: peak is no peak)."""
+    xp = _xp(x)
+    half = 0.5 * top
+
+    def leaves(lo, hi):
+        part = x[:, lo:hi]
+        return ((part < half) | (part > top)) & (xp.arange(lo, hi) > peak[:, None])
+
+    end = _first_true(x, int(peak.min()) + 1, leaves)
+    return end, xp.take_along_axis(x, end[:, None], axis=-1)[:, 0]
+
+
+def _noise_sigma(x):
+    """Noise sigma of each spectrum, from the steps between neighbouring channels at its quieter
+    end (far from the ZLP): rms step / sqrt(2), scale free (counts, electrons or normalised
+    spectra). Unlike a median or a quantile it is not 0 for sparse counts, where most steps are
+    0; an end with no step at all (zeros of a padded or dead region) says nothing and is skipped.
+    """
+    xp = _xp(x)
+    m = min(_NOISE_CHANNELS, x.shape[-1])
+    gain, loss = (xp.sqrt(0.5 * (xp.diff(part, axis=-1) ** 2).mean(axis=-1))
+                  for part in (x[:, :m], x[:, -m:]))
+    return xp.where(gain > 0, xp.where(loss > 0, xp.minimum(gain, loss), gain), loss)
+
+
+def _find_zlp(x, lo: int, hi: int) -> _Zlp:
+    """The ZLP of each spectrum (x is (spectra, channels)): the maximum of channels lo..hi.
+
+    It counts as a ZLP only if it is a clear peak: strictly inside the window (a maximum on the
+    window's edge is the slope of something outside it), falling below half its height on both
+    sides before anything rises above it (so not a bump on a plasmon or on a dark baseline), and
+    with its 5-channel binomial-smoothed top more than _PROMINENCE_SIGMAS noise sigmas above
+    those half-height points (so not the largest noise excursion of a blank or vacuum-free
+    spectrum; smoothing keeps a single spike of sparse counts from passing).
+    """
+    xp = _xp(x)
+    s, n = x.shape
+    if s == 0:
+        empty = xp.zeros(0, dtype=xp.int64)
+        return _Zlp(empty, empty.astype(bool), empty)
+    peak = xp.argmax(x[:, lo : hi + 1], axis=-1) + lo
+    top = xp.take_along_axis(x, peak[:, None], axis=-1)
+    loss_half, loss_floor = _falls_to_half(x, peak, top)
+    _, gain_floor = _falls_to_half(x[:, ::-1], n - 1 - peak, top)
+    near = xp.take_along_axis(x, xp.clip(peak[:, None] + xp.arange(-2, 3), 0, n - 1), axis=-1)
+    smooth_top = near @ xp.asarray(_PEAK_KERNEL, dtype=x.dtype) / x.dtype.type(16)
+    prominence = smooth_top - xp.maximum(loss_floor, gain_floor)
+    found = ((peak > lo) & (peak < hi) & (xp.maximum(loss_floor, gain_floor) < 0.5 * top[:, 0])
+             & (prominence > _PROMINENCE_SIGMAS * _noise_sigma(x)))
+    return _Zlp(peak, found, loss_half)
+
+
+def _zlp_of(x, e0: float, d: float, search_ev: float) -> _Zlp:
+    """_find_zlp over the search window of an axis starting at e0 with dispersion d."""
+    return _find_zlp(x, *_search_window(e0, d, x.shape[-1], search_ev))
+
+
+def _peak_channel(spectra, i):
+    """Subpixel channel of each spectrum's maximum, given the channel i of its raw maximum.
 
     On a thick pixel the ZLP top is flat and noisy, and the raw argmax can sit two channels off.
     So: gather +-4 channels around the raw argmax, smooth them with a 5-tap binomial kernel,
@@ -85,7 +185,6 @@ def _peak_channel(spectra):
     xp = _xp(spectra)
     n = spectra.shape[-1]
     reach = _PEAK_REACH
-    i = xp.argmax(spectra, axis=-1)
     if n < 2 * reach + 1:
         return i.astype(spectra.dtype)
     centre = xp.clip(i, reach, n - 1 - reach)
@@ -102,16 +201,24 @@ def _peak_channel(spectra):
     return xp.where(i == centre, vertex, i)
 
 
-def zlp_peak_position(spectra, energy):
+def zlp_peak_position(spectra, energy, search_ev: float = ZLP_SEARCH_EV):
     """Energy (eV) of each spectrum's ZLP maximum, subpixel (smoothed top + parabola).
 
+    The maximum is looked for within +-search_ev of 0 eV (ZLP_SEARCH_EV; widen it for an axis
+    miscalibrated by more); a spectrum without a clear peak there gives NaN (see _find_zlp).
     Same float dtype as the spectra (float32 for float32), so it stores beside them. On the
     split Pearson VII ZLP the vertex sits ~0.5 channel on the (broader) loss side of the
     true maximum: the asymmetry bias of a parabola, the same for every pixel.
     """
+    xp = _xp(spectra)
     x = _float(spectra)
     e0, d = _axis(x, energy)
-    return (e0 + d * _peak_channel(x).astype(np.float64)).astype(x.dtype)
+    n = x.shape[-1]
+    _require_zero(e0, d, n)
+    flat = x.reshape(-1, n)
+    zlp = _zlp_of(flat, e0, d, search_ev)
+    position = e0 + d * _peak_channel(flat, zlp.peak).astype(np.float64)
+    return xp.where(zlp.found, position, np.nan).astype(x.dtype).reshape(x.shape[:-1])
 
 
 _SHIFT_BATCH = 256  # spectra blended at a time: the blend buffer stays ~2 MB, not a chunk
@@ -151,29 +258,33 @@ def shift_spectra(spectra, shift_ev, dispersion: float):
     return out.reshape(x.shape)
 
 
-def align_zlp(spectra, energy):
+def align_zlp(spectra, energy, search_ev: float = ZLP_SEARCH_EV):
     """Shift every spectrum so its ZLP maximum sits at 0 eV.
 
     Returns (aligned spectra, applied shift in eV = -peak position). The shift is returned so
-    an ingest can store it (it is the per-pixel drift map) and later stages can undo it.
+    an ingest can store it (it is the per-pixel drift map) and later stages can undo it. A
+    spectrum without a ZLP within +-search_ev of 0 eV is left where it is and its shift is
+    NaN: moving it by the position of whatever else is tallest would only hide the problem.
     """
-    e0, d = _axis(spectra, energy)
-    _require_zero(e0, d, spectra.shape[-1])
-    shift = -zlp_peak_position(spectra, energy)
-    return shift_spectra(spectra, shift, d), shift
+    xp = _xp(spectra)
+    _, d = _axis(spectra, energy)
+    shift = -zlp_peak_position(spectra, energy, search_ev)
+    missing = xp.isnan(shift)
+    return shift_spectra(spectra, xp.where(missing, 0, shift), d), shift
 
 
-def _first_true(x, lo: int, condition):
+def _first_true(x, lo: int, condition, todo=None):
     """Per spectrum, the first channel k >= lo where condition(lo, hi)[..., k - lo] holds.
 
     Channels are scanned in blocks of doubling width and the scan ends as soon as every
     spectrum has its channel, usually within the first block, so a search that ends near the
-    ZLP reads a few percent of the spectrum. Spectra where it never holds get the last channel.
+    ZLP reads a few percent of the spectrum. Spectra where it never holds get the last channel,
+    as do those where todo (default: all) is False, which never prolong the scan.
     """
     xp = _xp(x)
     n = x.shape[-1]
     first = xp.full(x.shape[:-1], n - 1)
-    todo = xp.ones(x.shape[:-1], dtype=bool)
+    todo = xp.ones(x.shape[:-1], dtype=bool) if todo is None else todo.copy()
     width = 128
     while lo < n and bool(todo.any()):
         hi = min(lo + width, n)
@@ -185,31 +296,26 @@ def _first_true(x, lo: int, condition):
     return first
 
 
-def _first_minimum(x, smooth: int | None):
-    """Channel of the first local minimum after the peak of the boxcar-smoothed spectrum.
+def _first_minimum(x, smooth: int | None, zlp: _Zlp):
+    """Channel of the first local minimum after the ZLP of the boxcar-smoothed spectrum.
 
-    x is (spectra, channels). The slope of a (2h+1)-channel boxcar between channels k and k+1
-    is proportional to x[k+h+1] - x[k-h], so the smoothed spectrum is never formed. The
-    search starts where the spectrum has fallen below half its maximum on the loss side: on
-    the flat, noisy top of the peak the smoothed slope flips sign at random. With smooth=None
-    each spectrum's h is that loss-side half width at half maximum, so the boxcar spans about
-    the ZLP's FWHM whatever the dispersion, and depends on the spectrum alone (never on its
-    chunk). A spectrum that falls to the window's end (a pure ZLP in vacuum) has no minimum:
-    its last channel is returned.
+    x is (spectra, channels), zlp its _find_zlp. The slope of a (2h+1)-channel boxcar between
+    channels k and k+1 is proportional to x[k+h+1] - x[k-h], so the smoothed spectrum is never
+    formed. The search starts where the spectrum has fallen below half the ZLP's height on the
+    loss side: on the flat, noisy top of the peak the smoothed slope flips sign at random. With
+    smooth=None each spectrum's h is that loss-side half width at half maximum, so the boxcar
+    spans about the ZLP's FWHM whatever the dispersion, and depends on the spectrum alone (never
+    on its chunk). A spectrum that falls to the window's end (a pure ZLP in vacuum) has no
+    minimum: its last channel is returned. A spectrum without a ZLP gets -1 (nothing is ZLP).
     """
     xp = _xp(x)
     n = x.shape[-1]
-    if x.shape[0] == 0:
-        return xp.zeros(0, dtype=xp.int64)
+    if not bool(zlp.found.any()):
+        return xp.full(x.shape[0], -1)
     rows = xp.arange(x.shape[0])
-    peak = xp.argmax(x, axis=-1)[:, None]
-    half = 0.5 * xp.take_along_axis(x, peak, axis=-1)
-
-    def below_half(lo, hi):
-        return (x[:, lo:hi] < half) & (xp.arange(lo, hi) > peak)
-
-    start = _first_true(x, int(peak.min()) + 1, below_half)
-    h = start - peak[:, 0] if smooth is None else xp.full_like(start, smooth // 2)
+    start = xp.where(zlp.found, zlp.loss_half, zlp.peak + 1)
+    h = start - zlp.peak if smooth is None else xp.full_like(start, smooth // 2)
+    h = xp.where(zlp.found, h, 0)
     reach = int(h.max())
 
     def rising(lo, hi):
@@ -223,13 +329,19 @@ def _first_minimum(x, smooth: int | None):
         k = xp.arange(lo, hi)
         return (ahead >= behind) & (k >= start[:, None]) & (k + h[:, None] + 1 < n)
 
-    return _first_true(x, int(start.min()), rising)
+    first = _first_true(x, int(start[zlp.found].min()), rising, zlp.found)
+    return xp.where(zlp.found, first, -1)
 
 
-def first_minimum_channel(spectra):
-    """Channel of each spectrum's first minimum after the ZLP (the end of the ZLP), FWHM boxcar."""
+def first_minimum_channel(spectra, energy, search_ev: float = ZLP_SEARCH_EV):
+    """Channel of each spectrum's first minimum after the ZLP (the end of the ZLP), FWHM boxcar;
+    -1 for a spectrum without a ZLP within +-search_ev of 0 eV."""
     x = _float(spectra)
-    return _first_minimum(x.reshape(-1, x.shape[-1]), None).reshape(x.shape[:-1])
+    e0, d = _axis(x, energy)
+    n = x.shape[-1]
+    _require_zero(e0, d, n)
+    flat = x.reshape(-1, n)
+    return _first_minimum(flat, None, _zlp_of(flat, e0, d, search_ev)).reshape(x.shape[:-1])
 
 
 def _threshold_channel(e0: float, d: float, n: int, threshold_ev) -> int:
@@ -246,7 +358,7 @@ def _threshold_channel(e0: float, d: float, n: int, threshold_ev) -> int:
 
 
 def zlp_intensity(spectra, energy, method: str = "first_minimum", threshold_ev=None,
-                  smooth: int | None = None):
+                  smooth: int | None = None, search_ev: float = ZLP_SEARCH_EV):
     """ZLP counts and total counts of each spectrum: (I_zlp, I_total), shape spectra[..., 0].
 
     I_zlp integrates from the first channel (gain side included) up to the first local minimum
@@ -256,37 +368,43 @@ def zlp_intensity(spectra, energy, method: str = "first_minimum", threshold_ev=N
     None sizes it per spectrum to about the ZLP's FWHM (see _first_minimum): narrower boxcars
     stop early on noise and overestimate t/lambda (measured at 0.025 eV/channel, N = 1e5:
     errors up to 0.06 with 5 channels, 0.02 with the FWHM). The ZLP sum only reads channels
-    up to the latest limit.
+    up to the latest limit. I_zlp is NaN for a spectrum without a ZLP within +-search_ev of
+    0 eV (see _find_zlp), with either method: a fixed threshold would integrate whatever is
+    there.
     """
     xp = _xp(spectra)
     x = _float(spectra)
     e0, d = _axis(x, energy)
     n = x.shape[-1]
     _require_zero(e0, d, n)
-    total = x.sum(axis=-1)
+    if method not in ("first_minimum", "threshold"):
+        raise ValueError(f"unknown method {method!r}: use 'first_minimum' or 'threshold'")
     if method == "threshold":
         k = _threshold_channel(e0, d, n, threshold_ev)
-        return x[..., : k + 1].sum(axis=-1), total
-    if method != "first_minimum":
-        raise ValueError(f"unknown method {method!r}: use 'first_minimum' or 'threshold'")
-    if smooth is not None and (smooth < 1 or smooth % 2 == 0 or smooth + 1 > n):
+    elif smooth is not None and (smooth < 1 or smooth % 2 == 0 or smooth + 1 > n):
         raise ValueError(f"smooth={smooth} must be an odd width shorter than the spectrum")
-    stop = _first_minimum(x.reshape(-1, n), smooth).reshape(x.shape[:-1])
+    total = x.sum(axis=-1)
+    flat = x.reshape(-1, n)
+    zlp = _zlp_of(flat, e0, d, search_ev)
+    found = zlp.found.reshape(x.shape[:-1])
+    if method == "threshold":
+        return xp.where(found, x[..., : k + 1].sum(axis=-1), np.nan), total
+    stop = _first_minimum(flat, smooth, zlp).reshape(x.shape[:-1])
     head = x[..., : int(stop.max()) + 1] if stop.size else x[..., :1]
     inside = xp.arange(head.shape[-1]) <= stop[..., None]
-    return xp.where(inside, head, 0).sum(axis=-1), total
+    return xp.where(found, xp.where(inside, head, 0).sum(axis=-1), np.nan), total
 
 
 def log_ratio_thickness(spectra, energy, method: str = "first_minimum", threshold_ev=None,
-                        smooth: int | None = None):
+                        smooth: int | None = None, search_ev: float = ZLP_SEARCH_EV):
     """Relative thickness t/lambda = ln(I_total / I_zlp) per spectrum (float32 for float32).
 
     Counts beyond the window are missing from I_total, so with a window ending below the
     multiple-plasmon region the result is the windowed log ratio, an underestimate of t/lambda
-    (DOMAIN.md: up to 0.48 at t/lambda = 1.9 with a 46 eV window). Spectra whose ZLP or total
-    counts are not positive (noise only) give NaN.
+    (DOMAIN.md: up to 0.48 at t/lambda = 1.9 with a 46 eV window). Spectra without a ZLP
+    within +-search_ev of 0 eV, or whose counts are not positive, give NaN.
     """
     xp = _xp(spectra)
-    zlp, total = zlp_intensity(spectra, energy, method, threshold_ev, smooth)
+    zlp, total = zlp_intensity(spectra, energy, method, threshold_ev, smooth, search_ev)
     with np.errstate(divide="ignore", invalid="ignore"):
         return xp.log(total / zlp)

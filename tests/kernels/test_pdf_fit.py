@@ -75,6 +75,14 @@ def test_momentum_sum_rule_fixes_the_gluon_so_total_momentum_is_one():
     assert momentum_integral(x, les_houches_toy(x)[None]).sum() == pytest.approx(1.0, abs=2e-3)
 
 
+def test_shared_preprocessing_gives_every_replica_the_draw_of_replica_0():
+    per_replica = build_model(4, PdfFitConfig(("Sigma", "T3"), seed=5), "cpu").to_arrays()
+    shared = build_model(4, PdfFitConfig(("Sigma", "T3"), seed=5, preprocessing="shared"), "cpu").to_arrays()
+    for name in ("param_alpha", "param_beta"):
+        assert len(np.unique(per_replica[name][:, 0])) == 4
+        assert np.array_equal(shared[name], np.broadcast_to(per_replica[name][:1], shared[name].shape))
+
+
 def _f2_problem(r: int, seed: int = 0):
     grid = x_grid()
     x = np.linspace(0.07, 0.75, 40).repeat(2)
