@@ -19,7 +19,7 @@ CATALOGS = CHECKOUT / "catalogs"  # the recipe reads catalog `eels`, entry `synt
 SHAPE = tuple(int(n) for n in os.environ.get("QUICKSTART_SHAPE", "64 64 1024").split())
 
 lake = rl.open_lake(os.environ.get("REPLICALAKE_LAKE", "storage"))
-lake
+lake  # noqa: B018 (a notebook shows the cell's last value)
 
 # %% [markdown]
 # Every ingest format is a function (`dir(rl.ingest)`); `synthetic_demo` is `raw/eels_demo`.
@@ -28,14 +28,14 @@ lake
 if "raw/eels_demo" not in lake:
     print(rl.ingest.synthetic_eels("eels_demo", shape=SHAPE, chunks=(16, 16), progress=False, lake=lake))
 image = lake["raw/eels_demo"]  # lazy: nothing is read yet
-image
+image  # noqa: B018 (a notebook shows the cell's last value)
 
 # %% [markdown]
 # The plan: each step's status and why, sizes and projected peak memory. Nothing is computed.
 
 # %%
 plan = rl.plan(RECIPE, lake, catalogs=CATALOGS)
-plan
+plan  # noqa: B018 (a notebook shows the cell's last value)
 
 # %%
 summary = rl.run(RECIPE, lake, catalogs=CATALOGS)
@@ -44,12 +44,12 @@ thickness = lake["derived/eels-thickness/thickness"]
 print(f"mean t/lambda {float(thickness['t_over_lambda'].mean()):.3f}")
 
 # %% [markdown]
-# A variant: end the ZLP integral at a fixed energy instead of its first minimum. `params=` is
+# A variant: end the ZLP integral at 1.5 eV instead of at its first minimum. `params=` is
 # merged into the recipe (steps keyed by id) and checked like the YAML file. The variant writes
 # its own output name; publishing over the file's output would need `replace=True`.
 
 # %%
-variant = {"steps": {"thickness": {"params": {"zlp_end": "threshold"}}},
+variant = {"steps": {"thickness": {"params": {"zlp_end": "threshold", "threshold_ev": 1.5}}},
            "outputs": {"thickness": {"name": "eels-thickness/thickness_threshold"}}}
 rl.plan(RECIPE, lake, catalogs=CATALOGS, params=variant)
 

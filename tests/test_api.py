@@ -84,8 +84,9 @@ def test_a_whole_recipe_as_a_dict(ramp_lake):
     summary = rl.run(data, ramp_lake.root, params={"outputs": {"total": {"name": "dict/total"}}})
     assert [(o.name, o.status) for o in summary.outputs] == [("dict/total", "computed")]
     assert ramp_lake.provenance("derived", "dict/total")["recipe_path"] == "<dict>"
-    assert [o.status for o in engine.run(data, ramp_lake, params={"outputs": {"total": {"name": "dict/total"}},
-                                                                  }, force=["total"]).outputs] == ["computed"]
+    named = {"outputs": {"total": {"name": "dict/total"}}}
+    again = engine.run(data, ramp_lake, params=named, force=["total"])
+    assert [o.status for o in again.outputs] == ["computed"]  # engine.run takes the same keywords
 
 
 def test_params_errors_name_the_key(ramp_lake, write_recipe):
@@ -129,4 +130,16 @@ def test_ingest_formats_are_functions(lake):
     with pytest.raises(TypeError, match="takes 1 positional arguments"):
         rl.ingest.synthetic_eels("a", "b", lake=lake)
     with pytest.raises(AttributeError, match="no ingest format 'synthetic_eel' .*did you mean"):
-        rl.ingest.synthetic_eel
+        rl.ingest.synthetic_eel  # noqa: B018
+
+
+def test_the_quickstart_example_runs_on_a_tiny_lake(lake, monkeypatch, capsys):
+    """examples/eels_quickstart.py, cell by cell as a script: ingest, plan, run, a variant."""
+    import runpy
+
+    monkeypatch.setenv("QUICKSTART_SHAPE", "12 10 256")
+    runpy.run_path(str(REPO / "examples" / "eels_quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "[('eels-thickness/thickness', 'computed')]" in out and "fixed ZLP end" in out
+    assert lake.exists("derived", "eels-thickness/thickness_threshold")
+    assert lake.provenance("derived", "eels-thickness/thickness")["recipe_params"] is None

@@ -52,8 +52,25 @@ def passthrough(image: xr.Dataset) -> dict[str, xr.DataArray]:
     return {name: var for name, var in image.data_vars.items() if ENERGY not in var.dims}
 
 
+def zlp_search_field():
+    return Field(kernels.ZLP_SEARCH_EV, gt=0, description=(
+        "half width (eV) of the window around 0 eV that must hold each spectrum's zero-loss peak "
+        "maximum (at least 3 channels); widen it for an energy axis miscalibrated by more"))
+
+
+def zlp_found(result: xr.DataArray, meaning: str) -> xr.DataArray:
+    """`zlp_found`, False where `result` is NaN because a spectrum had no zero-loss peak near
+    0 eV: a run can count such pixels (lazily, like everything else) instead of hiding them."""
+    found = np.isfinite(result)
+    found.attrs = {"long_name": "zero-loss peak found near 0 eV",
+                   "description": f"False where {meaning}: no clear peak within zlp_search_ev "
+                                  "of 0 eV (or no positive counts)"}
+    return found
+
+
 class AlignParams(_Params):
     variable: str = Field("counts", description="spectra variable to align")
+    zlp_search_ev: float = zlp_search_field()
 
 
 @register_op("eels.align_zlp", params=AlignParams, inputs=("image",),
@@ -61,19 +78,22 @@ class AlignParams(_Params):
 def align_zlp(params: AlignParams, image: xr.Dataset) -> xr.Dataset:
     """Shift every spectrum so its zero-loss peak maximum sits at 0 eV (subpixel, parabola fit).
 
-    Output: the aligned spectra (same name, same energy grid; channels shifted in from outside
-    the window are 0) and `zlp_shift`, the energy each spectrum was moved by (eV).
+    The peak is looked for within `zlp_search_ev` of 0 eV only: on thick specimens the plasmon
+    can be taller. Output: the aligned spectra (same name, same energy grid; channels shifted in
+    from outside the window are 0), `zlp_shift`, the energy each spectrum was moved by (eV), and
+    `zlp_found`; a spectrum without a ZLP is left unmoved with a NaN shift.
     """
     spectra = spectra_of(image, params.variable)
     energy = energy_axis(image)
     aligned, shift = xr.apply_ufunc(
-        kernels.align_zlp, spectra, kwargs={"energy": energy},
+        kernels.align_zlp, spectra, kwargs={"energy": energy, "search_ev": params.zlp_search_ev},
         input_core_dims=[[ENERGY]], output_core_dims=[[ENERGY], []],
         dask="parallelized", output_dtypes=[spectra.dtype, np.float32],
     )
     aligned.attrs = dict(spectra.attrs)
     shift.attrs = {"units": "eV", "long_name": "ZLP shift applied"}
-    return xr.Dataset({**passthrough(image), params.variable: aligned, "zlp_shift": shift},
+    return xr.Dataset({**passthrough(image), params.variable: aligned, "zlp_shift": shift,
+                       "zlp_found": zlp_found(shift, "zlp_shift is NaN (the spectrum was not moved)")},
                       attrs=dict(image.attrs))
 
 
@@ -85,6 +105,7 @@ class ThicknessParams(_Params):
     threshold_ev: float | None = Field(None, description="ZLP upper limit when zlp_end=threshold")
     mean_free_path_nm: float | None = Field(
         None, gt=0, description="inelastic mean free path; adds absolute thickness in nm")
+    zlp_search_ev: float = zlp_search_field()
 
 
 @register_op("eels.thickness", params=ThicknessParams, inputs=("image",),
@@ -92,7 +113,9 @@ class ThicknessParams(_Params):
 def thickness(params: ThicknessParams, image: xr.Dataset) -> xr.Dataset:
     """Log-ratio relative thickness t/lambda = ln(I_total / I_ZLP) per pixel.
 
-    With `mean_free_path_nm`, also the absolute thickness t = (t/lambda) * lambda in nm.
+    With `mean_free_path_nm`, also the absolute thickness t = (t/lambda) * lambda in nm. The ZLP
+    is the peak within `zlp_search_ev` of 0 eV, never the tallest (a thick specimen's plasmon
+    can be taller); where there is none, t/lambda is NaN and `zlp_found` False.
     """
     spectra = spectra_of(image, params.variable)
     energy = energy_axis(image)
@@ -106,11 +129,13 @@ def thickness(params: ThicknessParams, image: xr.Dataset) -> xr.Dataset:
         raise OpError("threshold_ev is only used with zlp_end: threshold")
     t_over_lambda = xr.apply_ufunc(
         kernels.log_ratio_thickness, spectra,
-        kwargs={"energy": energy, "method": params.zlp_end, "threshold_ev": params.threshold_ev},
+        kwargs={"energy": energy, "method": params.zlp_end, "threshold_ev": params.threshold_ev,
+                "search_ev": params.zlp_search_ev},
         input_core_dims=[[ENERGY]], dask="parallelized", output_dtypes=[np.float32],
     )
     t_over_lambda.attrs = {"units": "1", "long_name": "relative thickness t/lambda (log-ratio)"}
-    result = {"t_over_lambda": t_over_lambda}
+    result = {"t_over_lambda": t_over_lambda,
+              "zlp_found": zlp_found(t_over_lambda, "t_over_lambda is NaN")}
     if params.mean_free_path_nm is not None:
         absolute = (t_over_lambda * np.float32(params.mean_free_path_nm)).astype(np.float32)
         absolute.attrs = {"units": "nm", "long_name": "absolute thickness",

@@ -61,7 +61,7 @@ def _fwhm(zlp: np.ndarray, energy: np.ndarray) -> np.ndarray:
 
 def _zlp_by_first_minimum(spectra: np.ndarray, energy: np.ndarray) -> np.ndarray:
     flat = spectra.reshape(-1, spectra.shape[-1])
-    stop = eels_kernels.first_minimum_channel(flat)
+    stop = eels_kernels.first_minimum_channel(flat, energy)  # -1 (no ZLP): nothing is kept
     keep = np.arange(flat.shape[-1])[None, :] <= stop[:, None]
     return np.where(keep, flat, 0.0).reshape(spectra.shape)
 

@@ -104,7 +104,7 @@ def test_window_overrides(aligned, clusters):
 
 def test_too_few_pixels(aligned, clusters):
     with pytest.raises(ValueError, match=r"fewer than min_pixels=80 pixels: 4 \(67 pixels\), "
-                                         r"5 \(70 pixels\); lower n_clusters or min_pixels"):
+                                         r"5 \(71 pixels\); lower n_clusters or min_pixels"):
         zlp_windows(WindowParams(min_pixels=80), aligned, clusters).compute()
     flagged = zlp_windows(WindowParams(min_pixels=80, on_too_few="flag"), aligned,
                           clusters).compute()
