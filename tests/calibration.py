@@ -164,7 +164,8 @@ class BiasVariance:
                 f"(calibrated: {self.expected:.3f})")
 
 
-def seed_bias_variance(replicas: np.ndarray, truth: np.ndarray, covariance: np.ndarray) -> tuple[float, float]:
+def seed_bias_variance(replicas: np.ndarray, truth: np.ndarray,
+                       covariance: np.ndarray) -> tuple[float, float]:
     """One seed's (bias, variance) in data space, as NNPDF's closure tests define them.
 
     bias: the chi2 of the replica mean against the truth's predictions; variance: the mean over the

@@ -10,8 +10,8 @@ Energy axes are linear (first channel energy + channel index x dispersion), as e
 spectrometer writes them; a non-linear axis is rejected rather than silently mis-shifted.
 
 The ZLP is looked for near 0 eV only (ZLP_SEARCH_EV), never as the tallest peak: on a thick
-specimen (t/lambda above ~2) with a broad ZLP or coarse channels the plasmon is taller, and
-taking it moved spectra by ~20 eV and turned t/lambda ~3 into ~0. A spectrum without a clear
+specimen (t/lambda ~2-3 and above) with a broad (thermionic) ZLP the plasmon is taller, and
+taking it moved spectra by 22-45 eV and turned t/lambda 3 into 0-1.5. A spectrum without a clear
 peak in that window gets NaN (position, shift, thickness) rather than a wrong number.
 """
 
@@ -91,6 +91,10 @@ per channel) the peak still has neighbours. An axis miscalibrated by more needs 
 _SEARCH_MIN_CHANNELS = 3
 _NOISE_CHANNELS = 33  # channels at each end of a spectrum that its noise level is taken from
 _PROMINENCE_SIGMAS = 8.0  # the smoothed ZLP top must stand this far above its flanks' noise
+# A ZLP falls to half its height within this many eV of its maximum: twice the loss-side half
+# width of a W-filament ZLP (FWHM 3 eV) broadened at t/lambda = 3. What does not is no ZLP, and
+# the search for its half height (a whole spectrum for a dark baseline) stops here.
+_HALF_REACH_EV = 5.0
 
 
 def _search_window(e0: float, d: float, n: int, search_ev: float) -> tuple[int, int]:
@@ -114,30 +118,35 @@ class _Zlp(NamedTuple):
     loss_half: object
 
 
-def _falls_to_half(x, peak, top, step: int):
-    """Per spectrum (x is (spectra, channels)), the first channel from peak in direction step
-    (+1 loss side, -1 gain side) where x drops below half of top or rises above it, and the
-    value there (rising first: peak is no peak); the window's edge if neither happens.
+def _falls_to_half(x, peak, top, step: int, rows, reach: int):
+    """For the spectra rows of x (spectra, channels), the first channel from peak in direction
+    step (+1 loss side, -1 gain side) within reach channels where x drops below half of top or
+    rises above it, the value there, and whether it dropped (rising first: peak is no peak).
+    Where neither happens, and for the rows not asked about: the spectrum's edge, not dropped.
 
     Only channels near each spectrum's own peak are gathered, in blocks of doubling length
     (16 first: the half height of a ZLP sampled at 0.025 eV per channel is ~5-15 channels
-    away), however far apart the peaks of different spectra are.
+    away), however far apart the peaks of different spectra are, and never past the edge.
     """
     xp = _xp(x)
     s, n = x.shape
     end = xp.full(s, n - 1 if step > 0 else 0, dtype=peak.dtype)
-    rows = xp.arange(s)
+    dropped = xp.zeros(s, dtype=bool)
+    room = n - 1 - peak if step > 0 else peak  # channels from the peak to the edge
     start, width = 1, 16
-    while rows.size and start < n:
+    while rows.size and start <= min(reach, int(room[rows].max())):
+        width = min(width, reach + 1 - start)
         k = xp.clip(peak[rows, None] + step * xp.arange(start, start + width), 0, n - 1)
         values = x[rows[:, None], k]
-        hit = (values < 0.5 * top[rows, None]) | (values > top[rows, None])
+        below = values < 0.5 * top[rows, None]
+        hit = below | (values > top[rows, None])
         done = hit.any(axis=-1)
-        end[rows[done]] = xp.take_along_axis(k[done], xp.argmax(hit[done], axis=-1)[:, None],
-                                             axis=-1)[:, 0]
+        first = xp.argmax(hit[done], axis=-1)[:, None]
+        end[rows[done]] = xp.take_along_axis(k[done], first, axis=-1)[:, 0]
+        dropped[rows[done]] = xp.take_along_axis(below[done], first, axis=-1)[:, 0]
         rows = rows[~done]
         start, width = start + width, 2 * width
-    return end, x[xp.arange(s), end]
+    return end, x[xp.arange(s), end], dropped
 
 
 def _noise_sigma(x):
@@ -153,15 +162,16 @@ def _noise_sigma(x):
     return xp.where(gain > 0, xp.where(loss > 0, xp.minimum(gain, loss), gain), loss)
 
 
-def _find_zlp(x, lo: int, hi: int) -> _Zlp:
+def _find_zlp(x, lo: int, hi: int, reach: int) -> _Zlp:
     """The ZLP of each spectrum (x is (spectra, channels)): the maximum of channels lo..hi.
 
     It counts as a ZLP only if it is a clear peak: strictly inside the window (a maximum on the
     window's edge is the slope of something outside it), falling below half its height on both
-    sides before anything rises above it (so not a bump on a plasmon or on a dark baseline), and
-    with its 5-channel binomial-smoothed top more than _PROMINENCE_SIGMAS noise sigmas above
-    those half-height points (so not the largest noise excursion of a dark or beam-blanked
-    spectrum; smoothing keeps a single spike of sparse counts from passing).
+    sides within reach channels before anything rises above it (so not a bump on a plasmon or
+    on a dark baseline), and with its 5-channel binomial-smoothed top more than
+    _PROMINENCE_SIGMAS noise sigmas above those half-height points (so not the largest noise
+    excursion of a dark or beam-blanked spectrum; smoothing keeps a single spike of sparse
+    counts from passing).
     """
     xp = _xp(x)
     s, n = x.shape
@@ -170,19 +180,22 @@ def _find_zlp(x, lo: int, hi: int) -> _Zlp:
         return _Zlp(empty, empty.astype(bool), empty, empty)
     peak = xp.argmax(x[:, lo : hi + 1], axis=-1) + lo
     top = x[xp.arange(s), peak]
-    loss_half, loss_floor = _falls_to_half(x, peak, top, 1)
-    gain_half, gain_floor = _falls_to_half(x, peak, top, -1)
+    inside = (peak > lo) & (peak < hi)
+    candidates = xp.flatnonzero(inside)  # only these can be a ZLP: no scan for the others
+    loss_half, loss_floor, loss_drops = _falls_to_half(x, peak, top, 1, candidates, reach)
+    gain_half, gain_floor, gain_drops = _falls_to_half(x, peak, top, -1, candidates, reach)
     floor = xp.maximum(loss_floor, gain_floor)
     near = xp.take_along_axis(x, xp.clip(peak[:, None] + xp.arange(-2, 3), 0, n - 1), axis=-1)
     smooth_top = near @ xp.asarray(_PEAK_KERNEL, dtype=x.dtype) / x.dtype.type(16)
-    found = ((peak > lo) & (peak < hi) & (floor < 0.5 * top)
+    found = (inside & loss_drops & gain_drops
              & (smooth_top - floor > _PROMINENCE_SIGMAS * _noise_sigma(x)))
     return _Zlp(peak, found, gain_half, loss_half)
 
 
 def _zlp_of(x, e0: float, d: float, search_ev: float) -> _Zlp:
     """_find_zlp over the search window of an axis starting at e0 with dispersion d."""
-    return _find_zlp(x, *_search_window(e0, d, x.shape[-1], search_ev))
+    return _find_zlp(x, *_search_window(e0, d, x.shape[-1], search_ev),
+                     max(int(np.ceil(_HALF_REACH_EV / d)), _SEARCH_MIN_CHANNELS))
 
 
 _FIT_ITERATIONS = 5  # most re-centrings of the top fit: a noisy raw maximum converges in 2-3

@@ -53,6 +53,7 @@ def passthrough(image: xr.Dataset) -> dict[str, xr.DataArray]:
 
 
 def zlp_search_field():
+    """The one `zlp_search_ev` param both ops share, so they always look for the ZLP alike."""
     return Field(kernels.ZLP_SEARCH_EV, gt=0, description=(
         "half width (eV) of the window around 0 eV that must hold each spectrum's zero-loss peak "
         "maximum (at least 3 channels); widen it for an energy axis miscalibrated by more"))

@@ -41,12 +41,11 @@ def test_alignment_recovers_the_drift(image):
     # The generator moved each spectrum by +drift; alignment must move it back by -drift.
     error = aligned["zlp_shift"].values + image["drift"].values
     dispersion = float(image["energy"][1] - image["energy"][0])
-    # The ZLP is asymmetric, so the parabola through the smoothed top sits ~0.5 channel on the
-    # loss side of the true maximum for every pixel; noise on thick pixels (N e^-tau ~ 2e5)
-    # spreads it. What alignment needs is a small spread: every pixel moved alike.
-    assert abs(error.mean()) < 0.7 * dispersion
+    # The top fit is corrected for the ZLP's asymmetry, so each pixel lands on its true maximum
+    # (measured mean -0.008, spread 0.11, worst 0.56 channel; noise on thick pixels spreads it).
+    assert abs(error.mean()) < 0.1 * dispersion
     assert error.std() < 0.15 * dispersion
-    assert np.abs(error - error.mean()).max() < dispersion
+    assert np.abs(error).max() < dispersion
     assert "tau" in aligned  # truth maps ride along
 
 

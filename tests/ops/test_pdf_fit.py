@@ -199,6 +199,7 @@ CALIBRATION_REPLICAS = 20
 
 
 def recipe_params(step_id: str, **changes) -> dict:
+    """The shipped PDF closure recipe's params for one step, with `changes` on top."""
     return shipped_params("pdf_closure.yaml", step_id, **changes)
 
 
@@ -211,9 +212,10 @@ def closure_fits(bcdms, seeds, folder):
     experimental covariance) except the pooled chi2-outlier cut. Smaller than the recipe only
     where that costs time, not calibration: BCDMS p and d, every third point (196 of 587, all 11
     x bins; the Cholesky solves grow as n^2) and 20 replicas (the finite-R expectations are
-    computed). Returns per seed: the bands of the PDF where the data constrain it (the
+    computed). Returns each seed's bands of the PDF where the data constrain it (the
     combinations they measure, LO F2 of p and d at Q0, at the fit's x grid knots inside the
-    data's x range), the data-space bias and variance, and pdf.closure's estimators.
+    data's x range), the pooled data-space sqrt(bias / variance), and each seed's pdf.closure
+    estimators.
     """
     every_third = np.arange(0, bcdms.sizes["point"], 3)
     grid = GridParams(**recipe_params("theory"))
@@ -230,7 +232,8 @@ def closure_fits(bcdms, seeds, folder):
     fitted = fitted_set(Params(), model)
     x = fitted["x_0"].values
     x = x[(x >= bcdms["x"].min().item()) & (x <= bcdms["x"].max().item())]
-    knots = xr.Dataset(coords={"x": ("point", np.tile(x, 2)), "target_index": ("point", np.repeat([0, 1], x.size))})
+    knots = xr.Dataset(coords={"x": ("point", np.tile(x, 2)),
+                               "target_index": ("point", np.repeat([0, 1], x.size))})
     curves = predict(Params(), fitted, fk_tables(grid, knots), truth)
     points = [predict(Params(), fitted, one, truth) for one in data]
     curves, *points = dask.compute(curves, *points)
@@ -260,7 +263,7 @@ def assert_known_truth_checks(estimators):
 
 
 def test_closure_is_calibrated_over_20_level1_seeds(bcdms, tmp_path):
-    """The slow test below at the size the default run affords (20 seeds, ~60 s), with bounds ~2x
+    """The slow test below at the size the default run affords (20 seeds, 46-73 s), with bounds ~2x
     this size's standard errors (coverage 0.066, RMS pull 0.095, sqrt(bias / variance) 0.053):
     resolving the default bounds takes ~100 seeds, since a seed's 38 PDF points share its one
     level-1 fluctuation (~2 independent points each). sqrt(bias / variance) still tells the
