@@ -292,6 +292,7 @@ def run(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = N
 
 
 def _print_summary(summary) -> None:
+    from .key_numbers import describe
     from .plan import human_bytes
 
     rows = []
@@ -302,6 +303,10 @@ def _print_summary(summary) -> None:
                      _memory_text(item.memory), "\n".join(item.reports) or "-"))
     print_table(f"{summary.recipe}: done in {summary.seconds:.1f} s on {summary.scheduler}",
                 ("output", "status", "size", "peak memory\nmeasured / projected", "reports"), rows)
+    for item in summary.outputs:  # key numbers (engine/key_numbers.py), one line per output
+        if item.key_numbers:
+            say(f"{item.zone}/{item.name}: " + "; ".join(map(describe, item.key_numbers)),
+                markup=False, highlight=False)
     if not summary.computed:
         out.print("nothing to compute: every output is up to date")
 

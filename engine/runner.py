@@ -33,6 +33,7 @@ from .catalog import (
 from .errors import RunError, SchedulerError
 from .graph import ENGINE_VERSION, is_up_to_date
 from .integrity import find_damage
+from .key_numbers import summarize
 from .locks import output_locks
 from .memory import limit_heap_fragmentation
 from .ownership import recipe_location, refuse_other_recipes_outputs
@@ -58,6 +59,8 @@ class OutputResult:
     chunks_written: int = 0  # chunks this run computed and wrote
     chunks_resumed: int = 0  # chunks a killed earlier run had written and this run verified
     memory: dict[str, Any] | None = None  # the run's projected and measured peak, when computed
+    # statistics of the variables the op marked (engine/key_numbers.py), read from the lake
+    key_numbers: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -148,9 +151,20 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
                                     lake.size(lake.entry_path(step.zone, step.name)), reports,
                                     written.chunks_written if written else 0,
                                     written.chunks_resumed if written else 0,
-                                    memory if written else None))
+                                    memory if written else None,
+                                    _key_numbers(plan, step)))
     return RunSummary(plan.recipe.name, results, time.perf_counter() - started_clock,
                       address or "threads", memory)
+
+
+def _key_numbers(plan: Plan, step: PlannedStep) -> list[dict[str, Any]]:
+    """The key numbers of a published output (engine/key_numbers.py); a failure to read them is
+    reported in their place, never a failed run: the output is already published."""
+    try:
+        return summarize(plan.lake.open(step.zone, step.name))
+    except Exception as exc:  # noqa: BLE001 - the summary must not undo a published run
+        return [{"variable": "-", "statistic": "skipped", "size": 0,
+                 "note": f"key numbers unreadable: {type(exc).__name__}: {exc}"}]
 
 
 def _refuse_unwritable_lake(plan: Plan) -> None:

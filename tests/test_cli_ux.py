@@ -119,7 +119,8 @@ def test_sigint_during_a_run_then_the_rerun_resumes(tmp_path, write_recipe):
     gate.unlink()  # the blocks already running finish, then the process exits
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stdout + stderr
-    assert stderr.strip().splitlines()[-1] == "interrupted; rerun to resume" and "Traceback" not in stderr
+    # The message is a line of its own (a warning from a worker thread winding down may follow it).
+    assert "interrupted; rerun to resume" in stderr.splitlines() and "Traceback" not in stderr
     assert not lake.exists("derived", "slow/doubled")
     assert list(Path(lake.root, ".tmp", "resume").iterdir())  # what was written is kept
     rerun = start_cli(lake, tmp_path / "rerun.log", "run", str(recipe), "--json")

@@ -16,6 +16,7 @@ from pydantic import Field
 from ..bounds import Params as _Params
 from ..errors import OpError
 from ..kernels import eels as kernels
+from ..key_numbers import mark
 from ..registry import register_op
 from .core import require_dims, require_variables
 
@@ -61,12 +62,18 @@ def zlp_search_field():
 
 def zlp_found(result: xr.DataArray, meaning: str) -> xr.DataArray:
     """`zlp_found`, False where `result` is NaN because a spectrum had no zero-loss peak near
-    0 eV: a run can count such pixels (lazily, like everything else) instead of hiding them."""
+    0 eV: a run can count such pixels (lazily, like everything else) instead of hiding them;
+    the run summary prints the count (engine/key_numbers.py)."""
     found = np.isfinite(result)
     found.attrs = {"long_name": "zero-loss peak found near 0 eV",
                    "description": f"False where {meaning}: no clear peak within zlp_search_ev "
                                   "of 0 eV (or no positive counts)"}
-    return found
+    return mark(found, "count_false", label="spectra without ZLP (NaN)")
+
+
+# The known truth of log-ratio thickness in a synthetic image (engine/ingest/synthetic_eels.py):
+# ln(I_total / I_ZLP) inside the recorded window, which is what the method can recover.
+THICKNESS_TRUTH = "windowed_log_ratio"
 
 
 class AlignParams(_Params):
@@ -116,7 +123,8 @@ def thickness(params: ThicknessParams, image: xr.Dataset) -> xr.Dataset:
 
     With `mean_free_path_nm`, also the absolute thickness t = (t/lambda) * lambda in nm. The ZLP
     is the peak within `zlp_search_ev` of 0 eV, never the tallest (a thick specimen's plasmon
-    can be taller); where there is none, t/lambda is NaN and `zlp_found` False.
+    can be taller); where there is none, t/lambda is NaN and `zlp_found` False. A synthetic
+    image's truth `windowed_log_ratio` (no energy dim), when present, is carried into the output.
     """
     spectra = spectra_of(image, params.variable)
     energy = energy_axis(image)
@@ -135,8 +143,13 @@ def thickness(params: ThicknessParams, image: xr.Dataset) -> xr.Dataset:
         input_core_dims=[[ENERGY]], dask="parallelized", output_dtypes=[np.float32],
     )
     t_over_lambda.attrs = {"units": "1", "long_name": "relative thickness t/lambda (log-ratio)"}
+    truth = image.get(THICKNESS_TRUTH)
+    has_truth = truth is not None and truth.dims == t_over_lambda.dims
+    mark(t_over_lambda, "median", truth=THICKNESS_TRUTH if has_truth else None)
     result = {"t_over_lambda": t_over_lambda,
               "zlp_found": zlp_found(t_over_lambda, "t_over_lambda is NaN")}
+    if has_truth:  # carried along so the run summary can print the comparison
+        result[THICKNESS_TRUTH] = truth
     if params.mean_free_path_nm is not None:
         absolute = (t_over_lambda * np.float32(params.mean_free_path_nm)).astype(np.float32)
         absolute.attrs = {"units": "nm", "long_name": "absolute thickness",

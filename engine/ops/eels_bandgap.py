@@ -21,11 +21,13 @@ from pydantic import Field, model_validator
 from ..bounds import Params
 from ..errors import OpError
 from ..kernels.bandgap import fit_bandgap as fit_kernel
+from ..key_numbers import mark
 from ..registry import register_op
 from .core import require_dims, require_variables
 from .eels import ENERGY, passthrough
 
 QUANTILE = "quantile"
+BANDGAP_TRUTH = "e_g"  # the true E_BG map of a synthetic image (engine/kernels/eels_synth.py)
 _MAPS = ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "converged", "chi2")
 
 
@@ -139,4 +141,8 @@ def fit_bandgap(params: BandgapParams, inelastic: xr.Dataset) -> xr.Dataset:
         var.attrs.update({"long_name": names[name], "window_ev": list(params.window_ev)})
         if name in units:
             var.attrs["units"] = units[name]
+    truth = inelastic.get(BANDGAP_TRUTH)  # a synthetic image's true E_BG map, carried through
+    has_truth = truth is not None and truth.dims == maps["e_bg"].dims
+    mark(maps["e_bg"], "median", truth=BANDGAP_TRUTH if has_truth else None)
+    mark(maps["converged"], "fraction_true")
     return xr.Dataset({**passthrough(inelastic), **maps}, attrs=dict(inelastic.attrs))
