@@ -12,9 +12,10 @@ import pytest
 import xarray as xr
 from rich.console import Console
 
-from engine import cli
-from engine.key_numbers import describe, mark, summarize
-from engine.testing import put_in_lake
+from engine import cli, registry
+from engine.key_numbers import ATTR, describe, mark, summarize
+from engine.op_examples import EXAMPLES, build
+from engine.testing import put_in_lake, raise_if_computes
 from tests.test_cli import replicalake
 
 RECIPE = """\
@@ -102,3 +103,63 @@ def test_summarize_statistics_of_a_hand_made_dataset():
     assert "over the 10 summarised" in describe(numbers["big"])
     with pytest.raises(ValueError, match="not among"):
         mark(xr.DataArray([1.0]), "mean")
+
+
+# -- the ops that mark their outputs (beyond EELS) ---------------------------------------------
+def _run_op(name: str, **inputs) -> xr.Dataset:
+    spec = registry.get_op(name)
+    return spec.func(spec.params.model_validate({}), **inputs)
+
+
+def _lines(dataset: xr.Dataset) -> list[str]:
+    return [describe(item) for item in summarize(dataset)]
+
+
+def _replicas() -> xr.Dataset:
+    """Four replicas over three points, the last dropped: kept mean [1, 2, 3], std 1."""
+    prediction = [[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0], [100.0, 100.0, 100.0]]
+    return xr.Dataset({"prediction": (("replica", "point"), prediction),
+                       "kept": ("replica", [True, True, True, False]),
+                       "truth": ("point", [1.0, 2.0, 3.0])}).chunk({"point": 2})
+
+
+def test_replica_summary_prints_band_kept_replicas_and_closure():
+    lines = _lines(_run_op("replicas.summary", data=_replicas()))
+    assert lines == ["prediction_mean median 2 (16-84%: 1.32-2.68), vs truth truth: "
+                     "median difference +0, median ratio 1",
+                     "prediction_std median 1 (16-84%: 1-1)",
+                     "replicas_used = 3"]
+    without_truth = _run_op("replicas.summary", data=_replicas().drop_vars("truth"))
+    assert "truth" not in " ".join(_lines(without_truth))
+
+
+def test_pdf_closure_prints_its_estimators():
+    data = _replicas().assign(data=("point", [2.0, 2.0, 3.0]),
+                              covariance=(("point", "point_b"), np.eye(3)))
+    assert _lines(_run_op("pdf.closure", data=data)) == [
+        "chi2_central_truth = 0", "chi2_central_data = 0.333", "rms_pull = 0", "kept_fraction = 0.75"]
+
+
+MARKED = {  # op: its marked variables and their statistics (built from engine/op_examples.py)
+    "replicas.summary": {"prediction_mean": "median", "prediction_std": "median", "replicas_used": "value"},
+    "pdf.fit": {"kept": "fraction_true", "chi2_validation": "median", "positivity_ok": "count_false"},
+    "pdf.closure": {"chi2_central_truth": "value", "chi2_central_data": "value", "rms_pull": "value",
+                    "kept_fraction": "value"},
+    "lhc.train_classifier": {"auc": "median", "background_rejection": "median"},
+    "lhc.anomaly_score": {"auc": "median", "background_rejection": "median"},
+    "lhc.eft_bounds": {"interval_nn": "value", "interval_exact": "value", "interval_binned": "value"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(MARKED))
+def test_ops_mark_their_key_numbers(name, tmp_path):
+    with raise_if_computes():
+        result, _ = build(EXAMPLES[name], str(tmp_path))
+    marked = {k: v.attrs[ATTR] for k, v in result.data_vars.items() if ATTR in v.attrs}
+    assert marked == MARKED[name]
+
+
+def test_eft_bounds_print_interval_ends(tmp_path):
+    result, _ = build(EXAMPLES["lhc.eft_bounds"], str(tmp_path))  # no training: a stored toy ensemble
+    exact = next(line for line in _lines(result) if line.startswith("interval_exact"))
+    assert re.fullmatch(r"interval_exact = \[-0\.\d+, 0\.\d+\]", exact)

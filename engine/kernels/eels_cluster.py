@@ -31,20 +31,26 @@ def cluster_feature(spectra, energy, kind: str = "log_peak3") -> np.ndarray:
     """Per-spectrum log intensity (float32, shape spectra[..., 0]); energy on the last axis.
 
     kind:
-      log_peak3  ln of the sum of the 3 channels around each spectrum's maximum (EELSfitter's
-                 choice: the ZLP height falls as e^-t/lambda and needs no integration limit);
+      log_peak3  ln of the sum of the 3 channels around each spectrum's ZLP maximum (EELSfitter's
+                 choice: the ZLP height falls as e^-t/lambda and needs no integration limit).
+                 The maximum is the ZLP's as kernels.eels.zlp_peak_position finds it, within
+                 ZLP_SEARCH_EV of 0 eV, never the tallest channel: on a thick pixel with a broad
+                 (thermionic) ZLP at coarse dispersion the plasmon is taller, and its height
+                 would rank the thickest pixels with the thin ones;
       log_zlp    ln of the ZLP counts up to the first minimum after the peak (kernels.eels);
       log_total  ln of all counts in the window (a thickness proxy only where thick regions
                  scatter out of the spectrometer aperture; at constant beam current it is not).
     Thinner pixels have LARGER values for all three. Spectra whose intensity is not positive
-    (noise only) give NaN, and clustering leaves them out.
+    (noise only) give NaN, and so do spectra without a clear ZLP near 0 eV for log_peak3 and
+    log_zlp (kernels.eels._find_zlp: dark, blanked, or too thick for any ZLP). There is no
+    fallback to another peak: a plasmon height is not a ZLP height, and K-means would quietly
+    file such a pixel with thinner ones. NaN pixels are left out of the K-means fit and labelled
+    -1 (kmeans_assign), which also keeps them out of every cluster's ZLP statistics.
     """
     x = np.asarray(spectra)
     x = x.astype(np.result_type(x.dtype, np.float32), copy=False)
     if kind == "log_peak3":
-        n = x.shape[-1]
-        peak = np.clip(np.argmax(x, axis=-1), 1, n - 2)[..., None]
-        value = np.take_along_axis(x, peak + np.arange(-1, 2), axis=-1).sum(axis=-1)
+        value = _zlp_peak3(x, energy)
     elif kind == "log_zlp":
         value, _ = eels_kernels.zlp_intensity(x, energy)
     elif kind == "log_total":
@@ -54,6 +60,24 @@ def cluster_feature(spectra, energy, kind: str = "log_peak3") -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.log(value)
     return np.where(np.isfinite(out), out, np.nan).astype(np.float32)
+
+
+def _zlp_peak3(x: np.ndarray, energy) -> np.ndarray:
+    """Sum of the 3 channels centred on each spectrum's ZLP maximum; NaN where there is no ZLP.
+
+    The centre is the channel nearest kernels.eels.zlp_peak_position (the same search window,
+    prominence test and subpixel top fit as alignment and thickness use): for a clean peak that
+    is its maximum channel, and on the flat, noisy top of a thick pixel at fine dispersion it
+    is steadier than the raw maximum. Vectorised; one pass of the ZLP search per spectrum.
+    """
+    n = x.shape[-1]
+    e = np.asarray(energy, dtype=np.float64)
+    position = eels_kernels.zlp_peak_position(x, e)
+    found = np.isfinite(position)
+    channel = np.rint((np.where(found, position, e[0]) - e[0]) * ((n - 1) / (e[-1] - e[0])))
+    peak = np.clip(channel.astype(np.int64), 1, n - 2)[..., None]
+    value = np.take_along_axis(x, peak + np.arange(-1, 2), axis=-1).sum(axis=-1)
+    return np.where(found, value, np.nan)
 
 
 # ---------------------------------------------------------------- mini-batch K-means

@@ -42,8 +42,8 @@ class ClusterParams(_Params):
     n_clusters: Clusters = Field(5, ge=1, description="number of clusters K")
     seed: Seed = Field(0, description="seed of the K-means initialisation and batch order")
     feature: Literal["log_peak3", "log_zlp", "log_total"] = Field(
-        "log_peak3", description="log intensity to cluster on: 3 channels around the peak "
-        "(EELSfitter), the ZLP up to its first minimum, or the whole window")
+        "log_peak3", description="log intensity to cluster on: 3 channels around the ZLP "
+        "maximum near 0 eV (EELSfitter), the ZLP up to its first minimum, or the whole window")
     batch_size: Sample = Field(4096, ge=1, description="pixels per mini-batch")
     epochs: Epochs = Field(3, ge=1, description="mini-batch passes over all pixels")
     init_size: Sample = Field(10_000, ge=1, description="pixels sampled for the K-means++ start")
@@ -61,8 +61,12 @@ def cluster(params: ClusterParams, image: xr.Dataset) -> xr.Dataset:
     """K-means of pixels on a log-intensity feature: thickness classes sharing ZLP statistics.
 
     Output: `cluster` (pixel dims, int32; -1 where the feature is not finite), `feature` (the
-    log intensity clustered on) and `centroid` (cluster_id). Centroids are sorted descending, so
-    cluster 0 is the thinnest (largest ZLP intensity) and labels do not depend on the run.
+    log intensity clustered on), `centroid` (cluster_id) and `n_unlabelled` (pixels labelled -1).
+    Centroids are sorted descending, so cluster 0 is the thinnest (largest ZLP intensity) and
+    labels do not depend on the run. log_peak3 and log_zlp are NaN for a spectrum without a
+    clear ZLP near 0 eV (kernels.eels_cluster.cluster_feature; e.g. too thick, dark or blanked):
+    such pixels stay out of the K-means fit and of eels.zlp_windows' statistics, and are counted
+    rather than filed with a cluster by another peak's height.
     """
     spectra = spectra_of(image, params.variable)
     energy = energy_axis(image)
@@ -88,8 +92,11 @@ def cluster(params: ClusterParams, image: xr.Dataset) -> xr.Dataset:
     feature.attrs = {"units": "1", "long_name": f"clustering feature ({params.feature})"}
     labels.attrs = {"long_name": "cluster label (0 = thinnest, -1 = no finite feature)"}
     centroid.attrs = {"units": "1", "long_name": "cluster centroid of the feature"}
-    return xr.Dataset({CLUSTER: labels, "feature": feature, "centroid": centroid},
-                      attrs=dict(image.attrs))
+    unlabelled = (labels < 0).sum().astype(np.int64)
+    unlabelled.attrs = {"long_name": "pixels without a finite feature (label -1; for log_peak3 "
+                        "and log_zlp: no ZLP found near 0 eV)"}
+    return xr.Dataset({CLUSTER: labels, "feature": feature, "centroid": centroid,
+                       "n_unlabelled": unlabelled}, attrs=dict(image.attrs))
 
 
 class WindowParams(_Params):

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 
 from ..bounds import MAX_BINS, MAX_SCAN_POINTS
 from ..errors import OpError
+from ..key_numbers import mark
 from ..registry import register_op
 from . import needs
 from .core import as_delayed
@@ -190,6 +191,8 @@ def eft_bounds(params: BoundsParams, model: xr.Dataset, data: xr.Dataset,
         variables[f"interval_{method}"] = (("coefficient", "bound"), da.from_delayed(
             scan[f"interval_{method}"], (len(scanned), 2), float))
     result = xr.Dataset(variables, coords=dict(zip(scanned, axes)))
+    for method in methods:  # (coefficient, bound): at most 4 numbers in the run summary
+        mark(result[f"interval_{method}"], "value")
     result.attrs = {"coefficients": scanned, "bounds": ["low", "high"],
                     "luminosity": float(luminosity), "level": params.level,
                     "contour_level_2d": 5.99, "n_events": int(data.sizes[EVENT])}

@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from ..bounds import Constituents, Epochs, Replicas, Rows, Seed, Widths
 from ..bounds import Params as _Params
 from ..errors import OpError
+from ..key_numbers import mark
 from ..registry import StepContext, register_op
 from . import needs
 from .core import as_delayed, require_dims, require_variables
@@ -203,6 +204,8 @@ def _tagger(kind: str, params: NetworkParams, jets: xr.Dataset, context: StepCon
         "kind": description, "score": kind, "n_constituents": params.n_constituents,
         "quoted_signal_efficiency": params.signal_efficiency})
     model["background_rejection"].attrs["long_name"] = f"1/eps_B at eps_S = {params.signal_efficiency:g}"
+    mark(model["auc"], "median")  # over replicas, in the run summary (engine/key_numbers.py)
+    mark(model["background_rejection"], "median")
     return model.assign_coords(signal_efficiency=("signal_efficiency", ROC_POINTS))
 
 

@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from ..bounds import GridNodes, Points, Seed, Widths
 from ..bounds import Params as _Params
 from ..errors import OpError, did_you_mean
+from ..key_numbers import mark
 from ..registry import StepContext, register_op
 from . import needs
 from .core import as_delayed, require_variables
@@ -315,6 +316,9 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
     model = lazy_ensemble(trained, layout, architecture,
                           {"kind": "PDF replica ensemble", "basis": list(params.basis),
                            "x_min": params.x_min, "n_x": params.n_x, "epochs": params.epochs})
+    mark(model["kept"], "fraction_true")  # the run summary's line (engine/key_numbers.py)
+    mark(model["chi2_validation"], "median")
+    mark(model["positivity_ok"], "count_false", label="replicas failing positivity")
     return model
 
 
@@ -423,7 +427,10 @@ def closure(params: ClosureParams, data: xr.Dataset) -> xr.Dataset:
     values = dask.delayed(_closure, pure=True)(*(as_delayed(data[n].data) for n in (
         "prediction", "kept", "truth", "data", params.covariance)))
     arrays = da.from_delayed(values, (len(CLOSURE_ESTIMATORS),), float)
-    return xr.Dataset({name: ((), arrays[i]) for i, name in enumerate(CLOSURE_ESTIMATORS)})
+    result = xr.Dataset({name: ((), arrays[i]) for i, name in enumerate(CLOSURE_ESTIMATORS)})
+    for name in ("chi2_central_truth", "chi2_central_data", "rms_pull", "kept_fraction"):
+        mark(result[name], "value")  # the closure in the run summary (engine/key_numbers.py)
+    return result
 
 
 class DatasetViewParams(_Params):

@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from ..bounds import Epochs, Points, Repeats, Replicas, Seed, Widths
 from ..bounds import Params as _Params
 from ..errors import OpError, did_you_mean
+from ..key_numbers import mark
 from ..registry import StepContext, register_op
 from . import needs
 from .core import as_delayed, require_dims, require_variables
@@ -42,6 +43,7 @@ TOY_FUNCTIONS = {
     "gauss": lambda x: 0.2 + np.exp(-((x - 0.5) ** 2) / (2 * 0.1**2)),
     "poly": lambda x: 1.0 + x - 2.0 * x**2 + 1.5 * x**3,
 }
+TOY_TRUTH = "truth"  # the known-truth variable of toy_regression, carried through predict
 
 
 class ToyParams(_Params):
@@ -376,5 +378,11 @@ def summary(params: SummaryParams, data: xr.Dataset) -> xr.Dataset:
         f"{name}_quantile": values.quantile(params.quantiles, dim=REPLICA),
     })
     if params.mask is not None and params.mask in data:
-        result["replicas_used"] = data[params.mask].sum().astype(np.int64)
-    return result.assign({k: v for k, v in data.data_vars.items() if REPLICA not in v.dims})
+        result["replicas_used"] = mark(data[params.mask].sum().astype(np.int64), "value")
+    result = result.assign({k: v for k, v in data.data_vars.items() if REPLICA not in v.dims})
+    # the run summary's line: the band and, where a closure's known truth is carried, the
+    # central curve against it (engine/key_numbers.py)
+    has_truth = TOY_TRUTH in result.data_vars and result[TOY_TRUTH].dims == result[f"{name}_mean"].dims
+    mark(result[f"{name}_mean"], "median", truth=TOY_TRUTH if has_truth else None)
+    mark(result[f"{name}_std"], "median")
+    return result

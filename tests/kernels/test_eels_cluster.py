@@ -10,14 +10,16 @@ from engine.kernels import eels_synth
 
 
 def test_features_on_a_hand_made_spectrum():
-    energy = np.linspace(-1.0, 4.0, 6)
-    spectra = np.array([[1.0, 2.0, 10.0, 3.0, 1.0, 1.0],
-                        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    # 1 eV per channel, 0 eV at channel 40; flat ends, so the ZLP search sees no noise
+    energy = np.arange(-40.0, 40.0)
+    spectra = np.zeros((2, 80), np.float32)
+    spectra[0] = 1.0
+    spectra[0, 39:42] = [2.0, 10.0, 3.0]
     peak3 = k.cluster_feature(spectra, energy, "log_peak3")
     total = k.cluster_feature(spectra, energy, "log_total")
     assert peak3.dtype == np.float32
     np.testing.assert_allclose(peak3[0], np.log(15.0), rtol=1e-6)
-    np.testing.assert_allclose(total[0], np.log(18.0), rtol=1e-6)
+    np.testing.assert_allclose(total[0], np.log(92.0), rtol=1e-6)
     assert np.isnan(peak3[1]) and np.isnan(total[1])  # no counts: no feature, not -inf
     with pytest.raises(ValueError, match="unknown feature 'log_max'"):
         k.cluster_feature(spectra, energy, "log_max")
@@ -31,6 +33,48 @@ def test_thinner_pixels_have_larger_features():
     j, _ = eels_synth.noiseless_spectra(energy, maps)
     for kind in ("log_peak3", "log_zlp"):
         assert np.all(np.diff(k.cluster_feature(j, energy, kind)) < -0.5)
+
+
+def _thick_spectra(tau, zlp_scale):
+    """Noiseless generator spectra at 0.5 eV per channel (0 eV at channel 10), drift 0."""
+    energy = eels_synth.energy_axis(103)
+    n = len(tau)
+    maps = {"tau": np.asarray(tau, np.float32), "e_g": np.full(n, 2.0, np.float32),
+            "b": np.full(n, 1.5, np.float32), "n_counts": np.full(n, 1e6, np.float32),
+            "drift": np.zeros(n, np.float32)}
+    return energy, eels_synth.noiseless_spectra(energy, maps, zlp_scale=zlp_scale)[0]
+
+
+def test_log_peak3_measures_the_zlp_not_a_taller_plasmon():
+    # Thermionic ZLP (2.5 eV FWHM before the (1 + 0.15 tau) broadening), t/lambda 2-3, coarse
+    # dispersion: the plasmon (~22 eV) is the tallest peak of the thicker spectra. The ZLP's
+    # maximum is at 0 eV exactly (drift 0), so the truth is the sum of channels 9-11.
+    energy, j = _thick_spectra([2.0, 2.5, 3.0], zlp_scale=2.5 / eels_synth.ZLP_FWHM)
+    assert energy[10] == 0.0
+    assert (energy[np.argmax(j[1:], axis=-1)] > 15).all()  # the global maximum is a plasmon
+    peak3 = k.cluster_feature(j, energy, "log_peak3")
+    np.testing.assert_allclose(peak3, np.log(j[:, 9:12].astype(np.float64).sum(-1)), rtol=1e-6)
+    assert np.all(np.diff(peak3) < -0.4)  # still ordered by thickness (ZLP ~ e^-tau)
+    # With Poisson noise: within the counting error of the 3-channel sum (~1e4 counts, 1%).
+    counts = eels_synth.detector_counts(np.repeat(j, 50, axis=0), np.random.default_rng(3))
+    noisy = k.cluster_feature(counts, energy, "log_peak3").reshape(3, 50)
+    np.testing.assert_allclose(noisy, np.broadcast_to(peak3[:, None], noisy.shape), atol=0.05)
+
+
+def test_log_peak3_without_a_zlp_is_nan_and_unlabelled():
+    # A simple synthetic: a broad Gaussian ZLP (FWHM 2.5 eV) under a 3x taller plasmon at
+    # 20 eV, and the same plasmon with no ZLP at all (nothing near 0 eV is a peak).
+    energy = np.arange(-5.0, 46.0, 0.5)
+    zlp = 1e4 * np.exp(-0.5 * (energy / (2.5 / 2.3548)) ** 2)
+    plasmon = 3e4 * np.exp(-0.5 * ((energy - 20.0) / 4.0) ** 2)
+    spectra = np.stack([zlp + plasmon, 0.5 * zlp + plasmon, plasmon + 1.0])
+    peak3 = k.cluster_feature(spectra, energy, "log_peak3")
+    i0 = int(np.flatnonzero(energy == 0.0)[0])
+    expected = np.log(spectra[:2, i0 - 1:i0 + 2].sum(-1))
+    np.testing.assert_allclose(peak3[:2], expected, rtol=1e-6)
+    assert np.isnan(peak3[2])  # no fallback to the plasmon's height
+    labels = k.kmeans_assign(peak3, k.fit_kmeans(peak3, 2, seed=0))
+    np.testing.assert_array_equal(labels, [0, 1, -1])  # left out of the fit, labelled -1
 
 
 def _blobs(n=200_000, seed=0):

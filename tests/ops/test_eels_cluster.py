@@ -40,6 +40,7 @@ def test_ops_are_lazy(aligned):
     assert result["cluster"].dims == ("y", "x") and result["cluster"].dtype == np.int32
     assert result["cluster"].chunks == ((16, 16, 16), (16, 16, 8))
     assert result["centroid"].dims == ("cluster_id",)
+    assert result["n_unlabelled"].dims == () and result["n_unlabelled"].chunks is not None
     assert windows["ln_i_median"].dims == ("cluster_id", "energy")
     assert windows["de_i"].sizes == {"cluster_id": 8}
 
@@ -47,7 +48,7 @@ def test_ops_are_lazy(aligned):
 def test_clusters_follow_the_thickness_terraces(aligned, clusters):
     tau = aligned["tau"].values
     labels = clusters["cluster"].values
-    assert (labels >= 0).all()
+    assert (labels >= 0).all() and int(clusters["n_unlabelled"]) == 0
     means = np.array([tau[labels == c].mean() for c in range(8)])
     spreads = np.array([tau[labels == c].std() for c in range(8)])
     # Cluster 0 is the thinnest and thickness rises with the label; the substrate (a 0.1-0.3
@@ -72,6 +73,24 @@ def test_other_features(aligned):
     tau = aligned["tau"].values
     means = [tau[result["cluster"].values == c].mean() for c in range(3)]
     assert np.all(np.diff(means) > 0.3)
+
+
+def test_pixels_without_a_zlp_are_unlabelled_and_counted(aligned):
+    # Beam-blanked pixels (Poisson counts of a flat dark level: no ZLP near 0 eV) get no
+    # log_peak3 feature, label -1, stay out of the windows' statistics, and are counted.
+    dark = np.zeros((48, 40), bool)
+    dark[:4, :5] = True
+    noise = np.random.default_rng(0).poisson(20.0, aligned["counts"].shape).astype(np.float32)
+    blanked = aligned.assign(counts=aligned["counts"].where(
+        ~xr.DataArray(dark, dims=("y", "x")), xr.DataArray(noise, dims=aligned["counts"].dims))
+        .compute().chunk({"y": 16, "x": 16}))
+    result = cluster(ClusterParams(n_clusters=8, seed=1), blanked).compute()
+    labels = result["cluster"].values
+    assert (labels[dark] == -1).all() and (labels[~dark] >= 0).all()
+    assert np.isnan(result["feature"].values[dark]).all()
+    assert int(result["n_unlabelled"]) == dark.sum()
+    windows = zlp_windows(WindowParams(n_sample=50), blanked, result).compute()
+    assert windows["n_pixels"].values.sum() == (~dark).sum()
 
 
 def test_windows_are_physically_sensible(aligned, clusters):
