@@ -76,7 +76,31 @@ def second_pass(data, first_pass):
     from dask.base import tokenize
     from dask.graph_manipulation import clone
 
-    return clone(data, seed=tokenize(first_pass))
+    seed = tokenize(first_pass)
+    if isinstance(data, da.Array):
+        return _clone_array(data, seed)
+    return clone(data, seed=seed)
+
+
+def _clone_array(array: da.Array, seed: str) -> da.Array:
+    """dask.graph_manipulation.clone for a dask array, renaming every key of its graph.
+
+    dask's clone renames the keys of a materialised layer (a rechunk's, an overlap's) but not
+    the references to them inside its tasks, which are now `dask._task_spec.Task` objects that
+    the generic `Layer.clone` does not look into: a rechunked input's clone then fails at compute
+    with "Missing dependency ('rechunk-split-...')" or "Cannot fuse tasks with multiple outputs".
+    Here every task is renamed and its references substituted, in one materialised layer.
+    """
+    from dask._task_spec import convert_legacy_graph
+    from dask.base import clone_key
+    from dask.highlevelgraph import HighLevelGraph
+
+    graph = convert_legacy_graph(dict(array.__dask_graph__()))
+    rename = {key: clone_key(key, seed) for key in graph}
+    cloned = {rename[key]: task.substitute(rename, key=rename[key]) for key, task in graph.items()}
+    name = clone_key(array.name, seed)
+    return da.Array(HighLevelGraph.from_collections(name, cloned, dependencies=()), name,
+                    array.chunks, meta=array._meta)
 
 
 class SelectParams(_Params):
