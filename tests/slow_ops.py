@@ -3,13 +3,15 @@
 The crash and concurrency tests run the real CLI in a subprocess with this op registered, so they
 can kill it (or start a second run) while chunks are being written. Each block computed appends a
 line to $SLOW_OP_LOG, which is how a test counts recomputed chunks; while the file $SLOW_OP_GATE
-exists, blocks wait, so a test can hold a run mid-write for as long as it needs.
+exists, blocks wait, so a test can hold a run mid-write for as long as it needs (each block
+touches $SLOW_OP_GATE.started first, so the test knows the compute has begun).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -30,6 +32,8 @@ def slow_double(params: SlowParams, data: xr.Dataset) -> xr.Dataset:
     def block(values):
         time.sleep(params.seconds)
         gate = os.environ.get("SLOW_OP_GATE")
+        if gate:
+            Path(f"{gate}.started").touch()  # a test can wait until a block is being computed
         deadline = time.monotonic() + 120
         while gate and os.path.exists(gate) and time.monotonic() < deadline:
             time.sleep(0.05)  # held until the test removes the gate file

@@ -113,7 +113,8 @@ def test_sigint_during_a_run_then_the_rerun_resumes(tmp_path, write_recipe):
     gate = tmp_path / "gate"
     gate.touch()  # the run's chunks wait: it is mid-compute when interrupted
     run = start_cli(lake, tmp_path / "first.log", "run", str(recipe), "--no-progress", gate=gate)
-    wait_for(lambda: Path(lake.root, ".tmp", "resume").exists() or run.poll() is not None)
+    # Interrupted while a block is computing (the staging folder appears before the compute).
+    wait_for(lambda: Path(f"{gate}.started").exists() or run.poll() is not None)
     assert run.poll() is None, run.communicate()
     run.send_signal(signal.SIGINT)
     gate.unlink()  # the blocks already running finish, then the process exits
