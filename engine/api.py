@@ -9,6 +9,8 @@
     rl.plan("recipes/eels_thickness.yaml")         # a Plan: a notebook shows steps, staleness, memory
     rl.run("recipes/eels_thickness.yaml", lake=lake,
            params={"steps": {"thickness": {"params": {"zlp_end": "threshold"}}}})
+    rl.report("recipes/eels_thickness.yaml", lake)  # the run's static HTML page; returns its URL
+    rl.lineage(lake)                               # raw inputs -> every output, stale ones and why
 
 `params=` is merged into the recipe before it is checked (`merge_params`): `steps` is keyed by
 step id, every other mapping merges key by key, anything else replaces. A whole recipe can be a
@@ -40,13 +42,15 @@ if TYPE_CHECKING:
     import xarray as xr
 
     from .ingest.registry import IngestFormat
+    from .lineage import Lineage
     from .plan import Plan
     from .recipe import LoadedRecipe
     from .runner import RunSummary
     from .storage import Lake
 
 __version__ = version("replicalake")
-__all__ = ["LakeView", "__version__", "ingest", "load", "merge_params", "open_lake", "plan", "run"]
+__all__ = ["LakeView", "__version__", "ingest", "lineage", "load", "merge_params", "open_lake", "plan",
+           "report", "run"]
 
 ZONE_ORDER = ("derived", "models", "raw")  # where a bare entry name is looked for
 
@@ -265,6 +269,29 @@ def run(recipe: str | Path | Mapping[str, Any] | LoadedRecipe, lake: LakeView | 
     compiled = plan(recipe, lake, params=params, catalogs=catalogs, force=force)
     return execute(compiled, scheduler=scheduler, progress=progress, lock_timeout=lock_timeout,
                    verify_inputs=verify_inputs, max_memory=max_memory, replace=replace)
+
+
+def report(recipe: str | Path | Mapping[str, Any] | LoadedRecipe, lake: LakeView | Lake | str | None = None,
+           *, params: Mapping[str, Any] | None = None, catalogs: str | Path | None = None) -> str:
+    """Write the static HTML page of the recipe's latest run into the lake's reports/ zone
+    (engine/html_report.py: provenance, key numbers, plots inline, steps, lineage); return its URL."""
+    from .html_report import recipe_lineage, write_report
+
+    compiled = plan(recipe, lake, params=params, catalogs=catalogs)
+    return compiled.lake.url(write_report(compiled, lineage=recipe_lineage(compiled, catalogs)))
+
+
+def lineage(lake: LakeView | Lake | str | None = None, entry: str | None = None, *,
+            recipes: Iterable[str | Path] = (), catalogs: str | Path | None = None) -> Lineage:
+    """The graph from raw inputs to every output of the lake (and of `recipes`), with staleness;
+    only what `entry` was made from and what is made from it, if given. Shown as nested lists
+    in a notebook, as indented lines by print()."""
+    from .graph import compile_recipe
+    from .lineage import lake_lineage
+
+    store = _store(lake)
+    found = lake_lineage(store, catalogs, [compile_recipe(r, store, catalogs) for r in recipes])
+    return found if entry is None else found.around(entry)
 
 
 def _ids(force: Iterable[str] | str) -> list[str]:

@@ -322,6 +322,52 @@ def _memory_text(memory: dict | None) -> str:
 
 
 @app.command()
+def report(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = None,
+           as_json: JsonOption = False) -> None:
+    """Write the static HTML page of the recipe's latest run (reports/runs/RECIPE/RUN.html in the
+    lake): outputs with provenance, key numbers, plots inline, steps and lineage."""
+    from .graph import compile_recipe
+    from .html_report import recipe_lineage, write_report
+
+    compiled = compile_recipe(recipe, _lake(lake), catalogs)
+    path = write_report(compiled, lineage=recipe_lineage(compiled, catalogs))
+    url = compiled.lake.url(path)
+    if as_json:
+        out.print_json(json.dumps({"recipe": compiled.recipe.name, "report": url}))
+        return
+    say(f"wrote {escape(url)}", highlight=False)
+    if not any(compiled.lake.exists(step.zone, step.name) for step in compiled.outputs):
+        say("(no output of this recipe is in the lake yet: `replicalake run` it first)", highlight=False)
+
+
+@app.command()
+def lineage(entry: Annotated[str | None, typer.Argument(
+                help="a lake entry (zone/name): show only what it was made from and what is made from "
+                "it (default: every entry)")] = None,
+            lake: LakeOption = None, catalogs: CatalogsOption = None,
+            recipes: Annotated[list[Path] | None, typer.Option(
+                "--recipe", help="also show this recipe's chain (repeatable), run or not")] = None,
+            as_json: JsonOption = False) -> None:
+    """The graph from raw inputs through every step to every output, with staleness and why."""
+    from .graph import compile_recipe
+    from .lineage import lake_lineage
+
+    store = _lake(lake)
+    plans = [compile_recipe(path, store, catalogs) for path in recipes or []]
+    graph = lake_lineage(store, catalogs, plans)
+    if entry is not None:
+        graph = graph.around(entry)
+    if as_json:
+        out.print_json(json.dumps(graph.to_dict()))
+        return
+    if not graph.nodes:
+        say("the lake has no entries yet (`replicalake ingest`, then `replicalake run`)")
+    for line in graph.lines():
+        colour = "red" if ": stale" in line else ("green" if ": up to date" in line else None)
+        say(f"[{colour}]{escape(line)}[/{colour}]" if colour else escape(line), highlight=False)
+
+
+@app.command()
 def verify(names: Annotated[list[str] | None, typer.Argument(
                help="lake entries (zone/name) to check (default: every entry of the lake catalog)")] = None,
            lake: LakeOption = None, as_json: JsonOption = False) -> None:

@@ -146,13 +146,18 @@ def output_rows(plan: Plan, summary: RunSummary) -> list[dict[str, Any]]:
     return rows
 
 
-def outputs_markdown(plan: Plan, summary: RunSummary) -> str:
-    """The run report a person reads in the Prefect UI."""
+def outputs_markdown(plan: Plan, summary: RunSummary, page: str | None = None) -> str:
+    """The run report a person reads in the Prefect UI; `page`: the run's HTML page
+    (engine/html_report.py) in the lake, linked at the top."""
     computed = len(summary.computed)
     lines = [f"# {plan.recipe.name}", "",
              f"{computed} of {len(summary.outputs)} outputs computed in {summary.seconds:.2f} s "
-             f"on {summary.scheduler}; lake `{plan.lake.root_url}`, recipe `{plan.path}`.", "",
-             "| output | status | size | plots |", "|---|---|---|---|"]
+             f"on {summary.scheduler}; lake `{plan.lake.root_url}`, recipe `{plan.path}`.", ""]
+    if page is not None:
+        url = plan.lake.url(page)
+        link = f"file://{url}" if plan.lake.is_local else url
+        lines += [f"Full report (provenance, key numbers, plots, lineage): [{page}]({link})", ""]
+    lines += ["| output | status | size | plots |", "|---|---|---|---|"]
     for row in output_rows(plan, summary):
         plots = "<br>".join(f"`{p}`" for p in row["plots"]) or "-"
         lines.append(f"| `{row['output']}` | {row['status']} | {human_bytes(row['bytes'])} | {plots} |")
@@ -165,13 +170,19 @@ def artifact_key(recipe_name: str) -> str:
 
 
 @task(name="report", **_STAGE)
-def report_outputs(plan: Plan, summary: RunSummary) -> None:
-    """Attach the outputs, their status and plot paths to the run as artifacts."""
+def report_outputs(plan: Plan, summary: RunSummary, catalogs: str | None = None) -> str:
+    """Write the run's HTML page (engine/html_report.py) and attach the outputs, their status,
+    plot paths and a link to the page to the run as artifacts; return the page's path."""
+    from .html_report import recipe_lineage, write_report
+
+    page = write_report(plan, summary, recipe_lineage(plan, catalogs))
     key = artifact_key(plan.recipe.name)
     table = [{**row, "plots": "\n".join(row["plots"])} for row in output_rows(plan, summary)]
     create_table_artifact(table, key=key, description=f"{plan.recipe.name}: outputs of this run")
-    create_markdown_artifact(outputs_markdown(plan, summary), key=f"{key}-report",
+    create_markdown_artifact(outputs_markdown(plan, summary, page), key=f"{key}-report",
                              description=f"{plan.recipe.name}: run report")
+    _logger().info("report: %s", plan.lake.url(page))
+    return page
 
 
 # The summary goes back to an in-process caller (`run --prefect`) only; persisting it would
@@ -184,7 +195,7 @@ def recipe_flow(recipe: str, lake: str | None = None, catalogs: str | None = Non
     plan = compile_plan(recipe, lake, catalogs, force)
     # quote(): Prefect would otherwise walk the plan's lazy datasets looking for futures.
     summary = compute_outputs(quote(plan), scheduler, max_memory, replace)
-    report_outputs(quote(plan), quote(summary))
+    report_outputs(quote(plan), quote(summary), catalogs)
     return summary
 
 

@@ -110,6 +110,16 @@ def top_jets() -> xr.Dataset:
                        for name, value in jets.items()}).chunk({"jet": 20})
 
 
+def calo_showers() -> xr.Dataset:
+    """40 synthetic showers of 2 layers x 2x2 cells, in the `ingest synthetic-calo` layout."""
+    from .kernels.calo_synth import simulate_showers
+
+    showers = simulate_showers(40, seed=4, n_layers=2, n_side=2)
+    return xr.Dataset({"energy": (("shower", "layer", "cell"), showers["energy"]),
+                       "incident_energy": ("shower", showers["incident_energy"])},
+                      attrs={"quantum": 0.01}).chunk({"shower": 20})
+
+
 def dis_points() -> xr.Dataset:
     """Six F2 points of two datasets (proton, deuteron) in the `ingest nnpdf` layout."""
     x = np.array([0.05, 0.1, 0.3, 0.07, 0.2, 0.4])
@@ -127,6 +137,18 @@ def dis_points() -> xr.Dataset:
         coords={"x": ("point", x), "Q2": ("point", np.full(6, 10.0)),
                 "target_index": ("point", [0, 0, 0, 1, 1, 1])},
         attrs={"datasets": ["TOY_P", "TOY_D"], "dataset_points": [3, 3]}).chunk()
+
+
+def replica_set() -> xr.Dataset:
+    """A Monte Carlo PDF set of 8 replicas (+ member 0): 3 flavours, 6 x knots, 2 Q knots."""
+    from .ingest.lhapdf_format import pdfset_from_arrays
+
+    rng = np.random.default_rng(4)
+    x = np.geomspace(1e-3, 0.8, 6)
+    values = (1 - x)[None, None, :, None] * (1 + 0.1 * rng.standard_normal((8, 3, 6, 1))) * np.ones(2)
+    values = np.concatenate([values.mean(0, keepdims=True), values])
+    return pdfset_from_arrays([x], [np.array([1.4, 10.0])], [1, 2, 21], [values],
+                              {"SetDesc": "example replicas", "ErrorType": "replicas"}).chunk({"member": 5})
 
 
 def pdf_points() -> xr.Dataset:
@@ -154,9 +176,14 @@ ZLP_MODEL = example(Step("eels.train_zlp", {"image": ALIGNED, "clusters": CLUSTE
                           "n_spectra": 4, **SMALL_NET}))
 INELASTIC = example(Step("eels.subtract_zlp", {"image": ALIGNED, "model": ZLP_MODEL, "clusters": CLUSTERS,
                                                "windows": WINDOWS}, {"grid_size": 8}))
-example(Step("eels.fit_bandgap", {"inelastic": INELASTIC}, {"window_ev": [1.0, 3.0]}))
+example(Step("eels.fit_bandgap", {"inelastic": INELASTIC, "clusters": CLUSTERS, "windows": WINDOWS},
+             {"window_ev": [1.0, 3.0], "exponent": 1.5}))
 example(Step("eels.kramers_kronig", {"image": ALIGNED, "inelastic": INELASTIC},
              {"refractive_index": None, "collection_angle_mrad": 10.0}))
+V1_MODEL = example(Step("eels.eelsfitter_v1_train", {"image": eels_image, "clusters": CLUSTERS},
+                        {"replicas": 2, "n_bins": 4, "n_spectra": 4, "checkpoint_every": None,
+                         **SMALL_NET}))
+example(Step("eels.eelsfitter_v1", {"image": eels_image, "model": V1_MODEL}))
 
 SELECTED = example(Step("lhc.select", {"events": dimuon_events}, {"cut": "Q1 * Q2 < 0 and pt1 > 20"}))
 KINEMATICS = example(Step("lhc.kinematics", {"events": SELECTED}, {"prefix": "mu", "objects": [
@@ -187,6 +214,12 @@ example(Step("lhc.anomaly_score", {"jets": top_jets}, {
     "hidden": [3], "activations": ["tanh", "linear"], **TAGGER_NET}))
 example(Step("lhc.score_jets", {"model": TAGGER, "jets": top_jets}))
 
+CALO_FLOW = example(Step("calo.train_flow", {"showers": calo_showers}, {
+    "transforms": 1, "hidden": [4], "epochs": 2, "batch_size": 16}))
+CALO_GENERATED = example(Step("calo.sample", {"model": CALO_FLOW, "conditions": calo_showers}))
+example(Step("calo.metrics", {"generated": CALO_GENERATED, "reference": calo_showers, "model": CALO_FLOW}, {
+    "replicas": 2, "hidden": [4], "epochs": 4, "batch_size": 16, "bins": 5, "speed_showers": 10}))
+
 THEORY = example(Step("pdf.fk_tables", {"data": dis_points}))
 TRUTH = example(Step("pdf.toy_truth"))
 LEVEL1 = example(Step("pdf.level1", {"theory": THEORY, "truth": TRUTH}, {"seed": 1}))
@@ -210,3 +243,8 @@ REGRESSION = example(Step("replicas.train", {"data": TOY_REPLICAS}, {
     "features": ["x"], "hidden": [4], "activations": ["tanh", "linear"], **SMALL_NET}))
 PREDICTED = example(Step("replicas.predict", {"model": REGRESSION, "data": TOY}))
 example(Step("replicas.summary", {"data": PREDICTED}))
+example(Step("replicas.hyperopt", {"data": TOY_REPLICAS}, {
+    "op": "replicas.train", "space": {"optimiser.lr": {"low": 1e-3, "high": 0.1, "log": True}},
+    "base": {"features": ["x"], "hidden": [4], "activations": ["tanh", "linear"], **SMALL_NET},
+    "folds": {"k": 2}, "trials": 1, "startup_trials": 1, "replicas": 2}))
+example(Step("pdf.compress", {"pdf": replica_set}, {"replicas": 3, "generations": 5, "random_trials": 4}))

@@ -87,7 +87,7 @@ class Plan:
         rows = []
         for step in self.steps:
             ds = step.dataset
-            chunks = {str(d): max(c) for d, c in ds.chunks.items()} if ds.chunks else {}
+            chunks = largest_chunks(ds)
             rows.append({
                 "id": step.id, "op": step.op,
                 "status": step.status + (f" ({step.stale_reason})" if step.stale_reason else ""),
@@ -124,6 +124,19 @@ class Plan:
         return (f"<div>{title}<table><thead><tr>"
                 + "".join(f"<th style='text-align:left'>{h}</th>" for h in head)
                 + "</tr></thead><tbody>" + "".join(body) + "</tbody></table></div>")
+
+
+def largest_chunks(dataset: xr.Dataset) -> dict[str, int]:
+    """The largest chunk along each dim over all variables. `Dataset.chunks` raises where variables
+    are chunked differently along a dim, which a published output may well be (each variable keeps
+    its own zarr chunks: a per-pixel map beside a per-pixel spectrum), so read every variable."""
+    largest: dict[str, int] = {}
+    for var in dataset.variables.values():
+        if var.chunks is None:  # in memory (a coordinate): not chunked
+            continue
+        for dim, sizes in zip(var.dims, var.chunks, strict=True):
+            largest[str(dim)] = max(largest.get(str(dim), 0), *sizes)
+    return largest
 
 
 def _sizes(sizes: dict[str, int]) -> str:

@@ -144,6 +144,8 @@ def _chunk_advice(plan: Plan, step_id: str) -> str:
         pending.extend(step.inputs.values())
     if not sources:
         return f"its chunks come from the params of the steps before {step_id!r}"
+    from .plan import largest_chunks
+
     return "; ".join(f"set sources.{s.id}.chunks in the recipe (now "
-                     + ", ".join(f"{d}: {max(c)}" for d, c in s.dataset.chunks.items()) + ")"
+                     + ", ".join(f"{d}: {c}" for d, c in largest_chunks(s.dataset).items()) + ")"
                      for s in sorted(sources, key=lambda s: s.id))

@@ -96,6 +96,9 @@ class Plot(_Model):
     kind `roc`: `variable` is eps_B (replica, signal_efficiency), drawn as 1/eps_B (log scale)
     with its band over replicas. kind `hist`: a 1-D lhc.histogram output drawn as steps over
     its bin edges, with sqrt(variances) error bars.
+
+    Axis labels come from the `long_name` and `units` attributes of the variable and coordinates.
+    Among `points`, NAME with NAME_low and NAME_high is drawn as NAME with those error bars.
     """
 
     variable: str
@@ -104,6 +107,13 @@ class Plot(_Model):
     cmap: str = "viridis"
     overlay: list[str] = Field(default_factory=list)
     points: list[str] = Field(default_factory=list)
+    x: str | None = Field(None, description="band and line plots: the coordinate along the variable's dim "
+                          "to plot against (default: the dim's first 1-D coordinate)")
+    log_x: bool = Field(False, description="logarithmic horizontal axis")
+    colour_by: str | None = Field(None, description="band plots: a coordinate along the variable's dim "
+                                  "(e.g. Q2) whose values group the points into colours")
+    style: Literal["auto", "plain", "hep"] = Field(
+        "auto", description="hep: mplhep's ROOT style (the lhc extra); auto: hep for hist, roc and scan")
 
 
 class Output(_Model):

@@ -7,12 +7,14 @@ notebook API, engine/api.py, and nothing else:
     rl.plan(recipe, params={...})               # steps, staleness and why, projected memory
     rl.run(recipe, params={...}, lake=lake)     # compute and publish stale outputs
     rl.ingest.synthetic_eels("demo", shape=(64, 64, 512), lake=lake)
+    rl.report(recipe, lake)                     # the run's static HTML page (its URL)
+    rl.lineage(lake)                            # raw inputs -> every output, with staleness
 
 Importing it imports neither xarray, dask, torch nor prefect (each function imports what it needs).
 """
 
-from engine.api import LakeView, __version__, ingest, load, merge_params, open_lake, plan, run
+from engine.api import LakeView, __version__, ingest, lineage, load, merge_params, open_lake, plan, report, run
 from engine.errors import RecipeError, ReplicaLakeError
 
-__all__ = ["LakeView", "RecipeError", "ReplicaLakeError", "__version__", "ingest", "load", "merge_params",
-           "open_lake", "plan", "run"]
+__all__ = ["LakeView", "RecipeError", "ReplicaLakeError", "__version__", "ingest", "lineage", "load",
+           "merge_params", "open_lake", "plan", "report", "run"]

@@ -201,3 +201,46 @@ def assert_bias_variance(result: BiasVariance, tolerance: float = 0.2) -> None:
     """The pooled sqrt(bias / variance) within +-tolerance of a calibrated ensemble's, resolved."""
     _assert_resolved_and_close("sqrt(bias / variance)", result.ratio, result.error, result.expected,
                                tolerance, result)
+
+
+@dataclass(frozen=True)
+class Offsets:
+    """Signed offsets of an estimate from a reference, pooled over seeds: mean and RMS with errors."""
+
+    name: str
+    seeds: int
+    count: int
+    mean: float
+    mean_error: float
+    rms: float
+    rms_error: float
+
+    def __str__(self) -> str:
+        return (f"{self.name}, {self.seeds} seeds x {self.count // self.seeds} per seed: mean "
+                f"{self.mean:+.3f} +- {self.mean_error:.3f}, RMS {self.rms:.3f} +- {self.rms_error:.3f}")
+
+
+def pooled_offsets(name: str, per_seed: Sequence[np.ndarray]) -> Offsets:
+    """Mean and RMS of offsets over all values of all seeds, errors from the scatter between seeds.
+
+    Why the seed scatter: values of one seed share what that seed drew (one set of trained networks
+    for every pseudo-data set it is applied to), so they are not independent of each other.
+    """
+    if len(per_seed) < 3:
+        raise ValueError(f"pooling needs at least 3 seeds to estimate its error, got {len(per_seed)}")
+    values = [np.asarray(v, float).ravel() for v in per_seed]
+    sizes = np.array([v.size for v in values])
+    mean, mean_error = _pooled_mean([v.mean() for v in values], sizes)
+    square, square_error = _pooled_mean([np.mean(v**2) for v in values], sizes)
+    rms = float(np.sqrt(square))
+    return Offsets(name, len(values), int(sizes.sum()), mean, mean_error, rms, square_error / (2 * rms))
+
+
+def assert_offsets(result: Offsets, mean_tolerance: float, max_rms: float) -> None:
+    """|pooled mean| <= mean_tolerance (two-sided: a shift either way fails), RMS <= max_rms, and
+    both known well enough to say (2 errors within the bound)."""
+    _assert_resolved_and_close(f"mean of {result.name}", result.mean, result.mean_error, 0.0,
+                               mean_tolerance, result)
+    assert 2 * result.rms_error <= max_rms, (
+        f"RMS of {result.name} is known only to +-{result.rms_error:.3f}: pool more seeds ({result})")
+    assert result.rms <= max_rms, f"RMS of {result.name} above {max_rms}: {result}"

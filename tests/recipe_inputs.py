@@ -78,8 +78,10 @@ INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "lhc_omnifold": [],
     "lhc_top_tagging": [_top_jets],
     "pdf_closure": [_dis_f2],
+    "pdf_compress": [_dis_f2],
     "pdf_dis_fit": [_dis_f2],
     "replicas_closure_1d": [],
+    "replicas_hyperopt": [],
 }
 
 

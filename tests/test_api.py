@@ -78,6 +78,26 @@ def test_plan_run_and_params_round_trip(ramp_lake, write_recipe):
     assert [o.status for o in rl.run(recipe, lake, params=OVERRIDE).outputs] == ["up to date"]
 
 
+def test_report_and_lineage_from_python(ramp_lake, write_recipe):
+    recipe = write_recipe(RECIPE)
+    lake = rl.open_lake(ramp_lake.root)
+    rl.run(recipe, lake)
+    url = rl.report(recipe, lake)
+    assert url.startswith(f"{ramp_lake.root}/reports/runs/smoke/") and url.endswith(".html")
+    with open(url) as page:
+        assert "derived/smoke/total" in page.read()
+    graph = rl.lineage(lake)
+    assert repr(graph).splitlines() == [
+        "raw/ramp [input]: in the lake", "  -> smoke:part [core.select, step of smoke]",
+        "    -> derived/smoke/total [core.sum, output of smoke]: up to date"]
+    html = graph._repr_html_()
+    assert html.startswith("<ul class='lineage'") and "color:#070" in html
+    assert set(rl.lineage(lake, "raw/ramp").nodes) == set(graph.nodes)
+    stale = rl.lineage(lake, recipes=[write_recipe(RECIPE.replace("dims: [x]", "dims: [y]"))])
+    assert (stale.nodes["derived/smoke/total"].status, stale.nodes["derived/smoke/total"].why) == (
+        "stale", "params changed")
+
+
 def test_a_whole_recipe_as_a_dict(ramp_lake):
     data = recipe_dict()
     data["name"] = "from-a-dict"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 from rich.console import Console
 
 from engine import cli
@@ -95,6 +96,47 @@ def test_on_a_terminal_tables_are_drawn(monkeypatch):
     cli.print_table("demo", ("a", "b"), [("x\ny", "[not markup]")], caption="note")
     drawn = screen.getvalue()
     assert "┃" in drawn and "[not markup]" in drawn and "note" in drawn
+
+
+MIXED_CHUNKS = """\
+version: 1
+name: mixed
+sources:
+  data: {catalog: lake, entry: raw/mixed}
+steps:
+  - id: kept
+    op: core.select
+    inputs: {data: data}
+    params: {ranges: {y: [0, 63]}}
+outputs:
+  kept: {zone: derived}
+"""
+
+
+def test_plan_of_an_output_whose_variables_have_different_chunks(lake, write_recipe, monkeypatch, capsys):
+    """Regression (issue 18): `plan` raised "inconsistent chunks along dimension y" from
+    Dataset.chunks, with a traceback, once an output was up to date: the run stores each variable
+    with its own chunks (a small map's chunks are merged, engine/zarr_io.py; a cube's are kept),
+    as recipes/eels_dielectric.yaml's thickness map beside its spectra."""
+    from engine.testing import put_in_lake
+
+    rng = np.random.default_rng(18)
+    cube = rng.random((64, 64, 256), dtype=np.float32)  # 1 MiB chunks of 32 x 32 x 256: kept
+    source = xr.Dataset({"a": (("y", "x", "energy"), cube), "b": (("y", "x"), cube.sum(-1))},
+                        coords={"y": np.arange(64), "x": np.arange(64)})
+    put_in_lake(lake, "mixed", source.chunk({"y": 32, "x": 32}))
+    recipe = write_recipe(MIXED_CHUNKS)
+    code, _, err = replicalake(monkeypatch, capsys, "run", recipe, "--no-progress")
+    assert code == 0, err
+    stored = xr.open_zarr(f"{lake.root}/derived/mixed/kept", consolidated=False)
+    assert stored["a"].chunks[0] != stored["b"].chunks[0]  # the case that crashed
+    code, out, err = replicalake(monkeypatch, capsys, "plan", recipe, "--json")
+    assert code == 0 and "Traceback" not in err, err
+    steps = {row["id"]: row for row in json.loads(out)["steps"]}
+    assert steps["kept"]["status"] == "up to date"
+    assert steps["kept"]["chunks"] == {"y": 64, "x": 64, "energy": 256}  # the largest of any variable
+    code, out, err = replicalake(monkeypatch, capsys, "plan", recipe)
+    assert code == 0 and "up to date" in out, err
 
 
 # -- Ctrl-C --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pydantic import Field
 from ..bounds import PixelChunk
 from ..config import DEFAULT_PIXEL_CHUNKS
 from ..errors import IngestError
+from ..kernels.eels import ZLP_SEARCH_EV
 from ..storage import PROVENANCE_KEY, Lake, content_token
 from .eels_formats import LABELS, Spectra, format_of, open_spectra
 from .registry import EntryName, IngestParams, Progress, register_format
@@ -31,12 +32,15 @@ from .staging import pixel_blocks, staged_entry, write_blocks
 
 INGEST = "eels-files"
 INGEST_VERSION = "1"
-# The axis of EELSfitter's WS2 specimen-4 text spectra (../shared/data/eels/README.md), the
-# plain-text EELS data this project uses; other text spectra pass --energy-start/--dispersion.
-# Each channel is labelled by its lower edge: the 1981 channels cover -4.054 ... 45.471 eV, and
+# Plain-text spectra carry no energy axis. Without --energy-start/--dispersion the only axis
+# assumed is that of EELSfitter's WS2 specimen-4 spectra (../shared/data/eels/README.md), and
+# only for spectra that are recognisably those: TEXT_CHANNELS channels with their zero-loss peak
+# within ZLP_SEARCH_EV of 0 eV on that axis; any other text file must state its axis. Each
+# channel is labelled by its lower edge: the 1981 channels cover -4.054 ... 45.471 eV, and
 # EELSfitter's own loader labels them by their centres, 0.0125 eV higher.
 TEXT_ENERGY_START_EV = -4.054
 TEXT_DISPERSION_EV = 0.025
+TEXT_CHANNELS = 1981
 MAX_THREADS = 8  # each thread holds about three copies of one block in memory
 
 
@@ -48,10 +52,11 @@ class EelsFilesParams(IngestParams):
     name: EntryName
     chunks: tuple[PixelChunk, PixelChunk] = Field(DEFAULT_PIXEL_CHUNKS, description="CY CX pixel chunk")
     energy_start: float | None = Field(
-        None, description=f"text only: energy of the first channel in eV (default {TEXT_ENERGY_START_EV}, "
-        "the WS2 data)")
+        None, description="text only: energy of the first channel in eV (give it with --dispersion; "
+        f"without both, only EELSfitter's WS2 spectra are accepted, as {TEXT_ENERGY_START_EV})")
     dispersion: float | None = Field(
-        None, gt=0, description=f"text only: eV per channel (default {TEXT_DISPERSION_EV}, the WS2 data)")
+        None, gt=0, description="text only: eV per channel (give it with --energy-start; without both, "
+        f"only EELSfitter's WS2 spectra are accepted, as {TEXT_DISPERSION_EV})")
     allow_nonfinite: bool = Field(False, description="keep NaN/inf values instead of refusing the file")
     progress: Progress = True
 
@@ -80,11 +85,14 @@ def ingest_eels_files(lake: Lake, files: Sequence[str | Path], name: str,
                               f"values (NaN or inf) among {ny * nx * ne}; pass --allow-nonfinite "
                               "to keep them")
         group.attrs["nonfinite_values"] = bad
+        group.attrs["energy_axis"] = axis_note = _checked_axis(spectra, paths, fmt, energy_start is None)
         stage.publish(f"EELS {ny}x{nx}x{ne} from {LABELS[fmt]} {_source(paths)}", {"token": token})
     size = lake.size(lake.entry_path("raw", name))
     kept = f", {bad} non-finite values kept" if bad else ""
+    calibrated = "".join(f", {dim} {step:.4g} nm/pixel" for dim, (_, step) in spectra.positions.items())
     return (f"{ny}x{nx} spectra x {ne} channels, {dataset.energy.values[0]:g} .. "
-            f"{dataset.energy.values[-1]:g} eV{kept}, {size / 2**20:.1f} MiB on disk")
+            f"{dataset.energy.values[-1]:g} eV ({axis_note}){calibrated}{kept}, "
+            f"{size / 2**20:.1f} MiB on disk")
 
 
 def _check_request(lake: Lake, paths: list[Path], name: str, chunks: tuple[int, int]) -> None:
@@ -103,14 +111,43 @@ def _check_request(lake: Lake, paths: list[Path], name: str, chunks: tuple[int, 
 
 def _text_axis(path: Path, fmt: str, start: float | None,
                dispersion: float | None) -> tuple[float, float] | None:
-    """(start, dispersion) for text spectra (WS2 defaults); None for files that carry an axis."""
+    """(start, dispersion) for text spectra: both given, or neither (the WS2 axis, which
+    `_checked_axis` accepts only for the WS2 spectra); None for files that carry an axis."""
     if fmt == "text":
+        if (start is None) != (dispersion is None):
+            given, missing = ("--energy-start", "--dispersion") if dispersion is None else (
+                "--dispersion", "--energy-start")
+            raise IngestError(f"{path}: {given} was given without {missing}; plain-text spectra need "
+                              "both (eV of the first channel and eV per channel)")
         return (TEXT_ENERGY_START_EV if start is None else start,
                 TEXT_DISPERSION_EV if dispersion is None else dispersion)
     if start is not None or dispersion is not None:
         raise IngestError(f"{path}: --energy-start/--dispersion apply to plain-text spectra only; "
                           f"a {LABELS[fmt]} file carries its own energy axis")
     return None
+
+
+def _checked_axis(spectra: Spectra, paths: list[Path], fmt: str, assumed: bool) -> str:
+    """Where the energy axis came from (stored as the entry's `energy_axis` attribute); refuses
+    text spectra without --energy-start/--dispersion unless they are the WS2 spectra."""
+    energy = spectra.energy
+    if fmt != "text":
+        return f"from the file: {energy[0]:g} eV + {energy[1] - energy[0]:g} eV/channel"
+    if not assumed:
+        return f"given: --energy-start {energy[0]:g} --dispersion {energy[1] - energy[0]:g}"
+    mean = np.nanmean(np.asarray(spectra.counts, dtype=np.float64), axis=(0, 1))
+    peak = float(energy[int(np.nanargmax(mean))]) if np.isfinite(mean).any() else float("nan")
+    if energy.size != TEXT_CHANNELS or not abs(peak) <= ZLP_SEARCH_EV:
+        found = (f"{energy.size} channels" if energy.size != TEXT_CHANNELS else
+                 f"{TEXT_CHANNELS} channels, but their highest mean count is at {peak:.3g} eV on that axis, "
+                 f"not within {ZLP_SEARCH_EV:g} eV of 0 (where a zero-loss peak would be)")
+        raise IngestError(
+            f"{_source(paths)}: plain-text spectra carry no energy axis; pass --energy-start (eV of "
+            "the first channel) and --dispersion (eV per channel). Without them only EELSfitter's WS2 "
+            f"specimen-4 spectra are accepted ({TEXT_CHANNELS} channels, --energy-start "
+            f"{TEXT_ENERGY_START_EV} --dispersion {TEXT_DISPERSION_EV}); found {found}")
+    return (f"assumed: EELSfitter's WS2 specimen-4 axis (--energy-start {TEXT_ENERGY_START_EV} "
+            f"--dispersion {TEXT_DISPERSION_EV}): {TEXT_CHANNELS} channels, zero-loss peak at {peak:.3g} eV")
 
 
 def _file_digest(path: Path) -> str:
@@ -129,12 +166,17 @@ def _template(spectra: Spectra, block: tuple[int, int], paths: list[Path], fmt: 
     ny, nx, ne = spectra.counts.shape
     counts = da.zeros((ny, nx, ne), chunks=(*block, ne), dtype=np.float32)
     energy = spectra.energy
-    dataset = xr.Dataset(
-        {"counts": (("y", "x", "energy"), counts)},
-        coords={"y": np.arange(ny), "x": np.arange(nx),
-                "energy": ("energy", energy, {"units": "eV", "long_name": "energy loss"})})
+    coords = {"y": np.arange(ny), "x": np.arange(nx),
+              "energy": ("energy", energy, {"units": "eV", "long_name": "energy loss"})}
+    for dim, (offset, step) in spectra.positions.items():  # the file's calibration, beside the
+        size = ny if dim == "y" else nx  # pixel indices (recipes select pixels by index)
+        coords[f"{dim}_nm"] = (dim, offset + step * np.arange(size),
+                               {"units": "nm", "long_name": f"{dim} position"})
+    pixel_size = {f"pixel_size_{dim}_nm": step for dim, (_, step) in spectra.positions.items()}
+    dataset = xr.Dataset({"counts": (("y", "x", "energy"), counts)}, coords=coords)
     dataset.attrs = {
         **spectra.attrs,
+        **pixel_size,
         "original_files": [p.name for p in paths],
         PROVENANCE_KEY: {"token": token, "ingest": INGEST, "ingest_version": INGEST_VERSION,
                          "format": fmt, "files": [str(p.resolve()) for p in paths],

@@ -39,6 +39,14 @@ class Spectra:
     counts: Any  # numpy or (lazy) dask array, dims (y, x, energy)
     energy: np.ndarray
     attrs: dict[str, Any] = field(default_factory=dict)  # dispersion_ev, beam_energy_kev, ...
+    # the file's spatial calibration: dim ("y", "x") -> (offset, step) in nm of a calibrated axis
+    positions: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+# Length units of spatial axes as DigitalMicrograph and HyperSpy write them, in nm. An axis in
+# other units (none, "<undefined>", 1/nm of a diffraction pattern) is left in pixels.
+NM_PER_UNIT = {"nm": 1.0, "µm": 1e3, "μm": 1e3, "um": 1e3, "micron": 1e3, "mm": 1e6, "m": 1e9,
+               "pm": 1e-3, "å": 0.1, "angstrom": 0.1}
 
 
 def format_of(paths: Sequence[Path]) -> str:
@@ -162,7 +170,26 @@ def _as_spectra(path: Path, signal: dict) -> Spectra:
         raise IngestError(f"{path}: expected a uniform energy axis (offset + scale), found a "
                           f"non-uniform axis {axis.get('name')!r}")
     values = energy_axis(path, float(axis.get("offset", 0.0)), float(axis["scale"]), int(axis["size"]))
-    return Spectra(counts, values, {**_metadata(signal), "dispersion_ev": float(axis["scale"])})
+    positions = spatial_calibration(path, [axes[i] for i in spatial])
+    return Spectra(counts, values, {**_metadata(signal), "dispersion_ev": float(axis["scale"])}, positions)
+
+
+def spatial_calibration(path: Path, axes: list[dict]) -> dict[str, tuple[float, float]]:
+    """(offset, step) in nm of each spatial axis the file calibrates in a length unit, by lake
+    dim: two axes are (y, x), one is x (a line scan). A calibrated axis with a step that is not
+    finite and positive is refused: maps would be drawn with a wrong scale."""
+    found = {}
+    for dim, axis in zip(("y", "x")[2 - len(axes):], axes, strict=True):
+        units = str(axis.get("units") or "").strip()
+        factor = NM_PER_UNIT.get(units) or NM_PER_UNIT.get(units.lower())
+        if factor is None or "scale" not in axis:
+            continue
+        step, offset = float(axis["scale"]) * factor, float(axis.get("offset", 0.0)) * factor
+        if not (np.isfinite(step) and step > 0 and np.isfinite(offset)):
+            raise IngestError(f"{path}: expected a positive finite pixel size on the {dim} axis, found "
+                              f"scale {axis['scale']} {units} (offset {axis.get('offset', 0.0)})")
+        found[dim] = (offset, step)
+    return found
 
 
 def _lookup(tree: dict, dotted: str) -> Any:

@@ -26,7 +26,8 @@ from .. import bounds
 if TYPE_CHECKING:
     from ..storage import Lake
 
-BUILTIN_MODULES = ("synthetic_eels", "eels_files", "nnpdf", "root_files", "jet_tables", "lhapdf")
+BUILTIN_MODULES = ("synthetic_eels", "eels_files", "nnpdf", "root_files", "jet_tables", "lhapdf",
+                   "synthetic_calo")
 ENTRY = "name"  # every format writes raw/NAME
 RESERVED = ("lake",)  # options every ingest command has besides its params
 

@@ -7,6 +7,8 @@ then published to raw/NAME with its truth maps beside the counts.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -53,6 +55,10 @@ class SyntheticEelsParams(IngestParams):
         (-5.0, 46.0), description="energy window MIN MAX (eV); monochromated: -1 9")
     zlp_fwhm: float | None = Field(None, description="ZLP FWHM (eV) at zero thickness; default 0.382 "
                                    "(the real WS2 vacuum ZLP); monochromated: 0.01-0.1")
+    scene: Literal["flakes", "bandgap"] = Field(
+        "flakes", description="flakes: six flakes (t/lambda 0.45-1.85, E_g 1.0-2.3 eV) on a "
+        "substrate, 1e6 counts; bandgap: the band-gap known truth, one specimen (t/lambda 0.1, "
+        "E_g 1.4 eV, b 1.5, 6e7 counts) beside a vacuum strip (the right quarter)")
     progress: Progress = True
 
 
@@ -60,11 +66,12 @@ class SyntheticEelsParams(IngestParams):
 def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], seed: int = 0,
                           chunks: tuple[int, int] = DEFAULT_PIXEL_CHUNKS, progress: bool = True,
                           threads: int | None = None, energy_range: tuple[float, float] = (-5.0, 46.0),
-                          zlp_fwhm: float | None = None) -> str:
+                          zlp_fwhm: float | None = None, scene: str = "flakes") -> str:
     """Generate an NY x NX x NE image into raw/NAME; returns a one-line description.
 
     energy_range is the window (eV); zlp_fwhm (eV, at zero thickness) narrows or widens the
     fitted real ZLP (0.382 eV): a monochromated microscope is 0.01-0.1 eV on a -1 ... 9 eV window.
+    scene: one of eels_synth.SCENES (the truth maps of each: eels_synth.truth_maps).
     """
     if len(shape) != 3 or min(shape) < 1:
         raise IngestError(f"--shape must be three positive integers NY NX NE, found {shape}")
@@ -81,10 +88,12 @@ def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], se
     chunks = (min(chunks[0], shape[0]), min(chunks[1], shape[1]))
     energy = eels_synth.energy_axis(shape[2], e_min, e_max)
     fwhm = eels_synth.ZLP_FWHM if zlp_fwhm is None else float(zlp_fwhm)
-    instrument = {"zlp_scale": fwhm / eels_synth.ZLP_FWHM}
+    if scene not in eels_synth.SCENES:
+        raise IngestError(f"--scene must be one of {', '.join(eels_synth.SCENES)}, found {scene!r}")
+    instrument = {"zlp_scale": fwhm / eels_synth.ZLP_FWHM, "scene": scene}
     sample = eels_synth.simulate_block(shape[:2], (0, 0), (1, 1), energy, seed, **instrument)
     token = content_token(GENERATOR, GENERATOR_VERSION, list(shape), list(chunks), seed,
-                          [e_min, e_max], fwhm)
+                          [e_min, e_max], fwhm, *([scene] if scene != "flakes" else []))
     dataset = _template(shape, chunks, energy, sample)
     dataset.attrs = {
         "beam_energy_kev": BEAM_ENERGY_KEV,
@@ -93,7 +102,7 @@ def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], se
         "description": "synthetic low-loss EELS image, exact Poisson multiple scattering",
         PROVENANCE_KEY: {"token": token, "ingest": GENERATOR, "generator_version": GENERATOR_VERSION,
                          "shape": list(shape), "chunks": list(chunks), "seed": seed,
-                         "energy_range": [e_min, e_max], "zlp_fwhm": fwhm},
+                         "energy_range": [e_min, e_max], "zlp_fwhm": fwhm, "scene": scene},
     }
     with staged_entry(lake, "raw", name) as stage:
         group = stage.layout(dataset)

@@ -248,8 +248,38 @@ def _hash_uniform(seed: int, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def truth_maps(iy, ix, shape: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
+# The band-gap known truth (issue 17): one thin specimen with an indirect gap beside vacuum,
+# at the counts of a real unmonochromated low-loss acquisition (EELSfitter's WS2 spectra hold
+# ~6e7 counts). Vacuum (tau = 0) is pure ZLP: the reference a vacuum ZLP and dE_II come from.
+BANDGAP_SCENE = {"tau": 0.1, "e_g": 1.4, "b": 1.5, "n_counts": 6e7}
+VACUUM_FRACTION = 0.25  # the right quarter of the columns (at least one) is vacuum
+SCENES = ("flakes", "bandgap")
+
+
+def _bandgap_maps(y: np.ndarray, x: np.ndarray, shape: tuple[int, int], seed: int,
+                  modes: dict) -> dict[str, np.ndarray]:
+    """Truth of the "bandgap" scene: specimen (tau 0.1 +- 3%, E_g 1.4 eV, b 1.5, 6e7 +- 2%
+    counts) left of a vacuum strip (tau 0, e_g NaN: no gap). The generator needs a finite E_g
+    everywhere, so vacuum is simulated with the specimen's (its onset weight tau is 0)."""
+    ny, nx = shape
+    u, v = (y + 0.5) / ny, (x + 0.5) / nx
+    vacuum = np.broadcast_to(x >= nx - max(1, round(VACUUM_FRACTION * nx)), np.broadcast_shapes(
+        y.shape, x.shape))
+    tau = BANDGAP_SCENE["tau"] * (1.0 + 0.03 * _smooth(modes["tau"], u, v))
+    return {
+        "tau": np.where(vacuum, 0.0, tau),
+        "e_g": np.full(vacuum.shape, BANDGAP_SCENE["e_g"]),
+        "b": np.full(vacuum.shape, BANDGAP_SCENE["b"]),
+        "n_counts": BANDGAP_SCENE["n_counts"] * (1.0 + 0.02 * _smooth(modes["n"], u, v)),
+        "vacuum": vacuum,
+    }
+
+
+def truth_maps(iy, ix, shape: tuple[int, int], seed: int,
+               scene: str = "flakes") -> dict[str, np.ndarray]:
     """Per-pixel truth for rows iy x cols ix (slices or index arrays of the GLOBAL image).
+
+    scene "bandgap" is the band-gap known truth instead (_bandgap_maps); "flakes" is this:
 
     tau: substrate 0.1-0.3 plus six flakes on terraces 0.45-1.85 (K-means has clusters to find);
     e_g: 2.4 eV substrate, 1.0-2.3 eV per flake; b: 1.5 or 0.5 per flake (hard edge);
@@ -257,9 +287,19 @@ def truth_maps(iy, ix, shape: tuple[int, int], seed: int) -> dict[str, np.ndarra
     Every value is a function of (global y, global x, seed), so blocks join seamlessly.
     Returned as float32: the exact values the generator uses.
     """
+    if scene not in SCENES:
+        raise ValueError(f"unknown scene {scene!r}; use one of {', '.join(SCENES)}")
     ny, nx = shape
     y = np.arange(ny)[iy][:, None]
     x = np.arange(nx)[ix][None, :]
+    jitter = 0.01 * (2.0 * _hash_uniform(seed, y, x) - 1.0)
+    if scene == "bandgap":
+        modes = _scene(seed)["modes"]
+        u, v = (y + 0.5) / ny, (x + 0.5) / nx
+        maps = _bandgap_maps(y, x, shape, seed, modes)
+        maps["drift"] = 0.15 * _smooth(modes["drift"], u, v) + jitter
+        maps["vacuum"] = maps["vacuum"].astype(np.float32)
+        return {name: np.ascontiguousarray(m, dtype=np.float32) for name, m in maps.items()}
     scene = _scene(seed)
     u, v = (y + 0.5) / ny, (x + 0.5) / nx
     member = _flake_membership(scene, u, v)
@@ -270,7 +310,6 @@ def truth_maps(iy, ix, shape: tuple[int, int], seed: int) -> dict[str, np.ndarra
     e_g = _paint(np.full_like(tau, 2.4), scene["e_g"], member)
     e_g = e_g + 0.1 * _smooth(modes["e_g"], u, v)
     b = _paint(np.full_like(tau, 1.5), scene["b"], member > 0.5)
-    jitter = 0.01 * (2.0 * _hash_uniform(seed, y, x) - 1.0)
     maps = {
         "tau": tau,
         "e_g": e_g,
@@ -440,17 +479,21 @@ def simulate_chunk(energy: np.ndarray, maps: dict, rng: np.random.Generator, gai
 
 def simulate_block(shape: tuple[int, int], block_origin: tuple[int, int],
                    block_shape: tuple[int, int], energy: np.ndarray, seed: int, gain: float = 1.0,
-                   read_noise: float = 2.0, zlp_scale: float = 1.0) -> dict[str, np.ndarray]:
+                   read_noise: float = 2.0, zlp_scale: float = 1.0,
+                   scene: str = "flakes") -> dict[str, np.ndarray]:
     """One block of a (NY, NX) image: counts, windowed_log_ratio and every truth map.
 
     Noise comes from SeedSequence([seed, iy0, ix0]), so the same call returns identical bytes
-    and any block regenerates without its neighbours.
+    and any block regenerates without its neighbours. scene: see truth_maps. In the "bandgap"
+    scene the returned e_g is NaN on vacuum (no gap there) and `vacuum` is 1 there, else 0.
     """
     (iy0, ix0), (by, bx) = block_origin, block_shape
     if not (0 <= iy0 and 0 <= ix0 and by > 0 and bx > 0
             and iy0 + by <= shape[0] and ix0 + bx <= shape[1]):
         raise ValueError(f"block {block_origin} + {block_shape} is not inside image {shape}")
-    maps = truth_maps(slice(iy0, iy0 + by), slice(ix0, ix0 + bx), shape, seed)
+    maps = truth_maps(slice(iy0, iy0 + by), slice(ix0, ix0 + bx), shape, seed, scene)
     rng = np.random.default_rng(np.random.SeedSequence([seed, iy0, ix0]))
     counts, windowed = simulate_chunk(energy, maps, rng, gain, read_noise, zlp_scale)
+    if "vacuum" in maps:
+        maps["e_g"] = np.where(maps["vacuum"] > 0, np.nan, maps["e_g"]).astype(np.float32)
     return {"counts": counts, "windowed_log_ratio": windowed, **maps}

@@ -5,6 +5,15 @@ the pixel chunks. When the input carries quantile bands of the inelastic signal 
 ZLP replicas), each band curve is fitted too and the spread of their onsets is the error of
 E_BG: that error includes the ZLP model's uncertainty, which the fit covariance alone does not.
 
+Self-consistency (issue 17). Given the clusters and ZLP windows, each pixel's fit starts at
+max(window start, its cluster's dE_I): below dE_I the subtracted signal is the ZLP model's
+by construction, so an onset found there is an artefact of the window, not of the data. A fit
+whose E_BG still lands below dE_I is flagged (`onset_below_de_i`, not converged). When the
+input carries the median subtracted at dE_I -/+ a shift (eels.subtract_zlp's `inelastic_de_i`),
+each is fitted from its own dE_I; the larger change of E_BG is a systematic folded into
+`e_bg_error`, and `e_bg_slope` (dE_BG / d dE_I) says whether the result follows the data (~0)
+or the window (~1).
+
 The default background term c E (c >= 0) is the low-energy limit of the plasmon's loss function,
 which lies under every band-gap onset; without it E_BG comes out 0.2-0.5 eV low for b = 1.5 on
 the generator's spectra (engine.kernels.bandgap). `background: none` fits the bare power law.
@@ -25,17 +34,23 @@ from ..key_numbers import mark
 from ..registry import register_op
 from .core import require_dims, require_variables
 from .eels import ENERGY, passthrough
+from .eels_cluster import CLUSTER_ID, cluster_labels
 
 QUANTILE = "quantile"
+DE_I_SHIFT = "de_i_shift"  # eels.subtract_zlp's dim of the bands at shifted dE_I
 BANDGAP_TRUTH = "e_g"  # the true E_BG map of a synthetic image (engine/kernels/eels_synth.py)
-_MAPS = ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "converged", "chi2")
+_MAPS = ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "converged", "chi2",
+         "onset_below_de_i", "e_bg_fit")
+_DTYPES = [np.float32] * 5 + [bool, np.float32, bool, np.float32]
 
 
 class BandgapParams(Params):
     window_ev: tuple[float, float] = Field(
-        description="[low, high] energy loss window of the fit (eV), just above the onset")
+        description="[low, high] energy loss window of the fit (eV), just above the onset; with "
+        "clusters and windows inputs each pixel starts at max(low, its cluster's dE_I)")
     exponent: float | None = Field(
-        None, gt=0, description="fixed b: 0.5 direct gap, 1.5 indirect; null fits b too")
+        None, gt=0, description="null (default) fits b; a fixed b (0.5 direct gap, 1.5 "
+        "indirect) also reports the free-b fit's chi2 beside it (`chi2_free_b`)")
     background: Literal["none", "linear"] = Field(
         "linear", description="linear: fit c E (c >= 0) under the onset, the plasmon tail's "
         "low-energy limit; none: the bare power law")
@@ -43,6 +58,10 @@ class BandgapParams(Params):
     quantile_variable: str | None = Field(
         "inelastic_quantile", description=f"quantile bands over a {QUANTILE!r} dim, fitted for "
         "the E_BG error; the default is used when present, null ignores bands")
+    shift_variable: str | None = Field(
+        "inelastic_de_i", description=f"the median subtracted at shifted dE_I (a {DE_I_SHIFT!r} "
+        "dim, eels.subtract_zlp), fitted for the dE_I systematic; used when present (and "
+        "clusters and windows are given), null ignores it")
     weights: Literal["uniform", "poisson"] = Field(
         "uniform", description="uniform: errors from the scatter about the fit; poisson: "
         "sigma^2 = max(I, 1) counts")
@@ -55,25 +74,56 @@ class BandgapParams(Params):
         return self
 
 
-def _fit_maps(spectra: np.ndarray, energy, window, exponent, background, sigma):
-    fit = fit_kernel(spectra, energy, window=window, exponent=exponent, background=background,
-                     sigma=sigma)
-    return (fit.e_bg.astype(np.float32), fit.e_bg_error.astype(np.float32),
-            fit.amplitude.astype(np.float32), fit.exponent.astype(np.float32),
-            fit.background.astype(np.float32), fit.converged, fit.chi2.astype(np.float32))
+def _fit_maps(spectra: np.ndarray, de_i=None, *, energy, window, exponent, background, sigma,
+              shift=0.0):
+    """The maps of one block. de_i (pixels): each pixel's dE_I (NaN: unclustered, no fit) or
+    None; a pixel's window starts at max(window low, dE_I + shift). Pixels sharing a start
+    (one per cluster) are fitted together."""
+    lead = spectra.shape[:-1]
+    flat = spectra.reshape(-1, spectra.shape[-1])
+    n = flat.shape[0]
+    out = {name: np.full(n, np.nan, np.float32) for name in _MAPS}
+    for name in ("converged", "onset_below_de_i"):
+        out[name] = np.zeros(n, bool)
+    if de_i is None:
+        limit = np.full(n, -np.inf)
+        start = np.full(n, window[0])
+    else:
+        limit = np.broadcast_to(np.asarray(de_i, np.float64), lead).reshape(-1) + shift
+        start = np.maximum(window[0], limit)  # NaN stays NaN: no fit
+    free = 2 + (exponent is None) + (background == "linear")
+    for low in np.unique(start[np.isfinite(start)]):
+        rows = np.flatnonzero(start == low)
+        if ((energy >= low) & (energy <= window[1])).sum() < free + 2:
+            continue  # dE_I too close to the window's end: no fit, not converged
+        fit = fit_kernel(flat[rows], energy, window=(low, window[1]), exponent=exponent,
+                         background=background, sigma=sigma)
+        below = fit.converged & (fit.e_bg < limit[rows])
+        good = fit.converged & ~below
+        out["e_bg_fit"][rows] = fit.e_bg
+        out["onset_below_de_i"][rows] = below
+        out["converged"][rows] = good
+        for name in ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "chi2"):
+            out[name][rows] = np.where(good, getattr(fit, name), np.nan)
+    return tuple(out[name].reshape(lead) for name in _MAPS)
 
 
-def _fit(spectra: xr.DataArray, energy: np.ndarray, params: BandgapParams) -> dict:
+def _fit(spectra: xr.DataArray, de_i: xr.DataArray | None, energy: np.ndarray,
+         params: BandgapParams, exponent, shift: float = 0.0) -> dict:
     """Lazy fit maps of every spectrum in `spectra` (energy last, in one chunk)."""
     if spectra.chunks and len(spectra.chunks[-1]) > 1:
         spectra = spectra.chunk({ENERGY: -1})
+    args, cores = [spectra], [[ENERGY]]
+    if de_i is not None:
+        args.append(de_i)
+        cores.append([])
     maps = xr.apply_ufunc(
-        _fit_maps, spectra,
-        kwargs={"energy": energy, "window": params.window_ev, "exponent": params.exponent,
-                "background": params.background,
+        _fit_maps, *args,
+        kwargs={"energy": energy, "window": params.window_ev, "exponent": exponent,
+                "background": params.background, "shift": shift,
                 "sigma": None if params.weights == "uniform" else "poisson"},
-        input_core_dims=[[ENERGY]], output_core_dims=[[]] * len(_MAPS),
-        dask="parallelized", output_dtypes=[np.float32] * 5 + [bool, np.float32],
+        input_core_dims=cores, output_core_dims=[[]] * len(_MAPS),
+        dask="parallelized", output_dtypes=_DTYPES,
     )
     return dict(zip(_MAPS, maps, strict=True))
 
@@ -93,16 +143,117 @@ def _check_window(energy: np.ndarray, params: BandgapParams) -> None:
                       f"needs at least {needed}: widen it")
 
 
+def _pixel_values(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """values[label] per pixel, NaN where the label is -1 (no cluster)."""
+    values = np.asarray(values, np.float64)
+    return np.where(labels >= 0, values[np.maximum(labels, 0)], np.nan).astype(np.float32)
+
+
+def _de_i_map(inelastic: xr.Dataset, spectra: xr.DataArray, clusters, windows):
+    """Each pixel's dE_I from its cluster (lazy), or None without clusters and windows."""
+    if clusters is None and windows is None:
+        return None
+    if clusters is None or windows is None:
+        raise OpError("give both inputs clusters and windows (the eels.cluster and "
+                      "eels.zlp_windows steps the subtraction used), or neither")
+    labels, k = cluster_labels(clusters, spectra)
+    require_variables(windows, ["de_i"])
+    if windows.sizes.get(CLUSTER_ID) != k:
+        raise OpError(f"the windows input has {windows.sizes.get(CLUSTER_ID)} clusters, the "
+                      f"cluster map {k}: both must come from the same eels.cluster step")
+    de_i = xr.apply_ufunc(_pixel_values, labels, windows["de_i"],
+                          input_core_dims=[[], [CLUSTER_ID]], dask="parallelized",
+                          output_dtypes=[np.float32])
+    if spectra.chunks:
+        de_i = de_i.chunk(dict(zip(spectra.dims[:-1], spectra.chunks[:-1], strict=True)))
+    de_i.attrs = {"units": "eV", "long_name": "dE_I of the pixel's cluster (the fit's lowest "
+                  "start)"}
+    return de_i
+
+
+def _bands_error(inelastic, params, de_i, energy, maps) -> None:
+    bands = params.quantile_variable
+    explicit = "quantile_variable" in params.model_fields_set
+    if bands is None or not (bands in inelastic.data_vars or explicit):
+        return
+    require_variables(inelastic, [bands])
+    if QUANTILE not in inelastic[bands].dims or ENERGY not in inelastic[bands].dims:
+        raise OpError(f"variable {bands!r} needs {QUANTILE!r} and {ENERGY!r} dims "
+                      f"(dims: {inelastic[bands].dims})")
+    band_e_bg = _fit(inelastic[bands].transpose(..., ENERGY), de_i, energy, params,
+                     params.exponent)["e_bg_fit"]
+    maps["e_bg_quantile"] = band_e_bg
+    spread = (band_e_bg.max(QUANTILE, skipna=False) - band_e_bg.min(QUANTILE, skipna=False)) / 2
+    maps["e_bg_error"] = spread.where(maps["converged"]).astype(np.float32)
+    maps["e_bg_error"].attrs["source"] = f"half the spread over the {bands!r} curves"
+
+
+def _de_i_systematic(inelastic, params, de_i, energy, maps) -> None:
+    """Fit the median at each shifted dE_I; fold the largest change of E_BG into the error."""
+    name = params.shift_variable
+    explicit = "shift_variable" in params.model_fields_set
+    if name is None or not (name in inelastic.data_vars or explicit):
+        return
+    require_variables(inelastic, [name])
+    shifted = inelastic[name]
+    if DE_I_SHIFT not in shifted.dims or DE_I_SHIFT not in shifted.coords:
+        raise OpError(f"variable {name!r} needs a {DE_I_SHIFT!r} dim with its shifts in eV as "
+                      f"coordinate (dims: {shifted.dims})")
+    if de_i is None:
+        if explicit:
+            raise OpError(f"shift_variable {name!r} needs the clusters and windows inputs (the "
+                          "fit windows start at each shifted dE_I)")
+        return
+    shifts = [float(v) for v in shifted[DE_I_SHIFT].values]
+    fits = [_fit(shifted.sel({DE_I_SHIFT: v}).transpose(..., ENERGY), de_i, energy, params,
+                 params.exponent, v)["e_bg_fit"] for v in shifts]
+    onsets = xr.concat(fits, dim=xr.DataArray(shifts, dims=DE_I_SHIFT, name=DE_I_SHIFT))
+    change = abs(onsets - maps["e_bg_fit"]).max(DE_I_SHIFT)  # skipna: the fits that converged
+    systematic = change.fillna(0.0).where(maps["converged"])
+    statistical = maps["e_bg_error"]
+    maps["e_bg_de_i"] = onsets.astype(np.float32)
+    maps["e_bg_systematic"] = systematic.astype(np.float32)
+    maps["e_bg_error"] = np.hypot(statistical, systematic).astype(np.float32)
+    maps["e_bg_error"].attrs["source"] = (f"{statistical.attrs.get('source')} and the dE_I "
+                                          f"systematic (dE_I {shifts} eV) in quadrature")
+    low, high = int(np.argmin(shifts)), int(np.argmax(shifts))
+    if shifts[high] > shifts[low]:
+        maps["e_bg_slope"] = ((fits[high] - fits[low]) / (shifts[high] - shifts[low])).astype(
+            np.float32)
+
+
+def _self_consistency(maps: dict, de_i: xr.DataArray) -> None:
+    """Flag onsets not resolved above dE_I: E_BG - e_bg_error < dE_I (the kernel-level check
+    E_BG < dE_I, widened by one standard error). An onset the data cannot place above dE_I
+    is where the window put it: measured on the known truth (E_g 1.4 eV), a fit started at
+    dE_I = 1.55-2.2 eV puts E_BG just above dE_I with b -> 0.5 rather than below it, so the
+    strict test alone would pass those."""
+    error = maps["e_bg_error"].fillna(0.0)
+    below = maps["onset_below_de_i"] | (maps["converged"] & (maps["e_bg_fit"] - error < de_i))
+    maps["onset_below_de_i"] = below
+    maps["converged"] = maps["converged"] & ~below
+    for name in ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "chi2",
+                 "e_bg_systematic"):
+        if name in maps:
+            maps[name] = maps[name].where(maps["converged"])
+
+
 @register_op("eels.fit_bandgap", params=BandgapParams, inputs=("inelastic",),
+             optional_inputs=("clusters", "windows"),
              memory=2.25)  # per-pixel fits: measured 2.17, 2.18 at 32, 64 px (calibrate_op_memory.py)
-def fit_bandgap(params: BandgapParams, inelastic: xr.Dataset) -> xr.Dataset:
+def fit_bandgap(params: BandgapParams, inelastic: xr.Dataset, clusters: xr.Dataset | None = None,
+                windows: xr.Dataset | None = None) -> xr.Dataset:
     """Band-gap maps from fits of A (E - E_BG)^b [+ c E] over window_ev, per pixel.
 
     Output: `e_bg` (eV), `e_bg_error` (half the spread of E_BG over the quantile band curves
-    when the input has them, else the fit's standard error), `amplitude`, `exponent`,
-    `background` (the slope c; 0 with background none), `converged` (False: the maps are NaN
-    there) and `chi2` (per degree of freedom); with bands also `e_bg_quantile`, the onset of
-    each band curve.
+    when the input has them, else the fit's standard error; with shifted-dE_I bands the dE_I
+    systematic `e_bg_systematic` in quadrature), `amplitude`, `exponent`, `background` (the
+    slope c; 0 with background none), `converged` (False: the maps are NaN there), `chi2` (per
+    degree of freedom), `onset_below_de_i` (the fit put E_BG below the pixel's dE_I: not
+    converged; also where E_BG - e_bg_error < dE_I: not resolved above it) and `e_bg_fit` (the
+    fitted onset before that check). With clusters and windows
+    also `de_i`; with bands `e_bg_quantile`; with shifted bands `e_bg_de_i` and `e_bg_slope`
+    (dE_BG / d dE_I); with b fixed `chi2_free_b` and `exponent_free_b` (the free-b fit).
     """
     require_dims(inelastic, [ENERGY])
     require_variables(inelastic, [params.variable])
@@ -114,29 +265,37 @@ def fit_bandgap(params: BandgapParams, inelastic: xr.Dataset) -> xr.Dataset:
     if ENERGY not in spectra.dims:
         raise OpError(f"variable {params.variable!r} has no {ENERGY!r} dim "
                       f"(dims: {spectra.dims})")
-    maps = _fit(spectra.transpose(..., ENERGY), energy, params)
+    spectra = spectra.transpose(..., ENERGY)
+    de_i = _de_i_map(inelastic, spectra, clusters, windows)
+    maps = _fit(spectra, de_i, energy, params, params.exponent)
     maps["e_bg_error"].attrs["source"] = "fit covariance"
+    _bands_error(inelastic, params, de_i, energy, maps)
+    _de_i_systematic(inelastic, params, de_i, energy, maps)
+    if de_i is not None:
+        _self_consistency(maps, de_i)
+    if params.exponent is not None:
+        free = _fit(spectra, de_i, energy, params, None)
+        maps["chi2_free_b"] = free["chi2"].where(maps["converged"])
+        maps["exponent_free_b"] = free["exponent"].where(maps["converged"])
+    if de_i is not None:
+        maps["de_i"] = de_i
 
-    bands = params.quantile_variable
-    explicit = "quantile_variable" in params.model_fields_set
-    if bands is not None and (bands in inelastic.data_vars or explicit):
-        require_variables(inelastic, [bands])
-        if QUANTILE not in inelastic[bands].dims or ENERGY not in inelastic[bands].dims:
-            raise OpError(f"variable {bands!r} needs {QUANTILE!r} and {ENERGY!r} dims "
-                          f"(dims: {inelastic[bands].dims})")
-        band_e_bg = _fit(inelastic[bands].transpose(..., ENERGY), energy, params)["e_bg"]
-        maps["e_bg_quantile"] = band_e_bg
-        maps["e_bg_error"] = ((band_e_bg.max(QUANTILE, skipna=False)
-                               - band_e_bg.min(QUANTILE, skipna=False)) / 2).astype(np.float32)
-        maps["e_bg_error"].attrs["source"] = f"half the spread over the {bands!r} curves"
-
-    units = {"e_bg": "eV", "e_bg_error": "eV", "e_bg_quantile": "eV", "exponent": "1",
-             "background": "signal units per eV"}
+    units = {"e_bg": "eV", "e_bg_error": "eV", "e_bg_quantile": "eV", "e_bg_fit": "eV",
+             "e_bg_de_i": "eV", "e_bg_systematic": "eV", "de_i": "eV", "exponent": "1",
+             "exponent_free_b": "1", "e_bg_slope": "1", "background": "signal units per eV"}
     names = {"e_bg": "band gap E_BG", "e_bg_error": "band gap error (1 sigma)",
              "e_bg_quantile": "band gap of each quantile curve", "amplitude": "onset amplitude A",
              "exponent": "onset exponent b", "background": "background slope c of c E",
-             "converged": "fit converged",
-             "chi2": "chi2 per degree of freedom"}
+             "converged": "fit converged (and E_BG not below dE_I)",
+             "chi2": "chi2 per degree of freedom",
+             "onset_below_de_i": "fitted E_BG below the pixel's dE_I (not self-consistent)",
+             "e_bg_fit": "fitted onset before the dE_I check",
+             "e_bg_de_i": "fitted onset of the median subtracted at shifted dE_I",
+             "e_bg_systematic": "dE_I systematic of E_BG (largest change over the shifts)",
+             "e_bg_slope": "dE_BG / d dE_I over the shifted subtractions",
+             "chi2_free_b": "chi2 per degree of freedom of the free-b fit",
+             "exponent_free_b": "exponent b of the free-b fit",
+             "de_i": maps["de_i"].attrs["long_name"] if "de_i" in maps else ""}
     for name, var in maps.items():
         var.attrs.update({"long_name": names[name], "window_ev": list(params.window_ev)})
         if name in units:
@@ -145,4 +304,7 @@ def fit_bandgap(params: BandgapParams, inelastic: xr.Dataset) -> xr.Dataset:
     has_truth = truth is not None and truth.dims == maps["e_bg"].dims
     mark(maps["e_bg"], "median", truth=BANDGAP_TRUTH if has_truth else None)
     mark(maps["converged"], "fraction_true")
+    mark(maps["onset_below_de_i"], "fraction_true")
+    if "e_bg_slope" in maps:
+        mark(maps["e_bg_slope"], "median")
     return xr.Dataset({**passthrough(inelastic), **maps}, attrs=dict(inelastic.attrs))

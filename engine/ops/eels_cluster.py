@@ -110,7 +110,15 @@ class WindowParams(_Params):
     de_i: list[float | None] | None = Field(
         None, description="dE_I per cluster in eV (null entries: automatic)")
     de_ii: list[float | None] | None = Field(
-        None, description="dE_II per cluster in eV (null entries: automatic)")
+        None, description="dE_II per cluster in eV (null entries: automatic, see de_ii_rule)")
+    de_ii_rule: Literal["vacuum", "knee"] = Field(
+        "vacuum", description="automatic dE_II, one value for the whole cluster set: where the "
+        "vacuum_cluster's median ZLP falls to one count (measured on vacuum, a power-law tail "
+        "extrapolated on a specimen); knee: per cluster, where an exponential through its knee "
+        "falls to one count (falls far too early under a Pearson-like tail)")
+    vacuum_cluster: int = Field(
+        0, ge=0, description="the vacuum (or else thinnest) cluster: 0, as clusters run thin to "
+        "thick")
 
 
 def _overrides(values: list[float | None] | None, name: str, k: int,
@@ -209,9 +217,18 @@ def cluster_sample(spectra: xr.DataArray, labels: xr.DataArray, k: int, n_sample
     return dask.delayed(_with_sizes, pure=True)(gathered, candidates)
 
 
+def _one_count(energy, quantiles, vacuum: int, de_i: float | None) -> float:
+    """dE_II of the whole cluster set: where the vacuum cluster's median ZLP reaches one count."""
+    try:
+        w = kernels.zlp_windows(energy, quantiles[vacuum, 1], de_i)
+    except ValueError as exc:
+        raise ValueError(f"vacuum cluster {vacuum}: {exc}") from None
+    return kernels.one_count_energy(energy, quantiles[vacuum, 1], w)[0]
+
+
 def _summarise(sample: kernels.Sample, energy: np.ndarray, k: int, min_pixels: int,
-               on_too_few: str, de_i: list[float | None],
-               de_ii: list[float | None]) -> dict[str, np.ndarray]:
+               on_too_few: str, de_i: list[float | None], de_ii: list[float | None],
+               rule: str = "knee", vacuum: int = 0) -> dict[str, np.ndarray]:
     """Quantiles, windows and sizes of every cluster from the merged sample."""
     n_pixels = sample.n_pixels.astype(np.int64)
     enough = n_pixels >= min_pixels
@@ -221,6 +238,12 @@ def _summarise(sample: kernels.Sample, energy: np.ndarray, k: int, min_pixels: i
                          f"{small}; lower n_clusters or min_pixels, or set on_too_few: flag")
     quantiles = kernels.log_quantiles(sample, k)
     out = {name: np.full(k, np.nan) for name in ("de_i", "de_ii", "e_steepest", "e_first_minimum")}
+    one_count = np.nan
+    if rule == "vacuum":
+        if n_pixels[vacuum] == 0:
+            raise ValueError(f"vacuum cluster {vacuum} has no pixels to place dE_II on")
+        one_count = _one_count(energy, quantiles, vacuum, de_i[vacuum])
+        de_ii = [one_count if v is None else v for v in de_ii]
     for c in range(k):
         if n_pixels[c] == 0 or (de_i[c] is not None and de_ii[c] is not None):
             out["de_i"][c] = np.nan if de_i[c] is None else de_i[c]
@@ -237,7 +260,9 @@ def _summarise(sample: kernels.Sample, energy: np.ndarray, k: int, min_pixels: i
     if bad.size:
         raise ValueError(f"dE_II must exceed dE_I; it does not for clusters {bad.tolist()} "
                          f"(dE_I {out['de_i'][bad].tolist()}, dE_II {out['de_ii'][bad].tolist()} eV)")
-    return {**out, "n_pixels": n_pixels, "enough_pixels": enough, "quantiles": quantiles}
+    return {**out, "n_pixels": n_pixels, "enough_pixels": enough, "quantiles": quantiles,
+            "one_count": np.float64(one_count),
+            "n_sampled": np.bincount(sample.labels, minlength=k).astype(np.int64)}
 
 
 @register_op("eels.zlp_windows", params=WindowParams, inputs=("image", "clusters"),
@@ -259,9 +284,13 @@ def zlp_windows(params: WindowParams, image: xr.Dataset, clusters: xr.Dataset) -
     for c, (low, high) in enumerate(zip(de_i, de_ii, strict=True)):
         if low is not None and high is not None and not high > low:
             raise OpError(f"de_ii[{c}] = {high} eV must be larger than de_i[{c}] = {low} eV")
+    if params.vacuum_cluster >= k:
+        raise OpError(f"vacuum_cluster={params.vacuum_cluster} but the clusters input has {k} "
+                      f"clusters (0 to {k - 1})")
     sample = cluster_sample(spectra, labels, k, params.n_sample, params.seed)
     summary = dask.delayed(_summarise, pure=True)(
-        sample, energy, k, params.min_pixels, params.on_too_few, de_i, de_ii)
+        sample, energy, k, params.min_pixels, params.on_too_few, de_i, de_ii, params.de_ii_rule,
+        params.vacuum_cluster)
 
     def lazy(key, dims, shape_, dtype, attrs):
         array = da.from_delayed(summary[key], shape_, dtype=dtype)
@@ -283,6 +312,12 @@ def zlp_windows(params: WindowParams, image: xr.Dataset, clusters: xr.Dataset) -
                          {"long_name": "pixels in the cluster"}),
         "enough_pixels": lazy("enough_pixels", (CLUSTER_ID,), (k,), bool,
                               {"long_name": f"cluster has at least {params.min_pixels} pixels"}),
+        "n_sampled": lazy("n_sampled", (CLUSTER_ID,), (k,), np.int64,
+                          {"long_name": "spectra sampled for the quantiles"}),
+        "one_count_ev": lazy("one_count", (), (), np.float64,
+                             {"units": "eV", "long_name": "where the vacuum cluster's median ZLP "
+                              "falls to one count (NaN with de_ii_rule knee)",
+                              "vacuum_cluster": params.vacuum_cluster}),
     }
     for j, name in enumerate(("ln_i_p16", "ln_i_median", "ln_i_p84")):
         result[name] = xr.DataArray(

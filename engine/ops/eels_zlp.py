@@ -26,7 +26,7 @@ from ..errors import OpError
 from ..registry import StepContext, register_op
 from . import needs
 from .core import as_delayed, require_variables, second_pass
-from .eels import ENERGY, energy_axis, spectra_of
+from .eels import ENERGY, energy_axis, passthrough, spectra_of
 from .eels_cluster import CLUSTER_ID, cluster_labels, cluster_sample
 from .ensembles import (
     checkpointed_training,
@@ -40,6 +40,7 @@ from .ensembles import (
 from .replicas import OptimiserParams, TrainingParams
 
 KIND = "eels zlp ensemble"
+DE_I_SHIFT = "de_i_shift"  # dim of the bands subtracted with dE_I moved (eV)
 SCALING = ("e_low", "e_high", "ln_n_low", "ln_n_high")
 
 
@@ -121,6 +122,15 @@ class SubtractParams(_Params):
     grid_size: GridNodes = Field(256, ge=8, description="ln N nodes (fast vs brute force: 0.06 band "
                            "widths at 256, measured)")
     device: Literal["auto", "cpu", "cuda"] = "cpu"
+    zlp: Literal["model", "vacuum"] = Field(
+        "model", description="model: the replica ensemble (input model); vacuum: the measured "
+        "median ZLP of vacuum_cluster, stretched to each cluster's width on the gain side and "
+        "scaled to each pixel (no model input needed; bands from the median's standard error)")
+    vacuum_cluster: int = Field(0, ge=0, description="the vacuum cluster, for zlp: vacuum")
+    de_i_shift_ev: float | None = Field(
+        0.2, gt=0, le=1.0, description="also subtract the median with every dE_I moved by -/+ "
+        "this (same ZLP, no retraining) into `inelastic_de_i`, for eels.fit_bandgap's dE_I "
+        "systematic; null: not")
 
 
 def _fwhm(ln_i: np.ndarray, energy: np.ndarray) -> float:
@@ -159,31 +169,91 @@ def _quantile_grid(weights, kept, scaling, architecture, energy, ln_n_low, ln_n_
     return nodes, grid
 
 
-def _subtract_block(spectra, labels, grid, table, energy):
-    from ..kernels.zlp import subtract_fast
+def shifted_de_i(de_i, de_ii, fwhm, shift: float, dispersion: float) -> np.ndarray:
+    """dE_I moved by `shift`, kept inside (FWHM, dE_II) by a channel (match_zlp's order)."""
+    return np.clip(np.asarray(de_i) + shift, np.asarray(fwhm) + dispersion,
+                   np.asarray(de_ii) - dispersion)
 
-    nodes, quantile_grid = grid
+
+def _subtract_block(spectra, labels, zlp, table, energy, quantiles, shifts, mode):
+    """Bands (Q + S, pixels..., E): the Q quantiles, then the median at each shifted dE_I."""
+    from ..kernels.zlp import subtract_fast, subtract_vacuum
+
+    n_q, mid = len(quantiles), len(quantiles) // 2
     flat = spectra.reshape(-1, spectra.shape[-1])
     label = labels.reshape(-1)
-    out = np.full((quantile_grid.shape[0], *flat.shape), np.nan, np.float32)
+    out = np.full((n_q + len(shifts), *flat.shape), np.nan, np.float32)
     good = label >= 0
     if good.any():
         de_i, de_ii, fwhm = table[:, label[good]]
-        out[:, good] = subtract_fast(flat[good], energy, nodes, quantile_grid, fwhm, de_i, de_ii)
-    return out.reshape(quantile_grid.shape[0], *spectra.shape)
+        dispersion = float(energy[1] - energy[0])
+        if mode == "vacuum":
+            template, relative = zlp[0][label[good]], zlp[1][label[good]]
+
+            def subtract(levels, de_i_now):
+                return subtract_vacuum(flat[good], energy, template, relative, levels, fwhm,
+                                       de_i_now, de_ii)
+        else:
+            nodes, quantile_grid = zlp
+
+            def subtract(levels, de_i_now):
+                grid = quantile_grid if len(levels) == n_q else quantile_grid[[mid]]
+                return subtract_fast(flat[good], energy, nodes, grid, fwhm, de_i_now, de_ii)
+        out[:n_q, good] = subtract(quantiles, de_i)
+        for j, shift in enumerate(shifts):
+            moved = shifted_de_i(de_i, de_ii, fwhm, shift, dispersion)
+            out[n_q + j, good] = subtract([quantiles[mid]], moved)[0]
+    return out.reshape(out.shape[0], *spectra.shape)
+
+
+def _vacuum_templates(ln_i, n_sampled, energy, vacuum: int):
+    """Per cluster: the vacuum median ZLP stretched to the cluster (K, E) counts, and its
+    relative standard error (K, E): 1.2533 (P84 - P16) / 2 / sqrt(n) over the median (the
+    standard error of a median), which also holds the vacuum's pixel-to-pixel intensity
+    spread and so errs on the large side. ln_i (K, 3, E): P16, median, P84 of ln counts."""
+    from ..kernels.zlp import stretched, vacuum_stretch
+
+    ln_i = np.asarray(ln_i, float)
+    n = max(int(np.asarray(n_sampled)[vacuum]), 1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        low, mid, high = np.exp(ln_i[vacuum])
+        relative = np.nan_to_num(1.2533 * (high - low) / 2 / np.sqrt(n) / mid, nan=0.0)
+    templates, errors, stretches = [], [], []
+    for c in range(ln_i.shape[0]):
+        try:
+            s = 1.0 if c == vacuum else vacuum_stretch(energy, ln_i[c, 1], ln_i[vacuum, 1])
+        except ValueError as exc:
+            raise ValueError(f"cluster {c}: {exc}") from None
+        stretches.append(s)
+        templates.append(stretched(energy, ln_i[vacuum, 1], s))
+        errors.append(np.interp(np.asarray(energy) / s, energy, relative))
+    return np.stack(templates), np.stack(errors), np.array(stretches)
+
+
+def _subtract_need(params, inputs: dict, output: xr.Dataset) -> int:
+    """The replica grid's need with a model; chunk by chunk with the vacuum ZLP."""
+    if inputs.get("model") is not None:
+        return needs.subtract_zlp_need(params, inputs, output)
+    return needs.chunk_task(needs.SUBTRACT_CHUNK_MULTIPLIER, inputs, output)
 
 
 @register_op("eels.subtract_zlp", params=SubtractParams,
-             inputs=("image", "model", "clusters", "windows"),
-             memory=needs.TorchNeed(needs.subtract_zlp_need))
-def subtract_zlp(params: SubtractParams, image: xr.Dataset, model: xr.Dataset, clusters: xr.Dataset,
-                 windows: xr.Dataset) -> xr.Dataset:
+             inputs=("image", "clusters", "windows"), optional_inputs=("model",),
+             memory=needs.TorchNeed(_subtract_need))
+def subtract_zlp(params: SubtractParams, image: xr.Dataset, clusters: xr.Dataset,
+                 windows: xr.Dataset, model: xr.Dataset | None = None) -> xr.Dataset:
     """Inelastic signal I - ZLP per pixel: quantile bands over the kept replicas (lazy).
 
-    Output `inelastic_quantile` (quantile, y, x, energy) and `inelastic` (the median band).
-    Unclustered pixels (label -1) are NaN.
+    Output `inelastic_quantile` (quantile, y, x, energy), `inelastic` (the median band) and,
+    with de_i_shift_ev, `inelastic_de_i` (de_i_shift, y, x, energy): the median subtracted
+    with every cluster's dE_I moved by -/+ the shift. With zlp: vacuum the ZLP is the measured
+    vacuum median instead of the network (`zlp_stretch` per cluster). Unclustered pixels
+    (label -1) are NaN.
     """
-    if model.attrs.get("kind") != KIND:
+    if params.zlp == "model" and model is None:
+        raise OpError("zlp: model needs the input 'model' (an eels.train_zlp step); or set "
+                      "zlp: vacuum to subtract the measured vacuum ZLP")
+    if model is not None and model.attrs.get("kind") != KIND:
         raise OpError(f"input 'model' is not an eels.train_zlp ensemble (kind: {model.attrs.get('kind')!r})")
     if any(not 0 < q < 1 for q in params.quantiles):
         raise OpError(f"quantiles must lie strictly between 0 and 1, found {params.quantiles}")
@@ -196,24 +266,49 @@ def subtract_zlp(params: SubtractParams, image: xr.Dataset, model: xr.Dataset, c
         spectra = spectra.chunk()
     pixel_dims = spectra.dims[:-1]
     labels = labels.chunk(dict(zip(pixel_dims, spectra.chunks[:-1], strict=True)))
-    ln_n = np.log(spectra.sum(ENERGY, dtype=np.float64))
-    weights = {name: as_delayed(model[name].data) for name in weight_names(model)}
-    grid = dask.delayed(_quantile_grid, pure=True)(
-        weights, as_delayed(model["kept"].data), as_delayed(model["scaling"].data),
-        json.loads(model.attrs["architecture"]), energy, as_delayed(ln_n.min().data),
-        as_delayed(ln_n.max().data), params.quantiles, params.grid_size, params.device)
     table = dask.delayed(_cluster_table, pure=True)(
         as_delayed(de_i.data), as_delayed(de_ii.data), as_delayed(windows["ln_i_median"].data), energy)
+    extra = {}
+    if params.zlp == "vacuum":
+        if params.vacuum_cluster >= k:
+            raise OpError(f"vacuum_cluster={params.vacuum_cluster} but the clusters input has {k} "
+                          f"clusters (0 to {k - 1})")
+        require_variables(windows, ["ln_i_p16", "ln_i_p84", "n_sampled"])
+        ln_i = xr.concat([windows[v] for v in ("ln_i_p16", "ln_i_median", "ln_i_p84")], "band")
+        zlp = first_pass = dask.delayed(_vacuum_templates, pure=True)(
+            as_delayed(ln_i.transpose(CLUSTER_ID, "band", ENERGY).data),
+            as_delayed(windows["n_sampled"].data), energy, params.vacuum_cluster)
+        extra["zlp_stretch"] = xr.DataArray(
+            da.from_delayed(zlp[2], (k,), dtype=np.float64), dims=(CLUSTER_ID,),
+            attrs={"units": "1", "long_name": "stretch of the vacuum ZLP's energy axis fitted to "
+                   "each cluster's gain side"})
+        kind = "quantiles of the vacuum ZLP's standard error"
+    else:
+        ln_n = np.log(spectra.sum(ENERGY, dtype=np.float64))
+        weights = {name: as_delayed(model[name].data) for name in weight_names(model)}
+        zlp = first_pass = dask.delayed(_quantile_grid, pure=True)(
+            weights, as_delayed(model["kept"].data), as_delayed(model["scaling"].data),
+            json.loads(model.attrs["architecture"]), energy, as_delayed(ln_n.min().data),
+            as_delayed(ln_n.max().data), params.quantiles, params.grid_size, params.device)
+        kind = "quantiles over replicas"
     n_q = len(params.quantiles)
+    shifts = [] if params.de_i_shift_ev is None else [-params.de_i_shift_ev, params.de_i_shift_ev]
     # labels get a length-1 energy axis: map_blocks aligns arrays by their trailing dims; meta
     # given, dask does not call the (torch) block function on empty arrays to find the output type
-    bands = da.map_blocks(_subtract_block, second_pass(spectra.data, grid), labels.data[..., None], grid,
-                          table, energy=energy,
-                          new_axis=0, chunks=((n_q,), *spectra.chunks), dtype=np.float32,
-                          meta=np.empty((0,) * (spectra.ndim + 1), np.float32))
-    inelastic = xr.DataArray(bands, dims=("quantile", *spectra.dims),
+    bands = da.map_blocks(_subtract_block, second_pass(spectra.data, first_pass),
+                          labels.data[..., None], zlp, table, energy=energy,
+                          quantiles=list(params.quantiles), shifts=shifts, mode=params.zlp,
+                          new_axis=0, chunks=((n_q + len(shifts),), *spectra.chunks),
+                          dtype=np.float32, meta=np.empty((0,) * (spectra.ndim + 1), np.float32))
+    inelastic = xr.DataArray(bands[:n_q], dims=("quantile", *spectra.dims),
                              coords={"quantile": params.quantiles, **spectra.coords},
-                             attrs={"long_name": "inelastic signal I - ZLP, quantiles over replicas"})
-    return xr.Dataset({"inelastic_quantile": inelastic,
-                       "inelastic": inelastic.isel(quantile=n_q // 2, drop=True)},
+                             attrs={"long_name": f"inelastic signal I - ZLP, {kind}"})
+    if shifts:
+        extra["inelastic_de_i"] = xr.DataArray(
+            bands[n_q:], dims=(DE_I_SHIFT, *spectra.dims),
+            coords={DE_I_SHIFT: shifts, **spectra.coords},
+            attrs={"long_name": "inelastic signal (median) with dE_I moved by de_i_shift",
+                   "units": "counts"})
+    return xr.Dataset({**passthrough(image), "inelastic_quantile": inelastic,
+                       "inelastic": inelastic.isel(quantile=n_q // 2, drop=True), **extra},
                       attrs=dict(image.attrs))

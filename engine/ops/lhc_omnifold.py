@@ -98,22 +98,28 @@ def _histogram(values: np.ndarray, weights: np.ndarray, edges: np.ndarray) -> np
     return counts / (weights.sum(-1, keepdims=True) * np.diff(edges))
 
 
-def _unfold(mc_gen, mc_reco, data_reco, truth, params: OmniFoldParams) -> dict[str, np.ndarray]:
-    import logging
-
+def network_config(params: OmniFoldParams):
+    """The classifiers' settings from the op's params (also what the calibration tests train)."""
     from ..kernels.classifier import NetworkConfig
-    from ..kernels.omnifold import omnifold
     from ..kernels.optim import OptimiserConfig
     from ..kernels.train import StoppingConfig
 
+    return NetworkConfig(tuple(params.hidden), tuple(params.activations), params.epochs,
+                         OptimiserConfig(lr=params.lr),
+                         StoppingConfig(threshold=np.inf, patience=params.patience),
+                         params.validation_every, params.seed, params.device)
+
+
+def _unfold(mc_gen, mc_reco, data_reco, truth, params: OmniFoldParams) -> dict[str, np.ndarray]:
+    import logging
+
+    from ..kernels.omnifold import omnifold
+
     log = logging.getLogger("engine.lhc")
-    config = NetworkConfig(tuple(params.hidden), tuple(params.activations), params.epochs,
-                           OptimiserConfig(lr=params.lr),
-                           StoppingConfig(threshold=np.inf, patience=params.patience),
-                           params.validation_every, params.seed, params.device)
     try:
-        result = omnifold(mc_gen, mc_reco, data_reco, params.iterations, params.replicas, config,
-                          params.seed, params.validation_fraction, params.batch_size,
+        result = omnifold(mc_gen, mc_reco, data_reco, params.iterations, params.replicas,
+                          network_config(params), params.seed, params.validation_fraction,
+                          params.batch_size,
                           progress=lambda i, m, s: log.info("omnifold iteration %d: mean %.4f std %.4f "
                                                             "(median over replicas)", i, np.median(m),
                                                             np.median(s)))

@@ -3,84 +3,113 @@
 Noisy A (E - E_BG)^b onsets (E_BG 1.0-2.5 eV, 0.02 eV channels, window 0.8-4.0 eV: 161
 channels), b fixed and free. curve_fit gets the same model, the same Poisson errors and our
 initial guess's starting point (E_BG 0.1 eV below the truth), so the ratio is the price of one
-Python call per pixel. Also prints how far apart the two optima are.
+Python call per pixel. Both sides: one untimed warm-up, best of N, interleaved; ours fits --fits
+spectra in one call, curve_fit the first --scipy-fits of them one by one (compared per fit). Also
+prints how far apart the two optima are.
 
 Then the op's default, background="linear" (b fixed 1.5): the same onsets on a plasmon-tail
 line c E, ours only (curve_fit has no bound-constrained equivalent of the same cost).
 
-    python tests/benchmarks/bench_bandgap.py [--fits 20000] [--scipy-fits 500]
-        [--background-fits 4096]
+    python tests/benchmarks/bench_bandgap.py [--quick] [--fits 20000] [--scipy-fits 500]
+        [--background-fits 4096] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import curve_fit
 
-from engine.kernels.bandgap import fit_bandgap, power_onset
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from engine.kernels.bandgap import fit_bandgap, power_onset  # noqa: E402
+from tests.benchmarks._timing import compare, finish, header, ratio, show  # noqa: E402
 
 ENERGY = np.linspace(0.5, 4.0, 176)
 WINDOW = (0.8, 4.0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fits", type=int, default=20000)
-    parser.add_argument("--scipy-fits", type=int, default=500)
-    parser.add_argument("--background-fits", type=int, default=4096)
-    args = parser.parse_args()
+def scipy_fits(spectra, inside, guess_amplitude, e_bg, exponent, count: int) -> np.ndarray:
+    """curve_fit pixel by pixel from our starting point; returns the fitted E_BG."""
+    energy = ENERGY[inside]
+
+    def model(e, a, e0, b=1.5):
+        return power_onset(e, e0, a, b)
+
+    fitted = []
+    for k in range(count):
+        y = spectra[k, inside]
+        p0 = [float(guess_amplitude[k]), e_bg[k] - 0.1] + ([] if exponent else [1.5])
+        popt, _ = curve_fit(model, energy, y, p0=p0, sigma=np.sqrt(np.maximum(y, 1.0)), absolute_sigma=True,
+                            maxfev=5000)
+        fitted.append(popt[1])
+    return np.array(fitted)
+
+
+def run(quick: bool = False, fits: int | None = None, scipy_fits_: int | None = None,
+        background_fits: int | None = None, repeats: int = 3) -> dict:
+    fits = fits or (4000 if quick else 20000)
+    scipy_count = scipy_fits_ or (100 if quick else 500)
+    background_fits = background_fits or (1024 if quick else 4096)
+    result = header("band-gap fits: batched vs scipy curve_fit", repeats, fits=fits, scipy_fits=scipy_count)
     rng = np.random.default_rng(0)
-    e_bg = rng.uniform(1.0, 2.5, args.fits)
-    exact = power_onset(ENERGY, e_bg[:, None], rng.uniform(1e3, 1e4, args.fits)[:, None], 1.5)
+    e_bg = rng.uniform(1.0, 2.5, fits)
+    exact = power_onset(ENERGY, e_bg[:, None], rng.uniform(1e3, 1e4, fits)[:, None], 1.5)
     spectra = exact + rng.normal(size=exact.shape) * np.sqrt(np.maximum(exact, 1.0))
     inside = (ENERGY >= WINDOW[0]) & (ENERGY <= WINDOW[1])
-    energy = ENERGY[inside]
-    for exponent in (1.5, None):
-        start = time.perf_counter()
+    for exponent, label in ((1.5, "b_fixed"), (None, "b_free")):
         ours = fit_bandgap(spectra, ENERGY, window=WINDOW, exponent=exponent, sigma="poisson")
-        per_ours = (time.perf_counter() - start) / args.fits
-
-        def model(e, a, e0, b=1.5):
-            return power_onset(e, e0, a, b)
-
-        theirs = []
-        start = time.perf_counter()
-        for k in range(args.scipy_fits):
-            y = spectra[k, inside]
-            p0 = [float(ours.amplitude[k]), e_bg[k] - 0.1] + ([] if exponent else [1.5])
-            popt, _ = curve_fit(model, energy, y, p0=p0, sigma=np.sqrt(np.maximum(y, 1.0)),
-                                absolute_sigma=True, maxfev=5000)
-            theirs.append(popt[1])
-        per_scipy = (time.perf_counter() - start) / args.scipy_fits
-        gap = np.abs(np.array(theirs) - ours.e_bg[: args.scipy_fits])
-        label = "b fixed" if exponent else "b free "
-        print(f"{label}: ours {per_ours * 1e6:7.1f} us/fit ({ours.converged.mean():.4f} "
-              f"converged), curve_fit {per_scipy * 1e6:7.1f} us/fit, ratio "
-              f"{per_scipy / per_ours:5.1f}x; |E_BG ours - curve_fit| median "
-              f"{np.median(gap):.1e} eV, max {gap.max():.1e} eV")
-    bench_background(args.background_fits)
+        timings = compare({
+            "ours": lambda x=exponent: fit_bandgap(spectra, ENERGY, window=WINDOW, exponent=x, sigma="poisson"),
+            "curve_fit": lambda x=exponent: scipy_fits(spectra, inside, ours.amplitude, e_bg, x, scipy_count),
+        }, repeats)
+        per_ours = timings["ours"].wall / fits
+        per_scipy = timings["curve_fit"].wall / scipy_count
+        gap = np.abs(timings["curve_fit"].value - timings["ours"].value.e_bg[:scipy_count])
+        print(f"{label}: ours {per_ours * 1e6:7.1f} us/fit ({ours.converged.mean():.4f} converged), "
+              f"curve_fit {per_scipy * 1e6:7.1f} us/fit, ratio {per_scipy / per_ours:5.1f}x; "
+              f"|E_BG ours - curve_fit| median {np.median(gap):.1e} eV, max {gap.max():.1e} eV", flush=True)
+        result[f"{label}_ours_us_per_fit"] = round(per_ours * 1e6, 2)
+        result[f"{label}_ours_cpu_us_per_fit"] = round(timings["ours"].cpu / fits * 1e6, 2)
+        result[f"{label}_curve_fit_us_per_fit"] = round(per_scipy * 1e6, 2)
+        result[f"{label}_curve_fit_cpu_us_per_fit"] = round(timings["curve_fit"].cpu / scipy_count * 1e6, 2)
+        result[f"{label}_speedup"] = ratio(per_scipy, per_ours)
+        result[f"{label}_converged_fraction"] = round(float(ours.converged.mean()), 4)
+        result[f"{label}_median_abs_diff_ev"] = float(f"{np.median(gap):.2e}")
+    result.update(bench_background(background_fits, repeats))
+    return finish(result)
 
 
-def bench_background(fits: int, repeats: int = 3) -> None:
+def bench_background(fits: int, repeats: int) -> dict:
     """background="linear", b fixed 1.5: onsets on a line c E, best of `repeats` timings."""
     rng = np.random.default_rng(1)
     e_bg = rng.uniform(1.0, 2.5, fits)
     exact = (power_onset(ENERGY, e_bg[:, None], rng.uniform(1e3, 1e4, fits)[:, None], 1.5)
              + rng.uniform(0.0, 1e3, fits)[:, None] * ENERGY)
     spectra = exact + rng.normal(size=exact.shape) * np.sqrt(np.maximum(exact, 1.0))
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fit = fit_bandgap(spectra, ENERGY, window=WINDOW, exponent=1.5, background="linear",
-                          sigma="poisson")
-        best = min(best, time.perf_counter() - start)
+    timing = compare({"ours": lambda: fit_bandgap(spectra, ENERGY, window=WINDOW, exponent=1.5,
+                                                  background="linear", sigma="poisson")}, repeats)["ours"]
+    fit = timing.value
     gap = np.abs(fit.e_bg - e_bg)
-    print(f"b fixed, background linear: ours {best / fits * 1e6:7.1f} us/fit "
+    print(f"b fixed, background linear: ours {timing.wall / fits * 1e6:7.1f} us/fit "
           f"({fit.converged.mean():.4f} converged, median iterations "
           f"{np.median(fit.iterations):.0f}); |E_BG - truth| median {np.nanmedian(gap):.1e} eV")
+    return {"background_linear_us_per_fit": round(timing.wall / fits * 1e6, 2),
+            "background_linear_converged_fraction": round(float(fit.converged.mean()), 4),
+            "background_linear_median_abs_error_ev": float(f"{np.nanmedian(gap):.2e}")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4000 fits, 100 by curve_fit, 1024 with background")
+    parser.add_argument("--fits", type=int, default=None, help="default 20000")
+    parser.add_argument("--scipy-fits", type=int, default=None, help="default 500")
+    parser.add_argument("--background-fits", type=int, default=None, help="default 4096")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    show(run(args.quick, args.fits, args.scipy_fits, args.background_fits, args.repeats))
 
 
 if __name__ == "__main__":

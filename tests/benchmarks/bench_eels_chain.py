@@ -2,12 +2,14 @@
 
 Runs the recipe in stages on one synthetic image, each stage adding steps whose outputs are kept
 in the lake (so a stage's time is what its new steps cost, plus re-reading and aligning the image,
-which is never stored), and prints each stage's wall time and peak RSS (process + children).
-Then compares eels.subtract_zlp's throughput with a per-pixel, per-replica reference
-implementation of the same algorithm (EELSfitter's loop structure), measured in the same run.
+which is never stored), and prints each stage's wall and CPU time and peak RSS (process +
+children). Then (full mode) times ZLP subtraction on real aligned pixels of that image with the
+trained model: the op's grid + fast path against the exact vectorised brute force
+(`zlp.subtract_brute`), same pixels, same scope (bench_zlp_subtract.compare_paths).
 
     python tests/benchmarks/bench_eels_chain.py --side 1000      # 10^6 spectra (~20 min)
-    python tests/benchmarks/bench_eels_chain.py --side 200       # quick look
+    python tests/benchmarks/bench_eels_chain.py --side 200       # a look
+    python tests/benchmarks/bench_eels_chain.py --quick          # 32 x 32, trainings cut to 200 epochs
 
 The image is generated once into --workdir/lake and reused.
 """
@@ -18,39 +20,48 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.benchmarks.bench_eels_thickness import ensure_image, replicalake, run_measured  # noqa: E402
+from tests.benchmarks._timing import finish, header, show  # noqa: E402
+from tests.benchmarks.bench_eels_thickness import WORKDIR, ensure_image, replicalake, run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = [  # (label, outputs of the recipe kept at this stage)
     ("thickness", ["thickness"]),
-    ("cluster + windows", ["thickness", "clusters", "windows"]),
-    ("train 100 ZLP replicas", ["thickness", "clusters", "windows", "zlp_model"]),
-    ("subtract ZLP + band gap", ["thickness", "clusters", "windows", "zlp_model", "bandgap"]),
+    ("cluster_windows", ["thickness", "clusters", "windows"]),
+    ("train_zlp", ["thickness", "clusters", "windows", "zlp_model"]),
+    ("subtract_bandgap", ["thickness", "clusters", "windows", "zlp_model", "bandgap"]),
 ]
+SHIPPED_TRAINING = "epochs: 5000, n_spectra: 300"
 
 
-def staged_recipe(entry: str, outputs: list[str]) -> str:
-    """The shipped recipe on `entry`, keeping only `outputs` (plots left out: timing only)."""
+def staged_recipe(entry: str, outputs: list[str], epochs: int | None = None) -> str:
+    """The shipped recipe on `entry`, keeping only `outputs` (plots left out: timing only);
+    `epochs` cuts the training short, keeping every replica."""
     text = (REPO / "recipes" / "eels_bandgap.yaml").read_text()
     text = text.replace("{catalog: eels, entry: synthetic_demo}", f"{{catalog: lake, entry: raw/{entry}}}")
+    if epochs is not None:
+        if SHIPPED_TRAINING not in text:
+            raise SystemExit(f"recipes/eels_bandgap.yaml no longer has '{SHIPPED_TRAINING}': update this script")
+        text = text.replace(SHIPPED_TRAINING, f"epochs: {epochs}, n_spectra: 300, stopping: {{threshold: 1.0e12}}")
     head, _ = text.split("outputs:")
     zones = {"zlp_model": "models"}
     lines = [f"  {name}: {{zone: {zones.get(name, 'derived')}}}" for name in outputs]
     return head + "outputs:\n" + "\n".join(lines) + "\n"
 
 
-def reference_rate(lake: Path, entry: str, n_pixels: int = 3) -> float:
-    """Seconds per pixel of the loop reference on the trained model and real pixels."""
+def subtraction_on_image(lake: Path, entry: str, pixels: int, repeats: int) -> dict:
+    """Grid + fast path vs brute force on the image's first aligned pixels, the trained model."""
+    import numpy as np
+    import torch
     import xarray as xr
 
     from engine.kernels.eels import align_zlp
     from engine.kernels.zlp import ZlpScaling
-    from tests.kernels.test_zlp import reference_subtract_loop
+    from tests.benchmarks.bench_zlp_subtract import compare_paths
 
+    torch.set_num_threads(1)
     model = xr.open_zarr(str(lake / "models" / "eels-bandgap" / "zlp_model"), consolidated=False).load()
     windows = xr.open_zarr(str(lake / "derived" / "eels-bandgap" / "windows"), consolidated=False).load()
     kept = model["kept"].values
@@ -60,58 +71,55 @@ def reference_rate(lake: Path, entry: str, n_pixels: int = 3) -> float:
     scaling = ZlpScaling(*model["scaling"].values)
     image = xr.open_zarr(str(lake / "raw" / entry), consolidated=False)
     energy = image["energy"].values
-    spectra, _ = align_zlp(image["counts"][0, :n_pixels].values, energy)
+    side = image.sizes["x"]
+    rows = -(-pixels // side)
+    counts = image["counts"][:rows].values.reshape(-1, energy.size)[:pixels]
+    spectra, _ = align_zlp(counts, energy)
+    # cluster 0's windows and a 0.5 eV FWHM for every pixel: timing only
     de_i, de_ii = float(windows["de_i"][0]), float(windows["de_ii"][0])
-    start = time.perf_counter()
-    for pixel in spectra:
-        reference_subtract_loop(pixel, arrays, architecture, scaling, energy, 0.5, de_i, de_ii,
-                                [0.16, 0.5, 0.84])
-    return (time.perf_counter() - start) / n_pixels
+    return compare_paths(arrays, architecture, scaling, energy, np.asarray(spectra, np.float32), repeats,
+                         0.5, de_i, de_ii)
 
 
-def subtraction_seconds(lake: Path, recipe: Path) -> float:
-    """eels.subtract_zlp alone (plus the read and alignment it needs), reduced over energy so
-    nothing is stored: the trained model and windows come from the lake."""
-    import dask
-
-    from engine.graph import compile_recipe
-    from engine.storage import Lake
-
-    plan = compile_recipe(recipe, Lake(str(lake)))
-    bands = plan.step("inelastic").dataset["inelastic_quantile"].sum("energy")
-    start = time.perf_counter()
-    dask.compute(bands.data, scheduler="threads")
-    return time.perf_counter() - start
+def run(quick: bool = False, side: int | None = None, channels: int = 2048, workdir: Path = WORKDIR,
+        subtract_pixels: int = 2048, repeats: int = 3) -> dict:
+    side = side or (32 if quick else 1000)
+    epochs = 200 if quick else None
+    result = header("EELS chain in stages", 1 if quick else repeats, spectra=side * side, channels=channels,
+                    epochs=epochs or "shipped")
+    lake = workdir / "lake"
+    lake.mkdir(parents=True, exist_ok=True)
+    entry = ensure_image(lake, side, channels)
+    for zone in ("derived", "models"):
+        shutil.rmtree(lake / zone / "eels-bandgap", ignore_errors=True)
+    for label, outputs in STAGES:
+        recipe = workdir / "chain-stage.yaml"
+        recipe.write_text(staged_recipe(entry, outputs, epochs))
+        seconds, rss, _, cpu = run_measured(replicalake("run", str(recipe), "--lake", str(lake), "--json"))
+        print(f"{label:<18} {seconds:8.1f} s wall {cpu:8.1f} s CPU   peak RSS {rss / 1024:5.2f} GiB", flush=True)
+        result[f"{label}_s"] = round(seconds, 2)
+        result[f"{label}_cpu_s"] = round(cpu, 2)
+        result[f"{label}_peak_rss_mib"] = round(rss)
+    result["spectra"] = side * side
+    if not quick:  # bench_zlp_subtract measures the same comparison in quick mode
+        numbers = subtraction_on_image(lake, entry, min(subtract_pixels, side * side), repeats)
+        result.update({f"subtract_{key}": value for key, value in numbers.items()})
+        print(f"subtraction on {numbers['pixels']} aligned pixels: brute force {numbers['brute_us_per_pixel']} "
+              f"us/pixel, fast path {numbers['fast_us_per_pixel']} us/pixel ({numbers['speedup_per_pixel']}x), "
+              f"grid {numbers['grid_s']} s (pays off after {numbers['break_even_pixels']} pixels)")
+    return finish(result)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--side", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="32 x 32 pixels, 200 epochs, no subtraction timing")
+    parser.add_argument("--side", type=int, default=None, help="image side (default 1000)")
     parser.add_argument("--channels", type=int, default=2048)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/replicalake-bench"))
+    parser.add_argument("--workdir", type=Path, default=WORKDIR)
+    parser.add_argument("--subtract-pixels", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    lake = args.workdir / "lake"
-    lake.mkdir(parents=True, exist_ok=True)
-    entry = ensure_image(lake, args.side, args.channels)
-    for zone in ("derived", "models"):
-        target = lake / zone / "eels-bandgap"
-        if target.exists():
-            shutil.rmtree(target)
-    n = args.side * args.side
-    print(f"== {n} spectra x {args.channels} channels, recipes/eels_bandgap.yaml in stages ==")
-    times = {}
-    for label, outputs in STAGES:
-        recipe = args.workdir / "chain-stage.yaml"
-        recipe.write_text(staged_recipe(entry, outputs))
-        seconds, rss, _ = run_measured(replicalake("run", str(recipe), "--lake", str(lake), "--json"))
-        times[label] = seconds
-        print(f"{label:<26} {seconds:8.1f} s   peak RSS {rss / 1024:5.2f} GiB")
-    subtract_rate = n / subtraction_seconds(lake, recipe) / 2
-    per_pixel = reference_rate(lake, entry)
-    print(f"\neels.subtract_zlp (100 replicas, 3 bands, incl. read + align): "
-          f"{subtract_rate:,.0f} spectra/s/core")
-    print(f"per-pixel reference loop:  {per_pixel * 1e3:.0f} ms/pixel = {1 / per_pixel:.1f} spectra/s/core;"
-          f" ratio {subtract_rate * per_pixel:,.0f}x")
+    show(run(args.quick, args.side, args.channels, args.workdir, args.subtract_pixels, args.repeats))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Benchmark: thickness maps out-of-core — memory flat in image size, speed near read speed.
 
 Prints, for synthetic images of growing size, the wall time and peak RSS of `replicalake run` on
-the thickness recipe (align + thickness, as recipes/eels_thickness.yaml), then at one size the
-ratio of (a) the thickness-only run and (b) exSpy's lazy `estimate_thickness` to (c) merely reading
-the same zarr array once (all measured in this run, same machine, same threads).
+the thickness recipe (align + thickness, as recipes/eels_thickness.yaml); then at one size, in
+process, (a) merely reading the zarr array once, (b) our thickness op with exSpy's fixed ZLP
+limit and (c) with the first-minimum limit, and (d) exSpy's lazy `estimate_thickness` with the
+same fixed limit. (a)-(d) each open the store, build their dask graph and compute inside the
+timer, on the same threads; each gets one untimed warm-up and the same best-of-N, interleaved.
 
     python tests/benchmarks/bench_eels_thickness.py                 # 10^4, 10^5, 10^6 spectra
-    python tests/benchmarks/bench_eels_thickness.py --sides 100 316 --exspy-side 316
+    python tests/benchmarks/bench_eels_thickness.py --quick         # 10^4 spectra
+    python tests/benchmarks/bench_eels_thickness.py --sides 100 1000 --exspy-side 1000
 
 Images are generated once into --workdir (default /tmp/replicalake-bench) and reused.
 """
@@ -15,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.benchmarks._timing import compare, finish, header, ratio, show  # noqa: E402
 
 RECIPE = """\
 version: 1
@@ -36,6 +43,7 @@ ALIGN_AND_THICKNESS = """\
   - {id: thickness, op: eels.thickness, inputs: {image: aligned}}
 """
 THRESHOLD = {"zlp_end": "threshold", "threshold_ev": 1.5}  # the same ZLP limit exSpy is given
+WORKDIR = Path("/tmp/replicalake-bench")
 
 
 # Runs a command and reports its exact peak RSS (getrusage of the waited-for child), so short
@@ -45,17 +53,20 @@ _PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1
              "file=sys.stderr); sys.exit(code)")
 
 
-def run_measured(command: list[str]) -> tuple[float, float, str]:
-    """Run a command; return (seconds, peak RSS in MiB, stdout)."""
+def run_measured(command: list[str]) -> tuple[float, float, str, float]:
+    """Run a command; return (wall seconds, peak RSS in MiB, stdout, CPU seconds)."""
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _PEAK_RSS, *command], capture_output=True, text=True,
                           check=False)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
     peak = next(int(line.split()[1]) for line in done.stderr.splitlines()[::-1]
                 if line.startswith("peak-rss-kib"))
-    return seconds, peak / 1024, done.stdout
+    cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+    return seconds, peak / 1024, done.stdout, cpu_s
 
 
 def replicalake(*args: str) -> list[str]:
@@ -65,7 +76,7 @@ def replicalake(*args: str) -> list[str]:
 def ensure_image(lake: Path, side: int, channels: int, chunk: int = 32) -> str:
     name = f"img{side}c{chunk}" + ("" if channels == 2048 else f"e{channels}")
     if not (lake / "raw" / name / "zarr.json").exists():
-        seconds, rss, _ = run_measured(replicalake("ingest", "synthetic-eels", name, "--shape", str(side),
+        seconds, rss, _, _ = run_measured(replicalake("ingest", "synthetic-eels", name, "--shape", str(side),
                                                    str(side), str(channels), "--chunks", str(chunk),
                                                    str(chunk), "--lake", str(lake), "--no-progress"))
         print(f"ingest {side}x{side}x{channels}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, "
@@ -73,28 +84,26 @@ def ensure_image(lake: Path, side: int, channels: int, chunk: int = 32) -> str:
     return name
 
 
-def run_recipe(lake: Path, workdir: Path, entry: str, steps: str) -> tuple[float, float]:
+def run_recipe(lake: Path, workdir: Path, entry: str, steps: str) -> tuple[float, float, float]:
     recipe = workdir / f"bench-{entry}.yaml"
     recipe.write_text(RECIPE.format(entry=entry, steps=steps))
     shutil.rmtree(lake / "derived" / "bench", ignore_errors=True)
-    seconds, rss, out = run_measured(replicalake("run", str(recipe), "--lake", str(lake), "--json"))
-    assert json.loads(out)["outputs"][0]["status"] == "computed"
-    return seconds, rss
+    seconds, rss, out, cpu = run_measured(replicalake("run", str(recipe), "--lake", str(lake), "--json"))
+    if json.loads(out)["outputs"][0]["status"] != "computed":
+        raise SystemExit(f"{recipe}: the thickness output was not computed:\n{out}")
+    return seconds, rss, cpu
 
 
-def time_read(lake: Path, entry: str) -> float:
+def read_once(lake: Path, entry: str) -> None:
     """Read every chunk of the counts once (decompress + a sum so nothing is skipped)."""
     import dask
     import dask.array as da
 
-    array = da.from_zarr(str(lake / "raw" / entry / "counts"))
-    start = time.perf_counter()
-    dask.compute(array.sum(axis=-1), scheduler="threads")
-    return time.perf_counter() - start
+    dask.compute(da.from_zarr(str(lake / "raw" / entry / "counts")).sum(axis=-1), scheduler="threads")
 
 
-def time_engine_thickness(lake: Path, entry: str, params: dict) -> float:
-    """Our thickness op computed in-process (no interpreter start-up), same threads as the read."""
+def engine_thickness(lake: Path, entry: str, params: dict) -> None:
+    """Our thickness op in-process (no interpreter start-up): open, build the graph, compute."""
     import dask
     import xarray as xr
 
@@ -102,62 +111,86 @@ def time_engine_thickness(lake: Path, entry: str, params: dict) -> float:
 
     image = xr.open_zarr(str(lake / "raw" / entry), consolidated=False)
     result = thickness(ThicknessParams(**params), image)
-    start = time.perf_counter()
     dask.compute(result["t_over_lambda"].data, scheduler="threads")
-    return time.perf_counter() - start
 
 
-def time_exspy(lake: Path, entry: str) -> float:
+def exspy_thickness(lake: Path, entry: str) -> None:
+    """exSpy's lazy estimate_thickness with the same fixed ZLP limit: open, build, compute."""
+    import logging
+    import warnings
+
     import dask
     import exspy
     import xarray as xr
 
+    for name in ("hyperspy", "exspy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="hyperspy")
     image = xr.open_zarr(str(lake / "raw" / entry), consolidated=False)
     axis = image["energy"].values
     signal = exspy.signals.LazyEELSSpectrum(image["counts"].data)
     signal.axes_manager[-1].offset = float(axis[0])
     signal.axes_manager[-1].scale = float(axis[1] - axis[0])
     signal.axes_manager[-1].units = "eV"
-    start = time.perf_counter()
     result = signal.estimate_thickness(threshold=1.5)
     dask.compute(result.data, scheduler="threads")
-    return time.perf_counter() - start
+
+
+def run(quick: bool = False, sides=None, channels: int = 2048, exspy_side: int | None = None,
+        workdir: Path = WORKDIR, exspy: bool = True, repeats: int = 3) -> dict:
+    sides = sides or ([100] if quick else [100, 316, 1000])
+    exspy_side = exspy_side or (100 if quick else 316)
+    result = header("EELS thickness out-of-core, and against exSpy", repeats, channels=channels)
+    lake = workdir / "lake"
+    lake.mkdir(parents=True, exist_ok=True)
+    print("peak RSS of `replicalake run` (align + thickness) vs image size")
+    peaks = []
+    for side in sides:
+        entry = ensure_image(lake, side, channels)
+        seconds, rss, cpu = run_recipe(lake, workdir, entry, ALIGN_AND_THICKNESS)
+        peaks.append(rss)
+        print(f"{side * side:>8} spectra: {seconds:6.1f} s wall (incl. ~2 s start-up), "
+              f"peak RSS {rss:6.0f} MiB, {side * side / seconds:8.0f} spectra/s", flush=True)
+        result[f"run_{side * side}_spectra_s"] = round(seconds, 2)
+        result[f"run_{side * side}_spectra_cpu_s"] = round(cpu, 2)
+        result[f"run_{side * side}_spectra_peak_rss_mib"] = round(rss)
+    if len(peaks) > 1:
+        result["peak_rss_largest_over_smallest"] = ratio(peaks[-1], peaks[0])
+
+    side = exspy_side
+    entry = ensure_image(lake, side, channels)
+    print(f"{side * side} spectra x {channels} channels, threaded dask, in-process; every side opens "
+          f"the store, builds its graph and computes inside the timer", flush=True)
+    sides_ = {"read": lambda: read_once(lake, entry),
+              "ours_threshold": lambda: engine_thickness(lake, entry, THRESHOLD),
+              "ours_first_minimum": lambda: engine_thickness(lake, entry, {})}
+    if exspy:
+        sides_["exspy_threshold"] = lambda: exspy_thickness(lake, entry)
+    timings = compare(sides_, repeats)
+    read = timings["read"].wall
+    result["spectra"] = side * side
+    for name, timing in timings.items():
+        result[f"{name}_s"] = round(timing.wall, 3)
+        result[f"{name}_cpu_s"] = round(timing.cpu, 3)
+        if name != "read":
+            result[f"{name}_over_read"] = ratio(timing.wall, read)
+    if exspy:
+        result["exspy_over_ours"] = ratio(timings["exspy_threshold"].wall, timings["ours_threshold"].wall)
+    return finish(result)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sides", type=int, nargs="+", default=[100, 316, 1000])
+    parser.add_argument("--quick", action="store_true", help="10^4 spectra only")
+    parser.add_argument("--sides", type=int, nargs="+", default=None, help="default 100 316 1000")
     parser.add_argument("--channels", type=int, default=2048)
-    parser.add_argument("--exspy-side", type=int, default=316)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/replicalake-bench"))
+    parser.add_argument("--exspy-side", type=int, default=None, help="default 316")
+    parser.add_argument("--workdir", type=Path, default=WORKDIR)
     parser.add_argument("--no-exspy", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    lake = args.workdir / "lake"
-    lake.mkdir(parents=True, exist_ok=True)
-
-    print("== peak RSS of `replicalake run` (align + thickness) vs image size ==")
-    peaks = []
-    for side in args.sides:
-        entry = ensure_image(lake, side, args.channels)
-        seconds, rss = run_recipe(lake, args.workdir, entry, ALIGN_AND_THICKNESS)
-        peaks.append(rss)
-        print(f"{side * side:>8} spectra: {seconds:6.1f} s wall (incl. ~2 s start-up), "
-              f"peak RSS {rss:6.0f} MiB, {side * side / seconds:8.0f} spectra/s")
-    print(f"peak RSS largest/smallest: {peaks[-1] / peaks[0]:.2f} (flat means ~1.0)")
-
-    side = args.exspy_side
-    entry = ensure_image(lake, side, args.channels)
-    print(f"\n== {side * side} spectra x {args.channels} channels, threaded dask, in-process ==")
-    read = min(time_read(lake, entry) for _ in range(2))
-    ours = min(time_engine_thickness(lake, entry, THRESHOLD) for _ in range(2))
-    first_minimum = min(time_engine_thickness(lake, entry, {}) for _ in range(2))
-    print(f"read the zarr array once:      {read:6.2f} s  (baseline)")
-    print(f"eels.thickness (threshold):    {ours:6.2f} s  ratio to read {ours / read:.2f}")
-    print(f"eels.thickness (first minimum):{first_minimum:6.2f} s  ratio to read {first_minimum / read:.2f}")
-    if not args.no_exspy:
-        theirs = time_exspy(lake, entry)
-        print(f"exSpy lazy estimate_thickness: {theirs:6.2f} s  ratio to read {theirs / read:.2f}; "
-              f"exSpy / ours (same threshold) = {theirs / ours:.1f}x")
+    show(run(args.quick, args.sides, args.channels, args.exspy_side, args.workdir, not args.no_exspy,
+             args.repeats))
 
 
 if __name__ == "__main__":

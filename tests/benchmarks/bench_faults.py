@@ -8,9 +8,10 @@
    files; prints how often `verify` names the damaged chunk and how often a run fails naming it
    (a flipped bit that still decodes is only caught by `verify`, which reads every byte).
 3. Overhead: writing the same lazy output through the resumable staging (per-chunk records and a
-   checksum manifest) vs a plain `da.store`, same run; prints the ratio.
+   checksum manifest) vs a plain `da.store`, same run, one warm-up each, best of --repeats,
+   interleaved; prints the ratio.
 
-    python tests/benchmarks/bench_faults.py [--seeds 5] [--damage 40] [--size 4096]
+    python tests/benchmarks/bench_faults.py [--quick] [--seeds 5] [--damage 40] [--size 4096]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from engine.storage import Lake  # noqa: E402
 from engine.testing import put_in_lake, ramp_dataset  # noqa: E402
 from engine.zarr_io import write_template  # noqa: E402
 from tests.test_crash_resume import SLOW_RECIPE, big_lake, chunk_bytes, start_cli  # noqa: E402
+from tests.benchmarks._timing import Timing, compare, finish, header, ratio, show  # noqa: E402
 from tests.test_graph import RECIPE  # noqa: E402
 
 OUTPUT = "derived/slow/doubled"
@@ -117,52 +119,74 @@ def damage_campaign(work: Path, count: int) -> dict[str, list[int]]:
     return tally
 
 
-def overhead(work: Path, size: int) -> tuple[float, float]:
-    """Seconds to write the same output plainly and through the resumable staging."""
+def overhead(work: Path, size: int, repeats: int) -> tuple[Timing, Timing]:
+    """Writing the same output plainly and through the resumable staging, best of `repeats`."""
     lake = Lake(str(work / "overhead"))
     data = ramp_dataset(size, size, 512).map(np.sqrt)
-    tmp = lake.new_tmp_path("plain")
-    start = time.perf_counter()
-    dask.compute(*write_template(data, lake.url(tmp)))
-    plain = time.perf_counter() - start
-    start = time.perf_counter()
-    staged = stage_output(lake, data, "derived", "bench", "token", {"token": "token"})
-    dask.compute(*staged.writes)
-    lake.publish(staged.store, "derived", "bench", staged.digests())
-    staged.remove()
-    return plain, time.perf_counter() - start
+    names = iter(range(10**6))
+
+    def plain():
+        dask.compute(*write_template(data, lake.url(lake.new_tmp_path("plain"))))
+
+    def resumable():
+        name = f"bench{next(names)}"
+        staged = stage_output(lake, data, "derived", name, "token", {"token": "token"})
+        dask.compute(*staged.writes)
+        lake.publish(staged.store, "derived", name, staged.digests())
+        staged.remove()
+
+    timings = compare({"plain": plain, "resumable": resumable}, repeats)
+    return timings["plain"], timings["resumable"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--damage", type=int, default=40)
-    parser.add_argument("--size", type=int, default=4096)
-    args = parser.parse_args()
+def run(quick: bool = False, seeds: int | None = None, damage: int | None = None, size: int | None = None,
+        repeats: int = 3) -> dict:
+    seeds = seeds or (1 if quick else 5)
+    damage = damage or (8 if quick else 40)
+    size = size or (1024 if quick else 4096)
+    result = header("fault injection: kills, damaged chunks, resumable-write overhead", repeats, seeds=seeds,
+                    damage=damage, size=size)
     dask.config.set(scheduler="threads")
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         (work / "slow.yaml").write_text(SLOW_RECIPE.replace("SECONDS", "0.3"))
         reference_lake = big_lake(work / "reference")
-        run = start_cli(reference_lake, work / "reference.log", "run", str(work / "slow.yaml"), "--json")
-        assert run.wait() == 0
+        run_ = start_cli(reference_lake, work / "reference.log", "run", str(work / "slow.yaml"), "--json")
+        if run_.wait():
+            raise SystemExit("the uninterrupted reference run failed")
         reference = chunk_bytes(reference_lake, OUTPUT)
         total = [0, 0, 0]
-        for seed in range(args.seeds):
+        for seed in range(seeds):
             kills, resumed, computed = kill_campaign(work, seed, reference)
             print(f"seed {seed}: {kills} SIGKILLs, then a run resumed {resumed} of 16 chunks; "
-                  f"{computed} chunk computations in all runs (16 without faults); output identical")
+                  f"{computed} chunk computations in all runs (16 without faults); output identical", flush=True)
             total = [t + v for t, v in zip(total, (kills, resumed, computed), strict=True)]
-        print(f"kills: {total[0]} SIGKILLs over {args.seeds} campaigns, every final output byte-identical; "
-              f"{total[1]} chunks resumed, {total[2]} chunk computations for {16 * args.seeds} chunks")
-        tally = damage_campaign(work, args.damage)
+        result.update(kill_campaigns=seeds, kills=total[0], chunks_resumed=total[1], chunk_computations=total[2],
+                      chunks_without_faults=16 * seeds)
+        tally = damage_campaign(work, damage)
         for kind, (faults, by_verify, by_run, by_paranoid) in sorted(tally.items()):
             print(f"damage: {faults} x {kind} of a source chunk: named by verify {by_verify}/{faults}, "
                   f"by a failed run {by_run}/{faults}, by run --verify-inputs {by_paranoid}/{faults}")
-        plain, resumable = overhead(work, args.size)
-        print(f"overhead: {args.size}x{args.size} float32 output in 512x512 chunks: plain da.store "
-              f"{plain:.2f} s, resumable staging + manifest + publish {resumable:.2f} s "
-              f"(ratio {resumable / plain:.2f})")
+            result.update({f"damage_{kind}": faults, f"damage_{kind}_named_by_verify": by_verify,
+                           f"damage_{kind}_named_by_run": by_run, f"damage_{kind}_named_by_verify_inputs": by_paranoid})
+        plain, resumable = overhead(work, size, repeats)
+        print(f"overhead: {size}x{size} float32 output in 512x512 chunks: plain da.store {plain.wall:.2f} s, "
+              f"resumable staging + manifest + publish {resumable.wall:.2f} s (ratio {resumable.wall / plain.wall:.2f})")
+        result.update(plain_write_s=round(plain.wall, 3), plain_write_cpu_s=round(plain.cpu, 3),
+                      resumable_write_s=round(resumable.wall, 3), resumable_write_cpu_s=round(resumable.cpu, 3),
+                      resumable_over_plain=ratio(resumable.wall, plain.wall))
+    return finish(result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 kill campaign, 8 faults, 1024 x 1024 output")
+    parser.add_argument("--seeds", type=int, default=None, help="kill campaigns (default 5)")
+    parser.add_argument("--damage", type=int, default=None, help="single faults (default 40)")
+    parser.add_argument("--size", type=int, default=None, help="overhead output side (default 4096)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    show(run(args.quick, args.seeds, args.damage, args.size, args.repeats))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ measured while computing (engine/peak_rss.py); this prints both, their ratio, an
 whole-life peak (getrusage: compile and plots included) for reference.
 
     python tests/benchmarks/bench_memory_projection.py                    # every recipe
+    python tests/benchmarks/bench_memory_projection.py --quick            # eels_thickness, lhc_dimuon
     python tests/benchmarks/bench_memory_projection.py eels_thickness lhc_dimuon
     python tests/benchmarks/bench_memory_projection.py --epochs 300       # trainings cut short
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from engine.registry import get_op  # noqa: E402
 from engine.storage import Lake  # noqa: E402
+from tests.benchmarks._timing import finish, header, show  # noqa: E402
 from tests.recipe_inputs import prepare_inputs  # noqa: E402
 
 GOAL = (0.5, 1.25)
@@ -80,24 +82,38 @@ def run_recipe(recipe: Path, epochs: int | None) -> dict:
             "measured": memory["measured_peak_bytes"], "process": child_kib * 1024}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipes", nargs="*", help="recipe file stems (default: all in recipes/)")
-    parser.add_argument("--epochs", type=int, default=None, help="cap every training's epochs")
-    args = parser.parse_args()
-    recipes = [REPO / "recipes" / f"{name}.yaml" for name in args.recipes] or sorted(
-        (REPO / "recipes").glob("*.yaml"))
+QUICK_RECIPES = ("eels_thickness", "lhc_dimuon")
+
+
+def run(quick: bool = False, recipes=None, epochs: int | None = None) -> dict:
+    names = recipes or (QUICK_RECIPES if quick else [path.stem for path in sorted((REPO / "recipes").glob("*.yaml"))])
+    result = header("measured / projected peak memory of shipped recipes", 1, recipes=len(names),
+                    epochs=epochs or "shipped")
     print("| recipe | projected | measured (compute) | measured / projected | whole process | wall |")
     print("|---|---|---|---|---|---|")
     outside = []
-    for recipe in recipes:
-        row = run_recipe(recipe, args.epochs)
-        ratio = row["measured"] / row["projected"]
-        if not GOAL[0] <= ratio <= GOAL[1]:
-            outside.append(row["recipe"])
-        print(f"| {row['recipe']} | {row['projected'] / MIB:.0f} MiB | {row['measured'] / MIB:.0f} MiB | "
-              f"{ratio:.2f} | {row['process'] / MIB:.0f} MiB | {row['seconds']:.0f} s |", flush=True)
+    for name in names:
+        row = run_recipe(REPO / "recipes" / f"{name}.yaml", epochs)
+        ratio_ = row["measured"] / row["projected"]
+        if not GOAL[0] <= ratio_ <= GOAL[1]:
+            outside.append(name)
+        print(f"| {name} | {row['projected'] / MIB:.0f} MiB | {row['measured'] / MIB:.0f} MiB | {ratio_:.2f} | "
+              f"{row['process'] / MIB:.0f} MiB | {row['seconds']:.0f} s |", flush=True)
+        result.update({f"{name}_projected_mib": round(row["projected"] / MIB), f"{name}_measured_mib":
+                       round(row["measured"] / MIB), f"{name}_measured_over_projected": round(ratio_, 3),
+                       f"{name}_process_mib": round(row["process"] / MIB), f"{name}_s": round(row["seconds"], 1)})
     print(f"goal {GOAL[0]}-{GOAL[1]}: " + (f"outside for {', '.join(outside)}" if outside else "all inside"))
+    result["outside_goal"] = len(outside)
+    return finish(result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="*", help="recipe file stems (default: all in recipes/)")
+    parser.add_argument("--quick", action="store_true", help=f"only {' and '.join(QUICK_RECIPES)}")
+    parser.add_argument("--epochs", type=int, default=None, help="cap every training's epochs")
+    args = parser.parse_args()
+    show(run(args.quick, args.recipes or None, args.epochs))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ Prints, for a small two-output recipe whose outputs are already up to date:
     taking the run (Pending) to Completed, split into the engine's compile + compute time (from
     the run's logs) and Prefect's part (subprocess start, imports, API calls, artifacts).
 
-    python tests/benchmarks/bench_prefect_overhead.py [--runs 5] [--workdir /tmp/replicalake-prefect-bench]
+    python tests/benchmarks/bench_prefect_overhead.py [--quick] [--runs 5] [--workdir /tmp/replicalake-prefect-bench]
+
+--quick measures the first three only (no server, no served runs). Single runs, not best of N:
+the cold start is a one-off by nature.
 
 Everything runs in --workdir (wiped first) with its own PREFECT_HOME: no user profile is touched.
 """
@@ -32,6 +35,10 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+WORKDIR = Path("/tmp/replicalake-prefect-bench")
+sys.path.insert(0, str(REPO))
+from tests.benchmarks._timing import finish, header, show  # noqa: E402
+
 RECIPE = """\
 version: 1
 name: bench-prefect
@@ -112,12 +119,9 @@ def served_runs(url: str, count: int, timeout: float) -> list[dict]:
     return measured
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5, help="served runs to measure")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/replicalake-prefect-bench"))
-    args = parser.parse_args()
+def run(quick: bool = False, runs: int = 5, workdir: Path = WORKDIR) -> dict:
+    result = header("what Prefect adds to a run", 1, served_runs=0 if quick else runs)
+    args = argparse.Namespace(runs=runs, workdir=workdir)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     lake, recipe = args.workdir / "lake", args.workdir / "recipe.yaml"
@@ -147,6 +151,11 @@ def main() -> None:
           f"(+{cold - plain:.1f} s over plain run)")
     print(f"`run --prefect`, ephemeral API, migrated PREFECT_HOME:   {warm:6.2f} s "
           f"(+{warm - plain:.1f} s over plain run)")
+    result.update(engine_in_process_s=round(engine_s, 3), plain_run_s=round(plain, 2),
+                  prefect_ephemeral_fresh_home_s=round(cold, 2), prefect_ephemeral_migrated_home_s=round(warm, 2),
+                  prefect_ephemeral_migrated_minus_plain_s=round(warm - plain, 2))
+    if quick:  # the served part needs a server start and several scheduled runs
+        return finish(result)
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -159,12 +168,15 @@ def main() -> None:
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env=server_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True))
-        print(f"`prefect server start` healthy after (fresh home):       {wait_healthy(url, 180):6.2f} s")
+        healthy = wait_healthy(url, 180)
+        print(f"`prefect server start` healthy after (fresh home):       {healthy:6.2f} s")
+        result["server_start_s"] = round(healthy, 2)
         serve_env = environment(args.workdir / "serve-home", PREFECT_API_URL=url,
                                 PREFECT_RUNNER_POLL_FREQUENCY="1")
         on_server = timed([*cli, "--prefect"], serve_env)
         print(f"`run --prefect` on that server (PREFECT_API_URL):        {on_server:6.2f} s "
               f"(+{on_server - plain:.1f} s over plain run)")
+        result["prefect_on_server_s"] = round(on_server, 2)
         serve_started = time.perf_counter()
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "engine", "serve", str(recipe), "--lake", str(lake),
@@ -182,12 +194,25 @@ def main() -> None:
                        ("running", "Running -> Completed"),
                        ("engine", "engine compile + compute")):
         values = [r[key] for r in runs]
+        result[f"served_{key}_median_s"] = round(statistics.median(values), 2)
         print(f"served run ({len(runs)} runs), {label + ':':33s} median {statistics.median(values):5.2f} s, "
               f"max {max(values):5.2f} s")
     overhead = [r["taken_to_done"] - r["engine"] for r in runs]
     print("served run, Prefect's part per run:                     "
           f"median {statistics.median(overhead):5.2f} s")
     print(f"`serve` start -> {len(runs)} runs completed:                   {first_done:6.2f} s")
+    result.update(served_runs=len(runs), served_prefect_part_median_s=round(statistics.median(overhead), 2),
+                  serve_start_to_runs_completed_s=round(first_done, 2))
+    return finish(result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="plain and ephemeral runs only, no server")
+    parser.add_argument("--runs", type=int, default=5, help="served runs to measure")
+    parser.add_argument("--workdir", type=Path, default=WORKDIR)
+    args = parser.parse_args()
+    show(run(args.quick, args.runs, args.workdir))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Batched replica training vs a Python loop of single-replica models, on one CPU thread.
 
-Run: python tests/benchmarks/bench_replica_training.py   (about 2 minutes on the 2-core CI machine)
+Run: python tests/benchmarks/bench_replica_training.py [--quick] [--replicas 100] [--steps 200]
+     (full: several minutes on the 2-core machine; --quick: 30 replicas x 30 steps, ~20 s)
 
 Both sides do the same work per replica and step: forward, chi2 on that replica's training points
 (75%, diagonal errors), backward, one Adam step. The loop side is what a user would write without
@@ -8,7 +9,8 @@ the kernels (torch.nn.Sequential + torch.optim.Adam per replica, trained one aft
 EELSfitter does), but with the kernels' activation functions, so the ratio measures batching alone
 (the kernels' CPU tanh is itself ~3x faster than torch.tanh). The batched side is `train_ensemble`
 on an `EnsembleMLP`, check epochs included. Stopping is switched off so both sides run exactly the
-same number of steps.
+same number of steps. Model construction and data preparation are inside the timer on both sides;
+both get the same untimed warm-up (10 replicas, 10 steps), then best of N, interleaved.
 
 Three workloads:
 - "eels": the ZLP net [2-10-15-5-1] regressing 1000 (ln E, ln N) points, EELSfitter's use.
@@ -23,10 +25,12 @@ Three workloads:
 
 from __future__ import annotations
 
+import argparse
 import math
-import time
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +39,9 @@ from engine.kernels.mlp import ACTIVATIONS, EnsembleMLP
 from engine.kernels.optim import OptimiserConfig
 from engine.kernels.replicas import draw_replicas, training_masks
 from engine.kernels.train import Chi2Loss, StoppingConfig, train_ensemble
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.benchmarks._timing import compare, finish, header, ratio, show  # noqa: E402
 
 EELS_NET = ([2, 10, 15, 5, 1], ["sigmoid", "sigmoid", "relu", "linear"])
 PDF_NET = ([2, 25, 20, 8], ["tanh", "tanh", "linear"])
@@ -79,19 +86,16 @@ def fk_convolution(sizes, acts, n_x: int = 50, n_data: int = 500, seed: int = 0)
     return Workload(sizes, acts, inputs, lambda out: out.flatten(-2) @ fk.T, central)
 
 
-def batched(work: Workload, n_replicas: int, steps: int) -> float:
+def batched(work: Workload, n_replicas: int, steps: int) -> None:
     sigma, data, masks = work.problem(n_replicas)
     model = EnsembleMLP(n_replicas, work.sizes, work.activations, seed=1)
     loss = Chi2Loss(lambda m: work.observe(m(work.inputs)), data, np.diag(sigma**2), masks)
-    start = time.perf_counter()
     adam = OptimiserConfig("adam", lr=1e-3)
     train_ensemble(model, loss, steps, optimiser=adam, stopping=NO_STOPPING, validation_every=10)
-    return time.perf_counter() - start
 
 
-def python_loop(work: Workload, n_replicas: int, steps: int) -> float:
+def python_loop(work: Workload, n_replicas: int, steps: int) -> None:
     sigma, data, masks = work.problem(n_replicas)
-    start = time.perf_counter()
     for k in range(n_replicas):
         torch.manual_seed(k)
         layers = []
@@ -108,7 +112,6 @@ def python_loop(work: Workload, n_replicas: int, steps: int) -> float:
             loss = ((target - prediction[idx]) / sig).pow(2).mean()
             loss.backward()
             opt.step()
-    return time.perf_counter() - start
 
 
 class _Activation(torch.nn.Module):
@@ -120,28 +123,50 @@ class _Activation(torch.nn.Module):
         return self.fn(z)
 
 
-def main() -> None:
+def run(quick: bool = False, replicas: int | None = None, steps: int | None = None, repeats: int | None = None) -> dict:
+    steps = steps or (30 if quick else STEPS)
+    replicas = replicas or (30 if quick else 100)
+    repeats = repeats or (2 if quick else 3)
     torch.set_num_threads(1)
     workloads = {
-        "eels 2-10-15-5-1": regression(*EELS_NET),
-        "pdf 2-25-20-8 fk": fk_convolution(*PDF_NET),
-        "pdf 1000 pts": regression(*PDF_NET),
+        "eels": regression(*EELS_NET),
+        "pdf_fk": fk_convolution(*PDF_NET),
+        "pdf_1000pts": regression(*PDF_NET),
     }
-    print(f"torch {torch.__version__}, 1 thread, {STEPS} Adam steps\n")
-    print("100 replicas: Python loop of single models vs batched EnsembleMLP")
+    result = header(f"Replica training: loop of {replicas} torch models vs batched EnsembleMLP", repeats,
+                    steps=steps, threads=1, torch=torch.__version__)
     for name, work in workloads.items():
-        t_batch = batched(work, 100, STEPS)
-        t_loop = python_loop(work, 100, STEPS)
-        print(f"  {name:18s} loop {t_loop:6.2f} s  batched {t_batch:6.2f} s  "
-              f"speed-up {t_loop / t_batch:5.1f}x")
-    print("\nbatched time per replica-epoch (ms)")
-    for name, work in workloads.items():
-        cells = []
-        for r in (1, 10, 100, 1000):
-            steps = {1: 200, 10: 200, 100: 50, 1000: 10}[r]
-            t = batched(work, r, steps)
-            cells.append(f"R={r}: {1e3 * t / (r * steps):.3f}")
-        print(f"  {name:18s} " + "  ".join(cells))
+        for side in (batched, python_loop):  # the same untimed warm-up for both
+            side(work, min(replicas, 10), 10)
+        timings = compare({"loop": lambda w=work: python_loop(w, replicas, steps),
+                           "batched": lambda w=work: batched(w, replicas, steps)}, repeats, warmup=0)
+        t_loop, t_batch = timings["loop"], timings["batched"]
+        print(f"  {name:12s} loop {t_loop.wall:6.2f} s  batched {t_batch.wall:6.2f} s  "
+              f"speed-up {t_loop.wall / t_batch.wall:5.1f}x", flush=True)
+        result[f"{name}_loop_s"] = round(t_loop.wall, 3)
+        result[f"{name}_loop_cpu_s"] = round(t_loop.cpu, 3)
+        result[f"{name}_batched_s"] = round(t_batch.wall, 3)
+        result[f"{name}_batched_cpu_s"] = round(t_batch.cpu, 3)
+        result[f"{name}_speedup"] = ratio(t_loop.wall, t_batch.wall)
+    result["replicas"], result["steps"] = replicas, steps
+    if not quick:
+        print("batched time per replica-epoch (ms)")
+        for name, work in workloads.items():
+            for r in (1, 10, 100, 1000):
+                n_steps = {1: 200, 10: 200, 100: 50, 1000: 10}[r]
+                t = compare({"batched": lambda w=work, r=r, n=n_steps: batched(w, r, n)}, repeats)["batched"]
+                result[f"{name}_batched_ms_per_replica_epoch_r{r}"] = round(1e3 * t.wall / (r * n_steps), 4)
+    return finish(result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="30 replicas, 30 steps, no per-replica-epoch sweep")
+    parser.add_argument("--replicas", type=int, default=None, help="default 100 (quick 30)")
+    parser.add_argument("--steps", type=int, default=None, help=f"Adam steps (default {STEPS})")
+    parser.add_argument("--repeats", type=int, default=None, help="best of (default 3, quick 2)")
+    args = parser.parse_args()
+    show(run(args.quick, args.replicas, args.steps, args.repeats))
 
 
 if __name__ == "__main__":

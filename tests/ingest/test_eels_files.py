@@ -23,6 +23,9 @@ EELS = "eels"
 WS2 = "ws2_specimen4_lowloss"
 
 
+AXIS = {"energy_start": -1.0, "dispersion": 0.5}  # a text file's stated energy axis
+
+
 def ingest(lake, files, name="entry", **kwargs):
     return ingest_eels_files(lake, files, name, progress=False, **kwargs)
 
@@ -159,13 +162,13 @@ def test_token_follows_content_not_file_name(lake, tmp_path):
         (tmp_path / f"{name}.txt").write_text("1 2 3\n")
     (tmp_path / "c.txt").write_text("1 2 4\n")
     for name in "abc":
-        ingest(lake, [tmp_path / f"{name}.txt"], name)
+        ingest(lake, [tmp_path / f"{name}.txt"], name, **AXIS)
     assert lake.token("raw", "a") == lake.token("raw", "b") != lake.token("raw", "c")
 
 
 def test_allow_nonfinite_keeps_and_counts_them(lake, tmp_path):
     (tmp_path / "bad.txt").write_text("1 nan 3 inf\n")
-    summary = ingest(lake, [tmp_path / "bad.txt"], allow_nonfinite=True)
+    summary = ingest(lake, [tmp_path / "bad.txt"], allow_nonfinite=True, **AXIS)
     dataset = lake.open("raw", "entry")
     assert dataset.attrs["nonfinite_values"] == 2 and "2 non-finite values kept" in summary
     assert np.isnan(dataset["counts"].values[0, 0, 1])
@@ -187,8 +190,15 @@ def test_allow_nonfinite_keeps_and_counts_them(lake, tmp_path):
     ({"x.txt": "1\n2\n3\n"}, {}, r"x\.txt: expected one line .* found 1 value per row"),
     ({"x.txt": "1 nan 3 inf -inf"}, {}, r"x\.txt: expected finite counts, found 3 non-finite "
                                         r"values \(NaN or inf\) among 5; pass --allow-nonfinite"),
-    ({"x.txt": "1 2 3"}, {"dispersion": 0.0}, r"x\.txt: expected an increasing energy axis .* "
-                                              "found start -4.054 eV, dispersion 0.0"),
+    ({"x.txt": "1 2 3"}, {"dispersion": 0.0, "energy_start": 1.0},
+     r"x\.txt: expected an increasing energy axis .* found start 1.0 eV, dispersion 0.0"),
+    ({"x.txt": "1 2 3"}, {"dispersion": 0.1}, r"x\.txt: --dispersion was given without --energy-start; "
+                                              "plain-text spectra need both"),
+    ({"x.txt": "1 2 3"}, {}, r"x\.txt: plain-text spectra carry no energy axis; pass --energy-start "
+                             r"\(eV of the first channel\) and --dispersion \(eV per channel\)\. "
+                             r"Without them only EELSfitter's WS2 specimen-4 spectra are accepted "
+                             r"\(1981 channels, --energy-start -4\.054 --dispersion 0\.025\); "
+                             "found 3 channels"),
     ({"x.txt": "1 2 3"}, {"chunks": (0, 4)}, "--chunks must be two positive integers"),
     ({"x.txt": b"\xff\xfe\x00binary"}, {}, r"x\.txt: expected plain text .* found binary data"),
     ({"a.msa": "", "b.msa": ""}, {}, "several files combine into one entry only as plain-text"),
@@ -291,3 +301,77 @@ def test_cli_ingests_text_and_exits_1_on_bad_input(lake, tmp_path, monkeypatch, 
                                "--no-progress")
     assert code == 1 and "expected finite counts, found 1 non-finite" in err.replace("\n", "")
     assert lake_files(lake) == before
+
+
+# -- spatial calibration and the text energy axis (issue 18) -----------------------------------
+def test_dm4_pixel_size_becomes_nm_coordinates_beside_the_pixel_indices(lake, shared_data):
+    """EELS_SI.dm4 calibrates y and x at 0.0019920736 um per pixel: 1.992 nm, as coordinates
+    `y_nm`/`x_nm` (pixel indices stay the index, so recipes still pick pixels by number)."""
+    summary = ingest(lake, [shared_data / EELS / "EELS_SI.dm4"], "si")
+    dataset = lake.open("raw", "si")
+    step = 0.0019920736085623503 * 1e3
+    for dim in ("y", "x"):
+        np.testing.assert_array_equal(dataset[dim].values, [0, 1])
+        np.testing.assert_allclose(dataset[f"{dim}_nm"].values, [0.0, step], rtol=1e-12)
+        assert dataset[f"{dim}_nm"].dims == (dim,) and dataset[f"{dim}_nm"].attrs["units"] == "nm"
+        assert dataset.attrs[f"pixel_size_{dim}_nm"] == pytest.approx(step, rel=1e-12)
+    assert "x 1.992 nm/pixel" in summary
+    assert dataset.attrs["energy_axis"] == "from the file: 300 eV + 1 eV/channel"
+
+
+@pytest.mark.parametrize(("units", "scale", "expected_nm"), [
+    ("µm", 0.25, 250.0), ("nm", 0.5, 0.5), ("Å", 2.0, 0.2), ("<undefined>", 1.0, None), ("1/nm", 0.1, None)])
+def test_hspy_spatial_units_are_converted_to_nm_or_left_in_pixels(lake, tmp_path, units, scale, expected_nm):
+    import hyperspy.api as hs
+
+    signal = hs.signals.Signal1D(np.ones((3, 4, 20), np.float32))
+    for axis in signal.axes_manager.navigation_axes:
+        axis.units, axis.scale, axis.offset = units, scale, 1.0
+    energy = signal.axes_manager.signal_axes[0]
+    energy.units, energy.scale, energy.offset = "eV", 0.1, -1.0
+    signal.save(tmp_path / "si.hspy", overwrite=True)
+    ingest(lake, [tmp_path / "si.hspy"])
+    dataset = lake.open("raw", "entry")
+    if expected_nm is None:
+        assert "x_nm" not in dataset.coords and "pixel_size_x_nm" not in dataset.attrs
+        return
+    factor = expected_nm / scale
+    np.testing.assert_allclose(dataset["x_nm"].values, factor * (1.0 + scale * np.arange(4)))
+    np.testing.assert_allclose(dataset["y_nm"].values, factor * (1.0 + scale * np.arange(3)))
+    assert dataset.attrs["pixel_size_x_nm"] == pytest.approx(expected_nm)
+
+
+def test_calibrated_maps_are_drawn_in_nm(lake, tmp_path):
+    import hyperspy.api as hs
+
+    from engine.recipe import Plot
+    from engine.reports import render
+
+    signal = hs.signals.Signal1D(np.ones((3, 4, 20), np.float32))
+    for axis in signal.axes_manager.navigation_axes:
+        axis.units, axis.scale = "nm", 2.5
+    signal.axes_manager.signal_axes[0].units = "eV"
+    signal.save(tmp_path / "si.hspy", overwrite=True)
+    ingest(lake, [tmp_path / "si.hspy"])
+    total = lake.open("raw", "entry")["counts"].sum("energy").to_dataset(name="total")
+    axes = render(total, Plot(variable="total"), "raw/entry").axes[0]
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("x position [nm]", "y position [nm]")
+    assert axes.get_xlim() == pytest.approx((-1.25, 8.75))
+
+
+def test_ws2_text_axis_is_assumed_only_for_the_ws2_spectra_and_says_so(lake, shared_data, tmp_path):
+    folder = shared_data / EELS / WS2
+    summary = ingest(lake, [folder / "vacuum_17.txt"], "vacuum")
+    note = lake.open("raw", "vacuum").attrs["energy_axis"]
+    assert note.startswith("assumed: EELSfitter's WS2 specimen-4 axis "
+                           "(--energy-start -4.054 --dispersion 0.025)")
+    assert "zero-loss peak at" in note and note in summary
+    # the same number of channels with the peak elsewhere is not those spectra: refused
+    shifted = np.roll(np.loadtxt(folder / "vacuum_17.txt"), 400)
+    (tmp_path / "other.txt").write_text("\t".join(f"{v:g}" for v in shifted) + "\n")
+    with pytest.raises(IngestError, match=r"other\.txt: plain-text spectra carry no energy axis; .* found "
+                                          r"1981 channels, but their highest mean count is at 9\.9\d* eV"):
+        ingest(lake, [tmp_path / "other.txt"], "other")
+    assert not lake.exists("raw", "other")
+    ingest(lake, [tmp_path / "other.txt"], "other", energy_start=-14.05, dispersion=0.025)
+    assert lake.open("raw", "other").attrs["energy_axis"] == "given: --energy-start -14.05 --dispersion 0.025"

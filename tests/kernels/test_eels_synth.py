@@ -172,3 +172,23 @@ def test_blocks_reproduce_and_join_seamlessly():
     assert not np.array_equal(other["counts"], one["counts"])
     with pytest.raises(ValueError, match="not inside"):
         g.simulate_block(shape, (20, 0), (8, 10), energy, seed)
+
+
+def test_bandgap_scene_is_a_thin_specimen_beside_vacuum():
+    energy = g.energy_axis(2048)
+    block = g.simulate_block((8, 8), (0, 0), (8, 8), energy, seed=4, scene="bandgap")
+    vacuum = block["vacuum"] > 0
+    assert vacuum[:, 6:].all() and not vacuum[:, :6].any()  # the right quarter of the columns
+    assert (block["tau"][vacuum] == 0).all() and np.isnan(block["e_g"][vacuum]).all()
+    np.testing.assert_allclose(block["tau"][~vacuum], 0.1, rtol=0.031)
+    np.testing.assert_allclose(block["e_g"][~vacuum], 1.4)
+    np.testing.assert_allclose(block["b"], 1.5)
+    # ~6e7 counts (+-2%), of which a fraction e^-tau in the ZLP; vacuum is ZLP only
+    np.testing.assert_allclose(block["counts"].sum(axis=-1), block["n_counts"], rtol=0.02)
+    np.testing.assert_allclose(block["windowed_log_ratio"][vacuum], 0.0, atol=1e-5)
+    # the 46 eV window misses 3.4% of the single-scattering area (the plasmon's far tail)
+    np.testing.assert_allclose(block["windowed_log_ratio"][~vacuum], block["tau"][~vacuum],
+                               rtol=0.05)
+    assert (block["windowed_log_ratio"][~vacuum] < block["tau"][~vacuum]).all()
+    with pytest.raises(ValueError, match="unknown scene 'moon'; use one of flakes, bandgap"):
+        g.truth_maps(slice(0, 2), slice(0, 2), (2, 2), 0, "moon")

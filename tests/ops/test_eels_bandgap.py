@@ -140,3 +140,75 @@ def test_default_background_takes_the_plasmon_tail():
     np.testing.assert_allclose(linear["background"], 400.0, rtol=0.1)
     assert float((bare["e_bg"] - truth).max()) < -0.1  # every pixel's onset far too early
     assert (bare["background"] == 0).all()
+
+
+# -- self-consistency with the ZLP windows (issue 17) --------------------------------------------
+
+
+def cluster_inputs(labels: np.ndarray, de_i: list[float]) -> tuple[xr.Dataset, xr.Dataset]:
+    """eels.cluster / eels.zlp_windows stand-ins: a label map and each cluster's dE_I."""
+    clusters = xr.Dataset({"cluster": (("y", "x"), labels.astype(np.int32))},
+                          coords={"cluster_id": np.arange(len(de_i))})
+    windows = xr.Dataset({"de_i": ("cluster_id", np.asarray(de_i, float)),
+                          "de_ii": ("cluster_id", np.full(len(de_i), 4.5))},
+                         coords={"cluster_id": np.arange(len(de_i))})
+    return clusters.chunk({"y": 4, "x": 3}), windows
+
+
+def test_window_starts_at_each_clusters_de_i_and_onsets_below_it_are_flagged():
+    # Onsets 1.2-2.2 eV across x. Cluster 0 (x < 3, onsets 1.2-1.6) has dE_I 1.0: its fits
+    # start at max(0.5, 1.0) and see their onsets. Cluster 1 (x >= 3, onsets 1.8-2.2) has dE_I
+    # 2.5, above every onset: a fit there cannot be self-consistent and must be flagged.
+    image, truth = inelastic_image(bands=False)
+    labels = np.broadcast_to((np.arange(6) >= 3)[None, :], truth.shape).astype(int)
+    clusters, windows = cluster_inputs(labels, [1.0, 2.5])
+    with raise_if_computes():
+        result = fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), exponent=1.5), image,
+                             clusters=clusters, windows=windows)
+    result = result.compute()
+    left, right = labels == 0, labels == 1
+    np.testing.assert_allclose(result["de_i"].values[right], 2.5)
+    assert result["converged"].values[left].all()
+    np.testing.assert_allclose(result["e_bg"].values[left], truth[left], atol=0.02)
+    assert result["onset_below_de_i"].values[right].all()
+    assert not result["converged"].values[right].any()
+    assert np.isnan(result["e_bg"].values[right]).all()
+    assert (result["e_bg_fit"].values[right] < 2.5).all()  # the raw onset is kept for reading
+    # b fixed: the free-b fit's chi2 is reported beside it (exact b = 1.5 data: they agree)
+    assert np.isfinite(result["chi2_free_b"].values[left]).all()
+    np.testing.assert_allclose(result["exponent_free_b"].values[left], 1.5, atol=0.15)
+
+
+def test_de_i_systematic_from_the_shifted_subtractions():
+    # The median band subtracted at dE_I -/+ 0.2 eV: here the same signal with its onset moved
+    # by -/+ 0.03 eV, as a subtraction leaving a little more or less ZLP would. The systematic
+    # is the larger change (0.03) and dE_BG / d dE_I = 0.06 / 0.4 = 0.15.
+    image, truth = inelastic_image(bands=False)
+    shifted = [power_onset(ENERGY, truth[..., None] + move, 2000.0, 1.5) for move in (-0.03, 0.03)]
+    image["inelastic"] = image["inelastic"].copy(data=power_onset(ENERGY, truth[..., None], 2000.0, 1.5))
+    image["inelastic_de_i"] = (("de_i_shift", "y", "x", "energy"), np.stack(shifted))
+    image = image.assign_coords(de_i_shift=[-0.2, 0.2]).chunk({"y": 4, "x": 3})
+    clusters, windows = cluster_inputs(np.zeros(truth.shape, int), [0.8])
+    result = fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), exponent=1.5), image,
+                         clusters=clusters, windows=windows).compute()
+    assert result["converged"].all()
+    np.testing.assert_allclose(result["e_bg_systematic"], 0.03, atol=1e-3)
+    np.testing.assert_allclose(result["e_bg_slope"], 0.15, atol=5e-3)
+    # noiseless: the fit covariance is ~0, so the error is the systematic alone
+    np.testing.assert_allclose(result["e_bg_error"], 0.03, atol=1e-3)
+    assert (result["e_bg_error"] >= result["e_bg_systematic"]).all()
+
+
+def test_clusters_without_windows_is_an_error():
+    image, truth = inelastic_image(bands=False)
+    clusters, _ = cluster_inputs(np.zeros(truth.shape, int), [0.8])
+    with pytest.raises(OpError, match="give both inputs clusters and windows"):
+        fit_bandgap(BandgapParams(window_ev=(0.5, 4.0)), image, clusters=clusters)
+
+
+def test_explicit_shift_variable_needs_the_windows():
+    image, _ = inelastic_image(bands=False)
+    image["inelastic_de_i"] = image["inelastic"].expand_dims(de_i_shift=[-0.2, 0.2])
+    with pytest.raises(OpError, match="shift_variable 'inelastic_de_i' needs the clusters and "
+                                      "windows inputs"):
+        fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), shift_variable="inelastic_de_i"), image)

@@ -53,7 +53,7 @@ def monochromated(tmp_path_factory):
     de_ii = round(one_count_energy(image), 2)
     recipe = chain_recipe(folder, **{
         "params: {n_sample: 300, seed: 2}": f"params: {{n_sample: 300, seed: 2, de_ii: {[de_ii] * 4}}}",
-        "params: {window_ev: [0.5, 3.0], exponent: 1.5}": "params: {window_ev: [0.5, 3.0], exponent: null}",
+        "params: {window_ev: [0.5, 3.0]}": "params: {window_ev: [0.5, 3.0], exponent: null}",
     })
     engine.run(recipe, lake, progress=False)
     return image, lake.open("derived", "eels-bandgap/bandgap").load(), de_ii

@@ -13,6 +13,7 @@ from engine.kernels import eels_synth
 from engine.ops.eels import AlignParams, align_zlp
 from engine.ops.eels_cluster import ClusterParams, WindowParams, cluster, zlp_windows
 from engine.testing import raise_if_computes
+from engine.storage import Lake
 
 # The seed-11 scene at 48 x 40: substrate tau 0.1-0.3 (1370 pixels) and six flakes on terraces
 # 0.45, 0.73, 1.01, 1.29, 1.57, 1.85 (67-120 pixels each), tau modulated by +-3% and N by +-10%.
@@ -94,7 +95,8 @@ def test_pixels_without_a_zlp_are_unlabelled_and_counted(aligned):
 
 
 def test_windows_are_physically_sensible(aligned, clusters):
-    windows = zlp_windows(WindowParams(n_sample=200, seed=3), aligned, clusters).compute()
+    windows = zlp_windows(WindowParams(n_sample=200, seed=3, de_ii_rule="knee"), aligned,
+                          clusters).compute()
     np.testing.assert_array_equal(windows["n_pixels"].values,
                                   np.bincount(clusters["cluster"].values.ravel(), minlength=8))
     assert windows["enough_pixels"].values.all()
@@ -111,6 +113,53 @@ def test_windows_are_physically_sensible(aligned, clusters):
     assert np.all(np.diff(median) < 0)  # thicker clusters: lower ZLP
     spread = (windows["ln_i_p84"] - windows["ln_i_p16"]).sel(energy=0.0, method="nearest")
     assert np.all((spread > 0) & (spread < 0.5))
+
+
+def exact_one_count(image_energy, tau: float, n_counts: float) -> float:
+    """Loss (eV) where the generator's exact ZLP of such a pixel falls below one count."""
+    loss = image_energy[image_energy > 0]
+    dispersion = float(image_energy[1] - image_energy[0])
+    counts = n_counts * np.exp(-tau) * dispersion * eels_synth.zero_loss_peak(loss, tau)
+    return float(loss[np.argmax(counts < 1.0)])
+
+
+def test_automatic_de_ii_is_where_the_thinnest_zlp_falls_to_one_count(aligned, clusters):
+    windows = zlp_windows(WindowParams(n_sample=200, seed=3), aligned, clusters).compute()
+    de_ii = windows["de_ii"].values
+    assert np.all(de_ii == de_ii[0]) and float(windows["one_count_ev"]) == de_ii[0]
+    # No vacuum here: the thinnest cluster's tail is extrapolated as a power law. The exact ZLP
+    # of its pixels (tau 0.10-0.15, 1e6 +- 10% counts) reaches one count at 6.2-6.4 eV;
+    # measured 6.94 eV (the knee rule's exponential: 2.7-4.0 eV, far too early). Bound: within
+    # 15% of the exact point of the thinnest, brightest pixel.
+    thinnest = float(aligned["tau"].min())
+    exact = exact_one_count(aligned["energy"].values, thinnest, float(aligned["n_counts"].max()))
+    assert 0.95 * exact < de_ii[0] < 1.15 * exact
+    assert np.all(de_ii > windows["de_i"].values)
+
+
+def test_de_ii_from_a_vacuum_cluster_is_measured(tmp_path):
+    """On the band-gap scene the vacuum cluster's median reaches one count inside the window."""
+    lake = Lake(str(tmp_path / "lake"))
+    ingest_synthetic_eels(lake, "img", (8, 8, 2048), seed=5, chunks=(8, 8), progress=False,
+                          scene="bandgap")
+    image = lake.open("raw", "img")
+    aligned = align_zlp(AlignParams(), image)
+    clusters = cluster(ClusterParams(n_clusters=2, seed=1), aligned)
+    windows = zlp_windows(WindowParams(n_sample=64, seed=2, min_pixels=3), aligned,
+                          clusters).compute()
+    assert (clusters["cluster"].values[:, -2:] == 0).all()  # the vacuum strip is the thinnest
+    # Exact: the brightest vacuum pixel's ZLP reaches one count at 18.8 eV; measured 17.4 eV.
+    # Counts are integers (plus read noise): the median spectrum is 1 where the mean is still
+    # ~1.5, and a tail ~E^-3.8 takes 10% in energy to fall that far. Bound: 10%.
+    vacuum = image["vacuum"].values > 0
+    exact = exact_one_count(image["energy"].values, 0.0, float(image["n_counts"].values[vacuum].max()))
+    assert abs(float(windows["one_count_ev"]) / exact - 1) < 0.1
+    assert np.all(windows["de_ii"].values == windows["one_count_ev"].values)
+
+
+def test_vacuum_cluster_out_of_range(aligned, clusters):
+    with pytest.raises(OpError, match="vacuum_cluster=8 but the clusters input has 8 clusters"):
+        zlp_windows(WindowParams(vacuum_cluster=8), aligned, clusters)
 
 
 def test_window_overrides(aligned, clusters):

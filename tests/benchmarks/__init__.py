@@ -1,0 +1,1 @@
+"""Benchmark scripts (not collected by pytest); `python -m tests.benchmarks` runs them all."""

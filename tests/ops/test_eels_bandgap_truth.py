@@ -1,0 +1,123 @@
+"""Issue 17's known truth for self-consistent band gaps: a thin specimen beside vacuum.
+
+The "bandgap" scene of the generator (engine/kernels/eels_synth.py): t/lambda 0.1, ~6e7 counts,
+the real unmonochromated ZLP (split Pearson VII, FWHM ~0.39 eV), an indirect gap E_g = 1.4 eV
+(b = 1.5) and a vacuum strip. The chain subtracts the measured vacuum ZLP (zlp: vacuum, stretched
+to the specimen) with dE_II from the vacuum, and fits b free over [1.0, 2.5] eV from each pixel's
+dE_I, which the recipe sets by hand to 1.2, 1.55, 1.88 or 2.2 eV. The method must say so when
+dE_I lies above the gap (the onset is then not resolved above dE_I) and must not follow dE_I
+below it.
+
+Measured (16 x 16 pixels, seed 5; specimen = 192 pixels):
+  dE_I (eV)                 1.2     1.55    1.88    2.2
+  flagged (onset_below)     0.33    0.72    0.77    0.60
+  median dE_BG/d dE_I       0.00    0.62    0.99    n/a (dE_I + 0.2 leaves 4 channels)
+  median E_BG (converged)   1.60    1.76    2.04    2.25
+Below the gap E_BG sits +0.20 eV high, outside the issue's 0.1 eV: the power law A (E - E_BG)^b
++ c E does not describe the generator's onset (E - E_g)^1.5 e^{-(E - E_g)/2 eV} convolved with
+the ZLP (the ideal fit of the exact J - N e^{-tau} Z gives 1.42 on [1.2, 2.5] eV, 1.53 on
+[1.2, 3.0]), and the subtraction leaves +30-40 counts (0.1% of the ZLP) at 1.2-1.4 eV. That
+test is kept as an expected failure (strict) until the method reaches it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine
+from engine.ingest.synthetic_eels import ingest_synthetic_eels
+from engine.kernels.eels_synth import BANDGAP_SCENE
+from engine.storage import Lake
+
+E_G = BANDGAP_SCENE["e_g"]
+RECIPE = """version: 1
+name: known-truth
+sources:
+  image: {{catalog: lake, entry: raw/img}}
+steps:
+  - id: aligned
+    op: eels.align_zlp
+    inputs: {{image: image}}
+  - id: clusters
+    op: eels.cluster
+    inputs: {{image: aligned}}
+    params: {{n_clusters: 2, seed: 1}}
+  - id: windows
+    op: eels.zlp_windows
+    inputs: {{image: aligned, clusters: clusters}}
+    params: {{n_sample: 300, seed: 2, min_pixels: 3, de_i: [null, {de_i}]}}
+  - id: inelastic
+    op: eels.subtract_zlp
+    inputs: {{image: aligned, clusters: clusters, windows: windows}}
+    params: {{zlp: vacuum}}
+  - id: bandgap
+    op: eels.fit_bandgap
+    inputs: {{inelastic: inelastic, clusters: clusters, windows: windows}}
+    params: {{window_ev: [1.0, 2.5]}}
+outputs:
+  bandgap: {{zone: derived}}
+"""
+
+
+@pytest.fixture(scope="module")
+def truth_lake(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("truth")
+    lake = Lake(str(folder / "lake"))
+    ingest_synthetic_eels(lake, "img", (16, 16, 2048), seed=5, chunks=(16, 16), progress=False,
+                          scene="bandgap")
+    return folder, lake
+
+
+def run_at(truth_lake, de_i: float):
+    folder, lake = truth_lake
+    path = folder / f"de_i_{de_i}.yaml"
+    path.write_text(RECIPE.format(de_i=de_i))
+    engine.run(path, lake, replace=True)
+    image = lake.open("raw", "img")
+    return image["vacuum"].values > 0, lake.open("derived", "known-truth/bandgap").load()
+
+
+@pytest.fixture(scope="module")
+def below_gap(truth_lake):
+    return run_at(truth_lake, 1.2)
+
+
+@pytest.fixture(scope="module")
+def above_gap(truth_lake):
+    return run_at(truth_lake, 1.88)
+
+
+def test_above_the_gap_the_onset_is_flagged_as_not_resolved(above_gap):
+    vacuum, bandgap = above_gap
+    specimen = ~vacuum
+    assert bandgap["onset_below_de_i"].values[specimen].mean() > 0.5  # measured 0.77
+    # and what does converge follows the window: dE_BG / d dE_I measured 0.99
+    assert np.nanmedian(bandgap["e_bg_slope"].values[specimen]) > 0.5
+
+
+def test_below_the_gap_the_result_does_not_follow_de_i(below_gap):
+    vacuum, bandgap = below_gap
+    specimen = ~vacuum
+    assert bandgap["onset_below_de_i"].values[specimen].mean() < 0.5  # measured 0.33
+    assert abs(np.nanmedian(bandgap["e_bg_slope"].values[specimen])) <= 0.2  # measured 0.00
+    assert "e_g" in bandgap  # the truth rides along for the summary and the plots
+
+
+@pytest.mark.xfail(strict=True, reason="E_BG +0.20 eV high below the gap (module docstring)")
+def test_below_the_gap_e_bg_is_within_0_1_ev_of_the_truth(below_gap):
+    vacuum, bandgap = below_gap
+    assert abs(np.nanmedian(bandgap["e_bg"].values[~vacuum]) - E_G) <= 0.1
+
+
+def test_vacuum_pixels_never_converge(below_gap, above_gap):
+    for vacuum, bandgap in (below_gap, above_gap):
+        assert vacuum.sum() == 64 and not bandgap["converged"].values[vacuum].any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("de_i", [1.55, 2.2])
+def test_every_de_i_above_the_gap_is_flagged(truth_lake, de_i):
+    vacuum, bandgap = run_at(truth_lake, de_i)
+    assert bandgap["onset_below_de_i"].values[~vacuum].mean() > 0.5  # measured 0.72, 0.60
+    assert not bandgap["converged"].values[vacuum].any()
