@@ -2,12 +2,13 @@
 
 What it holds is what the lake holds: each output's provenance as stored with it (inputs and
 their tokens, params, op and code fingerprint, library versions, when it started and on which
-host, projected and measured peak memory), its key numbers (engine/key_numbers.py), its plots
-inlined as PNG data (the page is one file: copy it, mail it, open it offline), links to the
-lake entries, every step of the plan with its staleness, and the lineage from the raw inputs
-(engine/lineage.py). A run is named by the latest start time recorded among the recipe's
-outputs, so reporting again without a new run rewrites the same page; the run's wall time
-is added when the page is written right after the run (`run --prefect`, whose artifact links it).
+host, projected and measured peak memory), when it was published (its checksum manifest's
+time), its key numbers (engine/key_numbers.py), its plots inlined as PNG data (the page is one
+file: copy it, mail it, open it offline), links to the lake entries, every step of the plan
+with its staleness, and the lineage from the raw inputs (engine/lineage.py). A run is named by
+the latest start time recorded among the recipe's outputs, so reporting again without a new
+run rewrites the same page; the run's wall time is added when the page is written right after
+the run (`run --prefect`, whose artifact links it).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def recipe_lineage(plan: Plan, catalogs: str | Path | None = None) -> Lineage:
     for key in list(part.nodes):
         if key in whole.nodes:
             around = whole.around(key)
-            upstream = {key} | around._reach(key, around.parents)
+            upstream = {key} | around.upstream(key)
             part.nodes.update(
                 {k: n for k, n in around.nodes.items() if k in upstream and k not in part.nodes}
             )
@@ -103,6 +104,21 @@ def _table(head: list[str] | None, rows: list[list[str]]) -> str:
         + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
         + "</tbody></table>"
     )
+
+
+def _timing(lake, entry: str, provenance: dict[str, Any]) -> str:
+    """'STARTED on HOST, published PUBLISHED (T s later)': the run's start from the provenance,
+    the publish time from the store's checksum manifest (written last, when it was published)."""
+    text = f"{provenance.get('started', '-')} on {provenance.get('host', '-')}"
+    try:
+        info = lake.fs.info(f"{entry}/_integrity/zarr.json")
+        stamp = info.get("mtime") or info.get("LastModified") or info.get("created")
+        published = stamp if isinstance(stamp, datetime) else datetime.fromtimestamp(float(stamp), UTC)
+        started = datetime.fromisoformat(str(provenance["started"]))
+    except (OSError, KeyError, TypeError, ValueError):  # no manifest, no time, or no start recorded
+        return text
+    seconds = (published - started).total_seconds()
+    return text + f", published {published.isoformat(timespec='seconds')} ({seconds:.1f} s later)"
 
 
 def _memory(provenance: dict[str, Any]) -> str:
@@ -163,7 +179,7 @@ def _output_section(plan: Plan, step: PlannedStep, page_dir: str, computed: set[
                 f"hash {provenance.get('recipe_hash')})"
             ),
         ],
-        ["started", escape(f"{provenance.get('started')} on {provenance.get('host')}")],
+        ["timing", escape(_timing(lake, entry, provenance))],
         ["peak memory of its run", escape(_memory(provenance))],
         ["versions", escape(versions)],
     ]
@@ -171,7 +187,17 @@ def _output_section(plan: Plan, step: PlannedStep, page_dir: str, computed: set[
     parts.append("<h3>params</h3><pre>" + escape(json.dumps(provenance.get("params"), indent=1)) + "</pre>")
     if input_rows:
         parts.append("<h3>inputs</h3>" + _table(["input", "token", "step"], input_rows))
-    numbers = summarize(lake.open(step.zone, step.name))
+    try:
+        numbers = summarize(lake.open(step.zone, step.name))
+    except Exception as exc:  # noqa: BLE001 - the page must not fail on one unreadable output
+        numbers = [
+            {
+                "variable": "-",
+                "statistic": "skipped",
+                "size": 0,
+                "note": f"key numbers unreadable: {type(exc).__name__}: {exc}",
+            }
+        ]
     if numbers:
         rows = [[escape(n["variable"]), escape(n["statistic"]), escape(describe(n))] for n in numbers]
         parts.append("<h3>key numbers</h3>" + _table(["variable", "statistic", "value"], rows))

@@ -71,11 +71,19 @@ class Lineage:
                 f"lineage: no lake entry {key!r} in the lineage{did_you_mean(key, outputs)}; "
                 f"expected one of {', '.join(sorted(outputs)) or 'none'}"
             )
-        keep = {key} | self._reach(key, self.parents) | self._reach(key, self.children)
+        keep = {key} | self.upstream(key) | self.downstream(key)
         return Lineage(
             {k: n for k, n in self.nodes.items() if k in keep},
             {(a, b) for a, b in self.edges if a in keep and b in keep},
         )
+
+    def upstream(self, key: str) -> set[str]:
+        """Everything `key` was made from, to the raw inputs."""
+        return self._reach(key, self.parents)
+
+    def downstream(self, key: str) -> set[str]:
+        """Everything made from `key`."""
+        return self._reach(key, self.children)
 
     @staticmethod
     def _reach(key: str, step) -> set[str]:
@@ -218,13 +226,15 @@ def lake_lineage(lake: Lake, catalogs: str | Path | None = None, plans: Iterable
         if not recipe_path or recipe_path in done or recipe_path in failed:
             continue
         if not Path(recipe_path).is_file():
-            failed[recipe_path] = f"its recipe {recipe_path} is gone"
+            failed[recipe_path] = f"its recipe {recipe_path} is not a file here (moved or deleted)"
             continue
         try:
             add_plan(lineage, compile_recipe(recipe_path, lake, catalogs))
             done.add(recipe_path)
-        except ReplicaLakeError as exc:
-            failed[recipe_path] = f"its recipe {recipe_path} does not compile: {str(exc).splitlines()[0]}"
+        except Exception as exc:  # noqa: BLE001 - another recipe's failure is a fact of the lineage
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            kind = "" if isinstance(exc, ReplicaLakeError) else f"{type(exc).__name__}: "
+            failed[recipe_path] = f"its recipe {recipe_path} does not compile: {kind}{first}"
     by_token = {p["token"]: k for k, p in provenances.items() if p.get("token")}
     for key in entries:  # the rest: raw inputs, and outputs no recipe here could explain
         provenance = provenances[key]

@@ -209,7 +209,8 @@ example(Step("lhc.omnifold", {"samples": UNFOLDING}, {
 
 TAGGER_NET = {"n_constituents": 4, "epochs": 4, "replicas": 2, "device": "cpu"}
 TAGGER = example(Step("lhc.train_classifier", {"jets": top_jets}, {
-    "hidden": [4], "activations": ["relu", "linear"], **TAGGER_NET}))
+    "hidden": [4], "activations": ["relu", "linear"], **TAGGER_NET,
+    "adversary": {"strength": 1.0, "bins": 3, "hidden": [3], "pretrain": 2}}))
 example(Step("lhc.anomaly_score", {"jets": top_jets}, {
     "hidden": [3], "activations": ["tanh", "linear"], **TAGGER_NET}))
 example(Step("lhc.score_jets", {"model": TAGGER, "jets": top_jets}))
@@ -248,3 +249,15 @@ example(Step("replicas.hyperopt", {"data": TOY_REPLICAS}, {
     "base": {"features": ["x"], "hidden": [4], "activations": ["tanh", "linear"], **SMALL_NET},
     "folds": {"k": 2}, "trials": 1, "startup_trials": 1, "replicas": 2}))
 example(Step("pdf.compress", {"pdf": replica_set}, {"replicas": 3, "generations": 5, "random_trials": 4}))
+
+SOLVER_NET = {"replicas": 2, "hidden": [4], "activations": ["tanh", "linear"], "epochs": 4,
+              "validation_every": 2, "device": "cpu"}
+example(Step("solve.equation", params={"equation": "ode1", "n_grid": 5, "n_collocation": 8, **SOLVER_NET}))
+example(Step("solve.bounce", params={"potentials": [{"c2": 0.1, "c3": -0.4, "c4": 0.25}], "n_collocation": 16,
+                                     "n_profile": 21, **SOLVER_NET}))
+
+AMP_POINTS = example(Step("amp.sample", params={"n_points": 40, "chunk_points": 20, "seed": 1}))
+AMP_MODEL = example(Step("amp.train", {"data": AMP_POINTS}, {
+    "replicas": 2, "hidden": [4], "activations": ["tanh", "linear"], "batch_size": 8, **SMALL_NET}))
+AMP_PREDICTED = example(Step("amp.predict", {"model": AMP_MODEL, "data": AMP_POINTS}))
+example(Step("amp.calibration", {"data": AMP_PREDICTED}))

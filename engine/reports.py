@@ -66,6 +66,7 @@ def axis_label(var, name: str | None = None) -> str:
 # never look alike, and none looks like the band's solid middle line.
 OVERLAY_STYLES = (("black", "--"), ("tab:red", ":"), ("tab:green", "-."), ("tab:purple", (0, (5, 1, 1, 1))))
 NAN_HATCH = "////"
+MAX_CATEGORIES = 20  # an integer map with more distinct values is a quantity (counts), not labels
 
 
 def _categorical(data) -> bool:
@@ -108,6 +109,20 @@ def _edges(centres: np.ndarray) -> np.ndarray:
     return np.linspace(centres[0] - step / 2, centres[-1] + step / 2, centres.size + 1)
 
 
+def _runs(mask: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray) -> list[np.ndarray]:
+    """Rectangles covering the True pixels, one per run of them along a row: exact pixel edges,
+    and a few thousand shapes even for a 1024 x 1024 map half of NaN (one per pixel would be 10^6)."""
+    shapes = []
+    for row in np.flatnonzero(mask.any(axis=1)):
+        padded = np.concatenate([[False], mask[row], [False]])
+        changes = np.flatnonzero(padded[1:] != padded[:-1])
+        y0, y1 = y_edges[row], y_edges[row + 1]
+        for start, stop in zip(changes[::2], changes[1::2], strict=True):
+            x0, x1 = x_edges[start], x_edges[stop]
+            shapes.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+    return shapes
+
+
 def _nan_reason(dataset, data, nan) -> str:
     """Why a map is NaN where it is: a boolean variable of the output on the same pixels that is
     False wherever the map is NaN (`converged`, `zlp_found`), named with its long_name."""
@@ -134,12 +149,15 @@ def _draw_map(axes, figure, dataset, plot: Plot) -> None:
     x_edges, y_edges = _edges(xs), _edges(ys)
     extent = (x_edges[0], x_edges[-1], y_edges[-1], y_edges[0])  # first row on top
     label = axis_label(data, plot.variable)
-    if _categorical(data):  # one colour per label, a colour bar with one tick per label
-        found = np.unique(values[np.isfinite(values)])
+    found = np.unique(values[np.isfinite(values)])
+    if _categorical(data) and ("flag_values" in data.attrs or found.size <= MAX_CATEGORIES):
+        # labels (clusters, flags): one colour per label, a colour bar with one tick per label
         categories = np.asarray(data.attrs.get("flag_values", found), dtype=float).ravel()
         if categories.size == 0:
             categories = np.zeros(1)
         meanings = str(data.attrs.get("flag_meanings", "")).split()
+        if data.dtype == bool and not meanings:
+            meanings = [str(bool(c)) for c in categories]
         cmap = colors.ListedColormap(colormaps[plot.cmap].resampled(categories.size)(
             np.arange(categories.size)))
         norm = colors.BoundaryNorm(np.concatenate([categories - 0.5, [categories[-1] + 0.5]]), cmap.N)
@@ -155,11 +173,13 @@ def _draw_map(axes, figure, dataset, plot: Plot) -> None:
         figure.colorbar(mesh, ax=axes, label=label)
     nan = ~np.isfinite(values)
     if nan.any():  # hatched cells, and a legend entry that says how many and why
-        axes.pcolor(x_edges, y_edges, np.ma.masked_where(~nan, nan.astype(float)), hatch=NAN_HATCH,
-                    facecolor="none", edgecolor="0.3", linewidth=0.0, cmap=colors.ListedColormap(["none"]))
+        from matplotlib.collections import PolyCollection
+
+        axes.add_collection(PolyCollection(_runs(nan, x_edges, y_edges), facecolor="none", edgecolor="0.3",
+                                           linewidth=0.0, hatch=NAN_HATCH))
         axes.legend(handles=[Patch(facecolor="white", edgecolor="0.3", hatch=NAN_HATCH,
                                    label=f"NaN ({int(nan.sum())} px): {_nan_reason(dataset, image, nan)}")],
-                    loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small")
+                    loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize="small")
     axes.set_xlim(extent[0], extent[1])
     axes.set_ylim(extent[2], extent[3])
     axes.set_xlabel(xlabel)
@@ -188,6 +208,9 @@ def _groups(dataset, plot: Plot, size: int) -> list[tuple[np.ndarray, str]]:
     if plot.colour_by is None:
         return [(np.ones(size, bool), "")]
     coord = dataset[plot.colour_by]
+    if np.asarray(coord.values).dtype.kind not in "iuf":  # labels (a dataset name): one colour each
+        labels = np.asarray(coord.values).astype(str)
+        return [(labels == v, f"{plot.colour_by} = {v}") for v in dict.fromkeys(labels)]
     values = np.asarray(coord.values, dtype=float)
     units = coord.attrs.get("units")
     unit = f" {units}" if units and str(units) != "1" else ""

@@ -13,7 +13,18 @@ notebook API, engine/api.py, and nothing else:
 Importing it imports neither xarray, dask, torch nor prefect (each function imports what it needs).
 """
 
-from engine.api import LakeView, __version__, ingest, lineage, load, merge_params, open_lake, plan, report, run
+from engine.api import (
+                        LakeView,
+                        __version__,
+                        ingest,
+                        lineage,
+                        load,
+                        merge_params,
+                        open_lake,
+                        plan,
+                        report,
+                        run,
+)
 from engine.errors import RecipeError, ReplicaLakeError
 
 __all__ = ["LakeView", "RecipeError", "ReplicaLakeError", "__version__", "ingest", "lineage", "load",

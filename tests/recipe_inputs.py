@@ -61,6 +61,13 @@ def _top_jets(lake: Lake) -> None:
     ingest_synthetic_jets(lake, "top_jets", 5000, seed=11, progress=False)
 
 
+def _calo(lake: Lake) -> None:
+    from engine.ingest.synthetic_calo import ingest_synthetic_calo
+
+    ingest_synthetic_calo(lake, "calo_showers", n_showers=2000, chunk=1000, progress=False)
+    ingest_synthetic_calo(lake, "calo_reference", n_showers=1000, seed=1, progress=False)
+
+
 def _dis_f2(lake: Lake) -> None:
     from engine.ingest.nnpdf import ingest_nnpdf
 
@@ -69,6 +76,7 @@ def _dis_f2(lake: Lake) -> None:
 
 # recipe file stem -> the ingests it needs (recipes that generate their own data need none)
 INPUTS: dict[str, list[Callable[[Lake], None]]] = {
+    "calo_flow": [_calo],
     "eels_bandgap": [_eels_demo],
     "eels_dielectric": [_eels_wide],
     "eels_thickness": [_eels_demo],
@@ -76,6 +84,7 @@ INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "lhc_dimuon": [_zmumu],
     "lhc_eft_toy": [],
     "lhc_omnifold": [],
+    "lhc_decorrelated_tagging": [_top_jets],
     "lhc_top_tagging": [_top_jets],
     "pdf_closure": [_dis_f2],
     "pdf_compress": [_dis_f2],

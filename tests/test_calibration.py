@@ -10,8 +10,10 @@ from tests.calibration import (
     SeedBands,
     assert_bias_variance,
     assert_calibrated,
+    assert_offsets,
     pooled,
     pooled_bias_variance,
+    pooled_offsets,
     seed_bias_variance,
 )
 
@@ -62,3 +64,24 @@ def test_bias_variance_is_calibrated_only_for_the_right_width(width):
     else:
         with pytest.raises(AssertionError, match="bias / variance.* is not within"):
             assert_bias_variance(result)
+
+
+def test_pooled_offsets_pass_when_centred_and_fail_when_shifted_either_way():
+    """Offsets of 5 seeds x 200 values, each seed with a shared shift of 0.05 (like one set of
+    networks applied to many pseudo-data sets) and a spread of 0.3 per value."""
+    rng = np.random.default_rng(8)
+
+    def seeds(shift):
+        return [shift + 0.05 * rng.standard_normal() + 0.3 * rng.standard_normal(200) for _ in range(5)]
+
+    centred = pooled_offsets("offset", seeds(0.0))
+    assert abs(centred.rms - 0.3) < 0.05
+    assert_offsets(centred, mean_tolerance=0.15, max_rms=0.4)
+    for shift in (0.3, -0.3):
+        with pytest.raises(AssertionError, match="mean of offset is not within"):
+            assert_offsets(pooled_offsets("offset", seeds(shift)), mean_tolerance=0.15, max_rms=0.5)
+    with pytest.raises(AssertionError, match="RMS of offset above"):
+        assert_offsets(pooled_offsets("offset", seeds(0.0)), mean_tolerance=0.15, max_rms=0.2)
+    scattered = [s + 0.5 * rng.standard_normal() for s in seeds(0.0)]
+    with pytest.raises(AssertionError, match="pool more seeds"):
+        assert_offsets(pooled_offsets("offset", scattered), mean_tolerance=0.15, max_rms=1.0)

@@ -8,6 +8,7 @@ import base64
 import json
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -128,24 +129,40 @@ def test_report_page_holds_provenance_key_numbers_plots_steps_and_lineage(
     assert page.headings[:2] == ["reported", "outputs"]
     assert {"derived/reported/part", "derived/reported/total", "steps", "lineage"} <= set(page.headings)
     text = page.all_text
-    for fact in (provenance["token"], provenance["code"], provenance["started"], '"ranges"',
-                 "core.select", "a median 37.5 counts", "ramp part", "row sums"):
+    for fact in (
+        provenance["token"],
+        provenance["code"],
+        provenance["started"],
+        '"ranges"',
+        "core.select",
+        "a median 37.5 counts",
+        "ramp part",
+        "row sums",
+    ):
         assert fact in text, fact
+    # timing: the start from the provenance, the publish from the store's manifest
+    manifest = Path(lake.root) / "derived/reported/part/_integrity/zarr.json"
+    published = datetime.fromtimestamp(manifest.stat().st_mtime, UTC)
+    took = (published - datetime.fromisoformat(provenance["started"])).total_seconds()
+    assert f"published {published.isoformat(timespec='seconds')} ({took:.1f} s later)" in text
+    assert 0 <= took < 120
     # plots are inline PNGs, one per plot
     assert [image["alt"] for image in page.images] == ["ramp part", "row sums"]
     for image in page.images:
         prefix = "data:image/png;base64,"
         assert image["src"].startswith(prefix)
-        assert base64.b64decode(image["src"][len(prefix):])[:8] == b"\x89PNG\r\n\x1a\n"
+        assert base64.b64decode(image["src"][len(prefix) :])[:8] == b"\x89PNG\r\n\x1a\n"
     # links reach the lake entries and the PNG files, relative to the page
     entries = [link for link in page.links if link.endswith("derived/reported/part") and "#" not in link]
     assert entries and (path.parent / entries[0] / "zarr.json").is_file()
     pngs = [link for link in page.links if link.endswith(".png")]
     assert len(pngs) == 2 and all((path.parent / link).is_file() for link in pngs)
     # lineage from the raw input through the intermediate-free chain
-    assert page.items[:3] == ["raw/ramp [input]: in the lake",
-                              "derived/reported/part [core.select, output of reported]: up to date",
-                              "derived/reported/total [core.sum, output of reported]: up to date"]
+    assert page.items[:3] == [
+        "raw/ramp [input]: in the lake",
+        "derived/reported/part [core.select, output of reported]: up to date",
+        "derived/reported/total [core.sum, output of reported]: up to date",
+    ]
     # reporting again without a run rewrites the same page
     code, out, _ = replicalake(monkeypatch, capsys, "report", recipe, "--json")
     assert code == 0 and Path(json.loads(out)["report"]) == path
@@ -169,12 +186,31 @@ def test_report_page_renders_in_headless_chromium(reported_lake, write_recipe, m
     added to a copy of the page records each image's natural width once the page has loaded)."""
     path, _ = run_and_report(monkeypatch, capsys, write_recipe(REPORTED))
     probe = tmp_path / "probe.html"
-    probe.write_text(path.read_text().replace("</body>", (
-        "<script>window.addEventListener('load', () => {document.body.dataset.widths = "
-        "[...document.images].map(i => i.complete ? i.naturalWidth : -1).join(',');});</script></body>")))
-    done = subprocess.run([chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu",
-                           "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                          capture_output=True, text=True, timeout=120, check=False)
+    probe.write_text(
+        path.read_text().replace(
+            "</body>",
+            (
+                "<script>window.addEventListener('load', () => {document.body.dataset.widths = "
+                "[...document.images].map(i => i.complete ? i.naturalWidth : -1).join(',');});"
+                "</script></body>"
+            ),
+        )
+    )
+    done = subprocess.run(
+        [
+            chromium_binary(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     assert "derived/reported/part" in dom and "a median 37.5 counts" in dom
@@ -192,7 +228,8 @@ def test_lineage_joins_recipes_and_shows_staleness(reported_lake, write_recipe, 
         "raw/ramp [input]: in the lake",
         "  -> derived/reported/part [core.select, output of reported]: up to date",
         "    -> derived/downstream/mean [core.mean, output of downstream]: up to date",
-        "    -> derived/reported/total [core.sum, output of reported]: up to date"]
+        "    -> derived/reported/total [core.sum, output of reported]: up to date",
+    ]
     # a changed param makes that output stale, with the plan's reason
     reported.write_text(REPORTED.replace("dims: [x]", "dims: [y]"))
     code, out, _ = replicalake(monkeypatch, capsys, "lineage", "derived/reported/total", "--json")
@@ -200,7 +237,9 @@ def test_lineage_joins_recipes_and_shows_staleness(reported_lake, write_recipe, 
     nodes = {node["key"]: node for node in found["nodes"]}
     assert code == 0 and set(nodes) == {"raw/ramp", "derived/reported/part", "derived/reported/total"}
     assert (nodes["derived/reported/total"]["status"], nodes["derived/reported/total"]["why"]) == (
-        "stale", "params changed")
+        "stale",
+        "params changed",
+    )
     assert ["derived/reported/part", "derived/reported/total"] in found["edges"]
 
 
@@ -213,4 +252,25 @@ def test_lineage_of_an_unknown_entry_or_a_lost_recipe(reported_lake, write_recip
     recipe.unlink()  # outputs stay in the lineage, joined through their provenance, with the reason
     code, out, _ = replicalake(monkeypatch, capsys, "lineage")
     assert code == 0 and "raw/ramp [input]: in the lake" in out
-    assert f"derived/reported/part [core.select, output of reported]: unknown (its recipe {recipe} is gone)" in out
+    assert (
+        "derived/reported/part [core.select, output of reported]: unknown "
+        f"(its recipe {recipe} is not a file here (moved or deleted))" in out
+    )
+
+
+def test_the_prefect_run_report_links_the_page(reported_lake, write_recipe, monkeypatch, capsys):
+    """`run --prefect` writes the page (flows.report_outputs) and its markdown artifact links it."""
+    from engine import flows
+    from engine.graph import compile_recipe
+    from engine.html_report import write_report
+    from engine.runner import execute
+
+    recipe = write_recipe(REPORTED)
+    plan = compile_recipe(recipe, reported_lake)
+    summary = execute(plan, progress=False)
+    page = write_report(plan, summary)
+    markdown = flows.outputs_markdown(plan, summary, page)
+    assert f"[{page}](file://{page})" in markdown
+    text = Page(Path(page).read_text()).all_text
+    assert "this run took" in text and "computed 2 of 2 outputs" in text
+    assert "computed by this run" in text

@@ -151,6 +151,15 @@ def test_cluster_maps_get_a_categorical_colour_bar():
     assert [t.get_text() for t in bar.get_yticklabels()][:2] == ["unlabelled", "thinnest"]
 
 
+def test_flags_name_their_ticks_and_many_integers_are_a_quantity():
+    data = map_dataset()
+    bar = render(data, Plot(variable="converged"), "c").axes[1]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["False", "True"]
+    counts = data.assign(hits=(("y", "x"), np.arange(600).reshape(20, 30)))
+    image = render(counts, Plot(variable="hits"), "c").axes[0].get_images()[0]
+    assert not isinstance(image.norm, matplotlib.colors.BoundaryNorm)  # 600 values: a plain colour bar
+
+
 def test_large_label_maps_are_subsampled_not_averaged(monkeypatch):
     from engine import reports
 

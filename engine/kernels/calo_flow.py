@@ -42,7 +42,7 @@ class FlowSpec:
     n_cells: int
     flow1_kind: str = "nsf"  # L features: a spline is cheap to invert
     flow2_kind: str = "maf"  # L x C features: NSF sampling is ~40x slower there (zuko inverts
-                             # its autoregressive splines one feature at a time)
+    # its autoregressive splines one feature at a time)
     transforms: int = 3
     hidden: tuple[int, ...] = (64, 64)
     bins: int = 8
@@ -110,8 +110,9 @@ def _check_showers(energy: np.ndarray, incident: np.ndarray, spec: FlowSpec) -> 
     return energy, incident
 
 
-def to_features(energy: np.ndarray, incident: np.ndarray, spec: FlowSpec,
-                rng: np.random.Generator | None) -> np.ndarray:
+def to_features(
+    energy: np.ndarray, incident: np.ndarray, spec: FlowSpec, rng: np.random.Generator | None
+) -> np.ndarray:
     """(n, n_features) unstandardised [log E_inc, log(E_layer/E_inc), logit fractions].
 
     rng None dequantises with u = 1/2 (the moments pass); otherwise with uniform noise."""
@@ -184,12 +185,14 @@ def load_flat(flow, vector: np.ndarray, spec: FlowSpec, name: str) -> None:
     layout = parameter_layout(spec, name)
     names = [n for n, _ in flow.named_parameters()]
     if names != [n for n, _ in layout] or np.size(vector) != parameter_count(spec, name):
-        raise ValueError(f"{name}: stored weights ({np.size(vector)} values) do not fit the flow "
-                         f"({parameter_count(spec, name)} values): another architecture?")
+        raise ValueError(
+            f"{name}: stored weights ({np.size(vector)} values) do not fit the flow "
+            f"({parameter_count(spec, name)} values): another architecture?"
+        )
     offset = 0
     with torch.no_grad():
         for p in flow.parameters():
-            p.copy_(torch.as_tensor(np.asarray(vector[offset:offset + p.numel()])).reshape(p.shape))
+            p.copy_(torch.as_tensor(np.asarray(vector[offset : offset + p.numel()])).reshape(p.shape))
             offset += p.numel()
 
 
@@ -198,7 +201,7 @@ def _contexts(x: np.ndarray, spec: FlowSpec):
     import torch
 
     t = torch.as_tensor(x, dtype=torch.float32)
-    c, x1, x2 = t[:, :1], t[:, 1:1 + spec.n_layers], t[:, 1 + spec.n_layers:]
+    c, x1, x2 = t[:, :1], t[:, 1 : 1 + spec.n_layers], t[:, 1 + spec.n_layers :]
     return c, x1, torch.cat([c, x1], dim=1), x2
 
 
@@ -243,8 +246,9 @@ def _adam(flows: dict, state: dict, lr: float):
             n = p.numel()
             optimiser.state[p] = {
                 "step": torch.tensor(float(step)),
-                "exp_avg": torch.as_tensor(moments["m"][offset:offset + n]).reshape(p.shape).clone(),
-                "exp_avg_sq": torch.as_tensor(moments["v"][offset:offset + n]).reshape(p.shape).clone()}
+                "exp_avg": torch.as_tensor(moments["m"][offset : offset + n]).reshape(p.shape).clone(),
+                "exp_avg_sq": torch.as_tensor(moments["v"][offset : offset + n]).reshape(p.shape).clone(),
+            }
             offset += n
     return optimiser, params
 
@@ -253,8 +257,12 @@ def _adam_moments(flows: dict, optimiser) -> dict[str, np.ndarray]:
     out = {}
     for name, flow in flows.items():
         for key, moment in (("m", "exp_avg"), ("v", "exp_avg_sq")):
-            parts = [optimiser.state[p][moment].reshape(-1) if p in optimiser.state
-                     else np.zeros(p.numel(), np.float32) for p in flow.parameters()]
+            parts = [
+                optimiser.state[p][moment].reshape(-1)
+                if p in optimiser.state
+                else np.zeros(p.numel(), np.float32)
+                for p in flow.parameters()
+            ]
             out[f"{name}_adam_{key}"] = np.concatenate([np.asarray(q, np.float32) for q in parts])
     return out
 
@@ -265,8 +273,16 @@ def negative_log_likelihood(flows: dict, x: np.ndarray, spec: FlowSpec):
     return -flows["flow1"](c).log_prob(x1), -flows["flow2"](context2).log_prob(x2)
 
 
-def train_chunk(state: dict[str, np.ndarray], energy: np.ndarray, incident: np.ndarray, block: int,
-                spec: FlowSpec, mean: np.ndarray, std: np.ndarray, step: TrainStep) -> dict[str, np.ndarray]:
+def train_chunk(
+    state: dict[str, np.ndarray],
+    energy: np.ndarray,
+    incident: np.ndarray,
+    block: int,
+    spec: FlowSpec,
+    mean: np.ndarray,
+    std: np.ndarray,
+    step: TrainStep,
+) -> dict[str, np.ndarray]:
     """Train both flows on one chunk of showers (minibatches of its training showers), and return
     the new state with this chunk's NLL sums added to the epoch's record.
 
@@ -277,7 +293,9 @@ def train_chunk(state: dict[str, np.ndarray], energy: np.ndarray, incident: np.n
     import torch
 
     torch.set_num_threads(1)  # one thread per dask worker thread is fastest on few cores
-    held_out = np.random.default_rng([step.seed, block, 1]).uniform(size=len(incident)) < step.validation_fraction
+    held_out = (
+        np.random.default_rng([step.seed, block, 1]).uniform(size=len(incident)) < step.validation_fraction
+    )
     rng = np.random.default_rng([step.seed, step.epoch, block])
     x = ((to_features(energy, incident, spec, rng) - mean) / std).astype(np.float32)
     with torch.random.fork_rng():
@@ -290,7 +308,7 @@ def train_chunk(state: dict[str, np.ndarray], energy: np.ndarray, incident: np.n
     order = train[rng.permutation(train.size)]
     sums = np.zeros(4)  # train NLL 1, 2; validation NLL 1, 2
     for start in range(0, order.size, step.batch_size):
-        batch = order[start:start + step.batch_size]
+        batch = order[start : start + step.batch_size]
         nll1, nll2 = negative_log_likelihood(flows, x[batch], spec)
         loss = nll1.mean() + nll2.mean()
         optimiser.zero_grad()
@@ -302,9 +320,11 @@ def train_chunk(state: dict[str, np.ndarray], energy: np.ndarray, incident: np.n
         if held_out.any():
             nll1, nll2 = negative_log_likelihood(flows, x[held_out], spec)
             sums[2:] = [float(nll1.sum()), float(nll2.sum())]
-    out = {**{f"{name}_weights": flat_parameters(flow) for name, flow in flows.items()},
-           **_adam_moments(flows, optimiser),
-           "adam_step": np.array(int(state["adam_step"]) + -(-order.size // step.batch_size), np.int64)}
+    out = {
+        **{f"{name}_weights": flat_parameters(flow) for name, flow in flows.items()},
+        **_adam_moments(flows, optimiser),
+        "adam_step": np.array(int(state["adam_step"]) + -(-order.size // step.batch_size), np.int64),
+    }
     record = dict(state.get("record", {}))
     key = step.epoch
     previous = record.get(key, np.zeros(6))
@@ -318,8 +338,12 @@ def history(state: dict, epochs: int) -> dict[str, np.ndarray]:
     record = state.get("record", {})
     table = np.stack([record.get(e, np.full(6, np.nan)) for e in range(epochs)])
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {"train_nll_flow1": table[:, 0] / table[:, 4], "train_nll_flow2": table[:, 1] / table[:, 4],
-                "val_nll_flow1": table[:, 2] / table[:, 5], "val_nll_flow2": table[:, 3] / table[:, 5]}
+        return {
+            "train_nll_flow1": table[:, 0] / table[:, 4],
+            "train_nll_flow2": table[:, 1] / table[:, 4],
+            "val_nll_flow1": table[:, 2] / table[:, 5],
+            "val_nll_flow2": table[:, 3] / table[:, 5],
+        }
 
 
 def load_flows(weights: dict[str, np.ndarray], spec: FlowSpec) -> dict:
@@ -335,8 +359,16 @@ def load_flows(weights: dict[str, np.ndarray], spec: FlowSpec) -> dict:
     return flows
 
 
-def sample_showers(flows: dict, incident: np.ndarray, spec: FlowSpec, mean: np.ndarray,
-                   std: np.ndarray, seed: int, block: int = 0, batch_size: int = 10_000) -> np.ndarray:
+def sample_showers(
+    flows: dict,
+    incident: np.ndarray,
+    spec: FlowSpec,
+    mean: np.ndarray,
+    std: np.ndarray,
+    seed: int,
+    block: int = 0,
+    batch_size: int = 10_000,
+) -> np.ndarray:
     """(n, L, C) float32 generated showers for the given incident energies, keyed by (seed, block)."""
     import torch
 
@@ -349,13 +381,13 @@ def sample_showers(flows: dict, incident: np.ndarray, spec: FlowSpec, mean: np.n
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(int(np.random.default_rng([seed, block]).integers(2**31)))
         for start in range(0, incident.size, batch_size):
-            e = incident[start:start + batch_size]
+            e = incident[start : start + batch_size]
             c = torch.as_tensor(((np.log(e) - mean[0]) / std[0])[:, None], dtype=torch.float32)
             x1 = flows["flow1"](c).sample()
             x2 = flows["flow2"](torch.cat([c, x1], dim=1)).sample()
-            x1 = x1.numpy() * std[1:1 + L] + mean[1:1 + L]
-            x2 = x2.numpy() * std[1 + L:] + mean[1 + L:]
-            out[start:start + e.size] = from_features(x1, x2, e, spec)
+            x1 = x1.numpy() * std[1 : 1 + L] + mean[1 : 1 + L]
+            x2 = x2.numpy() * std[1 + L :] + mean[1 + L :]
+            out[start : start + e.size] = from_features(x1, x2, e, spec)
     return out
 
 

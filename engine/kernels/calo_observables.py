@@ -27,8 +27,10 @@ def shower_observables(energy: np.ndarray, incident: np.ndarray, cell_x: np.ndar
     energy = np.asarray(energy, np.float64)
     incident = np.asarray(incident, np.float64).reshape(-1)
     if energy.ndim != 3 or energy.shape[0] != incident.size or energy.shape[2] != np.size(cell_x):
-        raise ValueError(f"showers (shower, layer, cell) must match {incident.size} incident energies "
-                         f"and {np.size(cell_x)} cell positions, found {energy.shape}")
+        raise ValueError(
+            f"showers (shower, layer, cell) must match {incident.size} incident energies "
+            f"and {np.size(cell_x)} cell positions, found {energy.shape}"
+        )
     layers = energy.sum(-1)
     safe = np.where(layers > 0, layers, 1.0)
     x = np.asarray(cell_x, np.float64)

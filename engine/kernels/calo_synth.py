@@ -52,8 +52,9 @@ def shape_parameter(energy: np.ndarray) -> np.ndarray:
     return 1.0 + B_PARAMETER * np.maximum(t_max, 0.5)
 
 
-def expected_layer_fractions(energy: np.ndarray, n_layers: int, a_factor: np.ndarray | float = 1.0,
-                             depth: float = DEPTH_X0) -> np.ndarray:
+def expected_layer_fractions(
+    energy: np.ndarray, n_layers: int, a_factor: np.ndarray | float = 1.0, depth: float = DEPTH_X0
+) -> np.ndarray:
     """(n, n_layers) fractions of the incident energy each layer receives on average (before
     the lateral containment and the quanta): the gamma profile integrated over each layer, for
     profile shape a(E) x a_factor."""
@@ -62,8 +63,9 @@ def expected_layer_fractions(energy: np.ndarray, n_layers: int, a_factor: np.nda
     return np.diff(cdf, axis=1)
 
 
-def lateral_widths(energy: np.ndarray, n_layers: int, a_factor: np.ndarray | float = 1.0,
-                   depth: float = DEPTH_X0) -> np.ndarray:
+def lateral_widths(
+    energy: np.ndarray, n_layers: int, a_factor: np.ndarray | float = 1.0, depth: float = DEPTH_X0
+) -> np.ndarray:
     """(n, n_layers) core widths (cell widths) at each layer's mid depth: SIGMA_0 (1 + t/t_max)."""
     a = shape_parameter(np.atleast_1d(energy))[:, None] * np.asarray(a_factor, float).reshape(-1, 1)
     t_max = (a - 1.0) / B_PARAMETER
@@ -79,8 +81,9 @@ def _shares(centres: np.ndarray, impact: np.ndarray, sigma: np.ndarray) -> np.nd
     return ndtr(upper) - ndtr(lower)
 
 
-def cell_probabilities(sigma: np.ndarray, impact_x: np.ndarray, impact_y: np.ndarray,
-                       n_side: int) -> np.ndarray:
+def cell_probabilities(
+    sigma: np.ndarray, impact_x: np.ndarray, impact_y: np.ndarray, n_side: int
+) -> np.ndarray:
     """(n, L, n_side^2) share of each layer's energy in each cell (row-major y, x): core plus
     halo; what falls outside the grid is lost."""
     centres = cell_centres(n_side)
@@ -92,17 +95,27 @@ def cell_probabilities(sigma: np.ndarray, impact_x: np.ndarray, impact_y: np.nda
     return out
 
 
-def simulate_showers(n: int, seed: int, block: int = 0, n_layers: int = 3, n_side: int = 6,
-                     e_min: float = 1.0, e_max: float = 100.0, quantum: float = 0.01,
-                     profile_jitter: float = 0.1, incident: np.ndarray | None = None
-                     ) -> dict[str, np.ndarray]:
+def simulate_showers(
+    n: int,
+    seed: int,
+    block: int = 0,
+    n_layers: int = 3,
+    n_side: int = 6,
+    e_min: float = 1.0,
+    e_max: float = 100.0,
+    quantum: float = 0.01,
+    profile_jitter: float = 0.1,
+    incident: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """n showers: `energy` (n, n_layers, n_side^2) float32 GeV (multiples of `quantum`) and
     `incident_energy` (n,) float32 GeV, keyed by (seed, block). `incident` fixes the incident
     energies instead of drawing them (the reference for a given set of conditions)."""
     if n < 0 or n_layers < 1 or n_side < 1 or not 0 < e_min <= e_max or quantum <= 0 or profile_jitter < 0:
-        raise ValueError(f"need n >= 0, n_layers >= 1, n_side >= 1, 0 < e_min <= e_max, quantum > 0, "
-                         f"profile_jitter >= 0; got {n}, {n_layers}, {n_side}, {e_min}, {e_max}, "
-                         f"{quantum}, {profile_jitter}")
+        raise ValueError(
+            f"need n >= 0, n_layers >= 1, n_side >= 1, 0 < e_min <= e_max, quantum > 0, "
+            f"profile_jitter >= 0; got {n}, {n_layers}, {n_side}, {e_min}, {e_max}, "
+            f"{quantum}, {profile_jitter}"
+        )
     rng = np.random.default_rng([seed, block])
     if incident is None:
         e_inc = np.exp(rng.uniform(np.log(e_min), np.log(e_max), n))

@@ -109,6 +109,117 @@ def balance_classes(weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return weights
 
 
+# -- decorrelation ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AdversaryConfig:
+    """An adversary that predicts a nuisance (the jet mass) from the classifier's output.
+
+    The pivot of Louppe, Kagan and Cranmer (NeurIPS 2017), as used for mass-decorrelated taggers:
+    the adversary classifies the nuisance of background events into `bins` equal-population bins
+    from the classifier's probability; the classifier minimises BCE - strength x the adversary's
+    cross-entropy, so it is penalised wherever its output tells the background mass apart.
+    `steps` adversary updates (Adam, `lr`) follow every classifier step, and `pretrain` updates
+    on the untrained classifier come first. strength 0 trains the adversary but leaves the
+    classifier's loss untouched.
+    """
+
+    strength: float
+    bins: int = 10
+    hidden: tuple[int, ...] = (32,)
+    lr: float = 1e-3
+    steps: int = 5
+    pretrain: int = 200
+
+    def __post_init__(self):
+        if self.strength < 0 or self.bins < 2 or self.steps < 1 or self.pretrain < 0 or self.lr <= 0:
+            raise ValueError(f"adversary needs strength >= 0, bins >= 2, steps >= 1, pretrain >= 0 and "
+                             f"lr > 0; found {self}")
+
+
+def nuisance_bins(values: np.ndarray, reference: np.ndarray, bins: int) -> np.ndarray:
+    """Bin index in [0, bins) of each value on equal-population bins of `reference`."""
+    edges = np.quantile(np.asarray(reference, float), np.linspace(0, 1, bins + 1)[1:-1])
+    return np.searchsorted(edges, np.asarray(values, float), side="right")
+
+
+class AdversarialLoss(WeightedEventLoss):
+    """WeightedEventLoss ('bce') minus strength x an adversary's nuisance cross-entropy.
+
+    One adversary network per replica (an EnsembleMLP fed each replica's own probabilities), on
+    the background events of the batch only: decorrelation is asked of the background, whose mass
+    a cut must not sculpt. The adversary is trained here, inside the loss call, on the
+    classifier's detached outputs, so the replica training loop (kernels.train) needs no change;
+    its state is not part of a checkpoint, so a resumed training pretrains a fresh adversary.
+    """
+
+    def __init__(self, train, validation, nuisance: tuple[np.ndarray, np.ndarray], config: AdversaryConfig,
+                 n_replicas: int, *, batch_size: int | None = None, seed: int = 0,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__("bce", train, validation, batch_size=batch_size, seed=seed, device=device,
+                         dtype=dtype)
+        self.config = config
+        labels = [np.asarray(train[1]), np.asarray(validation[1])]
+        background = np.asarray(nuisance[0])[labels[0] == 0]
+        if background.size < config.bins:
+            raise ValueError(f"the adversary needs at least {config.bins} background training events "
+                             f"(one per nuisance bin); found {background.size}")
+        device = resolve_device(device)
+        self._bins = [torch.as_tensor(nuisance_bins(values, background, config.bins), device=device)
+                      for values in nuisance]
+        self.adversary = EnsembleMLP(n_replicas, [1, *config.hidden, config.bins],
+                                     ["relu"] * len(config.hidden) + ["linear"], seed=seed + 10_007,
+                                     device=device)
+        self._optimiser = torch.optim.Adam(self.adversary.parameters(), lr=config.lr)
+        self._pretrained = False
+
+    def _adversary_loss(self, probability: Tensor, bins: Tensor, weights: Tensor) -> Tensor:
+        """(R,) weighted cross-entropy of the adversary's nuisance-bin prediction."""
+        logits = self.adversary(probability.unsqueeze(-1))  # (R, n, bins)
+        target = bins.expand(logits.shape[0], -1)
+        ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        w = weights.expand_as(ce)
+        return (ce * w).sum(-1) / w.sum(-1).clamp_min(1e-30)
+
+    def _train_adversary(self, probability: Tensor, bins: Tensor, weights: Tensor, steps: int) -> None:
+        with torch.enable_grad():
+            for _ in range(steps):
+                self._optimiser.zero_grad()
+                self._adversary_loss(probability, bins, weights).sum().backward()
+                self._optimiser.step()
+
+    def _combined(self, model: EnsembleMLP, subset, bins: Tensor, train: bool) -> Tensor:
+        x, target, weights = subset
+        logits = model(x)
+        bce = self.per_event(logits, target)
+        w = weights.expand_as(bce)
+        loss = (bce * w).sum(-1) / w.sum(-1).clamp_min(1e-30)
+        background = target == 0
+        probability = torch.sigmoid(logits[..., 0])[:, background]
+        bins, w_bg = bins[background], w[:, background]
+        if train and torch.is_grad_enabled():
+            steps = self.config.steps if self._pretrained else self.config.pretrain + self.config.steps
+            self._pretrained = True
+            self._train_adversary(probability.detach(), bins, w_bg, steps)
+        if self.config.strength == 0:
+            return loss
+        return loss - self.config.strength * self._adversary_loss(probability, bins, w_bg)
+
+    def __call__(self, model: EnsembleMLP, validate: bool) -> tuple[Tensor, Tensor | None]:
+        if self.batch_size:
+            index = np.random.default_rng([self.seed, self.epoch]).integers(0, len(self._sets[0][0]),
+                                                                            self.batch_size)
+            index = torch.as_tensor(index, device=self._sets[0][0].device)
+            x, target, weights = self._sets[0]
+            subset, bins = (x[index], target[index], weights[..., index]), self._bins[0][index]
+        else:
+            subset, bins = self._sets[0], self._bins[0]
+        train = self._combined(model, subset, bins, True)
+        if not validate:
+            return train, None
+        with torch.no_grad():
+            return train, self._combined(model, self._sets[1], self._bins[1], False)
+
+
 # -- training ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Standardiser:
@@ -131,10 +242,13 @@ def fit_network(kind: str, x_train: np.ndarray, y_train: np.ndarray | None, trai
                 config: NetworkConfig, *, batch_size: int | None = None,
                 progress: Callable[[Progress], None] | None = None,
                 on_checkpoint: Callable | None = None,
-                resume_from: Mapping[str, np.ndarray] | None = None) -> tuple[TrainResult, Standardiser]:
+                resume_from: Mapping[str, np.ndarray] | None = None,
+                adversary: AdversaryConfig | None = None,
+                nuisance: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[TrainResult, Standardiser]:
     """Train an ensemble (R = len(train_weights)) as a classifier (kind 'bce', logits out, labels
     y) or an autoencoder (kind 'reconstruction', inputs reconstructed, y ignored); `batch_size`
-    switches from full-batch steps to minibatch steps (see WeightedEventLoss)."""
+    switches from full-batch steps to minibatch steps (see WeightedEventLoss). A classifier with
+    an `adversary` is decorrelated from `nuisance` (training and validation values; AdversarialLoss)."""
     torch.set_num_threads(1)  # small nets on few cores: one thread per worker is fastest
     scale = Standardiser.fit(x_train)
     xt, xv = scale(x_train), scale(x_val)
@@ -143,8 +257,15 @@ def fit_network(kind: str, x_train: np.ndarray, y_train: np.ndarray | None, trai
     device = resolve_device(config.device)
     model = EnsembleMLP(len(train_weights), [xt.shape[1], *config.hidden, n_out],
                         list(config.activations), seed=config.seed, device=device)
-    loss = WeightedEventLoss(kind, (xt, targets[0], train_weights), (xv, targets[1], val_weights),
-                             batch_size=batch_size, seed=config.seed, device=device)
+    if adversary is not None:
+        if kind != "bce" or nuisance is None:
+            raise ValueError("an adversary decorrelates a classifier ('bce') from a nuisance: give both")
+        loss = AdversarialLoss((xt, targets[0], train_weights), (xv, targets[1], val_weights), nuisance,
+                               adversary, len(train_weights), batch_size=batch_size, seed=config.seed,
+                               device=device)
+    else:
+        loss = WeightedEventLoss(kind, (xt, targets[0], train_weights), (xv, targets[1], val_weights),
+                                 batch_size=batch_size, seed=config.seed, device=device)
     result = train_with_config(model, loss, config, progress=progress, on_checkpoint=on_checkpoint,
                                resume_from=resume_from)
     return result, scale
@@ -229,3 +350,36 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray, cut: float = 0.5) ->
     """Fraction of events on the right side of `cut` (signal: probability > cut)."""
     probabilities, labels = _check_labels(probabilities, labels)
     return float(((probabilities > cut) == labels).mean())
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) of two histograms (normalised here)."""
+    p, q = np.asarray(p, float), np.asarray(q, float)
+    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0 or (p < 0).any() or (q < 0).any():
+        raise ValueError(f"histograms must be equal-shaped, non-negative and non-empty; found {p.shape}, {q.shape}")
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a):
+        inside = a > 0
+        return float((a[inside] * np.log2(a[inside] / m[inside])).sum())
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def mass_sculpting(scores: np.ndarray, labels: np.ndarray, nuisance: np.ndarray,
+                   signal_efficiency: float, bins: int = 20) -> float:
+    """JSD between the background's nuisance distribution before and after the cut that keeps a
+    fraction `signal_efficiency` of the signal, on `bins` equal-population bins of the background
+    before the cut. 0: the cut leaves the background mass shape alone; 1: disjoint."""
+    scores, labels = _check_labels(scores, labels)
+    nuisance = np.asarray(nuisance, float)
+    signal = np.sort(scores[labels])[::-1]
+    threshold = signal[int(np.ceil(signal_efficiency * signal.size)) - 1]
+    background = nuisance[~labels]
+    passing = background[scores[~labels] >= threshold]
+    if passing.size == 0:
+        return float("nan")  # no background survives: no shape to compare
+    index = nuisance_bins(background, background, bins), nuisance_bins(passing, background, bins)
+    before, after = (np.bincount(i, minlength=bins) for i in index)
+    return jensen_shannon(before, after)

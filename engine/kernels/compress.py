@@ -56,15 +56,26 @@ def prepare(values: np.ndarray, corr_index: np.ndarray, ks_levels: int) -> Prepa
     std = x.std(0)
     flat = std <= 1e-12 * max(1.0, float(np.abs(x).max()))
     if flat.any():
-        raise ValueError(f"{int(flat.sum())} of {x.shape[1]} points have no spread over replicas "
-                         "(drop those flavours or x values)")
+        raise ValueError(
+            f"{int(flat.sum())} of {x.shape[1]} points have no spread over replicas "
+            "(drop those flavours or x values)"
+        )
     z = (x - x.mean(0)) / std
     powers = np.stack([z, z**2, z**3, z**4], axis=1)
     levels = np.quantile(z, (np.arange(ks_levels) + 0.5) / ks_levels, axis=0)  # (L, P)
     below = (z[:, :, None] <= levels.T[None]).astype(np.float32)  # float: BLAS-friendly sums, exact to 2^24
     corr_index = np.asarray(corr_index, np.int64)
-    return Prepared(z, powers, corr_index, below, np.argsort(z, axis=0, kind="stable"), below.mean(0),
-                    np.mean(z**3, 0), np.mean(z**4, 0) - 3, np.corrcoef(z[:, corr_index], rowvar=False))
+    return Prepared(
+        z,
+        powers,
+        corr_index,
+        below,
+        np.argsort(z, axis=0, kind="stable"),
+        below.mean(0),
+        np.mean(z**3, 0),
+        np.mean(z**4, 0) - 3,
+        np.corrcoef(z[:, corr_index], rowvar=False),
+    )
 
 
 @dataclass
@@ -94,15 +105,19 @@ def parts_from_sums(prep: Prepared, sums: Sums, m: int) -> np.ndarray:
     corr = cov / (sd[..., :, None] * sd[..., None, :])
     upper = np.triu_indices(prep.corr_index.size, 1)
     ks = np.abs(sums.below / m - prep.full_cdf).max(-1)
-    return np.stack([
-        np.mean(s1**2, -1),
-        np.mean((np.sqrt(var) - 1) ** 2, -1),
-        np.mean((m3 / var**1.5 - prep.skewness) ** 2, -1),
-        np.mean((m4 / var**2 - 3 - prep.kurtosis) ** 2, -1),
-        np.mean((corr[..., upper[0], upper[1]] - prep.correlation[upper]) ** 2, -1)
-        if upper[0].size else np.zeros(var.shape[:-1]),
-        np.mean(ks, -1),
-    ], axis=-1)
+    return np.stack(
+        [
+            np.mean(s1**2, -1),
+            np.mean((np.sqrt(var) - 1) ** 2, -1),
+            np.mean((m3 / var**1.5 - prep.skewness) ** 2, -1),
+            np.mean((m4 / var**2 - 3 - prep.kurtosis) ** 2, -1),
+            np.mean((corr[..., upper[0], upper[1]] - prep.correlation[upper]) ** 2, -1)
+            if upper[0].size
+            else np.zeros(var.shape[:-1]),
+            np.mean(ks, -1),
+        ],
+        axis=-1,
+    )
 
 
 def exact_ks(order: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -127,8 +142,14 @@ def exact_parts(prep: Prepared, members: np.ndarray) -> np.ndarray:
 ChildEvaluator = Callable[[Prepared, np.ndarray, Sums, np.ndarray, np.ndarray, np.ndarray], tuple]
 
 
-def incremental_children(prep: Prepared, members: np.ndarray, sums: Sums, removed: np.ndarray,
-                         added: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, Sums]:
+def incremental_children(
+    prep: Prepared,
+    members: np.ndarray,
+    sums: Sums,
+    removed: np.ndarray,
+    added: np.ndarray,
+    weight: np.ndarray,
+) -> tuple[np.ndarray, Sums]:
     """Estimator distances (children, 6) and sums of children that swap members[removed] (children,
     s) for replicas `added` (children, s) where weight (children, s) is 1 (0: that swap unused)."""
     out, inn = members[removed], added
@@ -152,9 +173,16 @@ class CompressResult:
     parts: np.ndarray  # (6,) exact distances of the chosen subset
 
 
-def genetic_search(prep: Prepared, m: int, generations: int, mutants: int, rng: np.random.Generator,
-                   start: np.ndarray, normalisation: np.ndarray,
-                   evaluate: ChildEvaluator = incremental_children) -> tuple[np.ndarray, np.ndarray]:
+def genetic_search(
+    prep: Prepared,
+    m: int,
+    generations: int,
+    mutants: int,
+    rng: np.random.Generator,
+    start: np.ndarray,
+    normalisation: np.ndarray,
+    evaluate: ChildEvaluator = incremental_children,
+) -> tuple[np.ndarray, np.ndarray]:
     """(members, history): the (1 + mutants) search from `start`. `evaluate` scores the children
     and returns (distances, their Sums or None); a benchmark passes a from-scratch evaluator and
     gets the same search."""
@@ -178,15 +206,27 @@ def genetic_search(prep: Prepared, m: int, generations: int, mutants: int, rng: 
             used = weight[c]
             members = members.copy()
             members[removed[c][used]] = added[c][used]
-            sums = sums_of(prep, members) if children is None else Sums(
-                children.powers[c], children.cross[c], children.below[c])
+            sums = (
+                sums_of(prep, members)
+                if children is None
+                else Sums(children.powers[c], children.cross[c], children.below[c])
+            )
         history.append(best)
     return np.sort(members), np.asarray(history)
 
 
-def compress(values: np.ndarray, m: int, *, generations: int = 2000, mutants: int = 16, seed: int = 0,
-             corr_index: np.ndarray | None = None, ks_levels: int = 50, random_trials: int = 100,
-             evaluate: ChildEvaluator = incremental_children) -> CompressResult:
+def compress(
+    values: np.ndarray,
+    m: int,
+    *,
+    generations: int = 2000,
+    mutants: int = 16,
+    seed: int = 0,
+    corr_index: np.ndarray | None = None,
+    ks_levels: int = 50,
+    random_trials: int = 100,
+    evaluate: ChildEvaluator = incremental_children,
+) -> CompressResult:
     """Choose m of the N replicas (rows of `values` (N, P)) minimising the normalised error."""
     n = np.asarray(values).shape[0]
     if not 2 <= m < n:
@@ -210,5 +250,9 @@ def estimator_table(result: CompressResult) -> dict[str, np.ndarray]:
     """Per estimator (6,): the compressed subset's distance to the full set and the random subsets'
     median, 16% and 84% (the full set's own distance is 0)."""
     low, median, high = np.quantile(result.random_parts, [0.16, 0.5, 0.84], axis=0)
-    return {"erf_compressed": result.parts, "erf_random_median": median, "erf_random_low": low,
-            "erf_random_high": high}
+    return {
+        "erf_compressed": result.parts,
+        "erf_random_median": median,
+        "erf_random_low": low,
+        "erf_random_high": high,
+    }

@@ -360,7 +360,8 @@ def one_count_energy(energy, log_median, windows: Windows) -> tuple[float, str]:
     """Where a cluster's median ZLP falls to one count: dE_II from the vacuum (issue 17).
 
     For vacuum (pure ZLP) the smoothed median ln I itself reaches 0 (one count) after the
-    peak: the first such channel (smoothing as in zlp_windows). A specimen's median never does
+    peak, or the median count itself reaches 0 (NaN: noise about a subtracted background):
+    the first such channel (smoothing as in zlp_windows). A specimen's median never does
     (its inelastic signal rises), so for the thinnest specimen cluster the ZLP tail is
     extrapolated as a power law I ~ E^-p fitted in ln I vs ln E on [dE_I / TAIL_SPAN, dE_I]
     (the shape of a real ZLP tail: Pearson VII, p ~ 3.8), never past the data; the last
@@ -375,7 +376,10 @@ def one_count_energy(energy, log_median, windows: Windows) -> tuple[float, str]:
     h = int(below_half[0]) if below_half.size else 1
     ys = _boxcar(y[p:end], max(h // 2, 1))
     fallen = np.flatnonzero(ys <= 0)
-    if bad.size and not fallen.size:  # NaN: the median count is 0, below one count
+    if bad.size and not fallen.size and e[end] < e[-1] - eels_kernels.ZLP_SEARCH_EV:
+        # NaN: a median count <= 0, where a background-subtracted tail meets its noise floor
+        # (the real WS2 vacuum: 11.8 eV). Not within the last ZLP_SEARCH_EV of the window:
+        # alignment shifts spectra by up to that and leaves the window's edge empty.
         fallen = np.array([end - p])
     if fallen.size:
         return float(e[min(p + int(fallen[0]), e.size - 1)]), "measured"

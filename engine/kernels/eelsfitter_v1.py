@@ -16,6 +16,8 @@ the data. Written from reading `EELSFitter_v1/` (its notebooks), our own code; t
   Gaussian fluctuation of the targets, 80/20 split per replica, RMSprop lr 6e-3, 25k epochs, the
   epoch (on a 1000-epoch cadence) with the lowest validation chi2; replicas with training chi2
   < 3 kept. Trained here batched through the replica core (kernels.train), not one by one.
+- The network reaches the channels through v1's prediction grid, bin-averaged onto them
+  (`model_on_channels`), not evaluated at the channel energies.
 - Matching: the data below dE_0 = dE_I - 0.5 eV, a Gaussian blend w = exp(-(E - dE_I)^2 /
   ((dE_I - dE_0) / 3)^2) of model and data up to dE_I, the model above, zero from 3 dE_II on;
   no cap at the signal. The subtracted spectrum I - ZLP is clipped at zero per replica.
@@ -27,10 +29,14 @@ the data. Written from reading `EELSFitter_v1/` (its notebooks), our own code; t
   pass it (`fit_onset`): when the data rise more steeply than a power law from E_BG below it
   allows, the fit ends on that point, and the result is where the >= 20-count cut falls.
 
-Known differences from the 2021 run, all small against the +-0.3 eV of the published band: TF1's
-RMSProp starts its mean square at 1 (here 0), and its Glorot-uniform initial weights are drawn
-Glorot-normal here; the model is evaluated at the channel energies instead of bin-averaged from a
-1000-point grid; the last epoch is a candidate besides the 1000-epoch checkpoints.
+Checked against v1's own networks (the predictions of its 100 replicas stored in
+`EELSFitter_v1/Data/Results/07.09.2020`, 55 of them passing chi2 < 3, as in v1): through this
+module's subtraction and fit they give specimen 14's E_BG = 1.600 eV and b = 1.635 (3.51 and
+1.26 on the 16% and 84% curves), where v1 printed 1.59999988 eV and b = 1.634 (3.475, 1.242).
+What differs is the training: TF1's RMSProp starts its mean square at 1 (here 0), its
+Glorot-uniform initial weights are Glorot-normal here, and the last epoch is a candidate beside
+the 1000-epoch checkpoints. Every spectrum's I - ZLP is clipped at zero (v1 clipped the one it
+fitted, specimen 14).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ FIT_WINDOW_EV = (0.0, 2.5)
 FIT_START = (100.0, 0.0, 0.5)
 FIT_BOUNDS = ((0.0, 0.0, 0.0), (1e5, 40.0, 10.0))
 SMOOTH_WINDOW = 4
+PREDICT_LOW_EV, PREDICT_POINTS = -0.5, 1000  # v1's prediction grid, linspace(-0.5, 20, 1000)
+CHANNEL_WINDOW_EV = (-0.3, 20.0)  # v1's analysis window; the grid is binned onto its channels
 QUANTILE_LEVELS = (0.16, 0.84)
 
 
@@ -68,6 +76,16 @@ def peak_shifted_energy(spectra: np.ndarray, energy: np.ndarray) -> np.ndarray:
         raise ValueError("spectra contain NaN or infinite counts")
     peak = np.argmax(spectra, axis=1)
     return energy[None, :] - energy[peak][:, None]
+
+
+def _bin_index(x: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of every x among n_bins equal-width bins over [min x, max x], as v1 bins: pandas
+    `cut` edges (the first lowered by 0.1% of the range), scipy `binned_statistic` assignment
+    (a value on an inner edge goes to the bin above, the last bin is closed)."""
+    lo, hi = x.min(), x.max()
+    edges = np.linspace(lo, hi, n_bins + 1)
+    edges[0] -= 0.001 * (hi - lo)
+    return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
 
 
 def binned_targets(x: np.ndarray, y: np.ndarray, n_bins: int = N_BINS):
@@ -88,9 +106,7 @@ def binned_targets(x: np.ndarray, y: np.ndarray, n_bins: int = N_BINS):
     lo, hi = x.min(), x.max()
     if not hi > lo:
         raise ValueError(f"x spans no range ({lo} .. {hi}); cannot bin")
-    edges = np.linspace(lo, hi, n_bins + 1)
-    edges[0] -= 0.001 * (hi - lo)
-    index = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
+    index = _bin_index(x, n_bins)
     count = np.bincount(index, minlength=n_bins)
     if count.min() < 2:
         empty = np.flatnonzero(count < 2).tolist()
@@ -231,6 +247,35 @@ def evaluate(arrays, architecture, energy: np.ndarray, device: str = "cpu") -> n
     return out.cpu().numpy().astype(float).reshape(model.n_replicas, *e.shape)
 
 
+def model_on_channels(ln_zlp_at, shifted: np.ndarray, predict_points: int = PREDICT_POINTS):
+    """(R, p, E) model ln I_ZLP on each spectrum's channels, by v1's route from network to
+    channels: the network on linspace(-0.5, 20, predict_points) (v1's prediction grid), the
+    points in [-0.3, 20] eV bin-averaged into as many equal bins as the spectrum has channels
+    there, bin j given to the j-th of those channels. The bins do not sit on the channels: the
+    model is read up to ~0.02 eV above each channel, with a jitter where bins hold 1 or 2 grid
+    points. Outside [-0.3, 20] eV (and in a bin no grid point falls in) the network is evaluated
+    at the channel itself. ln_zlp_at(energies (n,) or (p, E)) -> (R, ...) ln I_ZLP.
+    """
+    shifted = np.asarray(shifted, float)
+    if predict_points < 2:
+        raise ValueError(f"predict_points must be >= 2, got {predict_points}")
+    grid = np.linspace(PREDICT_LOW_EV, CHANNEL_WINDOW_EV[1], predict_points)
+    grid = grid[(grid >= CHANNEL_WINDOW_EV[0]) & (grid <= CHANNEL_WINDOW_EV[1])]
+    on_grid = ln_zlp_at(grid)  # (R, m)
+    out = ln_zlp_at(shifted)  # (R, p, E)
+    tol = 1e-9
+    for i, row in enumerate(shifted):
+        channels = np.flatnonzero((row >= CHANNEL_WINDOW_EV[0] - tol) & (row <= CHANNEL_WINDOW_EV[1] + tol))
+        if channels.size < 2 or grid.size < 2:
+            continue
+        index = _bin_index(grid, channels.size)
+        count = np.bincount(index, minlength=channels.size)
+        sums = np.stack([np.bincount(index, weights=r, minlength=channels.size) for r in on_grid])
+        filled = count > 0
+        out[:, i, channels[filled]] = sums[:, filled] / count[filled]
+    return out
+
+
 def match(signal, model_zlp, energy, de_i: float, de_ii: float) -> np.ndarray:
     """v1's matched ZLP (..., E): signal below dE_0 = dE_I - 0.5, Gaussian blend to dE_I, model
     up to 3 dE_II, zero beyond. energy broadcasts to signal (per-spectrum shifted axes)."""
@@ -331,12 +376,19 @@ def fit_onset(energy: np.ndarray, values: np.ndarray, points: np.ndarray) -> Ons
 
 
 def subtract_and_fit(
-    signal: np.ndarray, energy: np.ndarray, model_ln_zlp, de_i: float, de_ii: float, pixels_per_pass: int = 16
+    signal: np.ndarray,
+    energy: np.ndarray,
+    ln_zlp_at,
+    de_i: float,
+    de_ii: float,
+    predict_points: int = PREDICT_POINTS,
+    pixels_per_pass: int = 16,
 ) -> dict[str, np.ndarray]:
     """ZLP subtraction and band-gap fits of spectra (P, E) with the kept replicas' model.
 
-    model_ln_zlp(shifted_energy (p, E)) -> (R, p, E) ln I_ZLP, called on passes of
-    pixels_per_pass spectra (memory R x pass x E). Returns per spectrum the smoothed replica
+    ln_zlp_at(energies) -> (R, ...) ln I_ZLP, the network; it reaches the channels through
+    `model_on_channels` (v1's prediction grid of predict_points), on passes of pixels_per_pass
+    spectra (memory R x pass x E). Returns per spectrum the smoothed replica
     statistics of the clipped I - ZLP (mean, median, low, high: (P, E), on the spectrum's own
     channels) and the onset fits of the mean, low and high curves over the points the mean
     selects: e_bg, b, amplitude (P, 3) in that order, first_point and n_points (P,).
@@ -347,7 +399,8 @@ def subtract_and_fit(
     stats = {k: np.empty_like(signal) for k in ("mean", "median", "low", "high")}
     for lo in range(0, p, pixels_per_pass):
         sl = slice(lo, lo + pixels_per_pass)
-        zlp = match(signal[None, sl], np.exp(model_ln_zlp(shifted[sl])), shifted[None, sl], de_i, de_ii)
+        model = np.exp(model_on_channels(ln_zlp_at, shifted[sl], predict_points))
+        zlp = match(signal[None, sl], model, shifted[None, sl], de_i, de_ii)
         for k, v in replica_stats(signal[None, sl] - zlp).items():
             stats[k][sl] = v
     out = {k: np.full((p, 3), np.nan) for k in ("e_bg", "b", "amplitude")}

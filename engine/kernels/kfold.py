@@ -41,8 +41,10 @@ def fold_assignment(n_points: int, k: int, seed: int, groups: np.ndarray | None 
         raise ValueError(f"groups must have shape ({n_points},), got {groups.shape}")
     names, index = np.unique(groups, return_inverse=True)
     if names.size < k:
-        raise ValueError(f"fold {names.size} of {k} is empty: the data have {names.size} groups "
-                         f"(datasets) for {k} folds; lower k or split by points")
+        raise ValueError(
+            f"fold {names.size} of {k} is empty: the data have {names.size} groups "
+            f"(datasets) for {k} folds; lower k or split by points"
+        )
     dealt = np.empty(names.size, np.int64)
     dealt[rng.permutation(names.size)] = np.arange(names.size) % k
     return dealt[index]
@@ -56,8 +58,13 @@ def check_folds(fold: np.ndarray, k: int) -> None:
         raise ValueError(f"fold {int(empty[0])} of {k} is empty: no data point falls in it")
 
 
-def held_out_chi2(prediction: np.ndarray, kept: np.ndarray, data: np.ndarray, covariance: np.ndarray,
-                  statistic: str = "central") -> float:
+def held_out_chi2(
+    prediction: np.ndarray,
+    kept: np.ndarray,
+    data: np.ndarray,
+    covariance: np.ndarray,
+    statistic: str = "central",
+) -> float:
     """chi2/n of held-out points: of the kept replicas' mean ("central"), or the mean over kept
     replicas of each one's chi2/n ("average", which adds the replica spread). inf if none kept."""
     from .replicas import checked_cholesky
@@ -95,8 +102,13 @@ class RewardConfig:
     max_reward: float = 3.0
 
 
-def trial_reward(chi2: np.ndarray, kept_fraction: np.ndarray, epoch_fraction: np.ndarray,
-                 seconds: float, config: RewardConfig) -> tuple[float, bool, str]:
+def trial_reward(
+    chi2: np.ndarray,
+    kept_fraction: np.ndarray,
+    epoch_fraction: np.ndarray,
+    seconds: float,
+    config: RewardConfig,
+) -> tuple[float, bool, str]:
     """(reward, ok, why) of one trial from per-fold chi2/n, kept fractions and stopping epochs
     (as fractions of the epoch budget)."""
     chi2 = np.asarray(chi2, float)
@@ -128,8 +140,14 @@ class FoldResult:
     stopping_epoch: np.ndarray
 
 
-def regression_fold(features: np.ndarray, pseudodata: np.ndarray, mask: np.ndarray,
-                    covariance: np.ndarray, held: np.ndarray, config) -> FoldResult:
+def regression_fold(
+    features: np.ndarray,
+    pseudodata: np.ndarray,
+    mask: np.ndarray,
+    covariance: np.ndarray,
+    held: np.ndarray,
+    config,
+) -> FoldResult:
     """replicas.train's fit (kernels.regression) on the points not `held`, predicted at `held`.
 
     `mask` (R, points not held) is the training/validation split of the points the fold fits."""
@@ -137,15 +155,25 @@ def regression_fold(features: np.ndarray, pseudodata: np.ndarray, mask: np.ndarr
 
     features = np.asarray(features, float).reshape(len(features), -1)
     fit = ~held
-    result, low, high = fit_regression(features[fit], pseudodata[:, fit], mask,
-                                       covariance[np.ix_(fit, fit)], config)
-    prediction = predict_regression(result.weights, result.architecture, features[held], low, high,
-                                    device=config.device)
+    result, low, high = fit_regression(
+        features[fit], pseudodata[:, fit], mask, covariance[np.ix_(fit, fit)], config
+    )
+    prediction = predict_regression(
+        result.weights, result.architecture, features[held], low, high, device=config.device
+    )
     return FoldResult(prediction, result.kept, result.stopping_epoch)
 
 
-def pdf_fold(fk: np.ndarray, grid: np.ndarray, pseudodata: np.ndarray, mask: np.ndarray,
-             covariance: np.ndarray, held: np.ndarray, config, tolerance: float) -> FoldResult:
+def pdf_fold(
+    fk: np.ndarray,
+    grid: np.ndarray,
+    pseudodata: np.ndarray,
+    mask: np.ndarray,
+    covariance: np.ndarray,
+    held: np.ndarray,
+    config,
+    tolerance: float,
+) -> FoldResult:
     """pdf.fit's fit (kernels.pdf_fit) on the points not `held`, FK predictions at `held`.
 
     `mask` as for regression_fold. Kept = passed post-fit selection and positivity (what
@@ -153,8 +181,7 @@ def pdf_fold(fk: np.ndarray, grid: np.ndarray, pseudodata: np.ndarray, mask: np.
     from .pdf_fit import basis_on_grid, fit_pdf, fit_rotation
 
     fit = ~held
-    result, penalty = fit_pdf(fk[fit], grid, pseudodata[:, fit], mask,
-                              covariance[np.ix_(fit, fit)], config)
+    result, penalty = fit_pdf(fk[fit], grid, pseudodata[:, fit], mask, covariance[np.ix_(fit, fit)], config)
     values = basis_on_grid(result.weights, result.architecture, grid)  # (R, x, basis)
     xf = np.einsum("rxb,fb->rxf", values, fit_rotation(config.basis))  # the gluon does not enter LO F2
     prediction = np.einsum("nxf,rxf->rn", fk[held], xf)

@@ -1,6 +1,7 @@
 """Built-in ops. Importing this package registers them (see engine.registry)."""
 
 from . import (  # noqa: F401
+    amp,
     calo,
     core,
     eels,
@@ -19,4 +20,5 @@ from . import (  # noqa: F401
     pdf_fit,
     pdf_grid,
     replicas,
+    solve,
 )

@@ -45,11 +45,15 @@ def _showers(data: xr.Dataset, name: str) -> tuple[int, int]:
     require_variables(data, ["energy", "incident_energy"])
     require_dims(data, [SHOWER, LAYER, CELL])
     if data["energy"].dims != (SHOWER, LAYER, CELL):
-        raise OpError(f"input {name!r}: variable 'energy' must have dims ({SHOWER!r}, {LAYER!r}, {CELL!r}), "
-                      f"found {data['energy'].dims}")
+        raise OpError(
+            f"input {name!r}: variable 'energy' must have dims ({SHOWER!r}, {LAYER!r}, {CELL!r}), "
+            f"found {data['energy'].dims}"
+        )
     if data["incident_energy"].dims != (SHOWER,):
-        raise OpError(f"input {name!r}: variable 'incident_energy' must have dims ({SHOWER!r},), "
-                      f"found {data['incident_energy'].dims}")
+        raise OpError(
+            f"input {name!r}: variable 'incident_energy' must have dims ({SHOWER!r},), "
+            f"found {data['incident_energy'].dims}"
+        )
     if data.sizes[SHOWER] == 0:
         raise OpError(f"input {name!r} holds no showers")
     return data.sizes[LAYER], data.sizes[CELL]
@@ -87,21 +91,25 @@ def _chunk_refs(energy: da.Array, incident: da.Array) -> list[ChunkRef]:
 
 # -- calo.train_flow ------------------------------------------------------------------------------
 class TrainFlowParams(_Params):
-    flow1_kind: Literal["nsf", "maf"] = Field("nsf", description="flow 1 (layer energies): neural spline "
-                                              "or affine masked autoregressive flow")
-    flow2_kind: Literal["nsf", "maf"] = Field("maf", description="flow 2 (normalised showers); nsf "
-                                              "samples ~40x slower at 100 cells")
+    flow1_kind: Literal["nsf", "maf"] = Field(
+        "nsf", description="flow 1 (layer energies): neural spline or affine masked autoregressive flow"
+    )
+    flow2_kind: Literal["nsf", "maf"] = Field(
+        "maf", description="flow 2 (normalised showers); nsf samples ~40x slower at 100 cells"
+    )
     transforms: int = Field(3, ge=1, le=32, description="autoregressive transforms per flow")
     hidden: Widths = Field([64, 64], description="hidden widths of each transform's masked MLP")
     bins: int = Field(8, ge=2, le=64, description="spline bins (nsf)")
     epochs: Epochs = Field(20, gt=0, description="passes over the showers, chunk by chunk")
     batch_size: Rows = Field(256, gt=0, description="showers per Adam step")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate at the start (cosine decay to 2%)")
-    validation_fraction: float = Field(0.1, ge=0, lt=0.5, description="showers of each chunk held out "
-                                       "for the validation NLL")
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="showers of each chunk held out for the validation NLL"
+    )
     max_showers: Rows | None = Field(None, gt=0, description="train on at most the first N showers")
-    quantum: float | None = Field(None, gt=0, description="energy quantum (GeV) of the cells; none: "
-                                  "the input's `quantum` attribute")
+    quantum: float | None = Field(
+        None, gt=0, description="energy quantum (GeV) of the cells; none: the input's `quantum` attribute"
+    )
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -114,8 +122,16 @@ class TrainFlowParams(_Params):
 def flow_spec(params: TrainFlowParams, n_layers: int, n_cells: int, quantum: float):
     from ..kernels.calo_flow import FlowSpec
 
-    return FlowSpec(n_layers, n_cells, params.flow1_kind, params.flow2_kind, params.transforms,
-                    tuple(params.hidden), params.bins, quantum)
+    return FlowSpec(
+        n_layers,
+        n_cells,
+        params.flow1_kind,
+        params.flow2_kind,
+        params.transforms,
+        tuple(params.hidden),
+        params.bins,
+        quantum,
+    )
 
 
 def _moments_block(energy: np.ndarray, incident: np.ndarray, spec) -> np.ndarray:
@@ -147,16 +163,23 @@ def _train_step(state: dict, chunk: ChunkRef, spec, scaling: dict, step) -> dict
 def _finish(state: dict, scaling: dict, epochs: int) -> dict[str, np.ndarray]:
     from ..kernels.calo_flow import history
 
-    return {"flow1_weights": state["flow1_weights"], "flow2_weights": state["flow2_weights"],
-            "feature_mean": scaling["mean"], "feature_std": scaling["std"], **history(state, epochs)}
+    return {
+        "flow1_weights": state["flow1_weights"],
+        "flow2_weights": state["flow2_weights"],
+        "feature_mean": scaling["mean"],
+        "feature_std": scaling["std"],
+        **history(state, epochs),
+    }
 
 
 def _quantum(params_quantum: float | None, data: xr.Dataset) -> float:
     if params_quantum is not None:
         return float(params_quantum)
     if "quantum" not in data.attrs:
-        raise OpError("the showers carry no 'quantum' attribute (the cells' energy quantum in GeV, "
-                      "set by `ingest synthetic-calo`); give params.quantum")
+        raise OpError(
+            "the showers carry no 'quantum' attribute (the cells' energy quantum in GeV, "
+            "set by `ingest synthetic-calo`); give params.quantum"
+        )
     quantum = float(data.attrs["quantum"])
     if not quantum > 0:
         raise OpError(f"the showers' 'quantum' attribute must be a positive energy, found {quantum}")
@@ -171,8 +194,9 @@ def train_flow_need(params, inputs: dict[str, xr.Dataset], output: xr.Dataset) -
     return needs.chunk_task(8.0, inputs, output) + 8 * weights * needs.FLOAT32
 
 
-@register_op("calo.train_flow", params=TrainFlowParams, inputs=("showers",),
-             memory=needs.TorchNeed(train_flow_need))
+@register_op(
+    "calo.train_flow", params=TrainFlowParams, inputs=("showers",), memory=needs.TorchNeed(train_flow_need)
+)
 def train_flow(params: TrainFlowParams, showers: xr.Dataset) -> xr.Dataset:
     """CaloFlow's two conditional flows (zuko) trained chunk by chunk: flow 1 the layer energies
     given the incident energy, flow 2 the normalised showers given both.
@@ -189,8 +213,14 @@ def train_flow(params: TrainFlowParams, showers: xr.Dataset) -> xr.Dataset:
     spec = flow_spec(params, n_layers, n_cells, _quantum(params.quantum, showers))
     energy, incident = _aligned(showers)
     n_blocks = energy.numblocks[0]
-    moments = da.map_blocks(_moments_block, energy, incident[:, None, None], spec, dtype=float,
-                            chunks=((1,) * n_blocks, (3,), (spec.n_features,)))
+    moments = da.map_blocks(
+        _moments_block,
+        energy,
+        incident[:, None, None],
+        spec,
+        dtype=float,
+        chunks=((1,) * n_blocks, (3,), (spec.n_features,)),
+    )
     scaling = dask.delayed(_scaling, pure=True)(as_delayed(moments.sum(0)))
     state = dask.delayed(_initial, pure=True)(spec, params.seed)
     chunks = _chunk_refs(energy, incident)
@@ -200,20 +230,30 @@ def train_flow(params: TrainFlowParams, showers: xr.Dataset) -> xr.Dataset:
         for chunk in chunks:
             state = dask.delayed(_train_step, pure=True)(state, chunk, spec, scaling, step)
     result = dask.delayed(_finish, pure=True)(state, scaling, params.epochs)
-    layout = {"flow1_weights": (("flow1_weight",), (parameter_count(spec, "flow1"),), np.float32),
-              "flow2_weights": (("flow2_weight",), (parameter_count(spec, "flow2"),), np.float32),
-              "feature_mean": (("feature",), (spec.n_features,), float),
-              "feature_std": (("feature",), (spec.n_features,), float)}
+    layout = {
+        "flow1_weights": (("flow1_weight",), (parameter_count(spec, "flow1"),), np.float32),
+        "flow2_weights": (("flow2_weight",), (parameter_count(spec, "flow2"),), np.float32),
+        "feature_mean": (("feature",), (spec.n_features,), float),
+        "feature_std": (("feature",), (spec.n_features,), float),
+    }
     for name in ("train_nll_flow1", "train_nll_flow2", "val_nll_flow1", "val_nll_flow2"):
         layout[name] = (("epoch",), (params.epochs,), float)
-    model = xr.Dataset({name: (dims, da.from_delayed(result[name], shape, dtype))
-                        for name, (dims, shape, dtype) in layout.items()},
-                       coords={"epoch": np.arange(params.epochs)})
+    model = xr.Dataset(
+        {
+            name: (dims, da.from_delayed(result[name], shape, dtype))
+            for name, (dims, shape, dtype) in layout.items()
+        },
+        coords={"epoch": np.arange(params.epochs)},
+    )
     for coord in ("cell_x", "cell_y"):
         if coord in showers.coords and showers[coord].dims == (CELL,):
             model[coord] = (CELL, showers[coord].values)
-    model.attrs = {"kind": "calo flow", "flow_spec": json.dumps(spec.to_dict()), "seed": params.seed,
-                   "quantum": spec.quantum}
+    model.attrs = {
+        "kind": "calo flow",
+        "flow_spec": json.dumps(spec.to_dict()),
+        "seed": params.seed,
+        "quantum": spec.quantum,
+    }
     return model
 
 
@@ -242,17 +282,20 @@ def _delayed_model(model: xr.Dataset):
     return dask.delayed(_model_arrays, pure=True)(**{k: as_delayed(model[k].data) for k in MODEL_ARRAYS})
 
 
-def _sample_block(incident: np.ndarray, arrays: dict, spec, seed: int, batch_size: int,
-                  block_id=None) -> np.ndarray:
+def _sample_block(
+    incident: np.ndarray, arrays: dict, spec, seed: int, batch_size: int, block_id=None
+) -> np.ndarray:
     from ..kernels.calo_flow import load_flows, sample_showers
 
     flows = load_flows(arrays, spec)
-    return sample_showers(flows, incident, spec, arrays["feature_mean"], arrays["feature_std"], seed,
-                          block_id[0], batch_size)
+    return sample_showers(
+        flows, incident, spec, arrays["feature_mean"], arrays["feature_std"], seed, block_id[0], batch_size
+    )
 
 
-@register_op("calo.sample", params=SampleParams, inputs=("model", "conditions"),
-             memory=needs.TorchNeed(6.0))  # float64 features, flow activations, the output chunk
+@register_op(
+    "calo.sample", params=SampleParams, inputs=("model", "conditions"), memory=needs.TorchNeed(6.0)
+)  # float64 features, flow activations, the output chunk
 def sample(params: SampleParams, model: xr.Dataset, conditions: xr.Dataset) -> xr.Dataset:
     """Generated showers for the incident energies of `conditions`, chunk by chunk along shower.
 
@@ -262,16 +305,30 @@ def sample(params: SampleParams, model: xr.Dataset, conditions: xr.Dataset) -> x
     spec = _spec_of(model)
     require_variables(conditions, ["incident_energy"])
     if conditions["incident_energy"].dims != (SHOWER,):
-        raise OpError(f"input 'conditions': 'incident_energy' must have dims ({SHOWER!r},), "
-                      f"found {conditions['incident_energy'].dims}")
+        raise OpError(
+            f"input 'conditions': 'incident_energy' must have dims ({SHOWER!r},), "
+            f"found {conditions['incident_energy'].dims}"
+        )
     incident = da.asarray(conditions["incident_energy"].data)
-    energy = da.map_blocks(_sample_block, incident, _delayed_model(model), spec, params.seed,
-                           params.batch_size, new_axis=[1, 2],
-                           chunks=(incident.chunks[0], (spec.n_layers,), (spec.n_cells,)),
-                           dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
-    out = xr.Dataset({"energy": ((SHOWER, LAYER, CELL), energy, {"units": "GeV"}),
-                      "incident_energy": conditions["incident_energy"]},
-                     coords={LAYER: np.arange(spec.n_layers), CELL: np.arange(spec.n_cells)})
+    energy = da.map_blocks(
+        _sample_block,
+        incident,
+        _delayed_model(model),
+        spec,
+        params.seed,
+        params.batch_size,
+        new_axis=[1, 2],
+        chunks=(incident.chunks[0], (spec.n_layers,), (spec.n_cells,)),
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), np.float32),
+    )
+    out = xr.Dataset(
+        {
+            "energy": ((SHOWER, LAYER, CELL), energy, {"units": "GeV"}),
+            "incident_energy": conditions["incident_energy"],
+        },
+        coords={LAYER: np.arange(spec.n_layers), CELL: np.arange(spec.n_cells)},
+    )
     for coord in ("cell_x", "cell_y"):
         if coord in model:
             out = out.assign_coords({coord: (CELL, model[coord].values)})
@@ -291,8 +348,11 @@ class MetricsParams(_Params):
     test_fraction: float = Field(0.3, gt=0, lt=0.6)
     validation_fraction: float = Field(0.2, gt=0, lt=0.4)
     bins: int = Field(30, ge=2, le=1000, description="histogram bins per observable (pictures)")
-    speed_showers: Rows = Field(2_000, ge=0, description="showers generated to time the flow and the "
-                                "synthetic generator (0: no timing)")
+    speed_showers: Rows = Field(
+        2_000,
+        ge=0,
+        description="showers generated to time the flow and the synthetic generator (0: no timing)",
+    )
     seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "cpu"
 
@@ -315,19 +375,42 @@ def _classifier_auc(generated: np.ndarray, reference: np.ndarray, params: Metric
     test = u < params.test_fraction
     val = (u >= params.test_fraction) & (u < params.test_fraction + params.validation_fraction)
     train = ~(test | val)
-    config = NetworkConfig(tuple(params.hidden), ("relu",) * len(params.hidden) + ("linear",),
-                           params.epochs, OptimiserConfig(lr=params.lr),
-                           StoppingConfig(threshold=np.inf, patience=params.patience),
-                           max(1, params.epochs // 50), params.seed, params.device)
-    result, scale = fit_network("bce", x[train], y[train], np.ones((params.replicas, int(train.sum()))),
-                                x[val], y[val], np.ones(int(val.sum())), config,
-                                batch_size=params.batch_size)
+    config = NetworkConfig(
+        tuple(params.hidden),
+        ("relu",) * len(params.hidden) + ("linear",),
+        params.epochs,
+        OptimiserConfig(lr=params.lr),
+        StoppingConfig(threshold=np.inf, patience=params.patience),
+        max(1, params.epochs // 50),
+        params.seed,
+        params.device,
+    )
+    result, scale = fit_network(
+        "bce",
+        x[train],
+        y[train],
+        np.ones((params.replicas, int(train.sum()))),
+        x[val],
+        y[val],
+        np.ones(int(val.sum())),
+        config,
+        batch_size=params.batch_size,
+    )
     scores = evaluate_network("bce", result.weights, result.architecture, x[test], scale, params.device)
     return np.array([auc(s, y[test]) for s in scores])
 
 
-def _metrics(gen_energy, gen_incident, ref_energy, ref_incident, cell_x, model_arrays, spec,
-             generator_settings, params: MetricsParams) -> dict[str, np.ndarray]:
+def _metrics(
+    gen_energy,
+    gen_incident,
+    ref_energy,
+    ref_incident,
+    cell_x,
+    model_arrays,
+    spec,
+    generator_settings,
+    params: MetricsParams,
+) -> dict[str, np.ndarray]:
     from ..kernels import calo_observables as obs
 
     n = min(len(gen_incident), len(ref_incident))
@@ -337,11 +420,20 @@ def _metrics(gen_energy, gen_incident, ref_energy, ref_incident, cell_x, model_a
     reference = obs.shower_observables(ref_energy, ref_incident, cell_x)
     distance, floor = obs.wasserstein_table(generated, reference)
     gen_hist, ref_hist, edges = obs.histograms(generated, reference, params.bins)
-    auc = _classifier_auc(obs.classifier_features(gen_energy, gen_incident),
-                          obs.classifier_features(ref_energy, ref_incident), params)
-    out = {"auc": auc, "wasserstein": distance, "wasserstein_floor": floor,
-           "generated_density": gen_hist, "reference_density": ref_hist, "edges": edges,
-           **_speeds(model_arrays, spec, generator_settings, ref_incident, params)}
+    auc = _classifier_auc(
+        obs.classifier_features(gen_energy, gen_incident),
+        obs.classifier_features(ref_energy, ref_incident),
+        params,
+    )
+    out = {
+        "auc": auc,
+        "wasserstein": distance,
+        "wasserstein_floor": floor,
+        "generated_density": gen_hist,
+        "reference_density": ref_hist,
+        "edges": edges,
+        **_speeds(model_arrays, spec, generator_settings, ref_incident, params),
+    }
     return out
 
 
@@ -355,14 +447,22 @@ def _speeds(model_arrays, spec, generator_settings, incident: np.ndarray, params
     flow_rate = generator_rate = np.nan
     if n and model_arrays is not None:
         flows = load_flows(model_arrays, spec)
-        seconds = time_per_shower(lambda: sample_showers(
-            flows, incident[:n], spec, model_arrays["feature_mean"], model_arrays["feature_std"], 0), n)
+        seconds = time_per_shower(
+            lambda: sample_showers(
+                flows, incident[:n], spec, model_arrays["feature_mean"], model_arrays["feature_std"], 0
+            ),
+            n,
+        )
         flow_rate = 1.0 / seconds
     if n and generator_settings is not None:
-        seconds = time_per_shower(lambda: simulate_showers(n, 0, incident=incident[:n], **generator_settings), n)
+        seconds = time_per_shower(
+            lambda: simulate_showers(n, 0, incident=incident[:n], **generator_settings), n
+        )
         generator_rate = 1.0 / seconds
-    return {"flow_showers_per_second": np.array(flow_rate),
-            "generator_showers_per_second": np.array(generator_rate)}
+    return {
+        "flow_showers_per_second": np.array(flow_rate),
+        "generator_showers_per_second": np.array(generator_rate),
+    }
 
 
 GENERATOR_SETTINGS = ("n_layers", "n_side", "quantum", "profile_jitter")
@@ -375,14 +475,21 @@ def metrics_need(params, inputs: dict[str, xr.Dataset], output: xr.Dataset) -> i
     width = showers.sizes[LAYER] * showers.sizes[CELL] + 1
     rows = 2 * min(params.max_showers, showers.sizes[SHOWER])
     sizes = [width, *params.hidden, 1]
-    return (6 * rows * width * needs.FLOAT64
-            + needs.ensemble_training_bytes(params.replicas, sizes, params.batch_size))
+    return 6 * rows * width * needs.FLOAT64 + needs.ensemble_training_bytes(
+        params.replicas, sizes, params.batch_size
+    )
 
 
-@register_op("calo.metrics", params=MetricsParams, inputs=("generated", "reference"),
-             optional_inputs=("model",), memory=needs.TorchNeed(metrics_need))
-def metrics(params: MetricsParams, generated: xr.Dataset, reference: xr.Dataset,
-            model: xr.Dataset | None = None) -> xr.Dataset:
+@register_op(
+    "calo.metrics",
+    params=MetricsParams,
+    inputs=("generated", "reference"),
+    optional_inputs=("model",),
+    memory=needs.TorchNeed(metrics_need),
+)
+def metrics(
+    params: MetricsParams, generated: xr.Dataset, reference: xr.Dataset, model: xr.Dataset | None = None
+) -> xr.Dataset:
     """Generated vs held-out reference showers: classifier AUC, Wasserstein distances, speed.
 
     Output: auc (replica; a fresh classifier per replica: 0.5 = indistinguishable), wasserstein and
@@ -393,38 +500,62 @@ def metrics(params: MetricsParams, generated: xr.Dataset, reference: xr.Dataset,
     """
     from ..kernels.calo_observables import observable_names
 
-    shapes = {name: _showers(data, name) for name, data in (("generated", generated), ("reference", reference))}
+    shapes = {
+        name: _showers(data, name) for name, data in (("generated", generated), ("reference", reference))
+    }
     if shapes["generated"] != shapes["reference"]:
-        raise OpError(f"generated showers have (layers, cells) = {shapes['generated']} but the reference "
-                      f"has {shapes['reference']}")
+        raise OpError(
+            f"generated showers have (layers, cells) = {shapes['generated']} but the reference "
+            f"has {shapes['reference']}"
+        )
     n_layers, n_cells = shapes["reference"]
     spec = _spec_of(model) if model is not None else None
     if spec is not None and (spec.n_layers, spec.n_cells) != (n_layers, n_cells):
-        raise OpError(f"the model generates (layers, cells) = {(spec.n_layers, spec.n_cells)}, "
-                      f"the reference has {(n_layers, n_cells)}")
-    cell_x = (reference["cell_x"].values if "cell_x" in reference.coords
-              else np.arange(n_cells, dtype=float))
-    settings = ({k: reference.attrs[k] for k in GENERATOR_SETTINGS}
-                if all(k in reference.attrs for k in GENERATOR_SETTINGS) else None)
+        raise OpError(
+            f"the model generates (layers, cells) = {(spec.n_layers, spec.n_cells)}, "
+            f"the reference has {(n_layers, n_cells)}"
+        )
+    cell_x = reference["cell_x"].values if "cell_x" in reference.coords else np.arange(n_cells, dtype=float)
+    settings = (
+        {k: reference.attrs[k] for k in GENERATOR_SETTINGS}
+        if all(k in reference.attrs for k in GENERATOR_SETTINGS)
+        else None
+    )
     if settings is not None:
         settings = {**settings, "n_layers": int(settings["n_layers"]), "n_side": int(settings["n_side"])}
     first = {SHOWER: slice(0, params.max_showers)}
     gen, ref = generated.isel(first), reference.isel(first)
     arrays = _delayed_model(model) if model is not None else None
     result = dask.delayed(_metrics, pure=True)(
-        as_delayed(gen["energy"].data), as_delayed(gen["incident_energy"].data),
-        as_delayed(ref["energy"].data), as_delayed(ref["incident_energy"].data), cell_x, arrays, spec,
-        settings, params)
+        as_delayed(gen["energy"].data),
+        as_delayed(gen["incident_energy"].data),
+        as_delayed(ref["energy"].data),
+        as_delayed(ref["incident_energy"].data),
+        cell_x,
+        arrays,
+        spec,
+        settings,
+        params,
+    )
     names = observable_names(n_layers)
     k, r, b = len(names), params.replicas, params.bins
-    layout = {"auc": (("replica",), (r,)), "wasserstein": (("observable",), (k,)),
-              "wasserstein_floor": (("observable",), (k,)),
-              "generated_density": (("observable", "bin"), (k, b)),
-              "reference_density": (("observable", "bin"), (k, b)), "edges": (("observable", "edge"), (k, b + 1)),
-              "flow_showers_per_second": ((), ()), "generator_showers_per_second": ((), ())}
-    out = xr.Dataset({name: (dims, da.from_delayed(result[name], shape, float))
-                      for name, (dims, shape) in layout.items()},
-                     coords={"replica": np.arange(r), "observable": names})
+    layout = {
+        "auc": (("replica",), (r,)),
+        "wasserstein": (("observable",), (k,)),
+        "wasserstein_floor": (("observable",), (k,)),
+        "generated_density": (("observable", "bin"), (k, b)),
+        "reference_density": (("observable", "bin"), (k, b)),
+        "edges": (("observable", "edge"), (k, b + 1)),
+        "flow_showers_per_second": ((), ()),
+        "generator_showers_per_second": ((), ()),
+    }
+    out = xr.Dataset(
+        {name: (dims, da.from_delayed(result[name], shape, float)) for name, (dims, shape) in layout.items()},
+        coords={
+            "replica": np.arange(r),  # object: zarr 3 stores it as a specified
+            "observable": np.array(names, dtype=object),
+        },
+    )  # string type
     out["auc"].attrs["long_name"] = "classifier AUC, reference vs generated (0.5 = indistinguishable)"
     out["wasserstein"].attrs["units"] = "reference std"
     mark(out["auc"], "median")

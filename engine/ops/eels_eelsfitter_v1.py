@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 from pydantic import Field, model_validator
 
-from ..bounds import Epochs, Points, Replicas, Seed, Spectra
+from ..bounds import Clusters, Epochs, Points, Replicas, Seed, Spectra
 from ..bounds import Params as _Params
 from ..errors import OpError
 from ..kernels import eelsfitter_v1 as v1
@@ -52,7 +52,7 @@ class V1TrainParams(_Params):
         "counts",
         description="spectra variable (raw counts: v1 shifts each spectrum by whole channels itself)",
     )
-    cluster: int = Field(
+    cluster: Clusters = Field(
         -1,
         ge=-1,
         description="cluster whose spectra train the model; -1 the "

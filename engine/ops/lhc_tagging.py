@@ -9,7 +9,9 @@ on the test jets comes per replica: the spread is the training's statistical unc
 
 The output is the model (weights, input scaling, training record, as every replica ensemble)
 plus the metrics: AUC, accuracy (classifier), background rejection 1/eps_B at the chosen signal
-efficiency, and the ROC as eps_B on a fixed eps_S grid (plot kind `roc`).
+efficiency, and the ROC as eps_B on a fixed eps_S grid (plot kind `roc`). A classifier also
+reports how much a cut on it sculpts the background jet mass, and can be decorrelated from the
+mass by an adversary (the pivot: kernels.classifier.AdversarialLoss, param `adversary.strength`).
 `lhc.score_jets` maps a stored tagger over any jets, chunk by chunk.
 """
 
@@ -84,8 +86,24 @@ class NetworkParams(_Params):
         return self
 
 
+class AdversaryParams(_Params):
+    """Mass decorrelation: an adversary predicts the jet mass of background jets from the tagger's
+    output, and the tagger is penalised by strength x the adversary's cross-entropy (the pivot)."""
+
+    strength: float = Field(description="lambda: weight of the adversary's loss in the tagger's "
+                            "(0: the adversary trains but does not act)", ge=0)
+    bins: int = Field(10, ge=2, le=1000, description="equal-population jet-mass bins the adversary predicts")
+    hidden: Widths = Field([32], description="adversary hidden widths")
+    lr: float = Field(1e-3, gt=0, description="adversary Adam learning rate")
+    steps: int = Field(5, ge=1, le=1000, description="adversary updates per tagger step")
+    pretrain: Epochs = Field(200, ge=0, description="adversary updates before the tagger's first step")
+
+
 class ClassifierParams(NetworkParams):
-    pass
+    adversary: AdversaryParams | None = Field(None, description="decorrelate the tagger from the jet "
+                                              "mass (none: a plain tagger)")
+    sculpting_efficiency: float = Field(0.5, gt=0, le=1, description="eps_S of the cut whose background "
+                                        "mass sculpting (mass_jsd) is reported")
 
 
 class AnomalyParams(NetworkParams):
@@ -116,15 +134,24 @@ def _jet_features(jets: xr.Dataset, n_constituents: int) -> da.Array:
                          chunks=(arrays[0].chunks[0], (3 * n_constituents,)))
 
 
+def _jet_mass(jets: xr.Dataset) -> da.Array:
+    """(jet,) invariant mass of all constituents, chunk by chunk (the nuisance of decorrelation)."""
+    from ..kernels.jets_synth import jet_mass
+
+    arrays = [da.asarray(jets[name].data).rechunk({1: -1}) for name in MOMENTA]
+    return da.map_blocks(jet_mass, *arrays, drop_axis=1, dtype=float, chunks=(arrays[0].chunks[0],))
+
+
 def split_jets(n: int, test_fraction: float, validation_fraction: float, seed: int) -> np.ndarray:
     """Per jet 0 = train, 1 = validation, 2 = test; a function of (seed, n) only."""
     u = np.random.default_rng([seed, SPLIT_STREAM]).uniform(size=n)
     return np.where(u < test_fraction, 2, np.where(u < test_fraction + validation_fraction, 1, 0))
 
 
-def _metrics(scores: np.ndarray, labels: np.ndarray, params: NetworkParams, kind: str) -> dict:
+def _metrics(scores: np.ndarray, labels: np.ndarray, params: NetworkParams, kind: str,
+             mass: np.ndarray | None = None) -> dict:
     """Per-replica test metrics of (R, n) scores."""
-    from ..kernels.classifier import accuracy, auc, background_efficiency, rejection
+    from ..kernels.classifier import accuracy, auc, background_efficiency, mass_sculpting, rejection
 
     n_background = int((labels == 0).sum())
     eps_b = np.stack([background_efficiency(s, labels, ROC_POINTS) for s in scores])
@@ -135,12 +162,20 @@ def _metrics(scores: np.ndarray, labels: np.ndarray, params: NetworkParams, kind
            "n_background_test": np.array(n_background), "n_signal_test": np.array(labels.size - n_background)}
     if kind == "bce":
         out["accuracy"] = np.array([accuracy(s, labels) for s in scores])
+        out["mass_jsd"] = np.array([mass_sculpting(s, labels, mass, params.sculpting_efficiency)
+                                    for s in scores])
     return out
 
 
 def _fit(kind: str, features: np.ndarray, labels: np.ndarray, params: NetworkParams,
-         context: StepContext) -> dict[str, np.ndarray]:
-    from ..kernels.classifier import NetworkConfig, bootstrap_weights, evaluate_network, fit_network
+         context: StepContext, mass: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    from ..kernels.classifier import (
+        AdversaryConfig,
+        NetworkConfig,
+        bootstrap_weights,
+        evaluate_network,
+        fit_network,
+    )
     from ..kernels.optim import OptimiserConfig
     from ..kernels.train import StoppingConfig
 
@@ -166,12 +201,19 @@ def _fit(kind: str, features: np.ndarray, labels: np.ndarray, params: NetworkPar
                            StoppingConfig(threshold=np.inf, patience=params.patience),
                            params.validation_every, params.seed, params.device, params.checkpoint_every)
     fitted = {}
+    adversary = getattr(params, "adversary", None)
+    if adversary is not None:
+        hooks_extra = {"adversary": AdversaryConfig(adversary.strength, adversary.bins, tuple(adversary.hidden),
+                                                    adversary.lr, adversary.steps, adversary.pretrain),
+                       "nuisance": (mass[train], mass[val])}
+    else:
+        hooks_extra = {}
 
     def fit(**hooks):
         result, fitted["scale"] = fit_network(
             kind, features[train], labels[train].astype(float), weights, features[val],
             labels[val].astype(float), np.ones(int(val.sum())), config, batch_size=params.batch_size,
-            **hooks)
+            **hooks, **hooks_extra)
         return result
 
     result = checkpointed_training(context, params.epochs, params.validation_every, fit)
@@ -179,7 +221,7 @@ def _fit(kind: str, features: np.ndarray, labels: np.ndarray, params: NetworkPar
     scores = evaluate_network(kind, result.weights, result.architecture, features[test], scale, params.device)
     return {**result_arrays(result, history_length(params.epochs, params.validation_every)),
             "input_mean": scale.mean, "input_std": scale.std,
-            **_metrics(scores, labels[test], params, kind)}
+            **_metrics(scores, labels[test], params, kind, None if mass is None else mass[test])}
 
 
 def _tagger(kind: str, params: NetworkParams, jets: xr.Dataset, context: StepContext,
@@ -187,11 +229,12 @@ def _tagger(kind: str, params: NetworkParams, jets: xr.Dataset, context: StepCon
     if params.max_jets is not None:
         jets = jets.isel({JET: slice(0, params.max_jets)})
     features = _jet_features(jets, params.n_constituents)
+    mass = _jet_mass(jets) if kind == "bce" else None
     n_in = 3 * params.n_constituents
     n_out = 1 if kind == "bce" else n_in
     architecture = ensemble_architecture(n_in, params.hidden, params.activations, params.seed, n_out=n_out)
     trained = dask.delayed(_fit, pure=True)(kind, as_delayed(features), as_delayed(jets["label"].data),
-                                            params, context)
+                                            params, context, as_delayed(mass))
     r = params.replicas
     layout = result_layout(architecture, r, history_length(params.epochs, params.validation_every))
     layout.update({"input_mean": (("feature",), (n_in,), float), "input_std": (("feature",), (n_in,), float),
@@ -200,12 +243,17 @@ def _tagger(kind: str, params: NetworkParams, jets: xr.Dataset, context: StepCon
                    "background_efficiency": ((REPLICA, "signal_efficiency"), (r, ROC_POINTS.size), float)})
     if kind == "bce":
         layout["accuracy"] = ((REPLICA,), (r,), float)
+        layout["mass_jsd"] = ((REPLICA,), (r,), float)
     model = lazy_ensemble(trained, layout, architecture, {
         "kind": description, "score": kind, "n_constituents": params.n_constituents,
         "quoted_signal_efficiency": params.signal_efficiency})
     model["background_rejection"].attrs["long_name"] = f"1/eps_B at eps_S = {params.signal_efficiency:g}"
     mark(model["auc"], "median")  # over replicas, in the run summary (engine/key_numbers.py)
     mark(model["background_rejection"], "median")
+    if kind == "bce":
+        model["mass_jsd"].attrs["long_name"] = (f"JSD of background jet mass before/after the cut at "
+                                                f"eps_S = {params.sculpting_efficiency:g}")
+        mark(model["mass_jsd"], "median")
     return model.assign_coords(signal_efficiency=("signal_efficiency", ROC_POINTS))
 
 
@@ -215,7 +263,9 @@ def train_classifier(params: ClassifierParams, jets: xr.Dataset, context: StepCo
     """A DNN top tagger on jet-frame constituents, one network per replica, with test metrics.
 
     Outputs the ensemble plus per-replica auc, accuracy, background_rejection (at eps_S =
-    signal_efficiency) and background_efficiency on a signal-efficiency grid (ROC).
+    signal_efficiency), background_efficiency on a signal-efficiency grid (ROC), and mass_jsd: the
+    background jet-mass sculpting (Jensen-Shannon divergence, base 2) of the cut at eps_S =
+    sculpting_efficiency. With `adversary`, an adversary on the jet mass decorrelates the tagger.
     """
     return _tagger("bce", params, jets, context, "jet classifier ensemble")
 

@@ -44,19 +44,31 @@ ESTIMATOR = "estimator"
 
 class CompressParams(_Params):
     replicas: Replicas = Field(ge=2, description="M, the replicas to keep (M < N)")
-    generations: int = Field(1000, ge=0, le=100_000, description="genetic search generations (NNPDF's "
-                             "compressor runs ~15000; the error flattens within a few thousand)")
+    generations: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        description="genetic search generations (NNPDF's "
+        "compressor runs ~15000; the error flattens within a few thousand)",
+    )
     mutants: int = Field(16, ge=1, le=1024, description="children per generation")
     seed: Seed = 0
-    flavours: list[int] | None = Field(None, description="PDG ids compared (default all with spread; 0 = gluon)")
+    flavours: list[int] | None = Field(
+        None, description="PDG ids compared (default all with spread; 0 = gluon)"
+    )
     x_range: tuple[float, float] = Field((1e-5, 0.9), description="x knots compared")
     n_x: GridNodes = Field(50, ge=2, description="at most this many x knots, evenly in index")
     q_index: int = Field(0, ge=0, description="Q knot of subgrid 0 the comparison is made at")
-    correlation_x: int = Field(5, ge=0, le=50, description="x knots per flavour whose correlations "
-                               "(between flavours and x values) are compared")
+    correlation_x: int = Field(
+        5,
+        ge=0,
+        le=50,
+        description="x knots per flavour whose correlations (between flavours and x values) are compared",
+    )
     ks_levels: GridNodes = Field(50, ge=2, description="quantiles the search's KS distance is taken at")
-    random_trials: Repeats = Field(100, ge=1, description="random subsets measured for the normaliser "
-                                   "and the estimator table")
+    random_trials: Repeats = Field(
+        100, ge=1, description="random subsets measured for the normaliser and the estimator table"
+    )
 
 
 def _comparison(pdf: xr.Dataset, params: CompressParams) -> tuple[xr.DataArray, list[int]]:
@@ -68,9 +80,13 @@ def _comparison(pdf: xr.Dataset, params: CompressParams) -> tuple[xr.DataArray, 
     low, high = params.x_range
     inside = np.flatnonzero((xs >= low) & (xs <= high))
     if inside.size < 2:
-        raise OpError(f"x_range {params.x_range} holds {inside.size} of the set's x knots "
-                      f"[{xs[0]:.4g}, {xs[-1]:.4g}]; expected at least 2")
-    knots = inside[np.unique(np.linspace(0, inside.size - 1, min(params.n_x, inside.size)).round().astype(int))]
+        raise OpError(
+            f"x_range {params.x_range} holds {inside.size} of the set's x knots "
+            f"[{xs[0]:.4g}, {xs[-1]:.4g}]; expected at least 2"
+        )
+    knots = inside[
+        np.unique(np.linspace(0, inside.size - 1, min(params.n_x, inside.size)).round().astype(int))
+    ]
     have = pdf[FLAVOUR].values.tolist()
     wanted = have if params.flavours is None else [GLUON if f == 0 else f for f in params.flavours]
     missing = [f for f in wanted if f not in have]
@@ -94,8 +110,10 @@ def _compress(values, kept, positions, members, params: CompressParams, n_flavou
     values = np.asarray(values, float)[positions]  # (N, flavour, x)
     n = values.shape[0]
     if params.replicas >= n:
-        raise ValueError(f"replicas: M = {params.replicas} must be below the N = {n} replicas the set "
-                         "keeps (M >= N compresses nothing)")
+        raise ValueError(
+            f"replicas: M = {params.replicas} must be below the N = {n} replicas the set "
+            "keeps (M >= N compresses nothing)"
+        )
     flat = values.reshape(n, -1)
     spread = flat.std(0) > 1e-12 * max(1.0, float(np.abs(flat).max()))
     if not spread.any():
@@ -105,11 +123,22 @@ def _compress(values, kept, positions, members, params: CompressParams, n_flavou
         picks = np.unique(np.linspace(0, n_x - 1, min(params.correlation_x, n_x)).round().astype(int))
         corr[(np.arange(n_flavours)[:, None] * n_x + picks[None]).ravel()] = True
     index = np.flatnonzero(spread)
-    result = compress(flat[:, index], params.replicas, generations=params.generations, mutants=params.mutants,
-                      seed=params.seed, corr_index=np.flatnonzero(corr[index]), ks_levels=params.ks_levels,
-                      random_trials=params.random_trials)
-    return {"positions": positions[result.chosen], "chosen": members[positions[result.chosen]],
-            "history": result.history, **estimator_table(result)}
+    result = compress(
+        flat[:, index],
+        params.replicas,
+        generations=params.generations,
+        mutants=params.mutants,
+        seed=params.seed,
+        corr_index=np.flatnonzero(corr[index]),
+        ks_levels=params.ks_levels,
+        random_trials=params.random_trials,
+    )
+    return {
+        "positions": positions[result.chosen],
+        "chosen": members[positions[result.chosen]],
+        "history": result.history,
+        **estimator_table(result),
+    }
 
 
 def _pick(block: np.ndarray, chosen: np.ndarray, start: int) -> np.ndarray:
@@ -126,8 +155,17 @@ def _gather(values: da.Array, chosen, m: int) -> da.Array:
     parts, start = [], 0
     for i, size in enumerate(values.chunks[0]):
         block = values.blocks[i]
-        parts.append(da.map_blocks(_pick, block, chosen, start, dtype=values.dtype,
-                                   chunks=((m,), *block.chunks[1:]), meta=np.empty((0,) * values.ndim)))
+        parts.append(
+            da.map_blocks(
+                _pick,
+                block,
+                chosen,
+                start,
+                dtype=values.dtype,
+                chunks=((m,), *block.chunks[1:]),
+                meta=np.empty((0,) * values.ndim),
+            )
+        )
         start += size
     return da.stack(parts).sum(0) if len(parts) > 1 else parts[0]
 
@@ -159,12 +197,15 @@ def compress_set(params: CompressParams, pdf: xr.Dataset) -> xr.Dataset:
     members = pdf[MEMBER].values
     positions = _replica_positions(members, info)
     if params.replicas >= positions.size:
-        raise OpError(f"replicas: M = {params.replicas} must be below the set's N = {positions.size} "
-                      "replicas (M >= N compresses nothing)")
+        raise OpError(
+            f"replicas: M = {params.replicas} must be below the set's N = {positions.size} "
+            "replicas (M >= N compresses nothing)"
+        )
     values, flavours = _comparison(pdf, params)
     kept = as_delayed(pdf[KEPT].data) if KEPT in pdf and pdf[KEPT].dims == (MEMBER,) else None
     result = dask.delayed(_compress, pure=True)(
-        as_delayed(values.data), kept, positions, members, params, len(flavours), values.shape[2])
+        as_delayed(values.data), kept, positions, members, params, len(flavours), values.shape[2]
+    )
     m = params.replicas
     chosen = da.from_delayed(result["chosen"], (m,), np.int64)
     estimators = da.from_delayed(result["erf_compressed"], (6,), float)
@@ -174,24 +215,49 @@ def compress_set(params: CompressParams, pdf: xr.Dataset) -> xr.Dataset:
         full = pdf[name].transpose(MEMBER, FLAVOUR, xdim, qdim)
         picked = _gather(full.data, result["positions"], m)
         central = picked.mean(0, keepdims=True)
-        subgrids[name] = ((MEMBER, FLAVOUR, xdim, qdim), da.concatenate([central, picked]).rechunk({0: -1}),
-                          full.attrs)
+        subgrids[name] = (
+            (MEMBER, FLAVOUR, xdim, qdim),
+            da.concatenate([central, picked]).rechunk({0: -1}),
+            full.attrs,
+        )
         coords |= {xdim: pdf[xdim], qdim: pdf[qdim]}
     from ..kernels.compress import ESTIMATORS
 
-    table = {name: (ESTIMATOR, da.from_delayed(result[name], (len(ESTIMATORS),), float))
-             for name in ("erf_random_median", "erf_random_low", "erf_random_high")}
+    table = {
+        name: (ESTIMATOR, da.from_delayed(result[name], (len(ESTIMATORS),), float))
+        for name in ("erf_random_median", "erf_random_low", "erf_random_high")
+    }
     out = xr.Dataset(
-        {**subgrids, "erf_compressed": (ESTIMATOR, estimators), **table,
-         "chosen": ("replica", chosen),
-         "erf_history": ("generation", da.from_delayed(result["history"], (params.generations + 1,), float))},
-        coords={**coords, MEMBER: np.arange(m + 1), FLAVOUR: pdf[FLAVOUR].values,
-                ESTIMATOR: np.arange(len(ESTIMATORS)), "replica": np.arange(1, m + 1),
-                "generation": np.arange(params.generations + 1)})
+        {
+            **subgrids,
+            "erf_compressed": (ESTIMATOR, estimators),
+            **table,
+            "chosen": ("replica", chosen),
+            "erf_history": (
+                "generation",
+                da.from_delayed(result["history"], (params.generations + 1,), float),
+            ),
+        },
+        coords={
+            **coords,
+            MEMBER: np.arange(m + 1),
+            FLAVOUR: pdf[FLAVOUR].values,
+            ESTIMATOR: np.arange(len(ESTIMATORS)),
+            "replica": np.arange(1, m + 1),
+            "generation": np.arange(params.generations + 1),
+        },
+    )
     source = info.get("SetDesc", "a PDF set")
-    out.attrs = {INFO_ATTR: {**info, "NumMembers": m + 1, "ErrorType": "replicas",
-                             "SetDesc": f"{source} compressed to {m} replicas (pdf.compress)"},
-                 HEADERS_ATTR: {}, DIGITS_ATTR: int(pdf.attrs.get(DIGITS_ATTR, DEFAULT_DIGITS))}
+    out.attrs = {
+        INFO_ATTR: {
+            **info,
+            "NumMembers": m + 1,
+            "ErrorType": "replicas",
+            "SetDesc": f"{source} compressed to {m} replicas (pdf.compress)",
+        },
+        HEADERS_ATTR: {},
+        DIGITS_ATTR: int(pdf.attrs.get(DIGITS_ATTR, DEFAULT_DIGITS)),
+    }
     for name in ("erf_compressed", *table):  # names as an attribute: zarr v3 has no string dtype
         out[name].attrs["estimators"] = " ".join(ESTIMATORS)
     mark(out["erf_compressed"], "median")

@@ -62,9 +62,21 @@ def run_one(name: str, quick: bool, timeout: float) -> tuple[dict, float]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = Path(handle.name)
     try:
-        done = subprocess.run([sys.executable, "-c", _CHILD, f"tests.benchmarks.bench_{name}",
-                               "quick" if quick else "full", str(out)], cwd=REPO, timeout=timeout,
-                              stderr=subprocess.PIPE, text=True, check=False)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                f"tests.benchmarks.bench_{name}",
+                "quick" if quick else "full",
+                str(out),
+            ],
+            cwd=REPO,
+            timeout=timeout,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
         seconds = time.perf_counter() - started
         if done.returncode:
             tail = done.stderr.strip().splitlines()[-12:]
@@ -107,10 +119,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="every benchmark's quick mode")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks.json")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these modules (bench_NAME.py) only")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds per module (default: 600 quick, none full)")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds per module (default: 600 quick, none full)"
+    )
     args = parser.parse_args()
     names = discover()
+    without = sorted(p.stem for p in HERE.glob("bench_*.py") if p.stem.removeprefix("bench_") not in names)
+    if without:
+        print(f"skipped (no run()): {', '.join(without)}")
     if args.only:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
@@ -127,17 +143,21 @@ def main() -> None:
             print(f"FAILED: {results[name]['error']}", flush=True)
         print(f"### bench_{name}: {seconds[name]:.1f} s", flush=True)
     results["_machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["_run"] = {"mode": "quick" if args.quick else "full",
-                       "command": "python -m tests.benchmarks" + (" --quick" if args.quick else ""),
-                       "seconds": {name: round(s, 1) for name, s in seconds.items()},
-                       "total_s": round(time.perf_counter() - started, 1),
-                       "failed": [name for name in names if "error" in results[name]]}
+    results["_run"] = {
+        "mode": "quick" if args.quick else "full",
+        "command": " ".join(["python -m tests.benchmarks", *sys.argv[1:]]),
+        "seconds": {name: round(s, 1) for name, s in seconds.items()},
+        "total_s": round(time.perf_counter() - started, 1),
+        "failed": [name for name in names if "error" in results[name]],
+    }
     if args.only and args.out.exists():  # keep the other modules' last results
         results = merge(json.loads(args.out.read_text()), results)
     args.out.write_text(json.dumps(finite(results), indent=1, allow_nan=False) + "\n")
     failed = [name for name in names if "error" in results[name]]
-    print(f"\nwrote {args.out} ({len(names)} modules, {time.perf_counter() - started:.0f} s"
-          + (f"; failed: {', '.join(failed)})" if failed else ")"))
+    print(
+        f"\nwrote {args.out} ({len(names)} modules, {time.perf_counter() - started:.0f} s"
+        + (f"; failed: {', '.join(failed)})" if failed else ")")
+    )
     sys.exit(1 if failed else 0)
 
 

@@ -69,9 +69,13 @@ def load_avg() -> float:
 
 def machine() -> dict[str, Any]:
     """What a benchmark result depends on besides the code."""
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()],
-                            "python": sys.version.split()[0], "platform": platform.platform(),
-                            "processor": platform.processor() or platform.machine()}
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
     for module in ("numpy", "torch", "dask", "zarr"):
         try:
             info[module] = __import__(module).__version__
@@ -81,11 +85,14 @@ def machine() -> dict[str, Any]:
 
 
 def header(title: str, repeats: int, **settings: Any) -> dict[str, Any]:
-    """Print a benchmark's title, load average and repeats; return them as the result's start."""
+    """Print a benchmark's title, load average, repeats and settings; return them as the result's start."""
     extra = ", ".join(f"{key} {value}" for key, value in settings.items())
-    print(f"== {title} ==\nload average {load_avg()} on {os.cpu_count()} cores, best of {repeats}"
-          + (f", {extra}" if extra else ""), flush=True)
-    return {"load_avg": load_avg(), "repeats": repeats}
+    print(
+        f"== {title} ==\nload average {load_avg()} on {os.cpu_count()} cores, best of {repeats}"
+        + (f", {extra}" if extra else ""),
+        flush=True,
+    )
+    return {"load_avg": load_avg(), "repeats": repeats, **settings}
 
 
 def finish(result: dict[str, Any]) -> dict[str, Any]:

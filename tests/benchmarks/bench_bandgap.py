@@ -42,14 +42,20 @@ def scipy_fits(spectra, inside, guess_amplitude, e_bg, exponent, count: int) -> 
     for k in range(count):
         y = spectra[k, inside]
         p0 = [float(guess_amplitude[k]), e_bg[k] - 0.1] + ([] if exponent else [1.5])
-        popt, _ = curve_fit(model, energy, y, p0=p0, sigma=np.sqrt(np.maximum(y, 1.0)), absolute_sigma=True,
-                            maxfev=5000)
+        popt, _ = curve_fit(
+            model, energy, y, p0=p0, sigma=np.sqrt(np.maximum(y, 1.0)), absolute_sigma=True, maxfev=5000
+        )
         fitted.append(popt[1])
     return np.array(fitted)
 
 
-def run(quick: bool = False, fits: int | None = None, scipy_fits_: int | None = None,
-        background_fits: int | None = None, repeats: int = 3) -> dict:
+def run(
+    quick: bool = False,
+    fits: int | None = None,
+    scipy_fits_: int | None = None,
+    background_fits: int | None = None,
+    repeats: int = 3,
+) -> dict:
     fits = fits or (4000 if quick else 20000)
     scipy_count = scipy_fits_ or (100 if quick else 500)
     background_fits = background_fits or (1024 if quick else 4096)
@@ -61,16 +67,26 @@ def run(quick: bool = False, fits: int | None = None, scipy_fits_: int | None = 
     inside = (ENERGY >= WINDOW[0]) & (ENERGY <= WINDOW[1])
     for exponent, label in ((1.5, "b_fixed"), (None, "b_free")):
         ours = fit_bandgap(spectra, ENERGY, window=WINDOW, exponent=exponent, sigma="poisson")
-        timings = compare({
-            "ours": lambda x=exponent: fit_bandgap(spectra, ENERGY, window=WINDOW, exponent=x, sigma="poisson"),
-            "curve_fit": lambda x=exponent: scipy_fits(spectra, inside, ours.amplitude, e_bg, x, scipy_count),
-        }, repeats)
+        timings = compare(
+            {
+                "ours": lambda x=exponent: fit_bandgap(
+                    spectra, ENERGY, window=WINDOW, exponent=x, sigma="poisson"
+                ),
+                "curve_fit": lambda x=exponent, a=ours.amplitude: scipy_fits(
+                    spectra, inside, a, e_bg, x, scipy_count
+                ),
+            },
+            repeats,
+        )
         per_ours = timings["ours"].wall / fits
         per_scipy = timings["curve_fit"].wall / scipy_count
         gap = np.abs(timings["curve_fit"].value - timings["ours"].value.e_bg[:scipy_count])
-        print(f"{label}: ours {per_ours * 1e6:7.1f} us/fit ({ours.converged.mean():.4f} converged), "
-              f"curve_fit {per_scipy * 1e6:7.1f} us/fit, ratio {per_scipy / per_ours:5.1f}x; "
-              f"|E_BG ours - curve_fit| median {np.median(gap):.1e} eV, max {gap.max():.1e} eV", flush=True)
+        print(
+            f"{label}: ours {per_ours * 1e6:7.1f} us/fit ({ours.converged.mean():.4f} converged), "
+            f"curve_fit {per_scipy * 1e6:7.1f} us/fit, ratio {per_scipy / per_ours:5.1f}x; "
+            f"|E_BG ours - curve_fit| median {np.median(gap):.1e} eV, max {gap.max():.1e} eV",
+            flush=True,
+        )
         result[f"{label}_ours_us_per_fit"] = round(per_ours * 1e6, 2)
         result[f"{label}_ours_cpu_us_per_fit"] = round(timings["ours"].cpu / fits * 1e6, 2)
         result[f"{label}_curve_fit_us_per_fit"] = round(per_scipy * 1e6, 2)
@@ -86,24 +102,38 @@ def bench_background(fits: int, repeats: int) -> dict:
     """background="linear", b fixed 1.5: onsets on a line c E, best of `repeats` timings."""
     rng = np.random.default_rng(1)
     e_bg = rng.uniform(1.0, 2.5, fits)
-    exact = (power_onset(ENERGY, e_bg[:, None], rng.uniform(1e3, 1e4, fits)[:, None], 1.5)
-             + rng.uniform(0.0, 1e3, fits)[:, None] * ENERGY)
+    exact = (
+        power_onset(ENERGY, e_bg[:, None], rng.uniform(1e3, 1e4, fits)[:, None], 1.5)
+        + rng.uniform(0.0, 1e3, fits)[:, None] * ENERGY
+    )
     spectra = exact + rng.normal(size=exact.shape) * np.sqrt(np.maximum(exact, 1.0))
-    timing = compare({"ours": lambda: fit_bandgap(spectra, ENERGY, window=WINDOW, exponent=1.5,
-                                                  background="linear", sigma="poisson")}, repeats)["ours"]
+    timing = compare(
+        {
+            "ours": lambda: fit_bandgap(
+                spectra, ENERGY, window=WINDOW, exponent=1.5, background="linear", sigma="poisson"
+            )
+        },
+        repeats,
+    )["ours"]
     fit = timing.value
     gap = np.abs(fit.e_bg - e_bg)
-    print(f"b fixed, background linear: ours {timing.wall / fits * 1e6:7.1f} us/fit "
-          f"({fit.converged.mean():.4f} converged, median iterations "
-          f"{np.median(fit.iterations):.0f}); |E_BG - truth| median {np.nanmedian(gap):.1e} eV")
-    return {"background_linear_us_per_fit": round(timing.wall / fits * 1e6, 2),
-            "background_linear_converged_fraction": round(float(fit.converged.mean()), 4),
-            "background_linear_median_abs_error_ev": float(f"{np.nanmedian(gap):.2e}")}
+    print(
+        f"b fixed, background linear: ours {timing.wall / fits * 1e6:7.1f} us/fit "
+        f"({fit.converged.mean():.4f} converged, median iterations "
+        f"{np.median(fit.iterations):.0f}); |E_BG - truth| median {np.nanmedian(gap):.1e} eV"
+    )
+    return {
+        "background_linear_us_per_fit": round(timing.wall / fits * 1e6, 2),
+        "background_linear_converged_fraction": round(float(fit.converged.mean()), 4),
+        "background_linear_median_abs_error_ev": float(f"{np.nanmedian(gap):.2e}"),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4000 fits, 100 by curve_fit, 1024 with background")
+    parser.add_argument(
+        "--quick", action="store_true", help="4000 fits, 100 by curve_fit, 1024 with background"
+    )
     parser.add_argument("--fits", type=int, default=None, help="default 20000")
     parser.add_argument("--scipy-fits", type=int, default=None, help="default 500")
     parser.add_argument("--background-fits", type=int, default=None, help="default 4096")

@@ -43,8 +43,12 @@ def staged_recipe(entry: str, outputs: list[str], epochs: int | None = None) -> 
     text = text.replace("{catalog: eels, entry: synthetic_demo}", f"{{catalog: lake, entry: raw/{entry}}}")
     if epochs is not None:
         if SHIPPED_TRAINING not in text:
-            raise SystemExit(f"recipes/eels_bandgap.yaml no longer has '{SHIPPED_TRAINING}': update this script")
-        text = text.replace(SHIPPED_TRAINING, f"epochs: {epochs}, n_spectra: 300, stopping: {{threshold: 1.0e12}}")
+            raise SystemExit(
+                f"recipes/eels_bandgap.yaml no longer has '{SHIPPED_TRAINING}': update this script"
+            )
+        text = text.replace(
+            SHIPPED_TRAINING, f"epochs: {epochs}, n_spectra: 300, stopping: {{threshold: 1.0e12}}"
+        )
     head, _ = text.split("outputs:")
     zones = {"zlp_model": "models"}
     lines = [f"  {name}: {{zone: {zones.get(name, 'derived')}}}" for name in outputs]
@@ -77,16 +81,28 @@ def subtraction_on_image(lake: Path, entry: str, pixels: int, repeats: int) -> d
     spectra, _ = align_zlp(counts, energy)
     # cluster 0's windows and a 0.5 eV FWHM for every pixel: timing only
     de_i, de_ii = float(windows["de_i"][0]), float(windows["de_ii"][0])
-    return compare_paths(arrays, architecture, scaling, energy, np.asarray(spectra, np.float32), repeats,
-                         0.5, de_i, de_ii)
+    return compare_paths(
+        arrays, architecture, scaling, energy, np.asarray(spectra, np.float32), repeats, 0.5, de_i, de_ii
+    )
 
 
-def run(quick: bool = False, side: int | None = None, channels: int = 2048, workdir: Path = WORKDIR,
-        subtract_pixels: int = 2048, repeats: int = 3) -> dict:
+def run(
+    quick: bool = False,
+    side: int | None = None,
+    channels: int = 2048,
+    workdir: Path = WORKDIR,
+    subtract_pixels: int = 2048,
+    repeats: int = 3,
+) -> dict:
     side = side or (32 if quick else 1000)
     epochs = 200 if quick else None
-    result = header("EELS chain in stages", 1 if quick else repeats, spectra=side * side, channels=channels,
-                    epochs=epochs or "shipped")
+    result = header(
+        "EELS chain in stages",
+        1 if quick else repeats,
+        spectra=side * side,
+        channels=channels,
+        epochs=epochs or "shipped",
+    )
     lake = workdir / "lake"
     lake.mkdir(parents=True, exist_ok=True)
     entry = ensure_image(lake, side, channels)
@@ -96,7 +112,9 @@ def run(quick: bool = False, side: int | None = None, channels: int = 2048, work
         recipe = workdir / "chain-stage.yaml"
         recipe.write_text(staged_recipe(entry, outputs, epochs))
         seconds, rss, _, cpu = run_measured(replicalake("run", str(recipe), "--lake", str(lake), "--json"))
-        print(f"{label:<18} {seconds:8.1f} s wall {cpu:8.1f} s CPU   peak RSS {rss / 1024:5.2f} GiB", flush=True)
+        print(
+            f"{label:<18} {seconds:8.1f} s wall {cpu:8.1f} s CPU   peak RSS {rss / 1024:5.2f} GiB", flush=True
+        )
         result[f"{label}_s"] = round(seconds, 2)
         result[f"{label}_cpu_s"] = round(cpu, 2)
         result[f"{label}_peak_rss_mib"] = round(rss)
@@ -104,15 +122,19 @@ def run(quick: bool = False, side: int | None = None, channels: int = 2048, work
     if not quick:  # bench_zlp_subtract measures the same comparison in quick mode
         numbers = subtraction_on_image(lake, entry, min(subtract_pixels, side * side), repeats)
         result.update({f"subtract_{key}": value for key, value in numbers.items()})
-        print(f"subtraction on {numbers['pixels']} aligned pixels: brute force {numbers['brute_us_per_pixel']} "
-              f"us/pixel, fast path {numbers['fast_us_per_pixel']} us/pixel ({numbers['speedup_per_pixel']}x), "
-              f"grid {numbers['grid_s']} s (pays off after {numbers['break_even_pixels']} pixels)")
+        print(
+            f"subtraction on {numbers['pixels']} aligned pixels: brute force {numbers['brute_us_per_pixel']} "
+            f"us/pixel, fast path {numbers['fast_us_per_pixel']} us/pixel ({numbers['speedup_per_pixel']}x), "
+            f"grid {numbers['grid_s']} s (pays off after {numbers['break_even_pixels']} pixels)"
+        )
     return finish(result)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="32 x 32 pixels, 200 epochs, no subtraction timing")
+    parser.add_argument(
+        "--quick", action="store_true", help="32 x 32 pixels, 200 epochs, no subtraction timing"
+    )
     parser.add_argument("--side", type=int, default=None, help="image side (default 1000)")
     parser.add_argument("--channels", type=int, default=2048)
     parser.add_argument("--workdir", type=Path, default=WORKDIR)

@@ -48,23 +48,27 @@ WORKDIR = Path("/tmp/replicalake-bench")
 
 # Runs a command and reports its exact peak RSS (getrusage of the waited-for child), so short
 # runs are not under-reported as they are by sampling.
-_PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-             "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-             "file=sys.stderr); sys.exit(code)")
+_PEAK_RSS = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+    "file=sys.stderr); sys.exit(code)"
+)
 
 
 def run_measured(command: list[str]) -> tuple[float, float, str, float]:
     """Run a command; return (wall seconds, peak RSS in MiB, stdout, CPU seconds)."""
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _PEAK_RSS, *command], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *command], capture_output=True, text=True, check=False
+    )
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
-    peak = next(int(line.split()[1]) for line in done.stderr.splitlines()[::-1]
-                if line.startswith("peak-rss-kib"))
+    peak = next(
+        int(line.split()[1]) for line in done.stderr.splitlines()[::-1] if line.startswith("peak-rss-kib")
+    )
     cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     return seconds, peak / 1024, done.stdout, cpu_s
 
@@ -76,11 +80,27 @@ def replicalake(*args: str) -> list[str]:
 def ensure_image(lake: Path, side: int, channels: int, chunk: int = 32) -> str:
     name = f"img{side}c{chunk}" + ("" if channels == 2048 else f"e{channels}")
     if not (lake / "raw" / name / "zarr.json").exists():
-        seconds, rss, _, _ = run_measured(replicalake("ingest", "synthetic-eels", name, "--shape", str(side),
-                                                   str(side), str(channels), "--chunks", str(chunk),
-                                                   str(chunk), "--lake", str(lake), "--no-progress"))
-        print(f"ingest {side}x{side}x{channels}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, "
-              f"{side * side / seconds:.0f} spectra/s")
+        seconds, rss, _, _ = run_measured(
+            replicalake(
+                "ingest",
+                "synthetic-eels",
+                name,
+                "--shape",
+                str(side),
+                str(side),
+                str(channels),
+                "--chunks",
+                str(chunk),
+                str(chunk),
+                "--lake",
+                str(lake),
+                "--no-progress",
+            )
+        )
+        print(
+            f"ingest {side}x{side}x{channels}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, "
+            f"{side * side / seconds:.0f} spectra/s"
+        )
     return name
 
 
@@ -136,8 +156,15 @@ def exspy_thickness(lake: Path, entry: str) -> None:
     dask.compute(result.data, scheduler="threads")
 
 
-def run(quick: bool = False, sides=None, channels: int = 2048, exspy_side: int | None = None,
-        workdir: Path = WORKDIR, exspy: bool = True, repeats: int = 3) -> dict:
+def run(
+    quick: bool = False,
+    sides=None,
+    channels: int = 2048,
+    exspy_side: int | None = None,
+    workdir: Path = WORKDIR,
+    exspy: bool = True,
+    repeats: int = 3,
+) -> dict:
     sides = sides or ([100] if quick else [100, 316, 1000])
     exspy_side = exspy_side or (100 if quick else 316)
     result = header("EELS thickness out-of-core, and against exSpy", repeats, channels=channels)
@@ -149,8 +176,11 @@ def run(quick: bool = False, sides=None, channels: int = 2048, exspy_side: int |
         entry = ensure_image(lake, side, channels)
         seconds, rss, cpu = run_recipe(lake, workdir, entry, ALIGN_AND_THICKNESS)
         peaks.append(rss)
-        print(f"{side * side:>8} spectra: {seconds:6.1f} s wall (incl. ~2 s start-up), "
-              f"peak RSS {rss:6.0f} MiB, {side * side / seconds:8.0f} spectra/s", flush=True)
+        print(
+            f"{side * side:>8} spectra: {seconds:6.1f} s wall (incl. ~2 s start-up), "
+            f"peak RSS {rss:6.0f} MiB, {side * side / seconds:8.0f} spectra/s",
+            flush=True,
+        )
         result[f"run_{side * side}_spectra_s"] = round(seconds, 2)
         result[f"run_{side * side}_spectra_cpu_s"] = round(cpu, 2)
         result[f"run_{side * side}_spectra_peak_rss_mib"] = round(rss)
@@ -159,11 +189,16 @@ def run(quick: bool = False, sides=None, channels: int = 2048, exspy_side: int |
 
     side = exspy_side
     entry = ensure_image(lake, side, channels)
-    print(f"{side * side} spectra x {channels} channels, threaded dask, in-process; every side opens "
-          f"the store, builds its graph and computes inside the timer", flush=True)
-    sides_ = {"read": lambda: read_once(lake, entry),
-              "ours_threshold": lambda: engine_thickness(lake, entry, THRESHOLD),
-              "ours_first_minimum": lambda: engine_thickness(lake, entry, {})}
+    print(
+        f"{side * side} spectra x {channels} channels, threaded dask, in-process; every side opens "
+        f"the store, builds its graph and computes inside the timer",
+        flush=True,
+    )
+    sides_ = {
+        "read": lambda: read_once(lake, entry),
+        "ours_threshold": lambda: engine_thickness(lake, entry, THRESHOLD),
+        "ours_first_minimum": lambda: engine_thickness(lake, entry, {}),
+    }
     if exspy:
         sides_["exspy_threshold"] = lambda: exspy_thickness(lake, entry)
     timings = compare(sides_, repeats)
@@ -189,8 +224,17 @@ def main() -> None:
     parser.add_argument("--no-exspy", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    show(run(args.quick, args.sides, args.channels, args.exspy_side, args.workdir, not args.no_exspy,
-             args.repeats))
+    show(
+        run(
+            args.quick,
+            args.sides,
+            args.channels,
+            args.exspy_side,
+            args.workdir,
+            not args.no_exspy,
+            args.repeats,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,17 @@ NO_STOPPING = StoppingConfig(threshold=math.inf, patience=10**9, stagnation_epoc
 
 def samples(replicas: int, events: int):
     sm = np.stack([eft.sample_toy(np.random.default_rng([0, r]), events, {}) for r in range(replicas)])
-    terms = np.stack([np.stack([eft.sample_toy_term(np.random.default_rng([1 + t, r]), events, term, C_TRAIN)
-                                for r in range(replicas)]) for t, term in enumerate(TERMS)])
+    terms = np.stack(
+        [
+            np.stack(
+                [
+                    eft.sample_toy_term(np.random.default_rng([1 + t, r]), events, term, C_TRAIN)
+                    for r in range(replicas)
+                ]
+            )
+            for t, term in enumerate(TERMS)
+        ]
+    )
     scale = np.array([C_TRAIN ** len(t) for t in TERMS])
     sigma = 1.0 + scale * np.array([eft.toy_sigma(t) for t in TERMS])
     return sm, terms, sigma, scale
@@ -99,10 +108,13 @@ def _passes(x_sm: torch.Tensor, x_eft: torch.Tensor, batch: int, seed: tuple[int
     batched side does), then a standard DataLoader over it slicing contiguous minibatches."""
     for which in itertools.count():
         rng = np.random.default_rng([*seed, which])
-        shuffled = (x_sm[torch.as_tensor(rng.permutation(len(x_sm)))],
-                    x_eft[torch.as_tensor(rng.permutation(len(x_eft)))])
-        loaders = [DataLoader(TensorDataset(x), sampler=_Slices(len(x), batch), batch_size=None)
-                   for x in shuffled]
+        shuffled = (
+            x_sm[torch.as_tensor(rng.permutation(len(x_sm)))],
+            x_eft[torch.as_tensor(rng.permutation(len(x_eft)))],
+        )
+        loaders = [
+            DataLoader(TensorDataset(x), sampler=_Slices(len(x), batch), batch_size=None) for x in shuffled
+        ]
         for (sm,), (eft_events,) in zip(*loaders):
             yield sm, eft_events
 
@@ -148,7 +160,7 @@ def _split(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Training and held-out events, as fit_eft splits them (the last VALIDATION_FRACTION)."""
     n_val = int(len(x) * VALIDATION_FRACTION)
     x = torch.as_tensor(x, dtype=torch.float32)
-    return x[: len(x) - n_val], x[len(x) - n_val:]
+    return x[: len(x) - n_val], x[len(x) - n_val :]
 
 
 def batched(sm, terms, sigma, scale, batch: int, steps: int, validate_every: int) -> None:
@@ -165,28 +177,49 @@ def batched(sm, terms, sigma, scale, batch: int, steps: int, validate_every: int
     eft.fit_eft(sm, terms, 1.0, sigma, scale, config)
 
 
-def run(quick: bool = False, replicas: int = 5, events: int | None = None, batches=None,
-        steps: int | None = None, validate_every: int = 200, repeats: int | None = None) -> dict:
+def run(
+    quick: bool = False,
+    replicas: int = 5,
+    events: int | None = None,
+    batches=None,
+    steps: int | None = None,
+    validate_every: int = 200,
+    repeats: int | None = None,
+) -> dict:
     events = events or (20_000 if quick else 50_000)
     batches = batches or ([128, 1024] if quick else [64, 128, 256, 512, 4096])
     steps = steps or (200 if quick else 400)
     repeats = repeats or (2 if quick else 3)
     torch.set_num_threads(1)
     rows = len(TERMS) * replicas
-    result = header("EFT training: batched term x replica rows vs a loop of nn.Sequential + DataLoader",
-                    repeats, networks=rows, steps=steps, events=events, threads=1)
+    result = header(
+        "EFT training: batched term x replica rows vs a loop of nn.Sequential + DataLoader",
+        repeats,
+        networks=rows,
+        steps=steps,
+        events=events,
+        threads=1,
+    )
     data = samples(replicas, events)
     for side in (loop, batched):  # the same untimed warm-up for both (allocator, kernels)
         side(*data, batches[0], 20, validate_every)
     print(f"{'events/step':>12} {'loop ms':>9} {'batched ms':>11} {'speed-up':>9}   (per network-step)")
     per = 1e3 / (rows * steps)
     for batch in batches:
-        timings = compare({"loop": lambda b=batch: loop(*data, b, steps, validate_every),
-                           "batched": lambda b=batch: batched(*data, b, steps, validate_every)},
-                          repeats, warmup=0)
+        timings = compare(
+            {
+                "loop": lambda b=batch: loop(*data, b, steps, validate_every),
+                "batched": lambda b=batch: batched(*data, b, steps, validate_every),
+            },
+            repeats,
+            warmup=0,
+        )
         t_loop, t_batched = timings["loop"], timings["batched"]
-        print(f"{f'{batch}+{batch}':>12} {t_loop.wall * per:9.3f} {t_batched.wall * per:11.3f} "
-              f"{t_loop.wall / t_batched.wall:8.1f}x", flush=True)
+        print(
+            f"{f'{batch}+{batch}':>12} {t_loop.wall * per:9.3f} {t_batched.wall * per:11.3f} "
+            f"{t_loop.wall / t_batched.wall:8.1f}x",
+            flush=True,
+        )
         result[f"loop_ms_per_network_step_b{batch}"] = round(t_loop.wall * per, 4)
         result[f"batched_ms_per_network_step_b{batch}"] = round(t_batched.wall * per, 4)
         result[f"loop_cpu_s_b{batch}"] = round(t_loop.cpu, 3)
@@ -207,8 +240,17 @@ def main() -> None:
     parser.add_argument("--validate-every", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=None, help="best of (default 3, quick 2)")
     args = parser.parse_args()
-    show(run(args.quick, args.replicas, args.events, args.batches, args.steps, args.validate_every,
-             args.repeats))
+    show(
+        run(
+            args.quick,
+            args.replicas,
+            args.events,
+            args.batches,
+            args.steps,
+            args.validate_every,
+            args.repeats,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ from engine.runner import execute  # noqa: E402
 from engine.storage import Lake  # noqa: E402
 from engine.testing import put_in_lake, ramp_dataset  # noqa: E402
 from engine.zarr_io import write_template  # noqa: E402
-from tests.test_crash_resume import SLOW_RECIPE, big_lake, chunk_bytes, start_cli  # noqa: E402
 from tests.benchmarks._timing import Timing, compare, finish, header, ratio, show  # noqa: E402
+from tests.test_crash_resume import SLOW_RECIPE, big_lake, chunk_bytes, start_cli  # noqa: E402
 from tests.test_graph import RECIPE  # noqa: E402
 
 OUTPUT = "derived/slow/doubled"
@@ -99,7 +99,7 @@ def damage_campaign(work: Path, count: int) -> dict[str, list[int]]:
             data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
             target.write_bytes(bytes(data))
         elif kind == "truncate":
-            target.write_bytes(bytes(data[:rng.randrange(len(data))]))
+            target.write_bytes(bytes(data[: rng.randrange(len(data))]))
         elif kind == "delete":
             target.unlink()
         else:
@@ -139,13 +139,23 @@ def overhead(work: Path, size: int, repeats: int) -> tuple[Timing, Timing]:
     return timings["plain"], timings["resumable"]
 
 
-def run(quick: bool = False, seeds: int | None = None, damage: int | None = None, size: int | None = None,
-        repeats: int = 3) -> dict:
+def run(
+    quick: bool = False,
+    seeds: int | None = None,
+    damage: int | None = None,
+    size: int | None = None,
+    repeats: int = 3,
+) -> dict:
     seeds = seeds or (1 if quick else 5)
     damage = damage or (8 if quick else 40)
-    size = size or (1024 if quick else 4096)
-    result = header("fault injection: kills, damaged chunks, resumable-write overhead", repeats, seeds=seeds,
-                    damage=damage, size=size)
+    size = size or (2048 if quick else 4096)
+    result = header(
+        "fault injection: kills, damaged chunks, resumable-write overhead",
+        repeats,
+        seeds=seeds,
+        damage=damage,
+        size=size,
+    )
     dask.config.set(scheduler="threads")
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -158,29 +168,52 @@ def run(quick: bool = False, seeds: int | None = None, damage: int | None = None
         total = [0, 0, 0]
         for seed in range(seeds):
             kills, resumed, computed = kill_campaign(work, seed, reference)
-            print(f"seed {seed}: {kills} SIGKILLs, then a run resumed {resumed} of 16 chunks; "
-                  f"{computed} chunk computations in all runs (16 without faults); output identical", flush=True)
+            print(
+                f"seed {seed}: {kills} SIGKILLs, then a run resumed {resumed} of 16 chunks; "
+                f"{computed} chunk computations in all runs (16 without faults); output identical",
+                flush=True,
+            )
             total = [t + v for t, v in zip(total, (kills, resumed, computed), strict=True)]
-        result.update(kill_campaigns=seeds, kills=total[0], chunks_resumed=total[1], chunk_computations=total[2],
-                      chunks_without_faults=16 * seeds)
+        result.update(
+            kill_campaigns=seeds,
+            kills=total[0],
+            chunks_resumed=total[1],
+            chunk_computations=total[2],
+            chunks_without_faults=16 * seeds,
+        )
         tally = damage_campaign(work, damage)
         for kind, (faults, by_verify, by_run, by_paranoid) in sorted(tally.items()):
-            print(f"damage: {faults} x {kind} of a source chunk: named by verify {by_verify}/{faults}, "
-                  f"by a failed run {by_run}/{faults}, by run --verify-inputs {by_paranoid}/{faults}")
-            result.update({f"damage_{kind}": faults, f"damage_{kind}_named_by_verify": by_verify,
-                           f"damage_{kind}_named_by_run": by_run, f"damage_{kind}_named_by_verify_inputs": by_paranoid})
+            print(
+                f"damage: {faults} x {kind} of a source chunk: named by verify {by_verify}/{faults}, "
+                f"by a failed run {by_run}/{faults}, by run --verify-inputs {by_paranoid}/{faults}"
+            )
+            result.update(
+                {
+                    f"damage_{kind}": faults,
+                    f"damage_{kind}_named_by_verify": by_verify,
+                    f"damage_{kind}_named_by_run": by_run,
+                    f"damage_{kind}_named_by_verify_inputs": by_paranoid,
+                }
+            )
         plain, resumable = overhead(work, size, repeats)
-        print(f"overhead: {size}x{size} float32 output in 512x512 chunks: plain da.store {plain.wall:.2f} s, "
-              f"resumable staging + manifest + publish {resumable.wall:.2f} s (ratio {resumable.wall / plain.wall:.2f})")
-        result.update(plain_write_s=round(plain.wall, 3), plain_write_cpu_s=round(plain.cpu, 3),
-                      resumable_write_s=round(resumable.wall, 3), resumable_write_cpu_s=round(resumable.cpu, 3),
-                      resumable_over_plain=ratio(resumable.wall, plain.wall))
+        print(
+            f"overhead: {size}x{size} float32 output in 512x512 chunks: plain da.store {plain.wall:.2f} s, "
+            f"resumable staging + manifest + publish {resumable.wall:.2f} s "
+            f"(ratio {resumable.wall / plain.wall:.2f})"
+        )
+        result.update(
+            plain_write_s=round(plain.wall, 3),
+            plain_write_cpu_s=round(plain.cpu, 3),
+            resumable_write_s=round(resumable.wall, 3),
+            resumable_write_cpu_s=round(resumable.cpu, 3),
+            resumable_over_plain=ratio(resumable.wall, plain.wall),
+        )
     return finish(result)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 kill campaign, 8 faults, 1024 x 1024 output")
+    parser.add_argument("--quick", action="store_true", help="1 kill campaign, 8 faults, 2048 x 2048 output")
     parser.add_argument("--seeds", type=int, default=None, help="kill campaigns (default 5)")
     parser.add_argument("--damage", type=int, default=None, help="single faults (default 40)")
     parser.add_argument("--size", type=int, default=None, help="overhead output side (default 4096)")

@@ -25,7 +25,6 @@ import os
 import shutil
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -103,15 +102,19 @@ def lake_analysis(recipe: Path, lake, scheduler: str) -> np.ndarray:
     return counts.compute(scheduler=scheduler).values
 
 
-def run(quick: bool = False, events: int | None = None, step: int | None = None,
-        repeats: int = 3, workdir: Path = WORKDIR) -> dict:
+def run(
+    quick: bool = False,
+    events: int | None = None,
+    step: int | None = None,
+    repeats: int = 3,
+    workdir: Path = WORKDIR,
+) -> dict:
     from engine.ingest.root_files import ingest_root_files
     from engine.storage import Lake
 
     events = events or (1_000_000 if quick else 10_000_000)
     step = step or (250_000 if quick else 1_000_000)
-    result = header("LHC selection + histogram: lake vs uproot + numpy", repeats, events=events,
-                    chunk=step)
+    result = header("LHC selection + histogram: lake vs uproot + numpy", repeats, events=events, chunk=step)
     workdir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, compression in compressions().items():
@@ -124,8 +127,9 @@ def run(quick: bool = False, events: int | None = None, step: int | None = None,
     for name, path in files.items():  # one-off cost, measured from each format
         shutil.rmtree(lake_dir, ignore_errors=True)
         lake = Lake(str(lake_dir))
-        ingest[name], _, _ = measure(lambda p=path: ingest_root_files(lake, [p], "bench_events", "Events",
-                                                                      step_size=step))
+        ingest[name], _, _ = measure(
+            lambda p=path, to=lake: ingest_root_files(to, [p], "bench_events", "Events", step_size=step)
+        )
     recipe = write_recipe(workdir)
     sides = {f"uproot_{name}": (lambda p=path: baseline(p, step)) for name, path in files.items()}
     sides["lake_1core"] = lambda: lake_analysis(recipe, lake, "synchronous")
@@ -154,7 +158,9 @@ def run(quick: bool = False, events: int | None = None, step: int | None = None,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="10^6 events in chunks of 250000")
     parser.add_argument("--events", type=int, default=None, help="default 10^7 (10^6 with --quick)")
     parser.add_argument("--step", type=int, default=None, help="events per step / lake chunk")

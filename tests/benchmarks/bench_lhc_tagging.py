@@ -32,26 +32,45 @@ from tests.benchmarks._timing import compare, finish, header, ratio, show  # noq
 N_CONSTITUENTS, BATCH = 30, 512
 
 
-def run(quick: bool = False, jets: int | None = None, steps: int | None = None, replicas=None,
-        repeats: int | None = None) -> dict:
+def run(
+    quick: bool = False,
+    jets: int | None = None,
+    steps: int | None = None,
+    replicas=None,
+    repeats: int | None = None,
+) -> dict:
     jets = jets or (5_000 if quick else 20_000)
     steps = steps or (60 if quick else 300)
     replicas = replicas or ([5] if quick else [5, 20])
     repeats = repeats or (2 if quick else 3)
     torch.set_num_threads(1)
-    result = header("jet tagger replicas: batched vs a loop of single trainings", repeats, jets=jets,
-                    steps=steps, threads=1)
+    result = header(
+        "jet tagger replicas: batched vs a loop of single trainings",
+        repeats,
+        jets=jets,
+        steps=steps,
+        threads=1,
+    )
     data = simulate_jets(jets, seed=0)
-    prep = compare({"prep": lambda: constituent_features(data["E"], data["PX"], data["PY"], data["PZ"],
-                                                         N_CONSTITUENTS)}, repeats, warmup=0)["prep"]
+    prep = compare(
+        {"prep": lambda: constituent_features(data["E"], data["PX"], data["PY"], data["PZ"], N_CONSTITUENTS)},
+        repeats,
+        warmup=0,
+    )["prep"]
     x = prep.value
     print(f"preprocessing: {jets / prep.wall:,.0f} jets/s on one core ({N_CONSTITUENTS} constituents of 200)")
     result["preprocess_jets_per_s"] = round(jets / prep.wall)
     y = data["label"].astype(float)
     n_train = jets * 3 // 4
-    config = NetworkConfig((64, 64), ("relu", "relu", "linear"), steps, OptimiserConfig(lr=1e-3),
-                           StoppingConfig(threshold=np.inf, patience=10 * steps, stagnation_epochs=None),
-                           validation_every=steps, seed=0)
+    config = NetworkConfig(
+        (64, 64),
+        ("relu", "relu", "linear"),
+        steps,
+        OptimiserConfig(lr=1e-3),
+        StoppingConfig(threshold=np.inf, patience=10 * steps, stagnation_epochs=None),
+        validation_every=steps,
+        seed=0,
+    )
     val = (x[n_train:], y[n_train:], np.ones(jets - n_train))
 
     def fit(weights):
@@ -59,12 +78,20 @@ def run(quick: bool = False, jets: int | None = None, steps: int | None = None, 
 
     for r in replicas:
         weights = bootstrap_weights(n_train, r, seed=1)
-        timings = compare({"batched": lambda w=weights: fit(w),
-                           "loop": lambda w=weights, r=r: [fit(w[k : k + 1]) for k in range(r)]}, repeats)
+        timings = compare(
+            {
+                "batched": lambda w=weights: fit(w),
+                "loop": lambda w=weights, r=r: [fit(w[k : k + 1]) for k in range(r)],
+            },
+            repeats,
+        )
         batched, loop = timings["batched"], timings["loop"]
-        print(f"R={r:3d}: batched {batched.wall:6.2f} s, loop {loop.wall:6.2f} s -> "
-              f"{loop.wall / batched.wall:.1f}x ({steps} steps of {BATCH} jets, [{3 * N_CONSTITUENTS}-64-64-1])",
-              flush=True)
+        print(
+            f"R={r:3d}: batched {batched.wall:6.2f} s, loop {loop.wall:6.2f} s -> "
+            f"{loop.wall / batched.wall:.1f}x ({steps} steps of {BATCH} jets, "
+            f"[{3 * N_CONSTITUENTS}-64-64-1])",
+            flush=True,
+        )
         result[f"r{r}_batched_s"] = round(batched.wall, 3)
         result[f"r{r}_batched_cpu_s"] = round(batched.cpu, 3)
         result[f"r{r}_loop_s"] = round(loop.wall, 3)

@@ -39,9 +39,11 @@ GOAL = (0.5, 1.25)
 KEEP_EVERY_REPLICA = 1e12  # a validation chi2/n threshold every replica reaches
 MIB = 2**20
 # Runs the command and reports its whole-life peak RSS (getrusage of the waited-for child).
-_PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-             "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-             "file=sys.stderr); sys.exit(code)")
+_PEAK_RSS = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+    "file=sys.stderr); sys.exit(code)"
+)
 
 
 def with_epochs_capped(recipe: Path, cap: int, folder: Path) -> Path:
@@ -67,28 +69,56 @@ def run_recipe(recipe: Path, epochs: int | None) -> dict:
         folder = Path(tmp)
         prepare_inputs(recipe, Lake(str(folder / "lake")))
         path = with_epochs_capped(recipe, epochs, folder) if epochs else recipe
-        command = [sys.executable, "-m", "engine", "run", str(path), "--lake", str(folder / "lake"),
-                   "--catalogs", str(REPO / "catalogs"), "--json", "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "engine",
+            "run",
+            str(path),
+            "--lake",
+            str(folder / "lake"),
+            "--catalogs",
+            str(REPO / "catalogs"),
+            "--json",
+            "--no-progress",
+        ]
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", _PEAK_RSS, *command], capture_output=True,
-                              text=True, check=False, cwd=folder)
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, *command],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=folder,
+        )
         seconds = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"{recipe.name} failed:\n{done.stderr[-3000:]}")
     memory = json.loads(done.stdout)["memory"]
-    child_kib = next(int(line.split()[1]) for line in done.stderr.splitlines()[::-1]
-                     if line.startswith("peak-rss-kib"))
-    return {"recipe": recipe.stem, "seconds": seconds, "projected": memory["projected_bytes"],
-            "measured": memory["measured_peak_bytes"], "process": child_kib * 1024}
+    child_kib = next(
+        int(line.split()[1]) for line in done.stderr.splitlines()[::-1] if line.startswith("peak-rss-kib")
+    )
+    return {
+        "recipe": recipe.stem,
+        "seconds": seconds,
+        "projected": memory["projected_bytes"],
+        "measured": memory["measured_peak_bytes"],
+        "process": child_kib * 1024,
+    }
 
 
 QUICK_RECIPES = ("eels_thickness", "lhc_dimuon")
 
 
 def run(quick: bool = False, recipes=None, epochs: int | None = None) -> dict:
-    names = recipes or (QUICK_RECIPES if quick else [path.stem for path in sorted((REPO / "recipes").glob("*.yaml"))])
-    result = header("measured / projected peak memory of shipped recipes", 1, recipes=len(names),
-                    epochs=epochs or "shipped")
+    names = recipes or (
+        QUICK_RECIPES if quick else [path.stem for path in sorted((REPO / "recipes").glob("*.yaml"))]
+    )
+    result = header(
+        "measured / projected peak memory of shipped recipes",
+        1,
+        recipes=len(names),
+        epochs=epochs or "shipped",
+    )
     print("| recipe | projected | measured (compute) | measured / projected | whole process | wall |")
     print("|---|---|---|---|---|---|")
     outside = []
@@ -97,11 +127,20 @@ def run(quick: bool = False, recipes=None, epochs: int | None = None) -> dict:
         ratio_ = row["measured"] / row["projected"]
         if not GOAL[0] <= ratio_ <= GOAL[1]:
             outside.append(name)
-        print(f"| {name} | {row['projected'] / MIB:.0f} MiB | {row['measured'] / MIB:.0f} MiB | {ratio_:.2f} | "
-              f"{row['process'] / MIB:.0f} MiB | {row['seconds']:.0f} s |", flush=True)
-        result.update({f"{name}_projected_mib": round(row["projected"] / MIB), f"{name}_measured_mib":
-                       round(row["measured"] / MIB), f"{name}_measured_over_projected": round(ratio_, 3),
-                       f"{name}_process_mib": round(row["process"] / MIB), f"{name}_s": round(row["seconds"], 1)})
+        print(
+            f"| {name} | {row['projected'] / MIB:.0f} MiB | {row['measured'] / MIB:.0f} MiB | {ratio_:.2f} | "
+            f"{row['process'] / MIB:.0f} MiB | {row['seconds']:.0f} s |",
+            flush=True,
+        )
+        result.update(
+            {
+                f"{name}_projected_mib": round(row["projected"] / MIB),
+                f"{name}_measured_mib": round(row["measured"] / MIB),
+                f"{name}_measured_over_projected": round(ratio_, 3),
+                f"{name}_process_mib": round(row["process"] / MIB),
+                f"{name}_s": round(row["seconds"], 1),
+            }
+        )
     print(f"goal {GOAL[0]}-{GOAL[1]}: " + (f"outside for {', '.join(outside)}" if outside else "all inside"))
     result["outside_goal"] = len(outside)
     return finish(result)

@@ -50,8 +50,12 @@ def run(quick: bool = False, repeats: int | None = None, shape=(32, 32, 256)) ->
     repeats = repeats or (3 if quick else 7)
     result = header("commands that compute nothing vs importing their stack", repeats)
     with tempfile.TemporaryDirectory(prefix="replicalake-noop-") as tmp:
-        env = {**os.environ, "REPLICALAKE_LAKE": str(Path(tmp) / "lake"),
-               "REPLICALAKE_CATALOGS": str(REPO / "catalogs"), "COLUMNS": "200"}
+        env = {
+            **os.environ,
+            "REPLICALAKE_LAKE": str(Path(tmp) / "lake"),
+            "REPLICALAKE_CATALOGS": str(REPO / "catalogs"),
+            "COLUMNS": "200",
+        }
         cli = replicalake()
         wall([*cli, "ingest", "synthetic-eels", "eels_demo", "--shape", *map(str, shape)], env)
         first, _ = wall([*cli, "run", str(RECIPE)], env)
@@ -62,17 +66,24 @@ def run(quick: bool = False, repeats: int | None = None, shape=(32, 32, 256)) ->
                 _, out = wall(args, env)
                 if must_say and must_say not in out:
                     raise SystemExit(f"{' '.join(args)} did not say {must_say!r}:\n{out}")
+
             return call
 
-        timings = compare({
-            "import_stack": command([sys.executable, "-c", "import xarray, dask.array, zarr"]),
-            "run_unchanged": command([*cli, "run", str(RECIPE)], "nothing to compute"),
-            "help": command([*cli, "--help"]),
-        }, repeats, warmup=0)
+        timings = compare(
+            {
+                "import_stack": command([sys.executable, "-c", "import xarray, dask.array, zarr"]),
+                "run_unchanged": command([*cli, "run", str(RECIPE)], "nothing to compute"),
+                "help": command([*cli, "--help"]),
+            },
+            repeats,
+            warmup=0,
+        )
     baseline = timings["import_stack"].wall
     for name, timing in timings.items():
-        print(f"  {name:16s} {timing.wall:6.2f} s wall, {timing.cpu:6.2f} s CPU  "
-              f"{timing.wall / baseline:5.2f}x the baseline")
+        print(
+            f"  {name:16s} {timing.wall:6.2f} s wall, {timing.cpu:6.2f} s CPU  "
+            f"{timing.wall / baseline:5.2f}x the baseline"
+        )
         result[f"{name}_s"] = round(timing.wall, 3)
         result[f"{name}_cpu_s"] = round(timing.cpu, 3)
         if name != "import_stack":

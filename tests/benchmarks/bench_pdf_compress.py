@@ -33,8 +33,14 @@ from tests.kernels.test_compress import gaussian_process  # noqa: E402
 N_REPLICAS, M, N_X, N_FLAVOURS, KS_LEVELS = 1000, 100, 50, 8, 50
 
 
-def plain_children(prep: Prepared, members: np.ndarray, sums: Sums, removed: np.ndarray,
-                   added: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, None]:
+def plain_children(
+    prep: Prepared,
+    members: np.ndarray,
+    sums: Sums,
+    removed: np.ndarray,
+    added: np.ndarray,
+    weight: np.ndarray,
+) -> tuple[np.ndarray, None]:
     """Every child's six distances from its members alone: the textbook numpy way."""
     levels = plain_children.levels
     upper = np.triu_indices(prep.corr_index.size, 1)
@@ -48,29 +54,49 @@ def plain_children(prep: Prepared, members: np.ndarray, sums: Sums, removed: np.
         skew, kurt = np.mean(centred**3, 0), np.mean(centred**4, 0) - 3
         corr = np.corrcoef(z[:, prep.corr_index], rowvar=False)
         cdf = np.mean(z[:, :, None] <= levels.T[None], axis=0)
-        parts.append([np.mean(mean**2), np.mean((std - 1) ** 2), np.mean((skew - prep.skewness) ** 2),
-                      np.mean((kurt - prep.kurtosis) ** 2),
-                      np.mean((corr[upper] - prep.correlation[upper]) ** 2),
-                      np.mean(np.abs(cdf - prep.full_cdf).max(-1))])
+        parts.append(
+            [
+                np.mean(mean**2),
+                np.mean((std - 1) ** 2),
+                np.mean((skew - prep.skewness) ** 2),
+                np.mean((kurt - prep.kurtosis) ** 2),
+                np.mean((corr[upper] - prep.correlation[upper]) ** 2),
+                np.mean(np.abs(cdf - prep.full_cdf).max(-1)),
+            ]
+        )
     return np.array(parts), None
 
 
 def run(quick: bool = False, generations: int | None = None, repeats: int = 1) -> dict:
     generations = generations or (100 if quick else 500)
-    result = header("pdf.compress search: incremental sums vs plain numpy", repeats, replicas=N_REPLICAS,
-                    keep=M, points=f"{N_X} x {N_FLAVOURS}", generations=generations, threads=1)
+    result = header(
+        "pdf.compress search: incremental sums vs plain numpy",
+        repeats,
+        replicas=N_REPLICAS,
+        keep=M,
+        points=f"{N_X} x {N_FLAVOURS}",
+        generations=generations,
+        threads=1,
+    )
     values, _, _ = gaussian_process(N_REPLICAS, N_X, N_FLAVOURS, seed=0)
     corr = (np.arange(N_FLAVOURS)[:, None] * N_X + np.linspace(0, N_X - 1, 5).astype(int)[None]).ravel()
     z = (values - values.mean(0)) / values.std(0)
     plain_children.levels = np.quantile(z, (np.arange(KS_LEVELS) + 0.5) / KS_LEVELS, axis=0)
     common = {"generations": generations, "seed": 1, "corr_index": corr, "ks_levels": KS_LEVELS}
-    timings = compare({"ours": lambda: compress(values, M, **common),
-                       "plain_numpy": lambda: compress(values, M, evaluate=plain_children, **common)},
-                      repeats, warmup=0)
+    timings = compare(
+        {
+            "ours": lambda: compress(values, M, **common),
+            "plain_numpy": lambda: compress(values, M, evaluate=plain_children, **common),
+        },
+        repeats,
+        warmup=0,
+    )
     ours, plain = timings["ours"].value, timings["plain_numpy"].value
     for name, timing in timings.items():
-        print(f"{name:12s} {timing.wall:8.2f} s wall  {timing.cpu:8.2f} s CPU  "
-              f"{1e3 * timing.wall / generations:7.2f} ms/generation")
+        print(
+            f"{name:12s} {timing.wall:8.2f} s wall  {timing.cpu:8.2f} s CPU  "
+            f"{1e3 * timing.wall / generations:7.2f} ms/generation"
+        )
         result[f"{name}_s"] = round(timing.wall, 3)
         result[f"{name}_cpu_s"] = round(timing.cpu, 3)
     result["speedup_vs_plain"] = ratio(timings["plain_numpy"].wall, timings["ours"].wall)
@@ -78,8 +104,10 @@ def run(quick: bool = False, generations: int | None = None, repeats: int = 1) -
     result["same_subset"] = int(np.array_equal(ours.chosen, plain.chosen))
     result["final_error"] = round(float(ours.history[-1]), 4)
     result["start_error"] = round(float(ours.history[0]), 4)
-    print(f"speed-up x{result['speedup_vs_plain']} (CPU x{result['speedup_vs_plain_cpu']}); same subset: "
-          f"{bool(result['same_subset'])}; normalised error {result['start_error']} -> {result['final_error']}")
+    print(
+        f"speed-up x{result['speedup_vs_plain']} (CPU x{result['speedup_vs_plain_cpu']}); same subset: "
+        f"{bool(result['same_subset'])}; normalised error {result['start_error']} -> {result['final_error']}"
+    )
     median = np.median(ours.random_parts, axis=0)
     for i, name in enumerate(ESTIMATORS):
         result[f"{name}_vs_random_median"] = round(float(ours.parts[i] / median[i]), 3)

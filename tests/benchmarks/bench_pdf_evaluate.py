@@ -47,30 +47,45 @@ def make_set(members: int) -> xr.Dataset:
     scales = rng.uniform(0.95, 1.05, members)
     values = []
     for q in Q_SUBGRIDS:
-        base = np.stack([toy_xf(abs(f) if abs(f) <= 3 or f == 21 else 3, X_KNOTS[:, None], q[None, :])
-                         for f in FLAVOURS])
+        base = np.stack(
+            [toy_xf(abs(f) if abs(f) <= 3 or f == 21 else 3, X_KNOTS[:, None], q[None, :]) for f in FLAVOURS]
+        )
         values.append(scales[:, None, None, None] * base[None])
-    return pdfset_from_arrays([X_KNOTS] * 3, Q_SUBGRIDS, FLAVOURS, values,
-                              {"SetDesc": "benchmark", "ErrorType": "replicas"})
+    return pdfset_from_arrays(
+        [X_KNOTS] * 3, Q_SUBGRIDS, FLAVOURS, values, {"SetDesc": "benchmark", "ErrorType": "replicas"}
+    )
 
 
-def run(quick: bool = False, points: int | None = None, members: int = 3, repeats: int = 3,
-        parton_points: int | None = None, device: str = "cpu") -> dict:
+def run(
+    quick: bool = False,
+    points: int | None = None,
+    members: int = 3,
+    repeats: int = 3,
+    parton_points: int | None = None,
+    device: str = "cpu",
+) -> dict:
     import parton
     import torch
 
     points = points or (100_000 if quick else 10**6)
     parton_points = min(parton_points or (5_000 if quick else 20_000), points)
     torch.set_num_threads(1)
-    result = header("pdf.evaluate: (x, Q, flavour) evaluations/s vs parton", repeats, points=points,
-                    members=members, threads=1)
+    result = header(
+        "pdf.evaluate: (x, Q, flavour) evaluations/s vs parton",
+        repeats,
+        points=points,
+        members=members,
+        threads=1,
+    )
     pdf = make_set(members)
     rng = np.random.default_rng(1)
     x = np.exp(rng.uniform(np.log(1e-7), 0, points))
     q = np.exp(rng.uniform(np.log(1.65), np.log(1e5), points))
     per_call = points * len(FLAVOURS) * members
-    print(f"grid: {X_KNOTS.size} x knots, Q subgrids of {[s.size for s in Q_SUBGRIDS]} knots, "
-          f"{len(FLAVOURS)} flavours, {members} members; {points} points -> {per_call:.3g} evaluations per call")
+    print(
+        f"grid: {X_KNOTS.size} x knots, Q subgrids of {[s.size for s in Q_SUBGRIDS]} knots, "
+        f"{len(FLAVOURS)} flavours, {members} members; {points} points -> {per_call:.3g} evaluations per call"
+    )
 
     values = [pdf[f"xf_{k}"].values for k in range(3)]
     precompute = compare({"grid": lambda: hermite_grid(values, [X_KNOTS] * 3, Q_SUBGRIDS)}, repeats, warmup=0)
@@ -94,8 +109,12 @@ def run(quick: bool = False, points: int | None = None, members: int = 3, repeat
                 for flavour in FLAVOURS:
                     member.xfxQ(flavour, x[:n], q[:n], grid=False)
 
-        sides = {"kernel_numpy": lambda: evaluate(grid, x, q), "kernel_torch_cpu": lambda: evaluate(grid, tx, tq),
-                 "op_dask_synchronous": through_op, "parton": with_parton}
+        sides = {
+            "kernel_numpy": lambda: evaluate(grid, x, q),
+            "kernel_torch_cpu": lambda: evaluate(grid, tx, tq),
+            "op_dask_synchronous": through_op,
+            "parton": with_parton,
+        }
         if device == "cuda":
             cx, cq = tx.cuda(), tq.cuda()
             cuda_grid = grid.to(cx)
@@ -110,8 +129,10 @@ def run(quick: bool = False, points: int | None = None, members: int = 3, repeat
         theirs = np.stack([[m.xfxQ(f, x[:n], q[:n], grid=False) for f in FLAVOURS] for m in parton_members])
         spread = np.nanmax(np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1e-3))
 
-    rates = {name: (n * len(FLAVOURS) * members if name == "parton" else per_call) / t.wall
-             for name, t in timings.items()}
+    rates = {
+        name: (n * len(FLAVOURS) * members if name == "parton" else per_call) / t.wall
+        for name, t in timings.items()
+    }
     for name, rate in rates.items():
         print(f"{name:22s} {rate / 1e6:9.2f} M evaluations/s   x{rate / rates['parton']:8.1f} vs parton")
         result[f"{name}_mevals_per_s"] = round(rate / 1e6, 3)
@@ -131,8 +152,12 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parton-points", type=int, default=None, help="default 20000")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="cuda: also time the kernel on torch CUDA tensors")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: also time the kernel on torch CUDA tensors",
+    )
     args = parser.parse_args()
     show(run(args.quick, args.points, args.members, args.repeats, args.parton_points, args.device))
 

@@ -9,7 +9,8 @@ Prints, for a small two-output recipe whose outputs are already up to date:
     taking the run (Pending) to Completed, split into the engine's compile + compute time (from
     the run's logs) and Prefect's part (subprocess start, imports, API calls, artifacts).
 
-    python tests/benchmarks/bench_prefect_overhead.py [--quick] [--runs 5] [--workdir /tmp/replicalake-prefect-bench]
+    python tests/benchmarks/bench_prefect_overhead.py [--quick] [--runs 5]
+        [--workdir /tmp/replicalake-prefect-bench]
 
 --quick measures the first three only (no server, no served runs). Single runs, not best of N:
 the cold start is a one-off by nature.
@@ -37,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 WORKDIR = Path("/tmp/replicalake-prefect-bench")
 sys.path.insert(0, str(REPO))
-from tests.benchmarks._timing import finish, header, show  # noqa: E402
+from tests.benchmarks._timing import finish, header, measure, show  # noqa: E402
 
 RECIPE = """\
 version: 1
@@ -57,16 +58,23 @@ schedule: {interval: 2}
 
 def environment(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_PROFILES_PATH=str(home / "profiles.toml"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_UI_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", **extra)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_PROFILES_PATH=str(home / "profiles.toml"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        **extra,
+    )
     return env
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True)
-    return time.perf_counter() - start
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of a command run to completion."""
+    wall, cpu, _ = measure(
+        lambda: subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True)
+    )
+    return wall, cpu
 
 
 def api(url: str, path: str, body: dict | None = None):
@@ -96,8 +104,17 @@ def served_runs(url: str, count: int, timeout: float) -> list[dict]:
     """Wait for `count` completed runs; per run: Pending->Completed seconds and the engine's part."""
     deadline = time.monotonic() + timeout
     while True:
-        runs = api(url, "/flow_runs/filter", {"sort": "START_TIME_ASC", "flow_runs": {
-            "deployment_id": {"is_null_": False}, "state": {"type": {"any_": ["COMPLETED"]}}}})
+        runs = api(
+            url,
+            "/flow_runs/filter",
+            {
+                "sort": "START_TIME_ASC",
+                "flow_runs": {
+                    "deployment_id": {"is_null_": False},
+                    "state": {"type": {"any_": ["COMPLETED"]}},
+                },
+            },
+        )
         if len(runs) >= count or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -106,16 +123,22 @@ def served_runs(url: str, count: int, timeout: float) -> list[dict]:
         history = api(url, f"/flow_run_states/?flow_run_id={run['id']}")
         states = {s["type"]: stamp(s["timestamp"]) for s in history}
         for _ in range(30):  # a run's logs reach the API shortly after its final state
-            logs = " ".join(entry["message"] for entry in api(url, "/logs/filter", {
-                "logs": {"flow_run_id": {"any_": [run["id"]]}}}))
+            logs = " ".join(
+                entry["message"]
+                for entry in api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
+            )
             if "engine time" in logs:
                 break
             time.sleep(0.5)
         compile_s = float(re.search(r"compiled in ([\d.]+) s", logs).group(1))
         engine_s = float(re.search(r"engine time ([\d.]+) s", logs).group(1))
-        measured.append({"taken_to_done": states["COMPLETED"] - states["PENDING"],
-                         "running": states["COMPLETED"] - states["RUNNING"],
-                         "engine": compile_s + engine_s})
+        measured.append(
+            {
+                "taken_to_done": states["COMPLETED"] - states["PENDING"],
+                "running": states["COMPLETED"] - states["RUNNING"],
+                "engine": compile_s + engine_s,
+            }
+        )
     return measured
 
 
@@ -140,20 +163,41 @@ def run(quick: bool = False, runs: int = 5, workdir: Path = WORKDIR) -> dict:
     execute(compile_recipe(recipe, store, REPO / "catalogs"), progress=False)
     engine_s = time.perf_counter() - started
 
-    cli = [sys.executable, "-m", "engine", "run", str(recipe), "--lake", str(lake),
-           "--catalogs", str(REPO / "catalogs"), "--no-progress"]
-    plain = timed(cli, environment(args.workdir / "unused-home"))
-    cold = timed([*cli, "--prefect"], environment(args.workdir / "ephemeral-home"))
-    warm = timed([*cli, "--prefect"], environment(args.workdir / "ephemeral-home"))
+    cli = [
+        sys.executable,
+        "-m",
+        "engine",
+        "run",
+        str(recipe),
+        "--lake",
+        str(lake),
+        "--catalogs",
+        str(REPO / "catalogs"),
+        "--no-progress",
+    ]
+    plain, plain_cpu = timed(cli, environment(args.workdir / "unused-home"))
+    cold, cold_cpu = timed([*cli, "--prefect"], environment(args.workdir / "ephemeral-home"))
+    warm, warm_cpu = timed([*cli, "--prefect"], environment(args.workdir / "ephemeral-home"))
     print(f"unchanged recipe, in-process compile + compute:          {engine_s:6.2f} s")
     print(f"`replicalake run` (process start + imports + run):       {plain:6.2f} s")
-    print(f"`run --prefect`, ephemeral API, fresh PREFECT_HOME:      {cold:6.2f} s "
-          f"(+{cold - plain:.1f} s over plain run)")
-    print(f"`run --prefect`, ephemeral API, migrated PREFECT_HOME:   {warm:6.2f} s "
-          f"(+{warm - plain:.1f} s over plain run)")
-    result.update(engine_in_process_s=round(engine_s, 3), plain_run_s=round(plain, 2),
-                  prefect_ephemeral_fresh_home_s=round(cold, 2), prefect_ephemeral_migrated_home_s=round(warm, 2),
-                  prefect_ephemeral_migrated_minus_plain_s=round(warm - plain, 2))
+    print(
+        f"`run --prefect`, ephemeral API, fresh PREFECT_HOME:      {cold:6.2f} s "
+        f"(+{cold - plain:.1f} s over plain run)"
+    )
+    print(
+        f"`run --prefect`, ephemeral API, migrated PREFECT_HOME:   {warm:6.2f} s "
+        f"(+{warm - plain:.1f} s over plain run)"
+    )
+    result.update(
+        engine_in_process_s=round(engine_s, 3),
+        plain_run_s=round(plain, 2),
+        prefect_ephemeral_fresh_home_s=round(cold, 2),
+        prefect_ephemeral_migrated_home_s=round(warm, 2),
+        prefect_ephemeral_migrated_minus_plain_s=round(warm - plain, 2),
+        plain_run_cpu_s=round(plain_cpu, 2),
+        prefect_ephemeral_fresh_home_cpu_s=round(cold_cpu, 2),
+        prefect_ephemeral_migrated_home_cpu_s=round(warm_cpu, 2),
+    )
     if quick:  # the served part needs a server start and several scheduled runs
         return finish(result)
 
@@ -164,24 +208,59 @@ def run(quick: bool = False, runs: int = 5, workdir: Path = WORKDIR) -> dict:
     server_env = environment(args.workdir / "server-home", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
     processes = []
     try:
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=server_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env=server_env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         healthy = wait_healthy(url, 180)
         print(f"`prefect server start` healthy after (fresh home):       {healthy:6.2f} s")
         result["server_start_s"] = round(healthy, 2)
-        serve_env = environment(args.workdir / "serve-home", PREFECT_API_URL=url,
-                                PREFECT_RUNNER_POLL_FREQUENCY="1")
-        on_server = timed([*cli, "--prefect"], serve_env)
-        print(f"`run --prefect` on that server (PREFECT_API_URL):        {on_server:6.2f} s "
-              f"(+{on_server - plain:.1f} s over plain run)")
+        serve_env = environment(
+            args.workdir / "serve-home", PREFECT_API_URL=url, PREFECT_RUNNER_POLL_FREQUENCY="1"
+        )
+        on_server, _ = timed([*cli, "--prefect"], serve_env)
+        print(
+            f"`run --prefect` on that server (PREFECT_API_URL):        {on_server:6.2f} s "
+            f"(+{on_server - plain:.1f} s over plain run)"
+        )
         result["prefect_on_server_s"] = round(on_server, 2)
         serve_started = time.perf_counter()
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "engine", "serve", str(recipe), "--lake", str(lake),
-             "--catalogs", str(REPO / "catalogs")], env=serve_env, cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "engine",
+                    "serve",
+                    str(recipe),
+                    "--lake",
+                    str(lake),
+                    "--catalogs",
+                    str(REPO / "catalogs"),
+                ],
+                env=serve_env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         runs = served_runs(url, args.runs, timeout=60 + 15 * args.runs)
         first_done = time.perf_counter() - serve_started
     finally:
@@ -190,24 +269,34 @@ def run(quick: bool = False, runs: int = 5, workdir: Path = WORKDIR) -> dict:
             process.wait(timeout=30)
     if not runs:
         raise SystemExit("no served run completed")
-    for key, label in (("taken_to_done", "runner took run -> Completed"),
-                       ("running", "Running -> Completed"),
-                       ("engine", "engine compile + compute")):
+    for key, label in (
+        ("taken_to_done", "runner took run -> Completed"),
+        ("running", "Running -> Completed"),
+        ("engine", "engine compile + compute"),
+    ):
         values = [r[key] for r in runs]
         result[f"served_{key}_median_s"] = round(statistics.median(values), 2)
-        print(f"served run ({len(runs)} runs), {label + ':':33s} median {statistics.median(values):5.2f} s, "
-              f"max {max(values):5.2f} s")
+        print(
+            f"served run ({len(runs)} runs), {label + ':':33s} median {statistics.median(values):5.2f} s, "
+            f"max {max(values):5.2f} s"
+        )
     overhead = [r["taken_to_done"] - r["engine"] for r in runs]
-    print("served run, Prefect's part per run:                     "
-          f"median {statistics.median(overhead):5.2f} s")
+    print(
+        f"served run, Prefect's part per run:                     median {statistics.median(overhead):5.2f} s"
+    )
     print(f"`serve` start -> {len(runs)} runs completed:                   {first_done:6.2f} s")
-    result.update(served_runs=len(runs), served_prefect_part_median_s=round(statistics.median(overhead), 2),
-                  serve_start_to_runs_completed_s=round(first_done, 2))
+    result.update(
+        served_runs=len(runs),
+        served_prefect_part_median_s=round(statistics.median(overhead), 2),
+        serve_start_to_runs_completed_s=round(first_done, 2),
+    )
     return finish(result)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="plain and ephemeral runs only, no server")
     parser.add_argument("--runs", type=int, default=5, help="served runs to measure")
     parser.add_argument("--workdir", type=Path, default=WORKDIR)

@@ -55,9 +55,9 @@ class Workload:
 
     sizes: list[int]
     activations: list[str]
-    inputs: torch.Tensor                                  # (points, 2)
-    observe: Callable[[torch.Tensor], torch.Tensor]       # (R, points, out) -> (R, n)
-    central: np.ndarray                                   # (n,)
+    inputs: torch.Tensor  # (points, 2)
+    observe: Callable[[torch.Tensor], torch.Tensor]  # (R, points, out) -> (R, n)
+    central: np.ndarray  # (n,)
 
     def problem(self, n_replicas: int, seed: int = 0):
         sigma = 0.05 * np.abs(self.central)
@@ -123,7 +123,9 @@ class _Activation(torch.nn.Module):
         return self.fn(z)
 
 
-def run(quick: bool = False, replicas: int | None = None, steps: int | None = None, repeats: int | None = None) -> dict:
+def run(
+    quick: bool = False, replicas: int | None = None, steps: int | None = None, repeats: int | None = None
+) -> dict:
     steps = steps or (30 if quick else STEPS)
     replicas = replicas or (30 if quick else 100)
     repeats = repeats or (2 if quick else 3)
@@ -133,16 +135,30 @@ def run(quick: bool = False, replicas: int | None = None, steps: int | None = No
         "pdf_fk": fk_convolution(*PDF_NET),
         "pdf_1000pts": regression(*PDF_NET),
     }
-    result = header(f"Replica training: loop of {replicas} torch models vs batched EnsembleMLP", repeats,
-                    steps=steps, threads=1, torch=torch.__version__)
+    result = header(
+        f"Replica training: loop of {replicas} torch models vs batched EnsembleMLP",
+        repeats,
+        steps=steps,
+        threads=1,
+        torch=torch.__version__,
+    )
     for name, work in workloads.items():
         for side in (batched, python_loop):  # the same untimed warm-up for both
             side(work, min(replicas, 10), 10)
-        timings = compare({"loop": lambda w=work: python_loop(w, replicas, steps),
-                           "batched": lambda w=work: batched(w, replicas, steps)}, repeats, warmup=0)
+        timings = compare(
+            {
+                "loop": lambda w=work: python_loop(w, replicas, steps),
+                "batched": lambda w=work: batched(w, replicas, steps),
+            },
+            repeats,
+            warmup=0,
+        )
         t_loop, t_batch = timings["loop"], timings["batched"]
-        print(f"  {name:12s} loop {t_loop.wall:6.2f} s  batched {t_batch.wall:6.2f} s  "
-              f"speed-up {t_loop.wall / t_batch.wall:5.1f}x", flush=True)
+        print(
+            f"  {name:12s} loop {t_loop.wall:6.2f} s  batched {t_batch.wall:6.2f} s  "
+            f"speed-up {t_loop.wall / t_batch.wall:5.1f}x",
+            flush=True,
+        )
         result[f"{name}_loop_s"] = round(t_loop.wall, 3)
         result[f"{name}_loop_cpu_s"] = round(t_loop.cpu, 3)
         result[f"{name}_batched_s"] = round(t_batch.wall, 3)
@@ -161,7 +177,9 @@ def run(quick: bool = False, replicas: int | None = None, steps: int | None = No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="30 replicas, 30 steps, no per-replica-epoch sweep")
+    parser.add_argument(
+        "--quick", action="store_true", help="30 replicas, 30 steps, no per-replica-epoch sweep"
+    )
     parser.add_argument("--replicas", type=int, default=None, help="default 100 (quick 30)")
     parser.add_argument("--steps", type=int, default=None, help=f"Adam steps (default {STEPS})")
     parser.add_argument("--repeats", type=int, default=None, help="best of (default 3, quick 2)")

@@ -43,8 +43,9 @@ def trained_model(replicas: int, epochs: int):
     return arrays, res.architecture, ts.scaling
 
 
-def compare_paths(arrays, architecture, scaling, energy, signal, repeats: int, fwhm=FWHM, de_i=DE_I,
-                  de_ii=DE_II) -> dict:
+def compare_paths(
+    arrays, architecture, scaling, energy, signal, repeats: int, fwhm=FWHM, de_i=DE_I, de_ii=DE_II
+) -> dict:
     """Time grid + fast path and brute force on the same pixels; return the named numbers."""
     ln_n = np.log(signal.sum(axis=1, dtype=np.float64))
     margin = 1e-9 * max(1.0, abs(float(ln_n.max())))  # as the op: float32 vs float64 sums
@@ -54,12 +55,16 @@ def compare_paths(arrays, architecture, scaling, energy, signal, repeats: int, f
         return zlp.zlp_quantile_grid(arrays, architecture, scaling, energy, nodes, QUANTILES)
 
     quantile_grid = grid()
-    timings = compare({
-        "brute": lambda: zlp.subtract_brute(signal, arrays, architecture, scaling, energy, fwhm, de_i,
-                                            de_ii, QUANTILES),
-        "fast": lambda: zlp.subtract_fast(signal, energy, nodes, quantile_grid, fwhm, de_i, de_ii),
-        "grid": grid,
-    }, repeats)
+    timings = compare(
+        {
+            "brute": lambda: zlp.subtract_brute(
+                signal, arrays, architecture, scaling, energy, fwhm, de_i, de_ii, QUANTILES
+            ),
+            "fast": lambda: zlp.subtract_fast(signal, energy, nodes, quantile_grid, fwhm, de_i, de_ii),
+            "grid": grid,
+        },
+        repeats,
+    )
     if timings["fast"].value.shape != timings["brute"].value.shape:
         raise SystemExit("fast path and brute force disagree in shape")
     pixels = signal.shape[0]
@@ -77,23 +82,36 @@ def compare_paths(arrays, architecture, scaling, energy, signal, repeats: int, f
     return result
 
 
-def run(quick: bool = False, pixels: int | None = None, replicas: int = 100, epochs: int | None = None,
-        repeats: int | None = None) -> dict:
+def run(
+    quick: bool = False,
+    pixels: int | None = None,
+    replicas: int = 100,
+    epochs: int | None = None,
+    repeats: int | None = None,
+) -> dict:
     repeats = repeats or (2 if quick else 3)
     pixels = pixels or (256 if quick else 4096)
     epochs = epochs or (300 if quick else 2000)
     torch.set_num_threads(1)
-    result = header("ZLP subtraction: grid + fast path vs vectorised brute force", repeats,
-                    pixels=pixels, replicas=replicas, epochs=epochs, threads=1)
+    result = header(
+        "ZLP subtraction: grid + fast path vs vectorised brute force",
+        repeats,
+        pixels=pixels,
+        replicas=replicas,
+        epochs=epochs,
+        threads=1,
+    )
     arrays, architecture, scaling = trained_model(replicas, epochs)
     per = max(1, pixels // 4)
     energy, spectra, _ = clusters(taus=(0.25, 0.6, 1.0, 1.4), n_per=per, seed=7)
     signal = np.concatenate(spectra)[:pixels].astype(np.float32)
     numbers = compare_paths(arrays, architecture, scaling, energy, signal, repeats)
-    print(f"{numbers['pixels']} pixels, {numbers['replicas']} replicas: brute force "
-          f"{numbers['brute_us_per_pixel']:.0f} us/pixel, fast path {numbers['fast_us_per_pixel']:.0f} "
-          f"us/pixel ({numbers['speedup_per_pixel']}x) after a {numbers['grid_s']:.2f} s grid "
-          f"(pays off after {numbers['break_even_pixels']} pixels)")
+    print(
+        f"{numbers['pixels']} pixels, {numbers['replicas']} replicas: brute force "
+        f"{numbers['brute_us_per_pixel']:.0f} us/pixel, fast path {numbers['fast_us_per_pixel']:.0f} "
+        f"us/pixel ({numbers['speedup_per_pixel']}x) after a {numbers['grid_s']:.2f} s grid "
+        f"(pays off after {numbers['break_even_pixels']} pixels)"
+    )
     result.update(numbers)
     return finish(result)
 

@@ -44,8 +44,12 @@ def test_subset_estimators_match_direct_formulas():
         np.mean((z.std(0) - 1) ** 2),
         np.mean((stats.skew(z) - stats.skew(zf)) ** 2),
         np.mean((stats.kurtosis(z) - stats.kurtosis(zf)) ** 2),
-        np.mean((np.corrcoef(z[:, corr], rowvar=False) - np.corrcoef(zf[:, corr], rowvar=False))[
-            np.triu_indices(4, 1)] ** 2),
+        np.mean(
+            (np.corrcoef(z[:, corr], rowvar=False) - np.corrcoef(zf[:, corr], rowvar=False))[
+                np.triu_indices(4, 1)
+            ]
+            ** 2
+        ),
     ]
     np.testing.assert_allclose(parts[:5], expected, rtol=1e-8, atol=1e-14)
     # at one level per replica the search's KS is the exact one (levels at the N quantiles)
@@ -124,5 +128,6 @@ def test_known_gaussian_process_compresses_within_statistical_errors():
 
 @pytest.mark.slow
 def test_known_gaussian_process_compression_pooled_over_seeds():
-    assert_known_truth([check_known_truth(seed, n_x=50, n_flavours=8, generations=1500)
-                        for seed in (1, 2, 3)])
+    assert_known_truth(
+        [check_known_truth(seed, n_x=50, n_flavours=8, generations=1500) for seed in (1, 2, 3)]
+    )

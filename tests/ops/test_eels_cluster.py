@@ -12,8 +12,8 @@ from engine.ingest.synthetic_eels import ingest_synthetic_eels
 from engine.kernels import eels_synth
 from engine.ops.eels import AlignParams, align_zlp
 from engine.ops.eels_cluster import ClusterParams, WindowParams, cluster, zlp_windows
-from engine.testing import raise_if_computes
 from engine.storage import Lake
+from engine.testing import raise_if_computes
 
 # The seed-11 scene at 48 x 40: substrate tau 0.1-0.3 (1370 pixels) and six flakes on terraces
 # 0.45, 0.73, 1.01, 1.29, 1.57, 1.85 (67-120 pixels each), tau modulated by +-3% and N by +-10%.

@@ -2,7 +2,8 @@
 
 The whole chain runs on the nine ingested spectra with a small ZLP ensemble (~35 s on 2 cores);
 the checks are the ones a smaller ensemble cannot fake: the vacuum spectra (pure ZLP) leave
-nothing above the ZLP, and the specimen spectra give the band gap this chain measures.
+nothing above the ZLP and never give a band gap, and the self-consistent fit reports which
+specimen onsets are resolved above dE_I (most are not).
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from tests.conftest import REPO
 
 RECIPE = REPO / "recipes" / "eels_ws2_spectra.yaml"
 N_SPECIMEN = 6  # specimen_{14,15,16,19,20,21} come first in the ingested line, then 3 vacuum
-# Median E_BG of the six specimen spectra in this reduced run, measured with ZLP training seeds
-# 7 (the recipe's) to 11: 0.765, 0.855, 0.624, 0.582, 0.946 eV; mean 0.75, sd 0.15: the bound
-# is that +-2 sd. The full recipe gives 0.89. The published 1.6 (+0.3/-0.2) eV lies above it:
-# the ZLP tail under the onset pulls this chain low (README, "Real spectra: WS2"), so the bound
-# pins what the chain measures; a fix that reaches the published gap must move it.
-GAP_RANGE_EV = (0.45, 1.05)
-
-
+# What the self-consistent fit says on these spectra (README, "Real spectra: WS2"): most onsets
+# are not resolved above the specimen's dE_I. Measured in this reduced run (16 replicas, seed
+# 7, automatic dE_I 1.546 eV): 4 of the 6 specimen fits not converged (3 flagged
+# onset_below_de_i, 1 failed), spectrum 16 at 1.82 eV (b 0.55); with the vacuum ZLP at
+# dE_I = 1.88 eV every specimen fit is flagged or failed (fitted onsets 2.0-2.4 eV, each
+# within its error of dE_I, dE_BG/d dE_I 1.0-3.2).
+MIN_UNRESOLVED = 3
 @pytest.fixture
 def ws2_lake(lake, shared_data):
     folder = shared_data / "eels" / "ws2_specimen4_lowloss"
@@ -50,7 +50,7 @@ def reduced_recipe(tmp_path, replicas: int, epochs: int, threshold: float):
     return path
 
 
-def test_ws2_chain_vacuum_is_zero_and_the_gap_is_reproduced(ws2_lake, tmp_path):
+def test_ws2_chain_vacuum_is_zero_and_onsets_are_checked_against_de_i(ws2_lake, tmp_path):
     summary = engine.run(reduced_recipe(tmp_path, replicas=16, epochs=12000, threshold=30.0),
                          ws2_lake)
     assert {o.status for o in summary.outputs} == {"computed"}
@@ -66,8 +66,32 @@ def test_ws2_chain_vacuum_is_zero_and_the_gap_is_reproduced(ws2_lake, tmp_path):
     assert np.abs(vacuum.mean(axis=1)).max() < 0.03 * specimen.mean()
     assert specimen.mean() > 1000  # counts per channel: the specimen has a real signal
 
-    bandgap = ws2_lake.open("derived", f"{name}/bandgap")
-    e_bg = bandgap["e_bg"].values[0]
-    assert bandgap["converged"].values[0, :N_SPECIMEN].all()
-    assert np.isfinite(e_bg[:N_SPECIMEN]).all()
-    assert GAP_RANGE_EV[0] < np.median(e_bg[:N_SPECIMEN]) < GAP_RANGE_EV[1]
+    for step in ("bandgap", "bandgap_vacuum"):
+        bandgap = ws2_lake.open("derived", f"{name}/{step}").load()
+        converged = bandgap["converged"].values[0]
+        assert not converged[N_SPECIMEN:].any(), step  # vacuum never converges
+        assert (~converged[:N_SPECIMEN]).sum() >= MIN_UNRESOLVED, step
+        # what converges is self-consistent: above the specimen's dE_I by its error
+        de_i = bandgap["de_i"].values[0, :N_SPECIMEN]
+        e_bg, error = (bandgap[v].values[0, :N_SPECIMEN] for v in ("e_bg", "e_bg_error"))
+        ok = converged[:N_SPECIMEN]
+        assert (e_bg[ok] - np.nan_to_num(error[ok]) >= de_i[ok]).all(), step
+
+
+def test_ws2_vacuum_zlp_at_de_i_1_88_resolves_no_onset(ws2_lake, tmp_path):
+    """The measured vacuum ZLP (no training, seconds): at dE_I = 1.88 eV no specimen onset is
+    resolved above dE_I, and vacuum spectra never converge."""
+    path = reduced_recipe(tmp_path, replicas=2, epochs=10, threshold=1e12)
+    text = path.read_text()
+    needed = ("aligned", "clusters", "windows", "inelastic_vacuum", "bandgap_vacuum")
+    yaml = YAML(typ="safe")
+    recipe = yaml.load(text)
+    recipe["steps"] = [s for s in recipe["steps"] if s["id"] in needed]
+    (windows,) = (s for s in recipe["steps"] if s["id"] == "windows")
+    windows["params"]["de_i"] = [6.0, 1.88]
+    recipe["outputs"] = {"bandgap_vacuum": {"zone": "derived"}}
+    yaml.dump(recipe, path)
+    engine.run(path, ws2_lake)
+    bandgap = ws2_lake.open("derived", "eels-ws2-spectra/bandgap_vacuum").load()
+    assert not bandgap["converged"].values.any()
+    assert bandgap["onset_below_de_i"].values[0, :N_SPECIMEN].sum() >= 4  # measured 4 (+1 failed)

@@ -1,9 +1,10 @@
 """ML4EFT ops on the analytic toy: lazy graph, accuracy of r(x, c) and of the 95% interval, bad input.
 
-The default run trains a reduced recipe (fewer events, replicas and epochs) and checks looser
-versions of DOMAIN.md's requirements; the full-size recipe with the DOMAIN accuracy (median
-|r_NN / r_true - 1| < 3% in the bulk for c in [-1, 3], interval within << 1 sigma of the exact
-one) is the slow test.
+The default run trains a reduced recipe (fewer events, replicas and epochs) and checks the
+pipeline, with bounds about twice the spread the reduced training measured over seeds; the
+full-size recipe with the DOMAIN accuracy (median |r_NN / r_true - 1| < 3% in the bulk for c in
+[-1, 3]) and its interval ends calibrated against the exact likelihood, pooled over MC seeds and
+pseudo-data sets, is the slow acceptance test (run by .ci/run).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def recipe_text(**changes) -> str:
 
 
 def run_recipe(folder, changes):
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.yaml"
     path.write_text(recipe_text(**changes))
     lake = Lake(str(folder / "lake"))
@@ -164,6 +166,17 @@ def test_small_run_learns_the_ratio_and_the_interval(small):
     assert (small.root and (small.fs.exists(small.path("reports/derived/lhc-eft-toy/bounds/q_nn.png"))))
 
 
+def test_small_ensemble_intervals_track_the_exact_ones_over_pseudo_data(small):
+    """The calibration's machinery on the reduced training, 100 pseudo-data sets. Measured over 3 MC
+    seeds x 200 sets of this training: mean low-end offsets -0.31, -0.25, +0.34 sigma, high end
+    -0.23, -0.22, +0.14, width ratios 1.020, 1.009, 0.949, coverage 0.930-0.955; bounds are about
+    twice that scatter, two-sided (the full-size check is the slow test below)."""
+    closure = interval_closure(small, 100, seed=11)
+    assert abs(closure.low.mean()) < 0.7 and abs(closure.high.mean()) < 0.45, closure
+    assert abs(closure.width.mean() - 1) < 0.1, closure.width.mean()
+    assert abs(closure.covered_nn.mean() - 0.95) < 0.05 and abs(closure.covered_exact.mean() - 0.95) < 0.05
+
+
 def test_events_are_flat_columns_one_sample_per_term_and_replica(small):
     events = small.open("derived", "lhc-eft-toy/events").load()
     assert all(events[v].dims == ("event",) for v in ("x1", "x2", "sample_id", "mc_replica"))
@@ -263,11 +276,14 @@ def assert_intervals_calibrated(closures: list[IntervalClosure], end_tolerance: 
 def test_full_recipe_intervals_are_calibrated_against_the_exact_likelihood(tmp_path):
     """DOMAIN.md: 50k events per sample, 5 replicas, [25, 25, 25]: r within 3% in the bulk for c in
     [-1, 3] for every MC seed, and the NN 95% interval on the exact one, pooled over 5 MC seeds x
-    200 pseudo-data sets of the recipe's luminosity (README, ML4EFT: the measured numbers).
+    200 pseudo-data sets of the recipe's luminosity.
 
-    Bounds: each end's mean offset within +-0.1 sigma of the exact end (DOMAIN.md asks << 1 sigma;
-    the reproduction it quotes is 0.03 sigma), RMS offset below 0.3 sigma, width within +-5%, and
-    coverage of c_true within +-0.03 of 0.95: each two-sided, each at least twice its pooled error.
+    Bounds, each two-sided and each at least twice its pooled error: each end's mean offset within
+    +-0.15 sigma of the exact end (DOMAIN.md asks << 1 sigma), width within +-5% of the exact
+    width, coverage of c_true within +-0.03 of 95% (the exact likelihood's, on the same sets:
+    0.943 +- 0.007), and an RMS offset per set below 0.4 sigma. Measured (README, ML4EFT): low end
+    -0.048 +- 0.063 (RMS 0.27), high end -0.029 +- 0.025 (RMS 0.11), width +0.5 +- 1.0%, coverage
+    0.948 +- 0.007.
     """
     closures = []
     for seed in range(1, 6):
@@ -275,5 +291,5 @@ def test_full_recipe_intervals_are_calibrated_against_the_exact_likelihood(tmp_p
         errors = bulk_errors(lake)
         assert max(errors.values()) < 0.03, (seed, errors)
         closures.append(interval_closure(lake, 200, seed))
-    assert_intervals_calibrated(closures, end_tolerance=0.1, max_rms=0.3, width_tolerance=0.05,
+    assert_intervals_calibrated(closures, end_tolerance=0.15, max_rms=0.4, width_tolerance=0.05,
                                 coverage_tolerance=0.03)

@@ -1,4 +1,5 @@
-"""OmniFold as a recipe: the Gaussian known truth, its band picture, bad input."""
+"""OmniFold as a recipe: the Gaussian known truth, its band picture, bad input, and the calibration
+of its bootstrap bands over independent samples (slow)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ from engine.errors import RecipeError
 from engine.graph import compile_recipe
 from engine.storage import Lake
 from engine.testing import put_in_lake, raise_if_computes
+from tests.calibration import (
+    BAND,
+    SeedBands,
+    pooled,
+    pooled_bias_variance,
+    pooled_offsets,
+    seed_bias_variance,
+    shipped_params,
+)
 from tests.conftest import REPO
 
 SMALL = {"n_mc: 20000, n_data: 20000": "n_mc: 5000, n_data: 5000", "iterations: 5": "iterations: 3",
@@ -104,3 +114,39 @@ def test_shipped_recipe_reproduces_the_reference(tmp_path):
     assert abs(float(final_mean.median()) - float(samples["data_gen"].mean())) < 0.03
     assert abs(float(final_std.median()) - float(samples["data_gen"].std())) < 0.03
     assert 0 < float(final_mean.std()) < 0.05
+
+
+def unfolded_over_seeds(seeds, n_events: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The shipped recipe's OmniFold (its network, iterations and replicas) on independent Gaussian
+    samples of n_events per side: per seed, the final (mean, width) of every bootstrap replica,
+    (R, 2), and the population truth they estimate, (0.2, 0.8)."""
+    from engine.kernels.omnifold import GaussianTruth, gaussian_samples, omnifold
+    from engine.ops.lhc_omnifold import OmniFoldParams, network_config
+
+    params = OmniFoldParams(**shipped_params("lhc_omnifold.yaml", "unfolded"))
+    truth = GaussianTruth(smearing=shipped_params("lhc_omnifold.yaml", "samples")["smearing"])
+    out = []
+    for seed in seeds:
+        s = gaussian_samples(n_events, n_events, truth, seed)
+        result = omnifold(s["mc_gen"], s["mc_reco"], s["data_reco"], params.iterations, params.replicas,
+                          network_config(params.model_copy(update={"seed": seed})), seed,
+                          params.validation_fraction, params.batch_size)
+        out.append(np.stack([result.mean[-1], result.std[-1]], axis=-1))
+    return np.array([truth.data_mean, truth.data_std]), out
+
+
+def omnifold_calibration(target: np.ndarray, per_seed: list[np.ndarray]):
+    """Pulls of the replica mean against the population truth in units of the replica spread (the
+    bootstrap's estimate of the statistical error), NNPDF's sqrt(bias / variance), and the band
+    coverage, pooled over seeds; the mean and the width of each seed are its two points."""
+    replicas = per_seed[0].shape[0]
+    pulls = [(r.mean(0) - target) / r.std(0, ddof=1) for r in per_seed]
+    mean_pull = pooled_offsets("pull of the unfolded mean", [p[0] for p in pulls])
+    width_pull = pooled_offsets("pull of the unfolded width", [p[1] for p in pulls])
+    ratio = pooled_bias_variance(*zip(*(seed_bias_variance(r, target, np.eye(2)) for r in per_seed)),
+                                 replicas=replicas)
+    bands = pooled([SeedBands(target, *np.quantile(r, BAND, axis=0), r.mean(0), r.std(0, ddof=1),
+                              replicas, replicas) for r in per_seed])
+    for result in (mean_pull, width_pull, ratio, bands):
+        print(result)
+    return mean_pull, width_pull, ratio, bands

@@ -184,3 +184,51 @@ def test_shipped_recipe_on_20k_jets(tmp_path):
     print({k: tagger[k].values.round(3).tolist() for k in ("auc", "accuracy", "background_rejection")},
           {"anomaly auc": anomaly["auc"].values.round(3).tolist()})
     assert (tagger["auc"] > 0.93).all() and (anomaly["auc"] > 0.7).all()
+
+
+DECORRELATED = {"epochs: 2000": "epochs: 300", "max_jets: 50000": "max_jets: 4000",
+                "n_constituents: 30": "n_constituents: 10", "hidden: [64, 64]": "hidden: [32, 32]",
+                "lr: 0.001\n      replicas": "lr: 0.003\n      replicas", "validation_every: 50": "validation_every: 25",
+                "steps: 3, pretrain: 200": "steps: 3, pretrain: 100", "adversary: {strength: 10.0, bins: 10, hidden: [32], lr: 0.001":
+                "adversary: {strength: 10.0, bins: 10, hidden: [32], lr: 0.003"}
+
+
+def test_mass_adversary_reduces_background_mass_sculpting(tmp_path):
+    """The decorrelation recipe shrunk (4000 jets, 300 steps, lambda 0 and 10 only): the JSD of
+    the background jet mass before/after the eps_S = 0.5 cut, averaged over the 3 replicas (each
+    its own seed), falls below half of the plain tagger's. Measured at this size: 0.65-0.72
+    (lambda 0) vs 0.22-0.38 (lambda 10; the kernel test saw single replicas from 0.01 to 0.6:
+    the min-max game varies by seed, hence the pooled mean)."""
+    lake = Lake(str(tmp_path / "lake"))
+    ingest_synthetic_jets(lake, "top_jets", 4000, seed=3, n_constituents=20, progress=False)
+    text = (REPO / "recipes" / "lhc_decorrelated_tagging.yaml").read_text()
+    for old, new in DECORRELATED.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    lambda1 = text[text.index("  - id: lambda1"):text.index("  - id: lambda10")]
+    text = text.replace(lambda1, "").replace(text[text.index("  lambda1:\n"):text.index("  lambda10:\n")], "")
+    recipe = tmp_path / "decorrelated.yaml"
+    recipe.write_text(text)
+    engine.run(recipe, lake)
+    plain = lake.open("models", "lhc-decorrelated-tagging/lambda0").load()
+    adversarial = lake.open("models", "lhc-decorrelated-tagging/lambda10").load()
+    print({k: (plain[k].values.round(3).tolist(), adversarial[k].values.round(3).tolist())
+           for k in ("auc", "background_rejection", "mass_jsd")})
+    assert float(adversarial["mass_jsd"].mean()) < 0.5 * float(plain["mass_jsd"].mean())
+    # the price: less separation (measured AUC 0.92 -> 0.85; the rejection at eps_S = 0.3 counts
+    # a handful of the ~600 test background jets here, too few to rank the two)
+    assert float(adversarial["auc"].mean()) < float(plain["auc"].mean())
+    assert (plain["auc"] > 0.85).all()  # the plain tagger works (mass alone: ~0.96 on the stand-in)
+
+
+def test_bad_adversary_params_are_recipe_errors(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    recipe = tmp_path / "bad.yaml"
+    text = (REPO / "recipes" / "lhc_decorrelated_tagging.yaml").read_text()
+    recipe.write_text(text.replace("strength: 10.0", "strength: -1.0"))
+    with pytest.raises(RecipeError, match="strength"):
+        compile_recipe(recipe, lake)
+    recipe.write_text(text.replace("bins: 10, hidden: [32], lr: 0.001, steps: 3, pretrain: 200}\n  - id: lambda10",
+                                   "bins: 10, hidden: [32], lr: 0.001, step: 3, pretrain: 200}\n  - id: lambda10"))
+    with pytest.raises(RecipeError, match="step"):
+        compile_recipe(recipe, lake)

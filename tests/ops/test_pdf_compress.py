@@ -23,8 +23,13 @@ def gp_set(n: int = 300, seed: int = 7, kept: np.ndarray | None = None):
     values, _, _ = gaussian_process(n, N_X, len(FLAVOURS), seed)
     xf = values.reshape(n, len(FLAVOURS), N_X)[..., None] * np.array([1.0, 1.1, 1.2])
     xf = np.concatenate([xf.mean(0, keepdims=True), xf])
-    dataset = pdfset_from_arrays([np.geomspace(1e-3, 0.9, N_X)], [np.array([1.5, 10.0, 100.0])], FLAVOURS,
-                                 [xf], {"SetDesc": "GP replicas", "ErrorType": "replicas"})
+    dataset = pdfset_from_arrays(
+        [np.geomspace(1e-3, 0.9, N_X)],
+        [np.array([1.5, 10.0, 100.0])],
+        FLAVOURS,
+        [xf],
+        {"SetDesc": "GP replicas", "ErrorType": "replicas"},
+    )
     if kept is not None:
         dataset["kept"] = ("member", np.concatenate([[True], kept]))
     return dataset.chunk({"member": 64}), xf
