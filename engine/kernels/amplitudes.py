@@ -35,7 +35,7 @@ import torch
 
 from .mlp import EnsembleMLP, resolve_device
 from .regression import RegressionConfig, feature_range, scale_features
-from .train import Progress, TrainResult, train_with_config
+from .train import Progress, train_with_config
 
 Tensor = torch.Tensor
 
@@ -48,8 +48,9 @@ class ElectroweakConstants:
     sin2w: float = 0.23122
 
 
-def ee_mumu_msq(sqrt_s: np.ndarray, cos_theta: np.ndarray,
-                constants: ElectroweakConstants = ElectroweakConstants()) -> np.ndarray:
+def ee_mumu_msq(
+    sqrt_s: np.ndarray, cos_theta: np.ndarray, constants: ElectroweakConstants = ElectroweakConstants()
+) -> np.ndarray:
     """Spin-averaged |M|^2 of e+e- -> mu+mu- (photon + Z, tree level, massless); dimensionless."""
     sqrt_s, c = np.asarray(sqrt_s, float), np.asarray(cos_theta, float)
     if np.any(sqrt_s <= 0) or np.any(np.abs(c) > 1):
@@ -70,8 +71,9 @@ def breit_wigner_angle(sqrt_s, constants: ElectroweakConstants = ElectroweakCons
     return np.arctan((np.asarray(sqrt_s, float) ** 2 - constants.mz**2) / (constants.mz * constants.gamma_z))
 
 
-def sample_phase_space(n: int, sqrt_s_range: tuple[float, float], seed: int, block: int = 0,
-                       sampling: str = "breit_wigner") -> dict:
+def sample_phase_space(
+    n: int, sqrt_s_range: tuple[float, float], seed: int, block: int = 0, sampling: str = "breit_wigner"
+) -> dict:
     """n points of (sqrt_s, cos_theta) with rho = breit_wigner_angle(sqrt_s) and |M|^2.
 
     cos_theta is uniform; sqrt_s is uniform (`sampling` 'uniform') or uniform in rho
@@ -93,8 +95,12 @@ def sample_phase_space(n: int, sqrt_s_range: tuple[float, float], seed: int, blo
     else:
         raise ValueError(f"sampling must be 'uniform' or 'breit_wigner', got {sampling!r}")
     cos_theta = rng.uniform(-1.0, 1.0, n)
-    return {"sqrt_s": sqrt_s, "cos_theta": cos_theta, "rho": breit_wigner_angle(sqrt_s),
-            "msq": ee_mumu_msq(sqrt_s, cos_theta)}
+    return {
+        "sqrt_s": sqrt_s,
+        "cos_theta": cos_theta,
+        "rho": breit_wigner_angle(sqrt_s),
+        "msq": ee_mumu_msq(sqrt_s, cos_theta),
+    }
 
 
 # -- heteroscedastic ensemble ------------------------------------------------------------------
@@ -108,18 +114,30 @@ class GaussianNLLLoss:
     optimal sigma unchanged. Minibatches (`batch_size`) are drawn per step from (seed, epoch).
     """
 
-    def __init__(self, x: np.ndarray, target: np.ndarray, train_mask: np.ndarray, *, beta: float = 0.5,
-                 batch_size: int | None = None, seed: int = 0, device="cpu", dtype=torch.float32):
+    def __init__(
+        self,
+        x: np.ndarray,
+        target: np.ndarray,
+        train_mask: np.ndarray,
+        *,
+        beta: float = 0.5,
+        batch_size: int | None = None,
+        seed: int = 0,
+        device="cpu",
+        dtype=torch.float32,
+    ):
         mask = np.asarray(train_mask, bool)
         counts = mask.sum(1)
         if counts.min() != counts.max() or counts[0] == 0 or counts[0] == mask.shape[1]:
-            raise ValueError("every replica needs the same number of training points and some "
-                             f"validation points; got {counts.min()}..{counts.max()} of {mask.shape[1]}")
+            raise ValueError(
+                "every replica needs the same number of training points and some "
+                f"validation points; got {counts.min()}..{counts.max()} of {mask.shape[1]}"
+            )
         order = np.argsort(~mask, axis=1, kind="stable")
         as_t = lambda a, t=dtype: torch.as_tensor(a, dtype=t, device=device)  # noqa: E731
         self.x, self.target = as_t(x), as_t(target)
         self.train_idx = as_t(order[:, : counts[0]], torch.int64)
-        self.val_idx = as_t(order[:, counts[0]:], torch.int64)
+        self.val_idx = as_t(order[:, counts[0] :], torch.int64)
         self.beta, self.batch_size, self.seed, self.epoch = beta, batch_size, seed, 0
 
     @staticmethod
@@ -147,8 +165,9 @@ class GaussianNLLLoss:
 
 
 @torch.no_grad()
-def refit_log_variance(model: EnsembleMLP, loss: GaussianNLLLoss, iterations: int = 30,
-                       ridge: float = 1e-6) -> None:
+def refit_log_variance(
+    model: EnsembleMLP, loss: GaussianNLLLoss, iterations: int = 30, ridge: float = 1e-6
+) -> None:
     """Set each replica's ln sigma^2 output row to the exact NLL minimiser on its training points,
     the mean and the hidden layers held fixed (Newton's method; the problem is convex).
 
@@ -164,7 +183,7 @@ def refit_log_variance(model: EnsembleMLP, loss: GaussianNLLLoss, iterations: in
     for (w, b), act in zip(layers[:-1], model.activations[:-1]):
         h = _activation(act, torch.baddbmm(b, h, w))
     h64 = torch.cat([h, torch.ones_like(h[..., :1])], -1).double()
-    mu = (torch.einsum("rmk,rk->rm", h64[..., :-1], weight[..., 0].double()) + bias[:, 0, 0:1].double())
+    mu = torch.einsum("rmk,rk->rm", h64[..., :-1], weight[..., 0].double()) + bias[:, 0, 0:1].double()
     r2 = (loss.target[loss.train_idx].double() - mu).pow(2).clamp_min(1e-30)
     theta = torch.cat([weight[..., 1], bias[:, 0, 1:2]], -1).double()  # (R, K+1)
     eye = ridge * torch.eye(theta.shape[1], dtype=theta.dtype, device=theta.device)
@@ -210,12 +229,20 @@ def holdout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def fit_amplitude(features: np.ndarray, amplitude: np.ndarray, train_mask: np.ndarray,
-                  config: RegressionConfig, *, holdout: np.ndarray, beta: float = 0.5,
-                  batch_size: int | None = None, refit_sigma: bool = True,
-                  progress: Callable[[Progress], None] | None = None,
-                  on_checkpoint: Callable | None = None,
-                  resume_from: Mapping[str, np.ndarray] | None = None):
+def fit_amplitude(
+    features: np.ndarray,
+    amplitude: np.ndarray,
+    train_mask: np.ndarray,
+    config: RegressionConfig,
+    *,
+    holdout: np.ndarray,
+    beta: float = 0.5,
+    batch_size: int | None = None,
+    refit_sigma: bool = True,
+    progress: Callable[[Progress], None] | None = None,
+    on_checkpoint: Callable | None = None,
+    resume_from: Mapping[str, np.ndarray] | None = None,
+):
     """Train R = len(train_mask) heteroscedastic networks on ln |M|^2 of the points outside
     `holdout` (train_mask (R, n_fit) splits those per replica), refit their sigma outputs, and
     fit the ensemble's sigma scale on the held-out points. Returns (result, low, high, target
@@ -240,24 +267,46 @@ def fit_amplitude(features: np.ndarray, amplitude: np.ndarray, train_mask: np.nd
     low, high = feature_range(fit_x)
     scale = TargetScale.fit(fit_y)
     device = resolve_device(config.device)
-    model = EnsembleMLP(len(train_mask), [features.shape[1], *config.hidden, 2], list(config.activations),
-                        seed=config.seed, device=device)
-    loss = GaussianNLLLoss(scale_features(fit_x, low, high), scale(fit_y), train_mask, beta=beta,
-                           batch_size=batch_size, seed=config.seed, device=device)
-    result = train_with_config(model, loss, config, progress=progress, on_checkpoint=on_checkpoint,
-                               resume_from=resume_from)
+    model = EnsembleMLP(
+        len(train_mask),
+        [features.shape[1], *config.hidden, 2],
+        list(config.activations),
+        seed=config.seed,
+        device=device,
+    )
+    loss = GaussianNLLLoss(
+        scale_features(fit_x, low, high),
+        scale(fit_y),
+        train_mask,
+        beta=beta,
+        batch_size=batch_size,
+        seed=config.seed,
+        device=device,
+    )
+    result = train_with_config(
+        model, loss, config, progress=progress, on_checkpoint=on_checkpoint, resume_from=resume_from
+    )
     if refit_sigma:
         refit_log_variance(model, loss)
         result.weights = model.to_arrays()
-    held = predict_amplitude(result.weights, result.architecture, features[holdout], low, high, scale,
-                             device=str(device))
+    held = predict_amplitude(
+        result.weights, result.architecture, features[holdout], low, high, scale, device=str(device)
+    )
     pulls = (held["log_mean"] - np.log(amplitude[holdout])) / held["sigma"]
     return result, low, high, scale, float(np.sqrt(np.mean(pulls**2)))
 
 
-def predict_amplitude(arrays: Mapping[str, np.ndarray], architecture: Mapping, features: np.ndarray,
-                      low: np.ndarray, high: np.ndarray, scale: TargetScale, kept: np.ndarray | None = None,
-                      sigma_scale: float = 1.0, device: str = "cpu") -> dict[str, np.ndarray]:
+def predict_amplitude(
+    arrays: Mapping[str, np.ndarray],
+    architecture: Mapping,
+    features: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    scale: TargetScale,
+    kept: np.ndarray | None = None,
+    sigma_scale: float = 1.0,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
     """Ensemble prediction of ln |M|^2 at features (n, f): mean, sigma (total), sigma_aleatoric
     (the networks' own sigma, rms over replicas), sigma_ensemble (spread of the means), each
     times `sigma_scale`; natural-log units of the amplitude, so sigma is a relative
@@ -275,13 +324,21 @@ def predict_amplitude(arrays: Mapping[str, np.ndarray], architecture: Mapping, f
     aleatoric2 = var.mean(0)
     ensemble2 = mu.var(0, ddof=1) if mu.shape[0] > 1 else np.zeros(mu.shape[1])
     k = sigma_scale
-    return {"log_mean": mu.mean(0), "sigma": k * np.sqrt(aleatoric2 + ensemble2),
-            "sigma_aleatoric": k * np.sqrt(aleatoric2), "sigma_ensemble": k * np.sqrt(ensemble2)}
+    return {
+        "log_mean": mu.mean(0),
+        "sigma": k * np.sqrt(aleatoric2 + ensemble2),
+        "sigma_aleatoric": k * np.sqrt(aleatoric2),
+        "sigma_ensemble": k * np.sqrt(ensemble2),
+    }
 
 
-def precision_summary(log_pred: np.ndarray, sigma: np.ndarray, truth: np.ndarray,
-                      tail_fraction: float = 0.05,
-                      percentiles: tuple[float, ...] = (50.0, 90.0, 99.0)) -> dict[str, np.ndarray]:
+def precision_summary(
+    log_pred: np.ndarray,
+    sigma: np.ndarray,
+    truth: np.ndarray,
+    tail_fraction: float = 0.05,
+    percentiles: tuple[float, ...] = (50.0, 90.0, 99.0),
+) -> dict[str, np.ndarray]:
     """Pulls and precision of a prediction of ln |M|^2 against the true |M|^2 (n,).
 
     Pull = (ln pred - ln truth) / sigma. Bulk: points whose true |M|^2 lies between the
@@ -294,7 +351,10 @@ def precision_summary(log_pred: np.ndarray, sigma: np.ndarray, truth: np.ndarray
     lo, hi = np.quantile(truth, [tail_fraction, 1 - tail_fraction])
     bulk = (truth >= lo) & (truth <= hi)
     rel = np.abs(np.exp(np.asarray(log_pred) - np.log(truth)) - 1)
-    return {"pulls": pulls, "bulk": bulk,
-            "rms_pull_bulk": float(np.sqrt(np.mean(pulls[bulk] ** 2))),
-            "rms_pull_tails": float(np.sqrt(np.mean(pulls[~bulk] ** 2))),
-            "relative_error_percentiles": np.percentile(rel, percentiles)}
+    return {
+        "pulls": pulls,
+        "bulk": bulk,
+        "rms_pull_bulk": float(np.sqrt(np.mean(pulls[bulk] ** 2))),
+        "rms_pull_tails": float(np.sqrt(np.mean(pulls[~bulk] ** 2))),
+        "relative_error_percentiles": np.percentile(rel, percentiles),
+    }

@@ -15,8 +15,9 @@ tanh walls, A [tanh(rho + r) + tanh(rho - r)] / 2, gives the start (thin or thic
 networks then learn the correction from the equation's residual.
 
 The trial profile keeps the boundary conditions exact (BounceProfile): phi'(0) = 0, and
-phi(R) = 0 at the domain's end R, many decay lengths outside the wall. The loss is the mean square of phi'' + 2 phi'/r - V'(phi) (3 phi'' - V' at r = 0, the limit),
-scaled by the largest V' of the starting profile. Not the equation times r: that hides the core,
+phi(R) = 0 at the domain's end R, many decay lengths outside the wall. The loss is the mean
+square of phi'' + 2 phi'/r - V'(phi) (3 phi'' - V' at r = 0, the limit), scaled by the largest
+V' of the starting profile. Not the equation times r: that hides the core,
 where a thick wall's phi(0) is decided (it left phi(0) 2% off with the residual stuck).
 """
 
@@ -31,7 +32,7 @@ import torch
 
 from .mlp import EnsembleMLP, resolve_device
 from .nn_solvers import SolverConfig, hidden_jet, network_jet
-from .train import Progress, StoppingConfig, TrainResult, train_ensemble
+from .train import Progress, StoppingConfig, train_ensemble
 
 Tensor = torch.Tensor
 
@@ -46,13 +47,17 @@ class QuarticPotential:
 
     def __post_init__(self):
         if not (self.c2 > 0 and self.c4 > 0):
-            raise ValueError(f"the potential needs c2 > 0 (a false vacuum at phi = 0) and c4 > 0 "
-                             f"(bounded below); got c2 = {self.c2}, c4 = {self.c4}")
+            raise ValueError(
+                f"the potential needs c2 > 0 (a false vacuum at phi = 0) and c4 > 0 "
+                f"(bounded below); got c2 = {self.c2}, c4 = {self.c4}"
+            )
         disc = 9 * self.c3**2 - 32 * self.c2 * self.c4
         if disc <= 0 or self.V(self.true_vacuum) >= 0:
-            raise ValueError(f"V = {self.c2} phi^2 + {self.c3} phi^3 + {self.c4} phi^4 has no minimum "
-                             "below the false vacuum at phi = 0 (need 9 c3^2 > 32 c2 c4 and a negative "
-                             "V at the second minimum): nothing to tunnel to")
+            raise ValueError(
+                f"V = {self.c2} phi^2 + {self.c3} phi^3 + {self.c4} phi^4 has no minimum "
+                "below the false vacuum at phi = 0 (need 9 c3^2 > 32 c2 c4 and a negative "
+                "V at the second minimum): nothing to tunnel to"
+            )
 
     @property
     def true_vacuum(self) -> float:
@@ -164,17 +169,23 @@ class BounceProfile:
         c, dc, d2c = self._correction(r, network)
         g, dg, d2g = self.guess(r, torch)
         rm2 = self.r_max**2
-        return (g - self.edge * r * r / rm2 + c, dg - 2 * self.edge * r / rm2 + dc,
-                d2g - 2 * self.edge / rm2 + d2c)
+        return (
+            g - self.edge * r * r / rm2 + c,
+            dg - 2 * self.edge * r / rm2 + dc,
+            d2g - 2 * self.edge / rm2 + d2c,
+        )
 
     def basis_jet(self, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The correction for each last-hidden-layer feature and a constant (the output bias):
         phi is linear in the output layer through these, (R, B, K+1)."""
+
         def features(u):
             h, dh, d2h = hidden_jet(self.model, u, len(self.model.sizes) - 2)
-            return (torch.cat([h, torch.ones_like(h[..., :1])], -1),
-                    torch.cat([dh[0], torch.zeros_like(dh[0][..., :1])], -1),
-                    torch.cat([d2h[0], torch.zeros_like(d2h[0][..., :1])], -1))
+            return (
+                torch.cat([h, torch.ones_like(h[..., :1])], -1),
+                torch.cat([dh[0], torch.zeros_like(dh[0][..., :1])], -1),
+                torch.cat([d2h[0], torch.zeros_like(d2h[0][..., :1])], -1),
+            )
 
         return self._correction(r, features)
 
@@ -243,10 +254,16 @@ def domain_end(potential: QuarticPotential, guess: WallGuess, decay_lengths: flo
     return guess.lam * (guess.rho + 2) + decay_lengths / potential.mass
 
 
-def solve_bounce(potential: QuarticPotential, config: SolverConfig, *, output_scale: float = 0.01,
-                 n_profile: int = 4001, progress: Callable[[Progress], None] | None = None,
-                 on_checkpoint: Callable | None = None,
-                 resume_from: Mapping[str, np.ndarray] | None = None) -> dict:
+def solve_bounce(
+    potential: QuarticPotential,
+    config: SolverConfig,
+    *,
+    output_scale: float = 0.01,
+    n_profile: int = 4001,
+    progress: Callable[[Progress], None] | None = None,
+    on_checkpoint: Callable | None = None,
+    resume_from: Mapping[str, np.ndarray] | None = None,
+) -> dict:
     """Train replicas of the bounce; returns the action per replica (from the profile, and from
     Derrick's 2T/3), phi(0), the profile on an r grid, the start's action and the training result.
 
@@ -256,8 +273,14 @@ def solve_bounce(potential: QuarticPotential, config: SolverConfig, *, output_sc
     torch.set_num_threads(1)
     guess = wall_guess(potential)
     r_max = domain_end(potential, guess)
-    model = EnsembleMLP(config.replicas, [1, *config.hidden, 1], list(config.activations), seed=config.seed,
-                        device=resolve_device(config.device), dtype=getattr(torch, config.dtype))
+    model = EnsembleMLP(
+        config.replicas,
+        [1, *config.hidden, 1],
+        list(config.activations),
+        seed=config.seed,
+        device=resolve_device(config.device),
+        dtype=getattr(torch, config.dtype),
+    )
     if resume_from is None:
         with torch.no_grad():
             weight, bias = model.layers()[-1]
@@ -265,27 +288,46 @@ def solve_bounce(potential: QuarticPotential, config: SolverConfig, *, output_sc
             bias.mul_(output_scale)
     profile = BounceProfile(model, guess, r_max)
     loss = BounceLoss(profile, potential, config.n_collocation)
-    stopping = StoppingConfig(threshold=math.inf, patience=config.patience or config.epochs,
-                              stagnation_epochs=None)
-    result = train_ensemble(model, loss, config.epochs, optimiser=config.optimiser, stopping=stopping,
-                            validation_every=config.validation_every, progress=progress,
-                            checkpoint_every=None if on_checkpoint is None else
-                            max(config.validation_every, config.epochs // 10),
-                            on_checkpoint=on_checkpoint, resume_from=resume_from)
+    stopping = StoppingConfig(
+        threshold=math.inf, patience=config.patience or config.epochs, stagnation_epochs=None
+    )
+    result = train_ensemble(
+        model,
+        loss,
+        config.epochs,
+        optimiser=config.optimiser,
+        stopping=stopping,
+        validation_every=config.validation_every,
+        progress=progress,
+        checkpoint_every=None if on_checkpoint is None else max(config.validation_every, config.epochs // 10),
+        on_checkpoint=on_checkpoint,
+        resume_from=resume_from,
+    )
     if config.polish:
         loss.polish()
         result.weights = model.to_arrays()
         with torch.no_grad():
-            result.best_train, result.best_val = (loss.mean_square(x).cpu().numpy().astype(np.float64)
-                                                  for x in (loss.train, loss.validation))
+            result.best_train, result.best_val = (
+                loss.mean_square(x).cpu().numpy().astype(np.float64) for x in (loss.train, loss.validation)
+            )
     r = np.linspace(0.0, r_max, n_profile + (n_profile + 1) % 2)
     with torch.no_grad():
-        phi, dphi, _ = (t.cpu().numpy().astype(np.float64)
-                        for t in profile.jet(torch.as_tensor(r, dtype=model.dtype, device=model.device)))
+        phi, dphi, _ = (
+            t.cpu().numpy().astype(np.float64)
+            for t in profile.jet(torch.as_tensor(r, dtype=model.dtype, device=model.device))
+        )
     kinetic, potential_energy = action_terms(r, phi, dphi, potential)
-    return {"action": kinetic + potential_energy, "action_derrick": 2 * kinetic / 3, "phi0": phi[:, 0],
-            "radius": r, "profile": phi, "guess_action": guess.action, "r_max": r_max,
-            "residual": result.best_train, "result": result}
+    return {
+        "action": kinetic + potential_energy,
+        "action_derrick": 2 * kinetic / 3,
+        "phi0": phi[:, 0],
+        "radius": r,
+        "profile": phi,
+        "guess_action": guess.action,
+        "r_max": r_max,
+        "residual": result.best_train,
+        "result": result,
+    }
 
 
 def cosmotransitions_action(potential: QuarticPotential) -> tuple[float, float]:
@@ -293,7 +335,8 @@ def cosmotransitions_action(potential: QuarticPotential) -> tuple[float, float]:
     and phi(0) of its profile."""
     from cosmoTransitions import tunneling1D
 
-    instanton = tunneling1D.SingleFieldInstanton(potential.true_vacuum, 0.0, potential.V, potential.dV,
-                                                 potential.d2V, alpha=2)
+    instanton = tunneling1D.SingleFieldInstanton(
+        potential.true_vacuum, 0.0, potential.V, potential.dV, potential.d2V, alpha=2
+    )
     profile = instanton.findProfile()
     return float(instanton.findAction(profile)), float(profile.Phi[0])

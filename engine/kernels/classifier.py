@@ -356,7 +356,8 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon divergence (base 2, in [0, 1]) of two histograms (normalised here)."""
     p, q = np.asarray(p, float), np.asarray(q, float)
     if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0 or (p < 0).any() or (q < 0).any():
-        raise ValueError(f"histograms must be equal-shaped, non-negative and non-empty; found {p.shape}, {q.shape}")
+        raise ValueError(f"histograms must be equal-shaped, non-negative and non-empty; "
+                         f"found {p.shape}, {q.shape}")
     p, q = p / p.sum(), q / q.sum()
     m = (p + q) / 2
 

@@ -63,6 +63,7 @@ FIT_BOUNDS = ((0.0, 0.0, 0.0), (1e5, 40.0, 10.0))
 SMOOTH_WINDOW = 4
 PREDICT_LOW_EV, PREDICT_POINTS = -0.5, 1000  # v1's prediction grid, linspace(-0.5, 20, 1000)
 CHANNEL_WINDOW_EV = (-0.3, 20.0)  # v1's analysis window; the grid is binned onto its channels
+PIXELS_PER_PASS = 16  # subtract_and_fit holds (R, this, E) curves at a time
 QUANTILE_LEVELS = (0.16, 0.84)
 
 
@@ -382,7 +383,7 @@ def subtract_and_fit(
     de_i: float,
     de_ii: float,
     predict_points: int = PREDICT_POINTS,
-    pixels_per_pass: int = 16,
+    pixels_per_pass: int = PIXELS_PER_PASS,
 ) -> dict[str, np.ndarray]:
     """ZLP subtraction and band-gap fits of spectra (P, E) with the kept replicas' model.
 

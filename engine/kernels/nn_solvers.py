@@ -56,8 +56,9 @@ def _activation_jet(name: str, z: Tensor, dz: Tensor, d2z: Tensor) -> tuple[Tens
         a = torch.sigmoid(z)
         s = (a * (1 - a)).unsqueeze(1)
         return a, s * dz, s * d2z + s * (1 - 2 * a.unsqueeze(1)) * dz * dz
-    raise ValueError(f"solver networks need smooth activations {JET_ACTIVATIONS} (+ linear output), "
-                     f"got {name!r}")
+    raise ValueError(
+        f"solver networks need smooth activations {JET_ACTIVATIONS} (+ linear output), got {name!r}"
+    )
 
 
 def hidden_jet(model: EnsembleMLP, x: Tensor, layers: int | None = None):
@@ -69,18 +70,22 @@ def hidden_jet(model: EnsembleMLP, x: Tensor, layers: int | None = None):
     """
     r, (b, d) = model.n_replicas, x.shape
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    parts = [x, *(eye[j].expand(b, d) for j in range(d)), torch.zeros(d * b, d, dtype=x.dtype,
-                                                                        device=x.device)]
+    parts = [
+        x,
+        *(eye[j].expand(b, d) for j in range(d)),
+        torch.zeros(d * b, d, dtype=x.dtype, device=x.device),
+    ]
     h = torch.cat(parts).unsqueeze(0).expand(r, -1, -1)
     pairs = list(zip(model.layers(), model.activations))[:layers]
     for (w, bias), act in pairs:
         z = torch.bmm(h, w)
-        value, first, second = z[:, :b] + bias, z[:, b:(d + 1) * b], z[:, (d + 1) * b:]
-        value, first, second = _activation_jet(act, value, first.unflatten(1, (d, b)),
-                                               second.unflatten(1, (d, b)))
+        value, first, second = z[:, :b] + bias, z[:, b : (d + 1) * b], z[:, (d + 1) * b :]
+        value, first, second = _activation_jet(
+            act, value, first.unflatten(1, (d, b)), second.unflatten(1, (d, b))
+        )
         h = torch.cat([value, first.flatten(1, 2), second.flatten(1, 2)], dim=1)
-    first = h[:, b:(d + 1) * b].unflatten(1, (d, b)).transpose(0, 1)
-    second = h[:, (d + 1) * b:].unflatten(1, (d, b)).transpose(0, 1)
+    first = h[:, b : (d + 1) * b].unflatten(1, (d, b)).transpose(0, 1)
+    second = h[:, (d + 1) * b :].unflatten(1, (d, b)).transpose(0, 1)
     return h[:, :b], first, second
 
 
@@ -142,8 +147,12 @@ def _poisson_boundary(x, y):
     f0, f1 = y**3, (1 + y**3) * e  # x = 0, x = 1
     g0, g1 = x * torch.exp(-x), (x + 1) * torch.exp(-x)  # y = 0, y = 1
     g0_ends, g1_ends = (0.0, e), (1.0, 2 * e)
-    a = ((1 - x) * f0 + x * f1 + (1 - y) * (g0 - (1 - x) * g0_ends[0] - x * g0_ends[1])
-         + y * (g1 - (1 - x) * g1_ends[0] - x * g1_ends[1]))
+    a = (
+        (1 - x) * f0
+        + x * f1
+        + (1 - y) * (g0 - (1 - x) * g0_ends[0] - x * g0_ends[1])
+        + y * (g1 - (1 - x) * g1_ends[0] - x * g1_ends[1])
+    )
     lap = (1 - x) * 6 * y + x * 6 * y * e + (1 - y) * (x - 2) * torch.exp(-x) + y * (x - 1) * torch.exp(-x)
     return a, lap
 
@@ -161,19 +170,32 @@ def _poisson_residual(xy, n, dn, d2n):
 
 PROBLEMS: dict[str, Problem] = {
     "ode1": Problem(
-        "ode1", ((0.0, 2.0),), _ode1_residual, lambda x, n: 1 + x[:, 0] * n,
-        lambda x: np.exp(-x[:, 0] ** 2 / 2) / (1 + x[:, 0] + x[:, 0] ** 3) + x[:, 0] ** 2,
-        "psi' + (x + (1+3x^2)/(1+x+x^3)) psi = x^3 + 2x + x^2 (1+3x^2)/(1+x+x^3), psi(0) = 1"),
+        "ode1",
+        ((0.0, 2.0),),
+        _ode1_residual,
+        lambda x, n: 1 + x[:, 0] * n,
+        lambda x: np.exp(-(x[:, 0] ** 2) / 2) / (1 + x[:, 0] + x[:, 0] ** 3) + x[:, 0] ** 2,
+        "psi' + (x + (1+3x^2)/(1+x+x^3)) psi = x^3 + 2x + x^2 (1+3x^2)/(1+x+x^3), psi(0) = 1",
+    ),
     "ode2": Problem(
-        "ode2", ((0.0, 2.0),), _ode2_residual, lambda x, n: x[:, 0] + x[:, 0] ** 2 * n,
+        "ode2",
+        ((0.0, 2.0),),
+        _ode2_residual,
+        lambda x, n: x[:, 0] + x[:, 0] ** 2 * n,
         lambda x: np.exp(-x[:, 0] / 5) * np.sin(x[:, 0]),
-        "psi'' + psi'/5 + psi = -exp(-x/5) cos(x)/5, psi(0) = 0, psi'(0) = 1"),
+        "psi'' + psi'/5 + psi = -exp(-x/5) cos(x)/5, psi(0) = 0, psi'(0) = 1",
+    ),
     "poisson": Problem(
-        "poisson", ((0.0, 1.0), (0.0, 1.0)), _poisson_residual,
-        lambda xy, n: (_poisson_boundary(xy[:, 0], xy[:, 1])[0]
-                       + xy[:, 0] * (1 - xy[:, 0]) * xy[:, 1] * (1 - xy[:, 1]) * n),
+        "poisson",
+        ((0.0, 1.0), (0.0, 1.0)),
+        _poisson_residual,
+        lambda xy, n: (
+            _poisson_boundary(xy[:, 0], xy[:, 1])[0]
+            + xy[:, 0] * (1 - xy[:, 0]) * xy[:, 1] * (1 - xy[:, 1]) * n
+        ),
         lambda xy: _poisson_exact(xy[:, 0], xy[:, 1]),
-        "laplacian(psi) = exp(-x)(x - 2 + y^3 + 6y) on [0,1]^2, psi = exp(-x)(x + y^3) on the edges"),
+        "laplacian(psi) = exp(-x)(x - 2 + y^3 + 6y) on [0,1]^2, psi = exp(-x)(x + y^3) on the edges",
+    ),
 }
 
 
@@ -206,8 +228,9 @@ class ScaledNetwork:
         bounds = np.asarray(domain, float)
         self.model = model
         self.centre = torch.as_tensor(bounds.mean(1), dtype=model.dtype, device=model.device)
-        self.scale = torch.as_tensor(2.0 / (bounds[:, 1] - bounds[:, 0]), dtype=model.dtype,
-                                     device=model.device)
+        self.scale = torch.as_tensor(
+            2.0 / (bounds[:, 1] - bounds[:, 0]), dtype=model.dtype, device=model.device
+        )
 
     def jet(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n, dn, d2n = network_jet(self.model, (x - self.centre) * self.scale)
@@ -220,8 +243,11 @@ class ScaledNetwork:
         h, dh, d2h = hidden_jet(self.model, (x - self.centre) * self.scale, len(self.model.sizes) - 2)
         s = self.scale.view(-1, 1, 1, 1)
         one = torch.ones_like(h[..., :1])
-        return (torch.cat([h, one], -1), torch.cat([dh * s, 0 * one.expand_as(dh[..., :1])], -1),
-                torch.cat([d2h * s * s, 0 * one.expand_as(d2h[..., :1])], -1))
+        return (
+            torch.cat([h, one], -1),
+            torch.cat([dh * s, 0 * one.expand_as(dh[..., :1])], -1),
+            torch.cat([d2h * s * s, 0 * one.expand_as(d2h[..., :1])], -1),
+        )
 
 
 @torch.no_grad()
@@ -288,41 +314,64 @@ class SolverConfig:
 def _model(config: SolverConfig, n_in: int) -> EnsembleMLP:
     for name in config.activations:
         if name not in (*JET_ACTIVATIONS, "linear"):
-            raise ValueError(f"solver networks need smooth activations {JET_ACTIVATIONS} "
-                             f"(+ linear output), got {name!r}")
-    return EnsembleMLP(config.replicas, [n_in, *config.hidden, 1], list(config.activations),
-                       seed=config.seed, device=resolve_device(config.device),
-                       dtype=getattr(torch, config.dtype))
+            raise ValueError(
+                f"solver networks need smooth activations {JET_ACTIVATIONS} (+ linear output), got {name!r}"
+            )
+    return EnsembleMLP(
+        config.replicas,
+        [n_in, *config.hidden, 1],
+        list(config.activations),
+        seed=config.seed,
+        device=resolve_device(config.device),
+        dtype=getattr(torch, config.dtype),
+    )
 
 
 def _stopping(config: SolverConfig) -> StoppingConfig:
     # No data to overfit: stopping only ends replicas whose residual no longer improves.
-    return StoppingConfig(threshold=math.inf, patience=config.patience or config.epochs,
-                          stagnation_epochs=None)
+    return StoppingConfig(
+        threshold=math.inf, patience=config.patience or config.epochs, stagnation_epochs=None
+    )
 
 
-def solve(problem: Problem, config: SolverConfig, *,
-          progress: Callable[[Progress], None] | None = None,
-          on_checkpoint: Callable | None = None,
-          resume_from: Mapping[str, np.ndarray] | None = None) -> tuple[TrainResult, ScaledNetwork]:
+def solve(
+    problem: Problem,
+    config: SolverConfig,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    on_checkpoint: Callable | None = None,
+    resume_from: Mapping[str, np.ndarray] | None = None,
+) -> tuple[TrainResult, ScaledNetwork]:
     """Train `config.replicas` trial solutions of `problem`; returns the result and the networks."""
     torch.set_num_threads(1)
     if config.n_collocation < 4:
         raise ValueError(f"n_collocation must be >= 4 points per dimension, got {config.n_collocation}")
     net = ScaledNetwork(_model(config, problem.dim), problem.domain)
-    loss = ResidualLoss(problem, net, grid(problem, config.n_collocation),
-                        grid(problem, config.n_collocation - 1, interior=True))
-    result = train_ensemble(net.model, loss, config.epochs, optimiser=config.optimiser,
-                            stopping=_stopping(config), validation_every=config.validation_every,
-                            progress=progress, checkpoint_every=None if on_checkpoint is None else
-                            max(config.validation_every, config.epochs // 10),
-                            on_checkpoint=on_checkpoint, resume_from=resume_from)
+    loss = ResidualLoss(
+        problem,
+        net,
+        grid(problem, config.n_collocation),
+        grid(problem, config.n_collocation - 1, interior=True),
+    )
+    result = train_ensemble(
+        net.model,
+        loss,
+        config.epochs,
+        optimiser=config.optimiser,
+        stopping=_stopping(config),
+        validation_every=config.validation_every,
+        progress=progress,
+        checkpoint_every=None if on_checkpoint is None else max(config.validation_every, config.epochs // 10),
+        on_checkpoint=on_checkpoint,
+        resume_from=resume_from,
+    )
     if config.polish:
         polish_output_layer(problem, net, grid(problem, config.n_collocation))
         result.weights = net.model.to_arrays()
         with torch.no_grad():
-            train, val = (loss.mean_square(x).cpu().numpy().astype(np.float64)
-                          for x in (loss.train, loss.validation))
+            train, val = (
+                loss.mean_square(x).cpu().numpy().astype(np.float64) for x in (loss.train, loss.validation)
+            )
         result.best_train, result.best_val = train, val
     return result, net
 
@@ -342,5 +391,10 @@ def solve_on_grid(name: str, config: SolverConfig, n_grid: int, **hooks) -> dict
     result, net = solve(problem, config, **hooks)
     points = grid(problem, n_grid)
     solution = evaluate(problem, net, points)
-    return {"points": points, "solution": solution, "exact": problem.exact(points),
-            "residual": result.best_train, "result": result}
+    return {
+        "points": points,
+        "solution": solution,
+        "exact": problem.exact(points),
+        "residual": result.best_train,
+        "result": result,
+    }

@@ -26,7 +26,6 @@ from ..registry import StepContext, register_op
 from . import needs
 from .core import as_delayed, require_variables
 from .ensembles import (
-    REPLICA,
     checkpointed_training,
     ensemble_architecture,
     history_length,
@@ -46,16 +45,19 @@ class SampleParams(_Params):
     chunk_points: Rows = Field(10_000, gt=0, description="points per chunk (each drawn on its own)")
     sqrt_s_range: tuple[float, float] = Field((60.0, 120.0), description="sqrt(s) range in GeV")
     sampling: Literal["breit_wigner", "uniform"] = Field(
-        "breit_wigner", description="sqrt(s) uniform in the Breit-Wigner angle rho (the Z peak as "
-        "populated as its share of |M|^2) or uniform in sqrt(s)")
+        "breit_wigner",
+        description="sqrt(s) uniform in the Breit-Wigner angle rho (the Z peak as "
+        "populated as its share of |M|^2) or uniform in sqrt(s)",
+    )
     seed: Seed = 0
 
     @model_validator(mode="after")
     def _range(self):
         low, high = self.sqrt_s_range
         if not 0 < low < high:
-            raise ValueError(f"sqrt_s_range must be (low, high) GeV with 0 < low < high, found "
-                             f"{self.sqrt_s_range}")
+            raise ValueError(
+                f"sqrt_s_range must be (low, high) GeV with 0 < low < high, found {self.sqrt_s_range}"
+            )
         return self
 
 
@@ -77,17 +79,29 @@ def sample(params: SampleParams) -> xr.Dataset:
     arctan((s - mZ^2)/(mZ GammaZ))), msq (spin-averaged |M|^2, dimensionless). Chunk k is drawn
     from (seed, k): the same whichever worker draws it.
     """
-    sizes = [min(params.chunk_points, params.n_points - start)
-             for start in range(0, params.n_points, params.chunk_points)]
-    blocks = [da.from_delayed(dask.delayed(_sample_block, pure=True)(n, params.sqrt_s_range, params.sampling,
-                                                                     params.seed, k),
-                              (len(COLUMNS), n), float) for k, n in enumerate(sizes)]
+    sizes = [
+        min(params.chunk_points, params.n_points - start)
+        for start in range(0, params.n_points, params.chunk_points)
+    ]
+    blocks = [
+        da.from_delayed(
+            dask.delayed(_sample_block, pure=True)(n, params.sqrt_s_range, params.sampling, params.seed, k),
+            (len(COLUMNS), n),
+            float,
+        )
+        for k, n in enumerate(sizes)
+    ]
     table = da.concatenate(blocks, axis=1)
-    attrs = {"sqrt_s": {"units": "GeV", "long_name": "sqrt(s)"}, "cos_theta": {"long_name": "cos(theta)"},
-             "rho": {"long_name": "Breit-Wigner angle"},
-             "msq": {"long_name": "|M|^2 (spin-averaged, e+e- -> mu+mu-, photon + Z)"}}
-    return xr.Dataset({name: xr.Variable((POINT,), table[k], attrs[name]) for k, name in enumerate(COLUMNS)},
-                      attrs={"process": "e+e- -> mu+mu- (tree level, photon + Z)"})
+    attrs = {
+        "sqrt_s": {"units": "GeV", "long_name": "sqrt(s)"},
+        "cos_theta": {"long_name": "cos(theta)"},
+        "rho": {"long_name": "Breit-Wigner angle"},
+        "msq": {"long_name": "|M|^2 (spin-averaged, e+e- -> mu+mu-, photon + Z)"},
+    }
+    return xr.Dataset(
+        {name: xr.Variable((POINT,), table[k], attrs[name]) for k, name in enumerate(COLUMNS)},
+        attrs={"process": "e+e- -> mu+mu- (tree level, photon + Z)"},
+    )
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -102,8 +116,9 @@ class AmpTrainParams(_Params):
     beta: float = Field(0.5, ge=0, le=1, description="beta-NLL weight sigma^(2 beta) (0: plain NLL)")
     optimiser: OptimiserParams = OptimiserParams(lr=3e-3, lr_final=1e-4)
     training_fraction: float = Field(0.8, gt=0, lt=1, description="per-replica training share")
-    holdout_fraction: float = Field(0.1, gt=0, lt=1, description="points no replica sees, on which the "
-                                    "ensemble's sigma scale is fitted")
+    holdout_fraction: float = Field(
+        0.1, gt=0, lt=1, description="points no replica sees, on which the ensemble's sigma scale is fitted"
+    )
     patience: Epochs | None = Field(None, gt=0, description="checks without improvement (none: never stop)")
     validation_every: Epochs = Field(100, gt=0)
     checkpoint_every: Epochs | None = Field(1000, gt=0)
@@ -113,8 +128,10 @@ class AmpTrainParams(_Params):
     @model_validator(mode="after")
     def _layers(self):
         if len(self.activations) != len(self.hidden) + 1:
-            raise ValueError(f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
-                             f"found {len(self.activations)}")
+            raise ValueError(
+                f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
+                f"found {len(self.activations)}"
+            )
         return self
 
 
@@ -143,33 +160,51 @@ def _train(features, target, params: AmpTrainParams, context: StepContext) -> di
         raise ValueError(f"amp.train needs at least 8 points, found {len(x)}")
     holdout = holdout_mask(len(x), params.holdout_fraction, params.seed)
     n_fit = int((~holdout).sum())
-    mask = training_masks(n_fit, np.zeros(n_fit, int), params.replicas, params.training_fraction,
-                          params.seed)
-    config = RegressionConfig(tuple(params.hidden), tuple(params.activations), params.epochs,
-                              OptimiserConfig(**params.optimiser.model_dump()),
-                              StoppingConfig(threshold=np.inf, patience=params.patience or params.epochs,
-                                             stagnation_epochs=None),
-                              params.validation_every, params.seed, params.device, params.checkpoint_every)
+    mask = training_masks(n_fit, np.zeros(n_fit, int), params.replicas, params.training_fraction, params.seed)
+    config = RegressionConfig(
+        tuple(params.hidden),
+        tuple(params.activations),
+        params.epochs,
+        OptimiserConfig(**params.optimiser.model_dump()),
+        StoppingConfig(threshold=np.inf, patience=params.patience or params.epochs, stagnation_epochs=None),
+        params.validation_every,
+        params.seed,
+        params.device,
+        params.checkpoint_every,
+    )
     fitted = {}
 
     def fit(**hooks):
         result, fitted["low"], fitted["high"], fitted["scale"], fitted["k"] = fit_amplitude(
-            x, target, mask, config, holdout=holdout, beta=params.beta, batch_size=params.batch_size,
-            **hooks)
+            x, target, mask, config, holdout=holdout, beta=params.beta, batch_size=params.batch_size, **hooks
+        )
         return result
 
     result = checkpointed_training(context, params.epochs, params.validation_every, fit)
     scale = fitted["scale"]
-    return {**result_arrays(result, history_length(params.epochs, params.validation_every)),
-            "input_low": fitted["low"], "input_high": fitted["high"],
-            "target_scale": np.array([scale.mean, scale.std]), "sigma_scale": np.array(fitted["k"])}
+    return {
+        **result_arrays(result, history_length(params.epochs, params.validation_every)),
+        "input_low": fitted["low"],
+        "input_high": fitted["high"],
+        "target_scale": np.array([scale.mean, scale.std]),
+        "sigma_scale": np.array(fitted["k"]),
+    }
 
 
-@register_op("amp.train", params=AmpTrainParams, wants_context=True, inputs=("data",),
-             memory=needs.TorchNeed(lambda p, i, o: 4 * needs.whole_bytes(i["data"])
-                                    + needs.ensemble_training_bytes(
-                                        p.replicas, [len(p.features), *p.hidden, 2],
-                                        p.batch_size or i["data"][p.target].size)))
+@register_op(
+    "amp.train",
+    params=AmpTrainParams,
+    wants_context=True,
+    inputs=("data",),
+    memory=needs.TorchNeed(
+        lambda p, i, o: (
+            4 * needs.whole_bytes(i["data"])
+            + needs.ensemble_training_bytes(
+                p.replicas, [len(p.features), *p.hidden, 2], p.batch_size or i["data"][p.target].size
+            )
+        )
+    ),
+)
 def train(params: AmpTrainParams, data: xr.Dataset, context: StepContext) -> xr.Dataset:
     """Heteroscedastic deep ensemble of ln(target): each replica outputs a mean and ln sigma^2.
 
@@ -183,19 +218,30 @@ def train(params: AmpTrainParams, data: xr.Dataset, context: StepContext) -> xr.
     (target,) = _point_variables(data, [params.target])
     if target.dims != features[0].dims:
         raise OpError(f"target {params.target!r} must lie along {features[0].dims}, found {target.dims}")
-    architecture = ensemble_architecture(len(features), params.hidden, params.activations, params.seed,
-                                         n_out=2)
-    trained = dask.delayed(_train, pure=True)([as_delayed(f.data) for f in features],
-                                              as_delayed(target.data), params, context)
-    layout = result_layout(architecture, params.replicas, history_length(params.epochs,
-                                                                         params.validation_every))
+    architecture = ensemble_architecture(
+        len(features), params.hidden, params.activations, params.seed, n_out=2
+    )
+    trained = dask.delayed(_train, pure=True)(
+        [as_delayed(f.data) for f in features], as_delayed(target.data), params, context
+    )
+    layout = result_layout(
+        architecture, params.replicas, history_length(params.epochs, params.validation_every)
+    )
     layout["input_low"] = (("feature",), (len(features),), float)
     layout["input_high"] = (("feature",), (len(features),), float)
     layout["target_scale"] = (("moment",), (2,), float)
     layout["sigma_scale"] = ((), (), float)
-    return lazy_ensemble(trained, layout, architecture,
-                         {"features": list(params.features), "target": params.target,
-                          "kind": "heteroscedastic amplitude ensemble", "epochs": params.epochs})
+    return lazy_ensemble(
+        trained,
+        layout,
+        architecture,
+        {
+            "features": list(params.features),
+            "target": params.target,
+            "kind": "heteroscedastic amplitude ensemble",
+            "epochs": params.epochs,
+        },
+    )
 
 
 # -- inference ----------------------------------------------------------------------------------
@@ -211,8 +257,17 @@ def _predict_block(block: np.ndarray, weights: dict, architecture: dict, device:
     from ..kernels.amplitudes import TargetScale, predict_amplitude
 
     low, high, (mean, std) = weights["input_low"], weights["input_high"], weights["target_scale"]
-    out = predict_amplitude(weights, architecture, block.T, low, high, TargetScale(mean, std),
-                            kept=weights["kept"], sigma_scale=float(weights["sigma_scale"]), device=device)
+    out = predict_amplitude(
+        weights,
+        architecture,
+        block.T,
+        low,
+        high,
+        TargetScale(mean, std),
+        kept=weights["kept"],
+        sigma_scale=float(weights["sigma_scale"]),
+        device=device,
+    )
     return np.stack([out[name] for name in OUTPUTS])
 
 
@@ -220,8 +275,9 @@ def _weights(**arrays):
     return {name: np.asarray(value) for name, value in arrays.items()}
 
 
-@register_op("amp.predict", params=AmpPredictParams, inputs=("model", "data"),
-             memory=needs.TorchNeed(2.0 + 2 * 64))  # a chunk, and every replica's activations on it
+@register_op(
+    "amp.predict", params=AmpPredictParams, inputs=("model", "data"), memory=needs.TorchNeed(2.0 + 2 * 64)
+)  # a chunk, and every replica's activations on it
 def predict(params: AmpPredictParams, model: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
     """Ensemble prediction of ln |M|^2 per point, chunk by chunk (lazy).
 
@@ -231,19 +287,29 @@ def predict(params: AmpPredictParams, model: xr.Dataset, data: xr.Dataset) -> xr
     msq_pred / truth - 1. The data's own variables pass through.
     """
     if model.attrs.get("kind") != "heteroscedastic amplitude ensemble":
-        raise OpError("input 'model' is not an amp.train ensemble (attribute kind is "
-                      f"{model.attrs.get('kind')!r})")
+        raise OpError(
+            f"input 'model' is not an amp.train ensemble (attribute kind is {model.attrs.get('kind')!r})"
+        )
     architecture = json.loads(model.attrs["architecture"])
     features = _point_variables(data, list(model.attrs["features"]))
     stacked = da.stack([da.asarray(f.data) for f in features]).rechunk({0: -1})
     names = [*weight_names(model), "input_low", "input_high", "target_scale", "sigma_scale", "kept"]
     weights = dask.delayed(_weights, pure=True)(**{n: as_delayed(model[n].data) for n in names})
-    out = da.map_blocks(_predict_block, stacked, weights, architecture, params.device,
-                        chunks=((len(OUTPUTS),), stacked.chunks[1]), dtype=float,
-                        meta=np.empty((0, 0), float))
+    out = da.map_blocks(
+        _predict_block,
+        stacked,
+        weights,
+        architecture,
+        params.device,
+        chunks=((len(OUTPUTS),), stacked.chunks[1]),
+        dtype=float,
+        meta=np.empty((0, 0), float),
+    )
     dim = features[0].dims[0]
-    result = xr.Dataset({name: ((dim,), out[k]) for k, name in enumerate(OUTPUTS)},
-                        coords={k: v for k, v in data.coords.items() if v.dims == (dim,)})
+    result = xr.Dataset(
+        {name: ((dim,), out[k]) for k, name in enumerate(OUTPUTS)},
+        coords={k: v for k, v in data.coords.items() if v.dims == (dim,)},
+    )
     result["msq_pred"] = np.exp(result["log_mean"])
     if params.truth is not None:
         (truth,) = _point_variables(data, [params.truth])
@@ -255,8 +321,9 @@ def predict(params: AmpPredictParams, model: xr.Dataset, data: xr.Dataset) -> xr
 # -- calibration and precision --------------------------------------------------------------------
 class CalibrationParams(_Params):
     truth: str = "msq"
-    tail_fraction: float = Field(0.05, gt=0, lt=0.5, description="lowest and highest fraction of the "
-                                 "true |M|^2 that count as tails")
+    tail_fraction: float = Field(
+        0.05, gt=0, lt=0.5, description="lowest and highest fraction of the true |M|^2 that count as tails"
+    )
     percentiles: list[float] = Field([50.0, 90.0, 99.0], min_length=1)
     pull_bins: int = Field(40, ge=2, le=10_000, description="bins of the pull histograms on [-5, 5]")
 
@@ -274,11 +341,16 @@ def _calibrate(log_mean, sigma, truth, params: CalibrationParams) -> dict[str, n
     pulls, bulk = out["pulls"], out["bulk"]
     edges = np.linspace(-5.0, 5.0, params.pull_bins + 1)
     clipped = np.clip(pulls, -5.0, 5.0)  # overflow into the edge bins
-    return {"pulls_bulk": np.histogram(clipped[bulk], edges)[0].astype(float),
-            "pulls_tails": np.histogram(clipped[~bulk], edges)[0].astype(float),"rms_pull_bulk": np.array(out["rms_pull_bulk"]), "rms_pull_tails": np.array(out["rms_pull_tails"]),
-            "mean_pull": np.array(pulls.mean()), "points_bulk": np.array(bulk.sum()),
-            "points_tails": np.array((~bulk).sum()),
-            "relative_error_percentile": out["relative_error_percentiles"]}
+    return {
+        "pulls_bulk": np.histogram(clipped[bulk], edges)[0].astype(float),
+        "pulls_tails": np.histogram(clipped[~bulk], edges)[0].astype(float),
+        "rms_pull_bulk": np.array(out["rms_pull_bulk"]),
+        "rms_pull_tails": np.array(out["rms_pull_tails"]),
+        "mean_pull": np.array(pulls.mean()),
+        "points_bulk": np.array(bulk.sum()),
+        "points_tails": np.array((~bulk).sum()),
+        "relative_error_percentile": out["relative_error_percentiles"],
+    }
 
 
 @register_op("amp.calibration", params=CalibrationParams, memory=needs.gathered(4.0))
@@ -290,17 +362,35 @@ def calibration(params: CalibrationParams, data: xr.Dataset) -> xr.Dataset:
     histograms pulls_bulk, pulls_tails on [-5, 5] (overflow in the edge bins; plot kind hist).
     """
     require_variables(data, ["log_mean", "sigma", params.truth])
-    done = dask.delayed(_calibrate, pure=True)(as_delayed(data["log_mean"].data),
-                                                as_delayed(data["sigma"].data),
-                                                as_delayed(data[params.truth].data), params)
-    dims = {"rms_pull_bulk": (), "rms_pull_tails": (), "mean_pull": (), "points_bulk": (), "points_tails": (),
-            "relative_error_percentile": ("percentile",), "pulls_bulk": ("pull",), "pulls_tails": ("pull",)}
+    done = dask.delayed(_calibrate, pure=True)(
+        as_delayed(data["log_mean"].data),
+        as_delayed(data["sigma"].data),
+        as_delayed(data[params.truth].data),
+        params,
+    )
+    dims = {
+        "rms_pull_bulk": (),
+        "rms_pull_tails": (),
+        "mean_pull": (),
+        "points_bulk": (),
+        "points_tails": (),
+        "relative_error_percentile": ("percentile",),
+        "pulls_bulk": ("pull",),
+        "pulls_tails": ("pull",),
+    }
     sizes = {"percentile": len(params.percentiles), "pull": params.pull_bins}
     edges = np.linspace(-5.0, 5.0, params.pull_bins + 1)
     result = xr.Dataset(
-        {name: (d, da.from_delayed(done[name], tuple(sizes[k] for k in d), float)) for name, d in dims.items()},
-        coords={"percentile": params.percentiles, "pull": 0.5 * (edges[1:] + edges[:-1]),
-                "pull_edges": edges})
+        {
+            name: (d, da.from_delayed(done[name], tuple(sizes[k] for k in d), float))
+            for name, d in dims.items()
+        },
+        coords={
+            "percentile": params.percentiles,
+            "pull": 0.5 * (edges[1:] + edges[:-1]),
+            "pull_edges": edges,
+        },
+    )
     for name in ("rms_pull_bulk", "rms_pull_tails", "relative_error_percentile"):
         mark(result[name], "value")
     return result

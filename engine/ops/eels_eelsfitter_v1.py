@@ -197,19 +197,15 @@ class V1SubtractParams(_Params):
 
 
 # Per pass of kernels.eelsfitter_v1.subtract_and_fit: the model, matched ZLP, difference and its
-# sorted copy over (R, 16 pixels, E) in float64.
+# sorted copy over (R, pixels per pass, E) in float64.
 PASS_COPIES = 4
 
 
 def _subtract_need(params, inputs: dict[str, xr.Dataset], output: xr.Dataset) -> int:
     """A chunk of spectra with its packed results, and one pass of every replica's curves."""
     model, image = inputs["model"], inputs["image"]
-    one_pass = PASS_COPIES * model.sizes["replica"] * 16 * image.sizes[ENERGY] * needs.FLOAT64
+    one_pass = PASS_COPIES * model.sizes["replica"] * v1.PIXELS_PER_PASS * image.sizes[ENERGY] * needs.FLOAT64
     return needs.chunk_task(3.0, inputs, output) + one_pass
-
-
-def _kept(weights: dict, kept) -> dict:
-    return v1.kept_arrays(weights, kept)
 
 
 def _block(spectra, arrays, architecture, energy, de_i, de_ii, device):
@@ -252,7 +248,8 @@ def eelsfitter_v1(params: V1SubtractParams, image: xr.Dataset, model: xr.Dataset
     counts; `e_bg_curves`, `exponent_curves` the same fits of the mean, 16% and 84% curves;
     `first_fit_energy` (eV) and `n_fit_points`; `at_first_point`, True where E_BG ended on the
     first fitted point (v1's fit rule, not the data, set it). Energies: each spectrum's maximum
-    channel is put on the channel nearest 0 eV.
+    channel is put on the channel nearest 0 eV. Every pixel costs three scipy fits, as in v1:
+    right for spectra and line scans, slow for a 10^6-pixel image.
     """
     if model.attrs.get("kind") != KIND:
         raise OpError(
@@ -263,7 +260,7 @@ def eelsfitter_v1(params: V1SubtractParams, image: xr.Dataset, model: xr.Dataset
     if spectra.chunks is None:
         spectra = spectra.chunk()
     weights = {name: as_delayed(model[name].data) for name in weight_names(model)}
-    arrays = dask.delayed(_kept, pure=True)(weights, as_delayed(model["kept"].data))
+    arrays = dask.delayed(v1.kept_arrays, pure=True)(weights, as_delayed(model["kept"].data))
     architecture = json.loads(model.attrs["architecture"])
     n_e = energy.size
     width = 4 * n_e + 11

@@ -52,7 +52,14 @@ from ..kernels.lhc_expr import (
     per_event,
 )
 from ..kernels.lhc_hist import Axis, fill, flat_size
-from ..kernels.lhc_kinematics import CARTESIAN, POLAR, leading_objects, to_cartesian
+from ..kernels.lhc_kinematics import (
+    CARTESIAN,
+    POLAR,
+    jagged_components,
+    leading_jagged,
+    leading_regular,
+    to_cartesian,
+)
 from ..registry import register_op
 
 if TYPE_CHECKING:  # imported where chunks are computed: loading the ops must not pay for awkward
@@ -347,20 +354,25 @@ def _objects_recipe(params: KinematicsParams, kinds: dict[str, Kind]):
 
 def _kinematics_chunk(recipe: dict, extras: tuple[str, ...], leading: int, keys: tuple[str, ...],
                       columns: ChunkColumns) -> tuple:
-    import awkward as ak
-
+    """Numpy on flat buffers: flat objects stay columns, a collection is taken apart into its
+    offsets and flat fields (awkward only for that), so no list is built or sorted per event."""
+    names = (*(CARTESIAN if recipe["system"] == "cartesian" else POLAR), *extras)
     if "collection" in recipe:
-        fields = {k: columns(v) for k, v in recipe["columns"].items()}
-    else:  # flat objects become a list of fixed length per event, so both take one path
-        fields = {k: ak.from_regular(ak.Array(np.stack([np.asarray(columns(m[k]), np.float64)
-                                                        for m in recipe["objects"]], axis=1)))
-                  for k in recipe["objects"][0]}
+        wanted = {k: columns.sources[v][1] for k, v in recipe["columns"].items()}
+        offsets, flat = jagged_components(columns.collections[recipe["collection"]], list(wanted.values()))
+        objects = [{k: flat[f] for k, f in wanted.items()}]
+        length = len(offsets) - 1
+    else:
+        objects = [{k: np.asarray(columns(m[k])) for k in names} for m in recipe["objects"]]
+        length = len(objects[0][names[0]])
+    if length != columns.length:
+        raise ValueError(f"expected {columns.length} events in a chunk, found {length}")
     if recipe["system"] == "polar":
-        fields = {**fields, **to_cartesian(*(fields[c] for c in POLAR))}
-    objects = ak.zip({k: fields[k] for k in (*CARTESIAN, *extras)})
-    if len(objects) != columns.length:
-        raise ValueError(f"expected {columns.length} events in a chunk, found {len(objects)}")
-    result = leading_objects(objects, leading, extras)
+        objects = [{**o, **to_cartesian(*(o[c] for c in POLAR))} for o in objects]
+    if "collection" in recipe:
+        result = leading_jagged(offsets, objects[0], leading, extras)
+    else:
+        result = leading_regular(objects, leading, extras)
     return tuple(result[k] for k in keys)
 
 

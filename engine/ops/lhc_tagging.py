@@ -203,8 +203,9 @@ def _fit(kind: str, features: np.ndarray, labels: np.ndarray, params: NetworkPar
     fitted = {}
     adversary = getattr(params, "adversary", None)
     if adversary is not None:
-        hooks_extra = {"adversary": AdversaryConfig(adversary.strength, adversary.bins, tuple(adversary.hidden),
-                                                    adversary.lr, adversary.steps, adversary.pretrain),
+        config_adversary = AdversaryConfig(adversary.strength, adversary.bins, tuple(adversary.hidden),
+                                           adversary.lr, adversary.steps, adversary.pretrain)
+        hooks_extra = {"adversary": config_adversary,
                        "nuisance": (mass[train], mass[val])}
     else:
         hooks_extra = {}

@@ -44,35 +44,52 @@ class SolverParams(_Params):
 
     replicas: Replicas = Field(8, gt=0, description="networks from different initialisations")
     hidden: Widths = Field([20, 20], description="hidden layer widths")
-    activations: list[str] = Field(["tanh", "tanh", "linear"], description="smooth hidden activations "
-                                   "(tanh, sigmoid), linear output")
+    activations: list[str] = Field(
+        ["tanh", "tanh", "linear"], description="smooth hidden activations (tanh, sigmoid), linear output"
+    )
     epochs: Epochs = Field(1000, gt=0)
     validation_every: Epochs = Field(50, gt=0)
     optimiser: OptimiserParams = OptimiserParams(lr=3e-2, lr_final=1e-4)
     n_collocation: GridNodes = Field(64, ge=4, description="collocation points per dimension")
-    polish: bool = Field(True, description="finish with a least-squares (Gauss-Newton) solve of each "
-                         "replica's output layer")
+    polish: bool = Field(
+        True, description="finish with a least-squares (Gauss-Newton) solve of each replica's output layer"
+    )
     seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
     def _layers(self):
         if len(self.activations) != len(self.hidden) + 1:
-            raise ValueError(f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
-                             f"found {len(self.activations)}")
+            raise ValueError(
+                f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
+                f"found {len(self.activations)}"
+            )
         bad = [a for a in self.activations[:-1] if a not in SMOOTH]
         if bad or self.activations[-1] != "linear":
-            raise ValueError(f"the residual needs second derivatives: hidden activations must be one "
-                             f"of {SMOOTH} and the output 'linear', found {self.activations}")
+            raise ValueError(
+                f"the residual needs second derivatives: hidden activations must be one "
+                f"of {SMOOTH} and the output 'linear', found {self.activations}"
+            )
         return self
 
     def config(self):
         from ..kernels.nn_solvers import SolverConfig
         from ..kernels.optim import OptimiserConfig
 
-        return SolverConfig(tuple(self.hidden), tuple(self.activations), self.replicas, self.epochs,
-                            OptimiserConfig(**self.optimiser.model_dump()), None, self.validation_every,
-                            self.n_collocation, self.polish, self.seed, self.device, "float64")
+        return SolverConfig(
+            tuple(self.hidden),
+            tuple(self.activations),
+            self.replicas,
+            self.epochs,
+            OptimiserConfig(**self.optimiser.model_dump()),
+            None,
+            self.validation_every,
+            self.n_collocation,
+            self.polish,
+            self.seed,
+            self.device,
+            "float64",
+        )
 
 
 def _architecture(params: SolverParams, n_in: int) -> dict:
@@ -95,7 +112,8 @@ def _solver_need(points: int, n_in: int):
 class EquationParams(SolverParams):
     equation: Literal["ode1", "ode2", "poisson"] = Field(
         description="ode1: first-order ODE on [0, 2]; ode2: second-order ODE on [0, 2]; poisson: "
-        "2-D Poisson problem on the unit square (kernels/nn_solvers.py states each)")
+        "2-D Poisson problem on the unit square (kernels/nn_solvers.py states each)"
+    )
     n_grid: GridNodes = Field(101, ge=2, description="output grid points per dimension")
 
 
@@ -113,19 +131,31 @@ def _solve_equation(params: EquationParams, context: StepContext) -> dict[str, n
     solution = arrays["solution"]
     mean = solution.mean(0)
     error = np.abs(solution - arrays["exact"])
-    return {**result_arrays(result, history_length(params.epochs, params.validation_every)),
-            "solution": solution.reshape(-1, *shape), "exact": arrays["exact"].reshape(shape),
-            "solution_mean": mean.reshape(shape),
-            "solution_std": (solution.std(0, ddof=1) if len(solution) > 1 else 0 * mean).reshape(shape),
-            "solution_quantile": np.quantile(solution, QUANTILES, axis=0).reshape(-1, *shape),
-            "abs_error": np.abs(mean - arrays["exact"]).reshape(shape),
-            "max_error": np.array(np.abs(mean - arrays["exact"]).max()),
-            "max_error_replica": error.max(1), "residual": arrays["residual"]}
+    return {
+        **result_arrays(result, history_length(params.epochs, params.validation_every)),
+        "solution": solution.reshape(-1, *shape),
+        "exact": arrays["exact"].reshape(shape),
+        "solution_mean": mean.reshape(shape),
+        "solution_std": (solution.std(0, ddof=1) if len(solution) > 1 else 0 * mean).reshape(shape),
+        "solution_quantile": np.quantile(solution, QUANTILES, axis=0).reshape(-1, *shape),
+        "abs_error": np.abs(mean - arrays["exact"]).reshape(shape),
+        "max_error": np.array(np.abs(mean - arrays["exact"]).max()),
+        "max_error_replica": error.max(1),
+        "residual": arrays["residual"],
+    }
 
 
-@register_op("solve.equation", params=EquationParams, inputs=(), wants_context=True,
-             memory=needs.TorchNeed(lambda p, i, o: _solver_need(p.n_collocation ** len(
-                 EQUATION_DOMAINS[p.equation]), len(EQUATION_DOMAINS[p.equation]))(p, i, o)))
+@register_op(
+    "solve.equation",
+    params=EquationParams,
+    inputs=(),
+    wants_context=True,
+    memory=needs.TorchNeed(
+        lambda p, i, o: _solver_need(
+            p.n_collocation ** len(EQUATION_DOMAINS[p.equation]), len(EQUATION_DOMAINS[p.equation])
+        )(p, i, o)
+    ),
+)
 def equation(params: EquationParams, context: StepContext) -> xr.Dataset:
     """Solve a known-truth ODE/PDE with replica networks (the equation and its conditions in the loss).
 
@@ -139,16 +169,26 @@ def equation(params: EquationParams, context: StepContext) -> xr.Dataset:
     grid = (n,) * len(dims)
     architecture = _architecture(params, len(dims))
     layout = result_layout(architecture, r, history_length(params.epochs, params.validation_every))
-    layout.update({
-        "solution": ((REPLICA, *dims), (r, *grid), float), "exact": (dims, grid, float),
-        "solution_mean": (dims, grid, float), "solution_std": (dims, grid, float),
-        "solution_quantile": (("quantile", *dims), (len(QUANTILES), *grid), float),
-        "abs_error": (dims, grid, float), "max_error": ((), (), float),
-        "max_error_replica": ((REPLICA,), (r,), float), "residual": ((REPLICA,), (r,), float)})
+    layout.update(
+        {
+            "solution": ((REPLICA, *dims), (r, *grid), float),
+            "exact": (dims, grid, float),
+            "solution_mean": (dims, grid, float),
+            "solution_std": (dims, grid, float),
+            "solution_quantile": (("quantile", *dims), (len(QUANTILES), *grid), float),
+            "abs_error": (dims, grid, float),
+            "max_error": ((), (), float),
+            "max_error_replica": ((REPLICA,), (r,), float),
+            "residual": ((REPLICA,), (r,), float),
+        }
+    )
     solved = dask.delayed(_solve_equation, pure=True)(params, context)
-    result = lazy_ensemble(solved, layout, architecture,
-                           {"kind": "neural equation solver", "equation": params.equation,
-                            "epochs": params.epochs})
+    result = lazy_ensemble(
+        solved,
+        layout,
+        architecture,
+        {"kind": "neural equation solver", "equation": params.equation, "epochs": params.epochs},
+    )
     result = result.assign_coords({d: from_grid for d in dims} | {"quantile": list(QUANTILES)})
     mark(result["max_error"], "value", label=f"{params.equation}: max |mean - exact|")
     return result
@@ -164,11 +204,13 @@ class Potential(_Params):
 
 
 class BounceParams(SolverParams):
-    potentials: list[Potential] = Field(min_length=1, max_length=64, description="one bounce per "
-                                        "potential (the 'case' dim)")
+    potentials: list[Potential] = Field(
+        min_length=1, max_length=64, description="one bounce per potential (the 'case' dim)"
+    )
     n_collocation: GridNodes = Field(300, ge=4, description="collocation radii")
-    n_profile: GridNodes = Field(2001, ge=5, description="radii of the published profile and of the "
-                                 "action integral")
+    n_profile: GridNodes = Field(
+        2001, ge=5, description="radii of the published profile and of the action integral"
+    )
     # lr 1e-2 made the thick-wall residual diverge from the start (S3 +8%); 2e-3 then Gauss-Newton
     # measured within 0.3% of CosmoTransitions on every case
     optimiser: OptimiserParams = OptimiserParams(lr=2e-3, lr_final=2e-5)
@@ -188,15 +230,28 @@ class BounceParams(SolverParams):
 def _solve_bounce(potential: Potential, params: BounceParams) -> dict[str, np.ndarray]:
     from ..kernels.bounce import QuarticPotential, solve_bounce
 
-    out = solve_bounce(QuarticPotential(potential.c2, potential.c3, potential.c4), params.config(),
-                       n_profile=params.n_profile)
-    return {"action": out["action"], "action_derrick": out["action_derrick"], "phi0": out["phi0"],
-            "residual": out["residual"], "profile": out["profile"], "radius": out["radius"],
-            "guess_action": np.array(out["guess_action"])}
+    out = solve_bounce(
+        QuarticPotential(potential.c2, potential.c3, potential.c4),
+        params.config(),
+        n_profile=params.n_profile,
+    )
+    return {
+        "action": out["action"],
+        "action_derrick": out["action_derrick"],
+        "phi0": out["phi0"],
+        "residual": out["residual"],
+        "profile": out["profile"],
+        "radius": out["radius"],
+        "guess_action": np.array(out["guess_action"]),
+    }
 
 
-@register_op("solve.bounce", params=BounceParams, inputs=(),
-             memory=needs.TorchNeed(lambda p, i, o: _solver_need(p.n_collocation, 1)(p, i, o)))
+@register_op(
+    "solve.bounce",
+    params=BounceParams,
+    inputs=(),
+    memory=needs.TorchNeed(lambda p, i, o: _solver_need(p.n_collocation, 1)(p, i, o)),
+)
 def bounce(params: BounceParams) -> xr.Dataset:
     """O(3) bounce and action S3 of quartic potentials from replica networks (one task per potential).
 
@@ -207,18 +262,38 @@ def bounce(params: BounceParams) -> xr.Dataset:
     """
     r, m = params.replicas, params.n_profile + (params.n_profile + 1) % 2
     cases = [dask.delayed(_solve_bounce, pure=True)(p, params) for p in params.potentials]
-    layout = {"action": ((r,), float), "action_derrick": ((r,), float), "phi0": ((r,), float),
-              "residual": ((r,), float), "profile": ((r, m), float), "radius": ((m,), float),
-              "guess_action": ((), float)}
-    dims = {"action": (REPLICA,), "action_derrick": (REPLICA,), "phi0": (REPLICA,), "residual": (REPLICA,),
-            "profile": (REPLICA, "point"), "radius": ("point",), "guess_action": ()}
-    variables = {name: (("case", *dims[name]), da.stack([da.from_delayed(c[name], shape, dtype)
-                                                         for c in cases]))
-                 for name, (shape, dtype) in layout.items()}
-    result = xr.Dataset(variables, coords={"case": np.arange(len(cases)), REPLICA: np.arange(r),
-                                           "c2": ("case", [p.c2 for p in params.potentials]),
-                                           "c3": ("case", [p.c3 for p in params.potentials]),
-                                           "c4": ("case", [p.c4 for p in params.potentials])})
+    layout = {
+        "action": ((r,), float),
+        "action_derrick": ((r,), float),
+        "phi0": ((r,), float),
+        "residual": ((r,), float),
+        "profile": ((r, m), float),
+        "radius": ((m,), float),
+        "guess_action": ((), float),
+    }
+    dims = {
+        "action": (REPLICA,),
+        "action_derrick": (REPLICA,),
+        "phi0": (REPLICA,),
+        "residual": (REPLICA,),
+        "profile": (REPLICA, "point"),
+        "radius": ("point",),
+        "guess_action": (),
+    }
+    variables = {
+        name: (("case", *dims[name]), da.stack([da.from_delayed(c[name], shape, dtype) for c in cases]))
+        for name, (shape, dtype) in layout.items()
+    }
+    result = xr.Dataset(
+        variables,
+        coords={
+            "case": np.arange(len(cases)),
+            REPLICA: np.arange(r),
+            "c2": ("case", [p.c2 for p in params.potentials]),
+            "c3": ("case", [p.c3 for p in params.potentials]),
+            "c4": ("case", [p.c4 for p in params.potentials]),
+        },
+    )
     result["action_mean"] = result["action"].mean(REPLICA)
     result["action_std"] = result["action"].std(REPLICA, ddof=1) if r > 1 else 0 * result["action_mean"]
     result["action_derrick_mean"] = result["action_derrick"].mean(REPLICA)

@@ -40,8 +40,13 @@ def vector_axial_msq(sqrt_s, c):
 def cross_section_nb(sqrt_s: float) -> float:
     """sigma = int |M|^2 / (64 pi^2 s) dOmega, by Gauss-Legendre in cos(theta)."""
     c, w = np.polynomial.legendre.leggauss(16)
-    return float(2 * math.pi * np.sum(w * ee_mumu_msq(np.full(16, sqrt_s), c)) / (64 * math.pi**2 * sqrt_s**2)
-                 * GEV2_TO_NB)
+    return float(
+        2
+        * math.pi
+        * np.sum(w * ee_mumu_msq(np.full(16, sqrt_s), c))
+        / (64 * math.pi**2 * sqrt_s**2)
+        * GEV2_TO_NB
+    )
 
 
 def test_matches_the_vector_axial_form():
@@ -53,8 +58,9 @@ def test_matches_the_vector_axial_form():
 def test_qed_limit_and_point_cross_section():
     """Far below the Z: |M|^2 -> e^4 (1 + c^2) and sigma -> 4 pi alpha^2 / (3 s) (86.8 nb / s)."""
     c = np.linspace(-1, 1, 5)
-    np.testing.assert_allclose(ee_mumu_msq(np.full(5, 1.0), c), (4 * math.pi * K.alpha) ** 2 * (1 + c**2),
-                               rtol=1e-3)  # Z admixture ~ s / mZ^2 = 1e-4
+    np.testing.assert_allclose(
+        ee_mumu_msq(np.full(5, 1.0), c), (4 * math.pi * K.alpha) ** 2 * (1 + c**2), rtol=1e-3
+    )  # Z admixture ~ s / mZ^2 = 1e-4
     point = 4 * math.pi * K.alpha**2 / 3 / 1.0**2 * GEV2_TO_NB
     assert cross_section_nb(1.0) == pytest.approx(point, rel=1e-3)
 
@@ -71,6 +77,7 @@ def test_z_peak_cross_section():
 
 def test_forward_backward_asymmetry_sign():
     """Negative below the Z (interference), positive above it: the textbook A_FB curve."""
+
     def afb(sqrt_s):
         c, w = np.polynomial.legendre.leggauss(32)
         m = ee_mumu_msq(np.full(32, sqrt_s), c)

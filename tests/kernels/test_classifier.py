@@ -202,7 +202,8 @@ def test_an_adversary_on_the_jet_mass_reduces_sculpting_pooled_over_seeds():
         config = NetworkConfig((32, 32), ("relu", "relu", "linear"), 400, OptimiserConfig(lr=3e-3),
                                StoppingConfig(threshold=np.inf, patience=400), 50, 1, "cpu")
         adversary = AdversaryConfig(strength, bins=10, hidden=(32,), lr=3e-3, steps=3, pretrain=100)
-        result, scale = fit_network("bce", x[train], labels[train].astype(float), np.ones((3, int(train.sum()))),
+        result, scale = fit_network("bce", x[train], labels[train].astype(float),
+                                    np.ones((3, int(train.sum()))),
                                     x[val], labels[val].astype(float), np.ones(int(val.sum())), config,
                                     batch_size=256, adversary=adversary, nuisance=(mass[train], mass[val]))
         scores = evaluate_network("bce", result.weights, result.architecture, x[test], scale)

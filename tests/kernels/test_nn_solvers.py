@@ -57,8 +57,13 @@ def test_analytic_solutions_solve_their_equations(name):
     assert np.abs(residual).max() < 1e-5  # finite differences at h = 1e-4: ~1e-7 truncation
 
 
-QUICK = SolverConfig(replicas=3, epochs=150, validation_every=50, n_collocation=24,
-                     optimiser=OptimiserConfig(lr=3e-2, lr_final=1e-3))
+QUICK = SolverConfig(
+    replicas=3,
+    epochs=150,
+    validation_every=50,
+    n_collocation=24,
+    optimiser=OptimiserConfig(lr=3e-2, lr_final=1e-3),
+)
 
 
 @pytest.mark.parametrize("name", ["ode1", "ode2", "poisson"])
@@ -104,8 +109,14 @@ def test_bounce_action_agrees_with_cosmotransitions(a):
     pytest.importorskip("cosmoTransitions")
     potential = thin_thick(a)
     reference, phi0 = cosmotransitions_action(potential)
-    config = SolverConfig(replicas=2, epochs=300, validation_every=50, n_collocation=200, polish=True,
-                          optimiser=OptimiserConfig(lr=2e-3, lr_final=2e-5))
+    config = SolverConfig(
+        replicas=2,
+        epochs=300,
+        validation_every=50,
+        n_collocation=200,
+        polish=True,
+        optimiser=OptimiserConfig(lr=2e-3, lr_final=2e-5),
+    )
     out = solve_bounce(potential, config, n_profile=2001)
     assert np.all(np.abs(out["action"] / reference - 1) < 0.01), (out["action"], reference)
     assert np.all(np.abs(out["phi0"] - phi0) < 0.02), (out["phi0"], phi0)

@@ -9,7 +9,13 @@ import pytest
 import engine
 from engine.errors import RecipeError
 from engine.graph import compile_recipe
-from engine.kernels.amplitudes import fit_amplitude, holdout_mask, precision_summary, predict_amplitude, sample_phase_space
+from engine.kernels.amplitudes import (
+    fit_amplitude,
+    holdout_mask,
+    precision_summary,
+    predict_amplitude,
+    sample_phase_space,
+)
 from engine.kernels.optim import OptimiserConfig
 from engine.kernels.regression import RegressionConfig
 from engine.kernels.replicas import training_masks
@@ -20,9 +26,13 @@ from tests.calibration import SeedBands, pooled, shipped_params
 from tests.conftest import REPO
 
 RECIPE = "amp_regression.yaml"
-SMALL = {"n_points: 8000, chunk_points: 4000": "n_points: 1200, chunk_points: 600",
-         "n_points: 20000, chunk_points: 10000": "n_points: 1000, chunk_points: 500",
-         "replicas: 8": "replicas: 3", "hidden: [32, 32]": "hidden: [8, 8]", "epochs: 3000": "epochs: 200"}
+SMALL = {
+    "n_points: 6000, chunk_points: 3000": "n_points: 1200, chunk_points: 600",
+    "n_points: 20000, chunk_points: 10000": "n_points: 1000, chunk_points: 500",
+    "replicas: 6": "replicas: 3",
+    "hidden: [32, 32]": "hidden: [8, 8]",
+    "epochs: 2000": "epochs: 200",
+}
 
 
 def recipe_text(**changes) -> str:
@@ -33,8 +43,9 @@ def recipe_text(**changes) -> str:
     return text
 
 
-def seed_bands(seed: int, n_points: int, n_test: int, replicas: int, hidden, epochs: int,
-               batch_size: int) -> tuple[SeedBands, np.ndarray]:
+def seed_bands(
+    seed: int, n_points: int, n_test: int, replicas: int, hidden, epochs: int, batch_size: int
+) -> tuple[SeedBands, np.ndarray]:
     """One independent training sample and test sample: the ensemble's ln |M|^2 with mean +- sigma,
     as tests/calibration.py pools them (truth = ln |M|^2), and its relative-error percentiles."""
     features = shipped_params(RECIPE, "model")["features"]
@@ -44,26 +55,45 @@ def seed_bands(seed: int, n_points: int, n_test: int, replicas: int, hidden, epo
     holdout = holdout_mask(n_points, 0.1, seed)
     n_fit = int((~holdout).sum())
     masks = training_masks(n_fit, np.zeros(n_fit, int), replicas, 0.8, seed)
-    config = RegressionConfig(tuple(hidden), ("tanh",) * len(hidden) + ("linear",), epochs,
-                              OptimiserConfig(lr=3e-3, lr_final=1e-4),
-                              StoppingConfig(threshold=np.inf, patience=epochs, stagnation_epochs=None),
-                              100, seed, "cpu")
-    result, low, high, scale, k = fit_amplitude(x, train["msq"], masks, config, holdout=holdout,
-                                                batch_size=batch_size)
-    out = predict_amplitude(result.weights, result.architecture, np.stack([test[f] for f in features], -1),
-                            low, high, scale, sigma_scale=k)
+    config = RegressionConfig(
+        tuple(hidden),
+        ("tanh",) * len(hidden) + ("linear",),
+        epochs,
+        OptimiserConfig(lr=3e-3, lr_final=1e-4),
+        StoppingConfig(threshold=np.inf, patience=epochs, stagnation_epochs=None),
+        100,
+        seed,
+        "cpu",
+    )
+    result, low, high, scale, k = fit_amplitude(
+        x, train["msq"], masks, config, holdout=holdout, batch_size=batch_size
+    )
+    out = predict_amplitude(
+        result.weights,
+        result.architecture,
+        np.stack([test[f] for f in features], -1),
+        low,
+        high,
+        scale,
+        sigma_scale=k,
+    )
     mean, sigma, truth = out["log_mean"], out["sigma"], np.log(test["msq"])
     summary = precision_summary(mean, sigma, test["msq"])
     bulk = summary["bulk"]
-    bands = [SeedBands(truth[m], (mean - sigma)[m], (mean + sigma)[m], mean[m], sigma[m], replicas, replicas)
-             for m in (bulk, ~bulk)]
+    bands = [
+        SeedBands(truth[m], (mean - sigma)[m], (mean + sigma)[m], mean[m], sigma[m], replicas, replicas)
+        for m in (bulk, ~bulk)
+    ]
     return bands, summary["relative_error_percentiles"]
 
 
 def pooled_pulls(seeds, **settings):
     runs = [seed_bands(seed, **settings) for seed in seeds]
-    return (pooled([r[0][0] for r in runs]), pooled([r[0][1] for r in runs]),
-            np.mean([r[1] for r in runs], axis=0))
+    return (
+        pooled([r[0][0] for r in runs]),
+        pooled([r[0][1] for r in runs]),
+        np.mean([r[1] for r in runs], axis=0),
+    )
 
 
 def assert_width(result, tolerance: float) -> None:
@@ -79,8 +109,9 @@ def test_quick_calibration_bulk_and_tails():
     errors then outgrow their sigma; the bulk is calibrated already. Bounds: bulk 1 +- 0.1
     (the issue's), tails within [0.8, 1.5] (two-sided: overconfident by more than 1.5x or
     underconfident fails). The full-size fit holds 1 +- 0.1 in both (slow test below)."""
-    bulk, tails, precision = pooled_pulls(range(1, 5), n_points=1500, n_test=2000, replicas=4,
-                                          hidden=(16, 16), epochs=600, batch_size=128)
+    bulk, tails, precision = pooled_pulls(
+        range(1, 5), n_points=1500, n_test=2000, replicas=4, hidden=(16, 16), epochs=600, batch_size=128
+    )
     print("quick:", bulk, tails, precision)
     assert_width(bulk, 0.1)
     assert 2 * tails.rms_pull_error <= 0.2 and 0.8 <= tails.rms_pull <= 1.5, tails
@@ -89,12 +120,19 @@ def test_quick_calibration_bulk_and_tails():
 
 @pytest.mark.slow
 def test_full_calibration_bulk_and_tails_within_ten_percent():
-    """The recipe's ensemble (8 x 32-32, 3000 steps, 8000 points) over 8 seeds, 5000 test points
-    each: the issue's goal, pull width 1 +- 0.1 in the bulk and in the tails of |M|^2."""
+    """The recipe's ensemble (6 x 32-32, 2000 steps, 6000 points) over 12 seeds, 5000 test points
+    each: the issue's goal, pull width 1 +- 0.1 in the bulk and in the tails of |M|^2 (the tails'
+    seed-to-seed scatter, ~0.15, needs about 12 seeds to resolve that bound)."""
     model = shipped_params(RECIPE, "model")
-    bulk, tails, precision = pooled_pulls(range(1, 9), n_points=8000, n_test=5000, replicas=model["replicas"],
-                                          hidden=model["hidden"], epochs=model["epochs"],
-                                          batch_size=model["batch_size"])
+    bulk, tails, precision = pooled_pulls(
+        range(1, 13),
+        n_points=6000,
+        n_test=5000,
+        replicas=model["replicas"],
+        hidden=model["hidden"],
+        epochs=model["epochs"],
+        batch_size=model["batch_size"],
+    )
     print("full:", bulk, tails, "relative error percentiles (50, 90, 99):", precision)
     assert_width(bulk, 0.1)
     assert_width(tails, 0.1)
@@ -120,28 +158,39 @@ def test_recipe_publishes_model_predictions_and_calibration(amp_lake):
     model = amp_lake.open("models", "amp-regression/model").load()
     assert model["weight_2"].shape == (3, 8, 2) and float(model["sigma_scale"]) > 0
     prediction = amp_lake.open("derived", "amp-regression/prediction").load()
-    np.testing.assert_allclose(prediction["sigma"] ** 2,
-                               prediction["sigma_aleatoric"] ** 2 + prediction["sigma_ensemble"] ** 2)
-    np.testing.assert_allclose(prediction["pull"], (prediction["log_mean"] - np.log(prediction["msq"]))
-                               / prediction["sigma"])
+    np.testing.assert_allclose(
+        prediction["sigma"] ** 2, prediction["sigma_aleatoric"] ** 2 + prediction["sigma_ensemble"] ** 2
+    )
+    np.testing.assert_allclose(
+        prediction["pull"], (prediction["log_mean"] - np.log(prediction["msq"])) / prediction["sigma"]
+    )
     calibration = amp_lake.open("derived", "amp-regression/calibration").load()
     assert int(calibration["points_bulk"]) == 900 and int(calibration["points_tails"]) == 100
     assert float(calibration["pulls_bulk"].sum()) == 900
-    pulls = prediction["pull"].values
-    assert float(calibration["rms_pull_bulk"]) == pytest.approx(
-        np.sqrt(np.mean(pulls[np.isin(prediction["msq"], prediction["msq"])] ** 2)), rel=1.0)
+    pulls, msq = prediction["pull"].values, prediction["msq"].values
+    low, high = np.quantile(msq, [0.05, 0.95])
+    bulk = (msq >= low) & (msq <= high)
+    assert float(calibration["rms_pull_bulk"]) == pytest.approx(np.sqrt(np.mean(pulls[bulk] ** 2)))
+    assert float(calibration["rms_pull_tails"]) == pytest.approx(np.sqrt(np.mean(pulls[~bulk] ** 2)))
     assert 0.3 < float(calibration["rms_pull_bulk"]) < 3  # 3 tiny networks, 200 steps: loosely calibrated
     png = amp_lake.path("reports/derived/amp-regression/calibration/pulls_bulk.png")
     assert amp_lake.fs.exists(png)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"sqrt_s_range: [60.0, 120.0], seed: 1": "sqrt_s_range: [120.0, 60.0], seed: 1"},
-     "sqrt_s_range must be \\(low, high\\) GeV with 0 < low < high"),
-    ({"replicas: 3": "replicas: 1"}, "replicas"),
-    ({"features: [sqrt_s, rho, cos_theta]": "features: [sqrts, cos_theta]"},
-     "variable 'sqrts' is not in the data; did you mean 'sqrt_s'"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"sqrt_s_range: [60.0, 120.0], seed: 1": "sqrt_s_range: [120.0, 60.0], seed: 1"},
+            "sqrt_s_range must be \\(low, high\\) GeV with 0 < low < high",
+        ),
+        ({"replicas: 3": "replicas: 1"}, "replicas"),
+        (
+            {"features: [sqrt_s, rho, cos_theta]": "features: [sqrts, cos_theta]"},
+            "variable 'sqrts' is not in the data \\(did you mean 'sqrt_s'\\?\\)",
+        ),
+    ],
+)
 def test_bad_params_are_recipe_errors(lake, write_recipe, change, message):
     with pytest.raises(RecipeError, match=message):
         compile_recipe(write_recipe(recipe_text(**change)), lake)

@@ -20,8 +20,9 @@ RECIPE = REPO / "recipes" / "eels_ws2_spectra.yaml"
 N_SPECIMEN = 6  # specimen_{14,15,16,19,20,21} come first in the ingested line, then 3 vacuum
 # What the self-consistent fit says on these spectra (README, "Real spectra: WS2"): most onsets
 # are not resolved above the specimen's dE_I. Measured in this reduced run (16 replicas, seed
-# 7, automatic dE_I 1.546 eV): 4 of the 6 specimen fits not converged (3 flagged
-# onset_below_de_i, 1 failed), spectrum 16 at 1.82 eV (b 0.55); with the vacuum ZLP at
+# 7, automatic dE_I 1.546 eV): network ZLP, 5 of the 6 specimen fits not converged (4 flagged
+# onset_below_de_i, 1 failed), spectrum 16 at 1.82 eV (b 0.55); vacuum ZLP, 4 (3 flagged, 1
+# failed), spectra 16 and 20 at 1.80 and 1.82 eV; with the vacuum ZLP at
 # dE_I = 1.88 eV every specimen fit is flagged or failed (fitted onsets 2.0-2.4 eV, each
 # within its error of dE_I, dE_BG/d dE_I 1.0-3.2).
 MIN_UNRESOLVED = 3

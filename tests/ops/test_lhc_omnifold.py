@@ -98,6 +98,7 @@ outputs:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~5 min on 2 quiet cores: out of .ci/run; the small run above is its default-suite version
 def test_shipped_recipe_reproduces_the_reference(tmp_path):
     """The shipped recipe as is (2 x 20k events, 5 iterations, 8 bootstrap replicas): the median
     unfolded moments within 0.03 of the true data moments (reference: 0.1925 / 0.810 after 5), and
@@ -150,3 +151,26 @@ def omnifold_calibration(target: np.ndarray, per_seed: list[np.ndarray]):
     for result in (mean_pull, width_pull, ratio, bands):
         print(result)
     return mean_pull, width_pull, ratio, bands
+
+
+@pytest.mark.slow
+@pytest.mark.long  # ~70 s of one core per seed: out of .ci/run
+@pytest.mark.xfail(strict=True, reason=(
+    "OmniFold is not calibrated yet: after the recipe's 5 iterations the unfolded width stalls "
+    "~0.03 above the truth (pulls +2.2 and +1.8 on seeds 0 and 1 at 2 x 5000 events); fix the "
+    "method (iterations, classifier stopping), then drop this mark"))
+def test_bootstrap_bands_are_calibrated_over_independent_samples():
+    """The recipe's OmniFold on 6 independent samples of 2 x 5000 Gaussian events (a quarter of the
+    recipe's, to pool seeds in minutes): the bootstrap replicas' spread is the statistical error,
+    so the pulls (replica mean - truth) / replica std of the unfolded mean and width have a pooled
+    mean within +-0.6 of 0 (two-sided: a bias either way fails; at least twice its error from the
+    seed scatter) and NNPDF's sqrt(bias / variance) is within +-0.4 of a calibrated ensemble's
+    (1.134 at 8 replicas): bands too wide fail as surely as too narrow ones. The truth is the
+    population's (0.2, 0.8): the bootstrap estimates the error of the data sample itself."""
+    from tests.calibration import assert_bias_variance, assert_offsets
+
+    target, per_seed = unfolded_over_seeds(range(6), 5000)
+    mean_pull, width_pull, ratio, _ = omnifold_calibration(target, per_seed)
+    for result in (mean_pull, width_pull):
+        assert_offsets(result, mean_tolerance=0.6, max_rms=np.inf)
+    assert_bias_variance(ratio, tolerance=0.4)

@@ -188,9 +188,11 @@ def test_shipped_recipe_on_20k_jets(tmp_path):
 
 DECORRELATED = {"epochs: 2000": "epochs: 300", "max_jets: 50000": "max_jets: 4000",
                 "n_constituents: 30": "n_constituents: 10", "hidden: [64, 64]": "hidden: [32, 32]",
-                "lr: 0.001\n      replicas": "lr: 0.003\n      replicas", "validation_every: 50": "validation_every: 25",
-                "steps: 3, pretrain: 200": "steps: 3, pretrain: 100", "adversary: {strength: 10.0, bins: 10, hidden: [32], lr: 0.001":
-                "adversary: {strength: 10.0, bins: 10, hidden: [32], lr: 0.003"}
+                "lr: 0.001\n      replicas": "lr: 0.003\n      replicas",
+                "validation_every: 50": "validation_every: 25",
+                "steps: 3, pretrain: 200": "steps: 3, pretrain: 100",
+                "strength: 10.0, bins: 10, hidden: [32], lr: 0.001":
+                "strength: 10.0, bins: 10, hidden: [32], lr: 0.003"}
 
 
 def test_mass_adversary_reduces_background_mass_sculpting(tmp_path):
@@ -228,7 +230,7 @@ def test_bad_adversary_params_are_recipe_errors(tmp_path):
     recipe.write_text(text.replace("strength: 10.0", "strength: -1.0"))
     with pytest.raises(RecipeError, match="strength"):
         compile_recipe(recipe, lake)
-    recipe.write_text(text.replace("bins: 10, hidden: [32], lr: 0.001, steps: 3, pretrain: 200}\n  - id: lambda10",
-                                   "bins: 10, hidden: [32], lr: 0.001, step: 3, pretrain: 200}\n  - id: lambda10"))
+    typo = "steps: 3, pretrain: 200}\n  - id: lambda10"
+    recipe.write_text(text.replace(typo, typo.replace("steps:", "step:")))
     with pytest.raises(RecipeError, match="step"):
         compile_recipe(recipe, lake)
