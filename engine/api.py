@@ -5,6 +5,8 @@
     lake = rl.open_lake("storage")                 # entries by name, each a lazy xarray Dataset
     lake.entries()                                 # ['derived/eels-thickness/thickness', 'raw/...']
     lake["derived/eels-thickness/thickness"]       # (or the bare name when only one zone has it)
+    lake.log("raw/demo")                           # its versions, newest first (`replicalake log`)
+    lake.open("raw/demo", at="20261205T004233.123456Z-1a2b3c")   # an older version, kept until gc
     rl.ingest.synthetic_eels("demo", shape=(64, 64, 512), lake=lake)   # every ingest format
     rl.plan("recipes/eels_thickness.yaml")         # a Plan: a notebook shows steps, staleness, memory
     rl.run("recipes/eels_thickness.yaml", lake=lake,
@@ -98,6 +100,32 @@ class LakeView:
 
         key = self.key(name)
         return open_entry(read_lake_catalog(self.lake).entries[key], self.lake)
+
+    def open(self, name: str, at: str | None = None, chunks: dict[str, int] | None = None) -> xr.Dataset:
+        """The entry as a lazy Dataset, as `lake[name]`; `at`: an older version of it (an id from
+        `log(name)`), kept in the lake's history until `replicalake gc`."""
+        if at is None:
+            from .catalog import open_entry, read_lake_catalog
+
+            return open_entry(read_lake_catalog(self.lake).entries[self.key(name)], self.lake, chunks)
+        zone, entry = self._history_key(name).split("/", 1)
+        return self.lake.open(zone, entry, chunks, at=at)
+
+    def log(self, name: str) -> list[dict[str, Any]]:
+        """The versions of the entry, newest first: version id, whether current, when published,
+        recipe, step, params (and their digest), token and code fingerprints."""
+        from .history import versions
+
+        return [item.to_dict() for item in versions(self.lake, self._history_key(name))]
+
+    def _history_key(self, name: str) -> str:
+        """ZONE/NAME of `name`: a catalog entry, or a ZONE/NAME whose only versions are in history."""
+        try:
+            return self.key(name)
+        except UnknownEntryError:
+            if "/" in name and name.split("/", 1)[0] in ZONE_ORDER:
+                return name
+            raise
 
     def provenance(self, name: str) -> dict[str, Any] | None:
         """How the entry was made: recipe, step, op, params, input tokens, versions, memory."""

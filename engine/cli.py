@@ -370,11 +370,16 @@ def lineage(entry: Annotated[str | None, typer.Argument(
 @app.command()
 def verify(names: Annotated[list[str] | None, typer.Argument(
                help="lake entries (zone/name) to check (default: every entry of the lake catalog)")] = None,
-           lake: LakeOption = None, as_json: JsonOption = False) -> None:
+           lake: LakeOption = None,
+           history: Annotated[bool, typer.Option(
+               "--history", help="also check the older versions of these entries kept in the lake's "
+               "history (ZONE/NAME@VERSION; `replicalake log`)")] = False,
+           as_json: JsonOption = False) -> None:
     """Check entries against the checksums recorded when they were published; name damaged chunks."""
-    from .verify import verify_entries
+    from .verify import skipped_history, verify_entries
 
-    reports = verify_entries(_lake(lake), names or [])
+    store = _lake(lake)
+    reports = verify_entries(store, names or [], history=history)
     if as_json:
         out.print_json(json.dumps([report.to_dict() for report in reports]))
     else:
@@ -383,6 +388,10 @@ def verify(names: Annotated[list[str] | None, typer.Argument(
             say(f"[{colour}]{report.status}[/{colour}] {escape(report.entry)} ({report.files} files)")
             for damage in report.damage:
                 say(f"  {escape(damage.location)}: {escape(damage.problem)}", highlight=False)
+        skipped = 0 if history else skipped_history(store, reports)
+        if skipped:
+            say(f"({skipped} older version{'s' if skipped > 1 else ''} in the history not checked: "
+                "--history checks them)", highlight=False)
     if any(not report.ok for report in reports):
         raise typer.Exit(1)
 
@@ -411,6 +420,74 @@ def doctor(lake: LakeOption = None,
                   f"the lake is consistent{f' ({len(findings)} problems repaired)' if findings else ''}")
     if any(not finding.repaired for finding in findings):
         raise typer.Exit(1)
+
+
+AtOption = Annotated[str | None, typer.Option(
+    "--at", help="read this version of the entry (an id `replicalake log ENTRY` lists) instead of the "
+    "current one")]
+
+
+@app.command()
+def log(entry: Annotated[str, typer.Argument(help="a lake entry (zone/name)")],
+        lake: LakeOption = None, at: AtOption = None, as_json: JsonOption = False) -> None:
+    """List the versions of an entry kept in the lake, newest first (the current one marked), with
+    the recipe, params and code fingerprints each was made with; `--at VERSION` shows one in full."""
+    from .history import versions
+
+    store = _lake(lake)
+    found = versions(store, entry)
+    if at is not None:
+        store.check_version_id(at)
+        chosen = [item for item in found if item.version == at]
+        if not chosen:
+            store.version_path(*entry.split("/", 1), at)  # the error naming the versions there are
+        found = chosen
+    if as_json:
+        out.print_json(json.dumps([item.to_dict() for item in found]))
+        return
+    if at is not None:
+        for name, value in found[0].to_dict().items():
+            say(f"{name}: {escape(json.dumps(value) if isinstance(value, dict | list) else str(value))}",
+                highlight=False)
+        return
+    rows = [(item.version + ("\n(current)" if item.current else ""), item.published, item.made_by,
+             item.params_digest or "-", (item.provenance.get("token") or "-")[:16],
+             _code_text(item.provenance.get("code")), item.problem or "")
+            for item in found]
+    print_table(f"{entry}: {len(found)} version{'s' if len(found) > 1 else ''} (`replicalake log {entry} "
+                "--at VERSION` shows one in full; `replicalake gc` drops older ones)",
+                ("version", "published (UTC)", "made by", "params digest", "token", "code", "problem"), rows)
+
+
+def _code_text(code) -> str:
+    """The code fingerprint(s) a version was computed with, short."""
+    if isinstance(code, dict):
+        return "\n".join(f"{name}: {str(value)[:12]}" for name, value in code.items()) or "-"
+    return str(code)[:16] if code else "-"
+
+
+@app.command()
+def gc(lake: LakeOption = None,
+       keep: Annotated[int, typer.Option(
+           "--keep", min=0, help="older versions to keep per entry (0: drop all history)")] = 0,
+       dry_run: Annotated[bool, typer.Option(
+           "--dry-run", help="say what would be removed, remove nothing")] = False,
+       as_json: JsonOption = False) -> None:
+    """Drop each entry's history beyond its newest --keep versions, and leftovers in .tmp/ that
+    no live process holds; entries a live process holds are left alone (and named)."""
+    from .doctor import collect_garbage
+
+    findings = collect_garbage(_lake(lake), keep, dry_run)
+    if as_json:
+        out.print_json(json.dumps([finding.to_dict() for finding in findings]))
+        return
+    for finding in findings:
+        label = ("removed" if finding.repaired else "would remove" if dry_run and finding.repairable
+                 else "kept")
+        say(f"{escape(finding.kind)} {escape(finding.where)}: {escape(finding.problem)}\n  {label}: "
+            f"{escape(finding.remedy)}", highlight=False)
+    if not findings:
+        out.print("nothing to collect")
 
 
 CronOption = Annotated[str | None, typer.Option(
@@ -475,11 +552,17 @@ def export_lhapdf(
     name: Annotated[str, typer.Argument(help="PDF set in the lake (raw/ or derived/)")],
     outdir: Annotated[Path, typer.Argument(help="folder to write OUTDIR/NAME/ into")],
     lake: LakeOption = None,
+    at: AtOption = None,
 ) -> None:
     """Write a PDF set as an LHAPDF lhagrid1 set (member 0 = replica average for MC fits)."""
     from .ingest.lhapdf import export_lhapdf as export
+    from .locks import output_locks
 
-    setdir = export(_lake(lake), name, outdir)
+    store = _lake(lake)
+    zones = [zone for zone in ("raw", "derived") if store.exists(zone, name)]
+    # A shared lock on the entry while it is read: `gc` leaves its history alone meanwhile.
+    with output_locks(store, [], f"export {name}", reads=[f"{zone}/{name}" for zone in zones]):
+        setdir = export(store.at(at) if at else store, name, outdir)
     out.print(f"wrote {setdir}")
 
 

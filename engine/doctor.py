@@ -4,7 +4,8 @@ with `--repair` a consistent lake again, without ever deleting a complete, verif
 Why a command of its own: `verify` checks the bytes of what the catalog lists, so it cannot see
 what the catalog does not (a store on disk it misses, a lost catalog), nor what killed processes
 left in `.tmp/`. The doctor looks at the lake from disk: the catalog file, publishes cut short,
-retired copies, every store (listed or not, whole or not), `.tmp/` leftovers and links out.
+retired copies, every store (listed or not, whole or not), the versions kept in `.history/`,
+`.tmp/` leftovers and links out. `replicalake gc` (collect_garbage) shares its leftover check.
 Each check repairs what it found before the next one looks, so later checks see the repaired
 lake (a retired copy put back into place is then listed like any unlisted store).
 
@@ -31,10 +32,12 @@ from .catalog import (
     unregister_entry,
 )
 from .errors import CatalogError, LakeError
+from .history import beyond, drop, entries_with_history, history_size, split_key
 from .integrity import find_damage
 from .links import links_out
 from .locks import LOCK_DIR, LockError, is_held, lock_path, output_locks
 from .names import LAKE_CATALOG_FILE, ZONES, entry_name_problem
+from .plan import human_bytes
 from .resume import RESUME_DIR
 from .storage import PROVENANCE_KEY, PUBLISH_DIR, TMP_DIR, Lake
 
@@ -64,8 +67,8 @@ def examine(lake: Lake, repair: bool = False) -> list[Finding]:
         raise LakeError(f"no lake at {lake.root_url!r}: expected a folder holding its zones and "
                         "catalog.yaml (`replicalake init` makes one)")
     findings: list[Finding] = []
-    for check in (_catalog_file, _interrupted_publishes, _retired_copies, _stores, _tmp_leftovers,
-                  _links_out):
+    for check in (_catalog_file, _interrupted_publishes, _retired_copies, _stores, _history,
+                  _tmp_leftovers, _links_out):
         findings += check(lake, repair)
     return findings
 
@@ -187,6 +190,63 @@ def _stores(lake: Lake, repair: bool) -> list[Finding]:
         _fix(lake, finding, repair, key, partial(unregister_entry, lake, key))
         findings.append(finding)
     return findings
+
+
+def _history(lake: Lake, repair: bool) -> list[Finding]:
+    """Versions in .history/ (engine/history.py): damaged ones are reported (gc drops them; a run
+    never reads history), folders that hold no store (an object store's cut-short copy) removed."""
+    pending = {record.key for record in _records(lake)}
+    findings = []
+    for key in entries_with_history(lake):
+        if key in pending:
+            continue  # settling its publish comes first
+        zone, name = split_key(key)
+        for version in lake.history_versions(zone, name):
+            path = lake.history_path(zone, name, version)
+            where = _relative(lake, path)
+            if not lake.fs.exists(f"{path}/zarr.json"):
+                finding = Finding("history leftover", where, "a folder of the entry's history that holds "
+                                  "no store (a copy cut short)", "remove it", True)
+                _fix(lake, finding, repair, key, partial(drop, lake, key, [path]))
+                findings.append(finding)
+                continue
+            damage = _damage(lake, path)
+            if damage:
+                findings.append(Finding("damaged history version", where, damage, "`replicalake gc` drops "
+                                        f"the history of {key} (runs never read it; `--at {version}` "
+                                        "would read the damaged chunks)", False))
+    return findings
+
+
+def collect_garbage(lake: Lake, keep: int = 0, dry_run: bool = False) -> list[Finding]:
+    """`replicalake gc`: drop each entry's history beyond its newest `keep` versions, and the
+    `.tmp/` leftovers no live process holds (doctor's check); with `dry_run` only say what would go.
+
+    Each entry's history is dropped under its lock, taken without waiting: an entry being
+    published (or read by a run, or exported at a version) is left as it is, and said so.
+    """
+    if keep < 0:
+        raise LakeError(f"--keep {keep}: expected a number of versions to keep, >= 0")
+    if not lake.fs.isdir(lake.root):
+        raise LakeError(f"no lake at {lake.root_url!r}: expected a folder holding its zones and "
+                        "catalog.yaml (`replicalake init` makes one)")
+    findings = []
+    for key in entries_with_history(lake):
+        paths = beyond(lake, key, keep)
+        if not paths:
+            continue
+        size = sum(lake.size(path) for path in paths)
+        finding = Finding("history", key, f"{len(paths)} older version{'s' if len(paths) > 1 else ''} "
+                          f"({human_bytes(size)}) beyond the newest {keep} kept",
+                          f"remove {', '.join(posixpath.basename(path) for path in paths)}", True)
+        _fix(lake, finding, not dry_run, key, partial(drop, lake, key, paths))
+        findings.append(finding)
+    return findings + _tmp_leftovers(lake, not dry_run)
+
+
+def history_bytes(lake: Lake) -> int:
+    """Bytes all of the lake's history takes (what `gc` with --keep 0 frees)."""
+    return sum(history_size(lake, key) for key in entries_with_history(lake))
 
 
 def _tmp_leftovers(lake: Lake, repair: bool) -> list[Finding]:

@@ -5,17 +5,24 @@ half-written entry where a reader (or the catalog) could find it; a publish is r
 moves anything (PublishRecord), so a kill between its steps can be finished or undone. Every path
 written goes through `Lake.writable`, which refuses to write through a link out of the lake. Each
 published store carries its content token and provenance in the zarr attributes under the key
-`replicalake`.
+`replicalake`, with the version id the publish gave it.
+
+History: a publish moves the entry's previous version to `.history/ZONE/NAME/VERSION/` (one rename,
+recorded like every other step) instead of deleting it, so older versions stay readable
+(`Lake.open(..., at=VERSION)`) until `replicalake gc` drops them (engine/history.py). The catalog
+never lists them and runs never read them.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import posixpath
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
@@ -30,6 +37,11 @@ from .names import ZONES, check_entry_name, is_inside
 PROVENANCE_KEY = "replicalake"
 TMP_DIR = ".tmp"
 PUBLISH_DIR = "publish"  # .tmp/publish/: a record of each publish in progress (PublishRecord)
+HISTORY_DIR = ".history"  # .history/ZONE/NAME/VERSION/: the earlier versions of each entry
+# A version id: the UTC time of its publish (to the microsecond, so ids sort by time) and a random
+# token (so two publishes in the same microsecond, or on two hosts, still differ).
+VERSION_ID = re.compile(r"(?P<time>\d{8}T\d{6}\.\d{6}Z)-[0-9a-f]{6}(~[0-9a-f]{6})?")
+_VERSION_TIME = "%Y%m%dT%H%M%S.%fZ"
 _JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}
 
@@ -39,8 +51,8 @@ class PublishRecord:
     """A publish in progress, written to .tmp/publish/ before anything moves (its paths relative to
     the lake root, so a lake moved or mounted elsewhere still settles).
 
-    Why: a publish is several steps (move the old version aside, move the new one in, list it
-    in the catalog, drop the old one), and a process killed between two of them would leave an
+    Why: a publish is several steps (move the old version to .history/, move the new one in, list
+    it in the catalog, drop the record), and a process killed between two of them would leave an
     entry missing, unlisted or doubled. With the record, the next command finishes or undoes
     the publish (Lake.settle_publish) instead of leaving the lake inconsistent.
     """
@@ -49,7 +61,7 @@ class PublishRecord:
     zone: str
     name: str
     staged: str  # the store being published (gone from there once moved into place)
-    retired: str | None  # where the entry's previous version is moved aside to, if it had one
+    retired: str | None  # where the entry's previous version is moved to (in .history/), if it had one
     listing: dict  # the catalog's description and metadata for the entry
 
     @property
@@ -65,6 +77,7 @@ class Lake:
         self.storage_options = storage_options or {}
         self.fs, self.root = fsspec.core.url_to_fs(self.root_url, **self.storage_options)
         self.root = self.root.rstrip("/")
+        self.read_at: str | None = None  # the version `open` reads unless told (Lake.at)
 
     def __repr__(self) -> str:
         return f"Lake({self.root_url!r})"
@@ -128,13 +141,89 @@ class Lake:
     def exists(self, zone: str, name: str) -> bool:
         return self.fs.exists(self.entry_path(zone, name) + "/zarr.json")
 
-    def open(self, zone: str, name: str, chunks: dict | None = None) -> xr.Dataset:
-        """Open a published entry lazily (dask-backed, on-disk chunking unless `chunks`)."""
-        if not self.exists(zone, name):
+    def open(self, zone: str, name: str, chunks: dict | None = None, at: str | None = None) -> xr.Dataset:
+        """Open a published entry lazily (dask-backed, on-disk chunking unless `chunks`); `at`: the
+        version with that id (the current one or one kept in .history/; default: the lake's
+        `read_at`, else the current version)."""
+        at = at or self.read_at
+        if at is not None:
+            path = self.version_path(zone, name, at)
+        elif not self.exists(zone, name):
             raise LakeError(f"no entry {zone}/{name} in the lake at {self.root_url!r}")
-        return xr.open_zarr(self.entry_url(zone, name), consolidated=False,
+        else:
+            path = self.entry_path(zone, name)
+        return xr.open_zarr(self.url(path), consolidated=False,
                             chunks=chunks if chunks is not None else {},
                             storage_options=None if self.is_local else self.storage_options)
+
+    def at(self, version: str) -> Lake:
+        """This lake, reading version `version` wherever an entry is opened without `at`: for code
+        that opens one entry by name (an export) and should read an older version of it. Version
+        ids are unique, so opening any other entry through it fails, naming the versions it has."""
+        self.check_version_id(version)
+        pinned = copy.copy(self)
+        pinned.read_at = version
+        return pinned
+
+    # -- history -------------------------------------------------------------------------
+    def history_path(self, zone: str, name: str, version: str | None = None) -> str:
+        """.history/ZONE/NAME (the entry's earlier versions), or one version's store in it."""
+        check_entry_name(zone, name)
+        if version is not None:
+            self.check_version_id(version)
+        return self.path(HISTORY_DIR, zone, name, *([version] if version else []))
+
+    @staticmethod
+    def check_version_id(version: str) -> str:
+        if not isinstance(version, str) or not VERSION_ID.fullmatch(version):
+            raise LakeError(f"version {version!r}: expected a version id like 20261205T004233.123456Z-1a2b3c "
+                            "(`replicalake log ENTRY` lists an entry's versions)")
+        return version
+
+    def history_versions(self, zone: str, name: str) -> list[str]:
+        """Version ids kept in .history/ for the entry, newest first (whole stores or not)."""
+        folder = self.history_path(zone, name)
+        if not self.fs.isdir(folder):
+            return []
+        found = (posixpath.basename(path.rstrip("/")) for path in self.fs.ls(folder, detail=False))
+        return sorted((version for version in found if VERSION_ID.fullmatch(version)), reverse=True)
+
+    def store_version(self, path: str) -> str:
+        """Version id of the store at `path`: the one its publish recorded; for a store published
+        before versions were recorded, one made from its manifest's time and its token."""
+        try:
+            recorded = (self.attributes(path).get(PROVENANCE_KEY) or {}).get("version")
+        except LakeError:  # a damaged root zarr.json: still a version to keep
+            recorded = None
+        if isinstance(recorded, str) and VERSION_ID.fullmatch(recorded):
+            return recorded
+        stamp = None
+        for file in (f"{path}/_integrity/zarr.json", f"{path}/zarr.json"):
+            try:
+                info = self.fs.info(file)
+            except FileNotFoundError:
+                continue
+            stamp = info.get("mtime") or info.get("LastModified")
+            break
+        when = (datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, int | float)
+                else stamp if isinstance(stamp, datetime) else datetime.now(UTC))
+        return f"{when.strftime(_VERSION_TIME)}-{hashlib.sha256(path.encode()).hexdigest()[:6]}"
+
+    def version_path(self, zone: str, name: str, version: str) -> str:
+        """The store of version `version` of the entry: the current one, or one in .history/."""
+        self.check_version_id(version)
+        if self.exists(zone, name) and self.store_version(self.entry_path(zone, name)) == version:
+            return self.entry_path(zone, name)
+        path = self.history_path(zone, name, version)
+        if self._is_store(path):
+            return path
+        kept = self.history_versions(zone, name)
+        current = self.store_version(self.entry_path(zone, name)) if self.exists(zone, name) else None
+        known = ([f"{current} (current)"] if current else []) + kept
+        raise LakeError(f"no version {version!r} of {zone}/{name} in the lake at {self.root_url!r}; "
+                        f"expected one of: {', '.join(known[:6]) or 'none'}"
+                        f"{f' ... ({len(known) - 6} more)' if len(known) > 6 else ''} "
+                        "(`replicalake log` lists them; `replicalake gc` may have dropped it)")
 
     def attributes(self, path: str) -> dict[str, Any]:
         """Root-group attributes of the zarr store at `path` ({} when there is none)."""
@@ -179,9 +268,9 @@ class Lake:
     def move_into_place(self, tmp_path: str, zone: str, name: str,
                         known_digests: dict[str, str] | None = None,
                         listing: dict | None = None) -> PublishRecord:
-        """Record the store's checksums and a PublishRecord, then move the store from .tmp/ to
-        zone/name, moving any older version aside first; the caller lists the entry (`listing`
-        says how) and then calls `finish_publish`.
+        """Give the store a version id, record its checksums and a PublishRecord, then move the
+        store from .tmp/ to zone/name, moving any older version to .history/ first; the caller
+        lists the entry (`listing` says how) and then calls `finish_publish`.
 
         At every instant readers see either the old or the new complete store, never a mix.
         `known_digests` are chunk digests taken when the chunks were written (so the manifest
@@ -189,24 +278,93 @@ class Lake:
         """
         self.fs.invalidate_cache()  # object stores: listings cached while the store was written
         target = self.new_entry_path(zone, name)
+        self._stamp_version(self.writable(tmp_path))
         write_manifest(self.fs, self.writable(tmp_path), known_digests)
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        retired = self.new_tmp_path(f"retired-{zone}-{name}") if self.fs.exists(target) else None
+        retired = self._history_slot(zone, name, target) if self.fs.exists(target) else None
+        made = self._make_folders(posixpath.dirname(retired)) if retired else []
         file = self.path(TMP_DIR, PUBLISH_DIR, f"{_tmp_label(f'{zone}-{name}')}-{uuid.uuid4().hex[:12]}.json")
         record = PublishRecord(file, zone, name, tmp_path, retired, listing or {})
-        self.write_bytes_atomic(record.file, json.dumps({
-            "zone": zone, "name": name, "staged": self._relative(tmp_path),
-            "retired": retired and self._relative(retired), "listing": record.listing}).encode())
+        try:
+            self.write_bytes_atomic(record.file, json.dumps({
+                "zone": zone, "name": name, "staged": self._relative(tmp_path),
+                "retired": retired and self._relative(retired), "listing": record.listing}).encode())
+        except BaseException:  # (a full disk) nothing moved: no empty history folders either
+            self._remove_empty(made)
+            raise
         if retired is not None:
             self.move_tree(target, retired)
         self.move_tree(tmp_path, target)
         return record
 
     def finish_publish(self, record: PublishRecord) -> None:
-        """The last steps of a publish, once the entry is listed: drop the old version, then the record."""
-        if record.retired is not None:
-            self.discard(record.retired)
+        """The last step of a publish, once the entry is listed: drop the record (the old version
+        stays in .history/ until `replicalake gc`)."""
         self.fs.rm(record.file)
+
+    def _stamp_version(self, path: str) -> str:
+        """Record a new version id in the provenance of the store at `path` (root zarr.json,
+        replaced atomically: a staged store a failed publish leaves is still whole)."""
+        version = f"{datetime.now(UTC).strftime(_VERSION_TIME)}-{uuid.uuid4().hex[:6]}"
+        file = f"{path}/zarr.json"
+        try:
+            meta = json.loads(self.fs.cat_file(file))
+        except (FileNotFoundError, ValueError):
+            return version  # not a store zarr can read: publishing it fails, as it did before
+        if not isinstance(meta, dict) or not isinstance(meta.get("attributes", {}), dict):
+            return version
+        attributes = meta.setdefault("attributes", {})
+        provenance = attributes.get(PROVENANCE_KEY)
+        provenance = provenance if isinstance(provenance, dict) else {}
+        attributes[PROVENANCE_KEY] = {**provenance, "version": version}
+        self.write_bytes_atomic(file, json.dumps(meta, indent=2).encode())
+        return version
+
+    def _history_slot(self, zone: str, name: str, target: str) -> str:
+        """Where the current store at `target` goes in .history/: its version id (with a suffix in
+        the unlikely case a folder of that id is there already)."""
+        slot = self.writable(self.history_path(zone, name, self.store_version(target)))
+        while self.fs.exists(slot):
+            slot = f"{slot.split('~')[0]}~{uuid.uuid4().hex[:6]}"
+        return slot
+
+    def _make_folders(self, folder: str) -> list[str]:
+        """Make `folder` and its missing parents (local disks); return those made, outermost
+        first. Object stores have no folders."""
+        if not self.is_local:
+            return []
+        missing = []
+        while folder != self.root and not self.fs.exists(folder):
+            missing.append(folder)
+            folder = posixpath.dirname(folder)
+        made: list[str] = []
+        try:
+            for path in reversed(missing):
+                self.fs.makedirs(path, exist_ok=True)
+                made.append(path)
+        except BaseException:
+            self._remove_empty(made)
+            raise
+        return made
+
+    def _remove_empty(self, folders: list[str]) -> None:
+        """Remove those of `folders` that are empty, innermost first (local disks)."""
+        for folder in sorted(folders, key=len, reverse=True):
+            try:
+                if self.fs.isdir(folder) and not self.fs.ls(folder):
+                    self.fs.rmdir(folder)
+            except OSError:
+                pass
+
+    def prune_history_folders(self, zone: str, name: str) -> None:
+        """Remove the entry's history folder and the ones above it up to .history/ when empty."""
+        if not self.is_local:
+            return
+        folder, folders = self.history_path(zone, name), []
+        while folder != self.root:
+            folders.append(folder)
+            folder = posixpath.dirname(folder)
+        self._remove_empty(folders)
 
     def interrupted_publishes(self, key: str | None = None) -> list[PublishRecord]:
         """The publishes whose records are still in .tmp/publish/ (of entry `key` only, if given):
@@ -236,6 +394,7 @@ class Lake:
             self.move_tree(record.retired, target)
         elif record.retired is not None:
             self.discard(record.retired)  # object stores: a cut-short copy aside; the entry is whole
+        self.prune_history_folders(record.zone, record.name)  # made for this publish, now empty
         self.fs.rm(record.file)
         return False
 

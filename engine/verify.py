@@ -1,4 +1,9 @@
-"""`replicalake verify`: check lake entries against the checksums recorded when they were published."""
+"""`replicalake verify`: check lake entries against the checksums recorded when they were published.
+
+With `history`, the versions of those entries kept in `.history/` too (each carries the manifest
+of its own publish; a history move is a rename, so it still matches). Without, they are skipped
+and counted (`skipped_history`), since runs never read them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .catalog import LAKE_CATALOG, filesystem_for, load_catalog
 from .errors import LakeError, did_you_mean
+from .history import split_key
 from .integrity import Damage, find_damage, read_manifest
 from .names import LAKE_CATALOG_FILE, entry_key_problem
 from .storage import Lake
@@ -33,8 +39,9 @@ class EntryReport:
                            for d in self.damage]}
 
 
-def verify_entries(lake: Lake, names: list[str]) -> list[EntryReport]:
-    """Check the named entries (default: every entry of the lake catalog).
+def verify_entries(lake: Lake, names: list[str], history: bool = False) -> list[EntryReport]:
+    """Check the named entries (default: every entry of the lake catalog), and with `history` the
+    versions of them kept in .history/ (reported as ZONE/NAME@VERSION).
 
     A lake without its catalog file is an error, not an empty success: every published entry is
     listed there, so "nothing to check" would hide a lost catalog.
@@ -52,7 +59,21 @@ def verify_entries(lake: Lake, names: list[str]) -> list[EntryReport]:
         if name not in entries:
             raise LakeError(f"no entry {name!r}{did_you_mean(name, entries)} in the lake catalog of "
                             f"{lake.root_url!r}; entries: {', '.join(sorted(entries)) or 'none'}")
-    return [_check_entry(lake, name, entries[name].url) for name in names or sorted(entries)]
+    reports = []
+    for name in names or sorted(entries):
+        reports.append(_check_entry(lake, name, entries[name].url))
+        if history:
+            zone, entry = split_key(name)
+            for version in lake.history_versions(zone, entry):
+                path = lake.history_path(zone, entry, version)
+                reports.append(_check_entry(lake, f"{name}@{version}", lake.url(path)))
+    return reports
+
+
+def skipped_history(lake: Lake, reports: list[EntryReport]) -> int:
+    """How many history versions the entries checked have (what `verify --history` would add)."""
+    keys = {report.entry for report in reports if "@" not in report.entry}
+    return sum(len(lake.history_versions(*split_key(key))) for key in keys)
 
 
 def _check_entry(lake: Lake, name: str, url: str) -> EntryReport:

@@ -174,8 +174,8 @@ def refit_log_variance(
     Why: trained jointly, sigma trails the mean: as steps shrink the residuals, the sigma output
     is still sized for earlier, larger ones (training-point pulls measured 0.7 at the end of
     training, where a fitted sigma gives 1). ln sigma^2 = w . h + b is linear in the last hidden
-    features h, and sum_i [r_i^2 exp(-w . h_i) + w . h_i] is convex in (w, b): a few Newton steps
-    find its minimum, which gradient steps only approach.
+    features h, and sum_i [r_i^2 exp(-w . h_i) + w . h_i] is convex in (w, b): damped Newton steps
+    (backtracking per replica) find its minimum, which gradient steps only approach.
     """
     layers = model.layers()
     weight, bias = layers[-1]
@@ -186,14 +186,28 @@ def refit_log_variance(
     mu = torch.einsum("rmk,rk->rm", h64[..., :-1], weight[..., 0].double()) + bias[:, 0, 0:1].double()
     r2 = (loss.target[loss.train_idx].double() - mu).pow(2).clamp_min(1e-30)
     theta = torch.cat([weight[..., 1], bias[:, 0, 1:2]], -1).double()  # (R, K+1)
-    eye = ridge * torch.eye(theta.shape[1], dtype=theta.dtype, device=theta.device)
+
+    def objective(t: Tensor) -> Tensor:
+        eta = torch.einsum("rmk,rk->rm", h64, t)
+        return (r2 * torch.exp(-eta) + eta).sum(-1)
+
+    eye = torch.eye(theta.shape[1], dtype=theta.dtype, device=theta.device)
     for _ in range(iterations):
         eta = torch.einsum("rmk,rk->rm", h64, theta)
         scaled = r2 * torch.exp(-eta)  # (R, m)
         grad = torch.einsum("rmk,rm->rk", h64, 1 - scaled)
-        hess = torch.einsum("rmk,rml,rm->rkl", h64, h64, scaled) + eye
-        step = torch.linalg.solve(hess, grad.unsqueeze(-1))[..., 0]
-        theta = theta - step
+        hess = torch.einsum("rmk,rml,rm->rkl", h64, h64, scaled)
+        damping = ridge * hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+        step = torch.linalg.lstsq(hess + damping[:, None, None] * eye, grad.unsqueeze(-1)).solution[..., 0]
+        # backtracking per replica: Newton on exp(-eta) can overshoot from far away
+        before, size = objective(theta), torch.ones_like(damping)
+        for _ in range(30):
+            trial = theta - size[:, None] * step
+            better = torch.isfinite(objective(trial)) & (objective(trial) <= before)
+            if better.all():
+                break
+            size = torch.where(better, size, size / 2)
+        theta = torch.where(better[:, None], trial, theta)
     weight[..., 1] = theta[:, :-1].to(weight.dtype)
     bias[:, 0, 1] = theta[:, -1].to(bias.dtype)
 

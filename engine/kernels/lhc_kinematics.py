@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # imported where arrays are computed: loading the ops must no
 
 CARTESIAN = ("px", "py", "pz", "E")
 POLAR = ("pt", "eta", "phi", "mass")
+PT = " pt"  # the objects' pt, computed once for the ordering (no field can be named so)
 
 
 def to_cartesian(pt, eta, phi, mass) -> dict:
@@ -42,41 +43,108 @@ def to_polar(px, py, pz, E) -> dict:
 
 def signed_mass(E, px, py, pz):
     m2 = E**2 - (px**2 + py**2 + pz**2)
+    if isinstance(m2, np.ndarray) and m2.ndim:  # the same numbers in three passes instead of four
+        mass = np.sqrt(np.abs(m2))
+        return np.copysign(mass, m2, out=mass)
     return np.sign(m2) * np.sqrt(np.abs(m2))
 
 
+class Leading:
+    """The leading objects of each event of a chunk, columns computed only when asked for.
+
+    `gather(field, i)` gives field of every event's i-th object by pt (NaN where there is none).
+    A column (`1_pt`, `12_mass`, ...) is computed from the few gathered fields it needs, so an
+    analysis that reads three of the columns pays for three; gathered fields are kept for the
+    next column. `pair(component)` gives the two leading objects' sum of a component.
+    """
+
+    def __init__(self, gather, sizes: np.ndarray, count: int, extras: tuple[str, ...], pair=None):
+        self._gather, self.sizes, self.count, self.extras = gather, sizes, count, extras
+        self._pair = pair
+        self._cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def keys(self) -> list[str]:
+        keys = ["count"] + [f"{i + 1}_{n}" for i in range(self.count) for n in (*POLAR, *self.extras)]
+        return keys + (["12_mass", "12_pt"] if self.count >= 2 else [])
+
+    def slot(self, field: str, i: int) -> np.ndarray:
+        if (field, i) not in self._cache:
+            self._cache[field, i] = self._gather(field, i)
+        return self._cache[field, i]
+
+    def pair(self, component: str) -> np.ndarray:
+        if self._pair is not None:
+            return self._pair(component)
+        return self.slot(component, 0) + self.slot(component, 1)
+
+    def column(self, key: str) -> np.ndarray:
+        if key not in self.keys():
+            raise KeyError(f"expected one of {', '.join(self.keys())}, found {key!r}")
+        if key == "count":
+            return np.asarray(self.sizes, np.int64)
+        if key.startswith("12_"):
+            px, py = self.pair("px"), self.pair("py")
+            if key == "12_pt":
+                return np.hypot(px, py)
+            return signed_mass(self.pair("E"), px, py, self.pair("pz"))
+        index, name = key.split("_", 1)
+        i = int(index) - 1
+        if name in self.extras:
+            return self.slot(name, i)
+        if name == "pt":
+            return self.slot(PT, i)
+        if name == "eta":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.arcsinh(self.slot("pz", i) / self.slot(PT, i))
+        px, py = self.slot("px", i), self.slot("py", i)
+        if name == "phi":
+            return np.arctan2(py, px)
+        return signed_mass(self.slot("E", i), px, py, self.slot("pz", i))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {key: self.column(key) for key in self.keys()}
+
+
 def leading_regular(objects: list[dict[str, np.ndarray]], count: int,
-                    extras: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """`leading_objects` of a fixed number of objects per event, each given by one array per
+                    extras: tuple[str, ...] = ()) -> Leading:
+    """The leading objects of a fixed number of objects per event, each given by one array per
     field over the events (muon 1 and muon 2 in flat columns): no lists, no sort for two."""
-    pts = [np.hypot(_f64(o["px"]), _f64(o["py"])) for o in objects]
+    objects = [{**o, PT: np.hypot(_f64(o["px"]), _f64(o["py"]))} for o in objects]
+    pts = [o[PT] for o in objects]
     events, k = len(pts[0]), len(objects)
-    names = (*CARTESIAN, *extras)
-    slots: dict[str, list[np.ndarray]] = {}
+    pair = None
     if k == 2:  # the dimuon case: one comparison per event (stable: ties keep the given order)
         swap = pts[1] > pts[0]
-        for name in names:
-            first, second = (_f64(o[name]) for o in objects)
-            slots[name] = [np.where(swap, second, first), np.where(swap, first, second)]
+
+        def gather(field: str, i: int) -> np.ndarray:
+            if i >= 2:
+                return np.full(events, np.nan)
+            first, second = (_f64(o[field]) for o in objects)
+            return np.where(swap, second, first) if i == 0 else np.where(swap, first, second)
+
+        def pair(component: str) -> np.ndarray:  # a sum does not depend on the order
+            return _f64(objects[0][component]) + _f64(objects[1][component])
     else:
         order = np.argsort(-np.stack(pts, axis=1), axis=1, kind="stable")[:, :count]
-        for name in names:
-            values = np.stack([_f64(o[name]) for o in objects], axis=1)
-            slots[name] = list(np.take_along_axis(values, order, axis=1).T)
-    for name in names:
-        slots[name] += [np.full(events, np.nan)] * (max(count, 2) - len(slots[name]))
-    return _columns(slots, np.full(events, k, np.int64), count, extras)
+        rows = np.arange(events)
+
+        def gather(field: str, i: int) -> np.ndarray:
+            if i >= k:
+                return np.full(events, np.nan)
+            return np.stack([_f64(o[field]) for o in objects], axis=1)[rows, order[:, i]]
+    return Leading(gather, np.full(events, k, np.int64), count, extras, pair)
 
 
 def leading_jagged(offsets: np.ndarray, objects: dict[str, np.ndarray], count: int,
-                   extras: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """`leading_objects` of a variable number of objects per event: each field a flat array over
-    all objects, event j's objects at offsets[j]:offsets[j + 1]."""
+                   extras: tuple[str, ...] = ()) -> Leading:
+    """The leading objects of a variable number of objects per event: each field a flat array
+    over all objects, event j's objects at offsets[j]:offsets[j + 1]."""
     offsets = np.asarray(offsets, np.int64)
     events = len(offsets) - 1
     sizes = np.diff(offsets)
     start = offsets[0]
-    pt = np.hypot(_f64(objects["px"]), _f64(objects["py"]))[start:offsets[-1]]
+    objects = {**objects, PT: np.hypot(_f64(objects["px"]), _f64(objects["py"]))}
+    pt = objects[PT][start:offsets[-1]]
     event = np.repeat(np.arange(events), sizes)
     order = np.lexsort((-pt, event))  # by event, then by descending pt; stable for equal pt
     rank = np.arange(len(order)) - (offsets[event] - start)
@@ -84,31 +152,13 @@ def leading_jagged(offsets: np.ndarray, objects: dict[str, np.ndarray], count: i
     for i in range(max(count, 2)):
         at = np.flatnonzero(rank == i)
         picks.append((event[at], order[at] + start))
-    slots = {}
-    for name in (*CARTESIAN, *extras):
-        values = _f64(objects[name])
-        slots[name] = []
-        for where, source in picks:
-            column = np.full(events, np.nan)
-            column[where] = values[source]
-            slots[name].append(column)
-    return _columns(slots, sizes, count, extras)
 
-
-def _columns(slots: dict[str, list[np.ndarray]], sizes: np.ndarray, count: int,
-             extras: tuple[str, ...]) -> dict[str, np.ndarray]:
-    columns: dict[str, np.ndarray] = {"count": np.asarray(sizes, np.int64)}
-    for i in range(count):
-        polar = to_polar(*(slots[c][i] for c in CARTESIAN))
-        for name in POLAR:
-            columns[f"{i + 1}_{name}"] = polar[name]
-        for name in extras:
-            columns[f"{i + 1}_{name}"] = slots[name][i]
-    if count >= 2:
-        pair = {c: slots[c][0] + slots[c][1] for c in CARTESIAN}
-        columns["12_mass"] = signed_mass(pair["E"], pair["px"], pair["py"], pair["pz"])
-        columns["12_pt"] = np.hypot(pair["px"], pair["py"])
-    return columns
+    def gather(field: str, i: int) -> np.ndarray:
+        where, source = picks[i]
+        column = np.full(events, np.nan)
+        column[where] = _f64(objects[field])[source]
+        return column
+    return Leading(gather, sizes, count, extras)
 
 
 def jagged_components(objects: ak.Array, fields: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -140,7 +190,7 @@ def leading_objects(objects: ak.Array, count: int, extras: tuple[str, ...] = ())
     `count`, and with count >= 2 `12_mass` and `12_pt` of the two leading objects together.
     """
     offsets, flat = jagged_components(objects, [*CARTESIAN, *extras])
-    return leading_jagged(offsets, flat, count, extras)
+    return leading_jagged(offsets, flat, count, extras).columns()
 
 
 def _f64(values):

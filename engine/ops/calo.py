@@ -100,7 +100,9 @@ class TrainFlowParams(_Params):
     transforms: int = Field(3, ge=1, le=32, description="autoregressive transforms per flow")
     hidden: Widths = Field([64, 64], description="hidden widths of each transform's masked MLP")
     bins: int = Field(8, ge=2, le=64, description="spline bins (nsf)")
-    epochs: Epochs = Field(20, gt=0, description="passes over the showers, chunk by chunk")
+    # one task per (epoch, chunk): 10^4 epochs of 100 chunks is a 10^6-task graph, the most a plan
+    # builds in reasonable time
+    epochs: Epochs = Field(20, gt=0, le=10_000, description="passes over the showers, chunk by chunk")
     batch_size: Rows = Field(256, gt=0, description="showers per Adam step")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate at the start (cosine decay to 2%)")
     validation_fraction: float = Field(
@@ -494,7 +496,8 @@ def metrics(
 
     Output: auc (replica; a fresh classifier per replica: 0.5 = indistinguishable), wasserstein and
     wasserstein_floor (observable; W1 in units of the reference's std, and between the reference's
-    two halves), densities of both samples per observable (bin) with their edges, and, with a
+    two halves), densities of both samples per observable (bin) with their edges (and the energy
+    fractions' again as 1-D `<name>_generated` / `<name>_reference` over `<name>_centre`), and, with a
     `model`, flow_showers_per_second against the synthetic generator's generator_showers_per_second
     (needs a reference from `ingest synthetic-calo`; NaN otherwise).
     """
@@ -560,6 +563,12 @@ def metrics(
             "observable": np.array(names, dtype=object),
         },
     )  # string type
+    for j, name in enumerate(names[: 1 + n_layers]):  # energy fractions as 1-D curves, for pictures
+        dim = f"{name}_bin"
+        centres = (out["edges"].data[j, 1:] + out["edges"].data[j, :-1]) / 2
+        out[f"{name}_generated"] = (dim, out["generated_density"].data[j], {"long_name": "density"})
+        out[f"{name}_reference"] = (dim, out["reference_density"].data[j], {"long_name": "density"})
+        out = out.assign_coords({f"{name}_centre": (dim, centres, {"long_name": name.replace("_", " ")})})
     out["auc"].attrs["long_name"] = "classifier AUC, reference vs generated (0.5 = indistinguishable)"
     out["wasserstein"].attrs["units"] = "reference std"
     mark(out["auc"], "median")

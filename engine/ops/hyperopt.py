@@ -4,9 +4,10 @@ NNPDF chooses architecture, optimiser and learning rate by a hyperparameter scan
 a k-fold figure (kernels/kfold.py): each trial trains its replicas (~10, one batched job through
 the replica core) once per fold with that fold held out, and is judged by the held-out chi2/n.
 The scan is a TPE search (Optuna) whose study lives in the lake: an SQLite file copied to the
-step's checkpoint folder after every trial, so an interrupted run resumes where it stopped. The
-sampler is re-seeded from (seed, finished trials) before each trial, so a resumed scan draws what
-an uninterrupted one would have.
+step's checkpoint folder after every trial (ops/hyperopt_study.py), so an interrupted run resumes
+where it stopped. The sampler is re-seeded from (seed, finished trials) before each trial, so a
+resumed scan draws what an uninterrupted one would have. The searched params are dotted paths
+into the training op's params (ops/hyperopt_space.py).
 
 Output: one row per trial (params, per-fold chi2/n, kept fraction, time, reward, ok), the best
 trial's index and its recipe fragment (`winner_fragment(dataset)` reads it back). A trial that
@@ -16,21 +17,18 @@ a scan whose every trial fails has best_trial = -1.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
 import math
-import tempfile
 import time
-from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Any, Literal
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ..bounds import Params as _Params
 from ..bounds import Repeats, Replicas, Seed
@@ -40,39 +38,11 @@ from ..registry import StepContext, get_op, register_op
 from . import needs
 from .core import as_delayed, require_variables
 from .ensembles import REPLICA
+from .hyperopt_space import Dimension, apply_values, check_path, training_defaults
+from .hyperopt_study import run_scan
 
 log = logging.getLogger("engine.hyperopt")
-TRAINING_OPS = ("replicas.train", "pdf.fit")
-STUDY_FILE = "study.sqlite3"
 FRAGMENT_BYTES = 8192  # the winner's recipe fragment, UTF-8, NUL padded (zarr v3 has no strings)
-FAILED_VALUE = 1e6  # what TPE is told for a failed trial: worse than any real reward
-
-
-class Dimension(_Params):
-    """One searched param: a range (low, high; log, integer, step) or a list of choices."""
-
-    low: float | None = None
-    high: float | None = None
-    log: bool = Field(False, description="sample the range uniformly in log")
-    integer: bool = Field(False, description="integer values (widths, epochs, patience)")
-    step: float | None = Field(None, gt=0, description="grid step within the range")
-    choices: list[Any] | None = Field(
-        None,
-        min_length=1,
-        description="values to choose among (any YAML value: a list of widths, an activation list...)",
-    )
-
-    @model_validator(mode="after")
-    def _kind(self) -> Dimension:
-        ranged = self.low is not None or self.high is not None
-        if ranged == (self.choices is not None):
-            raise ValueError("give either low and high, or choices")
-        if ranged:
-            if self.low is None or self.high is None or not self.low < self.high:
-                raise ValueError(f"a range needs low < high, found low={self.low}, high={self.high}")
-            if self.log and self.low <= 0:
-                raise ValueError(f"a log range needs low > 0, found {self.low}")
-        return self
 
 
 class FoldParams(_Params):
@@ -150,67 +120,6 @@ class HyperoptParams(_Params):
 
 
 # -- params paths -----------------------------------------------------------------------------------
-def _paths(model: type[BaseModel], prefix: str = "") -> list[str]:
-    out = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            out += _paths(annotation, f"{prefix}{name}.")
-        else:
-            out.append(f"{prefix}{name}")
-    return out
-
-
-def check_path(model: type[BaseModel], path: str, op: str) -> None:
-    """A ValueError naming `path` (with did-you-mean) unless it names one param of `model`."""
-    parts = path.split(".")
-    cls: type[BaseModel] = model
-    for i, part in enumerate(parts):
-        field = cls.model_fields.get(part)
-        if field is None:
-            raise ValueError(f"unknown param {path!r} of {op}{did_you_mean(path, _paths(model))}")
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            cls = annotation
-            continue
-        rest = parts[i + 1 :]
-        if rest and not (
-            len(rest) == 1 and get_origin(annotation) is list and (rest[0] == "*" or rest[0].isdigit())
-        ):
-            raise ValueError(
-                f"param {path!r} of {op}: {'.'.join(parts[: i + 1])!r} takes no sub-key "
-                f"{'.'.join(rest)!r} (lists take an index or '*')"
-            )
-        return
-    raise ValueError(
-        f"param {path!r} of {op} is a group of params; name one of "
-        f"{', '.join(p for p in _paths(model) if p.startswith(path + '.'))}"
-    )
-
-
-def apply_values(base: dict, values: dict[str, Any], defaults: dict) -> dict:
-    """`base` with each searched path set: 'hidden.*' sets every layer, 'hidden.0' one; a list
-    the base does not give is copied from the training op's `defaults` first."""
-    merged = copy.deepcopy(base)
-    for path, value in values.items():
-        *head, last = path.split(".")
-        target, fallback = merged, defaults
-        for part in head:
-            fallback = fallback.get(part) if isinstance(fallback, dict) else None
-            if part not in target:  # a list is indexed into whole; a nested model takes the key alone
-                target[part] = list(fallback) if isinstance(fallback, list) else {}
-            target = target[part]
-        if not isinstance(target, list):
-            target[last] = value
-        elif last == "*":
-            target[:] = [value] * len(target)
-        elif int(last) < len(target):
-            target[int(last)] = value
-        else:
-            raise ValueError(f"{path!r} indexes layer {last} of {len(target)}: {target}")
-    return merged
-
-
 def _name(path: str) -> str:
     return path.replace(".*", "_all").replace(".", "_")
 
@@ -227,14 +136,6 @@ def winner_fragment(dataset: xr.Dataset) -> str:
 
 
 # -- the scan (one dask task) ------------------------------------------------------------------------
-def _suggest(trial, path: str, dim: Dimension):
-    if dim.choices is not None:
-        return dim.choices[trial.suggest_categorical(path, list(range(len(dim.choices))))]
-    if dim.integer:
-        return trial.suggest_int(path, int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
-    return trial.suggest_float(path, dim.low, dim.high, log=dim.log, step=dim.step)
-
-
 def _trainer_config(op: str, training):
     from ..kernels.optim import OptimiserConfig
     from ..kernels.regression import RegressionConfig
@@ -268,7 +169,7 @@ def evaluate_trial(
     spec = get_op(params.op)
     start = time.perf_counter()
     try:
-        training = spec.params.model_validate(apply_values(params.base, values, _defaults(params.op)))
+        training = spec.params.model_validate(apply_values(params.base, values, training_defaults(params.op)))
     except (ValidationError, ValueError) as exc:  # e.g. a sampled patience the model refuses
         return {
             "chi2": [math.inf] * params.folds.k,
@@ -326,92 +227,10 @@ def evaluate_trial(
     }
 
 
-def _defaults(op: str) -> dict:
-    """The training op's defaults as plain data (lists and nested params to index into)."""
-    out = {}
-    for name, field in get_op(op).params.model_fields.items():
-        if not field.is_required():
-            value = field.get_default(call_default_factory=True)
-            out[name] = value.model_dump() if isinstance(value, BaseModel) else value
-    return out
-
-
-class _Study:
-    """The Optuna study of one step: an SQLite file kept in the lake's checkpoint folder."""
-
-    def __init__(self, context: StepContext, folder: Path):
-        from ..storage import Lake
-
-        self.lake = Lake(context.lake_url, context.storage_options)
-        self.remote = self.lake.path(context.checkpoint_path, STUDY_FILE)
-        self.local = folder / STUDY_FILE
-        if self.lake.fs.exists(self.remote):
-            self.local.write_bytes(self.lake.fs.cat_file(self.remote))
-            log.info("%s: resuming the hyperparameter scan from the lake", context.step_id)
-        self.url = f"sqlite:///{self.local}"
-
-    def save(self) -> None:
-        self.lake.write_bytes_atomic(self.lake.writable(self.remote), self.local.read_bytes())
-
-    def clear(self) -> None:
-        if self.lake.fs.exists(self.remote):
-            self.lake.fs.rm(self.remote.rsplit("/", 1)[0], recursive=True)
-
-
-def _finished(study) -> list:
-    from optuna.trial import TrialState
-
-    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
-
-
-def run_scan(
-    arrays: dict[str, np.ndarray], fold: np.ndarray, params: HyperoptParams, context: StepContext
-) -> list:
-    """Run (or resume) the study until `trials` trials have finished; returns them in order."""
-    import optuna
-    from optuna.trial import TrialState
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="hyperopt-") as folder:
-        store = _Study(context, Path(folder))
-        storage = optuna.storages.RDBStorage(store.url)
-        study = optuna.create_study(
-            storage=storage, study_name="hyperopt", direction="minimize", load_if_exists=True
-        )
-        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # interrupted
-            storage.set_trial_state_values(stale._trial_id, TrialState.FAIL)
-        while len(done := _finished(study)) < params.trials:
-            # seeded per finished trial through SeedSequence: consecutive integer seeds give numpy's
-            # RandomState nearly the same first draws (measured: lr 0.00175, 0.00184, 0.00177)
-            seed = int(np.random.SeedSequence([params.seed, len(done)]).generate_state(1)[0])
-            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.startup_trials)
-            study = optuna.load_study(study_name="hyperopt", storage=storage, sampler=sampler)
-            trial = study.ask()
-            values = {path: _suggest(trial, path, dim) for path, dim in params.space.items()}
-            record = evaluate_trial(values, arrays, fold, params)
-            for key, value in record.items():
-                trial.set_user_attr(
-                    key, value if not isinstance(value, float) or math.isfinite(value) else None
-                )
-            study.tell(trial, min(record["reward"], FAILED_VALUE))
-            store.save()
-            log.info(
-                "%s: trial %d/%d reward %.4g (%s)",
-                context.step_id,
-                len(done) + 1,
-                params.trials,
-                record["reward"],
-                record["why"],
-            )
-        trials = [(t.params, t.user_attrs) for t in _finished(study)[: params.trials]]
-        store.clear()
-    return trials
-
-
 def _fragment(params: HyperoptParams, values: dict[str, Any]) -> str:
     import yaml
 
-    merged = apply_values(params.base, values, _defaults(params.op))
+    merged = apply_values(params.base, values, training_defaults(params.op))
     text = yaml.safe_dump({"op": params.op, "params": merged}, sort_keys=False, default_flow_style=None)
     return "# replicas.hyperopt winner\n" + text
 
@@ -435,7 +254,7 @@ def _scan(
     if fold is None:  # by group: known only now
         fold = fold_assignment(n, params.folds.k, params.folds.seed, arrays["groups"])
     check_folds(fold, params.folds.k)
-    trials = run_scan(arrays, np.asarray(fold), params, context)
+    trials = run_scan(arrays, np.asarray(fold), params, context, evaluate_trial)
     k, t = params.folds.k, len(trials)
     out: dict[str, Any] = {
         "reward": np.array([_number(a["reward"]) for _, a in trials]),
@@ -533,7 +352,7 @@ def _training_check(params: HyperoptParams):
     }
     try:
         return get_op(params.op).params.model_validate(
-            apply_values(params.base, values, _defaults(params.op))
+            apply_values(params.base, values, training_defaults(params.op))
         )
     except ValidationError as exc:
         first = exc.errors()[0]

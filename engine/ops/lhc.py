@@ -55,6 +55,7 @@ from ..kernels.lhc_hist import Axis, fill, flat_size
 from ..kernels.lhc_kinematics import (
     CARTESIAN,
     POLAR,
+    Leading,
     jagged_components,
     leading_jagged,
     leading_regular,
@@ -292,9 +293,16 @@ def kinematics(params: KinematicsParams, events: xr.Dataset) -> xr.Dataset:
     clash = [n for n in out_names if n in events.variables]
     if clash:
         raise OpError(f"new columns {', '.join(clash)} are already in the data; choose another prefix")
-    func = partial(_kinematics_chunk, recipe, tuple(extras), params.leading, tuple(keys))
-    dtypes = [np.int64 if k == "count" else np.float64 for k in keys]
-    return _with(events, map_events(events, used, func, list(zip(out_names, dtypes, strict=True))))
+    # one task per chunk orders its objects; one task per (chunk, column) computes a column
+    # from them, so a column no later step reads is never computed (dask culls its tasks)
+    leading = [parts[0] for parts in chunk_tasks(
+        events, used, partial(_kinematics_chunk, recipe, tuple(extras), params.leading), 1)]
+    column = dask.delayed(_leading_column, pure=True)
+    new = {name: da.concatenate([da.from_delayed(column(chunk, key), (n,), dtype=np.int64 if key == "count"
+                                                 else np.float64)
+                                 for chunk, n in zip(leading, event_chunks(events), strict=True)])
+           for name, key in zip(out_names, keys, strict=True)}
+    return _with(events, new)
 
 
 def _components(given: dict[str, str] | None, available: list[str], where: str) -> tuple[str, dict[str, str]]:
@@ -352,8 +360,8 @@ def _objects_recipe(params: KinematicsParams, kinds: dict[str, Kind]):
     return recipe, list(extras_seen or []), {c for m in objects for c in m.values()}
 
 
-def _kinematics_chunk(recipe: dict, extras: tuple[str, ...], leading: int, keys: tuple[str, ...],
-                      columns: ChunkColumns) -> tuple:
+def _kinematics_chunk(recipe: dict, extras: tuple[str, ...], leading: int,
+                      columns: ChunkColumns) -> tuple[Leading]:
     """Numpy on flat buffers: flat objects stay columns, a collection is taken apart into its
     offsets and flat fields (awkward only for that), so no list is built or sorted per event."""
     names = (*(CARTESIAN if recipe["system"] == "cartesian" else POLAR), *extras)
@@ -370,10 +378,12 @@ def _kinematics_chunk(recipe: dict, extras: tuple[str, ...], leading: int, keys:
     if recipe["system"] == "polar":
         objects = [{**o, **to_cartesian(*(o[c] for c in POLAR))} for o in objects]
     if "collection" in recipe:
-        result = leading_jagged(offsets, objects[0], leading, extras)
-    else:
-        result = leading_regular(objects, leading, extras)
-    return tuple(result[k] for k in keys)
+        return (leading_jagged(offsets, objects[0], leading, extras),)
+    return (leading_regular(objects, leading, extras),)
+
+
+def _leading_column(leading: Leading, key: str) -> np.ndarray:
+    return leading.column(key)
 
 
 # -- lhc.histogram ------------------------------------------------------------------------------

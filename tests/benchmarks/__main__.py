@@ -103,13 +103,15 @@ def finite(value):
 
 
 def merge(previous: dict, new: dict) -> dict:
-    """A partial run (--only) over the previous file: its modules replaced, the rest kept."""
-    merged = {**previous, **{k: v for k, v in new.items() if k != "_run"}}
+    """A partial run (--only) over the previous file: its modules replaced, the rest kept (and the
+    first run's machine record: each module's result holds its own load average)."""
+    merged = {**previous, **{k: v for k, v in new.items() if not k.startswith("_")}}
     run = dict(previous.get("_run", {}))
     if run.get("mode") != new["_run"]["mode"]:
         run["mode"] = "mixed"
     run["seconds"] = {**run.get("seconds", {}), **new["_run"]["seconds"]}
     run["failed"] = sorted(name for name in run["seconds"] if "error" in merged.get(name, {}))
+    run["reruns"] = [*run.get("reruns", []), new["_run"]["command"]]
     merged["_run"] = run
     return merged
 

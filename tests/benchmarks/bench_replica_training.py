@@ -1,7 +1,7 @@
 """Batched replica training vs a Python loop of single-replica models, on one CPU thread.
 
 Run: python tests/benchmarks/bench_replica_training.py [--quick] [--replicas 100] [--steps 200]
-     (full: several minutes on the 2-core machine; --quick: 30 replicas x 30 steps, ~20 s)
+     (full: several minutes on the 2-core machine; --quick: 30 steps, ~30 s)
 
 Both sides do the same work per replica and step: forward, chi2 on that replica's training points
 (75%, diagonal errors), backward, one Adam step. The loop side is what a user would write without
@@ -127,7 +127,7 @@ def run(
     quick: bool = False, replicas: int | None = None, steps: int | None = None, repeats: int | None = None
 ) -> dict:
     steps = steps or (30 if quick else STEPS)
-    replicas = replicas or (30 if quick else 100)
+    replicas = replicas or 100
     repeats = repeats or (2 if quick else 3)
     torch.set_num_threads(1)
     workloads = {
@@ -178,9 +178,9 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="30 replicas, 30 steps, no per-replica-epoch sweep"
+        "--quick", action="store_true", help="30 steps, no per-replica-epoch sweep"
     )
-    parser.add_argument("--replicas", type=int, default=None, help="default 100 (quick 30)")
+    parser.add_argument("--replicas", type=int, default=None, help="default 100")
     parser.add_argument("--steps", type=int, default=None, help=f"Adam steps (default {STEPS})")
     parser.add_argument("--repeats", type=int, default=None, help="best of (default 3, quick 2)")
     args = parser.parse_args()

@@ -88,7 +88,7 @@ def test_jagged_and_regular_paths_match_a_plain_python_reference():
             for k, events in regular.items():
                 per_object = [{c: np.array([e[j][c] for e in events]) for c in ("px", "py", "pz", "E", "q")}
                               for j in range(k)]
-                cases.append((leading_regular(per_object, count, ("q",)), events))
+                cases.append((leading_regular(per_object, count, ("q",)).columns(), events))
             for columns, events in cases:
                 for name, values in _reference(events, count).items():
                     if name == "12_mass" and count < 2:

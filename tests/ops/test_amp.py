@@ -88,7 +88,15 @@ def seed_bands(
 
 
 def pooled_pulls(seeds, **settings):
-    runs = [seed_bands(seed, **settings) for seed in seeds]
+    runs = []
+    for seed in seeds:
+        runs.append(seed_bands(seed, **settings))
+        bulk, tails = runs[-1][0]
+        print(
+            f"seed {seed}: RMS pull bulk {np.sqrt(np.mean(bulk.pulls**2)):.3f} tails "
+            f"{np.sqrt(np.mean(tails.pulls**2)):.3f}, relative error percentiles {runs[-1][1]}",
+            flush=True,
+        )
     return (
         pooled([r[0][0] for r in runs]),
         pooled([r[0][1] for r in runs]),

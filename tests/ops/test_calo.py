@@ -140,8 +140,9 @@ def test_generated_showers_are_judged_by_auc_wasserstein_and_speed(calo):
     strawman = run_metrics(shuffled.chunk(), showers(N_REFERENCE, 30), seed=0)
     print("shuffled conditions", strawman["auc"].values)
     assert (strawman["auc"] > metrics["auc"].max() + 0.05).all()  # measured 0.88 vs 0.77
-    png = lake.path("reports/derived/calo-flow/metrics/wasserstein.png")
-    assert lake.fs.exists(png)
+    for picture in ("wasserstein", "total_fraction_generated", "layer2_fraction_generated"):
+        png = lake.path(f"reports/derived/calo-flow/metrics/{picture}.png")
+        assert lake.fs.exists(png) and lake.fs.size(png) > 10_000
 
 
 def test_reference_against_reference_gives_auc_one_half():
