@@ -60,14 +60,28 @@ class Version:
 
     def to_dict(self) -> dict[str, Any]:
         prov = self.provenance
-        return {"entry": self.key, "version": self.version, "current": self.current,
-                "published": self.published, "path": self.path, "made_by": self.made_by,
-                "recipe": prov.get("recipe"), "recipe_path": prov.get("recipe_path"),
-                "recipe_hash": prov.get("recipe_hash"), "step": prov.get("step"), "op": prov.get("op"),
-                "op_version": prov.get("op_version"), "params_digest": self.params_digest,
-                "params": prov.get("params"), "recipe_params": prov.get("recipe_params"),
-                "token": prov.get("token"), "code": prov.get("code"), "inputs": prov.get("inputs"),
-                "ingest": prov.get("ingest"), "problem": self.problem}
+        return {
+            "entry": self.key,
+            "version": self.version,
+            "current": self.current,
+            "published": self.published,
+            "path": self.path,
+            "made_by": self.made_by,
+            "recipe": prov.get("recipe"),
+            "recipe_path": prov.get("recipe_path"),
+            "recipe_hash": prov.get("recipe_hash"),
+            "step": prov.get("step"),
+            "op": prov.get("op"),
+            "op_version": prov.get("op_version"),
+            "params_digest": self.params_digest,
+            "params": prov.get("params"),
+            "recipe_params": prov.get("recipe_params"),
+            "token": prov.get("token"),
+            "code": prov.get("code"),
+            "inputs": prov.get("inputs"),
+            "ingest": prov.get("ingest"),
+            "problem": self.problem,
+        }
 
 
 def versions(lake: Lake, key: str) -> list[Version]:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 4 * 2**20
 
 
@@ -23,8 +26,32 @@ def limit_heap_fragmentation() -> bool:
     name = ctypes.util.find_library("c")
     if not name:
         return False
+    variant = os.environ.get("H8_MALLOC", "pin4")
     try:
         libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        if variant == "pin4":
+            return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        if variant == "none":
+            return True
+        if variant == "big64":
+            libc.mallopt(M_TRIM_THRESHOLD, 128 * 2**20)
+            return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 * 2**20))
+        if variant == "arena":
+            return bool(libc.mallopt(M_ARENA_MAX, 2))
+        if variant == "arena1":
+            return bool(libc.mallopt(M_ARENA_MAX, 1))
+        if variant == "big64arena1":
+            libc.mallopt(M_ARENA_MAX, 1)
+            libc.mallopt(M_TRIM_THRESHOLD, 128 * 2**20)
+            return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 * 2**20))
+        if variant in ("trim", "trimbig"):
+            if variant == "trimbig":
+                libc.mallopt(M_TRIM_THRESHOLD, 128 * 2**20)
+                libc.mallopt(M_MMAP_THRESHOLD, 64 * 2**20)
+            from dask.callbacks import Callback
+
+            Callback(posttask=lambda *a: libc.malloc_trim(0)).register()
+            return True
     except (OSError, AttributeError):
         return False
+    return False

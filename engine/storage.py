@@ -181,8 +181,12 @@ class Lake:
         return version
 
     def history_versions(self, zone: str, name: str) -> list[str]:
-        """Version ids kept in .history/ for the entry, newest first (whole stores or not)."""
-        folder = self.history_path(zone, name)
+        """Version ids kept in .history/ for the entry, newest first (whole stores or not); none
+        for a name publish refuses (a catalog written before names were checked may list one)."""
+        try:
+            folder = self.history_path(zone, name)
+        except LakeError:
+            return []
         if not self.fs.isdir(folder):
             return []
         found = (posixpath.basename(path.rstrip("/")) for path in self.fs.ls(folder, detail=False))

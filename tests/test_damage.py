@@ -255,7 +255,7 @@ def kill_after_moving_aside(patch) -> None:
 
     def move_then_die(self, source, target):
         move(self, source, target)
-        if f"/{TMP_DIR}/retired-" in target:
+        if "/.history/" in target:  # the old version moved to the lake's history
             raise SystemExit("killed after moving the old version aside")
 
     patch.setattr(Lake, "move_tree", move_then_die)
@@ -346,7 +346,7 @@ if sys.argv[2] == "aside":
     move = Lake.move_tree
     def move_then_die(self, source, target):
         move(self, source, target)
-        if "/.tmp/retired-" in target:
+        if "/.history/" in target:
             die()
     Lake.move_tree = move_then_die
 else:

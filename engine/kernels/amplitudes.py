@@ -166,7 +166,11 @@ class GaussianNLLLoss:
 
 @torch.no_grad()
 def refit_log_variance(
-    model: EnsembleMLP, loss: GaussianNLLLoss, iterations: int = 30, ridge: float = 1e-6
+    model: EnsembleMLP,
+    loss: GaussianNLLLoss,
+    iterations: int = 30,
+    ridge: float = 1e-6,
+    on: str = "training",
 ) -> None:
     """Set each replica's ln sigma^2 output row to the exact NLL minimiser on its training points,
     the mean and the hidden layers held fixed (Newton's method; the problem is convex).
@@ -179,12 +183,13 @@ def refit_log_variance(
     """
     layers = model.layers()
     weight, bias = layers[-1]
-    h = loss.x[loss.train_idx]  # (R, m, f): each replica's own training points
+    idx = loss.train_idx
+    h = loss.x[idx]  # (R, m, f): each replica's own training points
     for (w, b), act in zip(layers[:-1], model.activations[:-1]):
         h = _activation(act, torch.baddbmm(b, h, w))
     h64 = torch.cat([h, torch.ones_like(h[..., :1])], -1).double()
     mu = torch.einsum("rmk,rk->rm", h64[..., :-1], weight[..., 0].double()) + bias[:, 0, 0:1].double()
-    r2 = (loss.target[loss.train_idx].double() - mu).pow(2).clamp_min(1e-30)
+    r2 = (loss.target[idx].double() - mu).pow(2).clamp_min(1e-30)
     theta = torch.cat([weight[..., 1], bias[:, 0, 1:2]], -1).double()  # (R, K+1)
 
     def objective(t: Tensor) -> Tensor:

@@ -36,7 +36,14 @@ from .replicas import OptimiserParams
 
 SMOOTH = ("tanh", "sigmoid")
 QUANTILES = (0.16, 0.5, 0.84)
-EQUATION_DOMAINS = {"ode1": ("x",), "ode2": ("x",), "poisson": ("x", "y")}
+# dims and ranges of kernels.nn_solvers.PROBLEMS, known here without importing torch (a test
+# checks that the two agree)
+EQUATION_RANGES = {
+    "ode1": {"x": (0.0, 2.0)},
+    "ode2": {"x": (0.0, 2.0)},
+    "poisson": {"x": (0.0, 1.0), "y": (0.0, 1.0)},
+}
+EQUATION_DOMAINS = {name: tuple(ranges) for name, ranges in EQUATION_RANGES.items()}
 
 
 class SolverParams(_Params):
@@ -164,7 +171,6 @@ def equation(params: EquationParams, context: StepContext) -> xr.Dataset:
     (mean-square equation residual per replica), and the networks (weights, training record).
     """
     dims = EQUATION_DOMAINS[params.equation]
-    from_grid = np.linspace(0.0, 2.0 if len(dims) == 1 else 1.0, params.n_grid)
     n, r = params.n_grid, params.replicas
     grid = (n,) * len(dims)
     architecture = _architecture(params, len(dims))
@@ -189,7 +195,10 @@ def equation(params: EquationParams, context: StepContext) -> xr.Dataset:
         architecture,
         {"kind": "neural equation solver", "equation": params.equation, "epochs": params.epochs},
     )
-    result = result.assign_coords({d: from_grid for d in dims} | {"quantile": list(QUANTILES)})
+    ranges = EQUATION_RANGES[params.equation]
+    result = result.assign_coords(
+        {d: np.linspace(*ranges[d], params.n_grid) for d in dims} | {"quantile": list(QUANTILES)}
+    )
     mark(result["max_error"], "value", label=f"{params.equation}: max |mean - exact|")
     return result
 

@@ -29,9 +29,11 @@ import numpy as np
 import pytest
 
 import engine
+from engine.graph import compile_recipe
 from engine.ingest.synthetic_eels import ingest_synthetic_eels
 from engine.kernels.eels_synth import BANDGAP_SCENE
 from engine.storage import Lake
+from engine.testing import raise_if_computes
 
 E_G = BANDGAP_SCENE["e_g"]
 RECIPE = """version: 1
@@ -125,3 +127,14 @@ def test_every_de_i_above_the_gap_is_flagged(truth_lake, de_i):
     vacuum, bandgap = run_at(truth_lake, de_i)
     assert bandgap["onset_below_de_i"].values[~vacuum].mean() > 0.5  # measured 0.72, 0.60
     assert not bandgap["converged"].values[vacuum].any()
+
+
+def test_compiling_the_vacuum_chain_computes_nothing(truth_lake):
+    folder, lake = truth_lake
+    path = folder / "lazy.yaml"
+    path.write_text(RECIPE.format(de_i=1.3).replace("name: known-truth", "name: lazy-truth"))
+    with raise_if_computes():
+        plan = compile_recipe(path, lake)
+    inelastic = plan.step("inelastic").dataset
+    assert inelastic["inelastic_de_i"].dims == ("de_i_shift", "y", "x", "energy")
+    assert "onset_below_de_i" in plan.step("bandgap").dataset

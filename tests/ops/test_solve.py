@@ -44,6 +44,15 @@ def solved(tmp_path_factory):
     return lake
 
 
+def test_op_domains_are_the_kernels():
+    from engine.kernels.nn_solvers import PROBLEMS
+    from engine.ops.solve import EQUATION_RANGES
+
+    assert {name: tuple(r.values()) for name, r in EQUATION_RANGES.items()} == {
+        name: p.domain for name, p in PROBLEMS.items()
+    }
+
+
 def test_compiling_computes_nothing(lake, write_recipe):
     with raise_if_computes():
         plan = compile_recipe(write_recipe(recipe_text()), lake)
