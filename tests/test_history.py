@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
 import engine
 import replicalake as rl
@@ -232,3 +233,28 @@ def test_a_publish_killed_at_any_step_leaves_old_or_new_current_and_history_whol
             lake.open("raw", "ramp", at=item.version)["a"].values, ramp_dataset()["a"].values + shift
         )
     assert not os.listdir(Path(lake.root) / ".tmp" / "publish")
+
+
+def test_export_at_an_older_version_writes_that_version_exactly(lake, tmp_path, monkeypatch, capsys):
+    from engine.ingest.lhapdf import ingest_lhapdf
+    from engine.ingest.lhapdf_format import read_lhapdf_set
+    from tests.ingest.test_lhapdf import TOY
+
+    ingest_lhapdf(lake, TOY, "toy", progress=False)
+    first = lake.store_version(lake.entry_path("raw", "toy"))
+    changed = lake.open("raw", "toy").load()
+    changed["xf_1"] = changed["xf_1"] * 2
+    put_in_lake(lake, "toy", changed)  # a second version (same layout, other values)
+    args = ["export", "lhapdf", "toy", "--lake", lake.root]
+    code, _, err = replicalake(monkeypatch, capsys, *args, str(tmp_path / "old"), "--at", first)
+    assert code == 0, err
+    original = read_lhapdf_set(TOY)
+    xr.testing.assert_identical(read_lhapdf_set(tmp_path / "old" / "toy"), original)
+    code, _, err = replicalake(monkeypatch, capsys, *args, str(tmp_path / "new"))
+    assert code == 0, err
+    new = read_lhapdf_set(tmp_path / "new" / "toy")
+    np.testing.assert_allclose(new["xf_1"].values, 2 * original["xf_1"].values)
+    code, _, err = replicalake(
+        monkeypatch, capsys, *args, str(tmp_path / "x"), "--at", "20200101T000000.000000Z-abcdef"
+    )
+    assert code == 1 and "no version '20200101T000000.000000Z-abcdef' of raw/toy" in " ".join(err.split())

@@ -262,7 +262,12 @@ def train_flow(params: TrainFlowParams, showers: xr.Dataset) -> xr.Dataset:
 # -- calo.sample ----------------------------------------------------------------------------------
 class SampleParams(_Params):
     seed: Seed = Field(0, description="sampling seed (each chunk draws from (seed, chunk index))")
-    batch_size: Rows = Field(10_000, gt=0, description="showers sampled per flow call")
+    batch_size: Rows = Field(
+        1_000,
+        gt=0,
+        description="showers sampled per flow call: zuko's inverse holds "
+        "~4 B x batch x transforms x (layers x cells)^2 (140 MB at 1000 x 3 x 108^2)",
+    )
 
 
 def _spec_of(model: xr.Dataset):
@@ -295,8 +300,18 @@ def _sample_block(
     )
 
 
+def sample_need(params, inputs: dict[str, xr.Dataset], output: xr.Dataset) -> int:
+    """A chunk of generated showers as float64 features and float32 cells, plus what one sampling
+    call holds (kernels.calo_flow.sampling_bytes)."""
+    from ..kernels.calo_flow import sampling_bytes
+
+    spec = _spec_of(inputs["model"])
+    rows = min(params.batch_size, inputs["conditions"].sizes[SHOWER])
+    return needs.chunk_task(3.0, {"conditions": inputs["conditions"]}, output) + sampling_bytes(spec, rows)
+
+
 @register_op(
-    "calo.sample", params=SampleParams, inputs=("model", "conditions"), memory=needs.TorchNeed(6.0)
+    "calo.sample", params=SampleParams, inputs=("model", "conditions"), memory=needs.TorchNeed(sample_need)
 )  # float64 features, flow activations, the output chunk
 def sample(params: SampleParams, model: xr.Dataset, conditions: xr.Dataset) -> xr.Dataset:
     """Generated showers for the incident energies of `conditions`, chunk by chunk along shower.

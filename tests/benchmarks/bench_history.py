@@ -16,7 +16,7 @@ the old version, the new one or neither; bytes left that no version uses). Times
 wall and the CPU seconds of that round; the machine is shared, so CPU seconds are the steadier
 number. Icechunk is imported only here (it is not a dependency of the engine).
 
-    python tests/benchmarks/bench_history.py [--quick] [--repeats 2] [--kills 4]
+    python tests/benchmarks/bench_history.py [--quick] [--repeats 2] [--kills 6]
 """
 
 from __future__ import annotations
@@ -103,15 +103,20 @@ data["a"] = data["a"].persist()
 print("go", flush=True)
 if side == "ours":
     lake = Lake(str(root))
-    lake.publish(write_ours(lake, data), "raw", NAME)
+    tmp = write_ours(lake, data)
+    print("publish", flush=True)
+    lake.publish(tmp, "raw", NAME)
 else:
-    write_icechunk(icechunk_repo(root), data).commit(f"version {{version}}")
+    session = write_icechunk(icechunk_repo(root), data)
+    print("publish", flush=True)
+    session.commit(f"version {{version}}")
 print("done", flush=True)
 """
 
 
-def kill_writer(side: str, root: Path, version: int, shape, chunks, delay: float) -> bool:
-    """Start a writer of `version`, SIGKILL it `delay` s after it starts writing; True if killed."""
+def kill_writer(side: str, root: Path, version: int, shape, chunks, phase: str, delay: float) -> bool:
+    """Start a writer of `version`, SIGKILL it `delay` s after it starts `phase` (write or
+    publish); True if it was killed (not finished first)."""
     code = WRITER.format(repo=str(Path(__file__).resolve().parents[2]))
     writer = subprocess.Popen(
         [sys.executable, "-c", code, side, str(root), str(version), json.dumps([shape, chunks])],
@@ -119,6 +124,8 @@ def kill_writer(side: str, root: Path, version: int, shape, chunks, delay: float
         text=True,
     )
     assert writer.stdout.readline().strip() == "go"
+    if phase == "publish":
+        assert writer.stdout.readline().strip() == "publish"
     time.sleep(delay)
     writer.send_signal(signal.SIGKILL)
     writer.wait()
@@ -165,7 +172,7 @@ def flipped_byte_noticed(side: str, root: Path) -> bool:
 def run(quick: bool = False, repeats: int | None = None, kills: int | None = None) -> dict:
     shape, chunks = QUICK if quick else FULL
     repeats = repeats or 2
-    kills = kills or (3 if quick else 4)
+    kills = kills or (2 if quick else 6)
     nbytes = int(np.prod(shape)) * 4
     result = header(
         "lake history: extended publish vs icechunk",
@@ -222,19 +229,25 @@ def run(quick: bool = False, repeats: int | None = None, kills: int | None = Non
             )
         result["ours_disk_mib"] = round(folder_bytes(work / "lake") / 2**20, 1)
         result["icechunk_disk_mib"] = round(folder_bytes(work / "icechunk") / 2**20, 1)
-        # SIGKILL mid write + publish, at spread points of its measured duration (same for both)
+        # SIGKILL mid write, and mid publish (commit), at points spread over the phase's measured
+        # duration (the same fractions for both sides)
         for side in ("ours", "icechunk"):
-            span = result[f"{side}_write_s"] + result[f"{side}_publish_s"]
             states, left = [], 0
             for k in range(kills):
                 old = repeats + k
+                phase, share = (
+                    ("write", (k // 2 + 0.5) / ((kills + 1) // 2))
+                    if k % 2 == 0
+                    else ("publish", (k // 2 + 0.5) / (kills // 2))
+                )
                 killed = kill_writer(
                     side,
                     work / ("lake" if side == "ours" else "icechunk"),
                     old + 1,
                     shape,
                     chunks,
-                    span * (k + 0.5) / kills,
+                    phase,
+                    result[f"{side}_{phase}_s"] * share,
                 )
                 state, leftover = after_kill(
                     side, work / ("lake" if side == "ours" else "icechunk"), old, old + 1
@@ -246,12 +259,12 @@ def run(quick: bool = False, repeats: int | None = None, kills: int | None = Non
                         lake.publish(write_ours(lake, cube(shape, chunks, old + 1)), "raw", NAME)
                     else:
                         write_icechunk(repo, cube(shape, chunks, old + 1)).commit("redo")
-                states.append(state)
+                states.append((phase, state))
                 left = max(left, leftover)
-            result[f"{side}_kills_old"] = states.count("old")
-            result[f"{side}_kills_new"] = states.count("new")
-            result[f"{side}_kills_broken"] = states.count("broken")
-            result[f"{side}_kills_unkilled"] = states.count("finished before the kill")
+            for phase in ("write", "publish"):
+                for state in ("old", "new", "broken", "finished before the kill"):
+                    label = "unkilled" if state.startswith("finished") else state
+                    result[f"{side}_{phase}_kills_{label}"] = states.count((phase, state))
             result[f"{side}_kill_leftover_mib"] = round(left / 2**20, 1)
         for side in ("ours", "icechunk"):
             result[f"{side}_flipped_byte_noticed"] = int(

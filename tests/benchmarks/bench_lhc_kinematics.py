@@ -99,13 +99,13 @@ def baseline(path: Path, step: int) -> np.ndarray:
     return counts.values().astype(np.int64)
 
 
-def write_recipe(workdir: Path, entry: str) -> Path:
+def write_recipe(workdir: Path, entry: str, tag: str = "") -> Path:
     """recipes/lhc_dimuon.yaml with its source pointed at the ingested entry."""
     import yaml
 
     recipe = yaml.safe_load((REPO / "recipes" / "lhc_dimuon.yaml").read_text())
     recipe["sources"] = {"events": {"catalog": "lake", "entry": f"raw/{entry}"}}
-    path = workdir / "bench_lhc_dimuon.yaml"
+    path = workdir / f"bench_lhc_dimuon{tag}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
 
@@ -136,7 +136,7 @@ def run(quick: bool = False, events: int | None = None, step: int | None = None,
         if not files[name].exists():
             write_root(files[name], events, compression)
         result[f"root_{name}_mib"] = round(files[name].stat().st_size / 2**20, 1)
-    lake_dir = workdir / "lake"
+    lake_dir = workdir / f"lake_{events}_{step}"  # one per size: a quick run beside a full one
     ingest = {}
     for name, path in files.items():  # one-off cost, measured from each format
         shutil.rmtree(lake_dir, ignore_errors=True)
@@ -144,7 +144,7 @@ def run(quick: bool = False, events: int | None = None, step: int | None = None,
         ingest[name], _, _ = measure(
             lambda p=path, to=lake: ingest_root_files(to, [p], "bench_zmumu", "events", step_size=step))
     result["lake_mib"] = round(lake.size(lake.entry_path("raw", "bench_zmumu")) / 2**20, 1)
-    recipe = write_recipe(workdir, "bench_zmumu")
+    recipe = write_recipe(workdir, "bench_zmumu", f"_{events}_{step}")
     sides = {f"uproot_{name}": (lambda p=path: baseline(p, step)) for name, path in files.items()}
     sides["lake_1core"] = lambda: lake_analysis(recipe, lake, "synchronous")
     sides["lake_threads"] = lambda: lake_analysis(recipe, lake, "threads")

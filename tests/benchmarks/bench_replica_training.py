@@ -177,9 +177,7 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="30 steps, no per-replica-epoch sweep"
-    )
+    parser.add_argument("--quick", action="store_true", help="30 steps, no per-replica-epoch sweep")
     parser.add_argument("--replicas", type=int, default=None, help="default 100")
     parser.add_argument("--steps", type=int, default=None, help=f"Adam steps (default {STEPS})")
     parser.add_argument("--repeats", type=int, default=None, help="best of (default 3, quick 2)")

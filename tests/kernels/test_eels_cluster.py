@@ -193,3 +193,22 @@ def test_windows_refuse_curves_without_a_tail():
     tiny = np.where(energy < 0, -0.5, -0.5 - 20 * energy)  # below one count everywhere
     with pytest.raises(ValueError, match="cannot place dE_II"):
         k.zlp_windows(energy, tiny)
+
+
+def test_one_count_energy_measured_floor_and_power_law():
+    one_count_energy, zlp_windows = k.one_count_energy, k.zlp_windows
+    energy = eels_synth.energy_axis(2048)
+    dispersion = energy[1] - energy[0]
+    exact = 6e7 * dispersion * eels_synth.zero_loss_peak(energy, 0.0)
+    log_median = np.log(exact)
+    windows = zlp_windows(energy, log_median)
+    one = energy[(energy > 0) & (exact < 1.0)][0]
+    measured, how = one_count_energy(energy, log_median, windows)
+    assert how == "measured" and abs(measured - one) < 0.1  # smoothing: a few channels
+    # a background-subtracted tail meets its noise floor: the first zero median counts
+    floor = np.where((energy > 11.77) & (energy < 11.8), np.nan, np.maximum(log_median, 3.0))
+    assert one_count_energy(energy, floor, windows) == (pytest.approx(11.775, abs=0.03), "measured")
+    # NaN only at the window's edge (alignment) is no fall: the tail is extrapolated instead
+    edge = np.where(energy > 45.5, np.nan, np.maximum(log_median, 3.0))
+    value, how = one_count_energy(energy, edge, windows)
+    assert how == "power law" and value > windows.de_i
