@@ -76,6 +76,7 @@ def _dis_f2(lake: Lake) -> None:
 
 # recipe file stem -> the ingests it needs (recipes that generate their own data need none)
 INPUTS: dict[str, list[Callable[[Lake], None]]] = {
+    "amp_regression": [],
     "calo_flow": [_calo],
     "eels_bandgap": [_eels_demo],
     "eels_dielectric": [_eels_wide],
@@ -91,6 +92,7 @@ INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "pdf_dis_fit": [_dis_f2],
     "replicas_closure_1d": [],
     "replicas_hyperopt": [],
+    "solve_equations": [],
 }
 
 
