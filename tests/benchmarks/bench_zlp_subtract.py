@@ -79,6 +79,9 @@ def compare_paths(
     result["speedup_per_pixel"] = ratio(per_brute, per_fast)
     result["speedup_with_grid"] = ratio(timings["brute"].wall, timings["fast"].wall + timings["grid"].wall)
     result["break_even_pixels"] = round(timings["grid"].wall / gain) if gain > 0 else None
+    cpu_gain = (timings["brute"].cpu - timings["fast"].cpu) / pixels  # CPU: less distorted by load
+    result["speedup_per_pixel_cpu"] = ratio(timings["brute"].cpu, timings["fast"].cpu)
+    result["break_even_pixels_cpu"] = round(timings["grid"].cpu / cpu_gain) if cpu_gain > 0 else None
     return result
 
 

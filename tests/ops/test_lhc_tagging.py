@@ -195,6 +195,7 @@ DECORRELATED = {"epochs: 2000": "epochs: 300", "max_jets: 50000": "max_jets: 400
                 "strength: 10.0, bins: 10, hidden: [32], lr: 0.003"}
 
 
+@pytest.mark.slow  # ~1 min; the default suite has the kernel-level version (test_classifier.py)
 def test_mass_adversary_reduces_background_mass_sculpting(tmp_path):
     """The decorrelation recipe shrunk (4000 jets, 300 steps, lambda 0 and 10 only): the JSD of
     the background jet mass before/after the eps_S = 0.5 cut, averaged over the 3 replicas (each
@@ -221,6 +222,28 @@ def test_mass_adversary_reduces_background_mass_sculpting(tmp_path):
     # a handful of the ~600 test background jets here, too few to rank the two)
     assert float(adversarial["auc"].mean()) < float(plain["auc"].mean())
     assert (plain["auc"] > 0.85).all()  # the plain tagger works (mass alone: ~0.96 on the stand-in)
+
+
+def test_adversary_option_runs_through_the_op_and_reports_sculpting(tmp_path):
+    """The op's wiring on 300 jets, a few steps: mass_jsd per replica in [0, 1], and the option
+    changes the training (the adversary's penalty moves the weights)."""
+    from engine.kernels.jets_synth import simulate_jets
+    from engine.registry import StepContext, get_op
+
+    jets = simulate_jets(300, seed=2, n_constituents=8)
+    data = xr.Dataset({name: (("jet", "constituent")[: value.ndim], value) for name, value in jets.items()})
+    op = get_op("lhc.train_classifier")
+    settings = {"n_constituents": 4, "hidden": [8], "activations": ["relu", "linear"], "epochs": 20,
+                "replicas": 2, "device": "cpu", "resample": "seeds"}
+    models = {}
+    adversary = {"adversary": {"strength": 5.0, "bins": 4, "pretrain": 5}}
+    for name, extra in (("plain", {}), ("adversary", adversary)):
+        context = StepContext(name, name, str(tmp_path / "lake"))
+        model = op.func(op.params(**settings, **extra), data.chunk({"jet": 100}), context=context)
+        models[name] = model.compute()
+    for model in models.values():
+        assert ((model["mass_jsd"] >= 0) & (model["mass_jsd"] <= 1)).all()
+    assert not np.allclose(models["plain"]["weight_0"], models["adversary"]["weight_0"])
 
 
 def test_bad_adversary_params_are_recipe_errors(tmp_path):
