@@ -123,13 +123,21 @@ def kill_writer(side: str, root: Path, version: int, shape, chunks, phase: str, 
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert writer.stdout.readline().strip() == "go"
+    _wait_for(writer, "go")
     if phase == "publish":
-        assert writer.stdout.readline().strip() == "publish"
+        _wait_for(writer, "publish")
     time.sleep(delay)
     writer.send_signal(signal.SIGKILL)
     writer.wait()
     return writer.returncode == -signal.SIGKILL
+
+
+def _wait_for(writer: subprocess.Popen, word: str) -> None:
+    """Read the writer's stdout up to the line `word` (icechunk logs warnings there too)."""
+    for line in writer.stdout:
+        if line.strip() == word:
+            return
+    raise RuntimeError(f"the writer ended (exit {writer.wait()}) before saying {word!r}")
 
 
 def after_kill(side: str, root: Path, old: int, new: int) -> tuple[str, int]:

@@ -195,7 +195,6 @@ DECORRELATED = {"epochs: 2000": "epochs: 300", "max_jets: 50000": "max_jets: 400
                 "strength: 10.0, bins: 10, hidden: [32], lr: 0.003"}
 
 
-@pytest.mark.slow  # ~1 min; the default suite has the kernel-level version (test_classifier.py)
 def test_mass_adversary_reduces_background_mass_sculpting(tmp_path):
     """The decorrelation recipe shrunk (4000 jets, 300 steps, lambda 0 and 10 only): the JSD of
     the background jet mass before/after the eps_S = 0.5 cut, averaged over the 3 replicas (each
