@@ -40,6 +40,10 @@ def limit_heap_fragmentation() -> bool:
             return bool(libc.mallopt(M_ARENA_MAX, 2))
         if variant == "arena1":
             return bool(libc.mallopt(M_ARENA_MAX, 1))
+        if variant.startswith("b64a1t"):
+            libc.mallopt(M_ARENA_MAX, 1)
+            libc.mallopt(M_TRIM_THRESHOLD, int(variant[6:]) * 2**20)
+            return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 * 2**20))
         if variant == "big64arena1":
             libc.mallopt(M_ARENA_MAX, 1)
             libc.mallopt(M_TRIM_THRESHOLD, 128 * 2**20)

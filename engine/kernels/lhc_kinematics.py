@@ -28,8 +28,7 @@ def to_cartesian(pt, eta, phi, mass) -> dict:
     """(px, py, pz, E) of vectors given as transverse momentum, pseudorapidity, angle and mass."""
     pt, eta, phi, mass = (_f64(v) for v in (pt, eta, phi, mass))
     pz = pt * np.sinh(eta)
-    return {"px": pt * np.cos(phi), "py": pt * np.sin(phi), "pz": pz,
-            "E": np.sqrt(pt**2 + pz**2 + mass**2)}
+    return {"px": pt * np.cos(phi), "py": pt * np.sin(phi), "pz": pz, "E": np.sqrt(pt**2 + pz**2 + mass**2)}
 
 
 def to_polar(px, py, pz, E) -> dict:
@@ -105,8 +104,9 @@ class Leading:
         return {key: self.column(key) for key in self.keys()}
 
 
-def leading_regular(objects: list[dict[str, np.ndarray]], count: int,
-                    extras: tuple[str, ...] = ()) -> Leading:
+def leading_regular(
+    objects: list[dict[str, np.ndarray]], count: int, extras: tuple[str, ...] = ()
+) -> Leading:
     """The leading objects of a fixed number of objects per event, each given by one array per
     field over the events (muon 1 and muon 2 in flat columns): no lists, no sort for two."""
     objects = [{**o, PT: np.hypot(_f64(o["px"]), _f64(o["py"]))} for o in objects]
@@ -132,11 +132,13 @@ def leading_regular(objects: list[dict[str, np.ndarray]], count: int,
             if i >= k:
                 return np.full(events, np.nan)
             return np.stack([_f64(o[field]) for o in objects], axis=1)[rows, order[:, i]]
+
     return Leading(gather, np.full(events, k, np.int64), count, extras, pair)
 
 
-def leading_jagged(offsets: np.ndarray, objects: dict[str, np.ndarray], count: int,
-                   extras: tuple[str, ...] = ()) -> Leading:
+def leading_jagged(
+    offsets: np.ndarray, objects: dict[str, np.ndarray], count: int, extras: tuple[str, ...] = ()
+) -> Leading:
     """The leading objects of a variable number of objects per event: each field a flat array
     over all objects, event j's objects at offsets[j]:offsets[j + 1]."""
     offsets = np.asarray(offsets, np.int64)
@@ -144,7 +146,7 @@ def leading_jagged(offsets: np.ndarray, objects: dict[str, np.ndarray], count: i
     sizes = np.diff(offsets)
     start = offsets[0]
     objects = {**objects, PT: np.hypot(_f64(objects["px"]), _f64(objects["py"]))}
-    pt = objects[PT][start:offsets[-1]]
+    pt = objects[PT][start : offsets[-1]]
     event = np.repeat(np.arange(events), sizes)
     order = np.lexsort((-pt, event))  # by event, then by descending pt; stable for equal pt
     rank = np.arange(len(order)) - (offsets[event] - start)
@@ -158,6 +160,7 @@ def leading_jagged(offsets: np.ndarray, objects: dict[str, np.ndarray], count: i
         column = np.full(events, np.nan)
         column[where] = _f64(objects[field])[source]
         return column
+
     return Leading(gather, sizes, count, extras)
 
 

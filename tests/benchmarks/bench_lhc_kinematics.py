@@ -72,7 +72,9 @@ def write_root(path: Path, events: int, compression, piece: int = 1_000_000) -> 
                 out[f"pz{i}"] = flip * real[f"pz{i}"][pick]
                 out[f"E{i}"] = real[f"E{i}"][pick]
                 out[f"Q{i}"] = real[f"Q{i}"][pick]
-            handle["events"].extend({name: np.ascontiguousarray(out[name], dtypes[name]) for name in BRANCHES})
+            handle["events"].extend(
+                {name: np.ascontiguousarray(out[name], dtypes[name]) for name in BRANCHES}
+            )
 
 
 def pair_mass(arrays: dict) -> np.ndarray:
@@ -118,8 +120,13 @@ def lake_analysis(recipe: Path, lake, scheduler: str) -> np.ndarray:
     return counts.compute(scheduler=scheduler).values.astype(np.int64)
 
 
-def run(quick: bool = False, events: int | None = None, step: int | None = None, repeats: int = 3,
-        workdir: Path = WORKDIR) -> dict:
+def run(
+    quick: bool = False,
+    events: int | None = None,
+    step: int | None = None,
+    repeats: int = 3,
+    workdir: Path = WORKDIR,
+) -> dict:
     import uproot
 
     from engine.ingest.root_files import ingest_root_files
@@ -127,8 +134,12 @@ def run(quick: bool = False, events: int | None = None, step: int | None = None,
 
     events = events or (1_000_000 if quick else 10_000_000)
     step = step or (250_000 if quick else 1_000_000)
-    result = header("LHC dimuon kinematics on real CMS events: lake vs uproot + numpy + hist", repeats,
-                    events=events, chunk=step)
+    result = header(
+        "LHC dimuon kinematics on real CMS events: lake vs uproot + numpy + hist",
+        repeats,
+        events=events,
+        chunk=step,
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, compression in {"lz4": uproot.LZ4(4), "zlib": uproot.ZLIB(1)}.items():
@@ -142,7 +153,8 @@ def run(quick: bool = False, events: int | None = None, step: int | None = None,
         shutil.rmtree(lake_dir, ignore_errors=True)
         lake = Lake(str(lake_dir))
         ingest[name], _, _ = measure(
-            lambda p=path, to=lake: ingest_root_files(to, [p], "bench_zmumu", "events", step_size=step))
+            lambda p=path, to=lake: ingest_root_files(to, [p], "bench_zmumu", "events", step_size=step)
+        )
     result["lake_mib"] = round(lake.size(lake.entry_path("raw", "bench_zmumu")) / 2**20, 1)
     recipe = write_recipe(workdir, "bench_zmumu", f"_{events}_{step}")
     sides = {f"uproot_{name}": (lambda p=path: baseline(p, step)) for name, path in files.items()}
@@ -170,7 +182,9 @@ def run(quick: bool = False, events: int | None = None, step: int | None = None,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="10^6 events in chunks of 250000")
     parser.add_argument("--events", type=int, default=None, help="default 10^7 (10^6 with --quick)")
     parser.add_argument("--step", type=int, default=None, help="events per step / lake chunk")

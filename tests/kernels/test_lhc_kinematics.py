@@ -10,8 +10,12 @@ from engine.kernels.lhc_kinematics import leading_objects, signed_mass, to_carte
 
 def test_polar_and_cartesian_round_trip():
     rng = np.random.default_rng(0)
-    pt, eta, phi, mass = rng.uniform(1, 100, 50), rng.uniform(-3, 3, 50), rng.uniform(-np.pi, np.pi, 50), \
-        rng.uniform(0, 10, 50)
+    pt, eta, phi, mass = (
+        rng.uniform(1, 100, 50),
+        rng.uniform(-3, 3, 50),
+        rng.uniform(-np.pi, np.pi, 50),
+        rng.uniform(0, 10, 50),
+    )
     back = to_polar(**to_cartesian(pt, eta, phi, mass))
     for name, values in (("pt", pt), ("eta", eta), ("phi", phi), ("mass", mass)):
         np.testing.assert_allclose(back[name], values, rtol=1e-9, atol=1e-7)
@@ -19,17 +23,27 @@ def test_polar_and_cartesian_round_trip():
 
 def test_back_to_back_muons_give_twice_the_energy():
     # two 45.6 GeV massless muons back to back: the pair mass is 91.2 GeV, its pt zero
-    muons = ak.Array([[{"px": 45.6, "py": 0.0, "pz": 0.0, "E": 45.6, "q": 1},
-                       {"px": -45.6, "py": 0.0, "pz": 0.0, "E": 45.6, "q": -1}]])
+    muons = ak.Array(
+        [
+            [
+                {"px": 45.6, "py": 0.0, "pz": 0.0, "E": 45.6, "q": 1},
+                {"px": -45.6, "py": 0.0, "pz": 0.0, "E": 45.6, "q": -1},
+            ]
+        ]
+    )
     columns = leading_objects(muons, 2, ("q",))
     np.testing.assert_allclose(columns["12_mass"], [91.2])
     np.testing.assert_allclose(columns["12_pt"], [0.0], atol=1e-12)
 
 
 def test_leading_objects_are_ordered_by_pt_and_padded_with_nan():
-    objects = ak.Array([[{"px": 1.0, "py": 0.0, "pz": 0.0, "E": 2.0},
-                         {"px": 5.0, "py": 0.0, "pz": 0.0, "E": 6.0}],
-                        [], [{"px": 0.0, "py": 3.0, "pz": 4.0, "E": 5.0}]])
+    objects = ak.Array(
+        [
+            [{"px": 1.0, "py": 0.0, "pz": 0.0, "E": 2.0}, {"px": 5.0, "py": 0.0, "pz": 0.0, "E": 6.0}],
+            [],
+            [{"px": 0.0, "py": 3.0, "pz": 4.0, "E": 5.0}],
+        ]
+    )
     columns = leading_objects(objects, 2)
     np.testing.assert_array_equal(columns["count"], [2, 0, 1])
     np.testing.assert_allclose(columns["1_pt"], [5.0, np.nan, 3.0])
@@ -55,7 +69,8 @@ def _reference(events: list[list[dict]], count: int) -> dict[str, list[float]]:
         pair = ranked[:2] if len(ranked) >= 2 else None
         total = {c: pair[0][c] + pair[1][c] for c in ("px", "py", "pz", "E")} if pair else None
         out.setdefault("12_mass", []).append(
-            float(signed_mass(total["E"], total["px"], total["py"], total["pz"])) if total else np.nan)
+            float(signed_mass(total["E"], total["px"], total["py"], total["pz"])) if total else np.nan
+        )
     return out
 
 
@@ -68,8 +83,15 @@ def _random_events(rng, events: int, sizes) -> list[list[dict]]:
             # equal pts now and then, to check that ties keep the stored order
             if objects and rng.random() < 0.2:
                 px, py = -objects[-1]["px"], -objects[-1]["py"]
-            objects.append({"px": px, "py": py, "pz": pz, "E": float(np.sqrt(px**2 + py**2 + pz**2 + 0.011)),
-                            "q": float(rng.choice([-1, 1]))})
+            objects.append(
+                {
+                    "px": px,
+                    "py": py,
+                    "pz": pz,
+                    "E": float(np.sqrt(px**2 + py**2 + pz**2 + 0.011)),
+                    "q": float(rng.choice([-1, 1])),
+                }
+            )
         result.append(objects)
     return result
 
@@ -86,8 +108,10 @@ def test_jagged_and_regular_paths_match_a_plain_python_reference():
         for count in (1, 2, 3):
             cases = [(leading_objects(ak.Array(jagged), count, ("q",)), jagged)]
             for k, events in regular.items():
-                per_object = [{c: np.array([e[j][c] for e in events]) for c in ("px", "py", "pz", "E", "q")}
-                              for j in range(k)]
+                per_object = [
+                    {c: np.array([e[j][c] for e in events]) for c in ("px", "py", "pz", "E", "q")}
+                    for j in range(k)
+                ]
                 cases.append((leading_regular(per_object, count, ("q",)).columns(), events))
             for columns, events in cases:
                 for name, values in _reference(events, count).items():

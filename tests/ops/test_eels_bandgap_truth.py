@@ -10,9 +10,9 @@ below it.
 
 Measured (16 x 16 pixels, seed 5; specimen = 192 pixels):
   dE_I (eV)                 1.2     1.55    1.88    2.2
-  flagged (onset_below)     0.33    0.72    0.77    0.60
+  flagged (onset_below)     0.33    0.72    0.81    0.66
   median dE_BG/d dE_I       0.00    0.62    0.99    n/a (dE_I + 0.2 leaves 4 channels)
-  median E_BG (converged)   1.60    1.76    2.04    2.25
+  median E_BG (converged)   1.60    1.75    2.07    2.25
 Below the gap E_BG sits +0.20 eV high, outside the issue's 0.1 eV, and the fit model is what
 limits it, not the subtraction: without drift the vacuum-ZLP residual averaged over the pixels
 is within its noise (~10 counts against a 2-4 x 10^4 count ZLP tail), yet the fit of that mean
@@ -97,7 +97,7 @@ def above_gap(truth_lake):
 def test_above_the_gap_the_onset_is_flagged_as_not_resolved(above_gap):
     vacuum, bandgap = above_gap
     specimen = ~vacuum
-    assert bandgap["onset_below_de_i"].values[specimen].mean() > 0.5  # measured 0.77
+    assert bandgap["onset_below_de_i"].values[specimen].mean() > 0.5  # measured 0.81
     # and what does converge follows the window: dE_BG / d dE_I measured 0.99
     assert np.nanmedian(bandgap["e_bg_slope"].values[specimen]) > 0.5
 
@@ -125,7 +125,7 @@ def test_vacuum_pixels_never_converge(below_gap, above_gap):
 @pytest.mark.parametrize("de_i", [1.55, 2.2])
 def test_every_de_i_above_the_gap_is_flagged(truth_lake, de_i):
     vacuum, bandgap = run_at(truth_lake, de_i)
-    assert bandgap["onset_below_de_i"].values[~vacuum].mean() > 0.5  # measured 0.72, 0.60
+    assert bandgap["onset_below_de_i"].values[~vacuum].mean() > 0.5  # measured 0.72, 0.66
     assert not bandgap["converged"].values[vacuum].any()
 
 
