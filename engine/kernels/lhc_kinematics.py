@@ -169,7 +169,7 @@ def jagged_components(objects: ak.Array, fields: list[str]) -> tuple[np.ndarray,
     import awkward as ak
 
     layout = ak.to_layout(objects)
-    while isinstance(layout, ak.contents.IndexedArray | ak.contents.IndexedOptionArray):
+    while isinstance(layout, ak.contents.IndexedArray):  # a sliced array: its elements in order
         layout = layout.project()
     if not isinstance(layout, ak.contents.ListOffsetArray | ak.contents.ListArray):
         raise ValueError(f"expected a list of objects per event, found {objects.type}")
@@ -197,6 +197,8 @@ def leading_objects(objects: ak.Array, count: int, extras: tuple[str, ...] = ())
 
 
 def _f64(values):
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64, copy=False)
     import awkward as ak
 
     if isinstance(values, ak.Array):

@@ -178,6 +178,13 @@ def flipped_byte_noticed(side: str, root: Path) -> bool:
 
 
 def run(quick: bool = False, repeats: int | None = None, kills: int | None = None) -> dict:
+    try:
+        import icechunk  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            "bench_history compares with Icechunk: `pip install icechunk` first (it is "
+            "not a dependency of replicalake)"
+        ) from None
     shape, chunks = QUICK if quick else FULL
     repeats = repeats or 2
     kills = kills or (2 if quick else 6)

@@ -162,8 +162,8 @@ def omnifold_calibration(target: np.ndarray, per_seed: list[np.ndarray]):
 @pytest.mark.xfail(strict=True, reason=(
     "OmniFold is not calibrated yet: after the recipe's 5 iterations the unfolded width stalls "
     "~0.04 above the truth (this test's 6 seeds, measured: width pull +2.19 +- 0.20, mean pull "
-    "+0.54 +- 0.18, sqrt(bias/variance) 1.32 +- 0.07 for 1.134); fix the method (classifier "
-    "stopping, iterations), then drop this mark"))
+    "+0.54 +- 0.18, sqrt(bias/variance) 1.32 +- 0.07 for 1.134; patience 300 changed nothing); fix "
+    "the method (iterations, the step-1 classifier's training), then drop this mark"))
 def test_bootstrap_bands_are_calibrated_over_independent_samples():
     """The recipe's OmniFold on 6 independent samples of 2 x 5000 Gaussian events (a quarter of the
     recipe's, to pool seeds in minutes): the bootstrap replicas' spread is the statistical error,
