@@ -450,7 +450,7 @@ def log(entry: Annotated[str, typer.Argument(help="a lake entry (zone/name)")],
             say(f"{name}: {escape(json.dumps(value) if isinstance(value, dict | list) else str(value))}",
                 highlight=False)
         return
-    rows = [(item.version + ("\n(current)" if item.current else ""), item.published, item.made_by,
+    rows = [(item.version + (" (current)" if item.current else ""), item.published, item.made_by,
              item.params_digest or "-", (item.provenance.get("token") or "-")[:16],
              _code_text(item.provenance.get("code")), item.problem or "")
             for item in found]
@@ -482,8 +482,7 @@ def gc(lake: LakeOption = None,
         out.print_json(json.dumps([finding.to_dict() for finding in findings]))
         return
     for finding in findings:
-        label = ("removed" if finding.repaired else "would remove" if dry_run and finding.repairable
-                 else "kept")
+        label = "done" if finding.repaired else "would" if dry_run and finding.repairable else "kept"
         say(f"{escape(finding.kind)} {escape(finding.where)}: {escape(finding.problem)}\n  {label}: "
             f"{escape(finding.remedy)}", highlight=False)
     if not findings:
