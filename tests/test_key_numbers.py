@@ -145,7 +145,7 @@ MARKED = {  # op: its marked variables and their statistics (built from engine/o
     "pdf.fit": {"kept": "fraction_true", "chi2_validation": "median", "positivity_ok": "count_false"},
     "pdf.closure": {"chi2_central_truth": "value", "chi2_central_data": "value", "rms_pull": "value",
                     "kept_fraction": "value"},
-    "lhc.train_classifier": {"auc": "median", "background_rejection": "median"},
+    "lhc.train_classifier": {"auc": "median", "background_rejection": "median", "mass_jsd": "median"},
     "lhc.anomaly_score": {"auc": "median", "background_rejection": "median"},
     "lhc.eft_bounds": {"interval_nn": "value", "interval_exact": "value", "interval_binned": "value"},
 }

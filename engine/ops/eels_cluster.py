@@ -116,7 +116,7 @@ class WindowParams(_Params):
         "vacuum_cluster's median ZLP falls to one count (measured on vacuum, a power-law tail "
         "extrapolated on a specimen); knee: per cluster, where an exponential through its knee "
         "falls to one count (falls far too early under a Pearson-like tail)")
-    vacuum_cluster: int = Field(
+    vacuum_cluster: Clusters = Field(
         0, ge=0, description="the vacuum (or else thinnest) cluster: 0, as clusters run thin to "
         "thick")
 

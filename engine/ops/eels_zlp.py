@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 from pydantic import Field
 
-from ..bounds import Epochs, GridNodes, Replicas, Spectra, Widths
+from ..bounds import Clusters, Epochs, GridNodes, Replicas, Spectra, Widths
 from ..bounds import Params as _Params
 from ..errors import OpError
 from ..registry import StepContext, register_op
@@ -126,7 +126,7 @@ class SubtractParams(_Params):
         "model", description="model: the replica ensemble (input model); vacuum: the measured "
         "median ZLP of vacuum_cluster, stretched to each cluster's width on the gain side and "
         "scaled to each pixel (no model input needed; bands from the median's standard error)")
-    vacuum_cluster: int = Field(0, ge=0, description="the vacuum cluster, for zlp: vacuum")
+    vacuum_cluster: Clusters = Field(0, ge=0, description="the vacuum cluster, for zlp: vacuum")
     de_i_shift_ev: float | None = Field(
         0.2, gt=0, le=1.0, description="also subtract the median with every dE_I moved by -/+ "
         "this (same ZLP, no retraining) into `inelastic_de_i`, for eels.fit_bandgap's dE_I "

@@ -13,6 +13,8 @@ holds), so a 1000-replica set is never held whole.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dask
 import dask.array as da
 import numpy as np
@@ -53,12 +55,12 @@ class CompressParams(_Params):
     )
     mutants: int = Field(16, ge=1, le=1024, description="children per generation")
     seed: Seed = 0
-    flavours: list[int] | None = Field(
+    flavours: list[Annotated[int, Field(ge=-6, le=22)]] | None = Field(
         None, description="PDG ids compared (default all with spread; 0 = gluon)"
     )
     x_range: tuple[float, float] = Field((1e-5, 0.9), description="x knots compared")
     n_x: GridNodes = Field(50, ge=2, description="at most this many x knots, evenly in index")
-    q_index: int = Field(0, ge=0, description="Q knot of subgrid 0 the comparison is made at")
+    q_index: GridNodes = Field(0, ge=0, description="Q knot of subgrid 0 the comparison is made at")
     correlation_x: int = Field(
         5,
         ge=0,

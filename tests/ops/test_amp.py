@@ -127,6 +127,7 @@ def test_quick_calibration_bulk_and_tails():
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~14 min at full size; test_quick_calibration_bulk_and_tails is the CI version
 def test_full_calibration_bulk_and_tails_within_ten_percent():
     """The recipe's ensemble (6 x 32-32, 2000 steps, 6000 points) over 12 seeds, 5000 test points
     each: the issue's goal, pull width 1 +- 0.1 in the bulk and in the tails of |M|^2 (the tails'

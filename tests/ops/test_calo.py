@@ -224,6 +224,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~4 min of training at 50k showers; the shrunk recipe test runs in CI
 def test_shipped_recipe_full_size(tmp_path):
     """The recipe as shipped on 50k + 20k showers (~4-7 min on 2 cores): the numbers in the README.
 
