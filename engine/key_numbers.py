@@ -12,6 +12,10 @@ stored with the output (the one mechanism; these are the allowed values):
                                 (synthetic inputs carry truth maps); the summary adds the median
                                 difference and ratio to it
     attrs["key_numbers_label"]  optional: what a False means, for count_false
+    attrs["key_numbers_lower_limit_at"]  optional: a scalar variable of the same output; values equal
+                                to it are lower limits, not measurements (a rejection 1/eps_B where
+                                no background passed is bounded by the number of background jets):
+                                the summary counts them and says the median is a bound
 
 The runner reads them from every published output (computed or up to date) with `summarize`;
 variables over `MAX_ELEMENTS` are not read. `describe` makes the one line the CLI prints.
@@ -29,13 +33,14 @@ import xarray as xr
 ATTR = "key_numbers"
 TRUTH_ATTR = "key_numbers_truth"
 LABEL_ATTR = "key_numbers_label"
+LIMIT_ATTR = "key_numbers_lower_limit_at"
 STATISTICS = ("median", "count_false", "fraction_true", "value")
 MAX_ELEMENTS = 10**7  # larger variables are skipped: reading them would cost more than the line
 MAX_VALUES = 8  # "value" prints at most this many numbers
 
 
 def mark(var: xr.DataArray, *statistics: str, truth: str | None = None,
-         label: str | None = None) -> xr.DataArray:
+         label: str | None = None, lower_limit_at: str | None = None) -> xr.DataArray:
     """Ask the run summary for `statistics` of `var` (in place; returns `var`)."""
     unknown = [s for s in statistics if s not in STATISTICS]
     if unknown or not statistics:
@@ -45,6 +50,8 @@ def mark(var: xr.DataArray, *statistics: str, truth: str | None = None,
         var.attrs[TRUTH_ATTR] = truth
     if label is not None:
         var.attrs[LABEL_ATTR] = label
+    if lower_limit_at is not None:
+        var.attrs[LIMIT_ATTR] = lower_limit_at
     return var
 
 
@@ -73,16 +80,17 @@ def summarize(dataset: xr.Dataset, max_elements: int = MAX_ELEMENTS) -> list[dic
             found.append({**base, "statistic": "skipped",
                           "note": f"{var.size} elements, over the {max_elements} summarised"})
             continue
-        truth_name = var.attrs.get(TRUTH_ATTR)
+        truth_name, limit_name = var.attrs.get(TRUTH_ATTR), var.attrs.get(LIMIT_ATTR)
         truth = dataset[truth_name] if truth_name in dataset.data_vars else None
+        limit = dataset[limit_name] if limit_name in dataset.data_vars else None
         for statistic in requested:
             found.append({**base, "statistic": statistic,
-                          **_statistic(var, statistic, truth, var.attrs.get(LABEL_ATTR))})
+                          **_statistic(var, statistic, truth, var.attrs.get(LABEL_ATTR), limit)})
     return found
 
 
 def _statistic(var: xr.DataArray, statistic: str, truth: xr.DataArray | None,
-               label: str | None) -> dict[str, Any]:
+               label: str | None, limit: xr.DataArray | None = None) -> dict[str, Any]:
     data = var.data
     if statistic == "count_false":
         false, = dask.compute((~data.astype(bool)).sum())
@@ -108,6 +116,10 @@ def _statistic(var: xr.DataArray, statistic: str, truth: xr.DataArray | None,
     if finite.size:
         result["median"], result["p16"], result["p84"] = (
             float(q) for q in np.quantile(finite, [0.5, 0.16, 0.84]))
+    if limit is not None and limit.size == 1:
+        bound, = dask.compute(limit.data)
+        bound = float(np.asarray(bound))
+        result["lower_limit"] = {"at": bound, "count": int((finite == bound).sum())}
     if exact is not None:
         exact = np.asarray(exact, float).ravel()
         both = np.isfinite(values) & np.isfinite(exact)
@@ -142,6 +154,10 @@ def describe(item: dict[str, Any]) -> str:
             f"(16-84%: {_g(item['p16'])}-{_g(item['p84'])})")
     if item["nan"]:
         text += f", {item['nan']} of {item['size']} NaN"
+    limit = item.get("lower_limit")
+    if limit and limit["count"]:
+        bound = "the median is a lower limit" if item["median"] == limit["at"] else "lower limits"
+        text += f", {limit['count']} of {item['size']} at {_g(limit['at'])} ({bound}: nothing passed)"
     truth = item.get("truth")
     if truth:
         difference = truth["median_difference"]

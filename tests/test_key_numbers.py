@@ -105,6 +105,21 @@ def test_summarize_statistics_of_a_hand_made_dataset():
         mark(xr.DataArray([1.0]), "mean")
 
 
+def test_rejections_where_nothing_passed_are_reported_as_lower_limits():
+    """1/eps_B of a replica whose cut let no background jet through is the number of background
+    jets, a bound: the summary must not print it as a measured median."""
+    rejection = mark(xr.DataArray([400.0, 2500.0, 2500.0], dims="replica"), "median",
+                     lower_limit_at="n_background")
+    data = xr.Dataset({"background_rejection": rejection, "n_background": ((), 2500)})
+    (item,) = summarize(data)
+    assert item["lower_limit"] == {"at": 2500.0, "count": 2}
+    assert describe(item).endswith("2 of 3 at 2.5e+03 (the median is a lower limit: nothing passed)")
+    measured = xr.Dataset({"background_rejection": rejection.copy(data=[400.0, 500.0, 600.0]),
+                           "n_background": ((), 2500)})
+    (item,) = summarize(measured)
+    assert item["lower_limit"]["count"] == 0 and "lower limit" not in describe(item)
+
+
 # -- the ops that mark their outputs (beyond EELS) ---------------------------------------------
 def _run_op(name: str, **inputs) -> xr.Dataset:
     spec = registry.get_op(name)
@@ -147,6 +162,7 @@ MARKED = {  # op: its marked variables and their statistics (built from engine/o
                     "kept_fraction": "value"},
     "lhc.train_classifier": {"auc": "median", "background_rejection": "median", "mass_jsd": "median"},
     "lhc.anomaly_score": {"auc": "median", "background_rejection": "median"},
+    "lhc.omnifold": {"final_mean": "median", "final_std": "median"},
     "lhc.eft_bounds": {"interval_nn": "value", "interval_exact": "value", "interval_binned": "value"},
 }
 

@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from ..bounds import Bins, Epochs, Events, Repeats, Replicas, Rows, Seed, Widths
 from ..bounds import Params as _Params
 from ..errors import OpError
+from ..key_numbers import mark
 from ..registry import register_op
 from . import needs
 from .core import as_delayed, require_variables
@@ -170,8 +171,14 @@ def omnifold_op(params: OmniFoldParams, samples: xr.Dataset) -> xr.Dataset:
     if truth is not None:
         layout["truth_density"] = (("bin",), (b,))
     edges = np.linspace(*params.range, b + 1)
-    return xr.Dataset(
+    unfolded = xr.Dataset(
         {name: (dims, da.from_delayed(done[name], shape, float)) for name, (dims, shape) in layout.items()},
         coords={REPLICA: np.arange(r), "iteration": np.arange(it), "quantile": params.quantiles,
                 "bin_centre": ("bin", 0.5 * (edges[1:] + edges[:-1]))},
         attrs={"observable": params.mc_gen, "iterations": params.iterations})
+    # The run summary quotes the last iteration's moments over the data replicas (iteration 0 is the prior).
+    for moment in ("mean", "std"):
+        final = unfolded[f"unfolded_{moment}"].isel(iteration=-1, drop=True)
+        final.attrs["long_name"] = f"unfolded {moment} after {params.iterations} iterations"
+        unfolded[f"final_{moment}"] = mark(final, "median")
+    return unfolded

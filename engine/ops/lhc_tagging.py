@@ -250,7 +250,8 @@ def _tagger(kind: str, params: NetworkParams, jets: xr.Dataset, context: StepCon
         "quoted_signal_efficiency": params.signal_efficiency})
     model["background_rejection"].attrs["long_name"] = f"1/eps_B at eps_S = {params.signal_efficiency:g}"
     mark(model["auc"], "median")  # over replicas, in the run summary (engine/key_numbers.py)
-    mark(model["background_rejection"], "median")
+    # where no background jet passes, 1/eps_B is only bounded by their number (kernels.classifier.rejection)
+    mark(model["background_rejection"], "median", lower_limit_at="n_background_test")
     if kind == "bce":
         model["mass_jsd"].attrs["long_name"] = (f"JSD of background jet mass before/after the cut at "
                                                 f"eps_S = {params.sculpting_efficiency:g}")
