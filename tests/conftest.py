@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
@@ -29,6 +30,18 @@ def no_task_runs_twice(monkeypatch):
         return compute(writes, *args, **kwargs)
 
     monkeypatch.setattr(runner, "_compute", checked)
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """Importing prefect (engine.flows, in process) gives the root logger a console handler bound
+    to the stderr pytest captured for that one test; later tests' warnings would then be written to
+    a closed stream (a traceback on stderr). Each test gets the root logger back as it found it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
