@@ -30,6 +30,7 @@ from .ensembles import (
     ensemble_architecture,
     history_length,
     lazy_ensemble,
+    require_layer_activations,
     result_arrays,
     result_layout,
     weight_names,
@@ -127,11 +128,7 @@ class AmpTrainParams(_Params):
 
     @model_validator(mode="after")
     def _layers(self):
-        if len(self.activations) != len(self.hidden) + 1:
-            raise ValueError(
-                f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
-                f"found {len(self.activations)}"
-            )
+        require_layer_activations(self.hidden, self.activations)
         return self
 
 

@@ -22,6 +22,14 @@ log = logging.getLogger("engine.replicas")
 DROP_REASONS = ("kept", "never reached the validation threshold", "chi2 outlier")
 
 
+def require_layer_activations(hidden: list[int], activations: list[str]) -> None:
+    """The rule every network params model shares: one activation per layer (hidden + output).
+    Raised as ValueError inside a model_validator, so the recipe's line is named."""
+    if len(activations) != len(hidden) + 1:
+        raise ValueError(f"{len(hidden) + 1} layers need {len(hidden) + 1} activations, "
+                         f"found {len(activations)}")
+
+
 def history_length(epochs: int, validation_every: int) -> int:
     """Most check epochs a training can record (every k epochs, plus the last)."""
     return epochs // validation_every + 2

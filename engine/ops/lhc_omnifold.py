@@ -26,7 +26,7 @@ from ..key_numbers import mark
 from ..registry import register_op
 from . import needs
 from .core import as_delayed, require_variables
-from .ensembles import REPLICA
+from .ensembles import REPLICA, require_layer_activations
 
 MC, DATA = "mc_event", "data_event"
 
@@ -83,9 +83,7 @@ class OmniFoldParams(_Params):
         if self.iterations <= 0:
             raise ValueError(f"iterations must be a positive number of OmniFold iterations, "
                              f"found {self.iterations}")
-        if len(self.activations) != len(self.hidden) + 1:
-            raise ValueError(f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
-                             f"found {len(self.activations)}")
+        require_layer_activations(self.hidden, self.activations)
         if not self.range[0] < self.range[1]:
             raise ValueError(f"range must be (low, high) with low < high, found {self.range}")
         return self

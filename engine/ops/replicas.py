@@ -32,6 +32,7 @@ from .ensembles import (
     ensemble_architecture,
     history_length,
     lazy_ensemble,
+    require_layer_activations,
     result_arrays,
     result_layout,
     weight_names,
@@ -219,9 +220,7 @@ class TrainingParams(_Params):
 
     @model_validator(mode="after")
     def _layers(self) -> TrainingParams:
-        if len(self.activations) != len(self.hidden) + 1:
-            raise ValueError(f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
-                             f"found {len(self.activations)}")
+        require_layer_activations(self.hidden, self.activations)
         if any(w <= 0 for w in self.hidden):
             raise ValueError(f"hidden widths must be positive, found {self.hidden}")
         return self

@@ -29,6 +29,7 @@ from .ensembles import (
     ensemble_architecture,
     history_length,
     lazy_ensemble,
+    require_layer_activations,
     result_arrays,
     result_layout,
 )
@@ -66,11 +67,7 @@ class SolverParams(_Params):
 
     @model_validator(mode="after")
     def _layers(self):
-        if len(self.activations) != len(self.hidden) + 1:
-            raise ValueError(
-                f"{len(self.hidden) + 1} layers need {len(self.hidden) + 1} activations, "
-                f"found {len(self.activations)}"
-            )
+        require_layer_activations(self.hidden, self.activations)
         bad = [a for a in self.activations[:-1] if a not in SMOOTH]
         if bad or self.activations[-1] != "linear":
             raise ValueError(
