@@ -2,10 +2,13 @@
 
 Why our own fitter: a band-gap map fits one small model per pixel and per quantile curve,
 10^5 - 10^6 fits, and scipy's curve_fit pays ~ms of Python overhead per call. Here every
-spectrum of a chunk (any leading shape, energy last) takes Levenberg-Marquardt steps together:
-one batched 2x2 to 4x4 solve per iteration, so the cost per fit is a few microseconds of
-array work. A pixel that does not converge (no signal, noise only, a runaway onset) gets NaN
-and `converged = False`; it never stops its neighbours.
+spectrum of a chunk (any leading shape, energy last) takes Levenberg-Marquardt steps together,
+by variable projection: the model is linear in A (and c), so those are solved in closed form
+at every (E_BG, b), and the steps are taken in E_BG (and b) alone, on the Schur complement of
+the normal equations (_Projected). Each iteration evaluates the model once, at its trial
+point, into buffers reused for the whole call (_Scratch); a 1x1 or 2x2 solve per spectrum.
+A pixel that does not converge (no signal, noise only, a runaway onset) gets NaN and
+`converged = False`; it never stops its neighbours.
 
 Model and parameters. For x = E - E_BG > 0 the model is A x^b, else 0; b is either fixed
 (0.5 direct, 1.5 indirect gap) or free. Internally each spectrum is divided by its largest
@@ -19,14 +22,15 @@ law starts early to absorb it (E_BG low by 0.2-0.5 eV for b = 1.5 on the generat
 No constant: no physical term in a ZLP-subtracted low-loss signal is flat, and a free constant,
 measured on the generator's spectra, buys its lower bias for b = 1.5 (0.03 instead of 0.09 eV)
 only by bending the power law towards the onset's own decay, at twice the scatter and with
-runaway fits at 10^6 counts. The bound c >= 0 is kept by an active set: where c sits at 0 and
-chi2 would fall by making it negative, c is held at 0 for that step (and in the covariance),
-so a spectrum without a tail converges to the pure power law.
+runaway fits at 10^6 counts. The bound c >= 0 is kept by an active set: where the joint
+optimum of (A, c) at the current onset has c <= 0, c is held at 0 (A alone is solved for, and
+c is fixed in the covariance), so a spectrum without a tail converges to the pure power law.
 
 Steps are kept only where they lower chi2 and stay in the region where the model is defined:
 A > 0, b in [EXPONENT_MIN, EXPONENT_MAX], and enough channels above E_BG to determine the free
-parameters. The fit stops when the proposed step is below `xtol` relative to the parameters, or when the
-Gauss-Newton step is shorter than `step_tol` standard errors.
+parameters. The fit stops when the proposed step in (E_BG, b) is below `xtol` relative to them,
+or when the Gauss-Newton step is shorter than `step_tol` standard errors; that last step is
+then taken without a trial of its own (in the covariance's evaluation, where it lowers chi2).
 
 Initial guess (what makes the batch robust): for each candidate b, y^(1/b) is linear in E
 above the onset, y^(1/b) = A^(1/b) (E - E_BG); a straight line through the channels with clear
@@ -92,46 +96,9 @@ def power_onset(energy, e_bg, amplitude, exponent) -> np.ndarray:
     return np.where(above, amplitude * np.where(above, x, 1.0) ** exponent, 0.0)
 
 
-def _model(energy: np.ndarray, theta: np.ndarray, free=None, resolution: float = 0.0):
-    """Model (n, M) at theta (n, 4) = (A, E_BG, b, c), and if `free` (columns of theta) is given
-    d model / d theta[:, free] as (n, len(free), M) (channels last, ready for J W J^T).
-
-    `resolution` bounds the 1/x in d model / d E_BG (see the covariance in fit_bandgap).
-    """
-    amplitude, e_bg, b, slope = (theta[:, k, None] for k in (A, E_BG, B, C))
-    x = energy[None, :] - e_bg
-    above = x > 0
-    x_safe = np.where(above, x, 1.0)
-    need_log = free is not None and B in free
-    if b.size == 0:  # no spectra left to evaluate (a chunk with none still fitting)
-        power = x_safe.copy()
-    elif need_log or not np.all(b == b[0]):
-        log_x = np.log(x_safe)
-        power = np.exp(b * log_x)
-    else:
-        power = x_safe ** float(b[0, 0])  # one b for all: no log needed
-    power[~above] = 0.0
-    onset = amplitude * power
-    model = onset + slope * energy[None, :]
-    if free is None:
-        return model, None
-    jac = np.empty((theta.shape[0], len(free), energy.size))
-    for j, k in enumerate(free):
-        if k == A:
-            jac[:, j] = power
-        elif k == E_BG:
-            np.divide(onset, np.maximum(x_safe, resolution) if resolution else x_safe,
-                      out=jac[:, j])
-            jac[:, j] *= -b
-        elif k == B:
-            np.multiply(onset, log_x, out=jac[:, j])
-        else:
-            jac[:, j] = energy
-    return model, jac
-
-
-def _valid(theta: np.ndarray, energy: np.ndarray, n_free: int, b_free: bool,
-           margin: float = 0.0) -> np.ndarray:
+def _valid(
+    theta: np.ndarray, energy: np.ndarray, n_free: int, b_free: bool, margin: float = 0.0
+) -> np.ndarray:
     """Where theta lies in the model's domain (see the module docstring), `margin` inside it.
 
     A fit that ends on the domain's edge (b at a bound, the onset run far below the window:
@@ -146,53 +113,107 @@ def _valid(theta: np.ndarray, energy: np.ndarray, n_free: int, b_free: bool,
     return (
         np.isfinite(theta).all(axis=1)
         & (theta[:, A] > 0)
-        & (theta[:, E_BG] > lowest + margin * span) & (theta[:, E_BG] < highest)
-        & (theta[:, B] >= EXPONENT_MIN + b_margin) & (theta[:, B] <= EXPONENT_MAX - b_margin)
+        & (theta[:, E_BG] > lowest + margin * span)
+        & (theta[:, E_BG] < highest)
+        & (theta[:, B] >= EXPONENT_MIN + b_margin)
+        & (theta[:, B] <= EXPONENT_MAX - b_margin)
         & (theta[:, C] >= 0)
     )
 
 
-def _profile_linear(energy, y, weight, e_bg, b, background: bool):
+class _Scratch:
+    """(rows, channels) buffers reused by every evaluation of one fit_bandgap call.
+
+    A fresh array of a batch's size (MiBs) is new memory, a page fault per 4 KiB on its first
+    write: measured, allocating every temporary anew cost as much system time as the fit's own
+    arithmetic. Buffers are made on first use, for the largest batch, and handed out as views of
+    the first `rows` rows; whatever one evaluation returns in them is overwritten by the next.
+    """
+
+    def __init__(self, rows: int, channels: int):
+        self.shape = (rows, channels)
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, rows: int, dtype=np.float64) -> np.ndarray:
+        buffer = self.buffers.get(name)
+        if buffer is None:
+            buffer = self.buffers[name] = np.empty(self.shape, dtype)
+        return buffer[:rows]
+
+
+def _power(x: np.ndarray, b: float, out: np.ndarray) -> np.ndarray:
+    """x^b into `out` (not x) for x >= 0 and one b: square and cube roots and products where b
+    allows (2-3x faster than a general power), which covers the direct and indirect gaps' 0.5
+    and 1.5 and the initial guess's roots y^(1/b)."""
+    if b == 0.5:
+        return np.sqrt(x, out=out)
+    if b == 1.5:
+        np.sqrt(x, out=out)
+        return np.multiply(out, x, out=out)
+    if b == 1.0:
+        np.copyto(out, x)
+        return out
+    if b in (1.0 / 3.0, 2.0 / 3.0):
+        np.cbrt(x, out=out)
+        return out if b < 0.5 else np.multiply(out, out, out=out)
+    if b in (2.0, 3.0):
+        np.multiply(x, x, out=out)
+        return out if b == 2.0 else np.multiply(out, x, out=out)
+    return np.power(x, b, out=out)
+
+
+def _profile(energy, y, weight, e_bg, b, b_free: bool, background: bool, sums_e, scratch, s_yy=None):
     """The chi2-optimal A and c >= 0 for given E_BG and b (the model is linear in both), and
-    that chi2; c is 0 without a background, or where the unconstrained optimum has c < 0."""
-    shape = power_onset(energy, e_bg[:, None], 1.0, b[:, None])
+    the pieces the normal equations reuse. c is 0 without a background, or where the
+    unconstrained optimum has c < 0 (`held`). b is one value for all when not b_free.
+    sums_e: (sum w E^2, sum w E y) per spectrum, with a background. The (rows, channels)
+    results live in `scratch` (_Scratch) until its next use. With s_yy (sum w y^2) given, chi2
+    comes from the sums, sum w y^2 - A sum w s y - c sum w E y (exact at the linear optimum, but
+    cancellation costs it digits, so only to rank starts), and no residual is formed.
 
-    def solo(basis):
-        norm = (weight * basis * basis).sum(axis=1)
-        return np.where(norm > 0, (weight * basis * y).sum(axis=1) / np.where(norm > 0, norm, 1),
-                        np.nan)
-
-    amplitude, slope = solo(shape), np.zeros(e_bg.size)
+    Returns (x, s, ln x (b free, else None), w s, sum w s^2, sum w s E (or None), A, c, held,
+    residual y - A s - c E (or None), chi2).
+    """
+    m = e_bg.size
+    x = np.subtract(energy[None, :], e_bg[:, None], out=scratch("x", m))
+    log_x = None
+    s = scratch("s", m)
+    if b_free:
+        above = np.greater(x, 0.0, out=scratch("above", m, bool))
+        log_x = scratch("log_x", m)
+        log_x.fill(0.0)
+        np.log(x, out=log_x, where=above)
+        np.multiply(log_x, b[:, None], out=s)
+        np.exp(s, out=s)
+        s *= above
+    else:
+        # x clipped at 0 in place: s / max(x, floor) is then still 0 below the onset
+        _power(np.maximum(x, 0.0, out=x), float(b[0]) if m else 1.0, s)
+    ws = np.multiply(weight, s, out=scratch("ws", m))
+    ss = np.einsum("nm,nm->n", ws, s)
+    sy = np.einsum("nm,nm->n", ws, y)
+    positive = ss > 0
+    amplitude = np.where(positive, sy / np.where(positive, ss, 1.0), np.nan)
+    slope, held, se = np.zeros(m), np.ones(m, bool), None
     if background:
-        line = np.broadcast_to(energy, y.shape)
-        s_ss, s_ee = (weight * shape * shape).sum(axis=1), (weight * line * line).sum(axis=1)
-        s_se = (weight * shape * line).sum(axis=1)
-        s_sy, s_ey = (weight * shape * y).sum(axis=1), (weight * line * y).sum(axis=1)
-        det = s_ss * s_ee - s_se**2
-        solvable = det > RCOND * s_ss * s_ee
+        s_ee, s_ey = sums_e
+        se = np.einsum("nm,m->n", ws, energy)
+        det = ss * s_ee - se**2
+        solvable = det > RCOND * ss * s_ee
         det = np.where(solvable, det, 1.0)
-        joint_a, joint_c = (s_ee * s_sy - s_se * s_ey) / det, (s_ss * s_ey - s_se * s_sy) / det
+        joint_a, joint_c = (s_ee * sy - se * s_ey) / det, (ss * s_ey - se * sy) / det
         use = solvable & (joint_c > 0)
         amplitude, slope = np.where(use, joint_a, amplitude), np.where(use, joint_c, 0.0)
-    model = amplitude[:, None] * shape + slope[:, None] * energy
-    chi2 = (weight * (y - model) ** 2).sum(axis=1)
-    return amplitude, slope, chi2
-
-
-def _hold_bound(hess, grad, theta, free, background: bool):
-    """The normal equations with c held where it sits on its bound 0 and chi2 falls towards
-    negative c (grad = J^T W r is minus half the chi2 gradient): its row and column become the
-    identity's and its gradient 0, so the step leaves it there (an active set of one)."""
-    if not background:
-        return hess, grad
-    k = free.index(C)
-    held = (theta[:, C] <= 0) & (grad[:, k] <= 0)
-    hess, grad = hess.copy(), grad.copy()
-    hess[held, k, :] = 0.0
-    hess[held, :, k] = 0.0
-    hess[held, k, k] = 1.0
-    grad[held, k] = 0.0
-    return hess, grad
+        held = ~use
+    if s_yy is not None:
+        chi2 = s_yy - amplitude * sy - (slope * sums_e[1] if background else 0.0)
+        return x, s, log_x, ws, ss, se, amplitude, slope, held, None, chi2
+    residual = np.multiply(s, amplitude[:, None], out=scratch("residual", m))
+    np.subtract(y, residual, out=residual)
+    if background:
+        residual -= np.multiply(energy[None, :], slope[:, None], out=scratch("q", m))
+    chi2 = np.einsum("nm,nm,nm->n", weight, residual, residual)
+    return x, s, log_x, ws, ss, se, amplitude, slope, held, residual, chi2
 
 
 def _normalised(hess: np.ndarray):
@@ -218,6 +239,38 @@ def _damped_step(hess, grad, lam):
     damped = np.where(safe[:, None, None], damped, np.eye(hess.shape[-1]))
     step = np.linalg.solve(damped, (grad / d)[..., None])[..., 0] / d
     return np.where(safe[:, None], step, 0.0), safe
+
+
+def _damped_steps(hess, grad, lam):
+    """_damped_step at damping lam and at 0 (the Gauss-Newton step) together: (step, newton,
+    solvable). In closed form for one or two parameters, where np.linalg's per-call overhead
+    would outweigh the arithmetic on the few spectra left after most have converged."""
+    p = hess.shape[-1]
+    if p > 2:
+        (step, safe), (newton, _) = _damped_step(hess, grad, lam), _damped_step(hess, grad, 0 * lam)
+        return step, newton, safe
+    unit, d, safe = _normalised(hess)
+    z = grad / d
+    steps = []
+    for damping in (lam, np.zeros_like(lam)):
+        if p == 1:
+            det = unit[:, 0, 0] + damping
+            solved = z / np.where(det > RCOND, det, 1.0)[:, None]
+        else:
+            a, r = unit[:, 0, 0] + damping, unit[:, 0, 1]
+            det = a * (unit[:, 1, 1] + damping) - r * r
+            inv = 1.0 / np.where(det > RCOND, det, 1.0)
+            solved = np.stack(
+                [
+                    ((unit[:, 1, 1] + damping) * z[:, 0] - r * z[:, 1]) * inv,
+                    (a * z[:, 1] - r * z[:, 0]) * inv,
+                ],
+                axis=1,
+            )
+        if damping is lam:
+            safe &= det > RCOND
+        steps.append(solved / d)
+    return np.where(safe[:, None], steps[0], 0.0), np.where(safe[:, None], steps[1], 0.0), safe
 
 
 def _inverse_diagonal(hess):
@@ -267,10 +320,80 @@ def _grid_start(energy, y, weight, grid, b: float, background: bool, sums):
     return amplitude, grid[k], slope, chi2
 
 
-def _initial_guess(energy, y, weight, exponents, n_free, background: bool):
+TINY = 1e-300  # x floor in s / x: where x <= 0, s = 0 and so is the column
+
+
+class _Projected:
+    """The fit's state at given nonlinear parameters (E_BG, and b if free) for a batch: the
+    linear ones (A, and c >= 0 with a background) profiled in closed form, chi2, and the
+    normal equations of the nonlinear parameters alone (variable projection).
+
+    With theta_l the linear and theta_p the nonlinear parameters and H the Gauss-Newton normal
+    matrix of all of them, the step in theta_p with theta_l re-profiled after it solves the Schur
+    complement H_pp - H_pl H_ll^-1 H_lp: its gradient J_p^T W r needs no correction, as the
+    profiled theta_l make J_l^T W r vanish. A c held on its bound 0 drops out of theta_l (its
+    row of H is zeroed), as the active set of the full problem holds it.
+
+    Every weighted sum over channels comes from one product of each Jacobian column (unscaled:
+    s = x^b, s / x, s ln x, E) with the weights, so an iteration costs one power (exp and log
+    with b free), ~15 passes over (n, channels) and no second model evaluation.
+    """
+
+    def __init__(
+        self, energy, y, weight, e_bg, b, b_free: bool, background: bool, sums_e, scratch, floor: float = TINY
+    ):
+        x, s, log_x, ws, ss, se, amplitude, slope, held, residual, chi2 = _profile(
+            energy, y, weight, e_bg, b, b_free, background, sums_e, scratch
+        )
+        self.amplitude, self.slope, self.chi2 = amplitude, slope, chi2
+
+        # Jacobian columns, unscaled, and their factors: d model / d theta = factor * column
+        m = e_bg.size
+        q = np.maximum(x, floor, out=scratch("q", m))  # floor: see the covariance
+        np.divide(s, q, out=q)  # x^(b - 1) above the onset, 0 below
+        columns = [s] + [None] * background + [q]
+        if b_free:
+            columns.append(np.multiply(s, log_x, out=scratch("s_log_x", m)))
+        factors = [np.ones_like(amplitude)] + [np.ones_like(amplitude)] * background
+        factors += [-b * amplitude] + [amplitude] * b_free
+        n_l = 1 + background
+        weighted = (
+            [ws]
+            + [None] * background
+            + [np.multiply(weight, c, out=scratch(f"weighted_{k}", m)) for k, c in enumerate(columns[n_l:])]
+        )
+        k = len(columns)
+        gram = np.empty((e_bg.size, k, k))
+        for i in range(k):
+            for j in range(i, k):
+                if i == 1 and background:  # the line E: sums with it are products with E
+                    value = sums_e[0] if j == 1 else np.einsum("nm,m->n", weighted[j], energy)
+                elif j == 1 and background:
+                    value = se
+                elif i == 0 and j == 0:
+                    value = ss
+                else:
+                    value = np.einsum("nm,nm->n", weighted[i], columns[j])
+                gram[:, i, j] = gram[:, j, i] = value * factors[i] * factors[j]
+        if background:  # c held at 0: not a linear parameter at this point
+            gram[held, 1, :] = 0.0
+            gram[held, :, 1] = 0.0
+            gram[held, 1, 1] = 1.0
+        self.gram = gram  # the full normal matrix, columns (A, c, E_BG, b) as fitted
+        h_ll, h_lp, h_pp = gram[:, :n_l, :n_l], gram[:, :n_l, n_l:], gram[:, n_l:, n_l:]
+        ok = np.isfinite(h_ll).all(axis=(1, 2)) & (np.abs(np.linalg.det(h_ll)) > 0)
+        h_ll = np.where(ok[:, None, None], h_ll, np.eye(n_l))
+        self.hess = h_pp - np.einsum("nlp,nlq->npq", h_lp, np.linalg.solve(h_ll, h_lp))
+        self.grad = np.stack(
+            [np.einsum("nm,nm->n", w_col, residual) * f for w_col, f in zip(weighted[n_l:], factors[n_l:])],
+            axis=1,
+        )
+
+
+def _initial_guess(energy, y, weight, exponents, n_free, background: bool, sums_e, scratch):
     """Start (n, 4) from the linearised fit of y^(1/b) vs E over the channels with clear signal,
     or with a background from that and a grid of onsets across the window, whichever has the
-    lowest chi2."""
+    lowest chi2. sums_e, scratch as for _profile."""
     n = y.shape[0]
     clear = y > SIGNAL_FRACTION  # y is scaled to a maximum |value| of 1
     count = clear.sum(axis=1)
@@ -280,22 +403,27 @@ def _initial_guess(energy, y, weight, exponents, n_free, background: bool):
     span = energy[-1] - energy[0]
     best = np.full((n, 4), np.nan)
     best_chi2 = np.full(n, np.inf)
+    s_yy = np.einsum("nm,nm,nm->n", weight, y, y)
     if background:
         grid = np.linspace(energy[0], energy[-(n_free + 2)], BACKGROUND_STARTS)
         wy, we = weight * y, weight * energy
-        sums = ((we * energy).sum(axis=1), (wy * energy).sum(axis=1), (wy * y).sum(axis=1),
-                wy, we)
+        sums = (*sums_e, s_yy, wy, we)
     y_clear = np.where(clear, np.maximum(y, 0.0), 0.0)
     for b in exponents:
-        z = y_clear ** (1.0 / b)
+        z = _power(y_clear, 1.0 / b, scratch("q", n))  # _Projected's buffer, free until then
         z_mean = z.sum(axis=1) / np.maximum(count, 1)
-        slope = (de * (z - z_mean[:, None])).sum(axis=1) / np.where(spread > 0, spread, 1.0)
-        e_bg = np.where((count >= 2) & (slope > 0),
-                        e_mean - z_mean / np.where(slope > 0, slope, 1.0),
-                        energy[0] - 0.1 * span)  # no line: assume the onset sits just below
+        # sum de (z - z_mean) = sum de z: de sums to 0 over the clear channels, 0 elsewhere
+        slope = np.einsum("nm,nm->n", de, z) / np.where(spread > 0, spread, 1.0)
+        e_bg = np.where(
+            (count >= 2) & (slope > 0),
+            e_mean - z_mean / np.where(slope > 0, slope, 1.0),
+            energy[0] - 0.1 * span,
+        )  # no line: assume the onset sits just below
         e_bg = np.clip(e_bg, energy[0] - span, energy[-(n_free + 2)])
         b_arr = np.full(n, b)
-        amplitude, slope, chi2 = _profile_linear(energy, y, weight, e_bg, b_arr, background)
+        *_, amplitude, slope, _, _, chi2 = _profile(
+            energy, y, weight, e_bg, b_arr, False, background, sums_e, scratch, s_yy
+        )
         starts = [(amplitude, e_bg, slope, chi2)]
         if background:
             starts.append(_grid_start(energy, y, weight, grid, b, background, sums))
@@ -329,11 +457,12 @@ def fit_bandgap(
     spectra = np.asarray(spectra)
     energy = np.asarray(energy, dtype=np.float64)
     if energy.ndim != 1 or energy.size != spectra.shape[-1]:
-        raise ValueError(f"energy must be 1-D with one value per channel: got {energy.shape} for "
-                         f"spectra of shape {spectra.shape}")
+        raise ValueError(
+            f"energy must be 1-D with one value per channel: got {energy.shape} for "
+            f"spectra of shape {spectra.shape}"
+        )
     lead = spectra.shape[:-1]
-    inside = (np.ones(energy.size, bool) if window is None
-              else (energy >= window[0]) & (energy <= window[1]))
+    inside = np.ones(energy.size, bool) if window is None else (energy >= window[0]) & (energy <= window[1])
     energy_w = energy[inside]
     if background not in ("none", "linear"):
         raise ValueError(f"background must be 'none' or 'linear', not {background!r}")
@@ -342,109 +471,171 @@ def fit_bandgap(
     free = [A, E_BG] + [B] * b_free + [C] * with_background
     n_free = len(free)
     if energy_w.size < n_free + 2 or not np.all(np.diff(energy_w) > 0):
-        raise ValueError(f"the window needs at least {n_free + 2} channels on an increasing "
-                         f"energy axis, found {energy_w.size}")
-    y = spectra.reshape(-1, spectra.shape[-1])[:, inside].astype(np.float64)
+        raise ValueError(
+            f"the window needs at least {n_free + 2} channels on an increasing "
+            f"energy axis, found {energy_w.size}"
+        )
+    # In place where it can be: every (spectra, channels) array made here is new memory
+    # (see _Scratch), and these are made once per call.
+    channels = np.flatnonzero(inside)
+    if channels.size and channels[-1] - channels[0] + 1 == channels.size:
+        channels = slice(channels[0], channels[-1] + 1)  # a view, not a gathered copy
+    y = np.array(spectra.reshape(-1, spectra.shape[-1])[:, channels], dtype=np.float64)
     n = y.shape[0]
-
-    if sigma is None:
-        err = None
-    elif isinstance(sigma, str):
-        if sigma != "poisson":
-            raise ValueError(f"sigma must be None, 'poisson' or an array, not {sigma!r}")
-        err = np.sqrt(np.maximum(y, 1.0))
-    else:
-        err = np.broadcast_to(np.asarray(sigma, np.float64), spectra.shape)
-        err = err.reshape(-1, spectra.shape[-1])[:, inside]
+    if isinstance(sigma, str) and sigma != "poisson":
+        raise ValueError(f"sigma must be None, 'poisson' or an array, not {sigma!r}")
     # Scale each spectrum to a largest |value| of 1 (chi2 is unchanged: y and err scale alike).
     scale = np.abs(y).max(axis=1)
     usable = np.isfinite(y).all(axis=1) & (scale > 0) & np.isfinite(scale)
-    if err is None:
+    if sigma is None:
         weight = np.ones_like(y)
+    elif isinstance(sigma, str):  # Poisson: err^2 = max(y, 1), finite and positive with y
+        weight = np.maximum(y, 1.0)
+        np.divide((scale * scale)[:, None], weight, out=weight)
     else:
+        err = np.broadcast_to(np.asarray(sigma, np.float64), spectra.shape)
+        err = err.reshape(-1, spectra.shape[-1])[:, channels]
         usable &= np.isfinite(err).all(axis=1) & (err > 0).all(axis=1)
         weight = (scale[:, None] / np.where(err > 0, err, 1.0)) ** 2
     scale = np.where(usable, scale, 1.0)
-    y = np.where(usable[:, None], y / scale[:, None], 0.0)
-    weight = np.where(usable[:, None] & np.isfinite(weight), weight, 1.0)
+    y /= scale[:, None]
+    y[~usable] = 0.0
+    weight[~(usable[:, None] & np.isfinite(weight))] = 1.0
 
     exponents = EXPONENT_CANDIDATES if exponent is None else (float(exponent),)
-    theta = _initial_guess(energy_w, y, weight, exponents, n_free, with_background)
+    sums_e = (
+        (np.einsum("nm,m->n", weight, energy_w**2), np.einsum("nm,nm,m->n", weight, y, energy_w))
+        if with_background
+        else None
+    )
+    scratch = _Scratch(n, energy_w.size)
+    theta = _initial_guess(energy_w, y, weight, exponents, n_free, with_background, sums_e, scratch)
     active = usable & _valid(theta, energy_w, n_free, b_free)
     lam = np.full(n, LAMBDA_START)
     chi2 = np.full(n, np.inf)
-    chi2[active] = (weight[active] * (y[active] - _model(energy_w, theta[active])[0]) ** 2
-                    ).sum(axis=1)
     converged = np.zeros(n, bool)
     iterations = np.zeros(n, np.int32)
     dof = energy_w.size - n_free
+    nonlinear = [E_BG] + [B] * b_free
 
-    # The spectra still iterating, compacted: their weights and data are gathered again only
-    # when some of them stop.
+    # Levenberg-Marquardt on (E_BG, b) with (A, c) profiled (_Projected). The spectra still
+    # iterating are compacted (their data gathered again only when some stop); each keeps the
+    # normal equations of its current point, so an iteration evaluates the model once, at the
+    # trial point.
+    def project(th, rows=slice(None)):
+        """_Projected at th for the compacted spectra `rows`, and th with A and c profiled."""
+        state = _Projected(
+            energy_w,
+            yy[rows],
+            w[rows],
+            th[:, E_BG],
+            th[:, B],
+            b_free,
+            with_background,
+            (see[rows], sey[rows]) if with_background else None,
+            scratch,
+        )
+        th = th.copy()
+        th[:, A], th[:, C] = state.amplitude, state.slope
+        return state, th
+
     idx = np.flatnonzero(active)
     w, yy = weight[idx], y[idx]
+    see = sey = None
+    if with_background:
+        see, sey = sums_e[0][idx], sums_e[1][idx]
+    state, theta[idx] = project(theta[idx])
+    chi2[idx] = state.chi2
+    # A start outside the domain once A is profiled (A <= 0) never converges; every later point
+    # is an accepted, valid trial
+    good = _valid(theta[idx], energy_w, n_free, b_free)
+    idx, hess, grad, w, yy = idx[good], state.hess[good], state.grad[good], w[good], yy[good]
+    if with_background:
+        see, sey = see[good], sey[good]
+    final = np.zeros((n, len(nonlinear)))  # the last Gauss-Newton step, taken at the end
     for _ in range(max_iter):
         if idx.size == 0:
             break
         iterations[idx] += 1
         th = theta[idx]
-        model, jac = _model(energy_w, th, free)
-        jtw = jac * w[:, None, :]
-        hess = np.einsum("nim,njm->nij", jtw, jac)  # faster than matmul on many tiny matrices
-        grad = np.einsum("nim,nm->ni", jtw, yy - model)
-        hess, grad = _hold_bound(hess, grad, th, free, with_background)
-        step, solvable = _damped_step(hess, grad, lam[idx])
-        trial = th.copy()
-        trial[:, free] += step
-        trial[:, C] = np.maximum(trial[:, C], 0.0)  # a step past c = 0 stops on it
-        step = trial[:, free] - th[:, free]
-        ok = solvable & _valid(trial, energy_w, n_free, b_free)
-        trial_chi2 = np.full(idx.size, np.inf)
-        if ok.any():
-            trial_model = _model(energy_w, trial[ok])[0]
-            trial_chi2[ok] = (w[ok] * (yy[ok] - trial_model) ** 2).sum(axis=1)
-        accept = ok & (trial_chi2 <= chi2[idx])
-        theta[idx[accept]] = trial[accept]
-        chi2[idx[accept]] = trial_chi2[accept]
-        lam[idx] = np.where(accept, np.maximum(lam[idx] / 10.0, 1e-12), lam[idx] * 10.0)
-        # Stop where a tiny step cannot lower chi2 (noiseless data: chi2 -> 0), or where the
-        # undamped Gauss-Newton step is shorter than step_tol standard errors (its length in
-        # that metric is s^T H s = g^T s, with the noise level estimated by chi2 / dof): the
-        # rest is far below the statistical error. Without the second test an onset next to a
-        # channel, where the Jacobian jumps, oscillates towards it for hundreds of steps.
-        small = solvable & (np.abs(step) <= xtol * (np.abs(th[:, free]) + xtol)).all(axis=1)
-        newton, _ = _damped_step(hess, grad, np.zeros(idx.size))
+        step, newton, solvable = _damped_steps(hess, grad, lam[idx])
+        # Stop where the undamped Gauss-Newton step is shorter than step_tol standard errors
+        # (its length in that metric is s^T H s = g^T s, with the noise level estimated by
+        # chi2 / dof): the rest is far below the statistical error, so no trial is made.
+        # Without this test an onset next to a channel, where the Jacobian jumps, oscillates
+        # towards it for hundreds of steps. Where a tiny step cannot lower chi2 (noiseless
+        # data: chi2 -> 0), the step's relative size ends it after that step.
         flat = solvable & ((newton * grad).sum(axis=1) <= step_tol**2 * chi2[idx] / dof)
-        done = (small & (accept | (trial_chi2 >= chi2[idx]))) | flat
+        final[idx[flat]] = newton[flat]
+        small = solvable & (np.abs(step) <= xtol * (np.abs(th[:, nonlinear]) + xtol)).all(axis=1)
+        go = solvable & ~flat
+        accept = np.zeros(idx.size, bool)
+        if go.any():
+            rows = slice(None) if go.all() else np.flatnonzero(go)
+            trial = th[rows].copy()
+            trial[:, nonlinear] += step[rows]
+            trial_state, trial = project(trial, rows)
+            better = _valid(trial, energy_w, n_free, b_free) & (trial_state.chi2 <= chi2[idx[rows]])
+            accept[rows] = better
+            theta[idx[accept]] = trial[better]
+            chi2[idx[accept]] = trial_state.chi2[better]
+            hess[accept], grad[accept] = trial_state.hess[better], trial_state.grad[better]
+        lam[idx] = np.where(accept, np.maximum(lam[idx] / 10.0, 1e-12), lam[idx] * 10.0)
+        done = flat | small
         converged[idx[done]] = True
         stop = done | (lam[idx] > LAMBDA_MAX) | ~solvable
         if stop.any():
-            active[idx[stop]] = False
             keep = ~stop
-            idx, w, yy = idx[keep], w[keep], yy[keep]
+            idx, hess, grad, w, yy = idx[keep], hess[keep], grad[keep], w[keep], yy[keep]
+            if with_background:
+                see, sey = see[keep], sey[keep]
 
     # Covariance from the weighted Jacobian at the optimum. A channel records the spectrum
     # averaged over its width, so its sensitivity to E_BG is bounded by the slope half a channel
     # above the onset; the point-sampled x^(b-1) diverges for b < 1 when the onset lands just
     # below a channel and would claim errors 10^4 times too small.
     # A c held on its bound is a fixed parameter there: variance 0.
+    # The same evaluation takes the last Gauss-Newton step (shorter than step_tol standard
+    # errors, so not worth a trial of its own) where it keeps theta valid and does not raise chi2.
     errors = np.full((n, 4), np.nan)
     idx = np.flatnonzero(converged)
     if idx.size:
         half_channel = 0.5 * float(np.median(np.diff(energy_w)))
-        model, jac = _model(energy_w, theta[idx], free, half_channel)
-        jtw = jac * weight[idx, None, :]
-        grad = np.einsum("nim,nm->ni", jtw, y[idx] - model)
-        hess, _ = _hold_bound(np.einsum("nim,njm->nij", jtw, jac), grad, theta[idx], free,
-                              with_background)
-        variance = _inverse_diagonal(hess)
+
+        def evaluate(rows, th):
+            state = _Projected(
+                energy_w,
+                y[rows],
+                weight[rows],
+                th[:, E_BG],
+                th[:, B],
+                b_free,
+                with_background,
+                (sums_e[0][rows], sums_e[1][rows]) if with_background else None,
+                scratch,
+                half_channel,
+            )
+            th = th.copy()
+            th[:, A], th[:, C] = state.amplitude, state.slope
+            return state.gram, state.chi2, th
+
+        th = theta[idx].copy()
+        th[:, nonlinear] += final[idx]
+        gram, chi2_end, th = evaluate(idx, th)
+        worse = ~_valid(th, energy_w, n_free, b_free) | ~(chi2_end <= chi2[idx])
+        if worse.any():
+            gram[worse], chi2_end[worse], th[worse] = evaluate(idx[worse], theta[idx[worse]])
+        theta[idx], chi2[idx] = th, chi2_end
+        order = [0] + list(range(1 + with_background, gram.shape[1])) + [1] * with_background
+        variance = _inverse_diagonal(gram[:, order][:, :, order])  # columns as `free`
         if sigma is None:
             variance *= (chi2[idx] / dof)[:, None]
         errors[np.ix_(idx, free)] = np.sqrt(np.where(variance >= 0, variance, np.nan))
         if with_background:
             errors[idx[theta[idx, C] <= 0], C] = 0.0
-        converged[idx] = (np.isfinite(errors[np.ix_(idx, free)]).all(axis=1)
-                          & _valid(theta[idx], energy_w, n_free, b_free, EDGE_MARGIN))
+        converged[idx] = np.isfinite(errors[np.ix_(idx, free)]).all(axis=1) & _valid(
+            theta[idx], energy_w, n_free, b_free, EDGE_MARGIN
+        )
     if not b_free:
         errors[:, B] = 0.0
     if not with_background:
@@ -460,10 +651,15 @@ def fit_bandgap(
     errors[nan] = np.nan
     chi2 = np.where(nan, np.nan, chi2 / dof)
     return BandgapFit(
-        e_bg=theta[:, E_BG].reshape(lead), amplitude=theta[:, A].reshape(lead),
-        exponent=theta[:, B].reshape(lead), background=theta[:, C].reshape(lead),
-        e_bg_error=errors[:, E_BG].reshape(lead), amplitude_error=errors[:, A].reshape(lead),
-        exponent_error=errors[:, B].reshape(lead), background_error=errors[:, C].reshape(lead),
-        chi2=chi2.reshape(lead), converged=converged.reshape(lead),
+        e_bg=theta[:, E_BG].reshape(lead),
+        amplitude=theta[:, A].reshape(lead),
+        exponent=theta[:, B].reshape(lead),
+        background=theta[:, C].reshape(lead),
+        e_bg_error=errors[:, E_BG].reshape(lead),
+        amplitude_error=errors[:, A].reshape(lead),
+        exponent_error=errors[:, B].reshape(lead),
+        background_error=errors[:, C].reshape(lead),
+        chi2=chi2.reshape(lead),
+        converged=converged.reshape(lead),
         iterations=iterations.reshape(lead),
     )

@@ -1,23 +1,26 @@
-"""`replicas.hyperopt`: an Optuna scan of a replica training op's params with a k-fold reward.
+"""`replicas.hyperopt`: an Optuna scan of a training op's params with a k-fold reward.
 
 NNPDF chooses architecture, optimiser and learning rate by a hyperparameter scan whose reward is
 a k-fold figure (kernels/kfold.py): each trial trains its replicas (~10, one batched job through
-the replica core) once per fold with that fold held out, and is judged by the held-out chi2/n.
+the replica core) once per fold with that fold held out, and is judged by the held-out score.
+What a fold is and how it is scored belongs to the training op's adapter (hyperopt_adapters.py:
+held-out chi2/n for replicas.train, pdf.fit and eels.train_zlp; cross-entropy or 1 - AUC for
+lhc.train_classifier; Gaussian NLL or squared error of ln |M|^2 for amp.train).
 The scan is a TPE search (Optuna) whose study lives in the lake: an SQLite file copied to the
 step's checkpoint folder after every trial (ops/hyperopt_study.py), so an interrupted run resumes
 where it stopped. The sampler is re-seeded from (seed, finished trials) before each trial, so a
 resumed scan draws what an uninterrupted one would have. The searched params are dotted paths
 into the training op's params (ops/hyperopt_space.py).
 
-Output: one row per trial (params, per-fold chi2/n, kept fraction, time, reward, ok), the best
+Output: one row per trial (params, per-fold score, kept fraction, time, reward, ok), the best
 trial's index and its recipe fragment (`winner_fragment(dataset)` reads it back). A trial that
-diverged, kept no replica or scored above `max_reward` is marked failed and is never crowned:
-a scan whose every trial fails has best_trial = -1.
+diverged, kept no replica, scored above `max_reward` or no better than a constant prediction
+(where the adapter has one) is marked failed and is never crowned: a scan whose every trial
+fails has best_trial = -1.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -35,9 +38,12 @@ from ..bounds import Repeats, Replicas, Seed
 from ..errors import OpError, did_you_mean
 from ..key_numbers import mark
 from ..registry import StepContext, get_op, register_op
-from . import needs
+from . import (
+    hyperopt_workloads,  # noqa: F401  (registers the workloads' adapters)
+    needs,
+)
 from .core import as_delayed, require_variables
-from .ensembles import REPLICA
+from .hyperopt_adapters import adapter_for, stratified_folds, widest
 from .hyperopt_space import Dimension, apply_values, check_path, training_defaults
 from .hyperopt_study import run_scan
 
@@ -49,8 +55,9 @@ class FoldParams(_Params):
     k: int = Field(4, ge=2, le=100, description="number of folds")
     by: Literal["points", "group", "dataset"] = Field(
         "points",
-        description="points: a seeded split of points; group: whole groups (a variable, "
-        "e.g. dataset_index) dealt to folds; dataset: the folds named in `datasets`",
+        description="points: a seeded split of the op's units (points; jets; each cluster's "
+        "sampled spectra); group: whole groups (a variable along the units, e.g. dataset_index) "
+        "dealt to folds; dataset: the folds named in `datasets`",
     )
     group: str | None = Field(None, description="by: group: the variable labelling each point's group")
     datasets: list[list[str]] | None = Field(
@@ -75,21 +82,35 @@ class FoldParams(_Params):
 
 class RewardParams(_Params):
     statistic: Literal["mean", "max"] = Field("mean", description="over folds")
+    metric: str | None = Field(
+        None,
+        description="the held-out score (lower is better); none: the op's default. chi2 "
+        "(replicas.train, pdf.fit, eels.train_zlp); bce or one_minus_auc (lhc.train_classifier); "
+        "nll or mse (amp.train)",
+    )
     chi2: Literal["central", "average"] = Field(
         "central",
-        description="central: chi2/n of the kept replicas' mean; average: mean of the "
-        "replicas' own chi2/n (adds their spread)",
+        description="central: the score of the kept replicas' mean; average: the mean of the "
+        "replicas' own scores (adds their spread; amp.train scores its ensemble whole)",
     )
     min_kept_fraction: float = Field(0.5, ge=0, le=1)
     kept_penalty: float = Field(10.0, ge=0, description="per unit of kept fraction below the minimum")
     epochs_penalty: float = Field(0.0, ge=0, description="times mean stopping epoch / epochs")
     time_budget_s: float | None = Field(None, gt=0, description="seconds a trial may take unpenalised")
     time_penalty: float = Field(1.0, ge=0, description="times the relative overrun of the budget")
-    max_reward: float = Field(3.0, gt=0, description="a trial above this has failed")
+    max_reward: float | None = Field(
+        None,
+        gt=0,
+        description="a trial above this has failed; none: the op's default (chi2: 3; bce, "
+        "one_minus_auc, nll, mse: none, but a trial must beat a constant prediction)",
+    )
 
 
 class HyperoptParams(_Params):
-    op: Literal["replicas.train", "pdf.fit"] = Field(description="the training op whose params are scanned")
+    op: str = Field(
+        description="the training op whose params are scanned: replicas.train, pdf.fit, "
+        "eels.train_zlp, lhc.train_classifier, amp.train"
+    )
     base: dict[str, Any] = Field(default_factory=dict, description="the training op's params kept fixed")
     space: dict[str, Dimension] = Field(
         min_length=1,
@@ -100,22 +121,42 @@ class HyperoptParams(_Params):
     reward: RewardParams = RewardParams()
     trials: Repeats = Field(20, ge=1)
     startup_trials: Repeats = Field(5, ge=1, description="random trials before TPE models the rewards")
-    replicas: Replicas = Field(10, ge=2, description="replicas per trial (the first of the input's)")
-    training_fraction: float = Field(0.75, gt=0, lt=1, description="of each fold's fitted points")
-    split: Literal["shared", "per_replica"] = "shared"
-    central: str = Field("y", description="data the held-out chi2 compares with (1-D over points)")
-    target: str = "pseudodata"
-    covariance: str = "covariance"
+    replicas: Replicas = Field(
+        10,
+        ge=2,
+        description="replicas per trial, trained in one batched job: the first of the input's "
+        "pseudodata (replicas.train, pdf.fit), or the op's `replicas` (the others)",
+    )
+    training_fraction: float = Field(
+        0.75, gt=0, lt=1, description="replicas.train, pdf.fit: of each fold's fitted points"
+    )
+    split: Literal["shared", "per_replica"] = Field("shared", description="replicas.train, pdf.fit")
+    central: str = Field("y", description="replicas.train, pdf.fit: data the held-out chi2 compares with")
+    target: str = Field("pseudodata", description="replicas.train, pdf.fit: the replicas' data")
+    covariance: str = Field("covariance", description="replicas.train, pdf.fit")
     seed: Seed = 0
 
     @model_validator(mode="after")
     def _space(self) -> HyperoptParams:
-        from .pdf_fit import FitParams
-        from .replicas import TrainParams
-
-        model = {"replicas.train": TrainParams, "pdf.fit": FitParams}[self.op]
+        adapter = adapter_for(self.op)
         for path in self.space:
-            check_path(model, path, self.op)
+            check_path(get_op(self.op).params, path, self.op)
+            if path.split(".")[0] in adapter.fixed:
+                raise ValueError(
+                    f"space: {path!r} of {self.op} is set once per scan (it shapes the data read, "
+                    f"or every trial overrides it), so it cannot be searched; set it in `base`"
+                )
+        if self.reward.metric is not None and self.reward.metric not in adapter.metrics:
+            raise ValueError(
+                f"reward.metric {self.reward.metric!r} is not a metric of {self.op}"
+                f"{did_you_mean(self.reward.metric, list(adapter.metrics))}; expected one of "
+                f"{', '.join(adapter.metrics)}"
+            )
+        if self.folds.by not in adapter.folds:
+            raise ValueError(
+                f"folds by: {self.folds.by} is not available for {self.op}; expected one of "
+                f"{', '.join(adapter.folds)}"
+            )
         return self
 
 
@@ -136,76 +177,39 @@ def winner_fragment(dataset: xr.Dataset) -> str:
 
 
 # -- the scan (one dask task) ------------------------------------------------------------------------
-def _trainer_config(op: str, training):
-    from ..kernels.optim import OptimiserConfig
-    from ..kernels.regression import RegressionConfig
-    from ..kernels.train import StoppingConfig
-    from .pdf_fit import _config
-
-    if op == "pdf.fit":  # a trial is short and reruns whole: no training checkpoints
-        return dataclasses.replace(_config(training), checkpoint_every=None)
-    return RegressionConfig(
-        tuple(training.hidden),
-        tuple(training.activations),
-        training.epochs,
-        OptimiserConfig(**training.optimiser.model_dump()),
-        StoppingConfig(**training.stopping.model_dump()),
-        training.validation_every,
-        training.seed,
-        training.device,
-        None,
-    )
+def _invalid(params: HyperoptParams, why: str) -> dict[str, Any]:
+    k = params.folds.k
+    return {
+        "score": [math.inf] * k,
+        "kept": [0.0] * k,
+        "epochs": [1.0] * k,
+        "baseline": [math.nan] * k,
+        "seconds": 0.0,
+        "reward": math.inf,
+        "ok": False,
+        "why": why,
+    }
 
 
 def evaluate_trial(
     values: dict[str, Any], arrays: dict[str, np.ndarray], fold: np.ndarray, params: HyperoptParams
 ) -> dict[str, Any]:
-    """Train the trial's replicas once per fold and score them (kernels.kfold)."""
-    from ..kernels.kfold import RewardConfig, held_out_chi2, pdf_fold, regression_fold, trial_reward
-    from ..kernels.pdf_fit import POSITIVITY_TOLERANCE
-    from ..kernels.replicas import training_masks
-    from .pdf_fit import _grid
+    """Train the trial's replicas once per fold with that fold held out (the op's adapter) and
+    turn the held-out scores into the trial's reward (kernels.kfold.trial_reward)."""
+    from ..kernels.kfold import RewardConfig, trial_reward
 
-    spec = get_op(params.op)
+    adapter = adapter_for(params.op)
     start = time.perf_counter()
     try:
-        training = spec.params.model_validate(apply_values(params.base, values, training_defaults(params.op)))
+        training = _training(params, values)
     except (ValidationError, ValueError) as exc:  # e.g. a sampled patience the model refuses
-        return {
-            "chi2": [math.inf] * params.folds.k,
-            "kept": [0.0] * params.folds.k,
-            "epochs": [1.0] * params.folds.k,
-            "seconds": 0.0,
-            "reward": math.inf,
-            "ok": False,
-            "why": f"invalid params: {exc}",
-        }
-    config = _trainer_config(params.op, training)
-    r = params.replicas
-    chi2, kept, epochs = [], [], []
-    for f in range(params.folds.k):
-        held = fold == f
-        groups = arrays["groups"][~held]
-        mask = training_masks(
-            int((~held).sum()),
-            np.unique(groups, return_inverse=True)[1],
-            r,
-            params.training_fraction,
-            params.seed,
-            shared=params.split == "shared",
-        )
-        common = (arrays["target"][:r], mask, arrays["covariance"], held, config)
-        if params.op == "pdf.fit":
-            result = pdf_fold(arrays["fk"], _grid(training), *common, POSITIVITY_TOLERANCE)
-        else:
-            result = regression_fold(arrays["features"], *common)
-        cov = arrays["covariance"][np.ix_(held, held)]
-        chi2.append(
-            held_out_chi2(result.prediction, result.kept, arrays["central"][held], cov, params.reward.chi2)
-        )
-        kept.append(float(result.kept.mean()))
-        epochs.append(float(np.mean(result.stopping_epoch) / training.epochs))
+        return _invalid(params, f"invalid params: {exc}")
+    metric = _metric(params)
+    folds = [adapter.fold(arrays, training, fold == f, params, metric) for f in range(params.folds.k)]
     seconds = time.perf_counter() - start
+    score = np.array([f.score for f in folds])
+    baseline = np.array([f.baseline for f in folds])
+    max_reward = params.reward.max_reward if params.reward.max_reward is not None else adapter.max_reward
     reward_config = RewardConfig(
         params.reward.statistic,
         params.reward.min_kept_fraction,
@@ -213,13 +217,20 @@ def evaluate_trial(
         params.reward.epochs_penalty,
         params.reward.time_budget_s,
         params.reward.time_penalty,
-        params.reward.max_reward,
+        math.inf if max_reward is None else max_reward,
     )
-    reward, ok, why = trial_reward(np.array(chi2), np.array(kept), np.array(epochs), seconds, reward_config)
+    kept = np.array([f.kept for f in folds])
+    reward, ok, why = trial_reward(score, kept, np.array([f.epochs for f in folds]), seconds, reward_config)
+    if ok and adapter.must_beat_baseline:  # no better than a constant prediction: failed
+        statistic = np.mean if params.reward.statistic == "mean" else np.max
+        held, constant = float(statistic(score)), float(statistic(baseline))
+        if not held < constant:
+            ok, why = False, f"held-out {metric} {held:.4g} no better than a constant's {constant:.4g}"
     return {
-        "chi2": chi2,
-        "kept": kept,
-        "epochs": epochs,
+        "score": score.tolist(),
+        "kept": kept.tolist(),
+        "epochs": [f.epochs for f in folds],
+        "baseline": baseline.tolist(),
         "seconds": seconds,
         "reward": reward,
         "ok": ok,
@@ -235,32 +246,32 @@ def _fragment(params: HyperoptParams, values: dict[str, Any]) -> str:
     return "# replicas.hyperopt winner\n" + text
 
 
-def _scan(
-    target, covariance, central, features, fk, groups, fold, params: HyperoptParams, context: StepContext
-) -> dict[str, np.ndarray]:
+def _scan(params: HyperoptParams, context: StepContext, fold, groups, **pieces) -> dict[str, np.ndarray]:
     from ..kernels.kfold import check_folds, fold_assignment
 
-    arrays = {
-        "target": np.asarray(target, float),
-        "covariance": np.asarray(covariance, float),
-        "central": np.asarray(central, float),
-    }
-    n = arrays["central"].size
-    if features is not None:
-        arrays["features"] = np.stack([np.asarray(f, float) for f in features], axis=-1)
-    if fk is not None:
-        arrays["fk"] = np.asarray(fk, float)
+    loaded = adapter_for(params.op).load(pieces)
+    n, k = loaded.n_units, params.folds.k
+    arrays = dict(loaded.arrays)
     arrays["groups"] = np.zeros(n, np.int64) if groups is None else np.asarray(groups)
-    if fold is None:  # by group: known only now
-        fold = fold_assignment(n, params.folds.k, params.folds.seed, arrays["groups"])
-    check_folds(fold, params.folds.k)
-    trials = run_scan(arrays, np.asarray(fold), params, context, evaluate_trial)
-    k, t = params.folds.k, len(trials)
+    if fold is None:  # by group, or units known only now (a stratified split when the adapter has strata)
+        if groups is not None:
+            fold = fold_assignment(n, k, params.folds.seed, arrays["groups"])
+        elif loaded.strata is not None:
+            fold = stratified_folds(loaded.strata, k, params.folds.seed)
+        else:
+            fold = fold_assignment(n, k, params.folds.seed)
+    fold = np.asarray(fold)
+    check_folds(fold, k)
+    trials = run_scan(arrays, fold, params, context, evaluate_trial)
+    t = len(trials)
     out: dict[str, Any] = {
         "reward": np.array([_number(a["reward"]) for _, a in trials]),
         "ok": np.array([bool(a["ok"]) for _, a in trials]),
         "seconds": np.array([_number(a["seconds"]) for _, a in trials]),
-        "chi2_held_out": np.array([[_number(c) for c in a["chi2"]] for _, a in trials]).reshape(t, k),
+        "held_out": np.array([[_number(c) for c in a["score"]] for _, a in trials]).reshape(t, k),
+        "baseline_held_out": np.array(
+            [[math.nan if c is None else float(c) for c in a["baseline"]] for _, a in trials]
+        ).reshape(t, k),
         "kept_fraction": np.array([a["kept"] for _, a in trials], float).reshape(t, k),
         "stopping_fraction": np.array([a["epochs"] for _, a in trials], float).reshape(t, k),
         "fold_points": np.bincount(fold[fold >= 0], minlength=k).astype(np.int64),
@@ -326,7 +337,8 @@ def _fold_of_datasets(params: HyperoptParams, sources: list[xr.Dataset], n: int)
     return fold
 
 
-def _static_folds(params: HyperoptParams, sources: list[xr.Dataset], n: int) -> np.ndarray | None:
+def _static_folds(params: HyperoptParams, sources: list[xr.Dataset], n: int | None) -> np.ndarray | None:
+    """Folds known while building (None: the scan deals them once the units are read)."""
     from ..kernels.kfold import fold_assignment
 
     if params.folds.by == "dataset":
@@ -335,13 +347,27 @@ def _static_folds(params: HyperoptParams, sources: list[xr.Dataset], n: int) -> 
                 f"folds: k = {params.folds.k} but `datasets` lists "
                 f"{len(params.folds.datasets or [])} folds; expected one list per fold"
             )
+        if n is None:
+            raise OpError(f"folds by: dataset needs data points; {params.op} has none")
         return _fold_of_datasets(params, sources, n)
-    if params.folds.by == "points":
+    if params.folds.by == "points" and n is not None:
         try:
             return fold_assignment(n, params.folds.k, params.folds.seed)
         except ValueError as exc:
             raise OpError(f"folds: {exc}") from None
     return None
+
+
+def _metric(params: HyperoptParams) -> str:
+    return params.reward.metric or adapter_for(params.op).default_metric
+
+
+def _training(params: HyperoptParams, values: dict[str, Any]):
+    """The training op's validated params for one trial: base, the trial's values, and what
+    every trial overrides (replicas per trial, no checkpoints)."""
+    merged = apply_values(params.base, values, training_defaults(params.op))
+    merged |= adapter_for(params.op).overrides(params)
+    return get_op(params.op).params.model_validate(merged)
 
 
 def _training_check(params: HyperoptParams):
@@ -351,9 +377,7 @@ def _training_check(params: HyperoptParams):
         for path, dim in params.space.items()
     }
     try:
-        return get_op(params.op).params.model_validate(
-            apply_values(params.base, values, training_defaults(params.op))
-        )
+        return _training(params, values)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -363,84 +387,68 @@ def _training_check(params: HyperoptParams):
 
 
 def _need(params: HyperoptParams, inputs: dict[str, xr.Dataset], output: xr.Dataset) -> int:
-    """Inputs whole, and one trial's batched fit on every point at the widest searched layers."""
-    data = inputs["data"]
-    points = data.sizes.get("point", 1)
-    widths = [int(d.high) for p, d in params.space.items() if p.startswith("hidden") and d.high]
-    hidden = list(params.base.get("hidden", [25, 20]))
-    if widths:
-        hidden = [max([*widths, *hidden])] * len(hidden)
-    sizes = [2, *hidden, 8]
-    return (
-        sum(needs.whole_bytes(ds) for ds in inputs.values())
-        + needs.chi2_loss_bytes(params.replicas, points)
-        + needs.ensemble_training_bytes(params.replicas, sizes, max(points, 50))
-    )
+    """One fold's training, by the op's adapter, at the widest searched layers."""
+    training = widest(_training_check(params), params.space)
+    return adapter_for(params.op).need(params, training, inputs, output)
 
 
 @register_op(
     "replicas.hyperopt",
     params=HyperoptParams,
     inputs=("data",),
-    optional_inputs=("theory",),
+    optional_inputs=("theory", "clusters", "windows"),
     wants_context=True,
     memory=needs.TorchNeed(_need),
 )
 def hyperopt(
-    params: HyperoptParams, data: xr.Dataset, context: StepContext, theory: xr.Dataset | None = None
+    params: HyperoptParams,
+    data: xr.Dataset,
+    context: StepContext,
+    theory: xr.Dataset | None = None,
+    clusters: xr.Dataset | None = None,
+    windows: xr.Dataset | None = None,
 ) -> xr.Dataset:
-    """Hyperparameter scan of a replica training op (Optuna TPE) with a k-fold held-out chi2 reward.
+    """Hyperparameter scan of a training op (Optuna TPE) with a k-fold held-out reward.
 
-    data: replicas.pseudodata output (pseudodata, covariance and the central data); theory: the
-    FK tables when op is pdf.fit. Output over `trial` (and `fold`): p_<param> values, chi2_held_out,
-    kept_fraction, stopping_fraction, seconds, reward (lower is better), ok, rank (0 = best);
-    best_trial (-1 when every trial failed), winner_fragment (UTF-8 bytes of the winner's recipe
-    fragment) and reward_vs_<param> over by_<param>: the reward against the param's sorted values.
+    data: the training op's main input: replicas.pseudodata output (replicas.train, pdf.fit, with
+    theory: the FK tables for pdf.fit), the aligned image (eels.train_zlp, with its clusters and
+    windows), the jets (lhc.train_classifier), the phase-space sample (amp.train). Output over
+    `trial` (and `fold`): p_<param> values, held_out (the metric named in its attrs, lower is
+    better; baseline_held_out: a constant prediction's, where the op has one), kept_fraction,
+    stopping_fraction, seconds, reward, ok, rank (0 = best); best_trial (-1 when every trial
+    failed), winner_fragment (UTF-8 bytes of the winner's recipe fragment) and reward_vs_<param>
+    over by_<param>: the reward against the param's sorted values.
     """
-    require_variables(data, [params.target, params.covariance, params.central])
-    target = data[params.target]
-    if target.ndim != 2 or target.dims[0] != REPLICA:
-        raise OpError(f"target {params.target!r} must have dims ({REPLICA!r}, point), found {target.dims}")
-    point = target.dims[1]
-    n, r = target.sizes[point], target.sizes[REPLICA]
-    if r < params.replicas:
-        raise OpError(f"replicas: {params.replicas} per trial, but the input has {r} replicas")
-    training = _training_check(params)
-    features = fk = groups = None
-    if params.op == "pdf.fit":
-        if theory is None or "fk" not in theory:
-            raise OpError("op: pdf.fit needs the FK tables: give the step a `theory` input (pdf.fk_tables)")
-        if theory.sizes.get("x_grid") != training.n_x:
+    adapter = adapter_for(params.op)
+    given = {"theory": theory, "clusters": clusters, "windows": windows}
+    for name, value in given.items():
+        if name in adapter.inputs and value is None:
+            raise OpError(f"op: {params.op} needs the input {name!r}; give the step `{name}: <step id>`")
+        if name not in adapter.inputs and value is not None:
             raise OpError(
-                f"the FK tables have {theory.sizes.get('x_grid')} x nodes, the fit's n_x is "
-                f"{training.n_x}: give both the same grid"
+                f"input {name!r} is not used when scanning {params.op}; it takes "
+                f"{', '.join(['data', *adapter.inputs])}"
             )
-        fk = as_delayed(theory["fk"].data)
-    else:
-        from .replicas import _features
-
-        features = [as_delayed(f.data) for f in _features(data, training.features, point)]
+    inputs = {"data": data} | {name: given[name] for name in adapter.inputs}
+    training = _training_check(params)
+    pieces, n = adapter.prepare(params, training, inputs)
+    groups = None
     if params.folds.by == "group":
         require_variables(data, [params.folds.group])
+        if n is not None and data[params.folds.group].shape != (n,):
+            raise OpError(
+                f"folds: group {params.folds.group!r} must hold one value per unit ({n}), "
+                f"found shape {data[params.folds.group].shape}"
+            )
         groups = as_delayed(data[params.folds.group].data)
-    fold = _static_folds(params, [data] + ([theory] if theory is not None else []), n)
-    result = dask.delayed(_scan, pure=True)(
-        as_delayed(target.data),
-        as_delayed(data[params.covariance].data),
-        as_delayed(data[params.central].data),
-        features,
-        fk,
-        groups,
-        fold,
-        params,
-        context,
-    )
-    t, k = params.trials, params.folds.k
+    fold = _static_folds(params, list(inputs.values()), n)
+    result = dask.delayed(_scan, pure=True)(params, context, fold, groups, **pieces)
+    t, k, metric = params.trials, params.folds.k, _metric(params)
     layout = {
         "reward": (("trial",), (t,), float),
         "ok": (("trial",), (t,), bool),
         "seconds": (("trial",), (t,), float),
-        "chi2_held_out": (("trial", "fold"), (t, k), float),
+        "held_out": (("trial", "fold"), (t, k), float),
         "kept_fraction": (("trial", "fold"), (t, k), float),
         "stopping_fraction": (("trial", "fold"), (t, k), float),
         "fold_points": (("fold",), (k,), np.int64),
@@ -448,6 +456,8 @@ def hyperopt(
         "rank": (("trial",), (t,), np.int64),
         "winner_fragment": (("fragment_byte",), (FRAGMENT_BYTES,), np.uint8),
     }
+    if adapter.baseline:
+        layout["baseline_held_out"] = (("trial", "fold"), (t, k), float)
     layout |= {_variable(p): (("trial",), (t,), float) for p in params.space}
     out = xr.Dataset(
         {
@@ -472,12 +482,16 @@ def hyperopt(
         out[f"reward_vs_{name}"] = (
             f"by_{name}",
             da.from_delayed(result[f"reward_vs_{name}"], (t,), float),
-            {"long_name": "reward (held-out chi2/n)"},
+            {"long_name": f"reward (held-out {metric})"},
         )
     out["winner_fragment"].attrs = {"encoding": "utf-8, NUL padded; engine.ops.hyperopt.winner_fragment"}
-    out["reward"].attrs = {"long_name": f"{params.reward.statistic} held-out chi2/n over folds + penalties"}
+    out["reward"].attrs = {"long_name": f"{params.reward.statistic} held-out {metric} over folds + penalties"}
+    out["held_out"].attrs = {"metric": metric, "long_name": adapter.metrics[metric]}
+    if adapter.baseline:
+        out["baseline_held_out"].attrs = {"metric": metric, "long_name": f"{metric} of a constant prediction"}
     out.attrs = {
         "training_op": params.op,
+        "metric": metric,
         "search_space": json.dumps({p: d.model_dump(exclude_defaults=True) for p, d in params.space.items()}),
     }
     mark(out["ok"], "count_false", label="failed trials")

@@ -80,10 +80,13 @@ def run(
         )
         per_ours = timings["ours"].wall / fits
         per_scipy = timings["curve_fit"].wall / scipy_count
+        cpu_ours, cpu_scipy = timings["ours"].cpu / fits, timings["curve_fit"].cpu / scipy_count
         gap = np.abs(timings["curve_fit"].value - timings["ours"].value.e_bg[:scipy_count])
         print(
             f"{label}: ours {per_ours * 1e6:7.1f} us/fit ({ours.converged.mean():.4f} converged), "
-            f"curve_fit {per_scipy * 1e6:7.1f} us/fit, ratio {per_scipy / per_ours:5.1f}x; "
+            f"curve_fit {per_scipy * 1e6:7.1f} us/fit, ratio {per_scipy / per_ours:5.1f}x "
+            f"(CPU: {cpu_ours * 1e6:.1f} vs {cpu_scipy * 1e6:.1f} us/fit, {cpu_scipy / cpu_ours:5.1f}x, "
+            f"{1 / cpu_ours:,.0f} fits/s/core); "
             f"|E_BG ours - curve_fit| median {np.median(gap):.1e} eV, max {gap.max():.1e} eV",
             flush=True,
         )
@@ -92,6 +95,8 @@ def run(
         result[f"{label}_curve_fit_us_per_fit"] = round(per_scipy * 1e6, 2)
         result[f"{label}_curve_fit_cpu_us_per_fit"] = round(timings["curve_fit"].cpu / scipy_count * 1e6, 2)
         result[f"{label}_speedup"] = ratio(per_scipy, per_ours)
+        result[f"{label}_speedup_cpu"] = ratio(cpu_scipy, cpu_ours)
+        result[f"{label}_fits_per_cpu_s"] = round(1 / cpu_ours)
         result[f"{label}_converged_fraction"] = round(float(ours.converged.mean()), 4)
         result[f"{label}_median_abs_diff_ev"] = float(f"{np.median(gap):.2e}")
     result.update(bench_background(background_fits, repeats))

@@ -105,7 +105,7 @@ def test_scan_on_the_closure_finds_a_setting_that_generalises(lake, write_recipe
     best = int(out["best_trial"])
     assert best >= 0 and bool(out["ok"][best])
     assert abs(float(out["reward"][best]) - 1.0) < 0.1
-    assert float(out["reward"][best]) == pytest.approx(float(out["chi2_held_out"][best].mean()))
+    assert float(out["reward"][best]) == pytest.approx(float(out["held_out"][best].mean()))
     assert out["fold_points"].values.tolist() == [200, 200]
     assert int(out["rank"][best]) == 0 and sorted(out["rank"].values.tolist()) == [0, 1, 2]
     fragment = yaml.safe_load(hyperopt.winner_fragment(out))
@@ -159,7 +159,8 @@ def fake_trial(calls):
             raise RuntimeError("killed mid-scan")
         reward = 1.0 + abs(math.log(values["optimiser.lr"] / 0.01))
         return {
-            "chi2": [reward] * params.folds.k,
+            "score": [reward] * params.folds.k,
+            "baseline": [math.nan] * params.folds.k,
             "kept": [1.0] * params.folds.k,
             "epochs": [0.5] * params.folds.k,
             "seconds": 0.0,
