@@ -54,3 +54,39 @@ def test_chunk_buffers_are_reused_and_memory_stays_at_a_few_chunks():
     churn = chunk_churn()
     assert churn["faults_per_page"] < 0.1, churn
     assert 0 <= churn["growth_mib"] < 8 * 2 + 128, churn
+
+
+# In a fresh interpreter: import engine.memory (nothing called), then, as a run does, a thread that
+# starts before the workers and allocates (zarr's I/O loop), then two workers churning chunk-sized
+# buffers; count the arenas glibc's malloc_info reports.
+ARENAS = """
+import ctypes, os, tempfile, threading
+import numpy as np
+import engine.memory
+def churn():
+    for _ in range(10):
+        np.ones(2 * 2**20)  # 16 MiB
+def start(n):
+    threads = [threading.Thread(target=churn) for _ in range(n)]
+    for t in threads: t.start()
+    return threads
+for t in start(1) + start(2): t.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fdopen.restype = ctypes.c_void_p
+with tempfile.TemporaryFile("w+") as out:
+    stream = libc.fdopen(os.dup(out.fileno()), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    out.seek(0)
+    print(out.read().count("<heap nr="))
+"""
+
+
+def test_importing_engine_memory_keeps_every_thread_on_one_arena():
+    """The setting is made at import, before any thread allocates: with it made only when a run
+    started, workers were handed the arenas that earlier threads had made, which fragmented
+    (peak RSS 250 -> 313 MiB from 10^4 to 1.6e5 spectra, against 209 -> 253 with one arena)."""
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert int(out) == 1, out

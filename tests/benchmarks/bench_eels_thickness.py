@@ -1,11 +1,14 @@
 """Benchmark: thickness maps out-of-core — memory flat in image size, speed near read speed.
 
-Prints, for synthetic images of growing size, the wall time and peak RSS of `replicalake run` on
-the thickness recipe (align + thickness, as recipes/eels_thickness.yaml); then at one size, in
-process, (a) merely reading the zarr array once, (b) our thickness op with exSpy's fixed ZLP
-limit and (c) with the first-minimum limit, and (d) exSpy's lazy `estimate_thickness` with the
-same fixed limit. (a)-(d) each open the store, build their dask graph and compute inside the
-timer, on the same threads; each gets one untimed warm-up and the same best-of-N, interleaved.
+Prints, for synthetic images of growing size, the wall time, CPU time and peak RSS of
+`replicalake run` on the thickness recipe (one pass: eels.thickness with align_zlp, as
+recipes/eels_thickness.yaml) and on the two-step chain it replaced (eels.align_zlp, then
+eels.thickness on the aligned image); then at one size, in process, (a) merely reading the zarr
+array once, (b) our thickness op with exSpy's fixed ZLP limit and (c) with the first-minimum
+limit, both on the unaligned spectra, (d) align then first-minimum thickness, (e) the same in
+one pass, and (f) exSpy's lazy `estimate_thickness` with the same fixed limit. (a)-(f) each open
+the store, build their dask graph and compute inside the timer, on the same threads; each gets
+one untimed warm-up and the same best-of-N, interleaved.
 
     python tests/benchmarks/bench_eels_thickness.py                 # 10^4, 10^5, 10^6 spectra
     python tests/benchmarks/bench_eels_thickness.py --quick         # 10^4 spectra
@@ -42,6 +45,10 @@ ALIGN_AND_THICKNESS = """\
   - {id: aligned, op: eels.align_zlp, inputs: {image: image}}
   - {id: thickness, op: eels.thickness, inputs: {image: aligned}}
 """
+ONE_PASS = """\
+  - {id: thickness, op: eels.thickness, inputs: {image: image}, params: {align_zlp: true}}
+"""
+RECIPES = {"one_pass": ONE_PASS, "two_step": ALIGN_AND_THICKNESS}
 THRESHOLD = {"zlp_end": "threshold", "threshold_ev": 1.5}  # the same ZLP limit exSpy is given
 WORKDIR = Path("/tmp/replicalake-bench")
 
@@ -122,14 +129,17 @@ def read_once(lake: Path, entry: str) -> None:
     dask.compute(da.from_zarr(str(lake / "raw" / entry / "counts")).sum(axis=-1), scheduler="threads")
 
 
-def engine_thickness(lake: Path, entry: str, params: dict) -> None:
-    """Our thickness op in-process (no interpreter start-up): open, build the graph, compute."""
+def engine_thickness(lake: Path, entry: str, params: dict, align: bool = False) -> None:
+    """Our thickness op in-process (no interpreter start-up): open, build the graph, compute;
+    with align, on the output of eels.align_zlp (the two-step chain)."""
     import dask
     import xarray as xr
 
-    from engine.ops.eels import ThicknessParams, thickness
+    from engine.ops.eels import AlignParams, ThicknessParams, align_zlp, thickness
 
     image = xr.open_zarr(str(lake / "raw" / entry), consolidated=False)
+    if align:
+        image = align_zlp(AlignParams(), image)
     result = thickness(ThicknessParams(**params), image)
     dask.compute(result["t_over_lambda"].data, scheduler="threads")
 
@@ -170,22 +180,25 @@ def run(
     result = header("EELS thickness out-of-core, and against exSpy", repeats, channels=channels)
     lake = workdir / "lake"
     lake.mkdir(parents=True, exist_ok=True)
-    print("peak RSS of `replicalake run` (align + thickness) vs image size")
-    peaks = []
+    print("`replicalake run` (one pass, and the two-step chain) vs image size")
+    peaks = {name: [] for name in RECIPES}
     for side in sides:
         entry = ensure_image(lake, side, channels)
-        seconds, rss, cpu = run_recipe(lake, workdir, entry, ALIGN_AND_THICKNESS)
-        peaks.append(rss)
-        print(
-            f"{side * side:>8} spectra: {seconds:6.1f} s wall (incl. ~2 s start-up), "
-            f"peak RSS {rss:6.0f} MiB, {side * side / seconds:8.0f} spectra/s",
-            flush=True,
-        )
-        result[f"run_{side * side}_spectra_s"] = round(seconds, 2)
-        result[f"run_{side * side}_spectra_cpu_s"] = round(cpu, 2)
-        result[f"run_{side * side}_spectra_peak_rss_mib"] = round(rss)
-    if len(peaks) > 1:
-        result["peak_rss_largest_over_smallest"] = ratio(peaks[-1], peaks[0])
+        for name, steps in RECIPES.items():
+            seconds, rss, cpu = run_recipe(lake, workdir, entry, steps)
+            peaks[name].append(rss)
+            print(
+                f"{side * side:>8} spectra, {name:8}: {seconds:6.1f} s wall (incl. ~2 s start-up), "
+                f"{cpu:6.1f} CPU-s, peak RSS {rss:6.0f} MiB, {side * side / seconds:8.0f} spectra/s",
+                flush=True,
+            )
+            key = f"run_{name}_{side * side}_spectra"
+            result[f"{key}_s"] = round(seconds, 2)
+            result[f"{key}_cpu_s"] = round(cpu, 2)
+            result[f"{key}_peak_rss_mib"] = round(rss)
+    if len(sides) > 1:
+        for name in RECIPES:
+            result[f"{name}_peak_rss_largest_over_smallest"] = ratio(peaks[name][-1], peaks[name][0])
 
     side = exspy_side
     entry = ensure_image(lake, side, channels)
@@ -198,6 +211,8 @@ def run(
         "read": lambda: read_once(lake, entry),
         "ours_threshold": lambda: engine_thickness(lake, entry, THRESHOLD),
         "ours_first_minimum": lambda: engine_thickness(lake, entry, {}),
+        "ours_align_then_first_minimum": lambda: engine_thickness(lake, entry, {}, align=True),
+        "ours_one_pass_first_minimum": lambda: engine_thickness(lake, entry, {"align_zlp": True}),
     }
     if exspy:
         sides_["exspy_threshold"] = lambda: exspy_thickness(lake, entry)

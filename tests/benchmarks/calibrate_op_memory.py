@@ -34,6 +34,7 @@ sources:
 steps:
   - {{id: aligned, op: eels.align_zlp, inputs: {{image: image}}}}
   - {{id: thickness, op: eels.thickness, inputs: {{image: aligned}}}}
+  - {{id: thickness_one_pass, op: eels.thickness, inputs: {{image: image}}, params: {{align_zlp: true}}}}
   - {{id: clusters, op: eels.cluster, inputs: {{image: aligned}}, params: {{n_clusters: 3, seed: 1}}}}
   - id: windows
     op: eels.zlp_windows
@@ -80,15 +81,26 @@ steps:
 outputs:
   mass: {{zone: derived}}
 """
-# case -> (recipe template, chunk sizes, template fields). Chunks of 32 x 32 pixels and more: below
-# glibc's 4 MiB mmap threshold (engine/memory.py) buffers reuse heap memory an earlier task left
-# resident, and the growth reads low. Kramers-Kronig holds ~60x its chunks: 64 x 64 would be 7 GiB.
-EELS_STEPS = ("eels.align_zlp", "eels.thickness", "eels.cluster", "eels.zlp_windows",
-              "eels.train_zlp", "eels.subtract_zlp", "eels.fit_bandgap")
+# case -> (recipe template, chunk sizes, template fields); a case is an op (its first step) or a step
+# id. The heap memory that preparing the inputs freed is handed back to the kernel before the block
+# is computed (engine.memory.release_free_heap): glibc keeps freed chunk buffers for reuse
+# (engine/memory.py), and a task reusing them would not show in the growth of resident memory.
+# Kramers-Kronig holds ~60x its chunks: 64 x 64 would be 7 GiB.
+EELS_STEPS = (
+    "eels.align_zlp",
+    "eels.thickness",
+    "thickness_one_pass",
+    "eels.cluster",
+    "eels.zlp_windows",
+    "eels.train_zlp",
+    "eels.subtract_zlp",
+    "eels.fit_bandgap",
+)
 CASES = {op: (EELS_CHAIN, (32, 64), {"replicas": 20}) for op in EELS_STEPS}
 CASES["eels.kramers_kronig"] = (EELS_CHAIN, (16, 32), {"replicas": 20})
-CASES.update({op: (DIMUON, (100_000, 400_000), {}) for op in ("lhc.kinematics", "lhc.select",
-                                                                "lhc.histogram")})
+CASES.update(
+    {op: (DIMUON, (100_000, 400_000), {}) for op in ("lhc.kinematics", "lhc.select", "lhc.histogram")}
+)
 EELS_IMAGE = (128, 128, 2048)
 EVENTS = 1_600_000
 
@@ -101,18 +113,26 @@ def _prepare(lake, template: str) -> None:
     from engine.testing import put_in_lake
 
     if template is EELS_CHAIN:
-        ingest_synthetic_eels(lake, "img", EELS_IMAGE, seed=5, chunks=(32, 32), progress=False,
-                              energy_range=(-5.0, 200.0))
+        ingest_synthetic_eels(
+            lake, "img", EELS_IMAGE, seed=5, chunks=(32, 32), progress=False, energy_range=(-5.0, 200.0)
+        )
         return
     rng = np.random.default_rng(1)
     columns = {}
     for k in (1, 2):
         p = rng.normal(0, 40, (3, EVENTS)).astype(np.float32)
-        columns.update({f"px{k}": p[0], f"py{k}": p[1], f"pz{k}": p[2],
-                        f"E{k}": np.sqrt((p**2).sum(0) + 0.011).astype(np.float32),
-                        f"Q{k}": rng.choice(np.array([-1, 1], np.int32), EVENTS)})
-    put_in_lake(lake, "events", xr.Dataset({k: ("event", v) for k, v in columns.items()}).chunk(
-        {"event": 100_000}))
+        columns.update(
+            {
+                f"px{k}": p[0],
+                f"py{k}": p[1],
+                f"pz{k}": p[2],
+                f"E{k}": np.sqrt((p**2).sum(0) + 0.011).astype(np.float32),
+                f"Q{k}": rng.choice(np.array([-1, 1], np.int32), EVENTS),
+            }
+        )
+    put_in_lake(
+        lake, "events", xr.Dataset({k: ("event", v) for k, v in columns.items()}).chunk({"event": 100_000})
+    )
 
 
 def measure(case: str, chunk: int) -> dict:
@@ -121,14 +141,13 @@ def measure(case: str, chunk: int) -> dict:
     import xarray as xr
 
     from engine.graph import compile_recipe
-    from engine.memory import limit_heap_fragmentation
+    from engine.memory import release_free_heap
     from engine.ops.needs import TorchNeed, chunk_bytes
     from engine.peak_rss import PeakRss
     from engine.projection import step_need
     from engine.registry import StepContext, get_op
     from engine.storage import Lake
 
-    limit_heap_fragmentation()
     template, _, fields = CASES[case]
     with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
         lake = Lake(f"{tmp}/lake")
@@ -136,7 +155,7 @@ def measure(case: str, chunk: int) -> dict:
         recipe = Path(tmp) / "recipe.yaml"
         recipe.write_text(template.format(chunk=chunk, **fields))
         plan = compile_recipe(recipe, lake)
-        step = next(s for s in plan.steps if s.op == case)
+        step = next(s for s in plan.steps if case in (s.op, s.id))
         declared = step_need(plan, step)
         inputs = {}
         for name, ref in step.inputs.items():
@@ -153,12 +172,19 @@ def measure(case: str, chunk: int) -> dict:
         first = {d: slice(0, max(c)) for d, c in output.chunks.items()}
         basis = sum(chunk_bytes(ds) for k, ds in inputs.items() if k != "context") + chunk_bytes(output)
         gc.collect()
+        release_free_heap()
         with PeakRss() as peak:
             before = _resident()
             output.isel(first).compute(scheduler="synchronous")
     need = spec.memory.task if isinstance(spec.memory, TorchNeed) else spec.memory
-    return {"case": case, "chunk": chunk, "basis": basis, "growth": peak.bytes - before,
-            "declared": declared.task_bytes, "declared_form": "function" if callable(need) else need}
+    return {
+        "case": case,
+        "chunk": chunk,
+        "basis": basis,
+        "growth": peak.bytes - before,
+        "declared": declared.task_bytes,
+        "declared_form": "function" if callable(need) else need,
+    }
 
 
 def _resident() -> int:
@@ -180,15 +206,22 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for case in args.cases or CASES:
         for chunk in CASES[case][1]:
-            done = subprocess.run([sys.executable, __file__, "--one", case, str(chunk)],
-                                  capture_output=True, text=True, check=False)
+            done = subprocess.run(
+                [sys.executable, __file__, "--one", case, str(chunk)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if done.returncode:
                 print(f"| {case} | {chunk} | failed: {done.stderr.strip().splitlines()[-1]} |")
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"| {case} | {chunk} | {row['basis'] / MIB:.1f} MiB | {row['growth'] / MIB:.1f} MiB | "
-                  f"{row['growth'] / row['basis']:.2f} | {row['declared'] / MIB:.1f} MiB "
-                  f"({row['declared_form']}) |", flush=True)
+            print(
+                f"| {case} | {chunk} | {row['basis'] / MIB:.1f} MiB | {row['growth'] / MIB:.1f} MiB | "
+                f"{row['growth'] / row['basis']:.2f} | {row['declared'] / MIB:.1f} MiB "
+                f"({row['declared_form']}) |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -65,17 +65,43 @@ def test_thickness_matches_the_windowed_truth(image):
     assert result["thickness_nm"].attrs["units"] == "nm"
 
 
+# One-pass thickness (align_zlp: true) against align then thickness: the same ZLP decisions on
+# bit-identical aligned channels, so the same NaNs and shifts; t/lambda differs only by the rounding
+# of the sums (float32 over the aligned channels there, float64 running sums of the unshifted ones
+# here): measured at most 4.5e-7 over 0.01-0.5 eV/channel, t/lambda 0.1-3, 3 seeds
+# (tests/ops/test_eels_thick.py), against float32's 6e-8 per operation on ~2000 channels.
+ONE_PASS_TOLERANCE = 2e-6
+
+
+@pytest.mark.parametrize("params", [{}, {"zlp_end": "threshold", "threshold_ev": 1.5}])
+def test_one_pass_matches_align_then_thickness(image, params):
+    with raise_if_computes():
+        one_pass = thickness(ThicknessParams(align_zlp=True, mean_free_path_nm=100.0, **params), image)
+        aligned = align_zlp(AlignParams(), image)
+        two_step = thickness(ThicknessParams(mean_free_path_nm=100.0, **params), aligned)
+    assert "counts" not in one_pass and one_pass["t_over_lambda"].chunks == ((16, 16, 16), (16, 16, 8))
+    np.testing.assert_allclose(
+        one_pass["t_over_lambda"].values, two_step["t_over_lambda"].values, rtol=0, atol=ONE_PASS_TOLERANCE
+    )
+    np.testing.assert_array_equal(one_pass["zlp_shift"].values, aligned["zlp_shift"].values)
+    assert one_pass["zlp_shift"].attrs["units"] == "eV"
+    assert bool(one_pass["zlp_found"].all())
+
+
 def test_threshold_method(image):
     result = thickness(ThicknessParams(zlp_end="threshold", threshold_ev=1.0), image).compute()
     assert np.isfinite(result["t_over_lambda"]).all()
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"zlp_end": "threshold"}, "needs threshold_ev"),
-    ({"zlp_end": "threshold", "threshold_ev": 80.0}, "outside the loss side"),
-    ({"threshold_ev": 1.0}, "only used with zlp_end: threshold"),
-    ({"variable": "cnts"}, "did you mean 'counts'"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"zlp_end": "threshold"}, "needs threshold_ev"),
+        ({"zlp_end": "threshold", "threshold_ev": 80.0}, "outside the loss side"),
+        ({"threshold_ev": 1.0}, "only used with zlp_end: threshold"),
+        ({"variable": "cnts"}, "did you mean 'counts'"),
+    ],
+)
 def test_bad_params_are_op_errors(image, params, message):
     from engine.errors import OpError
 
@@ -95,8 +121,11 @@ def test_image_without_zero_loss_or_energy(image):
 
 def test_thickness_recipe_end_to_end(image_lake, write_recipe, monkeypatch):
     monkeypatch.setenv("REPLICALAKE_CATALOGS", str(REPO / "catalogs"))
-    text = (REPO / "recipes" / "eels_thickness.yaml").read_text().replace(
-        "{catalog: eels, entry: synthetic_demo}", "{catalog: lake, entry: raw/img}")
+    text = (
+        (REPO / "recipes" / "eels_thickness.yaml")
+        .read_text()
+        .replace("{catalog: eels, entry: synthetic_demo}", "{catalog: lake, entry: raw/img}")
+    )
     recipe = write_recipe(text)
     summary = engine.run(recipe, image_lake)
     (output,) = summary.outputs
@@ -104,7 +133,10 @@ def test_thickness_recipe_end_to_end(image_lake, write_recipe, monkeypatch):
     assert engine.run(recipe, image_lake).outputs[0].status == "up to date"
     bad = write_recipe(text.replace("mean_free_path_nm: 110.0", "mean_free_path_nm: -1"), "bad.yaml")
     before = lake_files(image_lake)
-    with pytest.raises(RecipeError, match=r"bad.yaml:18: steps\[1\].params.mean_free_path_nm: "
-                                          r"Input should be greater than 0"):
+    with pytest.raises(
+        RecipeError,
+        match=r"bad.yaml:16: steps\[0\].params.mean_free_path_nm: "
+        r"Input should be greater than 0",
+    ):
         engine.run(bad, image_lake)
     assert lake_files(image_lake) == before

@@ -10,8 +10,10 @@ import xarray as xr
 from pydantic import ValidationError
 
 from engine.ingest.synthetic_eels import ingest_synthetic_eels
+from engine.kernels import eels as kernels
 from engine.ops.eels import AlignParams, ThicknessParams, align_zlp, thickness
-from tests.kernels.test_eels_thick import tolerance
+from tests.kernels.test_eels_thick import WINDOWS, spectra, tolerance
+from tests.ops.test_eels import ONE_PASS_TOLERANCE
 
 DISPERSION = 0.5
 
@@ -21,8 +23,9 @@ def coarse(tmp_path_factory) -> xr.Dataset:
     from engine.storage import Lake
 
     lake = Lake(str(tmp_path_factory.mktemp("thick") / "lake"))
-    ingest_synthetic_eels(lake, "coarse", (24, 24, 1001), seed=4, chunks=(12, 12), progress=False,
-                          energy_range=(-100.0, 400.0))
+    ingest_synthetic_eels(
+        lake, "coarse", (24, 24, 1001), seed=4, chunks=(12, 12), progress=False, energy_range=(-100.0, 400.0)
+    )
     return lake.open("raw", "coarse")
 
 
@@ -42,6 +45,62 @@ def test_coarse_wide_window(coarse):
     assert tau.max() > 1.8  # thick pixels are in
     threshold = thickness(ThicknessParams(zlp_end="threshold", threshold_ev=1.5), aligned).compute()
     assert np.all(np.abs(threshold["t_over_lambda"].values - truth) < np.vectorize(tolerance)(tau))
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=[f"{w[0]}eV" for w in WINDOWS])
+def test_one_pass_kernel_matches_aligned_spectra(window):
+    """aligned_log_ratio_thickness against log_ratio_thickness of align_zlp's spectra, both ZLP
+    ends, t/lambda 0.1-3 (taller plasmon than ZLP at 3), drift +-0.15 eV, 2 seeds, with a dead
+    spectrum and one whose ZLP sits 30 eV up (both NaN on either path); measured worst 4.5e-7."""
+    for seed in (1, 2):
+        energy, counts, _, _, maps = spectra(*window, per_tau=6, seed=seed)
+        counts = counts.astype(np.float32)
+        counts[0] = 0.0
+        counts[1] = np.concatenate(
+            [np.zeros(int(30.0 / window[0]), np.float32), counts[1, : -int(30.0 / window[0])]]
+        )
+        aligned, shift = kernels.align_zlp(counts, energy)
+        for method, threshold in (("first_minimum", None), ("threshold", 1.5)):
+            expected = kernels.log_ratio_thickness(aligned, energy, method, threshold)
+            t, one_pass_shift = kernels.aligned_log_ratio_thickness(counts, energy, method, threshold)
+            assert t.dtype == np.float32 and t.shape == expected.shape
+            np.testing.assert_array_equal(np.isnan(t), np.isnan(expected))
+            assert np.isnan(t[:2]).all() and np.isfinite(t[2:]).all()
+            np.testing.assert_allclose(t, expected, rtol=0, atol=ONE_PASS_TOLERANCE)
+            np.testing.assert_array_equal(one_pass_shift, shift)
+        assert maps["tau"].max() == 3.0
+
+
+def test_one_pass_kernel_edge_cases():
+    energy, counts, *_ = spectra(*WINDOWS[1], per_tau=1, seed=1)
+    counts = np.round(counts).astype(np.uint16).reshape(2, 3, -1)  # integer counts, 2-D image
+    t, shift = kernels.aligned_log_ratio_thickness(counts, energy)
+    expected = kernels.log_ratio_thickness(kernels.align_zlp(counts, energy)[0], energy)
+    assert t.shape == shift.shape == (2, 3) and t.dtype == np.float32
+    np.testing.assert_allclose(t, expected, rtol=0, atol=ONE_PASS_TOLERANCE)
+    empty, no_shift = kernels.aligned_log_ratio_thickness(counts[:0], energy)
+    assert empty.shape == no_shift.shape == (0, 3)
+    with pytest.raises(ValueError, match="method='threshold' needs threshold_ev"):
+        kernels.aligned_log_ratio_thickness(counts, energy, "threshold")
+    with pytest.raises(ValueError, match=r"one value per channel: got shape \(2047,\)"):
+        kernels.aligned_log_ratio_thickness(counts, energy[:-1])
+
+
+def test_one_pass_op_on_coarse_window_and_missing_zlp(coarse):
+    counts = coarse["counts"].values.copy()
+    counts[0, :2] = 0.0  # dead pixels: NaN on both paths
+    broken = coarse.assign(counts=(coarse["counts"].dims, counts)).chunk({"y": 12, "x": 12})
+    for params in ({}, {"zlp_end": "threshold", "threshold_ev": 1.5}):
+        one_pass = thickness(ThicknessParams(align_zlp=True, **params), broken).compute()
+        two_step = thickness(ThicknessParams(**params), align_zlp(AlignParams(), broken)).compute()
+        np.testing.assert_allclose(
+            one_pass["t_over_lambda"].values,
+            two_step["t_over_lambda"].values,
+            rtol=0,
+            atol=ONE_PASS_TOLERANCE,
+        )
+        assert int((~one_pass["zlp_found"]).sum()) == 2
+    assert np.isnan(one_pass["zlp_shift"].values[0, :2]).all()
 
 
 def test_pixels_without_a_zlp_are_nan_and_counted(coarse):
