@@ -156,16 +156,23 @@ def _cluster_table(de_i, de_ii, ln_i_median, energy) -> np.ndarray:
 
 
 def _quantile_grid(weights, kept, scaling, architecture, energy, ln_n_low, ln_n_high,
-                   quantiles, grid_size, device):
-    from ..kernels.zlp import ZlpScaling, ln_n_nodes, zlp_quantile_grid
+                   quantiles, grid_size, device, table, shifts):
+    """(ln N nodes, quantile grid): one task per run that every chunk task reads. The grid
+    covers only the channels the chunks read (grid_channels, from the cluster table and every
+    dE_I shift), ~1/8 of the energy axis, so it costs ~1/8 of a full-axis grid."""
+    from ..kernels.zlp import ZlpScaling, grid_channels, ln_n_nodes, zlp_quantile_grid
 
     if not np.any(kept):
         raise ValueError("no replica of the ZLP model was kept; see its drop_reason")
     arrays = {name: np.asarray(value)[kept] for name, value in weights.items()}
     margin = 1e-9 * max(1.0, abs(float(ln_n_high)))  # float32 vs float64 sums at the edges
     nodes = ln_n_nodes(float(ln_n_low) - margin, float(ln_n_high) + margin, grid_size)
+    de_i, de_ii, fwhm = table
+    dispersion = float(energy[1] - energy[0])
+    every_de_i = [de_i] + [shifted_de_i(de_i, de_ii, fwhm, shift, dispersion) for shift in shifts]
+    channels = grid_channels(energy, fwhm, np.stack(every_de_i), de_ii)
     grid = zlp_quantile_grid(arrays, architecture, ZlpScaling(*map(float, scaling)), energy, nodes,
-                             quantiles, device=device)
+                             quantiles, device=device, channels=channels)
     return nodes, grid
 
 
@@ -269,6 +276,7 @@ def subtract_zlp(params: SubtractParams, image: xr.Dataset, clusters: xr.Dataset
     table = dask.delayed(_cluster_table, pure=True)(
         as_delayed(de_i.data), as_delayed(de_ii.data), as_delayed(windows["ln_i_median"].data), energy)
     extra = {}
+    shifts = [] if params.de_i_shift_ev is None else [-params.de_i_shift_ev, params.de_i_shift_ev]
     if params.zlp == "vacuum":
         if params.vacuum_cluster >= k:
             raise OpError(f"vacuum_cluster={params.vacuum_cluster} but the clusters input has {k} "
@@ -289,10 +297,10 @@ def subtract_zlp(params: SubtractParams, image: xr.Dataset, clusters: xr.Dataset
         zlp = first_pass = dask.delayed(_quantile_grid, pure=True)(
             weights, as_delayed(model["kept"].data), as_delayed(model["scaling"].data),
             json.loads(model.attrs["architecture"]), energy, as_delayed(ln_n.min().data),
-            as_delayed(ln_n.max().data), params.quantiles, params.grid_size, params.device)
+            as_delayed(ln_n.max().data), params.quantiles, params.grid_size, params.device,
+            table, shifts)
         kind = "quantiles over replicas"
     n_q = len(params.quantiles)
-    shifts = [] if params.de_i_shift_ev is None else [-params.de_i_shift_ev, params.de_i_shift_ev]
     # labels get a length-1 energy axis: map_blocks aligns arrays by their trailing dims; meta
     # given, dask does not call the (torch) block function on empty arrays to find the output type
     bands = da.map_blocks(_subtract_block, second_pass(spectra.data, first_pass),

@@ -22,7 +22,8 @@ QUANTILES = (0.16, 0.5, 0.84)
 # count, at the default grid (256 nodes). Quantiles are single order statistics, so the two paths
 # differ only by the linear interpolation in ln N; measured max 0.06 with 70 replicas over a wider
 # ln N range (zlp.DEFAULT_GRID_SIZE), 0.03 at 128 nodes for this fixture. Larger errors only
-# where a replica's model crosses the signal between two nodes (the min(ZLP, signal) kink).
+# where a replica's model crossed the signal between two nodes (the kink of the former cap
+# min(ZLP, signal); the residual is signed now).
 FAST_TOLERANCE = 0.1
 
 
@@ -71,9 +72,9 @@ def reference_subtract_loop(signal, arrays, architecture, scaling, energy, fwhm,
                 matched[c] = signal[c]
             elif e < de_i:
                 w = expit((e - (de_0 + de_i) / 2) * 10 / (de_i - de_0))
-                matched[c] = min((1 - w) * signal[c] + w * model[c], signal[c])
+                matched[c] = (1 - w) * signal[c] + w * model[c]
             elif e < de_ii:
-                matched[c] = min(model[c], signal[c])
+                matched[c] = model[c]  # not capped at the signal: a signed residual
         results.append(signal - matched)
     return np.sort(np.array(results), axis=0)[zlp.order_ranks(len(results), quantiles)]
 
@@ -156,14 +157,39 @@ def test_matching_rules():
     np.testing.assert_array_equal(zl[below], signal[below])  # the measurement near (and under) 0
     beyond = energy >= de_ii[:, None]
     assert np.all(zl[beyond] == 0)
-    assert np.all(zl[~beyond] <= signal[~beyond])
     middle = (energy >= de_i[:, None]) & ~beyond
-    np.testing.assert_array_equal(zl[middle], np.minimum(model, signal)[middle])
+    np.testing.assert_array_equal(zl[middle], model[middle])
+    # not capped at the signal: where the model exceeds it the residual is negative (signed)
+    assert np.any(zl[middle] > signal[middle])
+    blend = (energy >= de_0) & (energy < de_i[:, None])
+    assert np.all((zl[blend] - np.minimum(signal, model)[blend] >= -1e-4)
+                  & (np.maximum(signal, model)[blend] - zl[blend] >= -1e-4))
     # monotone in the model value (what lets quantiles commute with matching)
     higher = zlp.match_zlp(signal, model * 1.3, energy, fwhm, de_i, de_ii)
     assert np.all(higher >= zl)
     with pytest.raises(ValueError, match="FWHM < dE_I < dE_II"):
         zlp.match_zlp(signal, model, energy, 1.5, 1.2, 6.0)
+
+
+def test_signed_residual_is_unbiased_where_the_inelastic_signal_is_small():
+    # Issue 17: the known truth's ZLP is ~2e4 counts at 1.2 eV and its onset ~60. With the exact
+    # ZLP as model, I - ZLP must average to the true inelastic signal (a cap at the signal made
+    # it max(counts - ZLP, 0): +41 counts there). 4000 pixels over 4 seeds; two-sided, 4 SE.
+    energy = np.linspace(-1.0, 3.0, 161)
+    zlp_true = 2e4 * (energy.clip(0.3) / 1.2) ** -3.8
+    inelastic = 60.0 * np.clip(energy - 1.4, 0, None) ** 1.5
+    means = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        signal = rng.poisson(zlp_true + inelastic, (1000, energy.size)).astype(np.float32)
+        residual = signal - zlp.match_zlp(signal, zlp_true, energy, 0.4, 1.0, 2.8)
+        means.append(residual.mean(0))
+    mean = np.mean(means, axis=0)
+    fitted = (energy >= 1.0) & (energy < 2.8)
+    error = np.sqrt(zlp_true + inelastic)[fitted] / np.sqrt(4000)
+    assert np.all(np.abs(mean[fitted] - inelastic[fitted]) < 4 * error + 0.5)
+    near = fitted & (energy < 1.4)  # no inelastic signal: the mean is zero, not a noise floor
+    assert abs(mean[near].mean()) < 4 * error[: near.sum()].mean() / np.sqrt(near.sum()) + 0.5
 
 
 def test_fast_path_agrees_with_brute_force(fitted, pixels):

@@ -8,33 +8,40 @@ dE_I, which the recipe sets by hand to 1.2, 1.55, 1.88 or 2.2 eV. The method mus
 dE_I lies above the gap (the onset is then not resolved above dE_I) and must not follow dE_I
 below it.
 
-Measured (16 x 16 pixels, seed 5; specimen = 192 pixels):
-  dE_I (eV)                 1.2     1.55    1.88    2.2
-  flagged (onset_below)     0.33    0.72    0.81    0.66
-  median dE_BG/d dE_I       0.00    0.62    0.99    n/a (dE_I + 0.2 leaves 4 channels)
-  median E_BG (converged)   1.60    1.75    2.07    2.25
-Below the gap E_BG sits +0.20 eV high, outside the issue's 0.1 eV. Measured (issue 17, helper
-H10; seeds 5, 6, 7; dE_I 1.2 / 1.3; specimen pixels; kernel fits over [dE_I, 2.5] eV, b free,
-c E background) the excess has three parts; the model alone is not one (noiseless: 1.40-1.44):
-  1. The subtraction clips the noise: match_zlp caps the ZLP at the signal, so I - ZLP is
-     max(counts - ZLP, 0) (7.8-8.6% of the channels in [1.2, 2.5] eV are exactly 0, none
-     negative). Against the generator's exact ZLP that adds +41-43 counts at 1.2 eV (signal
-     ~60) and +17-21 at 1.4 eV (~88); a fit of the pixels' mean spectrum gives 1.39-1.46 eV
-     uncapped, 1.51-1.55 capped, 1.49-1.56 from the chain (noiseless: 1.40-1.44).
-  2. Per-pixel noise: with b free a pixel's E_BG scatters +-0.25 eV (16-84%) and skews high;
-     exact ZLP + Poisson, uncapped: median 1.43-1.52 over all converged pixels.
-  3. The dE_I check drops the 11-22% of fits below dE_I: +0.02-0.09 eV on the median.
-Tried and not kept (none reaches 0.1 eV with dE_BG/d dE_I <= 0.2): the onset and c E convolved
-with the vacuum median ZLP (noiseless mean: 1.41-1.43 / 1.48-1.50 / 1.56-1.58 eV with the window
-ending at 2.0 / 2.5 / 3.0 eV, where the bare power law gives 1.26 / 1.40-1.44 / 1.52-1.54; per
-pixel 1.51-1.64); a window ending 0.5-1.0 eV above the fitted onset (per pixel 1.53-1.69);
-Poisson weights from the raw counts (1.55-1.63); b fixed at 1.5 (op: 1.43-1.45 at dE_I 1.2 but
-56-64% flagged, 89-93% at 1.3, dE_BG/d dE_I -0.2 to -0.3). Even the pixels' mean spectrum with
-the exact ZLP removed unclipped, 1.39-1.46 eV, moves 0.25-0.46 per eV of dE_I (noiseless
-0.26-0.34: the ZLP-broadened onset reaches below E_g); the convolved model removes that without
-noise (<= 0.11 per eV) but with the mean's noise its near-threshold fit (to 2.0 eV) scatters over
-1.01-1.51 eV: E_BG, b and c are not separable at this signal. The test is kept as an expected
-failure (strict) until the method reaches it.
+Measured (16 x 16 pixels, seed 5; specimen = 192 pixels; signed subtraction, pooled check):
+  dE_I (eV)                    1.2     1.55    1.88    2.2
+  flagged (onset_below)        0.17    0.96    0.91    0.79
+  median dE_BG/d dE_I          0.198   0.65    1.00    n/a (dE_I + 0.2 leaves 4 channels)
+  median E_BG (converged)      1.476   -       -       -   (no pixel converges above the gap)
+  cluster's pooled onset       1.353   1.627   1.978   2.250
+  its error (SE (+) dE_I syst.) 0.118   0.125   0.199   0.199
+Seeds 5-11 at dE_I 1.2 (run_at on each seed's lake, as the slow test below does for 5-7):
+median E_BG of the converged pixels 1.476 / 1.478 / 1.478 / 1.478 / 1.428 / 1.500 / 1.506 eV
+(seed 11 is 0.006 eV outside 0.1), the cluster's pooled onset 1.353 / 1.450 / 1.450 / 1.465 /
+1.378 / 1.478 / 1.447 eV (all within 0.08), flagged 4-19%; above the gap (1.55, 2.2) 79-96%
+flagged and nothing converges, in every seed.
+
+What changed (issue 17, helper BG), each measured on seeds 5-7 at dE_I 1.2:
+  1. The subtraction no longer caps the ZLP at the signal (engine/kernels/zlp.py match_zlp): I -
+     ZLP was max(counts - ZLP, 0), +41-43 counts at 1.2 eV against an onset of ~60. Signed,
+     the median of all per-pixel fits went from 1.50-1.55 to 1.35-1.45 eV.
+  2. Whether the onset is resolved above dE_I is decided per cluster (eels_bandgap
+     _pooled_onsets): a free-b fit of one pixel scatters +-0.2 eV (16-84%) at this signal, so the
+     old per-pixel test E_BG - e_bg_error < dE_I (e_bg_error holding the per-pixel dE_I
+     systematic, median 0.16-0.22 eV, mostly that scatter) flagged 46-57% of the pixels and
+     kept those that scattered high: 1.50-1.55 eV kept. Now a pixel's fit below dE_I is
+     flagged, and a whole cluster (with >= 10 fits) when its median onset minus (standard
+     error (+) dE_I systematic of that median) falls below dE_I.
+What is left: the kept median is +0.03-0.11 eV high because the fits below dE_I are flagged (a
+truncation the issue's rule implies); the cluster's median of all fits is not truncated. The
+per-pixel median slope is 0.00-0.23 over seeds 5-11, but the slope of the cluster medians
+between dE_I 1.0 and 1.4 is 0.11-0.60: dE_I + 0.2 puts the window's start on E_g itself, where
+a free-b fit no longer sees the onset. Not kept (measured, earlier sessions, capped
+subtraction): the onset convolved with the vacuum ZLP, a window ending 0.5-1.0 eV above the
+onset, Poisson weights (here also from the raw counts: 1.46-1.50 per-pixel median, higher than
+unweighted), b fixed at 1.5 (signed, per-pixel check: fits 1.23-1.30 eV, 71-78% flagged at dE_I 1.2: the
+generator's onset, (E - E_g)^1.5 e^{-(E - E_g)/2 eV} broadened by the ZLP, has a local exponent
+~1 over the window).
 """
 
 from __future__ import annotations
@@ -111,23 +118,42 @@ def above_gap(truth_lake):
 def test_above_the_gap_the_onset_is_flagged_as_not_resolved(above_gap):
     vacuum, bandgap = above_gap
     specimen = ~vacuum
-    assert bandgap["onset_below_de_i"].values[specimen].mean() > 0.5  # measured 0.81
-    # and what does converge follows the window: dE_BG / d dE_I measured 0.99
+    assert bandgap["onset_below_de_i"].values[specimen].mean() > 0.5  # measured 0.91
+    assert not bandgap["converged"].values[specimen].any()  # measured: none
+    # the onsets follow the window: dE_BG / d dE_I measured 1.00
     assert np.nanmedian(bandgap["e_bg_slope"].values[specimen]) > 0.5
 
 
 def test_below_the_gap_the_result_does_not_follow_de_i(below_gap):
     vacuum, bandgap = below_gap
     specimen = ~vacuum
-    assert bandgap["onset_below_de_i"].values[specimen].mean() < 0.5  # measured 0.33
-    assert abs(np.nanmedian(bandgap["e_bg_slope"].values[specimen])) <= 0.2  # measured 0.00
+    assert bandgap["onset_below_de_i"].values[specimen].mean() < 0.5  # measured 0.17
+    # measured 0.198: at the edge (seeds 5-11: 0.00-0.23)
+    assert abs(np.nanmedian(bandgap["e_bg_slope"].values[specimen])) <= 0.2
     assert "e_g" in bandgap  # the truth rides along for the summary and the plots
 
 
-@pytest.mark.xfail(strict=True, reason="E_BG +0.20 eV high below the gap (module docstring)")
 def test_below_the_gap_e_bg_is_within_0_1_ev_of_the_truth(below_gap):
     vacuum, bandgap = below_gap
-    assert abs(np.nanmedian(bandgap["e_bg"].values[~vacuum]) - E_G) <= 0.1
+    assert abs(np.nanmedian(bandgap["e_bg"].values[~vacuum]) - E_G) <= 0.1  # measured 1.476
+    assert abs(np.nanmedian(bandgap["e_bg_cluster"].values[~vacuum]) - E_G) <= 0.1  # 1.353
+
+
+@pytest.mark.slow
+def test_e_bg_within_0_1_ev_pooled_over_seeds(tmp_path_factory):
+    """Seeds 6 and 7 beside the fixture's 5: the pixels of all three pooled, and each cluster's
+    pooled onset (measured: pixels 1.476 / 1.478 / 1.478, clusters 1.353 / 1.450 / 1.450)."""
+    pixels, onsets = [], []
+    for seed in (5, 6, 7):
+        folder = tmp_path_factory.mktemp(f"seed{seed}")
+        lake = Lake(str(folder / "lake"))
+        ingest_synthetic_eels(lake, "img", (16, 16, 2048), seed=seed, chunks=(16, 16),
+                              progress=False, scene="bandgap")
+        vacuum, bandgap = run_at((folder, lake), 1.2)
+        pixels.append(bandgap["e_bg"].values[~vacuum])
+        onsets.append(np.nanmedian(bandgap["e_bg_cluster"].values[~vacuum]))
+    assert abs(np.nanmedian(np.concatenate(pixels)) - E_G) <= 0.1
+    assert np.all(np.abs(np.array(onsets) - E_G) <= 0.1)
 
 
 def test_vacuum_pixels_never_converge(below_gap, above_gap):
@@ -139,7 +165,7 @@ def test_vacuum_pixels_never_converge(below_gap, above_gap):
 @pytest.mark.parametrize("de_i", [1.55, 2.2])
 def test_every_de_i_above_the_gap_is_flagged(truth_lake, de_i):
     vacuum, bandgap = run_at(truth_lake, de_i)
-    assert bandgap["onset_below_de_i"].values[~vacuum].mean() > 0.5  # measured 0.72, 0.66
+    assert bandgap["onset_below_de_i"].values[~vacuum].mean() > 0.5  # measured 0.96, 0.79
     assert not bandgap["converged"].values[vacuum].any()
 
 
@@ -152,3 +178,26 @@ def test_compiling_the_vacuum_chain_computes_nothing(truth_lake):
     inelastic = plan.step("inelastic").dataset
     assert inelastic["inelastic_de_i"].dims == ("de_i_shift", "y", "x", "energy")
     assert "onset_below_de_i" in plan.step("bandgap").dataset
+
+
+def test_pooled_onsets_median_error_and_de_i_systematic():
+    from engine.ops.eels_bandgap import _pooled_onsets
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [400, 2, 50]).reshape(1, -1)  # cluster 1: 2 fits, too few
+    fit = rng.normal(1.45, 0.2, labels.size)
+    fit[-10:] = np.nan  # failed fits do not count
+    # shifted fits: dE_I - 0.2 leaves the onset alone, + 0.2 moves it by 0.1 (slope 0.25)
+    shifted = np.stack([fit, fit + 0.1])
+    table = _pooled_onsets(labels, fit, shifted, k=3, shifts=[-0.2, 0.2])
+    assert abs(table[0, 0] - 1.45) < 3 * table[1, 0]
+    # the standard error of a median: 1.2533 sigma / sqrt(n)
+    np.testing.assert_allclose(table[1, 0], 1.2533 * 0.2 / np.sqrt(400), rtol=0.15)
+    np.testing.assert_allclose(table[2, [0, 2]], 0.05, atol=1e-9)  # |slope| x 0.2 eV
+    assert np.isnan(table[:3, 1]).all()
+    np.testing.assert_array_equal(table[3], [400, 2, 40])  # the fits counted
+    # one shift only (the upper fit needs channels): the change itself
+    one = _pooled_onsets(labels, fit, np.stack([fit - 0.07]), k=3, shifts=[-0.2])
+    np.testing.assert_allclose(one[2, 0], 0.07, atol=1e-9)
+    none = _pooled_onsets(labels, fit, k=3)
+    assert none[2, 0] == 0.0
