@@ -210,9 +210,7 @@ class EnsembleMLP(torch.nn.Module):
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         ids = np.arange(n_replicas) if replica_ids is None else np.asarray(replica_ids, np.int64)
         if ids.shape != (n_replicas,) or ids.min() < 0:
-            raise ValueError(
-                f"replica_ids must hold n_replicas={n_replicas} non-negative ids, got {ids}"
-            )
+            raise ValueError(f"replica_ids must hold n_replicas={n_replicas} non-negative ids, got {ids}")
         self.sizes = sizes
         self.activations = list(activations)
         self._acts = [lookup(ACTIVATIONS, a, "activation") for a in self.activations]
@@ -243,8 +241,7 @@ class EnsembleMLP(torch.nn.Module):
             value = torch.as_tensor(value, dtype=dtype, device=device).clone()
             if value.dim() == 0 or value.shape[0] != n_replicas:
                 raise ValueError(
-                    f"replica param {name!r} needs leading dim {n_replicas}, "
-                    f"got shape {tuple(value.shape)}"
+                    f"replica param {name!r} needs leading dim {n_replicas}, got shape {tuple(value.shape)}"
                 )
             if name in self.trainable_params:
                 self.register_parameter(f"param_{name}", torch.nn.Parameter(value))
@@ -307,10 +304,19 @@ class EnsembleMLP(torch.nn.Module):
         return h
 
     def forward(self, x: Tensor) -> Tensor:
+        h = self.raw(x)
+        if self._output_fn:
+            h = self._output_fn(x, h, self.replica_params)
+        return self.positivity(h) if self.positivity else h
+
+    def raw(self, x: Tensor) -> Tensor:
+        """The layers' output (R, B, n_out) before the output transform and positivity.
+
+        For a loss that applies its own (fused) form of the output hook: at small minibatches
+        every elementwise operation on the output is a noticeable share of a step.
+        """
         if x.dim() not in (2, 3) or (x.dim() == 3 and x.shape[0] != self.n_replicas):
-            raise ValueError(
-                f"input must be (B, in) or ({self.n_replicas}, B, in), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"input must be (B, in) or ({self.n_replicas}, B, in), got {tuple(x.shape)}")
         params = self.replica_params
         h = self._input_fn(x, params) if self._input_fn else x
         if h.shape[-1] != self.sizes[0]:
@@ -320,10 +326,7 @@ class EnsembleMLP(torch.nn.Module):
         flats = self.flat.split(size)
         hs = [h] * len(flats) if h.dim() == 2 else h.split(size)
         outs = [self._core(hc, fc) for hc, fc in zip(hs, flats)]
-        h = (outs[0] if len(outs) == 1 else torch.cat(outs)).transpose(1, 2)
-        if self._output_fn:
-            h = self._output_fn(x, h, params)
-        return self.positivity(h) if self.positivity else h
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).transpose(1, 2)
 
     def _draw(self, replica_id: int, generation: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, replica_id, generation])

@@ -15,7 +15,8 @@ Keras/NNPDF, RMSprop), which the tests check for an always-active replica.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,29 +88,55 @@ class ReplicaOptimiser:
         self.vectors = {"step": torch.zeros(r, dtype=like.dtype, device=like.device)}
         self.lr = config.lr
         self.moments = {n: [torch.zeros_like(p) for p in self.params] for n in self.moment_names}
+        self._uniform_step: int | None = 0  # every replica's step count, while they agree
+        # float32 only: its coefficients round to the same float32 values either way, where in
+        # float64 torch's and Python's pow differ in the last bit now and then
+        self._scalar_ok = like.dtype == torch.float32
 
     @torch.no_grad()
-    def step(self, grads: Sequence[Tensor], active: Tensor, progress: float = 0.0) -> None:
+    def step(
+        self, grads: Sequence[Tensor], active: Tensor, progress: float = 0.0, *, all_active: bool = False
+    ) -> None:
         """One update of the replicas where `active` (R,) is true; the others stay bit-identical.
 
         `progress` (0 to 1, the fraction of training done) sets the learning rate's schedule.
 
         Gradients of inactive replicas are zeroed first (not multiplied by 0), so a NaN there
         cannot leak into their weights or moments.
+
+        `all_active=True` is the caller's word (known on the host, no device sync) that every
+        replica is active: while all replicas have taken the same number of steps, a float32
+        Adam update then runs with scalar coefficients and no masks (`_update_all`: half the
+        operations, what counts at small minibatches where each operation's fixed cost is most
+        of the optimiser's time), bit-identical to the masked update.
         """
+        self.lr = self.config.lr_at(progress)
+        scalar = self._update_all is not None and self._scalar_ok
+        if all_active and self._uniform_step is not None and scalar:
+            self._uniform_step += 1
+            self.vectors["step"].add_(1.0)
+            self._update_all(list(grads), self._uniform_step)
+            return
+        if not all_active:
+            self._uniform_step = None  # some replica may not have moved: counts may differ now
+        elif self._uniform_step is not None:
+            self._uniform_step += 1
         act = active.to(self.params[0].dtype)
         grads = [torch.where(_per_replica(active, g), g, 0.0) for g in grads]
         self.vectors["step"] += act
-        self.lr = self.config.lr_at(progress)
         self._update(grads, active, act)
 
     def _update(self, grads: list[Tensor], active: Tensor, act: Tensor) -> None:
         raise NotImplementedError
 
+    # (grads, step count t of every replica) -> None: the unmasked update; None: none.
+    _update_all: Callable[[list[Tensor], int], None] | None = None
+
     @torch.no_grad()
     def reset(self, mask: np.ndarray | Tensor) -> None:
         """Forget the state of the selected replicas (after their re-initialisation)."""
         mask = torch.as_tensor(np.asarray(mask, bool), device=self.params[0].device)
+        self._uniform_step = None
         for name, v in self.vectors.items():
             v[mask] = 1.0 if name == "mu_product" else 0.0
         for tensors in self.moments.values():
@@ -132,6 +159,9 @@ class ReplicaOptimiser:
             )
         for n, v in self.vectors.items():
             v.copy_(torch.as_tensor(arrays[n]))
+        steps = np.asarray(arrays["step"])
+        uniform = steps.size and np.all(steps == steps.flat[0]) and float(steps.flat[0]).is_integer()
+        self._uniform_step = int(steps.flat[0]) if uniform else None
         for name, tensors in self.moments.items():
             for i, t in enumerate(tensors):
                 t.copy_(torch.as_tensor(arrays[f"{name}_{i}"]))
@@ -143,18 +173,34 @@ class Adam(ReplicaOptimiser):
     def _update(self, grads, active, act):
         c = self.config
         b1, b2 = c.betas
-        t = self.vectors["step"].clamp(min=1)
-        step_size = torch.where(active, self.lr / (1 - b1**t), 0.0)
-        root_bc2 = (1 - b2**t).sqrt()
+        # the coefficients in float64, as _update_all's Python floats: the same rounded values
+        t = self.vectors["step"].clamp(min=1).double()
+        step_size = torch.where(active, self.lr / (1 - b1**t), 0.0).to(act.dtype)
+        root_bc2 = (1 - b2**t).sqrt().to(act.dtype)
         for p, g, m, v in zip(self.params, grads, self.moments["m"], self.moments["v"]):
             m.lerp_(g, _per_replica((1 - b1) * act, g))
             v.lerp_(g * g, _per_replica((1 - b2) * act, g))
             denom = v.sqrt() / _per_replica(root_bc2, v) + c.eps
             p.sub_(_per_replica(step_size, p) * m / denom)
 
+    def _update_all(self, grads, t):
+        """_update with every replica active at step t: the same operations, scalar
+        coefficients, so a replica's trajectory is bit-identical whichever update runs."""
+        c = self.config
+        b1, b2 = c.betas
+        step_size = self.lr / (1 - b1**t)
+        root_bc2 = math.sqrt(1 - b2**t)
+        for p, g, m, v in zip(self.params, grads, self.moments["m"], self.moments["v"]):
+            m.lerp_(g, 1 - b1)
+            v.lerp_(g * g, 1 - b2)
+            denom = v.sqrt() / root_bc2 + c.eps
+            p.sub_(step_size * m / denom)
+
 
 class NAdam(Adam):
     """Adam with Nesterov momentum and Dozat's schedule (as torch.optim.NAdam and Keras Nadam)."""
+
+    _update_all = None  # the masked update only (its momentum product is per replica)
 
     def __init__(self, params, config):
         super().__init__(params, config)

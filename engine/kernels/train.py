@@ -238,8 +238,7 @@ def select_replicas(
             )
         elif not best_train[k] <= cut:
             reasons.append(
-                f"chi2 outlier (training {best_train[k]:.4g} > median + {n_sigma:g} sigma "
-                f"= {cut:.4g})"
+                f"chi2 outlier (training {best_train[k]:.4g} > median + {n_sigma:g} sigma = {cut:.4g})"
             )
         else:
             kept[k] = True
@@ -469,6 +468,7 @@ def train_ensemble(
     fit = _Fit(model, n_epochs, optimiser, stopping or StoppingConfig())
     start = fit.restore(resume_from) if resume_from is not None else 0
     active = torch.as_tensor(~fit.track.frozen, device=model.device)
+    all_active = not fit.track.frozen.any()  # the host's copy: no sync to know it
     epoch_keyed = hasattr(loss_fn, "epoch")
     for epoch in range(start, n_epochs):
         check = epoch % validation_every == 0
@@ -476,10 +476,8 @@ def train_ensemble(
             loss_fn.epoch = epoch
         train, val = loss_fn(model, check)
         # gradients first: a check may re-initialise weights in place, which autograd forbids
-        grads = torch.autograd.grad(
-            train.sum(), fit.params, allow_unused=True, materialize_grads=True
-        )
-        step_mask = active
+        grads = torch.autograd.grad(train.sum(), fit.params, allow_unused=True, materialize_grads=True)
+        step_mask, step_all = active, all_active
         if check:
             reinit = fit.check(epoch, train, val, final=False)
             if progress:
@@ -487,10 +485,12 @@ def train_ensemble(
             if fit.track.frozen.all():
                 return fit.result(epoch)
             active = torch.as_tensor(~fit.track.frozen, device=model.device)
+            all_active = not fit.track.frozen.any()
             step_mask = active & torch.as_tensor(~reinit, device=model.device)
+            step_all = all_active and not reinit.any()
         if fit.clip is not None:
             grads = clip_per_replica(grads, fit.clip)
-        fit.opt.step(grads, step_mask, epoch / max(1, n_epochs - 1))
+        fit.opt.step(grads, step_mask, epoch / max(1, n_epochs - 1), all_active=step_all)
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
             on_checkpoint(fit.state(epoch + 1))
     if epoch_keyed:
@@ -514,10 +514,18 @@ def train_with_config(
 ) -> TrainResult:
     """train_ensemble with the epochs, optimiser, stopping and cadences of an op's training config
     (any object with epochs, optimiser, stopping, validation_every and checkpoint_every)."""
-    return train_ensemble(model, loss_fn, config.epochs, optimiser=config.optimiser,
-                          stopping=config.stopping, validation_every=config.validation_every,
-                          progress=progress, checkpoint_every=config.checkpoint_every,
-                          on_checkpoint=on_checkpoint, resume_from=resume_from)
+    return train_ensemble(
+        model,
+        loss_fn,
+        config.epochs,
+        optimiser=config.optimiser,
+        stopping=config.stopping,
+        validation_every=config.validation_every,
+        progress=progress,
+        checkpoint_every=config.checkpoint_every,
+        on_checkpoint=on_checkpoint,
+        resume_from=resume_from,
+    )
 
 
 def _progress(fit: _Fit, epoch: int) -> Progress:

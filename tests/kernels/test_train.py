@@ -80,8 +80,11 @@ def test_a_falling_learning_rate_follows_torch_with_the_same_schedule(name, monk
     config = OptimiserConfig(name, lr=0.02, lr_final=0.002)
     assert config.lr_at(0.0) == 0.02 and config.lr_at(1.0) == pytest.approx(0.002)
     assert config.lr_at(0.5) == pytest.approx(0.02 * 0.1**0.5)
-    reference = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam,
-                 "rmsprop": lambda p, lr: torch.optim.RMSprop(p, lr, alpha=0.9)}[name]
+    reference = {
+        "adam": torch.optim.Adam,
+        "nadam": torch.optim.NAdam,
+        "rmsprop": lambda p, lr: torch.optim.RMSprop(p, lr, alpha=0.9),
+    }[name]
     gen = torch.Generator().manual_seed(1)
     ours = [torch.randn(1, 5, 3, generator=gen, dtype=torch.float64)]
     theirs = [p.clone().requires_grad_() for p in ours]
@@ -132,6 +135,32 @@ def test_inactive_replica_stays_put_despite_momentum():
     assert not torch.equal(moved_to, frozen)
 
 
+def test_the_all_active_adam_update_is_bit_identical_to_the_masked_one():
+    """train_ensemble tells the optimiser when no replica is frozen; the scalar update it then
+    takes must not change a single bit, or a replica's weights would depend on its neighbours."""
+    gen = torch.Generator().manual_seed(5)
+    start = torch.randn(5, 300, generator=gen)
+    grads = [torch.randn(5, 300, generator=gen) * 10.0 ** torch.randn(5, 1, generator=gen) for _ in range(60)]
+    config = OptimiserConfig("adam", lr=3e-3, lr_final=3e-4)
+    runs = []
+    for hint in (True, False):
+        params = [start.clone()]
+        opt = make_optimiser(params, config)
+        for k, g in enumerate(grads):
+            opt.step([g], torch.ones(5, dtype=torch.bool), k / 59, all_active=hint)
+        runs.append((params[0], opt.state_arrays()))
+    assert runs[0][1]["step"].tolist() == [60.0] * 5 and runs[0][0].abs().max() > 0
+    assert torch.equal(runs[0][0], runs[1][0])
+    for key in runs[0][1]:
+        np.testing.assert_array_equal(runs[0][1][key], runs[1][1][key])
+    # after one replica sat out a step the counts differ: the hint falls back to the masked update
+    params = [start.clone()]
+    opt = make_optimiser(params, config)
+    opt.step([grads[0]], torch.tensor([True, False, True, True, True]))
+    opt.step([grads[1]], torch.ones(5, dtype=torch.bool), all_active=True)
+    np.testing.assert_array_equal(opt.state_arrays()["step"], [2, 1, 2, 2, 2])
+
+
 def test_reset_restarts_only_the_selected_replicas_state():
     params = [torch.zeros(2, 3)]
     opt = make_optimiser(params, OptimiserConfig("nadam"))
@@ -149,6 +178,7 @@ def test_per_replica_clipping_leaves_other_replicas_untouched():
     grads = [torch.randn(3, 4, 5, generator=gen), torch.randn(3, 5, generator=gen)]
     grads[0][0] *= 1000  # only replica 0 is above max_norm
     clipped = clip_per_replica(grads, max_norm=10.0)
+
     def norms(gs):
         return torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in gs))
 
@@ -287,14 +317,11 @@ def test_a_dead_replica_is_reinitialised_alone():
 def test_replicas_that_never_reach_the_threshold_are_dropped():
     _, _, loss = sine_problem(4, offset=1.5)
     stopping = StoppingConfig(threshold=10.0, patience=100, stagnation_epochs=50, max_reinits=0)
-    result = fit(dead_first_replica(4), loss, 300, stopping=stopping,
-                 optimiser=OptimiserConfig(lr=0.05))
+    result = fit(dead_first_replica(4), loss, 300, stopping=stopping, optimiser=OptimiserConfig(lr=0.05))
     assert not result.kept[0] and result.kept[1:].all()
     assert result.reasons[0].startswith("never reached the validation threshold")
     assert result.stopping_epoch[0] == 50 and result.n_reinit[0] == 0
-    assert result.summary() == (
-        "kept 3 of 4 replicas; 1 dropped: never reached the validation threshold"
-    )
+    assert result.summary() == ("kept 3 of 4 replicas; 1 dropped: never reached the validation threshold")
 
 
 def test_select_replicas_drops_unreached_and_outliers():
@@ -314,13 +341,19 @@ def test_checkpoint_resume_equals_uninterrupted_training():
     stopping = StoppingConfig(threshold=5.0, patience=100, stagnation_epochs=50)
     config = OptimiserConfig("nadam", lr=0.02, clip_norm=50.0)
     states = []
-    full = fit(dead_first_replica(), loss, 400, optimiser=config, stopping=stopping,
-               checkpoint_every=70, on_checkpoint=states.append)
+    full = fit(
+        dead_first_replica(),
+        loss,
+        400,
+        optimiser=config,
+        stopping=stopping,
+        checkpoint_every=70,
+        on_checkpoint=states.append,
+    )
     state = copy.deepcopy(next(s for s in states if s["epoch"] == 140))
     assert state["tracker.n_reinit"][0] >= 1  # the resume point is after a re-initialisation
     assert all(isinstance(v, np.ndarray) for v in state.values())
-    resumed = fit(dead_first_replica(), loss, 400, optimiser=config, stopping=stopping,
-                  resume_from=state)
+    resumed = fit(dead_first_replica(), loss, 400, optimiser=config, stopping=stopping, resume_from=state)
     assert_same_result(full, resumed)
 
 
@@ -359,8 +392,9 @@ def test_host_syncs_happen_only_at_check_epochs(monkeypatch):
     progress = []
     stopping = StoppingConfig(threshold=5.0, patience=10**6)
     model = EnsembleMLP(3, [1, 8, 1], ["tanh", "linear"])
-    result = train_ensemble(model, counting_loss, 95, validation_every=10, stopping=stopping,
-                            progress=progress.append)
+    result = train_ensemble(
+        model, counting_loss, 95, validation_every=10, stopping=stopping, progress=progress.append
+    )
     n_checks = len(result.history.epoch)
     assert n_checks == 11 and calls["validate"] == n_checks
     # train and val once per check, then the result exports 2 weight and 2 bias arrays
@@ -391,8 +425,7 @@ def test_closure_truth_lies_in_the_68_percent_band_at_the_expected_rate():
     n_level1, per = 6, 25
     _, _, loss = sine_problem(n_level1 * per, n_points=50, seed=1, n_level1=n_level1)
     model = EnsembleMLP(n_level1 * per, [1, 20, 1], ["tanh", "linear"], seed=1)
-    result = train_ensemble(model, loss, 3000, optimiser=OptimiserConfig(lr=0.01),
-                            validation_every=10)
+    result = train_ensemble(model, loss, 3000, optimiser=OptimiserConfig(lr=0.01), validation_every=10)
     assert result.kept.mean() >= 0.9, result.summary()
     grid = torch.linspace(0, 1, 201)[:, None]
     truth = np.sin(2 * np.pi * grid[:, 0].numpy())
