@@ -189,8 +189,12 @@ def _bands_error(inelastic, params, de_i, energy, maps) -> None:
                      params.exponent)["e_bg_fit"]
     maps["e_bg_quantile"] = band_e_bg
     spread = (band_e_bg.max(QUANTILE, skipna=False) - band_e_bg.min(QUANTILE, skipna=False)) / 2
-    maps["e_bg_error"] = spread.where(maps["converged"]).astype(np.float32)
-    maps["e_bg_error"].attrs["source"] = f"half the spread over the {bands!r} curves"
+    # The band curves differ only in the ZLP taken away: their spread is the subtraction's error,
+    # not the counting noise of the pixel itself, which the fit's own error measures. Both count.
+    fit_error = maps["e_bg_error"]
+    maps["e_bg_error"] = np.hypot(fit_error, spread).where(maps["converged"]).astype(np.float32)
+    maps["e_bg_error"].attrs["source"] = (f"the fit's own error and half the spread over the "
+                                          f"{bands!r} curves in quadrature")
 
 
 def _de_i_systematic(inelastic, params, de_i, energy, maps) -> None:
@@ -326,8 +330,8 @@ def fit_bandgap(params: BandgapParams, inelastic: xr.Dataset, clusters: xr.Datas
                 windows: xr.Dataset | None = None) -> xr.Dataset:
     """Band-gap maps from fits of A (E - E_BG)^b [+ c E] over window_ev, per pixel.
 
-    Output: `e_bg` (eV), `e_bg_error` (half the spread of E_BG over the quantile band curves
-    when the input has them, else the fit's standard error; with shifted-dE_I bands the dE_I
+    Output: `e_bg` (eV), `e_bg_error` (the fit's standard error and, when the input has
+    quantile band curves, half the spread of E_BG over them, in quadrature; with shifted-dE_I bands the dE_I
     systematic `e_bg_systematic` in quadrature), `amplitude`, `exponent`, `background` (the
     slope c; 0 with background none), `converged` (False: the maps are NaN there), `chi2` (per
     degree of freedom), `onset_below_de_i` (the fit put E_BG below the pixel's dE_I, or its

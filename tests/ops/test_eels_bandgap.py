@@ -56,7 +56,11 @@ def test_recovers_the_onset_map_with_band_errors(exponent):
     # Measured over 10 seeds at these counts (unweighted): E_BG scatters by 3.9 meV with b
     # fixed and 9.7 meV with b free (the fit errors say 3.6 and 11 meV); allow 5 sigma.
     np.testing.assert_allclose(result["e_bg"], truth, atol=0.02 if exponent else 0.05)
-    np.testing.assert_allclose(result["e_bg_error"], 0.05, atol=1e-4)  # exact band curves
+    # exact band curves (spread 0.05 eV) and the fit's own error, in quadrature
+    own = fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), exponent=exponent),
+                      image.drop_vars("inelastic_quantile"))["e_bg_error"].compute()
+    assert float(own.min()) > 1e-3
+    np.testing.assert_allclose(result["e_bg_error"], np.hypot(own, 0.05), rtol=1e-5)
     np.testing.assert_allclose(result["e_bg_quantile"].sel(quantile=0.84), truth - 0.05, atol=1e-4)
     np.testing.assert_allclose(result["exponent"], 1.5, atol=0.1 if exponent is None else 0)
     assert "quantile" in result["e_bg_error"].attrs["source"]

@@ -43,11 +43,10 @@ def one_count_energy(image) -> float:
     return float(loss[np.argmax(counts < 1.0)])
 
 
-@pytest.fixture(scope="module")
-def monochromated(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mono")
+def run_chain(folder, seed: int):
+    """The chain on a fresh monochromated image of `seed`: (image, band-gap maps, dE_II)."""
     lake = Lake(str(folder / "lake"))
-    ingest_synthetic_eels(lake, "img", SHAPE, seed=5, chunks=(16, 16), progress=False,
+    ingest_synthetic_eels(lake, "img", SHAPE, seed=seed, chunks=(16, 16), progress=False,
                           energy_range=(-1.0, 9.0), zlp_fwhm=ZLP_FWHM)
     image = lake.open("raw", "img").load()
     de_ii = round(one_count_energy(image), 2)
@@ -57,6 +56,11 @@ def monochromated(tmp_path_factory):
     })
     engine.run(recipe, lake, progress=False)
     return image, lake.open("derived", "eels-bandgap/bandgap").load(), de_ii
+
+
+@pytest.fixture(scope="module")
+def monochromated(tmp_path_factory):
+    return run_chain(tmp_path_factory.mktemp("mono"), seed=5)
 
 
 def ideal_fit(image):
@@ -96,3 +100,40 @@ def test_indirect_gaps_on_flakes_are_recovered_less_sharply(monochromated):
     error = bandgap["e_bg"].values[flakes] - image["e_g"].values[flakes]
     assert abs(np.median(error)) < 0.2
     assert np.percentile(np.abs(error), 90) < 0.4
+
+
+def direct_gap_pulls(image, bandgap) -> np.ndarray:
+    """(chain E_BG - ideal fit) / e_bg_error on the converged direct-gap pixels: the ideal fit is
+    what the chain would give without noise or subtraction error, which e_bg_error must cover."""
+    ideal = ideal_fit(image)
+    direct = (image["b"].values == 0.5) & bandgap["converged"].values & np.isfinite(ideal.e_bg)
+    return (bandgap["e_bg"].values[direct] - ideal.e_bg[direct]) / bandgap["e_bg_error"].values[direct]
+
+
+@pytest.fixture(scope="module")
+def pooled_pulls(tmp_path_factory):
+    pulls = [direct_gap_pulls(*run_chain(tmp_path_factory.mktemp(f"seed{seed}"), seed)[:2])
+             for seed in (5, 6, 7)]
+    pulls = np.concatenate(pulls)
+    return pulls[np.isfinite(pulls)]
+
+
+@pytest.mark.slow
+def test_e_bg_error_covers_68_percent_pooled_over_seeds(pooled_pulls):
+    """e_bg_error (the fit's own error, the ZLP band spread and the dE_I systematic in
+    quadrature) covers the chain's scatter about the ideal fit: over three images (~330
+    direct-gap pixels) |pull| < 1 for 0.68 +- 0.07 of them, centred (median pull within +-0.15).
+    Measured: coverage 0.633, median |pull| 0.70 (a normal: 0.674), median pull 0.02. Before the
+    fit's own error was counted (band spread alone): coverage 0.53, median |pull| 1.1."""
+    assert abs(np.mean(np.abs(pooled_pulls) < 1) - 0.68) <= 0.07
+    assert abs(np.median(pooled_pulls)) <= 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "heavy tails: pooled |pull| quantiles 90% 2.40, 95% 3.10 (a normal: 1.64, 1.96), RMS pull 1.41; "
+    "the fit's error is the uniform-weight covariance scaled by chi2/n, which averages the "
+    "Poisson noise over the window (a sandwich or Poisson-weighted error is next; Poisson weights "
+    "as they stand bias the fit: median pull -1.07)"))
+def test_e_bg_error_rms_pull_is_calibrated(pooled_pulls):
+    assert 0.8 <= np.sqrt(np.mean(pooled_pulls**2)) <= 1.2
