@@ -434,6 +434,9 @@ def _initial_guess(energy, y, weight, exponents, n_free, background: bool, sums_
     return best
 
 
+# Trial onsets past a channel, flat spectra and empty windows make inf and NaN on purpose: the
+# validity masks turn them into "not converged", so numpy's warnings would only be noise to a user.
+@np.errstate(over="ignore", invalid="ignore", divide="ignore")
 def fit_bandgap(
     spectra,
     energy,
