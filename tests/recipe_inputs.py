@@ -74,6 +74,30 @@ def _dis_f2(lake: Lake) -> None:
     ingest_nnpdf(lake, NNPDF_DIS, "dis_f2", q2_min=3.49, w2_min=12.5)
 
 
+def synthetic_nnlo_tables(x, target, grid, gluon: float = 0.05, q0: float = 1.65):
+    """fk(point, x_grid, flavour) shaped like `ingest nnpdf-fk`'s: LO F2 plus `gluon` x g at each
+    point's x (a gluon column, as NNLO F2 has) and the input scale in attrs q0_gev."""
+    from engine.kernels.pdf_fk import FLAVOURS, f2_fk_table
+
+    fk = f2_fk_table(x, target, grid)
+    fk[..., FLAVOURS.index(21)] = gluon * fk[..., FLAVOURS.index(2)] / (4 / 9)  # u column / e_u^2
+    return fk, {"q0_gev": q0}
+
+
+def _dis_f2_nnlo(lake: Lake) -> None:
+    """raw/dis_f2_nnlo as `ingest nnpdf-fk` writes it, with synthetic tables: the real ones need
+    the theory environment (README "PDF theory: NNLO FK tables") and minutes to build."""
+    from engine.ingest.nnpdf import apply_cuts, read_commondata
+    from engine.kernels.pdf_fk import FLAVOURS, x_grid
+    from engine.testing import put_in_lake
+
+    data = apply_cuts(read_commondata(NNPDF_DIS[:2]), 3.49, 12.5)
+    grid = x_grid()
+    fk, attrs = synthetic_nnlo_tables(data["x"].values, data["target_index"].values, grid)
+    data = data.assign(fk=(("point", "x_grid", "flavour"), fk, attrs))
+    put_in_lake(lake, "dis_f2_nnlo", data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
+
+
 # recipe file stem -> the ingests it needs (recipes that generate their own data need none)
 INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "amp_regression": [],
@@ -91,6 +115,7 @@ INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "pdf_closure": [_dis_f2],
     "pdf_compress": [_dis_f2],
     "pdf_dis_fit": [_dis_f2],
+    "pdf_theory_fit": [_dis_f2_nnlo],
     "replicas_closure_1d": [],
     "replicas_hyperopt": [],
     "solve_equations": [],

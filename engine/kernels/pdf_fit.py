@@ -13,10 +13,17 @@ momentum sum rule. `check_basis` refuses a basis the data cannot determine. The 
 and its check are numpy only and live in kernels.pdf_basis (validating and planning a fit imports
 no torch); they are re-exported here.
 
-Sum rules: the momentum sum rule is the one this basis allows; it fixes only the gluon, which no
-LO F2 prediction depends on, so it is applied once to the trained replicas (on a fixed 2000-point
-integration grid) rather than at every step: the result is the same. Valence sum rules need V,
-V3, V8, which F2 cannot see (they are refused as a fit basis), so they are not imposed.
+Sum rules: the momentum sum rule is the one this basis allows; it fixes only the gluon. With LO
+F2 tables no prediction depends on the gluon, so it is applied once to the trained replicas (on a
+fixed 2000-point integration grid) rather than at every step: the result is the same. With FK
+tables that depend on the gluon (NNLO F2 with evolution, engine/ingest/fk_theory.py) the gluon
+enters every prediction, so its normalisation A_g = (1 - int x Sigma) / int x^a (1 - x)^b is
+computed inside the loss at every step from the networks' Sigma on a Gauss-Legendre rule
+(`sum_rule_quadrature`; shape integral exact, a Beta function) and differentiated through: the
+trained quarks feel the gluon they leave room for. The stored A_g is the same rule in float64, so
+int x (Sigma + g) = 1 holds exactly on that rule (tested against a dense trapezoid to 1e-6).
+Valence sum rules need V, V3, V8, which F2 cannot see (they are refused as a fit basis), so they
+are not imposed.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import beta as beta_function
 
 from .mlp import EnsembleMLP, resolve_device
 from .optim import OptimiserConfig
@@ -97,21 +105,66 @@ def _plus_rotation(basis: tuple[str, ...]) -> np.ndarray:
     return plus[np.any(np.abs(plus) > 1e-12, axis=1)]
 
 
+def gluon_enters(fk: np.ndarray) -> bool:
+    """Whether FK tables (n, x, FLAVOURS) depend on the gluon (NNLO F2 does, LO F2 does not)."""
+    return bool(np.any(np.asarray(fk)[..., FLAVOURS.index(21)]))
+
+
+def sum_rule_quadrature(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights for int_0^1 dx: n Gauss-Legendre nodes in ln x on [1e-9, 0.1] and n in x on
+    [0.1, 1]. x f ~ x^(1 - alpha) with alpha <= 1.2 leaves < 1e-7 below 1e-9; both pieces are smooth
+    in their variable but for (1 - x)^beta at x = 1, which Gauss-Legendre integrates to ~n^-(2 beta + 2).
+    """
+    t, w = np.polynomial.legendre.leggauss(n)
+    low, high = np.log(1e-9), np.log(0.1)
+    x_low = np.exp(low + (t + 1) * (high - low) / 2)
+    w_low = w * (high - low) / 2 * x_low  # dx = x d(ln x)
+    x_high = 0.1 + (t + 1) * 0.9 / 2
+    return np.concatenate([x_low, x_high]), np.concatenate([w_low, w * 0.9 / 2])
+
+
+def gluon_shape_integral() -> float:
+    """int_0^1 x^a (1 - x)^b dx of the fixed gluon shape, exactly: B(a + 1, b + 1)."""
+    a, b = GLUON_SHAPE_EXPONENTS
+    return float(beta_function(a + 1, b + 1))
+
+
+def _gluon_shape(x: np.ndarray) -> np.ndarray:
+    a, b = GLUON_SHAPE_EXPONENTS
+    return x**a * (1 - x) ** b
+
+
+def _momentum_weights(basis: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes, (node, fitted) weights W) with sum W * fitted(node) = int x Sigma dx on the rule."""
+    x, w = sum_rule_quadrature()
+    quark_sum = np.delete(fit_rotation(basis), FLAVOURS.index(21), axis=0).sum(0)
+    return x, w[:, None] * quark_sum[None, :]
+
+
 class PdfLoss:
     """Chi2Loss on FK predictions plus the growing positivity penalty, one network pass per step.
 
-    The network runs once on the FK grid and the positivity grid together; the chi2 part goes
-    through Chi2Loss (per-replica training/validation covariance), the penalty is added to the
-    training loss only, so stopping judges the fit to the data.
+    The network runs once on the FK grid and the positivity grid together (and the sum-rule nodes
+    when the tables depend on the gluon: module docstring); the chi2 part goes through Chi2Loss
+    (per-replica training/validation covariance), the penalty is added to the training loss only,
+    so stopping judges the fit to the data.
     """
 
     def __init__(self, fk: np.ndarray, grid: np.ndarray, pseudodata, covariance, mask,
                  config: PdfFitConfig, device, dtype):
-        if np.any(fk[..., FLAVOURS.index(21)]):
-            raise ValueError("the FK tables depend on the gluon, which this fit does not parametrise")
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, float), dtype=dtype, device=device)  # noqa: E731
-        self.x = as_tensor(np.concatenate([grid, config.positivity.x]))[:, None]
+        self.gluon = gluon_enters(fk)
+        nodes = [grid, config.positivity.x]
+        if self.gluon:  # F2 per unit A_g, and the weights of int x Sigma on the sum-rule nodes
+            sum_x, momentum = _momentum_weights(config.basis)
+            nodes.append(sum_x)
+            self.fk_gluon = as_tensor(fk[..., FLAVOURS.index(21)] @ _gluon_shape(np.asarray(grid, float)))
+            self.momentum = as_tensor(momentum)
+            self.shape_integral = gluon_shape_integral()
+        self.x = as_tensor(np.concatenate(nodes))[:, None]
         self.n_grid = len(grid)
+        self.n_positivity = len(config.positivity.x)
+        # the gluon row of the rotation is zero (g is never fitted): fk_gluon carries it
         self.fk = as_tensor(np.einsum("nxf,fb->nxb", fk, fit_rotation(config.basis)))
         self.plus = as_tensor(_plus_rotation(config.basis))
         self.positivity = config.positivity
@@ -121,9 +174,14 @@ class PdfLoss:
 
     def _predict(self, model: EnsembleMLP):
         out = model(self.x)
-        grid, pos = out[:, : self.n_grid], out[:, self.n_grid :]
+        end = self.n_grid + self.n_positivity
+        grid, pos = out[:, : self.n_grid], out[:, self.n_grid : end]
         self._penalty = F.elu(-torch.einsum("rpb,qb->rpq", pos, self.plus), alpha=1e-7).sum((1, 2))
-        return torch.einsum("nxb,rxb->rn", self.fk, grid)
+        prediction = torch.einsum("nxb,rxb->rn", self.fk, grid)
+        if not self.gluon:
+            return prediction
+        norm = (1.0 - torch.einsum("rxb,xb->r", out[:, end:], self.momentum)) / self.shape_integral
+        return prediction + norm[:, None] * self.fk_gluon[None, :]
 
     def penalty(self, model: EnsembleMLP) -> np.ndarray:
         """Final positivity penalty per replica (host copy)."""
@@ -171,6 +229,15 @@ def momentum_integral(x: np.ndarray, xf: np.ndarray) -> np.ndarray:
 def integration_grid(n: int = 2000) -> np.ndarray:
     """Fixed grid for sum rules: log-spaced from 1e-9 (x f ~ x^-0.2 leaves < 1e-7 below) to 1."""
     return np.concatenate([np.geomspace(1e-9, 0.1, n // 2, endpoint=False), np.linspace(0.1, 1, n // 2)])
+
+
+def momentum_gluon_normalisation(arrays: Mapping[str, np.ndarray], architecture: Mapping,
+                                 basis: tuple[str, ...]) -> np.ndarray:
+    """A_g per replica as a gluon-dependent fit imposes it (PdfLoss): int x (Sigma + g) = 1 on
+    `sum_rule_quadrature`, in float64."""
+    x, momentum = _momentum_weights(basis)
+    values = basis_on_grid(arrays, architecture, x)
+    return (1.0 - np.einsum("rxb,xb->r", values, momentum)) / gluon_shape_integral()
 
 
 def flavours_from_basis(basis_values: np.ndarray, x: np.ndarray, basis: tuple[str, ...],

@@ -6,6 +6,9 @@ Les Houches toy PDF; `replicas.pseudodata` draws the replicas; `pdf.fit` trains 
 replica (batched) and stores the ensemble in models/; `pdf.fitted_set` writes the fitted PDF set
 in the lake's PDF-set layout; `pdf.predict` convolves any set with FK tables (lazy over points);
 `pdf.closure` computes the closure-test estimators of DOMAIN.md section 3.
+recipes/pdf_theory_fit.yaml fits NNLO FK tables from `ingest nnpdf-fk` instead of `pdf.fk_tables`'
+LO ones: they depend on the gluon, which pdf.fit then normalises by the momentum sum rule at every
+step (kernels.pdf_fit), and the fitted set is labelled with their Q0.
 
 PDF-set layout (shared with the LHAPDF ingest/export): per Q subgrid k a variable xf_{k}
 (member, flavour, x_{k}, q_{k}), q in GeV, flavour PDG ids, attrs["lhapdf_info"] the .info keys.
@@ -114,12 +117,14 @@ def x_scan(params: ScanParams) -> xr.Dataset:
         params.target)))})
 
 
-def _set_dataset(xf: np.ndarray | da.Array, grid: np.ndarray, description: str, extra: dict) -> xr.Dataset:
+def _set_dataset(xf: np.ndarray | da.Array, grid: np.ndarray, description: str, extra: dict,
+                 q0: float = Q0) -> xr.Dataset:
     """A one-subgrid PDF set (engine.ingest.lhapdf_format layout): xf (member, flavour, x) repeated at
-    4 Q knots from Q0 to 100 GeV, since the LO fit has no evolution (PDF at Q0 at every Q)."""
+    4 Q knots from q0 to 100 GeV, since the set is not evolved (PDF at q0 at every Q); q0 is the
+    FK tables' input scale (the toy's for LO, the theory card's for evolved tables)."""
     from ..ingest.lhapdf_format import pdfset_from_arrays
 
-    q = np.geomspace(Q0, 100.0, 4)
+    q = np.geomspace(q0, 100.0, 4)
     values = da.broadcast_to(da.asarray(xf)[..., None], (*xf.shape, q.size))
     info = {"SetDesc": description, "NumMembers": xf.shape[0],
             "ErrorType": "replicas" if xf.shape[0] > 1 else "none", "XMax": 1.0, "OrderQCD": 0,
@@ -255,17 +260,28 @@ def _config(params: FitParams):
 
 
 def _fit(fk, target_index, pseudodata, mask, covariance, params: FitParams, context: StepContext):
-    from ..kernels.pdf_fit import POSITIVITY_TOLERANCE, check_basis, fit_pdf, gluon_normalisation, targets_of
+    from ..kernels.pdf_fit import (
+        POSITIVITY_TOLERANCE,
+        check_basis,
+        fit_pdf,
+        gluon_enters,
+        gluon_normalisation,
+        momentum_gluon_normalisation,
+        targets_of,
+    )
 
     try:
         check_basis(tuple(params.basis), targets_of(target_index))
     except ValueError as exc:
         raise OpError(f"step {context.step_id!r}: {exc}") from None
     config = _config(params)
+    fk = np.asarray(fk)
+    # the gluon's A_g as the training imposed it: at every step when it enters the predictions
+    normalise = momentum_gluon_normalisation if gluon_enters(fk) else gluon_normalisation
     penalty = {}
 
     def fit(**hooks):
-        result, penalty["value"] = fit_pdf(np.asarray(fk), _grid(params), np.asarray(pseudodata),
+        result, penalty["value"] = fit_pdf(fk, _grid(params), np.asarray(pseudodata),
                                            np.asarray(mask), np.asarray(covariance), config, **hooks)
         return result
 
@@ -273,7 +289,7 @@ def _fit(fk, target_index, pseudodata, mask, covariance, params: FitParams, cont
     arrays = result_arrays(result, history_length(params.epochs, params.validation_every))
     return {**arrays, "positivity_penalty": penalty["value"],
             "positivity_ok": penalty["value"] < POSITIVITY_TOLERANCE,
-            "gluon_norm": gluon_normalisation(result.weights, result.architecture, config.basis)}
+            "gluon_norm": normalise(result.weights, result.architecture, config.basis)}
 
 
 @register_op("pdf.fit", params=FitParams, inputs=("data", "theory"), wants_context=True, version="1",
@@ -282,8 +298,10 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
     """NNPDF-style replica fit: NN(x, ln x) x^(1-alpha) (1-x)^beta per fitted basis function.
 
     data: replicas.pseudodata output (pseudodata, training_mask, covariance); theory: pdf.fk_tables
-    output on the same points. Unfitted functions follow kernels.pdf_fit's stated assumptions; the
-    gluon is fixed by the momentum sum rule; positivity of x(q + qbar) is a growing penalty.
+    output on the same points, or `ingest nnpdf-fk` tables (NNLO F2 with evolution from the theory's
+    Q0, fk attrs q0_gev: the fitted PDF is at that Q0). Unfitted functions follow kernels.pdf_fit's
+    stated assumptions; the gluon is fixed by the momentum sum rule (inside every training step
+    when the tables depend on it); positivity of x(q + qbar) is a growing penalty.
     """
     from ..kernels.pdf_basis import fit_architecture
 
@@ -313,9 +331,11 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
     layout["positivity_penalty"] = ((REPLICA,), (r,), float)
     layout["positivity_ok"] = ((REPLICA,), (r,), bool)
     layout["gluon_norm"] = ((REPLICA,), (r,), float)
+    q0 = float(theory["fk"].attrs.get("q0_gev", Q0))  # evolved tables state their input scale
     model = lazy_ensemble(trained, layout, architecture,
                           {"kind": "PDF replica ensemble", "basis": list(params.basis),
-                           "x_min": params.x_min, "n_x": params.n_x, "epochs": params.epochs})
+                           "x_min": params.x_min, "n_x": params.n_x, "epochs": params.epochs,
+                           "q0_gev": q0})
     mark(model["kept"], "fraction_true")  # the run summary's line (engine/key_numbers.py)
     mark(model["chi2_validation"], "median")
     mark(model["positivity_ok"], "count_false", label="replicas failing positivity")
@@ -352,8 +372,10 @@ def fitted_set(params: _Params, model: xr.Dataset) -> xr.Dataset:
         architecture=model.attrs["architecture"],
         **{n: as_delayed(model[n].data) for n in weight_names(model)})
     xf = da.from_delayed(values, (r + 1, len(LHAPDF_FLAVOURS), grid.size), float)
-    result = _set_dataset(xf, grid, f"LO replica fit of F2 (basis {', '.join(model.attrs['basis'])}), "
-                          "PDF at Q0 repeated in Q (no evolution)", {"FitBasis": list(model.attrs["basis"])})
+    q0 = float(model.attrs.get("q0_gev", Q0))  # ensembles stored before q0_gev: the LO toy's Q0
+    result = _set_dataset(xf, grid, f"Replica fit of F2 (basis {', '.join(model.attrs['basis'])}), "
+                          f"PDF at Q0 = {q0:.4g} GeV repeated in Q (not evolved)",
+                          {"FitBasis": list(model.attrs["basis"])}, q0)
     # one chunk along member, like xf: a dataset's chunks must agree per dim (`plan` reads them)
     kept = da.concatenate([da.ones(1, dtype=bool), keep.data]).rechunk(-1, method="tasks")
     return result.assign(kept=("member", kept))
