@@ -8,9 +8,16 @@ flow 1, then flow 2 on its output, and multiplies back. Preprocessing, as theirs
 - dequantisation: cells hold whole numbers N of an energy quantum q (kernels.calo_synth); training
   sees (N + u) q with u ~ U(0, 1), so the flows learn a continuous density, and a generated cell is
   floor(E / q) q, which undoes the noise exactly (zeros included);
-- flow 1 features: log(E_layer / E_inc); flow 2 features: logit(alpha + (1 - 2 alpha) E_cell / E_layer)
-  with alpha = 1e-6; context log E_inc (and, for flow 2, flow 1's features); every feature is
-  standardised with moments gathered in a first pass over the chunks.
+- flow 1 features: log(E_layer / E_inc), or (flow1_features "ratios") CaloFlow's log(E_total /
+  E_inc) and logit E_k / (E_k + ... + E_last); flow 2 features: logit(alpha + (1 - 2 alpha)
+  E_cell / E_layer) with alpha = 1e-6; context log E_inc (and, for flow 2, flow 1's features);
+  every feature is standardised with moments gathered in a first pass over the chunks.
+
+Flow 2 is where quality is won (tests/benchmarks/bench_calo.py --quality: the classifier
+separates generated from reference showers as well on flow 2 alone as on the whole chain): an
+affine MAF cannot follow the cells' multimodal marginals (dequantised empty cells are a long
+log-uniform tail beside the occupied ones), rational-quadratic splines can, and as couplings
+(zuko passes=2) they invert in two passes per transform instead of one per feature.
 
 Why chunk by chunk: training is a chain of steps, one per (epoch, chunk), each taking the
 previous step's state (both flows' weights and Adam moments, as flat numpy arrays) and one chunk of
@@ -31,6 +38,7 @@ import numpy as np
 
 ALPHA = 1e-6
 FLOW_KINDS = ("nsf", "maf")
+FLOW1_FEATURES = ("layers", "ratios")
 LOG_FRACTION_CLIP = (-30.0, math.log(2.0))  # a layer never gets more than twice the incident energy
 
 
@@ -41,12 +49,15 @@ class FlowSpec:
     n_layers: int
     n_cells: int
     flow1_kind: str = "nsf"  # L features: a spline is cheap to invert
-    flow2_kind: str = "maf"  # L x C features: NSF sampling is ~40x slower there (zuko inverts
-    # its autoregressive splines one feature at a time)
+    flow2_kind: str = "maf"  # L x C features: an autoregressive NSF samples ~40x slower there
+    # (zuko inverts it one feature at a time); as couplings (flow2_coupling) it does not
     transforms: int = 3
     hidden: tuple[int, ...] = (64, 64)
     bins: int = 8
     quantum: float = 0.01
+    flow2_coupling: bool = False  # flow 2's transforms as couplings (zuko passes=2): two passes
+    # to invert instead of one per feature
+    flow1_features: str = "layers"  # "ratios": CaloFlow's log(E_tot/E_inc), logit E_k / sum_{j>=k} E_j
 
     def __post_init__(self):
         for kind in (self.flow1_kind, self.flow2_kind):
@@ -56,6 +67,8 @@ class FlowSpec:
             raise ValueError(f"need n_layers, n_cells, transforms >= 1 and hidden layers; found {self}")
         if self.quantum <= 0:
             raise ValueError(f"quantum must be positive, found {self.quantum}")
+        if self.flow1_features not in FLOW1_FEATURES:
+            raise ValueError(f"flow1_features must be one of {FLOW1_FEATURES}, found {self.flow1_features!r}")
 
     @property
     def n_features(self) -> int:
@@ -110,6 +123,38 @@ def _check_showers(energy: np.ndarray, incident: np.ndarray, spec: FlowSpec) -> 
     return energy, incident
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = ALPHA + (1 - 2 * ALPHA) * p
+    return np.log(p) - np.log1p(-p)
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    p = 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+    return np.clip((p - ALPHA) / (1 - 2 * ALPHA), 0, 1)
+
+
+def _layer_features(layers: np.ndarray, incident: np.ndarray, spec: FlowSpec) -> np.ndarray:
+    """(n, L) flow 1 features of positive layer energies (n, L)."""
+    if spec.flow1_features == "layers":
+        return np.log(layers / incident[:, None])
+    remaining = np.cumsum(layers[:, ::-1], axis=1)[:, ::-1]  # sum_{j >= k} E_j
+    total = np.log(remaining[:, :1] / incident[:, None])
+    return np.concatenate([total, _logit(layers[:, :-1] / remaining[:, :-1])], axis=1)
+
+
+def _layers_from_features(x1: np.ndarray, incident: np.ndarray, spec: FlowSpec) -> np.ndarray:
+    """(n, L) layer energies from flow 1 features (the inverse of _layer_features)."""
+    if spec.flow1_features == "layers":
+        return np.exp(np.clip(x1, *LOG_FRACTION_CLIP)) * incident[:, None]
+    remaining = np.exp(np.clip(x1[:, 0], *LOG_FRACTION_CLIP)) * incident
+    layers = np.empty_like(x1, dtype=np.float64)
+    for k in range(spec.n_layers - 1):
+        layers[:, k] = _expit(x1[:, k + 1]) * remaining
+        remaining = remaining - layers[:, k]
+    layers[:, -1] = remaining
+    return layers
+
+
 def to_features(
     energy: np.ndarray, incident: np.ndarray, spec: FlowSpec, rng: np.random.Generator | None
 ) -> np.ndarray:
@@ -121,19 +166,16 @@ def to_features(
     noise = 0.5 if rng is None else rng.uniform(size=counts.shape)
     cells = (counts + noise) * spec.quantum
     layers = cells.sum(-1)
-    fractions = cells / layers[..., None]
-    x1 = np.log(layers / incident[:, None])
-    p = ALPHA + (1 - 2 * ALPHA) * fractions
-    x2 = np.log(p) - np.log1p(-p)
+    x2 = _logit(cells / layers[..., None])
+    x1 = _layer_features(layers, incident, spec)
     return np.concatenate([np.log(incident)[:, None], x1, x2.reshape(len(incident), -1)], axis=1)
 
 
 def from_features(x1: np.ndarray, x2: np.ndarray, incident: np.ndarray, spec: FlowSpec) -> np.ndarray:
     """(n, L, C) float32 cell energies from unstandardised flow outputs, requantised."""
     incident = np.asarray(incident, np.float64).reshape(-1)
-    layers = np.exp(np.clip(x1, *LOG_FRACTION_CLIP)) * incident[:, None]
-    p = 1.0 / (1.0 + np.exp(-np.clip(x2, -50, 50)))
-    fractions = np.clip((p - ALPHA) / (1 - 2 * ALPHA), 0, 1).reshape(len(incident), spec.n_layers, -1)
+    layers = _layers_from_features(x1, incident, spec)
+    fractions = _expit(x2).reshape(len(incident), spec.n_layers, -1)
     total = fractions.sum(-1, keepdims=True)
     fractions = np.divide(fractions, total, out=np.zeros_like(fractions), where=total > 0)
     cells = fractions * layers[..., None]
@@ -164,6 +206,8 @@ def build_flows(spec: FlowSpec) -> dict:
     flows = {}
     for name, (features, context) in spec.flow_shapes().items():
         options = {"transforms": spec.transforms, "hidden_features": list(spec.hidden)}
+        if name == "flow2" and spec.flow2_coupling:
+            options["passes"] = 2
         if spec.kind(name) == "nsf":
             flows[name] = zuko.flows.NSF(features, context, bins=spec.bins, **options)
         else:
@@ -391,12 +435,41 @@ def sample_showers(
     return out
 
 
+# bytes per (shower, flow-2 feature) one sampling call holds at its peak, by flow 2's kind and
+# whether its transforms are couplings; measured as peak RSS growth of sample_showers in a fresh
+# process (python tests/benchmarks/bench_calo.py --memory) for batches of 1000-4000 showers,
+# 48-300 features and 3-6 transforms, and rounded up: a fully autoregressive flow inverts feature
+# by feature (its allocations grow with the features, not the transforms), a coupling flow in two
+# passes per transform (they grow with the transforms).
+def _bytes_per_value(kind: str, coupling: bool, features: int, transforms: int) -> int:
+    if coupling:
+        return 4 * ((100 if kind == "nsf" else 20) + (80 if kind == "nsf" else 15) * transforms)
+    return 4 * (300 + features) * (7 if kind == "nsf" else 1)  # nsf: 0.84-1.06 GB measured at 1000 x 108
+
+
+SAMPLING_BYTES_PER_SHOWER = 8_000  # flow 1, the float64 features and the output, per shower
+
+
 def sampling_bytes(spec: FlowSpec, batch_size: int) -> int:
-    """Memory one sampling call of `batch_size` showers holds: zuko inverts flow 2 feature by
-    feature and keeps about batch x features floats per pass (features passes per transform):
-    measured 1.3 GB for 10^4 showers of 108 features and 3 transforms, 4 B x batch x T x D^2."""
+    """Memory one sampling call of `batch_size` showers holds beyond what is resident before it:
+    measured 0.24 GB for 1000 showers of 108 features with a 6-transform NSF coupling flow 2 (0.16
+    GB with the 3-transform MAF, 0.84-1.06 GB with a 3-transform autoregressive NSF)."""
     features = spec.n_layers * spec.n_cells
-    return 4 * batch_size * spec.transforms * features * features
+    per_value = _bytes_per_value(spec.flow2_kind, spec.flow2_coupling, features, spec.transforms)
+    return batch_size * (features * per_value + SAMPLING_BYTES_PER_SHOWER)
+
+
+# One task calls the sampler once per batch: measured (calo.sample on the recipe's flows, 1000
+# showers per call, a fresh process), its growth was 274 MiB over 1 call, 487 over 3 and 552 over
+# 10: the allocator keeps what one call freed, and the growth levels off at ~2.2x one call's.
+REPEATED_CALLS = 2.4
+FIRST_USE_BYTES = 48 * 2**20  # torch's and zuko's first use in a worker thread
+
+
+def sampling_task_bytes(spec: FlowSpec, rows: int, batch_size: int) -> int:
+    """Memory a task sampling `rows` showers in calls of `batch_size` holds (see REPEATED_CALLS)."""
+    one = sampling_bytes(spec, min(rows, batch_size))
+    return FIRST_USE_BYTES + int(one * (1.0 if rows <= batch_size else REPEATED_CALLS))
 
 
 def time_per_shower(generate, n: int) -> float:

@@ -20,6 +20,8 @@ upstream work runs once per read, which is what streaming wants.
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from typing import Literal
 
 import dask
@@ -32,12 +34,14 @@ from ..bounds import Epochs, Replicas, Rows, Seed, Widths
 from ..bounds import Params as _Params
 from ..errors import OpError
 from ..key_numbers import mark
-from ..registry import register_op
+from ..registry import StepContext, register_op
 from . import needs
 from .core import as_delayed, require_dims, require_variables
 
 SHOWER, LAYER, CELL = "shower", "layer", "cell"
 SPLIT_STREAM = 11  # the metrics classifier's train/validation/test split, apart from other draws
+SPEED_BATCH = 1_000  # showers per sampler call in calo.metrics' speed test
+log = logging.getLogger("engine.calo")
 
 
 def _showers(data: xr.Dataset, name: str) -> tuple[int, int]:
@@ -95,9 +99,21 @@ class TrainFlowParams(_Params):
         "nsf", description="flow 1 (layer energies): neural spline or affine masked autoregressive flow"
     )
     flow2_kind: Literal["nsf", "maf"] = Field(
-        "maf", description="flow 2 (normalised showers); nsf samples ~40x slower at 100 cells"
+        "nsf",
+        description="flow 2 (normalised showers); an autoregressive nsf samples ~40x slower at 100 "
+        "cells, as couplings it does not",
     )
-    transforms: int = Field(3, ge=1, le=32, description="autoregressive transforms per flow")
+    flow2_coupling: bool = Field(
+        True,
+        description="flow 2's transforms as couplings (half the features given the other half): "
+        "sampled in 2 passes per transform instead of one per feature",
+    )
+    flow1_features: Literal["layers", "ratios"] = Field(
+        "layers",
+        description="flow 1's features: log(E_layer / E_inc) per layer, or CaloFlow's log(E_total / E_inc) "
+        "and logit E_k / (E_k + ... + E_last) (the total's narrow resolution is then one feature)",
+    )
+    transforms: int = Field(6, ge=1, le=32, description="autoregressive (or coupling) transforms per flow")
     hidden: Widths = Field([64, 64], description="hidden widths of each transform's masked MLP")
     bins: int = Field(8, ge=2, le=64, description="spline bins (nsf)")
     # one task per (epoch, chunk): 10^4 epochs of 100 chunks is a 10^6-task graph, the most a plan
@@ -111,6 +127,9 @@ class TrainFlowParams(_Params):
     max_showers: Rows | None = Field(None, gt=0, description="train on at most the first N showers")
     quantum: float | None = Field(
         None, gt=0, description="energy quantum (GeV) of the cells; none: the input's `quantum` attribute"
+    )
+    checkpoint_every: Epochs | None = Field(
+        1, gt=0, description="epochs between training checkpoints in the lake (none: no checkpoints)"
     )
     seed: Seed = 0
 
@@ -133,6 +152,8 @@ def flow_spec(params: TrainFlowParams, n_layers: int, n_cells: int, quantum: flo
         tuple(params.hidden),
         params.bins,
         quantum,
+        params.flow2_coupling,
+        params.flow1_features,
     )
 
 
@@ -149,22 +170,100 @@ def _scaling(moments: np.ndarray) -> dict[str, np.ndarray]:
     return {"mean": mean, "std": std}
 
 
-def _initial(spec, seed: int) -> dict:
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where a training keeps its state in the lake (the step's checkpoint folder), and how often.
+
+    The state (both flows' weights, Adam moments and step, the NLL record, and how many training
+    steps are done) is saved as plain arrays (engine.checkpoints: zarr, no pickles) at the end of
+    every `every`-th epoch, read back by the first task of a rerun, and removed when training ends.
+    A rerun's steps up to the saved one pass the state on without reading their chunks, so an
+    interrupted run resumes where it was saved, and ends with the weights an uninterrupted run
+    has (every draw is keyed by (seed, epoch, chunk)). The moments pass reruns (one read of the
+    data, deterministic).
+    """
+
+    lake_url: str
+    storage_options: dict | None
+    path: str
+    every: int
+
+    def _lake(self):
+        from ..storage import Lake
+
+        return Lake(self.lake_url, self.storage_options)
+
+    def load(self) -> dict | None:
+        from ..checkpoints import load_checkpoint
+
+        arrays = load_checkpoint(self._lake(), self.path)
+        if arrays is None:
+            return None
+        record = dict(zip(arrays.pop("record_epoch").tolist(), arrays.pop("record"), strict=True))
+        return {**arrays, "record": record}
+
+    def save(self, state: dict) -> None:
+        from ..checkpoints import save_checkpoint
+
+        record = state.get("record", {})
+        epochs = sorted(record)
+        arrays = {k: v for k, v in state.items() if k != "record"}
+        arrays["record_epoch"] = np.array(epochs, np.int64)
+        arrays["record"] = np.array([record[e] for e in epochs], float).reshape(-1, 6)
+        save_checkpoint(self._lake(), self.path, arrays)
+
+    def clear(self) -> None:
+        from ..checkpoints import clear_checkpoint
+
+        clear_checkpoint(self._lake(), self.path)
+
+
+def _initial(spec, seed: int, checkpoints: Checkpoints | None) -> dict:
     from ..kernels.calo_flow import initial_state
 
-    return initial_state(spec, seed)
+    state = {**initial_state(spec, seed), "done": np.array(0, np.int64)}
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None:
+        if any(np.shape(saved.get(k)) != np.shape(v) for k, v in state.items()):
+            raise OpError(f"the checkpoint at {checkpoints.path!r} does not fit this training: remove it")
+        log.info("calo.train_flow: resuming after training step %d", int(saved["done"]))
+        state = saved
+    return state
 
 
-def _train_step(state: dict, chunk: ChunkRef, spec, scaling: dict, step) -> dict:
-    from ..kernels.calo_flow import train_chunk
+def _train_step(
+    state: dict, chunk: ChunkRef, spec, scaling: dict, step, index: int, checkpoints: Checkpoints | None
+) -> dict:
+    """Training step `index` (epoch x chunks + chunk); a step a checkpoint already holds passes
+    the state on. `checkpoints` is given to the steps that end a checkpointed epoch."""
+    from ..kernels.calo_flow import history, train_chunk
 
+    if index < int(state["done"]):
+        return state
     energy, incident = chunk.load()
-    return train_chunk(state, energy, incident, chunk.index, spec, scaling["mean"], scaling["std"], step)
+    state = {
+        **train_chunk(state, energy, incident, chunk.index, spec, scaling["mean"], scaling["std"], step),
+        "done": np.array(index + 1, np.int64),
+    }
+    if checkpoints is not None:
+        nll = {k: v[-1] for k, v in history(state, step.epoch + 1).items()}
+        log.info(
+            "calo.train_flow: epoch %d done, held-out NLL flow 1 %.3f, flow 2 %.3f; checkpoint saved",
+            step.epoch + 1,
+            nll["val_nll_flow1"],
+            nll["val_nll_flow2"],
+        )
+        checkpoints.save(state)
+    return state
 
 
-def _finish(state: dict, scaling: dict, epochs: int) -> dict[str, np.ndarray]:
+def _finish(
+    state: dict, scaling: dict, epochs: int, checkpoints: Checkpoints | None
+) -> dict[str, np.ndarray]:
     from ..kernels.calo_flow import history
 
+    if checkpoints is not None:
+        checkpoints.clear()
     return {
         "flow1_weights": state["flow1_weights"],
         "flow2_weights": state["flow2_weights"],
@@ -197,15 +296,23 @@ def train_flow_need(params, inputs: dict[str, xr.Dataset], output: xr.Dataset) -
 
 
 @register_op(
-    "calo.train_flow", params=TrainFlowParams, inputs=("showers",), memory=needs.TorchNeed(train_flow_need)
+    "calo.train_flow",
+    params=TrainFlowParams,
+    inputs=("showers",),
+    wants_context=True,
+    memory=needs.TorchNeed(train_flow_need),
 )
-def train_flow(params: TrainFlowParams, showers: xr.Dataset) -> xr.Dataset:
+def train_flow(
+    params: TrainFlowParams, showers: xr.Dataset, context: StepContext | None = None
+) -> xr.Dataset:
     """CaloFlow's two conditional flows (zuko) trained chunk by chunk: flow 1 the layer energies
     given the incident energy, flow 2 the normalised showers given both.
 
     Output: flow1_weights, flow2_weights (flat float32 vectors), feature_mean/feature_std (the
     standardisation), and per epoch the mean NLL per shower of each flow on the training and
     held-out showers (train_nll_flow1, val_nll_flow1, ...). The architecture is in attrs.
+    Every `checkpoint_every` epochs the training state goes to the step's lake checkpoint folder
+    (arrays, see `Checkpoints`), so an interrupted run resumes there.
     """
     from ..kernels.calo_flow import TrainStep, parameter_count
 
@@ -224,14 +331,26 @@ def train_flow(params: TrainFlowParams, showers: xr.Dataset) -> xr.Dataset:
         chunks=((1,) * n_blocks, (3,), (spec.n_features,)),
     )
     scaling = dask.delayed(_scaling, pure=True)(as_delayed(moments.sum(0)))
-    state = dask.delayed(_initial, pure=True)(spec, params.seed)
+    checkpoints = (
+        Checkpoints(
+            context.lake_url, context.storage_options, context.checkpoint_path, params.checkpoint_every
+        )
+        if context is not None and params.checkpoint_every is not None
+        else None
+    )
+    state = dask.delayed(_initial, pure=True)(spec, params.seed, checkpoints)
     chunks = _chunk_refs(energy, incident)
     for epoch in range(params.epochs):
         lr = params.lr * max(0.5 * (1 + np.cos(np.pi * epoch / params.epochs)), 0.02)
         step = TrainStep(epoch, float(lr), params.batch_size, params.validation_fraction, params.seed)
+        save = checkpoints is not None and (epoch + 1) % checkpoints.every == 0 and epoch + 1 < params.epochs
         for chunk in chunks:
-            state = dask.delayed(_train_step, pure=True)(state, chunk, spec, scaling, step)
-    result = dask.delayed(_finish, pure=True)(state, scaling, params.epochs)
+            index = epoch * len(chunks) + chunk.index
+            last = save and chunk.index == len(chunks) - 1
+            state = dask.delayed(_train_step, pure=True)(
+                state, chunk, spec, scaling, step, index, checkpoints if last else None
+            )
+    result = dask.delayed(_finish, pure=True)(state, scaling, params.epochs, checkpoints)
     layout = {
         "flow1_weights": (("flow1_weight",), (parameter_count(spec, "flow1"),), np.float32),
         "flow2_weights": (("flow2_weight",), (parameter_count(spec, "flow2"),), np.float32),
@@ -265,8 +384,8 @@ class SampleParams(_Params):
     batch_size: Rows = Field(
         1_000,
         gt=0,
-        description="showers sampled per flow call: zuko's inverse holds "
-        "~4 B x batch x transforms x (layers x cells)^2 (140 MB at 1000 x 3 x 108^2)",
+        description="showers sampled per flow call: one call holds ~2 kB per (shower, cell) "
+        "(0.23 GB measured at 1000 showers of 108 cells, 6 NSF couplings; kernels.calo_flow.sampling_bytes)",
     )
 
 
@@ -301,13 +420,16 @@ def _sample_block(
 
 
 def sample_need(params, inputs: dict[str, xr.Dataset], output: xr.Dataset) -> int:
-    """A chunk of generated showers as float64 features and float32 cells, plus what one sampling
-    call holds (kernels.calo_flow.sampling_bytes)."""
-    from ..kernels.calo_flow import sampling_bytes
+    """A chunk of generated showers as float64 features and float32 cells, plus what sampling
+    a chunk in calls of batch_size holds (kernels.calo_flow.sampling_task_bytes)."""
+    from ..kernels.calo_flow import sampling_task_bytes
 
     spec = _spec_of(inputs["model"])
-    rows = min(params.batch_size, inputs["conditions"].sizes[SHOWER])
-    return needs.chunk_task(3.0, {"conditions": inputs["conditions"]}, output) + sampling_bytes(spec, rows)
+    incident = inputs["conditions"]["incident_energy"]
+    rows = max(incident.chunks[0]) if incident.chunks else incident.size
+    return needs.chunk_task(3.0, {"conditions": inputs["conditions"]}, output) + sampling_task_bytes(
+        spec, rows, params.batch_size
+    )
 
 
 @register_op(
@@ -466,7 +588,13 @@ def _speeds(model_arrays, spec, generator_settings, incident: np.ndarray, params
         flows = load_flows(model_arrays, spec)
         seconds = time_per_shower(
             lambda: sample_showers(
-                flows, incident[:n], spec, model_arrays["feature_mean"], model_arrays["feature_std"], 0
+                flows,
+                incident[:n],
+                spec,
+                model_arrays["feature_mean"],
+                model_arrays["feature_std"],
+                0,
+                batch_size=SPEED_BATCH,
             ),
             n,
         )
@@ -487,14 +615,26 @@ GENERATOR_SETTINGS = ("n_layers", "n_side", "quantum", "profile_jitter")
 
 def metrics_need(params, inputs: dict[str, xr.Dataset], output: xr.Dataset) -> int:
     """Both samples' first max_showers showers as float64 observables and classifier features
-    (a few copies), and the classifier ensemble on minibatches."""
+    (a few copies) and the classifier ensemble on minibatches, or with a model the speed test's
+    sampling (kernels.calo_flow.sampling_task_bytes), whichever is more."""
+    from ..kernels.calo_flow import sampling_task_bytes
+
     showers = inputs["reference"]
     width = showers.sizes[LAYER] * showers.sizes[CELL] + 1
     rows = 2 * min(params.max_showers, showers.sizes[SHOWER])
     sizes = [width, *params.hidden, 1]
-    return 6 * rows * width * needs.FLOAT64 + needs.ensemble_training_bytes(
+    timing = min(params.speed_showers, showers.sizes[SHOWER])
+    speed = (
+        sampling_task_bytes(_spec_of(inputs["model"]), timing, SPEED_BATCH)
+        if inputs.get("model") is not None and timing
+        else 0
+    )
+    classifier = 6 * rows * width * needs.FLOAT64 + needs.ensemble_training_bytes(
         params.replicas, sizes, params.batch_size
     )
+    # the speed test runs after the classifiers, in memory they freed: measured 465 MiB for the
+    # recipe's task (20k + 20k showers, 3 classifiers, 2000 timed showers), declared 641
+    return max(speed, classifier)
 
 
 @register_op(

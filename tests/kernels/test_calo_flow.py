@@ -13,18 +13,21 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("zuko")
 
 
-@pytest.mark.parametrize("kinds", [("nsf", "maf"), ("maf", "nsf")])
-def test_parameter_layout_matches_zuko(kinds):
-    spec = cf.FlowSpec(3, 4, *kinds, transforms=2, hidden=(5, 6), bins=4)
+@pytest.mark.parametrize(
+    ("kinds", "coupling"), [(("nsf", "maf"), False), (("maf", "nsf"), False), (("nsf", "nsf"), True)]
+)
+def test_parameter_layout_matches_zuko(kinds, coupling):
+    spec = cf.FlowSpec(3, 4, *kinds, transforms=2, hidden=(5, 6), bins=4, flow2_coupling=coupling)
     flows = cf.build_flows(spec)
     for name, flow in flows.items():
         assert [(n, tuple(p.shape)) for n, p in flow.named_parameters()] == cf.parameter_layout(spec, name)
         assert cf.flat_parameters(flow).size == cf.parameter_count(spec, name)
 
 
-def test_preprocessing_round_trip_is_exact():
+@pytest.mark.parametrize("flow1_features", cf.FLOW1_FEATURES)
+def test_preprocessing_round_trip_is_exact(flow1_features):
     """Dequantised features mapped back and requantised give the original cells exactly."""
-    spec = cf.FlowSpec(3, 9, quantum=0.01)
+    spec = cf.FlowSpec(3, 9, quantum=0.01, flow1_features=flow1_features)
     showers = simulate_showers(500, 1, n_side=3)
     x = cf.to_features(showers["energy"], showers["incident_energy"], spec, np.random.default_rng(0))
     back = cf.from_features(x[:, 1:4], x[:, 4:], np.exp(x[:, 0]), spec)

@@ -24,7 +24,7 @@ pytest.importorskip("zuko")
 
 SMALL = {
     "hidden: [64, 64]\n      epochs: 12": "hidden: [32]\n      epochs: 4",
-    "transforms: 3": "transforms: 2",
+    "transforms: 6": "transforms: 4",
     "batch_size: 256": "batch_size: 128",
     "lr: 0.001": "lr: 0.003",
     "max_showers: 20000\n      replicas: 3\n      hidden: [64, 64]\n      epochs: 1500": (
@@ -93,8 +93,8 @@ def test_compiling_computes_nothing(calo, tmp_path):
 def test_the_flow_learns_the_layer_energies(calo):
     """Mean layer energy / incident energy of generated vs reference showers (same incident
     energies), overall and in the lowest and highest third of incident energy. Measured after 4
-    epochs: at most 0.005 apart (the last layer at low energy, 1.0% vs 1.4% of E_inc); the bound
-    is twice that. The reference's own statistical error on these means is 0.001-0.004."""
+    epochs: at most 0.007 apart (the first layer at high energy, 0.300 vs 0.307 of E_inc); the
+    bound is 0.01. The reference's own statistical error on these means is 0.001-0.004."""
     lake, _, summary = calo
     assert {o.step: o.status for o in summary.outputs} == {
         "flow": "computed",
@@ -119,13 +119,14 @@ def test_the_flow_learns_the_layer_energies(calo):
 
 
 def test_generated_showers_are_judged_by_auc_wasserstein_and_speed(calo):
-    """AUC measured 0.76 after 4 epochs: the bound 0.9 leaves room for seeds and load, and a
-    generator that ignores its conditions (reference showers paired with shuffled incident
-    energies) scores far above it. Layer-energy W1 measured <= 0.07 reference std (floor ~0.04)."""
+    """AUC measured 0.68-0.69 after 4 epochs (0.76-0.77 with the earlier affine MAF flow 2): the
+    bound 0.8 leaves room for seeds and load, and a generator that ignores its conditions
+    (reference showers paired with shuffled incident energies) scores far above it (0.88).
+    Layer-energy W1 measured <= 0.05 reference std (floor ~0.04)."""
     lake, _, _ = calo
     metrics = lake.open("derived", "calo-flow/metrics").load()
     print(metrics["auc"].values, metrics["wasserstein"].values.round(3))
-    assert ((metrics["auc"] > 0.5) & (metrics["auc"] < 0.9)).all()
+    assert ((metrics["auc"] > 0.5) & (metrics["auc"] < 0.8)).all()
     layers = [f"layer{k}_fraction" for k in range(3)]
     assert (metrics["wasserstein"].sel(observable=layers) < 0.15).all()
     assert (metrics["wasserstein_floor"] < 0.15).all()
@@ -139,7 +140,7 @@ def test_generated_showers_are_judged_by_auc_wasserstein_and_speed(calo):
     )
     strawman = run_metrics(shuffled.chunk(), showers(N_REFERENCE, 30), seed=0)
     print("shuffled conditions", strawman["auc"].values)
-    assert (strawman["auc"] > metrics["auc"].max() + 0.05).all()  # measured 0.88 vs 0.77
+    assert (strawman["auc"] > metrics["auc"].max() + 0.05).all()  # measured 0.88 vs 0.69
     for picture in ("wasserstein", "total_fraction_generated", "layer2_fraction_generated"):
         png = lake.path(f"reports/derived/calo-flow/metrics/{picture}.png")
         assert lake.fs.exists(png) and lake.fs.size(png) > 10_000
@@ -199,6 +200,43 @@ def test_training_streams_one_chunk_at_a_time(monkeypatch):
         assert events[index - 1] == ("train", k % 4), events
 
 
+def test_an_interrupted_training_resumes_from_its_lake_checkpoint(tmp_path, monkeypatch):
+    """A training killed after epoch 2's checkpoint (of 3) resumes there: only epoch 3's steps
+    train again, the weights equal an uninterrupted run's, and the checkpoint (arrays in zarr,
+    no pickles) is gone at the end."""
+    from engine.kernels import calo_flow
+    from engine.ops import calo
+    from engine.registry import StepContext
+
+    data = showers(300, 1, chunk=100)
+    op = get_op("calo.train_flow")
+    params = op.params(epochs=3, checkpoint_every=2, transforms=1, hidden=[4], batch_size=50)
+    expected = op.func(params, data).compute(scheduler="sync")
+    lake = Lake(str(tmp_path / "lake"))
+    context = StepContext("flow", "token", lake.root_url)
+    save = calo.Checkpoints.save
+
+    def save_then_crash(self, state):
+        save(self, state)
+        raise KeyboardInterrupt("simulated crash after the checkpoint")
+
+    monkeypatch.setattr(calo.Checkpoints, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        op.func(params, data, context=context).compute(scheduler="sync")
+    saved = lake.fs.find(lake.path(context.checkpoint_path))
+    assert any(p.endswith("flow2_weights/zarr.json") for p in saved)
+    assert not any(p.endswith((".pkl", ".pickle", ".pt")) for p in saved)
+    monkeypatch.setattr(calo.Checkpoints, "save", save)
+    trained = []
+    train_chunk = calo_flow.train_chunk
+    monkeypatch.setattr(calo_flow, "train_chunk", lambda *a: trained.append(a[-1].epoch) or train_chunk(*a))
+    resumed = op.func(params, data, context=context).compute(scheduler="sync")
+    assert trained == [2, 2, 2]
+    for name in ("flow1_weights", "flow2_weights", "val_nll_flow2", "train_nll_flow1"):
+        np.testing.assert_array_equal(resumed[name].values, expected[name].values, err_msg=name)
+    assert not lake.fs.exists(lake.path(context.checkpoint_path))
+
+
 def test_bad_inputs_are_clear_errors(tmp_path):
     train = get_op("calo.train_flow")
     bad = showers(20, 1).rename({"cell": "pixel"})
@@ -218,23 +256,31 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(OpError, match="not a calo.train_flow output"):
         get_op("calo.sample").func(get_op("calo.sample").params(), showers(20, 1), showers(20, 1))
     recipe = small_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("flow2_kind: maf", "flow2_kind: glow"))
-    with pytest.raises(RecipeError, match="flow2_kind"):
-        compile_recipe(recipe, Lake(str(tmp_path / "lake")))
+    for old, new, key in (
+        ("flow2_kind: nsf", "flow2_kind: glow", "flow2_kind"),
+        ("flow2_coupling: true", "flow2_coupling: true\n      flow1_features: ratio", "flow1_features"),
+        ("seed: 1\n", "seed: 1\n      checkpoint_every: 0\n", "checkpoint_every"),
+    ):
+        assert old in recipe.read_text(), old
+        bad = tmp_path / f"bad_{key}.yaml"
+        bad.write_text(recipe.read_text().replace(old, new, 1))
+        with pytest.raises(RecipeError, match=key):
+            compile_recipe(bad, Lake(str(tmp_path / "lake")))
 
 
 @pytest.mark.slow
 @pytest.mark.long  # ~4 min of training at 50k showers; the shrunk recipe test runs in CI
 def test_shipped_recipe_full_size(tmp_path):
-    """The recipe as shipped on 50k + 20k showers (~4-7 min on 2 cores): the numbers in the README.
+    """The recipe as shipped on 50k + 20k showers (~10 min of CPU; 30 min on 2 loaded cores):
+    the numbers in the README.
 
-    Measured: AUC 0.898-0.905, layer-energy W1 0.035, 0.031, 0.225 reference std (floors
-    0.011-0.017); bounds: AUC < 0.95 and W1 < 0.5."""
+    Measured: AUC 0.644-0.649 (0.898-0.905 with the earlier MAF flow 2), layer-energy W1 0.032,
+    0.016, 0.091 reference std (floors 0.011-0.017); bounds: AUC < 0.75 and W1 < 0.2."""
     lake = Lake(str(tmp_path / "lake"))
     ingest_synthetic_calo(lake, "calo_showers", 50_000, progress=False)
     ingest_synthetic_calo(lake, "calo_reference", 20_000, seed=1, progress=False)
     engine.run(REPO / "recipes" / "calo_flow.yaml", lake)
     metrics = lake.open("derived", "calo-flow/metrics").load()
     print(metrics["auc"].values, metrics["wasserstein"].values.round(3))
-    assert (metrics["auc"] < 0.95).all()
-    assert (metrics["wasserstein"].sel(observable=[f"layer{k}_fraction" for k in range(3)]) < 0.5).all()
+    assert (metrics["auc"] < 0.75).all()
+    assert (metrics["wasserstein"].sel(observable=[f"layer{k}_fraction" for k in range(3)]) < 0.2).all()
