@@ -8,11 +8,23 @@ Each iteration has two steps, each a binary classifier whose f/(1-f) is a likeli
    nu = f/(1-f) are omega expressed as a function of the generator-level event alone, so they
    can be carried to the next iteration (and to any generator-level observable).
 
-Replicas are bootstrap resamples of the data events (independent Poisson-like counts per
-replica, keyed by (seed, replica)): every classifier is an ensemble trained batched over the
-replicas, each replica with its own data weights and its own nu, so the spread of the unfolded
-moments over replicas is the statistical uncertainty from the data. Both classes are balanced to
-equal total weight so f/(1-f) is the density ratio with no prior factor.
+Replicas resample both samples: the data events by bootstrap counts (keyed by (seed, replica))
+and the MC events by Poisson(1) counts (keyed by seed), as in OmniFold and NNPDF practice: the
+MC sample is a finite draw too, and a band that resamples the data alone misses its statistical
+error (the MC response and the weighted MC gen moments fluctuate with it). Every classifier is an
+ensemble trained batched over the replicas, each replica with its own data and MC counts and its
+own nu, so the spread of the unfolded moments over replicas is the statistical uncertainty of
+both samples. Both classes are balanced to equal total weight so f/(1-f) is the density ratio
+with no prior factor.
+
+Training to convergence matters more than it seems: a classifier stopped early on a noisy
+validation loss learns a density ratio shrunk toward 1, and as the iterations approach the
+answer the ratio left to learn is small enough to be lost entirely, so the unfolding stalls
+short of it (measured on the Gaussian test, 5k events: the unfolded width stopped ~0.03 above
+the truth, 2 to 3 statistical errors, with the reweighted MC reco still 0.03 wider than the data
+after step 1). `validation_fraction=0` trains on every event and keeps the weights of the lowest
+training loss (full-batch training: the end of training), which removes the stall (step 1 then
+matches the data reco width to 0.002, and the width follows the exact Gaussian IBU iterates).
 """
 
 from __future__ import annotations
@@ -47,8 +59,12 @@ def gaussian_samples(n_mc: int, n_data: int, truth: GaussianTruth, seed: int) ->
     rng = np.random.default_rng(seed)
     mc_gen = rng.normal(truth.mc_mean, truth.mc_std, n_mc)
     data_gen = rng.normal(truth.data_mean, truth.data_std, n_data)
-    return {"mc_gen": mc_gen, "mc_reco": mc_gen + rng.normal(0, truth.smearing, n_mc),
-            "data_gen": data_gen, "data_reco": data_gen + rng.normal(0, truth.smearing, n_data)}
+    return {
+        "mc_gen": mc_gen,
+        "mc_reco": mc_gen + rng.normal(0, truth.smearing, n_mc),
+        "data_gen": data_gen,
+        "data_reco": data_gen + rng.normal(0, truth.smearing, n_data),
+    }
 
 
 def weighted_moments(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,38 +82,59 @@ def _likelihood_ratio(p: np.ndarray) -> np.ndarray:
 
 @dataclass
 class OmniFoldResult:
-    push: np.ndarray  # (R, n_mc) final nu
+    push: np.ndarray  # (R, n_mc) final nu, a function of the generator-level event
     pull: np.ndarray  # (R, n_mc) final omega
-    mean: np.ndarray  # (iterations + 1, R): generator-level mean under nu, iteration 0 = prior
+    mean: np.ndarray  # (iterations + 1, R): generator-level mean of each replica's unfolded MC
     std: np.ndarray
+    mc_counts: np.ndarray  # (R, n_mc) each replica's Poisson count of every MC event
+
+    @property
+    def event_weights(self) -> np.ndarray:
+        """(R, n_mc) weights of each replica's unfolded MC sample: nu times its count of the event."""
+        return self.push * self.mc_counts
 
 
 def _as_features(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, float).reshape(len(values), -1)
 
 
-def _classify(x1, w1, x0, w0, validation: np.ndarray, config: NetworkConfig, x_eval,
-              batch_size: int | None) -> np.ndarray:
+def _classify(
+    x1, w1, x0, w0, validation: np.ndarray, config: NetworkConfig, x_eval, batch_size: int | None
+) -> np.ndarray:
     """Train label-1 (x1, w1) vs label-0 (x0, w0) per replica; f on x_eval, (R, n_eval).
 
-    `validation` marks held-out events of the concatenated sample (early stopping on them).
+    `validation` marks held-out events of the concatenated sample (early stopping on them); with
+    none held out every event trains and the lowest training loss picks the weights.
     """
     from .classifier import balance_classes, evaluate_network, fit_network
 
     x = np.concatenate([x1, x0])
     y = np.r_[np.ones(len(x1)), np.zeros(len(x0))]
     w = balance_classes(np.concatenate([w1, w0], axis=-1), y)
-    fit, scale = fit_network("bce", x[~validation], y[~validation], w[:, ~validation],
-                             x[validation], y[validation], w[:, validation], config, batch_size=batch_size)
+    train = ~validation
+    held = validation if validation.any() else train
+    fit, scale = fit_network(
+        "bce", x[train], y[train], w[:, train], x[held], y[held], w[:, held], config, batch_size=batch_size
+    )
     return evaluate_network("bce", fit.weights, fit.architecture, x_eval, scale)
 
 
-def omnifold(mc_gen: np.ndarray, mc_reco: np.ndarray, data_reco: np.ndarray, iterations: int,
-             replicas: int, config: NetworkConfig, seed: int = 0, validation_fraction: float = 0.2,
-             batch_size: int | None = None,
-             progress: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> OmniFoldResult:
-    """Run `iterations` of OmniFold for `replicas` bootstrap replicas of the data, batched
-    (`batch_size`: minibatch training steps instead of full-batch epochs)."""
+def omnifold(
+    mc_gen: np.ndarray,
+    mc_reco: np.ndarray,
+    data_reco: np.ndarray,
+    iterations: int,
+    replicas: int,
+    config: NetworkConfig,
+    seed: int = 0,
+    validation_fraction: float = 0.0,
+    batch_size: int | None = None,
+    progress: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+) -> OmniFoldResult:
+    """Run `iterations` of OmniFold for `replicas` replicas resampling the data (bootstrap) and
+    the MC (Poisson counts), batched (`batch_size`: minibatch training steps instead of full-batch
+    epochs). `validation_fraction` of the events are held out for early stopping; 0 trains every
+    classifier on all events to the end (see the module note on why that is the better default)."""
     from .classifier import bootstrap_weights
 
     if iterations <= 0:
@@ -105,31 +142,36 @@ def omnifold(mc_gen: np.ndarray, mc_reco: np.ndarray, data_reco: np.ndarray, ite
     if replicas <= 0:
         raise ValueError(f"replicas must be positive, found {replicas}")
     if len(mc_gen) != len(mc_reco):
-        raise ValueError(f"MC gen and reco must pair up event by event, found {len(mc_gen)} and "
-                         f"{len(mc_reco)}")
+        raise ValueError(
+            f"MC gen and reco must pair up event by event, found {len(mc_gen)} and {len(mc_reco)}"
+        )
     if len(mc_gen) == 0 or len(data_reco) == 0:
-        raise ValueError(f"OmniFold needs events in both samples, found {len(mc_gen)} MC and "
-                         f"{len(data_reco)} data")
+        raise ValueError(
+            f"OmniFold needs events in both samples, found {len(mc_gen)} MC and {len(data_reco)} data"
+        )
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), found {validation_fraction}")
     gen, reco, data = _as_features(mc_gen), _as_features(mc_reco), _as_features(data_reco)
     n_mc, n_data = len(gen), len(data)
     rng = np.random.default_rng([seed, 1])
     data_weights = bootstrap_weights(n_data, replicas, seed)
+    mc_counts = np.random.default_rng([seed, 2]).poisson(1.0, (replicas, n_mc)).astype(float)
     mc_held = rng.uniform(size=n_mc) < validation_fraction
     step1_held = np.r_[rng.uniform(size=n_data) < validation_fraction, mc_held]
     step2_held = np.r_[mc_held, mc_held]  # an event's two copies stay on the same side
     push = np.ones((replicas, n_mc))
     pull = push
-    means, stds = [weighted_moments(gen[:, 0], push)[0]], [weighted_moments(gen[:, 0], push)[1]]
+    means, stds = [weighted_moments(gen[:, 0], mc_counts)[0]], [weighted_moments(gen[:, 0], mc_counts)[1]]
     for iteration in range(1, iterations + 1):
         step = replace(config, seed=config.seed + 2 * iteration)
-        f = _classify(data, data_weights, reco, push, step1_held, step, reco, batch_size)
+        f = _classify(data, data_weights, reco, push * mc_counts, step1_held, step, reco, batch_size)
         pull = push * _likelihood_ratio(f)
         step = replace(config, seed=config.seed + 2 * iteration + 1)
-        f = _classify(gen, pull, gen, np.ones_like(pull), step2_held, step, gen, batch_size)
+        f = _classify(gen, pull * mc_counts, gen, mc_counts, step2_held, step, gen, batch_size)
         push = _likelihood_ratio(f)
-        mean, std = weighted_moments(gen[:, 0], push)
+        mean, std = weighted_moments(gen[:, 0], push * mc_counts)
         means.append(mean)
         stds.append(std)
         if progress:
             progress(iteration, mean, std)
-    return OmniFoldResult(push, pull, np.array(means), np.array(stds))
+    return OmniFoldResult(push, pull, np.array(means), np.array(stds), mc_counts)

@@ -10,8 +10,15 @@ from engine.kernels.omnifold import GaussianTruth, gaussian_samples, omnifold, w
 from engine.kernels.optim import OptimiserConfig
 from engine.kernels.train import StoppingConfig
 
-CONFIG = NetworkConfig((16, 16), ("tanh", "tanh", "linear"), 300, OptimiserConfig(lr=1e-2),
-                       StoppingConfig(threshold=np.inf, patience=50), 10, seed=0)
+CONFIG = NetworkConfig(
+    (16, 16),
+    ("tanh", "tanh", "linear"),
+    300,
+    OptimiserConfig(lr=1e-2),
+    StoppingConfig(threshold=np.inf, patience=50),
+    10,
+    seed=0,
+)
 
 
 def test_samples_have_the_requested_moments():
@@ -36,7 +43,10 @@ def test_gaussian_unfolding_moves_the_prior_to_the_truth():
     s = gaussian_samples(5000, 5000, GaussianTruth(), seed=1)
     result = omnifold(s["mc_gen"], s["mc_reco"], s["data_reco"], 3, 2, CONFIG, seed=2)
     assert result.mean.shape == (4, 2) and result.push.shape == (2, 5000)
-    assert result.mean[0] == pytest.approx(s["mc_gen"].mean())
+    # iteration 0: each replica's Poisson resample of the MC prior, not the MC sample itself
+    assert result.mean[0] == pytest.approx(weighted_moments(s["mc_gen"], result.mc_counts)[0])
+    assert np.abs(result.mean[0] - s["mc_gen"].mean()).max() < 0.05
+    assert not np.allclose(result.mc_counts[0], result.mc_counts[1])
     truth_mean, truth_std = s["data_gen"].mean(), s["data_gen"].std()
     assert np.abs(result.mean[-1] - truth_mean).max() < 0.05
     assert np.abs(result.std[-1] - truth_std).max() < 0.05
@@ -45,14 +55,24 @@ def test_gaussian_unfolding_moves_the_prior_to_the_truth():
     assert not np.allclose(result.push[0], result.push[1])  # bootstrap replicas differ
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"iterations": 0}, "iterations must be positive, found 0"),
-    ({"replicas": 0}, "replicas must be positive"),
-    ({"data_reco": np.array([])}, "needs events in both samples"),
-    ({"mc_reco": np.zeros(3)}, "pair up event by event"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"iterations": 0}, "iterations must be positive, found 0"),
+        ({"replicas": 0}, "replicas must be positive"),
+        ({"data_reco": np.array([])}, "needs events in both samples"),
+        ({"mc_reco": np.zeros(3)}, "pair up event by event"),
+        ({"validation_fraction": 1.0}, "validation_fraction must be in \\[0, 1\\), found 1.0"),
+    ],
+)
 def test_bad_input_is_refused(kwargs, message):
-    args = {"mc_gen": np.zeros(10), "mc_reco": np.zeros(10), "data_reco": np.zeros(10), "iterations": 1,
-            "replicas": 1, "config": CONFIG}
+    args = {
+        "mc_gen": np.zeros(10),
+        "mc_reco": np.zeros(10),
+        "data_reco": np.zeros(10),
+        "iterations": 1,
+        "replicas": 1,
+        "config": CONFIG,
+    }
     with pytest.raises(ValueError, match=message):
         omnifold(**{**args, **kwargs})
