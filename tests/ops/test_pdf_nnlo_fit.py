@@ -29,13 +29,15 @@ from engine.kernels.train import StoppingConfig
 from engine.ops.ensembles import weight_names
 from engine.ops.pdf_fit import FitParams, fit, fitted_set
 from engine.registry import StepContext
+from tests.calibration import BAND, SeedBands, assert_calibrated, expected_for_calibrated, pooled
 from tests.recipe_inputs import synthetic_nnlo_tables
 
 GLUON = FLAVOURS.index(21)
 
 
 def _problem(replicas: int, seed: int):
-    """Toy-truth F2 on p and d through gluon-dependent tables, level-1 data and replicas on it."""
+    """Toy-truth F2 on p and d through gluon-dependent tables, level-1 data and replicas on it,
+    with one training/validation split for all replicas (as the shipped closure: README)."""
     grid = x_grid()
     x = np.geomspace(0.01, 0.7, 30).repeat(2)
     target = np.tile([0, 1], 30)
@@ -45,7 +47,7 @@ def _problem(replicas: int, seed: int):
     rng = np.random.default_rng([seed, 11])
     level1 = truth + sigma * rng.standard_normal(truth.size)
     pseudo = level1 + sigma * rng.standard_normal((replicas, truth.size))
-    mask = training_masks(truth.size, target, replicas, 0.75, seed=seed)
+    mask = training_masks(truth.size, target, replicas, 0.75, seed=seed, shared=True)
     return fk, grid, pseudo, mask, np.diag(sigma**2), truth
 
 
@@ -101,34 +103,46 @@ def test_lo_tables_keep_the_fit_without_sum_rule_nodes():
     assert not loss.gluon and loss.x.shape[0] == grid.size + len(config.positivity.x)
 
 
-def pulls_and_gluon(seeds) -> tuple[np.ndarray, np.ndarray]:
-    """Per seed (level-1 data, replicas and initialisation): pulls of the kept replicas' mean F2
-    against the truth in units of their spread, and the kept replicas' sum-rule A_g; pooled."""
-    pulls, gluon = [], []
+def bands_and_gluon(seeds, replicas: int, epochs: int) -> tuple[list[SeedBands], np.ndarray]:
+    """Per seed (level-1 data, replicas and initialisation): the kept replicas' F2 band at the
+    data points against the truth, and the kept replicas' sum-rule A_g (pooled). The fit is the
+    shipped closure's method: one split and one draw of the preprocessing exponents for all
+    replicas (README, PDF fits). With a split and exponents per replica the band was ~1.75x too
+    wide (RMS pull 0.72 for a calibrated 1.255 at 8 replicas, 8 seeds, 1000 or 4000 epochs alike):
+    the spread then carries the scatter between fits to different subsets and exponents, which
+    the replica mean averages away."""
+    bands, gluon = [], []
     for seed in seeds:
-        fk, grid, pseudo, mask, cov, truth = _problem(8, seed)
+        fk, grid, pseudo, mask, cov, truth = _problem(replicas, seed)
         config = PdfFitConfig(
-            ("Sigma", "T3"), epochs=1000, seed=seed, stopping=StoppingConfig(threshold=5.0, patience=200)
+            ("Sigma", "T3"),
+            epochs=epochs,
+            seed=seed,
+            preprocessing="shared",
+            stopping=StoppingConfig(threshold=5.0, patience=200),
         )
         result, penalty = fit_pdf(fk, grid, pseudo, mask, cov, config)
         predictions, norm = _predictions(result, config, fk, grid)
         kept = result.kept  # post-fit selection (positivity needs longer fits than this)
-        assert kept.sum() >= 5 and penalty.shape == (8,)
-        pulls.append((predictions[kept].mean(0) - truth) / predictions[kept].std(0, ddof=1))
+        assert kept.sum() >= replicas - 3 and penalty.shape == (replicas,)
+        f2 = predictions[kept]
+        low, high = np.quantile(f2, BAND, axis=0)
+        bands.append(SeedBands(truth, low, high, f2.mean(0), f2.std(0, ddof=1), int(kept.sum()), replicas))
         gluon.append(norm[kept])
-    return np.concatenate(pulls), np.concatenate(gluon)
+    return bands, np.concatenate(gluon)
 
 
 def test_a_fit_on_gluon_dependent_tables_recovers_the_known_truth():
-    """Pooled over 3 seeds: the replica band around the truth's F2 and the sum-rule gluon on the
-    truth's A_g. The RMS pull is NOT calibrated yet (the slow test below): measured 0.77 pooled
-    over seeds 0-2 (per seed 0.50-0.90, sd 0.14 over 8 seeds), so the bound here, ~2x the pooled
-    spread either side, catches a fit that breaks, not a band of the right width. A_g: measured
-    1.79 for 1.70 (+5%, every seed: the sum rule gives the gluon what Sigma's unconstrained
-    small-x extrapolation leaves)."""
-    pulls, gluon = pulls_and_gluon(range(3))
-    rms = float(np.sqrt(np.mean(pulls**2)))
-    assert 0.6 < rms < 0.95, rms
+    """Pooled over 3 seeds, 8 replicas, 1000 epochs: the replica band around the truth's F2 and
+    the sum-rule gluon on the truth's A_g. RMS pull measured 1.44 (per seed 1.26, 1.26, 1.74) where
+    a calibrated 8-replica ensemble gives 1.255 (tests/calibration.py); the pooled figure's sd at
+    3 seeds is ~0.18, so the +-0.4 bound catches a broken fit or the ~1.75x too wide band of a
+    split and exponents per replica (0.77 on these seeds), not a 10% miscalibration: that is the
+    slow test below. A_g: measured 1.79 for 1.70 (1.80 over 8 seeds; every seed high: the sum
+    rule gives the gluon what Sigma's unconstrained extrapolation below the data's x = 0.01 leaves)."""
+    bands, gluon = bands_and_gluon(range(3), replicas=8, epochs=1000)
+    rms = float(np.sqrt(np.mean(np.concatenate([b.pulls for b in bands]) ** 2)))
+    assert abs(rms - expected_for_calibrated(8)[1]) < 0.4, rms
     x = np.geomspace(1e-9, 1, 200_001)
     toy = les_houches_toy(x)
     truth_norm = (1 - np.trapezoid(np.delete(toy, GLUON, -1).sum(-1), x)) / gluon_shape_integral()
@@ -137,13 +151,16 @@ def test_a_fit_on_gluon_dependent_tables_recovers_the_known_truth():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "the NNLO toy fit's bands are ~40% too wide: pooled RMS pull 0.71 over 8 seeds (1000 epochs, "
-    "8 replicas: the replicas keep part of their initialisation); fix the fit (training length, "
-    "stopping), then drop this mark"))
 def test_the_band_is_calibrated_pooled_over_eight_seeds():
-    pulls, _ = pulls_and_gluon(range(8))
-    assert 0.8 <= float(np.sqrt(np.mean(pulls**2))) <= 1.2
+    """8 seeds x 60 points, 16 replicas, 4000 epochs (~95 s): measured coverage 0.581 +- 0.050
+    (calibrated 0.607) and RMS pull 1.097 +- 0.064 (calibrated 1.107), every replica kept. At
+    1000 epochs the replicas are not yet converged (many stop at the last epoch): 0.531 and 1.256.
+    The coverage bound is the LO closure's at 20 seeds (tests/ops/test_pdf_fit.py): 8 seeds
+    resolve it only to +-0.05."""
+    bands, _ = bands_and_gluon(range(8), replicas=16, epochs=4000)
+    result = pooled(bands)
+    print(result)
+    assert_calibrated(result, coverage_tolerance=0.15)
 
 
 def test_the_op_stores_the_sum_rule_gluon_and_the_tables_q0(tmp_path):
