@@ -377,15 +377,43 @@ def match_zlp(signal, model_zlp, energy, fwhm, de_i, de_ii) -> np.ndarray:
     signal = np.asarray(signal)
     model_zlp = np.asarray(model_zlp)
     shape = np.broadcast_shapes(signal.shape[:-1], model_zlp.shape[:-1])
+    weight, below, beyond = _matching(energy, fwhm, de_i, de_ii, shape)
+    zlp = signal + weight * (model_zlp - signal)  # weight 1: the model itself (below)
+    zlp = np.where(below, signal, np.where(weight == 1, model_zlp, zlp))
+    return np.where(beyond, 0.0, zlp).astype(np.float32)
+
+
+def _matching(energy, fwhm, de_i, de_ii, shape):
+    """match_zlp's rule per pixel and channel, (*shape, E) each: the model's weight (0 below
+    dE_0, the logistic blend up to dE_I, 1 from dE_I on, 0 from dE_II on), the channels below
+    dE_0 (ZLP = signal) and those from dE_II on (ZLP = 0)."""
     e = np.asarray(energy, np.float32)
     de_i, de_ii = _per_pixel(de_i, shape, "de_i"), _per_pixel(de_ii, shape, "de_ii")
     de_0 = (_per_pixel(fwhm, shape, "fwhm") + de_i) / 2
     if not np.all((de_0 < de_i) & (de_i < de_ii)):
         raise ValueError("need FWHM < dE_I < dE_II for every pixel")
-    w = expit((e - (de_0 + de_i) / 2) * (BLEND_STEPS / (de_i - de_0)))
-    blended = signal + w * (model_zlp - signal)
-    zlp = np.where(e < de_0, signal, np.where(e < de_i, blended, model_zlp))
-    return np.where(e < de_ii, zlp, 0.0).astype(np.float32)
+    below, beyond = e < de_0, e >= de_ii
+    weight = expit((e - (de_0 + de_i) / 2) * (BLEND_STEPS / (de_i - de_0))).astype(np.float32)
+    weight[below | beyond] = 0.0
+    weight[(e >= de_i) & ~beyond] = 1.0
+    return weight, below, beyond
+
+
+def _matching_shared(energy, fwhm, de_i_sets, de_ii, p: int) -> list[tuple]:
+    """_matching for P pixels under each dE_I set, pixels sharing a few windows (one per
+    cluster): evaluated once per distinct (FWHM, dE_II, every set's dE_I), then gathered."""
+    columns = [np.broadcast_to(np.asarray(v, np.float32), (p,)) for v in (fwhm, de_ii, *de_i_sets)]
+    key = np.zeros(p, np.int64)
+    for column in columns:  # a window's key: its index among the distinct values
+        levels, index = np.unique(column, return_inverse=True)
+        key = key * levels.size + index.reshape(-1)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    fwhm, de_ii, *sets = (column[first] for column in columns)
+    u = first.size
+    parts = _matching(energy, np.tile(fwhm, len(sets)), np.concatenate(sets), np.tile(de_ii, len(sets)),
+                      (len(sets) * u,))
+    inverse = inverse.reshape(-1)
+    return [tuple(part[k * u + inverse] for part in parts) for k in range(len(sets))]
 
 
 def _window(energy, fwhm, de_i, de_ii) -> slice:
@@ -395,11 +423,14 @@ def _window(energy, fwhm, de_i, de_ii) -> slice:
     return slice(int(np.searchsorted(e, de_0)), int(np.searchsorted(e, np.max(de_ii))))
 
 
-def _assemble(signal, window, inel_window, n_q) -> np.ndarray:
-    """Inelastic (Q, P, E): zero below the window (ZLP = signal), the signal above (ZLP = 0)."""
-    out = np.empty((n_q, *signal.shape), np.float32)
+def _assemble(signal, window, inel_window, n_q, out=None) -> np.ndarray:
+    """Inelastic (Q, P, E): zero below the window (ZLP = signal), the signal above (ZLP = 0).
+    inel_window None: the window is already in `out`."""
+    if out is None:
+        out = np.empty((n_q, *signal.shape), np.float32)
     out[..., : window.start] = 0.0
-    out[..., window] = inel_window
+    if inel_window is not None:
+        out[..., window] = inel_window
     out[..., window.stop :] = signal[..., window.stop :]
     return out
 
@@ -438,32 +469,62 @@ def subtract_brute(signal, arrays, architecture, scaling: ZlpScaling, energy, fw
     return _assemble(signal, win, inel, len(quantiles))
 
 
-def subtract_fast(signal, energy, ln_n_grid, quantile_grid, fwhm, de_i, de_ii) -> np.ndarray:
+def subtract_fast(signal, energy, ln_n_grid, quantile_grid, fwhm, de_i, de_ii, *, moved_de_i=(),
+                  moved_row: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Inelastic quantiles (Q, P, E) from a zlp_quantile_grid, interpolated linearly in ln N.
 
     quantile_grid (Q, G, E) from zlp_quantile_grid (entry k gives inelastic quantile k);
     signal (P, E); fwhm, de_i, de_ii scalars or (P,). Only the channels from the lowest dE_0 to
     the highest dE_II are computed: elsewhere the ZLP is the signal or zero. A pixel whose ln N
     falls outside the grid is an error, not an extrapolation: the grid must cover the image.
+
+    moved_de_i: S more dE_I sets (scalars or (P,)), each subtracted with grid row moved_row only
+    (default Q // 2, the median of an odd Q) and appended: (Q + S, P, E). The interpolated model
+    is shared, only the matching moves. out: a (Q + S, P, E) float32 array to fill and return.
+
+    I - ZLP is computed as weight x (I - model) (match_zlp's weight) with the channels below
+    dE_0 set to 0 and those from dE_II on to I: the same values to float32 rounding, one pass
+    per step over the (Q, P, window) block and none over the whole energy axis but the output's.
     """
     signal = _check_signal(signal, energy)
     grid = np.asarray(ln_n_grid, float)
     qg = np.asarray(quantile_grid, np.float32)
     if qg.ndim != 3 or qg.shape[1:] != (grid.size, len(energy)):
         raise ValueError(f"quantile_grid must be (Q, {grid.size}, {len(energy)}), got {qg.shape}")
+    n_q, p = qg.shape[0], signal.shape[0]
+    row = n_q // 2 if moved_row is None else moved_row
+    if not 0 <= row < n_q:
+        raise ValueError(f"moved_row must index the grid's {n_q} rows, got {moved_row}")
+    sets = [de_i, *moved_de_i]
+    shape = (n_q + len(sets) - 1, p, len(energy))
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
     ln_n = np.log(signal.sum(axis=1, dtype=np.float64))
     if ln_n.size and not (ln_n.min() >= grid[0] and ln_n.max() <= grid[-1]):
         raise ValueError(f"pixels' ln N in [{ln_n.min():.4g}, {ln_n.max():.4g}] leave the grid "
                          f"[{grid[0]:.4g}, {grid[-1]:.4g}]")
-    win = _window(energy, fwhm, de_i, de_ii)
+    every_de_i = np.stack([np.broadcast_to(np.asarray(d, float), (p,)) for d in sets])
+    win = _window(energy, fwhm, every_de_i, de_ii)  # the union of every set's window
     i = np.clip(np.searchsorted(grid, ln_n, side="right") - 1, 0, grid.size - 2)
     t = ((ln_n - grid[i]) / (grid[i + 1] - grid[i])).astype(np.float32)[:, None]
     q_win = qg[:, :, win]
     low = q_win[:, i]
-    log_zlp = low + t * (q_win[:, i + 1] - low)  # (Q, P, C)
+    diff = q_win[:, i + 1]  # (Q, P, C): in place, low + t (high - low), exp, I - model
+    np.subtract(diff, low, out=diff)
+    diff *= t
+    diff += low
+    np.exp(diff, out=diff)
     s = signal[:, win]
-    zlp = match_zlp(s, np.exp(log_zlp), np.asarray(energy)[win], fwhm, de_i, de_ii)
-    return _assemble(signal, win, s - zlp, qg.shape[0])
+    np.subtract(s, diff, out=diff)
+    e_win = np.asarray(energy)[win]
+    for j, (weight, below, beyond) in enumerate(_matching_shared(e_win, fwhm, sets, de_ii, p)):
+        bands = out[:n_q, :, win] if j == 0 else out[n_q + j - 1, :, win]
+        np.multiply(diff if j == 0 else diff[row], weight, out=bands)
+        np.copyto(bands, 0.0, where=below)
+        np.copyto(bands, s, where=beyond)
+    return _assemble(signal, win, None, shape[0], out)
 
 
 # ---------------------------------------------------------------- a ZLP from the vacuum spectra

@@ -183,33 +183,35 @@ def shifted_de_i(de_i, de_ii, fwhm, shift: float, dispersion: float) -> np.ndarr
 
 
 def _subtract_block(spectra, labels, zlp, table, energy, quantiles, shifts, mode):
-    """Bands (Q + S, pixels..., E): the Q quantiles, then the median at each shifted dE_I."""
+    """Bands (Q + S, pixels..., E): the Q quantiles, then the median at each shifted dE_I.
+
+    With every pixel clustered (the usual chunk) the model path writes straight into the
+    output: no copy of the pixels, none of the bands."""
     from ..kernels.zlp import subtract_fast, subtract_vacuum
 
     n_q, mid = len(quantiles), len(quantiles) // 2
     flat = spectra.reshape(-1, spectra.shape[-1])
     label = labels.reshape(-1)
-    out = np.full((n_q + len(shifts), *flat.shape), np.nan, np.float32)
     good = label >= 0
+    every = bool(good.all())
+    shape = (n_q + len(shifts), *flat.shape)
+    out = np.empty(shape, np.float32) if every else np.full(shape, np.nan, np.float32)
     if good.any():
-        de_i, de_ii, fwhm = table[:, label[good]]
+        pixels = flat if every else flat[good]
+        de_i, de_ii, fwhm = table[:, label if every else label[good]]
         dispersion = float(energy[1] - energy[0])
+        moved = [shifted_de_i(de_i, de_ii, fwhm, shift, dispersion) for shift in shifts]
         if mode == "vacuum":
             template, relative = zlp[0][label[good]], zlp[1][label[good]]
-
-            def subtract(levels, de_i_now):
-                return subtract_vacuum(flat[good], energy, template, relative, levels, fwhm,
-                                       de_i_now, de_ii)
+            bands = np.concatenate(
+                [subtract_vacuum(pixels, energy, template, relative, levels, fwhm, d, de_ii)
+                 for levels, d in [(quantiles, de_i)] + [([quantiles[mid]], m) for m in moved]])
         else:
             nodes, quantile_grid = zlp
-
-            def subtract(levels, de_i_now):
-                grid = quantile_grid if len(levels) == n_q else quantile_grid[[mid]]
-                return subtract_fast(flat[good], energy, nodes, grid, fwhm, de_i_now, de_ii)
-        out[:n_q, good] = subtract(quantiles, de_i)
-        for j, shift in enumerate(shifts):
-            moved = shifted_de_i(de_i, de_ii, fwhm, shift, dispersion)
-            out[n_q + j, good] = subtract([quantiles[mid]], moved)[0]
+            bands = subtract_fast(pixels, energy, nodes, quantile_grid, fwhm, de_i, de_ii,
+                                  moved_de_i=moved, moved_row=mid, out=out if every else None)
+        if bands is not out:
+            out[:, good] = bands
     return out.reshape(out.shape[0], *spectra.shape)
 
 
