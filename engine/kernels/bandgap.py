@@ -38,8 +38,15 @@ signal gives E_BG, then A (and c) follow in closed form (the model is linear in 
 free, the candidate with the lowest chi2 starts the fit. A background bends that line, so with
 one the onsets of a grid across the window are tried as well.
 
-Uncertainties come from the Jacobian at the optimum: cov = (J^T W J)^-1, scaled by chi2 per
-degree of freedom when no absolute errors were given (as curve_fit with absolute_sigma=False).
+Uncertainties come from the Jacobian at the optimum. With absolute errors, cov = (J^T W J)^-1.
+Without (unweighted), not (J^T J)^-1 scaled by chi2 per degree of freedom (curve_fit's
+absolute_sigma=False): that assumes one noise level for every channel, and counting noise grows
+along the window, so it is too small where the channels that place the onset are the noisy ones.
+Instead the heteroscedasticity-consistent sandwich H^-1 J^T diag(r_i^2 / (1 - h_i)^2) J H^-1
+(HC3, MacKinnon & White 1985; h_i the leverage of channel i), which takes each channel's noise
+from its own residual and, through 1 - h_i, does not let the few channels just above the onset
+that fix E_BG hide their noise by absorbing it. Measured on the EELS chain's direct-gap pixels
+(tests/ops/test_eels_bandgap_chain.py): RMS pull 1.41 -> 1.25, |pull| 90% quantile 2.40 -> 1.92.
 
 Array code only (numpy).
 """
@@ -273,13 +280,26 @@ def _damped_steps(hess, grad, lam):
     return np.where(safe[:, None], steps[0], 0.0), np.where(safe[:, None], steps[1], 0.0), safe
 
 
-def _inverse_diagonal(hess):
-    """diag(H^-1) per row: the parameter variances; NaN where H is (near) singular."""
+def _inverse(hess):
+    """H^-1 per row, and where it exists (elsewhere the identity's inverse stands in)."""
     unit, d, safe = _normalised(hess)
     safe &= np.linalg.det(unit) > RCOND
     unit = np.where(safe[:, None, None], unit, np.eye(hess.shape[-1]))
-    variance = np.diagonal(np.linalg.inv(unit), axis1=1, axis2=2) / (d * d)
-    return np.where(safe[:, None], variance, np.nan)
+    return np.linalg.inv(unit) / (d[:, :, None] * d[:, None, :]), safe
+
+
+def _inverse_diagonal(hess):
+    """diag(H^-1) per row: the parameter variances; NaN where H is (near) singular."""
+    inverse, safe = _inverse(hess)
+    return np.where(safe[:, None], np.diagonal(inverse, axis1=1, axis2=2), np.nan)
+
+
+def _sandwich_diagonal(hess, meat):
+    """diag(H^-1 M H^-1) per row: the sandwich covariance's variances; NaN where H is (near)
+    singular."""
+    bread, safe = _inverse(hess)
+    meat = np.where(safe[:, None, None], meat, 0.0)
+    return np.where(safe[:, None], np.einsum("nij,njk,nik->ni", bread, meat, bread), np.nan)
 
 
 def _grid_start(energy, y, weight, grid, b: float, background: bool, sums):
@@ -321,6 +341,9 @@ def _grid_start(energy, y, weight, grid, b: float, background: bool, sums):
 
 
 TINY = 1e-300  # x floor in s / x: where x <= 0, s = 0 and so is the column
+# 1 - h floor in the HC3 filling: a channel that alone fixes a parameter (leverage h -> 1) counts
+# its residual at most 1 / LEVERAGE_GAP times
+LEVERAGE_GAP = 1e-3
 
 
 class _Projected:
@@ -340,7 +363,18 @@ class _Projected:
     """
 
     def __init__(
-        self, energy, y, weight, e_bg, b, b_free: bool, background: bool, sums_e, scratch, floor: float = TINY
+        self,
+        energy,
+        y,
+        weight,
+        e_bg,
+        b,
+        b_free: bool,
+        background: bool,
+        sums_e,
+        scratch,
+        floor: float = TINY,
+        sandwich: bool = False,
     ):
         x, s, log_x, ws, ss, se, amplitude, slope, held, residual, chi2 = _profile(
             energy, y, weight, e_bg, b, b_free, background, sums_e, scratch
@@ -380,6 +414,8 @@ class _Projected:
             gram[held, :, 1] = 0.0
             gram[held, 1, 1] = 1.0
         self.gram = gram  # the full normal matrix, columns (A, c, E_BG, b) as fitted
+        if sandwich:
+            self.meat = self._filling(energy, weight, residual, columns, factors, held, background)
         h_ll, h_lp, h_pp = gram[:, :n_l, :n_l], gram[:, :n_l, n_l:], gram[:, n_l:, n_l:]
         ok = np.isfinite(h_ll).all(axis=(1, 2)) & (np.abs(np.linalg.det(h_ll)) > 0)
         h_ll = np.where(ok[:, None, None], h_ll, np.eye(n_l))
@@ -388,6 +424,23 @@ class _Projected:
             [np.einsum("nm,nm->n", w_col, residual) * f for w_col, f in zip(weighted[n_l:], factors[n_l:])],
             axis=1,
         )
+
+    def _filling(self, energy, weight, residual, columns, factors, held, background: bool):
+        """J^T W diag(r_i^2 / (1 - h_i)^2) W J: the filling of the HC3 sandwich covariance, with
+        h_i = w_i J_i H^-1 J_i^T channel i's leverage (see fit_bandgap's covariance)."""
+        jac = [(energy[None, :] if c is None else c) * f[:, None] for c, f in zip(columns, factors)]
+        if background:  # a c held on its bound 0 is fixed there: no column
+            jac[1] = jac[1] * ~held[:, None]
+        inverse, _ = _inverse(self.gram)
+        k = len(jac)
+        leverage = weight * sum(jac[i] * jac[j] * inverse[:, i, j, None] for i in range(k) for j in range(k))
+        scaled = weight * residual / np.maximum(1.0 - leverage, LEVERAGE_GAP)
+        scored = [scaled * column for column in jac]
+        meat = np.empty_like(self.gram)
+        for i in range(k):
+            for j in range(i, k):
+                meat[:, i, j] = meat[:, j, i] = np.einsum("nm,nm->n", scored[i], scored[j])
+        return meat
 
 
 def _initial_guess(energy, y, weight, exponents, n_free, background: bool, sums_e, scratch):
@@ -453,8 +506,8 @@ def fit_bandgap(
 
     exponent: b fixed to this value, or None to fit it.
     background: "linear" fits a term c E (c >= 0) jointly with the onset (module docstring).
-    sigma: per-channel errors: None (unweighted; covariance scaled by chi2 per degree of
-        freedom), "poisson" (sigma^2 = max(y, 1): counts, absolute) or an array that broadcasts
+    sigma: per-channel errors: None (unweighted; HC3 sandwich covariance, module docstring),
+        "poisson" (sigma^2 = max(y, 1): counts, absolute) or an array that broadcasts
         against the spectra (absolute errors, as curve_fit with absolute_sigma=True).
     """
     spectra = np.asarray(spectra)
@@ -617,10 +670,12 @@ def fit_bandgap(
                 (sums_e[0][rows], sums_e[1][rows]) if with_background else None,
                 scratch,
                 half_channel,
+                sigma is None,
             )
             th = th.copy()
             th[:, A], th[:, C] = state.amplitude, state.slope
-            return state.gram, state.chi2, th
+            meat = state.meat if sigma is None else state.gram
+            return np.stack([state.gram, meat], axis=1), state.chi2, th
 
         th = theta[idx].copy()
         th[:, nonlinear] += final[idx]
@@ -629,10 +684,12 @@ def fit_bandgap(
         if worse.any():
             gram[worse], chi2_end[worse], th[worse] = evaluate(idx[worse], theta[idx[worse]])
         theta[idx], chi2[idx] = th, chi2_end
-        order = [0] + list(range(1 + with_background, gram.shape[1])) + [1] * with_background
-        variance = _inverse_diagonal(gram[:, order][:, :, order])  # columns as `free`
-        if sigma is None:
-            variance *= (chi2[idx] / dof)[:, None]
+        order = [0] + list(range(1 + with_background, gram.shape[-1])) + [1] * with_background
+        gram = gram[..., order, :][..., order]  # columns as `free`
+        if sigma is None:  # HC3 sandwich: each channel's squared residual as its variance
+            variance = _sandwich_diagonal(gram[:, 0], gram[:, 1])
+        else:
+            variance = _inverse_diagonal(gram[:, 0])
         errors[np.ix_(idx, free)] = np.sqrt(np.where(variance >= 0, variance, np.nan))
         if with_background:
             errors[idx[theta[idx, C] <= 0], C] = 0.0

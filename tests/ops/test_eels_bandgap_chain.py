@@ -38,22 +38,37 @@ def one_count_energy(image) -> float:
     loss = energy[energy > 0]
     dispersion = float(energy[1] - energy[0])
     tau = float(image["tau"].min())  # the thinnest pixel keeps the most zero-loss counts
-    counts = (float(image["n_counts"].max()) * np.exp(-tau) * dispersion
-              * eels_synth.zero_loss_peak(loss, tau, ZLP_FWHM / eels_synth.ZLP_FWHM))
+    counts = (
+        float(image["n_counts"].max())
+        * np.exp(-tau)
+        * dispersion
+        * eels_synth.zero_loss_peak(loss, tau, ZLP_FWHM / eels_synth.ZLP_FWHM)
+    )
     return float(loss[np.argmax(counts < 1.0)])
 
 
 def run_chain(folder, seed: int):
     """The chain on a fresh monochromated image of `seed`: (image, band-gap maps, dE_II)."""
     lake = Lake(str(folder / "lake"))
-    ingest_synthetic_eels(lake, "img", SHAPE, seed=seed, chunks=(16, 16), progress=False,
-                          energy_range=(-1.0, 9.0), zlp_fwhm=ZLP_FWHM)
+    ingest_synthetic_eels(
+        lake,
+        "img",
+        SHAPE,
+        seed=seed,
+        chunks=(16, 16),
+        progress=False,
+        energy_range=(-1.0, 9.0),
+        zlp_fwhm=ZLP_FWHM,
+    )
     image = lake.open("raw", "img").load()
     de_ii = round(one_count_energy(image), 2)
-    recipe = chain_recipe(folder, **{
-        "params: {n_sample: 300, seed: 2}": f"params: {{n_sample: 300, seed: 2, de_ii: {[de_ii] * 4}}}",
-        "params: {window_ev: [0.5, 3.0]}": "params: {window_ev: [0.5, 3.0], exponent: null}",
-    })
+    recipe = chain_recipe(
+        folder,
+        **{
+            "params: {n_sample: 300, seed: 2}": f"params: {{n_sample: 300, seed: 2, de_ii: {[de_ii] * 4}}}",
+            "params: {window_ev: [0.5, 3.0]}": "params: {window_ev: [0.5, 3.0], exponent: null}",
+        },
+    )
     engine.run(recipe, lake, progress=False)
     return image, lake.open("derived", "eels-bandgap/bandgap").load(), de_ii
 
@@ -94,8 +109,7 @@ def test_indirect_gaps_on_flakes_are_recovered_less_sharply(monochromated):
     image, bandgap, _ = monochromated
     # (E - E_g)^1.5 rises slowly: ~10 counts per channel 0.5 eV above the onset, so the fit is
     # noise limited (measured: median +0.11 eV, 90% within 0.22 eV on flakes with E_g < 2.2 eV).
-    flakes = ((image["b"].values == 1.5) & (image["e_g"].values < 2.2)
-              & bandgap["converged"].values)
+    flakes = (image["b"].values == 1.5) & (image["e_g"].values < 2.2) & bandgap["converged"].values
     assert flakes.sum() > 50
     error = bandgap["e_bg"].values[flakes] - image["e_g"].values[flakes]
     assert abs(np.median(error)) < 0.2
@@ -112,8 +126,9 @@ def direct_gap_pulls(image, bandgap) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def pooled_pulls(tmp_path_factory):
-    pulls = [direct_gap_pulls(*run_chain(tmp_path_factory.mktemp(f"seed{seed}"), seed)[:2])
-             for seed in (5, 6, 7)]
+    pulls = [
+        direct_gap_pulls(*run_chain(tmp_path_factory.mktemp(f"seed{seed}"), seed)[:2]) for seed in (5, 6, 7)
+    ]
     pulls = np.concatenate(pulls)
     return pulls[np.isfinite(pulls)]
 
@@ -123,17 +138,26 @@ def test_e_bg_error_covers_68_percent_pooled_over_seeds(pooled_pulls):
     """e_bg_error (the fit's own error, the ZLP band spread and the dE_I systematic in
     quadrature) covers the chain's scatter about the ideal fit: over three images (~330
     direct-gap pixels) |pull| < 1 for 0.68 +- 0.07 of them, centred (median pull within +-0.15).
-    Measured: coverage 0.633, median |pull| 0.70 (a normal: 0.674), median pull 0.02. Before the
-    fit's own error was counted (band spread alone): coverage 0.53, median |pull| 1.1."""
+    Measured (the fit's own error from the HC3 sandwich, engine/kernels/bandgap.py): coverage
+    0.700, median |pull| 0.60 (a normal: 0.674), median pull 0.02; with the chi2/dof-scaled
+    covariance before it: 0.633 and 0.70. Before the fit's own error was counted (band spread
+    alone): coverage 0.53, median |pull| 1.1."""
     assert abs(np.mean(np.abs(pooled_pulls) < 1) - 0.68) <= 0.07
     assert abs(np.median(pooled_pulls)) <= 0.15
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "heavy tails: pooled |pull| quantiles 90% 2.40, 95% 3.10 (a normal: 1.64, 1.96), RMS pull 1.41; "
-    "the fit's error is the uniform-weight covariance scaled by chi2/n, which averages the "
-    "Poisson noise over the window (a sandwich or Poisson-weighted error is next; Poisson weights "
-    "as they stand bias the fit: median pull -1.07)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "heavy tails: pooled |pull| quantiles 90% 1.92, 95% 2.68 (a normal: 1.64, 1.96), RMS pull 1.25 "
+        "with the HC3 sandwich error (chi2/dof-scaled covariance: 2.40, 3.10, RMS 1.41; HC1: RMS 1.67). "
+        "The rest is not counting noise: on pure Poisson onsets the sandwich errors are calibrated or "
+        "conservative (tests/kernels/test_bandgap.py), while here chain and ideal onsets both lock "
+        "just below a channel (fraction 0.6-1.0 of a channel) and differ by 1-5 channels on the tail "
+        "pixels, whose errors are under one channel (0.005-0.01 eV); Poisson weights as they stand "
+        "bias the fit: median pull -1.07"
+    ),
+)
 def test_e_bg_error_rms_pull_is_calibrated(pooled_pulls):
     assert 0.8 <= np.sqrt(np.mean(pooled_pulls**2)) <= 1.2
