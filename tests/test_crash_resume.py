@@ -61,7 +61,15 @@ def start_cli(lake: Lake, log: Path, *args: str, gate: Path | None = None,
            "REPLICALAKE_CATALOGS": str(REPO / "catalogs"), "SLOW_OP_GATE": str(gate or "")}
     return subprocess.Popen([sys.executable, "-m", "tests.slow_ops", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, text=True,
-                            stderr=stderr.open("w") if stderr else subprocess.PIPE)
+                            stderr=stderr.open("w") if stderr else subprocess.PIPE,
+                            preexec_fn=_default_ctrl_c)
+
+
+def _default_ctrl_c() -> None:
+    """Ctrl-C as a terminal delivers it. A shell without job control starts background jobs with
+    SIGINT ignored, and a Python started so never raises KeyboardInterrupt: the interrupt tests
+    would then pass or fail by how the suite was launched."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def chunk_records(lake: Lake) -> list[Path]:
