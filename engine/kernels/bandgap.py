@@ -1,5 +1,18 @@
 """Band-gap fits: I(E) = A (E - E_BG)^b above E_BG (zero below) [+ c E], many spectra at once.
 
+Sampling. By default (sampling="point", power_onset) the model is the power law at the channel
+centres; its Jacobian jumps where E_BG crosses a centre, so chi2 has a kink there (on the EELS
+chain 90% of the fitted onsets stop 0.6-1.0 channel past a channel edge). sampling="channel"
+(channel_onset) fits what a detector channel records, the onset averaged over the channel's
+width, (A / (b + 1)) [(hi - E_BG)_+^(b+1) - (lo - E_BG)_+^(b+1)] / (hi - lo), smooth in E_BG
+(with its first derivatives, for b > 0) (_Basis). Measured on the chain's direct gaps (seeds
+5-7, tests/ops/test_eels_bandgap_chain.py): its onsets scatter half as much about the ideal fit
+(std 0.0125 vs 0.0224 eV) and no longer jump between the ZLP band curves and shifted-dE_I fits
+(median band half-spread 0.0004 vs 0.0050 eV, dE_I systematic 0 vs 0.006 eV), so e_bg_error is
+the fit's own error alone, which is too wide there (|pull| < 1 for 0.89, RMS pull 0.91; point
+sampling: 0.70 and 1.26, the band spread and dE_I systematic making up the difference). Not the
+default until those errors are calibrated (see the covariance below).
+
 Why our own fitter: a band-gap map fits one small model per pixel and per quantile curve,
 10^5 - 10^6 fits, and scipy's curve_fit pays ~ms of Python overhead per call. Here every
 spectrum of a chunk (any leading shape, energy last) takes Levenberg-Marquardt steps together,
@@ -46,7 +59,13 @@ Instead the heteroscedasticity-consistent sandwich H^-1 J^T diag(r_i^2 / (1 - h_
 (HC3, MacKinnon & White 1985; h_i the leverage of channel i), which takes each channel's noise
 from its own residual and, through 1 - h_i, does not let the few channels just above the onset
 that fix E_BG hide their noise by absorbing it. Measured on the EELS chain's direct-gap pixels
-(tests/ops/test_eels_bandgap_chain.py): RMS pull 1.41 -> 1.25, |pull| 90% quantile 2.40 -> 1.92.
+(tests/ops/test_eels_bandgap_chain.py, point sampling): RMS pull 1.41 -> 1.25, |pull| 90% quantile
+2.40 -> 1.92. Every such error is the linearised one: where the fitted shape is close to a step
+(b ~ 0.2, the chain's direct gaps with b free) chi2 has a minimum per channel along E_BG and the
+scatter of E_BG (1-2 channels) is set by which one the noise favours, not by the local curvature
+(measured there, the kernel alone on the chain's exact signals with Poisson noise, 30 draws of 60
+pixels, channel sampling: median HC3 error 3.5x the scatter, (J^T W J)^-1 with the true sigma
+0.23x; point sampling: HC3 0.82x, with the jumps between kinks making the pulls' tail).
 
 Array code only (numpy).
 """
@@ -58,7 +77,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["BandgapFit", "fit_bandgap", "power_onset"]
+__all__ = ["BandgapFit", "channel_edges", "channel_onset", "fit_bandgap", "power_onset"]
 
 EXPONENT_MIN = 0.1
 EXPONENT_MAX = 5.0
@@ -103,6 +122,26 @@ def power_onset(energy, e_bg, amplitude, exponent) -> np.ndarray:
     return np.where(above, amplitude * np.where(above, x, 1.0) ** exponent, 0.0)
 
 
+def channel_edges(energy) -> np.ndarray:
+    """The edges of channels centred on `energy` (1-D, increasing): halfway between centres,
+    the outer two half a spacing beyond the first and last centre."""
+    energy = np.asarray(energy, dtype=float)
+    mid = 0.5 * (energy[1:] + energy[:-1])
+    return np.concatenate([[2 * energy[0] - mid[0]], mid, [2 * energy[-1] - mid[-1]]])
+
+
+def channel_onset(energy, e_bg, amplitude, exponent) -> np.ndarray:
+    """A (E - E_BG)_+^b averaged over each channel centred on `energy` (edges: channel_edges),
+    what a detector's channel records and what fit_bandgap fits with sampling="channel";
+    arguments broadcast (energy last)."""
+    edges = channel_edges(energy)
+    lo, hi = edges[:-1], edges[1:]
+    e_bg = np.asarray(e_bg, dtype=float)
+    b1 = np.asarray(exponent, dtype=float) + 1.0
+    integral = np.maximum(hi - e_bg, 0.0) ** b1 - np.maximum(lo - e_bg, 0.0) ** b1
+    return amplitude * integral / (b1 * (hi - lo))
+
+
 def _valid(
     theta: np.ndarray, energy: np.ndarray, n_free: int, b_free: bool, margin: float = 0.0
 ) -> np.ndarray:
@@ -141,10 +180,12 @@ class _Scratch:
         self.shape = (rows, channels)
         self.buffers: dict[str, np.ndarray] = {}
 
-    def __call__(self, name: str, rows: int, dtype=np.float64) -> np.ndarray:
+    def __call__(self, name: str, rows: int, dtype=np.float64, extra: int = 0) -> np.ndarray:
+        """Buffer `name` of (rows, channels + extra) (extra 1: the channels' edges)."""
         buffer = self.buffers.get(name)
         if buffer is None:
-            buffer = self.buffers[name] = np.empty(self.shape, dtype)
+            shape = (self.shape[0], self.shape[1] + extra)
+            buffer = self.buffers[name] = np.empty(shape, dtype)
         return buffer[:rows]
 
 
@@ -169,7 +210,120 @@ def _power(x: np.ndarray, b: float, out: np.ndarray) -> np.ndarray:
     return np.power(x, b, out=out)
 
 
-def _profile(energy, y, weight, e_bg, b, b_free: bool, background: bool, sums_e, scratch, s_yy=None):
+class _Basis:
+    """The onset's shape s(E_BG, b) on the window's channels, and its derivatives.
+
+    sampling "channel": a channel records the spectrum integrated over its width,
+    so its expected value is the onset averaged over [lo, hi] (edges halfway between channel
+    centres, the outer ones half a spacing out), with u = (edge - E_BG)_+:
+
+        s      = [u_hi^(b+1) - u_lo^(b+1)] / ((b + 1) (hi - lo))
+        ds/dE_BG = -[u_hi^b - u_lo^b] / (hi - lo)
+        ds/db  = [F(u_hi) - F(u_lo)] / (hi - lo),   F(u) = u^(b+1) (ln u / (b + 1) - 1 / (b + 1)^2)
+
+    s and both derivatives are continuous in E_BG for b > 0, so chi2 is smooth as the onset
+    moves across a channel. sampling "point": s = x^b at the channel centres (x = E - E_BG > 0),
+    ds/dE_BG = -b x^(b-1), ds/db = x^b ln x; ds/dE_BG jumps where E_BG crosses a centre, where
+    chi2 has a kink (measured on the EELS chain: 90% of the onsets stopped 0.6-1.0 channel past
+    an edge). Channel averaging costs one power on the channels' edges (one more value than
+    channels) and one difference per column.
+
+    shape() returns (s, ds/dE_BG column q, its coefficient e, ds/db column), with d model /
+    d E_BG = -A e q (e = b for "point", 1 for "channel"), d model / db = A (ds/db column); the
+    columns are None unless `jacobian`. The (rows, channels) arrays live in `scratch`.
+    """
+
+    def __init__(self, energy: np.ndarray, sampling: str):
+        self.energy = energy
+        self.channel = sampling == "channel"
+        if self.channel:
+            edges = channel_edges(energy)
+            width = np.diff(edges)
+            uniform = np.allclose(width, width[0], rtol=1e-9, atol=0)
+            self.edges = edges
+            self.inv_width = 1.0 / float(width.mean()) if uniform else 1.0 / width
+
+    def shape(self, e_bg, b, b_free: bool, scratch, jacobian: bool = False, floor: float = 0.0):
+        """floor ("point" only): x^(b-1) is evaluated at max(x, floor) (see the covariance)."""
+        if self.channel:
+            return self._channel(e_bg, b, b_free, scratch, jacobian)
+        return self._point(e_bg, b, b_free, scratch, jacobian, max(floor, TINY))
+
+    def _point(self, e_bg, b, b_free, scratch, jacobian, floor):
+        m = e_bg.size
+        x = np.subtract(self.energy[None, :], e_bg[:, None], out=scratch("x", m))
+        s = scratch("s", m)
+        log_x = None
+        if b_free:
+            above = np.greater(x, 0.0, out=scratch("above", m, bool))
+            log_x = scratch("log_x", m)
+            log_x.fill(0.0)
+            np.log(x, out=log_x, where=above)
+            np.multiply(log_x, b[:, None], out=s)
+            np.exp(s, out=s)
+            s *= above
+        else:
+            # x clipped at 0 in place: s / max(x, floor) is then still 0 below the onset
+            _power(np.maximum(x, 0.0, out=x), float(b[0]) if m else 1.0, s)
+        if not jacobian:
+            return s, None, None, None
+        q = np.maximum(x, floor, out=scratch("q", m))
+        np.divide(s, q, out=q)  # x^(b - 1) above the onset, 0 below
+        b_col = np.multiply(s, log_x, out=scratch("s_log_x", m)) if b_free else None
+        return s, q, b, b_col
+
+    def _channel(self, e_bg, b, b_free, scratch, jacobian):
+        m = e_bg.size
+        u = np.subtract(self.edges[None, :], e_bg[:, None], out=scratch("u", m, extra=1))
+        np.maximum(u, 0.0, out=u)
+        p = scratch("p", m, extra=1)  # u^b
+        log_u = None
+        if b_free:
+            above = np.greater(u, 0.0, out=scratch("above_edges", m, bool, extra=1))
+            log_u = scratch("log_u", m, extra=1)
+            log_u.fill(0.0)
+            np.log(u, out=log_u, where=above)
+            np.multiply(log_u, b[:, None], out=p)
+            np.exp(p, out=p)
+            p *= above
+        else:
+            _power(u, float(b[0]) if m else 1.0, p)
+        g = np.multiply(p, u, out=u)  # u^(b+1)
+        s = np.subtract(g[:, 1:], g[:, :-1], out=scratch("s", m))
+        s *= self.inv_width
+        if b_free:
+            s /= (b + 1.0)[:, None]
+        else:
+            s /= float(b[0]) + 1.0 if m else 1.0
+        if not jacobian:
+            return s, None, None, None
+        q = np.subtract(p[:, 1:], p[:, :-1], out=scratch("q", m))
+        q *= self.inv_width
+        b_col = None
+        if b_free:
+            inv = 1.0 / (b + 1.0)
+            f = np.multiply(log_u, inv[:, None], out=log_u)  # F(u), 0 at u = 0
+            f -= (inv * inv)[:, None]
+            f *= g
+            b_col = np.subtract(f[:, 1:], f[:, :-1], out=scratch("s_log_x", m))
+            b_col *= self.inv_width
+        return s, q, np.ones_like(e_bg), b_col
+
+
+def _profile(
+    basis: _Basis,
+    y,
+    weight,
+    e_bg,
+    b,
+    b_free: bool,
+    background: bool,
+    sums_e,
+    scratch,
+    s_yy=None,
+    jacobian: bool = False,
+    floor: float = 0.0,
+):
     """The chi2-optimal A and c >= 0 for given E_BG and b (the model is linear in both), and
     the pieces the normal equations reuse. c is 0 without a background, or where the
     unconstrained optimum has c < 0 (`held`). b is one value for all when not b_free.
@@ -177,25 +331,14 @@ def _profile(energy, y, weight, e_bg, b, b_free: bool, background: bool, sums_e,
     results live in `scratch` (_Scratch) until its next use. With s_yy (sum w y^2) given, chi2
     comes from the sums, sum w y^2 - A sum w s y - c sum w E y (exact at the linear optimum, but
     cancellation costs it digits, so only to rank starts), and no residual is formed.
+    jacobian, floor: as for _Basis.shape.
 
-    Returns (x, s, ln x (b free, else None), w s, sum w s^2, sum w s E (or None), A, c, held,
-    residual y - A s - c E (or None), chi2).
+    Returns (s, ds/dE_BG column, its coefficient, ds/db column (see _Basis), w s, sum w s^2,
+    sum w s E (or None), A, c, held, residual y - A s - c E (or None), chi2).
     """
     m = e_bg.size
-    x = np.subtract(energy[None, :], e_bg[:, None], out=scratch("x", m))
-    log_x = None
-    s = scratch("s", m)
-    if b_free:
-        above = np.greater(x, 0.0, out=scratch("above", m, bool))
-        log_x = scratch("log_x", m)
-        log_x.fill(0.0)
-        np.log(x, out=log_x, where=above)
-        np.multiply(log_x, b[:, None], out=s)
-        np.exp(s, out=s)
-        s *= above
-    else:
-        # x clipped at 0 in place: s / max(x, floor) is then still 0 below the onset
-        _power(np.maximum(x, 0.0, out=x), float(b[0]) if m else 1.0, s)
+    energy = basis.energy
+    s, q, e_coef, b_col = basis.shape(e_bg, b, b_free, scratch, jacobian, floor)
     ws = np.multiply(weight, s, out=scratch("ws", m))
     ss = np.einsum("nm,nm->n", ws, s)
     sy = np.einsum("nm,nm->n", ws, y)
@@ -214,13 +357,13 @@ def _profile(energy, y, weight, e_bg, b, b_free: bool, background: bool, sums_e,
         held = ~use
     if s_yy is not None:
         chi2 = s_yy - amplitude * sy - (slope * sums_e[1] if background else 0.0)
-        return x, s, log_x, ws, ss, se, amplitude, slope, held, None, chi2
+        return s, q, e_coef, b_col, ws, ss, se, amplitude, slope, held, None, chi2
     residual = np.multiply(s, amplitude[:, None], out=scratch("residual", m))
     np.subtract(y, residual, out=residual)
     if background:
-        residual -= np.multiply(energy[None, :], slope[:, None], out=scratch("q", m))
+        residual -= np.multiply(energy[None, :], slope[:, None], out=scratch("line", m))
     chi2 = np.einsum("nm,nm,nm->n", weight, residual, residual)
-    return x, s, log_x, ws, ss, se, amplitude, slope, held, residual, chi2
+    return s, q, e_coef, b_col, ws, ss, se, amplitude, slope, held, residual, chi2
 
 
 def _normalised(hess: np.ndarray):
@@ -302,9 +445,9 @@ def _sandwich_diagonal(hess, meat):
     return np.where(safe[:, None], np.einsum("nij,njk,nik->ni", bread, meat, bread), np.nan)
 
 
-def _grid_start(energy, y, weight, grid, b: float, background: bool, sums):
+def _grid_start(basis: _Basis, y, weight, grid, b: float, background: bool, sums):
     """The best of the onsets `grid` (the same for every spectrum) at exponent b: (A, c) and
-    chi2 profiled as in _profile_linear, for all onsets at once.
+    chi2 profiled as in _profile, for all onsets at once.
 
     The shapes (E - E_BG)^b do not depend on the spectrum, so every weighted sum over channels
     is one matrix product, and the profiled chi2 follows from the sums (at the optimum of the
@@ -313,7 +456,8 @@ def _grid_start(energy, y, weight, grid, b: float, background: bool, sums):
     residuals. Returns (amplitude, e_bg, slope, chi2), NaN / inf where no onset is usable.
     """
     s_ee, s_ey, s_yy, wy, we = sums
-    shape = power_onset(energy, grid[:, None], 1.0, b)  # (K, M)
+    energy = basis.energy
+    shape = basis.shape(grid, np.full(grid.size, b), False, _Scratch(grid.size, energy.size))[0]  # (K, M)
     s_ss = weight @ (shape * shape).T  # (n, K)
     s_sy = wy @ shape.T
     positive = s_ss > 0
@@ -364,7 +508,7 @@ class _Projected:
 
     def __init__(
         self,
-        energy,
+        basis: _Basis,
         y,
         weight,
         e_bg,
@@ -373,23 +517,20 @@ class _Projected:
         background: bool,
         sums_e,
         scratch,
-        floor: float = TINY,
+        floor: float = 0.0,
         sandwich: bool = False,
     ):
-        x, s, log_x, ws, ss, se, amplitude, slope, held, residual, chi2 = _profile(
-            energy, y, weight, e_bg, b, b_free, background, sums_e, scratch
+        s, q, e_coef, b_col, ws, ss, se, amplitude, slope, held, residual, chi2 = _profile(
+            basis, y, weight, e_bg, b, b_free, background, sums_e, scratch, jacobian=True, floor=floor
         )
         self.amplitude, self.slope, self.chi2 = amplitude, slope, chi2
+        energy = basis.energy
 
         # Jacobian columns, unscaled, and their factors: d model / d theta = factor * column
         m = e_bg.size
-        q = np.maximum(x, floor, out=scratch("q", m))  # floor: see the covariance
-        np.divide(s, q, out=q)  # x^(b - 1) above the onset, 0 below
-        columns = [s] + [None] * background + [q]
-        if b_free:
-            columns.append(np.multiply(s, log_x, out=scratch("s_log_x", m)))
+        columns = [s] + [None] * background + [q] + [b_col] * b_free
         factors = [np.ones_like(amplitude)] + [np.ones_like(amplitude)] * background
-        factors += [-b * amplitude] + [amplitude] * b_free
+        factors += [-e_coef * amplitude] + [amplitude] * b_free
         n_l = 1 + background
         weighted = (
             [ws]
@@ -443,11 +584,12 @@ class _Projected:
         return meat
 
 
-def _initial_guess(energy, y, weight, exponents, n_free, background: bool, sums_e, scratch):
+def _initial_guess(basis: _Basis, y, weight, exponents, n_free, background: bool, sums_e, scratch):
     """Start (n, 4) from the linearised fit of y^(1/b) vs E over the channels with clear signal,
     or with a background from that and a grid of onsets across the window, whichever has the
     lowest chi2. sums_e, scratch as for _profile."""
     n = y.shape[0]
+    energy = basis.energy
     clear = y > SIGNAL_FRACTION  # y is scaled to a maximum |value| of 1
     count = clear.sum(axis=1)
     e_mean = np.where(clear, energy, 0.0).sum(axis=1) / np.maximum(count, 1)
@@ -475,11 +617,11 @@ def _initial_guess(energy, y, weight, exponents, n_free, background: bool, sums_
         e_bg = np.clip(e_bg, energy[0] - span, energy[-(n_free + 2)])
         b_arr = np.full(n, b)
         *_, amplitude, slope, _, _, chi2 = _profile(
-            energy, y, weight, e_bg, b_arr, False, background, sums_e, scratch, s_yy
+            basis, y, weight, e_bg, b_arr, False, background, sums_e, scratch, s_yy
         )
         starts = [(amplitude, e_bg, slope, chi2)]
         if background:
-            starts.append(_grid_start(energy, y, weight, grid, b, background, sums))
+            starts.append(_grid_start(basis, y, weight, grid, b, background, sums))
         for amplitude, start, slope, chi2 in starts:
             better = np.isfinite(amplitude) & (amplitude > 0) & (chi2 < best_chi2)
             best[better] = np.stack([amplitude, start, b_arr, slope], axis=1)[better]
@@ -498,6 +640,7 @@ def fit_bandgap(
     exponent: float | None = None,
     background: Literal["none", "linear"] = "none",
     sigma=None,
+    sampling: Literal["channel", "point"] = "point",
     max_iter: int = 200,
     xtol: float = 1e-8,
     step_tol: float = 1e-2,
@@ -509,6 +652,9 @@ def fit_bandgap(
     sigma: per-channel errors: None (unweighted; HC3 sandwich covariance, module docstring),
         "poisson" (sigma^2 = max(y, 1): counts, absolute) or an array that broadcasts
         against the spectra (absolute errors, as curve_fit with absolute_sigma=True).
+    sampling: "point" fits the onset at the channel centres (power_onset), "channel" the onset
+        averaged over each channel (edges halfway between the centres; channel_onset), which is
+        smooth in E_BG (module docstring).
     """
     spectra = np.asarray(spectra)
     energy = np.asarray(energy, dtype=np.float64)
@@ -522,6 +668,8 @@ def fit_bandgap(
     energy_w = energy[inside]
     if background not in ("none", "linear"):
         raise ValueError(f"background must be 'none' or 'linear', not {background!r}")
+    if sampling not in ("channel", "point"):
+        raise ValueError(f"sampling must be 'channel' or 'point', not {sampling!r}")
     b_free, with_background = exponent is None, background == "linear"
     # theta columns being fitted: (A, E_BG), then b if free, then c if a background is
     free = [A, E_BG] + [B] * b_free + [C] * with_background
@@ -565,9 +713,11 @@ def fit_bandgap(
         else None
     )
     scratch = _Scratch(n, energy_w.size)
-    theta = _initial_guess(energy_w, y, weight, exponents, n_free, with_background, sums_e, scratch)
+    basis = _Basis(energy_w, sampling)
+    theta = _initial_guess(basis, y, weight, exponents, n_free, with_background, sums_e, scratch)
     active = usable & _valid(theta, energy_w, n_free, b_free)
     lam = np.full(n, LAMBDA_START)
+    nu = np.full(n, 2.0)  # growth of lam after a rejected step (gain-ratio damping, below)
     chi2 = np.full(n, np.inf)
     converged = np.zeros(n, bool)
     iterations = np.zeros(n, np.int32)
@@ -581,7 +731,7 @@ def fit_bandgap(
     def project(th, rows=slice(None)):
         """_Projected at th for the compacted spectra `rows`, and th with A and c profiled."""
         state = _Projected(
-            energy_w,
+            basis,
             yy[rows],
             w[rows],
             th[:, E_BG],
@@ -615,12 +765,18 @@ def fit_bandgap(
         iterations[idx] += 1
         th = theta[idx]
         step, newton, solvable = _damped_steps(hess, grad, lam[idx])
+        if basis.channel:  # for the gain-ratio damping below
+            # chi2's decrease predicted by the linearised model for the damped step s:
+            # 2 s^T g - s^T H s = s^T g + lam s^T diag(H) s, as (H + lam diag H) s = g
+            diagonal = np.diagonal(hess, axis1=1, axis2=2)
+            predicted = (step * grad).sum(axis=1) + lam[idx] * (step * step * diagonal).sum(axis=1)
+            before = chi2[idx]
         # Stop where the undamped Gauss-Newton step is shorter than step_tol standard errors
         # (its length in that metric is s^T H s = g^T s, with the noise level estimated by
         # chi2 / dof): the rest is far below the statistical error, so no trial is made.
-        # Without this test an onset next to a channel, where the Jacobian jumps, oscillates
-        # towards it for hundreds of steps. Where a tiny step cannot lower chi2 (noiseless
-        # data: chi2 -> 0), the step's relative size ends it after that step.
+        # Without this test an onset next to a channel centre (sampling "point": the Jacobian
+        # jumps there) oscillates towards it for hundreds of steps. Where a tiny step cannot
+        # lower chi2 (noiseless data: chi2 -> 0), the step's relative size ends it after that step.
         flat = solvable & ((newton * grad).sum(axis=1) <= step_tol**2 * chi2[idx] / dof)
         final[idx[flat]] = newton[flat]
         small = solvable & (np.abs(step) <= xtol * (np.abs(th[:, nonlinear]) + xtol)).all(axis=1)
@@ -636,7 +792,24 @@ def fit_bandgap(
             theta[idx[accept]] = trial[better]
             chi2[idx[accept]] = trial_state.chi2[better]
             hess[accept], grad[accept] = trial_state.hess[better], trial_state.grad[better]
-        lam[idx] = np.where(accept, np.maximum(lam[idx] / 10.0, 1e-12), lam[idx] * 10.0)
+        if basis.channel:
+            # Gain-ratio damping (Nielsen 1999; Madsen, Nielsen & Tingleff 2004, eq. 2.21): with
+            # rho = actual / predicted decrease, lam * max(1/3, 1 - (2 rho - 1)^3) after an
+            # accepted step, lam * nu (nu doubling) after a rejected one. The channel-averaged
+            # model's curvature in E_BG is unbounded at a channel edge for b < 1 (the u^b of the
+            # edge), and under a model that misses the data by many sigma the Gauss-Newton
+            # curvature is too small: full steps overshoot, and dividing lam by 10 after each
+            # small gain let them zigzag for hundreds of iterations (measured: 4 of 200 onsets
+            # under a falling background, and b = 0.5 onsets at an edge, still going after 200).
+            # Point sampling keeps the schedule below, with which its calibrations were measured
+            # (the gain ratio there moves the chain's onsets between kinks: issue 17's dE_BG /
+            # d dE_I on the known truth 0.198 -> 0.248).
+            gain = (before - chi2[idx]) / np.where(predicted > 0, predicted, np.inf)
+            shrink = np.maximum(1.0 / 3.0, 1.0 - (2.0 * gain - 1.0) ** 3)
+            lam[idx] = np.where(accept, np.maximum(lam[idx] * shrink, 1e-12), lam[idx] * nu[idx])
+            nu[idx] = np.where(accept, 2.0, 2.0 * nu[idx])
+        else:
+            lam[idx] = np.where(accept, np.maximum(lam[idx] / 10.0, 1e-12), lam[idx] * 10.0)
         done = flat | small
         converged[idx[done]] = True
         stop = done | (lam[idx] > LAMBDA_MAX) | ~solvable
@@ -646,10 +819,11 @@ def fit_bandgap(
             if with_background:
                 see, sey = see[keep], sey[keep]
 
-    # Covariance from the weighted Jacobian at the optimum. A channel records the spectrum
-    # averaged over its width, so its sensitivity to E_BG is bounded by the slope half a channel
-    # above the onset; the point-sampled x^(b-1) diverges for b < 1 when the onset lands just
-    # below a channel and would claim errors 10^4 times too small.
+    # Covariance from the weighted Jacobian at the optimum. With sampling "channel" the model's
+    # sensitivity to E_BG is the onset's slope averaged over each channel, bounded by nature.
+    # With "point" it is bounded here by the slope half a channel above the onset (a channel
+    # records the spectrum averaged over its width): the point-sampled x^(b-1) diverges for b < 1
+    # when the onset lands just below a channel and would claim errors 10^4 times too small.
     # A c held on its bound is a fixed parameter there: variance 0.
     # The same evaluation takes the last Gauss-Newton step (shorter than step_tol standard
     # errors, so not worth a trial of its own) where it keeps theta valid and does not raise chi2.
@@ -660,7 +834,7 @@ def fit_bandgap(
 
         def evaluate(rows, th):
             state = _Projected(
-                energy_w,
+                basis,
                 y[rows],
                 weight[rows],
                 th[:, E_BG],
@@ -669,7 +843,7 @@ def fit_bandgap(
                 with_background,
                 (sums_e[0][rows], sums_e[1][rows]) if with_background else None,
                 scratch,
-                half_channel,
+                0.0 if basis.channel else half_channel,
                 sigma is None,
             )
             th = th.copy()

@@ -17,13 +17,17 @@ high on direct-gap pixels; dE_II = 1.0 eV, +0.046 eV).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
 import engine
+from engine.graph import compile_recipe
 from engine.ingest.synthetic_eels import ingest_synthetic_eels
 from engine.kernels import eels_synth
 from engine.kernels.bandgap import fit_bandgap
+from engine.ops import eels_bandgap
 from engine.storage import Lake
 from tests.ops.test_eels_zlp import chain_recipe
 
@@ -78,12 +82,12 @@ def monochromated(tmp_path_factory):
     return run_chain(tmp_path_factory.mktemp("mono"), seed=5)
 
 
-def ideal_fit(image):
+def ideal_fit(image, sampling="point"):
     """The band-gap fit of the exact inelastic signal of every (aligned) pixel."""
     maps = {k: image[k].values for k in ("tau", "e_g", "b", "n_counts")}
     maps["drift"] = np.zeros_like(maps["tau"])
     j, zlp = eels_synth.noiseless_spectra(image["energy"].values, maps, ZLP_FWHM / eels_synth.ZLP_FWHM)
-    return fit_bandgap(j - zlp, image["energy"].values, window=WINDOW, background="linear")
+    return fit_bandgap(j - zlp, image["energy"].values, window=WINDOW, background="linear", sampling=sampling)
 
 
 def test_one_count_point_is_past_the_automatic_window(monochromated):
@@ -116,21 +120,45 @@ def test_indirect_gaps_on_flakes_are_recovered_less_sharply(monochromated):
     assert np.percentile(np.abs(error), 90) < 0.4
 
 
-def direct_gap_pulls(image, bandgap) -> np.ndarray:
-    """(chain E_BG - ideal fit) / e_bg_error on the converged direct-gap pixels: the ideal fit is
-    what the chain would give without noise or subtraction error, which e_bg_error must cover."""
-    ideal = ideal_fit(image)
+def direct_gap_pulls(image, bandgap, sampling="point") -> tuple[np.ndarray, np.ndarray]:
+    """(chain E_BG - ideal fit) / e_bg_error on the converged direct-gap pixels, and chain E_BG -
+    ideal fit: the ideal fit is what the chain would give without noise or subtraction error,
+    which e_bg_error must cover."""
+    ideal = ideal_fit(image, sampling)
     direct = (image["b"].values == 0.5) & bandgap["converged"].values & np.isfinite(ideal.e_bg)
-    return (bandgap["e_bg"].values[direct] - ideal.e_bg[direct]) / bandgap["e_bg_error"].values[direct]
+    offset = bandgap["e_bg"].values[direct] - ideal.e_bg[direct]
+    pulls = offset / bandgap["e_bg_error"].values[direct]
+    return pulls[np.isfinite(pulls)], offset[np.isfinite(pulls)]
+
+
+def channel_sampled_bandgap(folder):
+    """The chain's band-gap step again on the same subtracted signal, with the kernel's
+    channel-averaged model (engine/kernels/bandgap.py, sampling="channel")."""
+    lake = Lake(str(folder / "lake"))
+    plan = compile_recipe(folder / "chain.yaml", lake)
+    inputs = [plan.step(name).dataset for name in ("inelastic", "clusters", "windows")]
+    params = eels_bandgap.BandgapParams(window_ev=WINDOW, exponent=None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(eels_bandgap, "fit_kernel", functools.partial(fit_bandgap, sampling="channel"))
+        return eels_bandgap.fit_bandgap(params, *inputs).load()
 
 
 @pytest.fixture(scope="module")
-def pooled_pulls(tmp_path_factory):
-    pulls = [
-        direct_gap_pulls(*run_chain(tmp_path_factory.mktemp(f"seed{seed}"), seed)[:2]) for seed in (5, 6, 7)
-    ]
-    pulls = np.concatenate(pulls)
-    return pulls[np.isfinite(pulls)]
+def pooled(tmp_path_factory):
+    """Per sampling ("point": the chain as run; "channel": its band-gap step refitted), the
+    pulls and offsets of three images pooled."""
+    out = {"point": [], "channel": []}
+    for seed in (5, 6, 7):
+        folder = tmp_path_factory.mktemp(f"seed{seed}")
+        image, bandgap, _ = run_chain(folder, seed)
+        out["point"].append(direct_gap_pulls(image, bandgap))
+        out["channel"].append(direct_gap_pulls(image, channel_sampled_bandgap(folder), "channel"))
+    return {k: tuple(np.concatenate(part) for part in zip(*v)) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def pooled_pulls(pooled):
+    return pooled["point"][0]
 
 
 @pytest.mark.slow
@@ -156,8 +184,38 @@ def test_e_bg_error_covers_68_percent_pooled_over_seeds(pooled_pulls):
         "conservative (tests/kernels/test_bandgap.py), while here chain and ideal onsets both lock "
         "just below a channel (fraction 0.6-1.0 of a channel) and differ by 1-5 channels on the tail "
         "pixels, whose errors are under one channel (0.005-0.01 eV); Poisson weights as they stand "
-        "bias the fit: median pull -1.07"
+        "bias the fit: median pull -1.07. Three images' RMS rests on a few tail pulls: seeds 8-10 give "
+        "RMS 1.08 (coverage 0.682, max |pull| 3.5), seeds 5-10 pooled 1.17 (0.691, 819 pixels)"
     ),
 )
 def test_e_bg_error_rms_pull_is_calibrated(pooled_pulls):
     assert 0.8 <= np.sqrt(np.mean(pooled_pulls**2)) <= 1.2
+
+
+@pytest.mark.slow
+def test_channel_sampling_halves_the_scatter_about_the_ideal_fit(pooled):
+    """The channel-averaged model (smooth in E_BG) against the point-sampled one, each chain
+    compared with the ideal fit of its own model: the onsets no longer stick at channel centres,
+    so they scatter about half as much (measured std 0.0125 vs 0.0224 eV, ratio 0.56; median
+    |offset| 0.0093 vs 0.0111 eV)."""
+    point, channel = pooled["point"][1], pooled["channel"][1]
+    assert np.std(channel) < 0.75 * np.std(point)
+    assert np.median(np.abs(channel)) < np.median(np.abs(point))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "channel sampling: e_bg_error too wide for most pixels, |pull| < 1 for 0.893 (RMS pull 0.906, "
+        "|pull| 90% / 95% quantiles 1.06 / 1.56, max 6.5). Its onsets no longer jump between the ZLP band "
+        "curves and the shifted-dE_I fits (median band half-spread 0.0004 eV, dE_I systematic 0, against "
+        "0.0050 and 0.0064 with point sampling), so e_bg_error is the fit's own HC3 error alone, and the "
+        "fits are near steps (b free: median b 0.25 on these direct gaps), whose chi2 has a minimum per "
+        "channel along E_BG: the HC3 error there is ~3x the scatter (engine/kernels/bandgap.py)"
+    ),
+)
+def test_channel_sampling_e_bg_error_is_calibrated(pooled):
+    pulls = pooled["channel"][0]
+    assert abs(np.mean(np.abs(pulls) < 1) - 0.68) <= 0.07
+    assert 0.8 <= np.sqrt(np.mean(pulls**2)) <= 1.2
