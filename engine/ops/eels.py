@@ -139,14 +139,18 @@ class ThicknessParams(_Params):
     align_zlp: bool = Field(
         False,
         description="integrate each spectrum as eels.align_zlp would shift it (ZLP maximum at "
-        "0 eV), in one pass without forming the shifted spectra, and add `zlp_shift`; the same "
-        "t/lambda as eels.align_zlp then eels.thickness (to float32 rounding) for 0.6x their CPU "
-        "time (measured at 1.6e5 spectra). For an image that is already aligned, leave it off",
+        "0 eV), in one pass that finds each ZLP once and never forms the shifted spectra, and add "
+        "`zlp_shift`: the same shifts and NaNs as eels.align_zlp then eels.thickness, t/lambda "
+        "within float32 rounding with zlp_end threshold, and with first_minimum within 0.015 "
+        "(the first minimum of the unshifted spectrum, not of the interpolated one; as close to "
+        "the truth), for 0.4x the kernel time of the earlier one pass (0.2x the two steps, "
+        "measured at 1.6e5 spectra). For an image that is already aligned, leave it off",
     )
 
 
 # memory: measured 3.49 at 32 x 32 pixels, 3.04 at 64 x 64 on aligned spectra; with align_zlp 3.54
-# and 3.36 (calibrate_op_memory.py, cases eels.thickness and thickness_one_pass)
+# and 3.36 (calibrate_op_memory.py, cases eels.thickness and thickness_one_pass; before the one pass
+# found the ZLP once and stopped forming aligned channels: an upper bound now)
 @register_op("eels.thickness", params=ThicknessParams, inputs=("image",), memory=3.6)
 def thickness(params: ThicknessParams, image: xr.Dataset) -> xr.Dataset:
     """Log-ratio relative thickness t/lambda = ln(I_total / I_ZLP) per pixel.
@@ -155,7 +159,8 @@ def thickness(params: ThicknessParams, image: xr.Dataset) -> xr.Dataset:
     is the peak within `zlp_search_ev` of 0 eV, never the tallest (a thick specimen's plasmon
     can be taller); where there is none, t/lambda is NaN and `zlp_found` False. With
     `align_zlp`, t/lambda of the spectra as eels.align_zlp shifts them, and that shift
-    `zlp_shift` (eV), without the aligned image (kernels.eels.aligned_log_ratio_thickness). A
+    `zlp_shift` (eV), from one pass over the unshifted spectra that finds each ZLP once
+    (kernels.eels.aligned_log_ratio_thickness). A
     synthetic image's truth `windowed_log_ratio` (no energy dim), when present, is carried into
     the output.
     """

@@ -65,12 +65,24 @@ def test_thickness_matches_the_windowed_truth(image):
     assert result["thickness_nm"].attrs["units"] == "nm"
 
 
-# One-pass thickness (align_zlp: true) against align then thickness: the same ZLP decisions on
-# bit-identical aligned channels, so the same NaNs and shifts; t/lambda differs only by the rounding
-# of the sums (float32 over the aligned channels there, float64 running sums of the unshifted ones
-# here): measured at most 4.5e-7 over 0.01-0.5 eV/channel, t/lambda 0.1-3, 3 seeds
-# (tests/ops/test_eels_thick.py), against float32's 6e-8 per operation on ~2000 channels.
+# One-pass thickness (align_zlp: true) against align then thickness. The ZLP is found once, on the
+# unshifted spectra, so the shifts and the NaNs are the same. With a threshold the integration
+# limits are the same channels: t/lambda differs only by the rounding of the sums (float32 over the
+# aligned channels there, running sums of the unshifted ones here), measured at most 4.8e-7 over
+# 0.01-0.5 eV/channel, t/lambda 0.1-3, 3 seeds (tests/ops/test_eels_thick.py), against float32's
+# 6e-8 per operation on ~2000 channels.
 ONE_PASS_TOLERANCE = 2e-6
+# With the first minimum, that of the unshifted spectrum (the aligned one is interpolated, which
+# smooths it): where they fall on different channels, t/lambda differs by those channels' counts.
+# Measured worst 0.0090 at 0.5 eV/channel (the ZLP ~1 channel wide), 0.0028 at 0.05, 0.0088 at 0.01
+# (4 seeds x 180 spectra, gap 2 eV); each path stays as close to the truth (test_eels_thick.py).
+# Where a gap near 1 eV with b = 0.5 hides the first minimum the two may differ more (up to 0.036
+# here, 0.091 at 0.5 eV/channel), the one pass nearer the truth on every such pixel measured.
+FIRST_MINIMUM_DIFFERENCE = 0.015
+
+
+def one_pass_tolerance(params: dict) -> float:
+    return ONE_PASS_TOLERANCE if params.get("zlp_end") == "threshold" else FIRST_MINIMUM_DIFFERENCE
 
 
 @pytest.mark.parametrize("params", [{}, {"zlp_end": "threshold", "threshold_ev": 1.5}])
@@ -80,12 +92,16 @@ def test_one_pass_matches_align_then_thickness(image, params):
         aligned = align_zlp(AlignParams(), image)
         two_step = thickness(ThicknessParams(mean_free_path_nm=100.0, **params), aligned)
     assert "counts" not in one_pass and one_pass["t_over_lambda"].chunks == ((16, 16, 16), (16, 16, 8))
-    np.testing.assert_allclose(
-        one_pass["t_over_lambda"].values, two_step["t_over_lambda"].values, rtol=0, atol=ONE_PASS_TOLERANCE
-    )
+    t, expected = one_pass["t_over_lambda"].values, two_step["t_over_lambda"].values
+    close = image["e_g"].values > 1.5 if not params else np.ones(t.shape, bool)
+    np.testing.assert_allclose(t[close], expected[close], rtol=0, atol=one_pass_tolerance(params))
     np.testing.assert_array_equal(one_pass["zlp_shift"].values, aligned["zlp_shift"].values)
     assert one_pass["zlp_shift"].attrs["units"] == "eV"
     assert bool(one_pass["zlp_found"].all())
+    if not params:  # as close to the truth as the two-step chain (test_thickness_matches_...)
+        error = np.abs(t - image["windowed_log_ratio"].values)
+        assert np.median(error) < 0.002 and np.percentile(error, 99) < 0.03 and error.max() < 0.06
+        assert error[close].max() < 0.02
 
 
 def test_threshold_method(image):
