@@ -1,9 +1,12 @@
 """Band-gap maps: fit I_inel(E) = A (E - E_BG)^b [+ c E] in an energy window, per pixel.
 
-The fit runs on every spectrum of a chunk at once (engine.kernels.bandgap), mapped lazily over
-the pixel chunks. When the input carries quantile bands of the inelastic signal (the spread over
-ZLP replicas), each band curve is fitted too and the spread of their onsets is the error of
-E_BG: that error includes the ZLP model's uncertainty, which the fit covariance alone does not.
+The fit runs on every spectrum of a block at once (engine.kernels.bandgap), mapped lazily over
+the pixels: one task per block makes every fit of its pixels (the spectrum, its band curves,
+the shifted-dE_I medians, the free-b fit), on the window's channels only, in one kernel call
+per distinct window (_fit_block), with blocks merged to FIT_BLOCK_PIXELS. When the input
+carries quantile bands of the inelastic signal (the spread over ZLP replicas), each band curve
+is fitted too and the spread of their onsets is the error of E_BG: that error includes the
+ZLP model's uncertainty, which the fit covariance alone does not.
 
 Self-consistency (issue 17). Given the clusters and ZLP windows, each pixel's fit starts at
 max(window start, its cluster's dE_I): below dE_I the subtracted signal is the ZLP model's
@@ -22,6 +25,7 @@ the generator's spectra (engine.kernels.bandgap). `background: none` fits the ba
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import dask
@@ -42,93 +46,265 @@ from .eels_cluster import CLUSTER_ID, cluster_labels
 QUANTILE = "quantile"
 DE_I_SHIFT = "de_i_shift"  # eels.subtract_zlp's dim of the bands at shifted dE_I
 BANDGAP_TRUTH = "e_g"  # the true E_BG map of a synthetic image (engine/kernels/eels_synth.py)
-_MAPS = ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "converged", "chi2",
-         "onset_below_de_i", "e_bg_fit")
+_MAPS = (
+    "e_bg",
+    "e_bg_error",
+    "amplitude",
+    "exponent",
+    "background",
+    "converged",
+    "chi2",
+    "onset_below_de_i",
+    "e_bg_fit",
+)
 _DTYPES = [np.float32] * 5 + [bool, np.float32, bool, np.float32]
 
 
 class BandgapParams(Params):
     window_ev: tuple[float, float] = Field(
         description="[low, high] energy loss window of the fit (eV), just above the onset; with "
-        "clusters and windows inputs each pixel starts at max(low, its cluster's dE_I)")
+        "clusters and windows inputs each pixel starts at max(low, its cluster's dE_I)"
+    )
     exponent: float | None = Field(
-        None, gt=0, description="null (default) fits b; a fixed b (0.5 direct gap, 1.5 "
-        "indirect) also reports the free-b fit's chi2 beside it (`chi2_free_b`)")
+        None,
+        gt=0,
+        description="null (default) fits b; a fixed b (0.5 direct gap, 1.5 "
+        "indirect) also reports the free-b fit's chi2 beside it (`chi2_free_b`)",
+    )
     background: Literal["none", "linear"] = Field(
-        "linear", description="linear: fit c E (c >= 0) under the onset, the plasmon tail's "
-        "low-energy limit; none: the bare power law")
+        "linear",
+        description="linear: fit c E (c >= 0) under the onset, the plasmon tail's "
+        "low-energy limit; none: the bare power law",
+    )
     variable: str = Field("inelastic", description="spectra variable (the ZLP-subtracted signal)")
     quantile_variable: str | None = Field(
-        "inelastic_quantile", description=f"quantile bands over a {QUANTILE!r} dim, fitted for "
-        "the E_BG error; the default is used when present, null ignores bands")
+        "inelastic_quantile",
+        description=f"quantile bands over a {QUANTILE!r} dim, fitted for "
+        "the E_BG error; the default is used when present, null ignores bands",
+    )
     shift_variable: str | None = Field(
-        "inelastic_de_i", description=f"the median subtracted at shifted dE_I (a {DE_I_SHIFT!r} "
+        "inelastic_de_i",
+        description=f"the median subtracted at shifted dE_I (a {DE_I_SHIFT!r} "
         "dim, eels.subtract_zlp), fitted for the dE_I systematic; used when present (and "
-        "clusters and windows are given), null ignores it")
+        "clusters and windows are given), null ignores it",
+    )
     weights: Literal["uniform", "poisson"] = Field(
-        "uniform", description="uniform: errors from the scatter about the fit; poisson: "
-        "sigma^2 = max(I, 1) counts")
+        "uniform",
+        description="uniform: errors from the scatter about the fit; poisson: sigma^2 = max(I, 1) counts",
+    )
 
     @model_validator(mode="after")
     def _ordered_window(self):
         if not self.window_ev[0] < self.window_ev[1]:
-            raise ValueError(f"window_ev must be [low, high] with low < high, got "
-                             f"{list(self.window_ev)}")
+            raise ValueError(f"window_ev must be [low, high] with low < high, got {list(self.window_ev)}")
         return self
 
 
-def _fit_maps(spectra: np.ndarray, de_i=None, *, energy, window, exponent, background, sigma,
-              shift=0.0):
-    """The maps of one block. de_i (pixels): each pixel's dE_I (NaN: unclustered, no fit) or
-    None; a pixel's window starts at max(window low, dE_I + shift). Pixels sharing a start
-    (one per cluster) are fitted together."""
-    lead = spectra.shape[:-1]
-    flat = spectra.reshape(-1, spectra.shape[-1])
-    n = flat.shape[0]
-    out = {name: np.full(n, np.nan, np.float32) for name in _MAPS}
+FIT_MAP = "fit_map"  # dim of _fit_block's output columns
+
+
+@functools.cache
+def _one_blas_thread() -> None:
+    """One BLAS thread per process, set once, from the first fit task.
+
+    Every chunk is fitted by a dask worker thread of its own, so numpy's OpenBLAS pool (one
+    thread per core) only oversubscribes the cores, and its threads spin after each of the
+    kernel's small matrix products (the onset grid of the initial guess): measured on 1024
+    spectra of the 10^6 chain, 0.31 CPU-s per kernel call with the pool against 0.18 with one
+    thread (kernels/train.py's one_thread does the same for the trainings).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # OPENBLAS_NUM_THREADS=1 in the environment does it
+        return
+    threadpool_limits(1, user_api="blas")
+
+
+# Pixels per fit task: blocks of the (windowed) spectra are merged along the last pixel dim up to
+# this. Each kernel call pays its initial guess and iterates until its slowest row stops, so
+# larger calls cost less per fit: measured on the 10^6 chain's spectra (one BLAS thread, load
+# ~17), 268 us per fit at 1024 rows, 186 at 4096, 182 at 8192. Only the window's channels
+# (~1/20 of the axis) are merged, so a merged block is smaller than one input chunk.
+FIT_BLOCK_PIXELS = 4096
+
+
+def _fit_columns(jobs) -> list[tuple[int, str]]:
+    """(job, map) per column of _fit_block's output: every map of a job that asks for all of
+    them (`full`), else only its e_bg_fit."""
+    return [(j, name) for j, job in enumerate(jobs) for name in (_MAPS if job[4] else ("e_bg_fit",))]
+
+
+def _fit_block(*blocks, names, jobs, energy, window, background, sigma):
+    """Every fit of one block in as few kernel calls as there are distinct windows.
+
+    blocks: the arrays `names` says ("spectra" (pixels..., E), "bands" (pixels..., Q, E),
+    "shifted" (pixels..., S, E), "de_i" (pixels...)), E the channels of `energy`. jobs:
+    (source, index along its extra axis or None, dE_I shift, exponent, full) per fit. A
+    pixel's window starts at max(window low, its dE_I + the job's shift) (NaN dE_I:
+    unclustered, no fit). The rows of all jobs that share a window and an exponent are fitted
+    in one kernel call: its fits are independent row by row, so this changes no result, only
+    the number of calls (each pays its initial guess and iterates until its slowest row
+    stops). A job whose rows equal an earlier one's with the same shift and exponent (the
+    median band is the `inelastic` variable itself) is not fitted again. Returns (pixels...,
+    columns) float32 laid out as _fit_columns, the bool maps as 0 / 1.
+    """
+    _one_blas_thread()
+    arrays = dict(zip(names, blocks, strict=True))
+    lead = arrays["spectra"].shape[:-1]
+    n = int(np.prod(lead))
+    de_i = arrays.get("de_i")
+    de_i = None if de_i is None else np.asarray(de_i, np.float64).reshape(-1)
+    data, limits, starts = [], [], []
+    for source, index, shift, *_ in jobs:
+        block = arrays[source] if index is None else arrays[source][..., index, :]
+        data.append(block.reshape(n, -1))
+        limit = np.full(n, -np.inf) if de_i is None else de_i + shift
+        limits.append(limit)
+        starts.append(np.maximum(window[0], limit))  # NaN stays NaN: no fit
+    same = {}  # job -> the earlier job whose rows and windows it repeats
+    for j, job in enumerate(jobs):
+        for i in range(j):
+            if (
+                jobs[i][2:4] == job[2:4]
+                and i not in same
+                and np.array_equal(data[i], data[j], equal_nan=True)
+            ):
+                same[j] = i
+                break
+    groups = {}
+    for j, job in enumerate(jobs):
+        if j in same:
+            continue
+        for low in np.unique(starts[j][np.isfinite(starts[j])]):
+            groups.setdefault((job[3], float(low)), []).append((j, np.flatnonzero(starts[j] == low)))
+    values = {name: np.full((len(jobs), n), np.nan, np.float32) for name in _MAPS}
     for name in ("converged", "onset_below_de_i"):
-        out[name] = np.zeros(n, bool)
-    if de_i is None:
-        limit = np.full(n, -np.inf)
-        start = np.full(n, window[0])
-    else:
-        limit = np.broadcast_to(np.asarray(de_i, np.float64), lead).reshape(-1) + shift
-        start = np.maximum(window[0], limit)  # NaN stays NaN: no fit
-    free = 2 + (exponent is None) + (background == "linear")
-    for low in np.unique(start[np.isfinite(start)]):
-        rows = np.flatnonzero(start == low)
-        if ((energy >= low) & (energy <= window[1])).sum() < free + 2:
+        values[name][:] = 0.0
+    inside = energy <= window[1]
+    for (exponent, low), members in groups.items():
+        free = 2 + (exponent is None) + (background == "linear")
+        if (inside & (energy >= low)).sum() < free + 2:
             continue  # dE_I too close to the window's end: no fit, not converged
-        fit = fit_kernel(flat[rows], energy, window=(low, window[1]), exponent=exponent,
-                         background=background, sigma=sigma)
-        below = fit.converged & (fit.e_bg < limit[rows])
-        good = fit.converged & ~below
-        out["e_bg_fit"][rows] = fit.e_bg
-        out["onset_below_de_i"][rows] = below
-        out["converged"][rows] = good
-        for name in ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "chi2"):
-            out[name][rows] = np.where(good, getattr(fit, name), np.nan)
-    return tuple(out[name].reshape(lead) for name in _MAPS)
+        y = np.concatenate([data[j][rows] for j, rows in members])
+        fit = fit_kernel(
+            y, energy, window=(low, window[1]), exponent=exponent, background=background, sigma=sigma
+        )
+        offset = 0
+        for j, rows in members:
+            part = slice(offset, offset + rows.size)
+            offset += rows.size
+            e_bg = fit.e_bg[part]
+            below = fit.converged[part] & (e_bg < limits[j][rows])
+            good = fit.converged[part] & ~below
+            values["e_bg_fit"][j, rows] = e_bg
+            values["onset_below_de_i"][j, rows] = below
+            values["converged"][j, rows] = good
+            for name in ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "chi2"):
+                values[name][j, rows] = np.where(good, getattr(fit, name)[part], np.nan)
+    columns = _fit_columns(jobs)
+    out = np.empty((n, len(columns)), np.float32)
+    for c, (j, name) in enumerate(columns):
+        out[:, c] = values[name][same.get(j, j)]
+    return out.reshape(*lead, len(columns))
 
 
-def _fit(spectra: xr.DataArray, de_i: xr.DataArray | None, energy: np.ndarray,
-         params: BandgapParams, exponent, shift: float = 0.0) -> dict:
-    """Lazy fit maps of every spectrum in `spectra` (energy last, in one chunk)."""
-    if spectra.chunks and len(spectra.chunks[-1]) > 1:
-        spectra = spectra.chunk({ENERGY: -1})
-    args, cores = [spectra], [[ENERGY]]
+def _window_channels(energy: np.ndarray, window) -> slice:
+    """The channels of the fit window: every pixel's window lies inside it."""
+    inside = np.flatnonzero((energy >= window[0]) & (energy <= window[1]))
+    return slice(int(inside[0]), int(inside[-1]) + 1)
+
+
+def _fit_layout(spectra: xr.DataArray) -> xr.DataArray:
+    """The (windowed) spectra as the fits read them: (dask) blocks merged along the last pixel
+    dim up to FIT_BLOCK_PIXELS pixels, energy in one chunk."""
+    if not spectra.chunks or spectra.ndim < 2:
+        return spectra
+    pixels = int(np.prod([max(c) for c in spectra.chunks[:-1]]))
+    last, size = spectra.dims[-2], spectra.sizes[spectra.dims[-2]]
+    merged = min(size, max(spectra.chunks[-2]) * max(1, -(-FIT_BLOCK_PIXELS // pixels)))
+    return spectra.chunk({last: merged, ENERGY: -1})
+
+
+def _fit_all(
+    spectra: xr.DataArray,
+    bands: xr.DataArray | None,
+    shifted: xr.DataArray | None,
+    de_i: xr.DataArray | None,
+    params: BandgapParams,
+) -> dict:
+    """Lazy maps of every fit the op makes, one task per block of `spectra` (_fit_block).
+
+    spectra: as _fit_layout gives them; bands (QUANTILE, pixels..., E) and shifted
+    (DE_I_SHIFT, pixels..., E) on the same channels are chunked to match; de_i chunked like
+    the spectra's pixels. Returns "main": the maps of `spectra` at params.exponent; "bands":
+    e_bg_fit per band (over QUANTILE); "shifts": e_bg_fit per shifted median (over DE_I_SHIFT,
+    each from its own dE_I); "free_b": the maps of the free-b fit when b is fixed; None where
+    an input is absent.
+    """
+    energy = np.asarray(spectra[ENERGY].values, np.float64)
+    jobs = [("spectra", None, 0.0, params.exponent, True)]
+    args, cores, names = [spectra], [[ENERGY]], ["spectra"]
+    layout = {ENERGY: -1}
+    if spectra.chunks:
+        layout.update(zip(spectra.dims[:-1], spectra.chunks[:-1], strict=True))
+    for name, extra, more in (("bands", QUANTILE, bands), ("shifted", DE_I_SHIFT, shifted)):
+        if more is None:
+            continue
+        values = [float(v) for v in more[extra].values] if extra == DE_I_SHIFT else None
+        jobs += [
+            (name, i, values[i] if values else 0.0, params.exponent, False) for i in range(more.sizes[extra])
+        ]
+        args.append(more.chunk({**layout, extra: -1}) if spectra.chunks else more)
+        cores.append([extra, ENERGY])
+        names.append(name)
+    if params.exponent is not None:
+        jobs.append(("spectra", None, 0.0, None, True))
     if de_i is not None:
         args.append(de_i)
         cores.append([])
-    maps = xr.apply_ufunc(
-        _fit_maps, *args,
-        kwargs={"energy": energy, "window": params.window_ev, "exponent": exponent,
-                "background": params.background, "shift": shift,
-                "sigma": None if params.weights == "uniform" else "poisson"},
-        input_core_dims=cores, output_core_dims=[[]] * len(_MAPS),
-        dask="parallelized", output_dtypes=_DTYPES,
+        names.append("de_i")
+    columns = _fit_columns(jobs)
+    table = xr.apply_ufunc(
+        _fit_block,
+        *args,
+        kwargs={
+            "names": names,
+            "jobs": jobs,
+            "energy": energy,
+            "window": params.window_ev,
+            "background": params.background,
+            "sigma": None if params.weights == "uniform" else "poisson",
+        },
+        input_core_dims=cores,
+        output_core_dims=[[FIT_MAP]],
+        dask="parallelized",
+        output_dtypes=[np.float32],
+        dask_gufunc_kwargs={"output_sizes": {FIT_MAP: len(columns)}},
     )
-    return dict(zip(_MAPS, maps, strict=True))
+
+    def maps_of(j: int) -> dict:
+        return {
+            name: table.isel({FIT_MAP: columns.index((j, name))}).astype(dtype)
+            for name, dtype in zip(_MAPS, _DTYPES, strict=True)
+        }
+
+    def onsets(source: str, dim: str, coord) -> xr.DataArray:
+        picked = [columns.index((j, "e_bg_fit")) for j, job in enumerate(jobs) if job[0] == source]
+        return (
+            table.isel({FIT_MAP: picked})
+            .rename({FIT_MAP: dim})
+            .assign_coords({dim: coord})
+            .transpose(dim, ...)
+        )
+
+    return {
+        "main": maps_of(0),
+        "bands": None if bands is None else onsets("bands", QUANTILE, bands[QUANTILE].values),
+        "shifts": None
+        if shifted is None
+        else onsets("shifted", DE_I_SHIFT, [float(v) for v in shifted[DE_I_SHIFT].values]),
+        "free_b": maps_of(len(jobs) - 1) if params.exponent is not None else None,
+    }
 
 
 def _check_window(energy: np.ndarray, params: BandgapParams) -> None:
@@ -136,14 +312,18 @@ def _check_window(energy: np.ndarray, params: BandgapParams) -> None:
     if energy.size < 2 or not np.all(np.diff(energy) > 0):
         raise OpError(f"the {ENERGY!r} coordinate must increase")
     if low < energy[0] or high > energy[-1]:
-        raise OpError(f"window_ev {list(params.window_ev)} eV is outside the data, which covers "
-                      f"{energy[0]:.4g} to {energy[-1]:.4g} eV")
+        raise OpError(
+            f"window_ev {list(params.window_ev)} eV is outside the data, which covers "
+            f"{energy[0]:.4g} to {energy[-1]:.4g} eV"
+        )
     free = 2 + (params.exponent is None) + (params.background == "linear")
     needed = free + 2  # two more channels than free parameters
     found = int(((energy >= low) & (energy <= high)).sum())
     if found < needed:
-        raise OpError(f"window_ev {list(params.window_ev)} eV holds {found} channels; the fit "
-                      f"needs at least {needed}: widen it")
+        raise OpError(
+            f"window_ev {list(params.window_ev)} eV holds {found} channels; the fit "
+            f"needs at least {needed}: widen it"
+        )
 
 
 def _pixel_values(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -158,77 +338,97 @@ def _de_i_map(inelastic: xr.Dataset, spectra: xr.DataArray, clusters, windows):
     if clusters is None and windows is None:
         return None, None
     if clusters is None or windows is None:
-        raise OpError("give both inputs clusters and windows (the eels.cluster and "
-                      "eels.zlp_windows steps the subtraction used), or neither")
+        raise OpError(
+            "give both inputs clusters and windows (the eels.cluster and "
+            "eels.zlp_windows steps the subtraction used), or neither"
+        )
     labels, k = cluster_labels(clusters, spectra)
     require_variables(windows, ["de_i"])
     if windows.sizes.get(CLUSTER_ID) != k:
-        raise OpError(f"the windows input has {windows.sizes.get(CLUSTER_ID)} clusters, the "
-                      f"cluster map {k}: both must come from the same eels.cluster step")
-    de_i = xr.apply_ufunc(_pixel_values, labels, windows["de_i"],
-                          input_core_dims=[[], [CLUSTER_ID]], dask="parallelized",
-                          output_dtypes=[np.float32])
+        raise OpError(
+            f"the windows input has {windows.sizes.get(CLUSTER_ID)} clusters, the "
+            f"cluster map {k}: both must come from the same eels.cluster step"
+        )
+    de_i = xr.apply_ufunc(
+        _pixel_values,
+        labels,
+        windows["de_i"],
+        input_core_dims=[[], [CLUSTER_ID]],
+        dask="parallelized",
+        output_dtypes=[np.float32],
+    )
     if spectra.chunks:
         chunks = dict(zip(spectra.dims[:-1], spectra.chunks[:-1], strict=True))
         de_i, labels = de_i.chunk(chunks), labels.chunk(chunks)
-    de_i.attrs = {"units": "eV", "long_name": "dE_I of the pixel's cluster (the fit's lowest "
-                  "start)"}
+    de_i.attrs = {"units": "eV", "long_name": "dE_I of the pixel's cluster (the fit's lowest start)"}
     return de_i, labels
 
 
-def _bands_error(inelastic, params, de_i, energy, maps) -> None:
+def _bands_input(inelastic, params) -> xr.DataArray | None:
+    """The quantile band curves to fit for the E_BG error (QUANTILE, pixels..., E), or None."""
     bands = params.quantile_variable
     explicit = "quantile_variable" in params.model_fields_set
     if bands is None or not (bands in inelastic.data_vars or explicit):
-        return
+        return None
     require_variables(inelastic, [bands])
     if QUANTILE not in inelastic[bands].dims or ENERGY not in inelastic[bands].dims:
-        raise OpError(f"variable {bands!r} needs {QUANTILE!r} and {ENERGY!r} dims "
-                      f"(dims: {inelastic[bands].dims})")
-    band_e_bg = _fit(inelastic[bands].transpose(..., ENERGY), de_i, energy, params,
-                     params.exponent)["e_bg_fit"]
+        raise OpError(
+            f"variable {bands!r} needs {QUANTILE!r} and {ENERGY!r} dims (dims: {inelastic[bands].dims})"
+        )
+    return inelastic[bands].transpose(QUANTILE, ..., ENERGY)
+
+
+def _bands_error(params, band_e_bg, maps) -> None:
     maps["e_bg_quantile"] = band_e_bg
     spread = (band_e_bg.max(QUANTILE, skipna=False) - band_e_bg.min(QUANTILE, skipna=False)) / 2
     # The band curves differ only in the ZLP taken away: their spread is the subtraction's error,
     # not the counting noise of the pixel itself, which the fit's own error measures. Both count.
     fit_error = maps["e_bg_error"]
     maps["e_bg_error"] = np.hypot(fit_error, spread).where(maps["converged"]).astype(np.float32)
-    maps["e_bg_error"].attrs["source"] = (f"the fit's own error and half the spread over the "
-                                          f"{bands!r} curves in quadrature")
+    maps["e_bg_error"].attrs["source"] = (
+        f"the fit's own error and half the spread over the {params.quantile_variable!r} curves in quadrature"
+    )
 
 
-def _de_i_systematic(inelastic, params, de_i, energy, maps) -> None:
-    """Fit the median at each shifted dE_I; fold the largest change of E_BG into the error."""
+def _shift_input(inelastic, params, de_i) -> xr.DataArray | None:
+    """The median subtracted at shifted dE_I (DE_I_SHIFT, pixels..., E), or None."""
     name = params.shift_variable
     explicit = "shift_variable" in params.model_fields_set
     if name is None or not (name in inelastic.data_vars or explicit):
-        return
+        return None
     require_variables(inelastic, [name])
     shifted = inelastic[name]
     if DE_I_SHIFT not in shifted.dims or DE_I_SHIFT not in shifted.coords:
-        raise OpError(f"variable {name!r} needs a {DE_I_SHIFT!r} dim with its shifts in eV as "
-                      f"coordinate (dims: {shifted.dims})")
+        raise OpError(
+            f"variable {name!r} needs a {DE_I_SHIFT!r} dim with its shifts in eV as "
+            f"coordinate (dims: {shifted.dims})"
+        )
     if de_i is None:
         if explicit:
-            raise OpError(f"shift_variable {name!r} needs the clusters and windows inputs (the "
-                          "fit windows start at each shifted dE_I)")
-        return
-    shifts = [float(v) for v in shifted[DE_I_SHIFT].values]
-    fits = [_fit(shifted.sel({DE_I_SHIFT: v}).transpose(..., ENERGY), de_i, energy, params,
-                 params.exponent, v)["e_bg_fit"] for v in shifts]
-    onsets = xr.concat(fits, dim=xr.DataArray(shifts, dims=DE_I_SHIFT, name=DE_I_SHIFT))
+            raise OpError(
+                f"shift_variable {name!r} needs the clusters and windows inputs (the "
+                "fit windows start at each shifted dE_I)"
+            )
+        return None
+    return shifted.transpose(DE_I_SHIFT, ..., ENERGY)
+
+
+def _de_i_systematic(onsets, maps) -> None:
+    """Fold the largest change of E_BG over the shifted-dE_I fits `onsets` into the error."""
+    shifts = [float(v) for v in onsets[DE_I_SHIFT].values]
     change = abs(onsets - maps["e_bg_fit"]).max(DE_I_SHIFT)  # skipna: the fits that converged
     systematic = change.fillna(0.0).where(maps["converged"])
     statistical = maps["e_bg_error"]
     maps["e_bg_de_i"] = onsets.astype(np.float32)
     maps["e_bg_systematic"] = systematic.astype(np.float32)
     maps["e_bg_error"] = np.hypot(statistical, systematic).astype(np.float32)
-    maps["e_bg_error"].attrs["source"] = (f"{statistical.attrs.get('source')} and the dE_I "
-                                          f"systematic (dE_I {shifts} eV) in quadrature")
+    maps["e_bg_error"].attrs["source"] = (
+        f"{statistical.attrs.get('source')} and the dE_I systematic (dE_I {shifts} eV) in quadrature"
+    )
     low, high = int(np.argmin(shifts)), int(np.argmax(shifts))
     if shifts[high] > shifts[low]:
-        maps["e_bg_slope"] = ((fits[high] - fits[low]) / (shifts[high] - shifts[low])).astype(
-            np.float32)
+        fits = [onsets.isel({DE_I_SHIFT: i}, drop=True) for i in (low, high)]
+        maps["e_bg_slope"] = ((fits[1] - fits[0]) / (shifts[high] - shifts[low])).astype(np.float32)
 
 
 POOL_MIN_PIXELS = 3  # fewer fits in a cluster: no pooled onset (NaN)
@@ -265,13 +465,19 @@ def _pooled_onsets(labels, e_bg_fit, shifted=None, *, k: int, shifts=()) -> np.n
         out[0, c], out[1, c] = median, 1.2533 * (p84 - p16) / 2 / np.sqrt(n)
         out[2, c] = 0.0
         if moved is not None:
-            medians = np.array([np.median(m[rows & np.isfinite(m)]) if np.any(rows & np.isfinite(m))
-                                else np.nan for m in moved])
+            medians = np.array(
+                [
+                    np.median(m[rows & np.isfinite(m)]) if np.any(rows & np.isfinite(m)) else np.nan
+                    for m in moved
+                ]
+            )
             have = np.isfinite(medians)
             ups, downs = have & (np.asarray(shifts) > 0), have & (np.asarray(shifts) < 0)
             if ups.any() and downs.any():
-                up, down = np.argmax(np.where(ups, shifts, -np.inf)), np.argmin(
-                    np.where(downs, shifts, np.inf))
+                up, down = (
+                    np.argmax(np.where(ups, shifts, -np.inf)),
+                    np.argmin(np.where(downs, shifts, np.inf)),
+                )
                 slope = (medians[up] - medians[down]) / (shifts[up] - shifts[down])
                 out[2, c] = abs(slope) * max(abs(shifts[up]), abs(shifts[down]))
             elif have.any():
@@ -298,14 +504,24 @@ def _self_consistency(maps: dict, de_i: xr.DataArray, labels: xr.DataArray, k: i
     shifted = maps.get("e_bg_de_i")
     shifts = [] if shifted is None else [float(v) for v in shifted[DE_I_SHIFT].values]
     pooled = dask.delayed(_pooled_onsets, pure=True)(
-        as_delayed(labels.data), as_delayed(maps["e_bg_fit"].data),
+        as_delayed(labels.data),
+        as_delayed(maps["e_bg_fit"].data),
         None if shifted is None else as_delayed(shifted.transpose(DE_I_SHIFT, ...).data),
-        k=k, shifts=shifts)
-    table = xr.DataArray(da.from_delayed(pooled, (4, k), dtype=np.float64),
-                         dims=("pooled", CLUSTER_ID))
+        k=k,
+        shifts=shifts,
+    )
+    table = xr.DataArray(da.from_delayed(pooled, (4, k), dtype=np.float64), dims=("pooled", CLUSTER_ID))
     onset, statistical, systematic, n_fits = (
-        xr.apply_ufunc(_pixel_values, labels, table[i], input_core_dims=[[], [CLUSTER_ID]],
-                       dask="parallelized", output_dtypes=[np.float32]) for i in range(4))
+        xr.apply_ufunc(
+            _pixel_values,
+            labels,
+            table[i],
+            input_core_dims=[[], [CLUSTER_ID]],
+            dask="parallelized",
+            output_dtypes=[np.float32],
+        )
+        for i in range(4)
+    )
     cluster_error = np.hypot(statistical, systematic)
     error = maps["e_bg_error"]  # NaN where a band curve's fit failed: the systematic then
     if "e_bg_systematic" in maps:  # (measured on WS2: 1.15 eV beside a NaN band spread)
@@ -317,17 +533,24 @@ def _self_consistency(maps: dict, de_i: xr.DataArray, labels: xr.DataArray, k: i
     maps["converged"] = maps["converged"] & ~below
     maps["e_bg_cluster"] = onset
     maps["e_bg_cluster_error"] = cluster_error.astype(np.float32)
-    for name in ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "chi2",
-                 "e_bg_systematic"):
+    for name in ("e_bg", "e_bg_error", "amplitude", "exponent", "background", "chi2", "e_bg_systematic"):
         if name in maps:
             maps[name] = maps[name].where(maps["converged"])
 
 
-@register_op("eels.fit_bandgap", params=BandgapParams, inputs=("inelastic",),
-             optional_inputs=("clusters", "windows"),
-             memory=2.25)  # per-pixel fits: measured 2.17, 2.18 at 32, 64 px (calibrate_op_memory.py)
-def fit_bandgap(params: BandgapParams, inelastic: xr.Dataset, clusters: xr.Dataset | None = None,
-                windows: xr.Dataset | None = None) -> xr.Dataset:
+@register_op(
+    "eels.fit_bandgap",
+    params=BandgapParams,
+    inputs=("inelastic",),
+    optional_inputs=("clusters", "windows"),
+    memory=2.25,
+)  # per-pixel fits: measured 2.17, 2.18 at 32, 64 px (calibrate_op_memory.py)
+def fit_bandgap(
+    params: BandgapParams,
+    inelastic: xr.Dataset,
+    clusters: xr.Dataset | None = None,
+    windows: xr.Dataset | None = None,
+) -> xr.Dataset:
     """Band-gap maps from fits of A (E - E_BG)^b [+ c E] over window_ev, per pixel.
 
     Output: `e_bg` (eV), `e_bg_error` (the fit's standard error and, when the input has
@@ -349,43 +572,69 @@ def fit_bandgap(params: BandgapParams, inelastic: xr.Dataset, clusters: xr.Datas
     _check_window(energy, params)
     spectra = inelastic[params.variable]
     if ENERGY not in spectra.dims:
-        raise OpError(f"variable {params.variable!r} has no {ENERGY!r} dim "
-                      f"(dims: {spectra.dims})")
-    spectra = spectra.transpose(..., ENERGY)
+        raise OpError(f"variable {params.variable!r} has no {ENERGY!r} dim (dims: {spectra.dims})")
+    channels = {ENERGY: _window_channels(energy, params.window_ev)}
+    spectra = _fit_layout(spectra.transpose(..., ENERGY).isel(channels))
     de_i, labels = _de_i_map(inelastic, spectra, clusters, windows)
-    maps = _fit(spectra, de_i, energy, params, params.exponent)
+    bands, shifted = _bands_input(inelastic, params), _shift_input(inelastic, params, de_i)
+    fits = _fit_all(
+        spectra,
+        None if bands is None else bands.isel(channels),
+        None if shifted is None else shifted.isel(channels),
+        de_i,
+        params,
+    )
+    maps = fits["main"]
     maps["e_bg_error"].attrs["source"] = "fit covariance"
-    _bands_error(inelastic, params, de_i, energy, maps)
-    _de_i_systematic(inelastic, params, de_i, energy, maps)
+    if fits["bands"] is not None:
+        _bands_error(params, fits["bands"], maps)
+    if fits["shifts"] is not None:
+        _de_i_systematic(fits["shifts"], maps)
     if de_i is not None:
         _self_consistency(maps, de_i, labels, clusters.sizes[CLUSTER_ID])
     if params.exponent is not None:
-        free = _fit(spectra, de_i, energy, params, None)
+        free = fits["free_b"]
         maps["chi2_free_b"] = free["chi2"].where(maps["converged"])
         maps["exponent_free_b"] = free["exponent"].where(maps["converged"])
     if de_i is not None:
         maps["de_i"] = de_i
 
-    units = {"e_bg": "eV", "e_bg_error": "eV", "e_bg_quantile": "eV", "e_bg_fit": "eV",
-             "e_bg_de_i": "eV", "e_bg_systematic": "eV", "de_i": "eV", "e_bg_cluster": "eV",
-             "e_bg_cluster_error": "eV", "exponent": "1",
-             "exponent_free_b": "1", "e_bg_slope": "1", "background": "signal units per eV"}
-    names = {"e_bg": "band gap E_BG", "e_bg_error": "band gap error (1 sigma)",
-             "e_bg_quantile": "band gap of each quantile curve", "amplitude": "onset amplitude A",
-             "exponent": "onset exponent b", "background": "background slope c of c E",
-             "converged": "fit converged (and E_BG not below dE_I)",
-             "chi2": "chi2 per degree of freedom",
-             "onset_below_de_i": "fitted E_BG below the pixel's dE_I (not self-consistent)",
-             "e_bg_fit": "fitted onset before the dE_I check",
-             "e_bg_de_i": "fitted onset of the median subtracted at shifted dE_I",
-             "e_bg_systematic": "dE_I systematic of E_BG (largest change over the shifts)",
-             "e_bg_slope": "dE_BG / d dE_I over the shifted subtractions",
-             "chi2_free_b": "chi2 per degree of freedom of the free-b fit",
-             "e_bg_cluster": "median fitted onset of the pixel's cluster (all its fits)",
-             "e_bg_cluster_error": "standard error of the cluster's median onset and its dE_I "
-                                   "systematic, in quadrature",
-             "exponent_free_b": "exponent b of the free-b fit",
-             "de_i": maps["de_i"].attrs["long_name"] if "de_i" in maps else ""}
+    units = {
+        "e_bg": "eV",
+        "e_bg_error": "eV",
+        "e_bg_quantile": "eV",
+        "e_bg_fit": "eV",
+        "e_bg_de_i": "eV",
+        "e_bg_systematic": "eV",
+        "de_i": "eV",
+        "e_bg_cluster": "eV",
+        "e_bg_cluster_error": "eV",
+        "exponent": "1",
+        "exponent_free_b": "1",
+        "e_bg_slope": "1",
+        "background": "signal units per eV",
+    }
+    names = {
+        "e_bg": "band gap E_BG",
+        "e_bg_error": "band gap error (1 sigma)",
+        "e_bg_quantile": "band gap of each quantile curve",
+        "amplitude": "onset amplitude A",
+        "exponent": "onset exponent b",
+        "background": "background slope c of c E",
+        "converged": "fit converged (and E_BG not below dE_I)",
+        "chi2": "chi2 per degree of freedom",
+        "onset_below_de_i": "fitted E_BG below the pixel's dE_I (not self-consistent)",
+        "e_bg_fit": "fitted onset before the dE_I check",
+        "e_bg_de_i": "fitted onset of the median subtracted at shifted dE_I",
+        "e_bg_systematic": "dE_I systematic of E_BG (largest change over the shifts)",
+        "e_bg_slope": "dE_BG / d dE_I over the shifted subtractions",
+        "chi2_free_b": "chi2 per degree of freedom of the free-b fit",
+        "e_bg_cluster": "median fitted onset of the pixel's cluster (all its fits)",
+        "e_bg_cluster_error": "standard error of the cluster's median onset and its dE_I "
+        "systematic, in quadrature",
+        "exponent_free_b": "exponent b of the free-b fit",
+        "de_i": maps["de_i"].attrs["long_name"] if "de_i" in maps else "",
+    }
     for name, var in maps.items():
         var.attrs.update({"long_name": names[name], "window_ev": list(params.window_ev)})
         if name in units:

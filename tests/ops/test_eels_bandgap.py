@@ -8,6 +8,7 @@ import xarray as xr
 
 from engine.errors import OpError
 from engine.kernels.bandgap import power_onset
+from engine.ops import eels_bandgap
 from engine.ops.eels_bandgap import BandgapParams, fit_bandgap
 from engine.registry import get_op
 from engine.testing import raise_if_computes
@@ -21,16 +22,14 @@ def inelastic_image(ny=8, nx=6, b=1.5, seed=0, bands=True) -> tuple[xr.Dataset, 
     e_bg = 1.2 + 0.2 * np.arange(nx)[None, :] + 0.01 * np.arange(ny)[:, None]
     exact = power_onset(ENERGY, e_bg[..., None], 2000.0, b)
     counts = exact + rng.normal(size=exact.shape) * np.sqrt(np.maximum(exact, 1.0))
-    data = {"inelastic": (("y", "x", "energy"), counts.astype(np.float32)),
-            "e_g": (("y", "x"), e_bg)}
+    data = {"inelastic": (("y", "x", "energy"), counts.astype(np.float32)), "e_g": (("y", "x"), e_bg)}
     if bands:
         # Band curves whose onsets sit 0.05 eV either side: E_BG error must come out as 0.05.
-        curves = [power_onset(ENERGY, e_bg[..., None] + shift, 2000.0, b)
-                  for shift in (0.05, 0.0, -0.05)]
-        data["inelastic_quantile"] = (("quantile", "y", "x", "energy"),
-                                      np.stack(curves).astype(np.float32))
-    image = xr.Dataset(data, coords={"energy": ENERGY, "quantile": [0.16, 0.5, 0.84]}
-                       if bands else {"energy": ENERGY})
+        curves = [power_onset(ENERGY, e_bg[..., None] + shift, 2000.0, b) for shift in (0.05, 0.0, -0.05)]
+        data["inelastic_quantile"] = (("quantile", "y", "x", "energy"), np.stack(curves).astype(np.float32))
+    image = xr.Dataset(
+        data, coords={"energy": ENERGY, "quantile": [0.16, 0.5, 0.84]} if bands else {"energy": ENERGY}
+    )
     return image.chunk({"y": 4, "x": 3}), e_bg
 
 
@@ -42,7 +41,8 @@ def test_lazy_and_shaped():
     image, _ = inelastic_image()
     with raise_if_computes():
         result = fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), exponent=1.5), image)
-    assert result["e_bg"].dims == ("y", "x") and result["e_bg"].chunks == ((4, 4), (3, 3))
+    # the fits read blocks merged along x (up to FIT_BLOCK_PIXELS pixels): (4, 3) -> (4, 6)
+    assert result["e_bg"].dims == ("y", "x") and result["e_bg"].chunks == ((4, 4), (6,))
     assert result["e_bg_quantile"].dims == ("quantile", "y", "x")
     assert result["converged"].dtype == bool and result["e_bg"].attrs["units"] == "eV"
     assert "e_g" in result  # maps without energy ride along
@@ -57,8 +57,9 @@ def test_recovers_the_onset_map_with_band_errors(exponent):
     # fixed and 9.7 meV with b free (the fit errors say 3.6 and 11 meV); allow 5 sigma.
     np.testing.assert_allclose(result["e_bg"], truth, atol=0.02 if exponent else 0.05)
     # exact band curves (spread 0.05 eV) and the fit's own error, in quadrature
-    own = fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), exponent=exponent),
-                      image.drop_vars("inelastic_quantile"))["e_bg_error"].compute()
+    own = fit_bandgap(
+        BandgapParams(window_ev=(0.5, 4.0), exponent=exponent), image.drop_vars("inelastic_quantile")
+    )["e_bg_error"].compute()
     assert float(own.min()) > 1e-3
     np.testing.assert_allclose(result["e_bg_error"], np.hypot(own, 0.05), rtol=1e-5)
     np.testing.assert_allclose(result["e_bg_quantile"].sel(quantile=0.84), truth - 0.05, atol=1e-4)
@@ -74,10 +75,46 @@ def test_recovers_the_onset_map_with_band_errors(exponent):
     np.testing.assert_allclose(result["amplitude"], 2000.0, rtol=0.1)
 
 
+def test_fused_fits_change_no_result_and_the_median_band_is_fitted_once(monkeypatch):
+    """One task per block fits the main variable, every band and the free-b fit in as few
+    kernel calls as there are windows: no result may differ from fitting each curve on its
+    own, block by block, and the median band, which is the `inelastic` variable itself (as
+    eels.subtract_zlp makes it), is not fitted twice."""
+    image, _ = inelastic_image()
+    noisy = image["inelastic"].values
+    bands = np.stack([noisy * 1.05, noisy, noisy * 0.95])  # the middle band is `inelastic`
+    image["inelastic_quantile"] = image["inelastic_quantile"].copy(data=bands)
+    params = {"window_ev": (0.5, 4.0), "exponent": 1.5}
+    rows = []
+    kernel = eels_bandgap.fit_kernel
+
+    def counting(spectra, *args, **kwargs):
+        rows.append(len(spectra))
+        return kernel(spectra, *args, **kwargs)
+
+    monkeypatch.setattr(eels_bandgap, "fit_kernel", counting)
+    fused = fit_bandgap(BandgapParams(**params), image.chunk({"y": 4, "x": 3})).compute()
+    # 48 pixels: 3 bands (the median shared with the main fit) at b = 1.5, and the free-b fit
+    assert sum(rows) == 48 * 4 and len(rows) == 2 * 2  # 2 windows (b fixed, free) x 2 blocks
+    monkeypatch.setattr(eels_bandgap, "FIT_BLOCK_PIXELS", 1)  # blocks as the input's (4, 3)
+    alone = {}
+    for q in range(3):
+        single = image.drop_vars("inelastic_quantile").assign(
+            inelastic=image["inelastic_quantile"].isel(quantile=q, drop=True)
+        )
+        alone[q] = fit_bandgap(BandgapParams(**params), single.chunk({"y": 4, "x": 3})).compute()
+    for q in range(3):
+        np.testing.assert_array_equal(fused["e_bg_quantile"].isel(quantile=q), alone[q]["e_bg_fit"])
+    for name in ("e_bg_fit", "amplitude", "chi2", "chi2_free_b", "exponent_free_b"):
+        np.testing.assert_array_equal(fused[name], alone[1][name])
+    assert float(fused["e_bg_quantile"].std("quantile").max()) > 0  # the bands did differ
+
+
 def test_without_bands_the_error_is_the_fit_error():
     image, truth = inelastic_image(bands=False, b=0.5)
-    result = fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), exponent=0.5, weights="poisson"),
-                         image).compute()
+    result = fit_bandgap(
+        BandgapParams(window_ev=(0.5, 4.0), exponent=0.5, weights="poisson"), image
+    ).compute()
     assert result["e_bg_error"].attrs["source"] == "fit covariance"
     assert "e_bg_quantile" not in result
     pull = (result["e_bg"] - truth) / result["e_bg_error"]
@@ -97,17 +134,25 @@ def test_empty_and_negative_pixels_are_flagged():
     assert np.isnan(result["e_bg"].values[0, 0]) and np.isnan(result["e_bg_error"].values[1, 2])
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"window_ev": (0.5, 6.0)}, r"window_ev \[0.5, 6.0\] eV is outside the data, which covers "
-                                r"-0.5 to 5 eV"),
-    ({"window_ev": (-1.0, 2.0)}, "outside the data"),
-    ({"window_ev": (1.0, 1.05), "background": "none"},
-     "holds 3 channels; the fit needs at least 5: widen it"),
-    ({"window_ev": (1.0, 1.05)}, "holds 3 channels; the fit needs at least 6: widen it"),
-    ({"window_ev": (1.0, 2.0), "variable": "inelastc"}, "did you mean 'inelastic'"),
-    ({"window_ev": (1.0, 2.0), "quantile_variable": "bands"}, "variable 'bands' is not in the"),
-    ({"window_ev": (1.0, 2.0), "quantile_variable": "e_g"}, "needs 'quantile' and 'energy' dims"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"window_ev": (0.5, 6.0)},
+            r"window_ev \[0.5, 6.0\] eV is outside the data, which covers "
+            r"-0.5 to 5 eV",
+        ),
+        ({"window_ev": (-1.0, 2.0)}, "outside the data"),
+        (
+            {"window_ev": (1.0, 1.05), "background": "none"},
+            "holds 3 channels; the fit needs at least 5: widen it",
+        ),
+        ({"window_ev": (1.0, 1.05)}, "holds 3 channels; the fit needs at least 6: widen it"),
+        ({"window_ev": (1.0, 2.0), "variable": "inelastc"}, "did you mean 'inelastic'"),
+        ({"window_ev": (1.0, 2.0), "quantile_variable": "bands"}, "variable 'bands' is not in the"),
+        ({"window_ev": (1.0, 2.0), "quantile_variable": "e_g"}, "needs 'quantile' and 'energy' dims"),
+    ],
+)
 def test_bad_params_are_op_errors(params, message):
     image, _ = inelastic_image()
     with pytest.raises(OpError, match=message):
@@ -151,11 +196,13 @@ def test_default_background_takes_the_plasmon_tail():
 
 def cluster_inputs(labels: np.ndarray, de_i: list[float]) -> tuple[xr.Dataset, xr.Dataset]:
     """eels.cluster / eels.zlp_windows stand-ins: a label map and each cluster's dE_I."""
-    clusters = xr.Dataset({"cluster": (("y", "x"), labels.astype(np.int32))},
-                          coords={"cluster_id": np.arange(len(de_i))})
-    windows = xr.Dataset({"de_i": ("cluster_id", np.asarray(de_i, float)),
-                          "de_ii": ("cluster_id", np.full(len(de_i), 4.5))},
-                         coords={"cluster_id": np.arange(len(de_i))})
+    clusters = xr.Dataset(
+        {"cluster": (("y", "x"), labels.astype(np.int32))}, coords={"cluster_id": np.arange(len(de_i))}
+    )
+    windows = xr.Dataset(
+        {"de_i": ("cluster_id", np.asarray(de_i, float)), "de_ii": ("cluster_id", np.full(len(de_i), 4.5))},
+        coords={"cluster_id": np.arange(len(de_i))},
+    )
     return clusters.chunk({"y": 4, "x": 3}), windows
 
 
@@ -167,8 +214,9 @@ def test_window_starts_at_each_clusters_de_i_and_onsets_below_it_are_flagged():
     labels = np.broadcast_to((np.arange(6) >= 3)[None, :], truth.shape).astype(int)
     clusters, windows = cluster_inputs(labels, [1.0, 2.5])
     with raise_if_computes():
-        result = fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), exponent=1.5), image,
-                             clusters=clusters, windows=windows)
+        result = fit_bandgap(
+            BandgapParams(window_ev=(0.5, 4.0), exponent=1.5), image, clusters=clusters, windows=windows
+        )
     result = result.compute()
     left, right = labels == 0, labels == 1
     np.testing.assert_allclose(result["de_i"].values[right], 2.5)
@@ -193,8 +241,9 @@ def test_de_i_systematic_from_the_shifted_subtractions():
     image["inelastic_de_i"] = (("de_i_shift", "y", "x", "energy"), np.stack(shifted))
     image = image.assign_coords(de_i_shift=[-0.2, 0.2]).chunk({"y": 4, "x": 3})
     clusters, windows = cluster_inputs(np.zeros(truth.shape, int), [0.8])
-    result = fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), exponent=1.5), image,
-                         clusters=clusters, windows=windows).compute()
+    result = fit_bandgap(
+        BandgapParams(window_ev=(0.5, 4.0), exponent=1.5), image, clusters=clusters, windows=windows
+    ).compute()
     assert result["converged"].all()
     np.testing.assert_allclose(result["e_bg_systematic"], 0.03, atol=1e-3)
     np.testing.assert_allclose(result["e_bg_slope"], 0.15, atol=5e-3)
@@ -213,6 +262,7 @@ def test_clusters_without_windows_is_an_error():
 def test_explicit_shift_variable_needs_the_windows():
     image, _ = inelastic_image(bands=False)
     image["inelastic_de_i"] = image["inelastic"].expand_dims(de_i_shift=[-0.2, 0.2])
-    with pytest.raises(OpError, match="shift_variable 'inelastic_de_i' needs the clusters and "
-                                      "windows inputs"):
+    with pytest.raises(
+        OpError, match="shift_variable 'inelastic_de_i' needs the clusters and windows inputs"
+    ):
         fit_bandgap(BandgapParams(window_ev=(0.5, 4.0), shift_variable="inelastic_de_i"), image)
