@@ -84,6 +84,27 @@ def robust_range(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return low, np.where(high > low, high, low + 1.0)
 
 
+def _signed_softplus(
+    raw: Tensor, s: Tensor, sign: Tensor, weight: Tensor, derivative: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Per row sum_i w_i softplus(sign_i l_i), l = log r, r = softplus(1 + s raw) (see _loss);
+    with `derivative` (no autograd graph), also d loss / d raw in closed form:
+
+        w sign sigmoid(sign l) / r * sigmoid(1 + s raw) s   (0 where r is clamped at 1e-30),
+
+    the chain rule through the same operations, computed in place on the forward's
+    intermediate values (a handful of passes instead of autograd's backward nodes).
+    """
+    z = raw.mul(s).add_(1.0)
+    r = F.softplus(z)
+    signed = torch.log(r.clamp(min=1e-30)) * sign
+    loss = (F.softplus(signed) * weight).sum(1)
+    if not derivative:
+        return loss, None
+    d = signed.sigmoid_().mul_(weight).mul_(sign).mul_(z.sigmoid_()).mul_(s).div_(r)
+    return loss, d.masked_fill_(r < 1e-30, 0.0)
+
+
 class WeightedCrossEntropy:
     """A loss_fn for train_ensemble: per-row cross-entropy of SM vs SM+term, in minibatches.
 
@@ -123,9 +144,11 @@ class WeightedCrossEntropy:
         def tensor(a):
             return torch.as_tensor(a, dtype=dtype, device=device)
 
+        # feature-major (rows, features, events), the layers' own layout: no transposing copy
+        # per step, and a step's events are one concatenation of two slices
         train = tensor(np.concatenate([sm[:, : self.n_train[0]], eft[:, : self.n_train[1]]], 1))
-        self.whole = train  # the full-batch case's events; the parts are views of it
-        self.parts = (train[:, : self.n_train[0]], train[:, self.n_train[0] :])
+        self.whole = train.transpose(1, 2).contiguous()  # the full-batch case's events
+        self.parts = (self.whole[..., : self.n_train[0]], self.whole[..., self.n_train[0] :])
         self.val = tensor(np.concatenate([sm[:, self.n_train[0] :], eft[:, self.n_train[1] :]], 1))
         self.sigma_sm, self.sigma_eft = tensor(sigma_sm), tensor(sigma_eft)
         ratio = sigma_eft / sigma_sm
@@ -147,9 +170,8 @@ class WeightedCrossEntropy:
         the loss and hook were ~0.3 ms of a 2 ms step).
         """
         s = model.replica_params["c_scale"].view(-1, 1)
-        r = F.softplus(model.raw(events)[..., 0].mul(s).add_(1.0))
         sign, weight = self._weights(n_sm, events.shape[1])
-        return (F.softplus(torch.log(r.clamp(min=1e-30)) * sign) * weight).sum(1)
+        return _signed_softplus(model.raw(events)[..., 0], s, sign, weight)[0]
 
     def _weights(self, n_sm: int, n: int) -> tuple[Tensor, Tensor]:
         """+1 (SM) / -1 (SM+term) per event, and each event's weight sigma / (count constant)."""
@@ -172,7 +194,7 @@ class WeightedCrossEntropy:
         of data[perm] is data[perm[slice k]].
         """
         data = self.parts[part]
-        n = data.shape[1]
+        n = data.shape[2]
         if self.batch is None or self.batch >= n:
             return data
         per_pass = n // self.batch
@@ -181,19 +203,49 @@ class WeightedCrossEntropy:
             order = np.random.default_rng([self.seed, part, which]).permutation(n)
             self._shuffled[part] = (
                 which,
-                torch.index_select(data, 1, torch.as_tensor(order, device=self.device)),
+                torch.index_select(data, 2, torch.as_tensor(order, device=self.device)),
             )
         start = (self.epoch % per_pass) * self.batch
-        return self._shuffled[part][1][:, start : start + self.batch]
+        return self._shuffled[part][1][..., start : start + self.batch]
+
+    def _events(self) -> tuple[Tensor, int]:
+        """This step's events (rows, features, n), SM first, and how many are SM."""
+        sm, eft = self._minibatch(0), self._minibatch(1)
+        n = sm.shape[2] + eft.shape[2]
+        return (self.whole if n == self.whole.shape[2] else torch.cat([sm, eft], 2)), sm.shape[2]
 
     def __call__(self, model: EnsembleMLP, validate: bool) -> tuple[Tensor, Tensor | None]:
-        sm, eft = self._minibatch(0), self._minibatch(1)
-        events = self.whole if sm.shape[1] + eft.shape[1] == self.whole.shape[1] else torch.cat([sm, eft], 1)
-        train = self._loss(model, events, sm.shape[1])
+        events, n_sm = self._events()
+        train = self._loss(model, events.transpose(1, 2), n_sm)
         if not validate:
             return train, None
         with torch.no_grad():
             return train, self._loss(model, self.val, self.n_val[0])
+
+    def value_and_grad(
+        self, model: EnsembleMLP, validate: bool
+    ) -> tuple[Tensor, Tensor | None, list[Tensor]] | None:
+        """__call__'s losses and d train.sum() / d model.parameters(), by hand (train_ensemble
+        uses it in place of autograd): the layers' forward and backward of
+        EnsembleMLP.layers_forward / layers_backward, the loss's derivative in closed form.
+        None where the layers are not all there is to it (an input transform, trainable
+        replica params) or their activations have no hand-written backward: autograd then.
+
+        Why: at the recipe's 128 + 128 events per step and 10 networks, autograd's graph (one
+        node per operation of the layers and the loss) cost about a quarter of a step (this
+        path trains 1.38x faster; no gain at 1024 + 1024, where the arithmetic dominates).
+        """
+        if model.trainable_params or model.input_transform or not model.supports_layers_backward:
+            return None
+        events, n_sm = self._events()
+        out, tape = model.layers_forward(events)
+        s = model.replica_params["c_scale"].view(-1, 1)
+        sign, weight = self._weights(n_sm, events.shape[2])
+        with torch.no_grad():
+            train, d = _signed_softplus(out[:, 0], s, sign, weight, derivative=True)
+            grads = [model.layers_backward(tape, d.unsqueeze(1))]
+            val = self._loss(model, self.val, self.n_val[0]) if validate else None
+        return train, val, grads
 
 
 def fit_eft(

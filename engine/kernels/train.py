@@ -451,13 +451,17 @@ def train_ensemble(
     """Train every replica of `model` on `loss_fn` until all are frozen or n_epochs steps.
 
     loss_fn(model, validate) -> (train (R,), val (R,) or None): per-replica losses; val is
-    needed only when validate is True (check epochs). A loss whose draws depend on the step
-    (minibatches, a growing penalty) has an `epoch` attribute: it is set to the epoch before every
-    call, so a resumed run draws exactly what an uninterrupted one would. Epoch e evaluates the
-    weights after e steps; checks run at e % validation_every == 0 and once more after the last
-    step. `on_checkpoint` gets `state` every `checkpoint_every` steps; `resume_from=state`
-    continues from it and gives the same result as an uninterrupted run. On return the model
-    holds each kept replica's best weights.
+    needed only when validate is True (check epochs). A loss_fn with a method
+    `value_and_grad(model, validate)` -> (train, val, gradients of train.sum() with respect to
+    model.parameters()) computes its gradients itself, by hand, and the loop skips autograd
+    (at small minibatches autograd's per-node cost is a sizeable share of a step); it returns
+    None where it cannot for this model, and autograd does it from then on. A loss whose draws
+    depend on the step (minibatches, a growing penalty) has an `epoch` attribute: it is set to
+    the epoch before every call, so a resumed run draws exactly what an uninterrupted one would.
+    Epoch e evaluates the weights after e steps; checks run at e % validation_every == 0 and
+    once more after the last step. `on_checkpoint` gets `state` every `checkpoint_every` steps;
+    `resume_from=state` continues from it and gives the same result as an uninterrupted run. On
+    return the model holds each kept replica's best weights.
     """
     if n_epochs < 0 or validation_every <= 0:
         raise ValueError("n_epochs must be >= 0 and validation_every > 0")
@@ -470,13 +474,19 @@ def train_ensemble(
     active = torch.as_tensor(~fit.track.frozen, device=model.device)
     all_active = not fit.track.frozen.any()  # the host's copy: no sync to know it
     epoch_keyed = hasattr(loss_fn, "epoch")
+    by_hand = getattr(loss_fn, "value_and_grad", None)
     for epoch in range(start, n_epochs):
         check = epoch % validation_every == 0
         if epoch_keyed:
             loss_fn.epoch = epoch
-        train, val = loss_fn(model, check)
-        # gradients first: a check may re-initialise weights in place, which autograd forbids
-        grads = torch.autograd.grad(train.sum(), fit.params, allow_unused=True, materialize_grads=True)
+        result = by_hand(model, check) if by_hand else None
+        if result is not None:
+            train, val, grads = result
+        else:
+            by_hand = None  # it cannot for this model: autograd from now on
+            train, val = loss_fn(model, check)
+            # gradients first: a check may re-initialise weights in place, which autograd forbids
+            grads = torch.autograd.grad(train.sum(), fit.params, allow_unused=True, materialize_grads=True)
         step_mask, step_all = active, all_active
         if check:
             reinit = fit.check(epoch, train, val, final=False)

@@ -65,10 +65,18 @@ def test_weighted_cross_entropy_learns_the_linear_term():
     """The loss optimum is 1 + c NN = dsigma_(SM+term) / dsigma_SM: a small batched fit gets close."""
     rows = 2
     sm = np.stack([eft.sample_toy(np.random.default_rng([1, r]), 8000, {}) for r in range(rows)])
-    term = np.stack([eft.sample_toy_term(np.random.default_rng([2, r]), 8000, ("c1",), 1.0)
-                     for r in range(rows)])[None]
-    config = eft.EftTrainConfig((10, 10), ("tanh", "tanh", "linear"), 600, None,
-                                OptimiserConfig(lr=0.02), StoppingConfig(threshold=1.0), seed=4)
+    term = np.stack(
+        [eft.sample_toy_term(np.random.default_rng([2, r]), 8000, ("c1",), 1.0) for r in range(rows)]
+    )[None]
+    config = eft.EftTrainConfig(
+        (10, 10),
+        ("tanh", "tanh", "linear"),
+        600,
+        None,
+        OptimiserConfig(lr=0.02),
+        StoppingConfig(threshold=1.0),
+        seed=4,
+    )
     result, low, high = eft.fit_eft(sm, term, 1.0, np.array([1.5]), np.array([1.0]), config)
     assert result.kept.all() and (result.best_val < 1).all()  # better than a constant classifier
     x = np.stack([np.linspace(0.2, 2.5, 30), np.zeros(30)], axis=-1)
@@ -78,10 +86,22 @@ def test_weighted_cross_entropy_learns_the_linear_term():
 
 def test_rows_train_as_they_would_alone():
     """Row k of the batched job is the network a lone job would train (init keyed by row id)."""
-    model = EnsembleMLP(3, [2, 5, 1], ["tanh", "linear"], seed=2, output_transform="eft_positivity",
-                        replica_params={"c_scale": np.array([1.0, 2.0, 4.0])})
-    alone = EnsembleMLP.single(1, [2, 5, 1], ["tanh", "linear"], seed=2, output_transform="eft_positivity",
-                               replica_params={"c_scale": np.array([2.0])})
+    model = EnsembleMLP(
+        3,
+        [2, 5, 1],
+        ["tanh", "linear"],
+        seed=2,
+        output_transform="eft_positivity",
+        replica_params={"c_scale": np.array([1.0, 2.0, 4.0])},
+    )
+    alone = EnsembleMLP.single(
+        1,
+        [2, 5, 1],
+        ["tanh", "linear"],
+        seed=2,
+        output_transform="eft_positivity",
+        replica_params={"c_scale": np.array([2.0])},
+    )
     x = torch.randn(7, 2)
     torch.testing.assert_close(model(x)[1], alone(x)[0])
 
@@ -114,3 +134,73 @@ def test_stuck_rows_are_reinitialised_by_the_replica_core():
     result, _, _ = eft.fit_eft(sm, term, 1.0, np.array([1.5]), np.array([1.0]), config)
     assert result.n_reinit.tolist() == [2] and not result.kept[0]
     assert result.weights["generation"].tolist() == [2]
+
+
+def _loss_and_model(activations=("tanh", "tanh", "linear"), batch=16, dtype=torch.float64):
+    """A float64 WeightedCrossEntropy on 2 terms x 2 replicas of the toy, and its model."""
+    rng = np.random.default_rng(11)
+    sm = rng.normal(size=(4, 60, 2))
+    term = rng.normal(0.3, 1.2, size=(4, 50, 2))
+    config = eft.EftTrainConfig((6, 5), activations, 10, batch, OptimiserConfig(), StoppingConfig(), seed=3)
+    model = EnsembleMLP(
+        4,
+        [2, 6, 5, 1],
+        list(activations),
+        seed=3,
+        dtype=dtype,
+        output_transform=eft.TERM_OUTPUT_TRANSFORM,
+        replica_params={"c_scale": np.array([2.0, 2.0, -4.0, -4.0])},
+    )
+    loss = eft.WeightedCrossEntropy(
+        sm, term, np.ones(4), np.array([1.5, 1.5, 0.7, 0.7]), config, model.device, dtype
+    )
+    return loss, model
+
+
+@pytest.mark.parametrize("batch", [16, None])
+def test_hand_written_gradient_equals_autograds(batch):
+    """value_and_grad (no autograd graph: hand-written layers, closed-form loss derivative) gives
+    __call__'s losses and autograd's gradient of them, minibatches and the full batch alike."""
+    loss, model = _loss_and_model(batch=batch)
+    for epoch in (0, 5):  # a later step draws other minibatches
+        loss.epoch = epoch
+        train, val, (grad,) = loss.value_and_grad(model, True)
+        ref_train, ref_val = loss(model, True)
+        (expected,) = torch.autograd.grad(ref_train.sum(), model.flat)
+        torch.testing.assert_close(train, ref_train.detach(), rtol=1e-13, atol=0)
+        torch.testing.assert_close(val, ref_val, rtol=1e-13, atol=0)
+        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-15)
+    assert loss.value_and_grad(model, False)[1] is None
+
+
+def test_closed_form_loss_derivative_passes_gradcheck_and_the_clamp():
+    """The loss's derivative by hand against finite differences (float64), over raw outputs from
+    deep in the clamped region (r < 1e-30: zero gradient, as autograd's clamp) to past softplus's
+    linear threshold."""
+    raw = torch.tensor([[-80.0, -3.0, -0.4, 0.0, 0.7, 4.0, 30.0]], dtype=torch.float64)
+    sign = torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0]], dtype=torch.float64)
+    weight = torch.linspace(0.5, 2.0, 7, dtype=torch.float64)[None]
+    for s in (2.0, -0.5):
+        scale = torch.tensor([[s]], dtype=torch.float64)
+        _, d = eft._signed_softplus(raw.clone(), scale, sign, weight, derivative=True)
+        x = raw.clone().requires_grad_()
+        (expected,) = torch.autograd.grad(eft._signed_softplus(x, scale, sign, weight)[0].sum(), x)
+        torch.testing.assert_close(d, expected, rtol=1e-12, atol=1e-300)
+        assert (d[0, 0] == 0) == (s > 0)  # s = 2: r = softplus(-159) is clamped
+        rest = slice(1, None)  # finite differences off the clamp
+
+        def value(r, scale=scale, rest=rest):
+            return eft._signed_softplus(r, scale, sign[:, rest], weight[:, rest])[0]
+
+        assert torch.autograd.gradcheck(value, (raw[:, rest].clone().requires_grad_(),))
+
+
+def test_autograd_takes_over_where_the_hand_written_gradient_cannot():
+    """Activations without a hand-written backward: value_and_grad declines, training still runs."""
+    loss, model = _loss_and_model(activations=("elu", "tanh", "linear"))
+    assert loss.value_and_grad(model, False) is None
+    sm = eft.sample_toy(np.random.default_rng(1), 300, {})[None]
+    term = eft.sample_toy_term(np.random.default_rng(2), 300, ("c1",), 1.0)[None, None]
+    config = eft.EftTrainConfig((4,), ("elu", "linear"), 20, 64, OptimiserConfig(), StoppingConfig())
+    result, _, _ = eft.fit_eft(sm, term, 1.0, np.array([1.5]), np.array([1.0]), config)
+    assert np.isfinite(result.history.train).all() and result.epochs_run == 20

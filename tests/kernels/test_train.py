@@ -451,3 +451,53 @@ def test_cuda_training_runs_the_same_loop():
     states = []
     result = fit(model, loss, 200, checkpoint_every=100, on_checkpoint=states.append)
     assert np.isfinite(result.best_train).all() and len(states) == 2
+
+
+class _MeanSquare:
+    """A loss_fn that can give its gradient by hand (value_and_grad), or decline (None)."""
+
+    def __init__(self, by_hand: bool):
+        x = torch.linspace(0, 1, 30, dtype=torch.float64)
+        self.x, self.y = x[:, None], torch.stack([torch.sin(5 * x + k) for k in range(3)])
+        self.by_hand, self.calls = by_hand, 0
+
+    def __call__(self, model, validate):
+        x = self.x.clone().requires_grad_()  # keeps the layers on autograd's own graph
+        train = (model(x)[..., 0] - self.y).pow(2).mean(1)
+        return train, (train.detach() if validate else None)
+
+    def value_and_grad(self, model, validate):
+        self.calls += 1
+        if not self.by_hand:
+            return None
+        out, tape = model.layers_forward(self.x.T.expand(3, 1, 30).contiguous())
+        residual = out[:, 0] - self.y
+        train = residual.pow(2).mean(1)
+        grad = model.layers_backward(tape, (2 * residual / residual.shape[1]).unsqueeze(1))
+        return train, (train if validate else None), [grad]
+
+
+def test_a_loss_with_its_own_gradient_trains_as_autograd_would():
+    """train_ensemble takes value_and_grad's gradient in place of autograd's (the same fit, float64),
+    and falls back to autograd for good when it declines."""
+    results, losses = [], []
+    for by_hand in (True, False):
+        model = EnsembleMLP(3, [1, 8, 6, 1], ["tanh", "sigmoid", "linear"], seed=4, dtype=torch.float64)
+        losses.append(_MeanSquare(by_hand))
+        stopping = StoppingConfig(threshold=1.0, patience=10**6)
+        results.append(
+            train_ensemble(
+                model,
+                losses[-1],
+                300,
+                optimiser=OptimiserConfig(lr=0.02),
+                stopping=stopping,
+                validation_every=50,
+            )
+        )
+    assert losses[0].calls == 300 and losses[1].calls == 1
+    hand, auto = results
+    assert hand.history.train[-1].max() < 0.3 * hand.history.train[0].min()  # it learned
+    for key in hand.weights:
+        np.testing.assert_allclose(hand.weights[key], auto.weights[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    np.testing.assert_allclose(hand.history.train, auto.history.train, rtol=1e-9)
