@@ -7,7 +7,10 @@ flow 1, then flow 2 on its output, and multiplies back. Preprocessing, as theirs
 
 - dequantisation: cells hold whole numbers N of an energy quantum q (kernels.calo_synth); training
   sees (N + u) q with u ~ U(0, 1), so the flows learn a continuous density, and a generated cell is
-  floor(E / q) q, which undoes the noise exactly (zeros included);
+  floor(E / q) q, which undoes the noise exactly (zeros included); with layer_sums "exact" flow 1
+  sees each layer's whole count plus one u, (N + u) q, and a generated layer's floor(E / q) quanta
+  are apportioned to its cells by flow 2's fractions (`apportion`), so the layer sums are flow 1's
+  and not what the cells' remainders leave (which made the total energy the worst observable);
 - flow 1 features: log(E_layer / E_inc), or (flow1_features "ratios") CaloFlow's log(E_total /
   E_inc) and logit E_k / (E_k + ... + E_last); flow 2 features: logit(alpha + (1 - 2 alpha)
   E_cell / E_layer) with alpha = 1e-6; context log E_inc (and, for flow 2, flow 1's features);
@@ -39,6 +42,9 @@ import numpy as np
 ALPHA = 1e-6
 FLOW_KINDS = ("nsf", "maf")
 FLOW1_FEATURES = ("layers", "ratios")
+LAYER_SUMS = ("cells", "exact")
+FLOW2_SPLITS = ("halves", "shuffled")
+ORDER_SEED = 20_210_610  # the shuffled feature orders of flow 2 (fixed: they are part of the architecture)
 LOG_FRACTION_CLIP = (-30.0, math.log(2.0))  # a layer never gets more than twice the incident energy
 
 
@@ -58,6 +64,10 @@ class FlowSpec:
     flow2_coupling: bool = False  # flow 2's transforms as couplings (zuko passes=2): two passes
     # to invert instead of one per feature
     flow1_features: str = "layers"  # "ratios": CaloFlow's log(E_tot/E_inc), logit E_k / sum_{j>=k} E_j
+    layer_sums: str = "cells"  # "exact": flow 1 learns each layer's whole number of quanta (plus one
+    # U(0, 1)) and the sampler apportions exactly that number to the cells (see `apportion`)
+    flow2_split: str = "halves"  # "shuffled": each pair of coupling transforms splits the cells by
+    # its own fixed random permutation (zuko's default: always the first vs the second half)
 
     def __post_init__(self):
         for kind in (self.flow1_kind, self.flow2_kind):
@@ -69,6 +79,10 @@ class FlowSpec:
             raise ValueError(f"quantum must be positive, found {self.quantum}")
         if self.flow1_features not in FLOW1_FEATURES:
             raise ValueError(f"flow1_features must be one of {FLOW1_FEATURES}, found {self.flow1_features!r}")
+        if self.layer_sums not in LAYER_SUMS:
+            raise ValueError(f"layer_sums must be one of {LAYER_SUMS}, found {self.layer_sums!r}")
+        if self.flow2_split not in FLOW2_SPLITS:
+            raise ValueError(f"flow2_split must be one of {FLOW2_SPLITS}, found {self.flow2_split!r}")
 
     @property
     def n_features(self) -> int:
@@ -87,7 +101,9 @@ class FlowSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> FlowSpec:
-        return cls(**{**data, "hidden": tuple(data["hidden"])})
+        # models stored before layer_sums and flow2_split existed: summed dequantised cells, halves
+        legacy = {"layer_sums": "cells", "flow2_split": "halves"}
+        return cls(**{**legacy, **data, "hidden": tuple(data["hidden"])})
 
 
 def parameter_layout(spec: FlowSpec, flow: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -160,22 +176,63 @@ def to_features(
 ) -> np.ndarray:
     """(n, n_features) unstandardised [log E_inc, log(E_layer/E_inc), logit fractions].
 
+    Flow 2's fractions are those of the dequantised cells. Flow 1's layer energies are their sums
+    (layer_sums "cells": C uniform quanta of noise per layer), or (layer_sums "exact") each layer's
+    whole number of quanta N plus one uniform u: (N + u) q, whose floor is N again.
     rng None dequantises with u = 1/2 (the moments pass); otherwise with uniform noise."""
     energy, incident = _check_showers(energy, incident, spec)
     counts = np.round(energy / spec.quantum)
     noise = 0.5 if rng is None else rng.uniform(size=counts.shape)
     cells = (counts + noise) * spec.quantum
-    layers = cells.sum(-1)
-    x2 = _logit(cells / layers[..., None])
+    x2 = _logit(cells / cells.sum(-1, keepdims=True))
+    if spec.layer_sums == "exact":
+        noise = 0.5 if rng is None else rng.uniform(size=counts.shape[:2])
+        layers = (counts.sum(-1) + noise) * spec.quantum
+    else:
+        layers = cells.sum(-1)
     x1 = _layer_features(layers, incident, spec)
     return np.concatenate([np.log(incident)[:, None], x1, x2.reshape(len(incident), -1)], axis=1)
 
 
+def apportion(fractions: np.ndarray, counts: np.ndarray, iterations: int = 32) -> np.ndarray:
+    """(..., C) whole numbers summing to `counts` (...,) in proportion to `fractions` (..., C):
+    floor(s f) with one scale s per row found by bisection (the divisor method of apportionment),
+    then the cells that the next larger s would raise, one quantum each, for what ties leave.
+
+    The exact inverse of the dequantisation: cells (N_i + u_i) with fractions f = (N_i + u_i) / S
+    give back N_i for any s whose floors sum to N = sum N_i (s = S is one). A row whose fractions
+    are all zero shares its count equally."""
+    f = np.asarray(fractions, np.float64)
+    n = np.asarray(counts, np.float64)
+    if f.shape[:-1] != n.shape or np.any(f < 0) or np.any(n < 0):
+        raise ValueError(f"need fractions (..., C) >= 0 and counts (...) >= 0, found {f.shape} and {n.shape}")
+    total = f.sum(-1, keepdims=True)
+    f = np.where(total > 0, f / np.where(total > 0, total, 1.0), 1.0 / f.shape[-1])
+    low = n.copy()  # sum floor(s f) lies in (s - C, s] since sum f = 1: low gives <= N,
+    high = n + f.shape[-1]  # high >= N
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        above = np.floor(middle[..., None] * f).sum(-1) > n
+        high = np.where(above, middle, high)
+        low = np.where(above, low, middle)
+    cells = np.floor(low[..., None] * f)
+    short = n - cells.sum(-1)  # >= 0, nonzero only where cells tie
+    with np.errstate(divide="ignore"):
+        crossing = np.where(f > 0, (cells + 1) / f, np.inf)  # the scale at which each cell rises
+    rank = np.argsort(np.argsort(crossing, axis=-1, kind="stable"), axis=-1)
+    return cells + (rank < short[..., None])
+
+
 def from_features(x1: np.ndarray, x2: np.ndarray, incident: np.ndarray, spec: FlowSpec) -> np.ndarray:
-    """(n, L, C) float32 cell energies from unstandardised flow outputs, requantised."""
+    """(n, L, C) float32 cell energies from unstandardised flow outputs, requantised: each cell
+    floored to whole quanta (layer_sums "cells"), or each layer's floor(E_layer / q) quanta
+    apportioned to its cells by flow 2's fractions (layer_sums "exact")."""
     incident = np.asarray(incident, np.float64).reshape(-1)
     layers = _layers_from_features(x1, incident, spec)
     fractions = _expit(x2).reshape(len(incident), spec.n_layers, -1)
+    if spec.layer_sums == "exact":
+        counts = apportion(fractions, np.floor(layers / spec.quantum))
+        return (counts * spec.quantum).astype(np.float32)
     total = fractions.sum(-1, keepdims=True)
     fractions = np.divide(fractions, total, out=np.zeros_like(fractions), where=total > 0)
     cells = fractions * layers[..., None]
@@ -199,6 +256,45 @@ def scaling_from_moments(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- torch ----------------------------------------------------------------------------------------
+def feature_orders(features: int, transforms: int) -> list[np.ndarray]:
+    """Flow 2's feature order per transform for flow2_split "shuffled": transforms 2k and 2k + 1
+    take a fixed random permutation and its reverse (as zuko's default alternates the identity and
+    its reverse), so as couplings each pair transforms every feature once, and every pair splits
+    the cells differently. Drawn from numpy with a fixed seed: the same on every build."""
+    orders = []
+    for t in range(transforms):
+        order = np.random.default_rng([ORDER_SEED, t // 2]).permutation(features)
+        orders.append(order if t % 2 == 0 else features - 1 - order)
+    return orders
+
+
+def _shuffled_flow(spec: FlowSpec, features: int, context: int, options: dict):
+    """zuko's MAF / NSF built transform by transform with `feature_orders` (the same modules, so
+    the same parameter names and initialisation, only the masks differ)."""
+    from functools import partial
+
+    import torch
+    from zuko.distributions import DiagNormal
+    from zuko.flows import Flow, UnconditionalDistribution
+    from zuko.flows.autoregressive import MaskedAutoregressiveTransform
+    from zuko.transforms import MonotonicRQSTransform
+
+    if spec.flow2_kind == "nsf":
+        options = {
+            **options,
+            "univariate": partial(MonotonicRQSTransform, slope=1e-3),
+            "shapes": [(spec.bins,), (spec.bins,), (spec.bins - 1,)],
+        }
+    transforms = [
+        MaskedAutoregressiveTransform(features, context, order=torch.as_tensor(order), **options)
+        for order in feature_orders(features, spec.transforms)
+    ]
+    base = UnconditionalDistribution(
+        DiagNormal, loc=torch.zeros(features), scale=torch.ones(features), buffer=True
+    )
+    return Flow(transforms, base)
+
+
 def build_flows(spec: FlowSpec) -> dict:
     """Both zuko flows, freshly initialised from torch's current random state."""
     import zuko
@@ -208,7 +304,10 @@ def build_flows(spec: FlowSpec) -> dict:
         options = {"transforms": spec.transforms, "hidden_features": list(spec.hidden)}
         if name == "flow2" and spec.flow2_coupling:
             options["passes"] = 2
-        if spec.kind(name) == "nsf":
+        if name == "flow2" and spec.flow2_split == "shuffled":
+            del options["transforms"]
+            flows[name] = _shuffled_flow(spec, features, context, options)
+        elif spec.kind(name) == "nsf":
             flows[name] = zuko.flows.NSF(features, context, bins=spec.bins, **options)
         else:
             flows[name] = zuko.flows.MAF(features, context, **options)
@@ -347,7 +446,7 @@ def train_chunk(
         flows = build_flows(spec)
     for name, flow in flows.items():
         load_flat(flow, state[f"{name}_weights"], spec, name)
-    optimiser, params = _adam(flows, state, step.lr)
+    optimiser, _ = _adam(flows, state, step.lr)
     train = np.flatnonzero(~held_out)
     order = train[rng.permutation(train.size)]
     sums = np.zeros(4)  # train NLL 1, 2; validation NLL 1, 2
@@ -357,7 +456,9 @@ def train_chunk(
         loss = nll1.mean() + nll2.mean()
         optimiser.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, step.clip_norm)
+        for flow in flows.values():  # each flow on its own: flow 2's larger gradients (~100 features)
+            # would otherwise shrink flow 1's steps whenever their joint norm is clipped
+            torch.nn.utils.clip_grad_norm_(flow.parameters(), step.clip_norm)
         optimiser.step()
         sums[:2] += [float(nll1.detach().sum()), float(nll2.detach().sum())]
     with torch.no_grad():

@@ -22,7 +22,9 @@ cosine schedule) on synthetic showers with the given calo.train_flow settings, t
 (2 fresh classifiers) of the whole chain, and of flow 2 alone (reference layer energies, generated
 shapes: the same AUC as the whole chain says flow 2 is what the classifier finds), the
 1-Wasserstein distances (reference std) of the observables, training time and sampling speed.
-The baseline is whatever the flags leave at the op's defaults, run the same way.
+The baseline is whatever the flags leave at the op's defaults, run the same way. `seed` is the
+flows' training seed (showers, reference and classifiers stay fixed); --save F.npz keeps the
+judged showers (reference, generated, flow 2 alone) and the trained state for diagnosis.
 
 Memory (--memory): what one `calo.sample` task holds, measured beside what it declares
 (kernels.calo_flow.sampling_bytes): for several flow-2 kinds, batch sizes and shower sizes, each
@@ -67,7 +69,18 @@ def run(quick: bool = False, showers: int | None = None, repeats: int | None = N
         threads=1,
     )
     data = simulate_showers(showers, seed=0)
-    spec = cf.FlowSpec(3, 36, "nsf", "nsf", TRANSFORMS, HIDDEN, quantum=0.01, flow2_coupling=True)
+    spec = cf.FlowSpec(
+        3,
+        36,
+        "nsf",
+        "nsf",
+        TRANSFORMS,
+        HIDDEN,
+        quantum=0.01,
+        flow2_coupling=True,
+        layer_sums="exact",  # as the recipe (and the op's defaults, which the streamed side runs)
+        flow2_split="shuffled",
+    )
     mean, std = cf.scaling_from_moments(cf.feature_moments(data["energy"], data["incident_energy"], spec))
     flows = cf.load_flows(cf.initial_state(spec, 0), spec)
     n_gen = min(showers, 2_000 if quick else 5_000)
@@ -140,7 +153,7 @@ def run(quick: bool = False, showers: int | None = None, repeats: int | None = N
     return finish(result)
 
 
-def quality(showers: int, epochs: int, settings: dict) -> dict:
+def quality(showers: int, epochs: int, settings: dict, save: str | None = None) -> dict:
     import time
 
     import engine.ops  # noqa: F401  (registers the ops)
@@ -203,6 +216,17 @@ def quality(showers: int, epochs: int, settings: dict) -> dict:
         "sample_showers_per_s": round(len(incident) / sample_s),
     }
     print(json.dumps(result), flush=True)
+    if save:  # the showers judged, for diagnosis beside the numbers
+        np.savez_compressed(
+            save,
+            incident=incident,
+            reference=reference["energy"],
+            generated=generated,
+            flow2_only=flow2_only,
+            **{f"state_{k}": v for k, v in state.items() if k != "record"},
+            feature_mean=mean,
+            feature_std=std,
+        )
     return result
 
 
@@ -276,13 +300,14 @@ def main() -> None:
         help="flow quality with these calo.train_flow settings (YAML values), e.g. flow2_kind=nsf",
     )
     parser.add_argument("--epochs", type=int, default=8, help="--quality: epochs (default 8)")
+    parser.add_argument("--save", default=None, help="--quality: write the judged showers to this .npz")
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quality is not None:
         import yaml
 
         settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.quality)}
-        quality(args.showers or 20_000, args.epochs, settings)
+        quality(args.showers or 20_000, args.epochs, settings, args.save)
     elif args.memory_case:
         print(json.dumps(memory_case(*json.loads(args.memory_case))))
     elif args.memory:

@@ -14,20 +14,72 @@ pytest.importorskip("zuko")
 
 
 @pytest.mark.parametrize(
-    ("kinds", "coupling"), [(("nsf", "maf"), False), (("maf", "nsf"), False), (("nsf", "nsf"), True)]
+    ("kinds", "coupling", "split"),
+    [
+        (("nsf", "maf"), False, "halves"),
+        (("maf", "nsf"), False, "halves"),
+        (("nsf", "nsf"), True, "halves"),
+        (("nsf", "nsf"), True, "shuffled"),
+        (("nsf", "maf"), False, "shuffled"),
+    ],
 )
-def test_parameter_layout_matches_zuko(kinds, coupling):
-    spec = cf.FlowSpec(3, 4, *kinds, transforms=2, hidden=(5, 6), bins=4, flow2_coupling=coupling)
+def test_parameter_layout_matches_zuko(kinds, coupling, split):
+    spec = cf.FlowSpec(
+        3, 4, *kinds, transforms=2, hidden=(5, 6), bins=4, flow2_coupling=coupling, flow2_split=split
+    )
     flows = cf.build_flows(spec)
     for name, flow in flows.items():
         assert [(n, tuple(p.shape)) for n, p in flow.named_parameters()] == cf.parameter_layout(spec, name)
         assert cf.flat_parameters(flow).size == cf.parameter_count(spec, name)
 
 
+def test_shuffled_couplings_split_the_cells_differently_and_reproducibly():
+    """Pairs of coupling transforms take complementary halves; the pairs' splits differ; and two
+    builds (under different torch seeds) have the same masks, so stored weights stay valid."""
+    spec = cf.FlowSpec(
+        3, 36, "nsf", "nsf", transforms=4, hidden=(8,), flow2_coupling=True, flow2_split="shuffled"
+    )
+    builds = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        builds.append([t.order.numpy() for t in cf.build_flows(spec)["flow2"].transform.transforms])
+    for a, b in zip(*builds, strict=True):
+        np.testing.assert_array_equal(a, b)
+    halves = builds[0]
+    assert all(sorted(np.bincount(h)) == [54, 54] for h in halves)
+    np.testing.assert_array_equal(halves[0], 1 - halves[1])
+    np.testing.assert_array_equal(halves[2], 1 - halves[3])
+    assert 10 < np.sum(halves[0] != halves[2]) < 98  # another split, not the same or its mirror
+
+
+def test_apportion_hands_out_exactly_the_counts():
+    """Whole numbers summing to each row's count, floor(s f) for one scale per row: from exact
+    dequantised fractions it recovers the cells; ties and empty rows are shared out."""
+    rng = np.random.default_rng(3)
+    cells = rng.poisson(rng.exponential(3.0, (400, 1, 1)), (400, 3, 12)).astype(float)
+    dequantised = cells + rng.uniform(size=cells.shape)
+    np.testing.assert_array_equal(cf.apportion(dequantised, cells.sum(-1)), cells)
+    fractions = rng.uniform(size=(400, 7)) * (rng.uniform(size=(400, 7)) < 0.4)
+    counts = rng.integers(0, 60, 400)
+    out = cf.apportion(fractions, counts)
+    np.testing.assert_array_equal(out.sum(-1), counts)
+    occupied = fractions.sum(-1) > 0
+    assert np.all(out >= 0) and np.all(out[occupied][fractions[occupied] == 0] == 0)
+    shared = counts[~occupied, None]  # no fractions: shared equally, the remainder to the first cells
+    np.testing.assert_array_equal(out[~occupied], shared // 7 + (np.arange(7) < shared % 7))
+    np.testing.assert_array_equal(
+        cf.apportion(np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.2, 0.3, 0.5]]), np.array([3, 2, 10])),
+        [[2, 1, 0], [1, 1, 0], [2, 3, 5]],
+    )
+    with pytest.raises(ValueError, match="counts"):
+        cf.apportion(np.ones((2, 3)), np.ones(3))
+
+
+@pytest.mark.parametrize("layer_sums", cf.LAYER_SUMS)
 @pytest.mark.parametrize("flow1_features", cf.FLOW1_FEATURES)
-def test_preprocessing_round_trip_is_exact(flow1_features):
+def test_preprocessing_round_trip_is_exact(flow1_features, layer_sums):
     """Dequantised features mapped back and requantised give the original cells exactly."""
-    spec = cf.FlowSpec(3, 9, quantum=0.01, flow1_features=flow1_features)
+    spec = cf.FlowSpec(3, 9, quantum=0.01, flow1_features=flow1_features, layer_sums=layer_sums)
     showers = simulate_showers(500, 1, n_side=3)
     x = cf.to_features(showers["energy"], showers["incident_energy"], spec, np.random.default_rng(0))
     back = cf.from_features(x[:, 1:4], x[:, 4:], np.exp(x[:, 0]), spec)
@@ -66,5 +118,10 @@ def test_stored_weights_of_another_architecture_are_refused():
         cf.load_flows({"flow1_weights": np.zeros(3), "flow2_weights": np.zeros(3)}, spec)
     with pytest.raises(ValueError, match="flow kind must be one of"):
         cf.FlowSpec(2, 4, flow1_kind="realnvp")
+    with pytest.raises(ValueError, match="layer_sums must be one of"):
+        cf.FlowSpec(2, 4, layer_sums="rounded")
+    stored = {k: v for k, v in spec.to_dict().items() if k not in ("layer_sums", "flow2_split")}
+    legacy = cf.FlowSpec.from_dict(stored)  # a model stored before these options: what it was trained as
+    assert (legacy.layer_sums, legacy.flow2_split) == ("cells", "halves")
     with pytest.raises(ValueError, match=r"shape \(shower, layer, cell\) = \(2, 2, 4\)"):
         cf.to_features(np.zeros((2, 3, 4)), np.ones(2), spec, None)
