@@ -107,6 +107,8 @@ INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "eels_thickness": [_eels_demo],
     "eels_ws2_spectra": [_ws2_specimen4],
     "hyperopt_eels_zlp": [_eels_demo],
+    "hyperopt_omnifold": [],
+    "hyperopt_solve": [],
     "lhc_dimuon": [_zmumu],
     "lhc_eft_toy": [],
     "lhc_omnifold": [],

@@ -178,11 +178,10 @@ def pdf_fold(
 
     `mask` as for regression_fold. Kept = passed post-fit selection and positivity (what
     pdf.fitted_set keeps)."""
-    from .pdf_fit import basis_on_grid, fit_pdf, fit_rotation
+    from .pdf_fit import fit_pdf, fk_predictions
 
     fit = ~held
     result, penalty = fit_pdf(fk[fit], grid, pseudodata[:, fit], mask, covariance[np.ix_(fit, fit)], config)
-    values = basis_on_grid(result.weights, result.architecture, grid)  # (R, x, basis)
-    xf = np.einsum("rxb,fb->rxf", values, fit_rotation(config.basis))  # the gluon does not enter LO F2
-    prediction = np.einsum("nxf,rxf->rn", fk[held], xf)
+    # the gluon as the fit imposed it: none on LO tables, sum-rule normalised where FK tables need it
+    prediction = fk_predictions(fk[held], result.weights, result.architecture, config.basis, grid)
     return FoldResult(prediction, result.kept & (penalty < tolerance), result.stopping_epoch)

@@ -7,23 +7,23 @@ grid, whatever the number of data points.
 
 The fit basis is a subset of the evolution basis (Sigma, g, V, V3, V8, T3, T8) at Q0 below charm.
 Functions not fitted are fixed by stated assumptions: T8 = Sigma (no strange sea: s + sbar = 0),
-T3, V, V3, V8 = 0 (charge symmetry q = qbar); the gluon is never fitted by the networks (it does
-not enter LO F2): it keeps the Les Houches shape x^-0.1 (1 - x)^5, normalised per replica by the
-momentum sum rule. `check_basis` refuses a basis the data cannot determine. The basis, its rotation
-and its check are numpy only and live in kernels.pdf_basis (validating and planning a fit imports
-no torch); they are re-exported here.
+T3, V, V3, V8 = 0 (charge symmetry q = qbar). `check_basis` refuses a basis the data cannot
+determine. The basis, its rotation and its check are numpy only and live in kernels.pdf_basis
+(validating and planning a fit imports no torch); they are re-exported here.
 
-Sum rules: the momentum sum rule is the one this basis allows; it fixes only the gluon. With LO
-F2 tables no prediction depends on the gluon, so it is applied once to the trained replicas (on a
-fixed 2000-point integration grid) rather than at every step: the result is the same. With FK
-tables that depend on the gluon (NNLO F2 with evolution, engine/ingest/fk_theory.py) the gluon
-enters every prediction, so its normalisation A_g = (1 - int x Sigma) / int x^a (1 - x)^b is
-computed inside the loss at every step from the networks' Sigma on a Gauss-Legendre rule
-(`sum_rule_quadrature`; shape integral exact, a Beta function) and differentiated through: the
-trained quarks feel the gluon they leave room for. The stored A_g is the same rule in float64, so
-int x (Sigma + g) = 1 holds exactly on that rule (tested against a dense trapezoid to 1e-6).
-Valence sum rules need V, V3, V8, which F2 cannot see (they are refused as a fit basis), so they
-are not imposed.
+The gluon, three ways. (1) LO F2 tables (no gluon column): no prediction depends on it; it keeps
+the Les Houches shape x^-0.1 (1 - x)^5, normalised per replica by the momentum sum rule once after
+training (on a fixed 2000-point grid). (2) A basis ending in g (`with_gluon`, what pdf.fit uses
+on evolved tables, NNLO F2 from engine/ingest/fk_theory.py): the gluon is a fitted flavour, the
+network's last output with its own preprocessing exponents per replica, x g = A_g NN_g x^(1 -
+alpha_g) (1 - x)^beta_g, and A_g = (1 - int x Sigma) / int NN_g x^(1 - alpha_g) (1 - x)^beta_g
+computed inside the loss at every step on a Gauss-Legendre rule (`sum_rule_quadrature`) and
+differentiated through, as n3fit does; positivity then covers x g too. (3) Gluon-dependent
+tables with a quark-only basis: the fixed shape of (1) normalised inside the loss the same way
+(shape integral exact, a Beta function). In (2) and (3) the stored A_g is the same rule in
+float64, so int x (Sigma + g) = 1 holds exactly on that rule (tested against a dense trapezoid to
+1e-6). Valence sum rules need V, V3, V8, which F2 cannot see at any order (the tables' q and qbar
+columns are equal: they are refused as a fit basis), so they are not imposed.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from .pdf_basis import (  # noqa: F401 (re-exported: the basis, its check and ro
     EVOLUTION_BASIS,
     FIT_INPUT_TRANSFORM,
     FIT_OUTPUT_TRANSFORM,
+    GLUON,
     GLUON_SHAPE_EXPONENTS,
     PREPROCESSING,
     ROTATION,
@@ -51,6 +52,7 @@ from .pdf_basis import (  # noqa: F401 (re-exported: the basis, its check and ro
     fit_rotation,
     fit_sizes,
     targets_of,
+    with_gluon,
 )
 from .pdf_fk import FLAVOURS
 from .train import Chi2Loss, Progress, StoppingConfig, TrainResult, train_with_config
@@ -90,19 +92,28 @@ class PdfFitConfig:
 
 def build_model(r: int, config: PdfFitConfig, device) -> EnsembleMLP:
     ids = np.arange(r)
-    return EnsembleMLP(r, fit_sizes(config.basis, config.hidden), list(config.activations),
-                       seed=config.seed, device=device, input_transform=FIT_INPUT_TRANSFORM,
-                       output_transform=FIT_OUTPUT_TRANSFORM,
-                       replica_params=draw_preprocessing(config.basis, ids, config.seed,
-                                                         shared=config.preprocessing == "shared"))
+    return EnsembleMLP(
+        r,
+        fit_sizes(config.basis, config.hidden),
+        list(config.activations),
+        seed=config.seed,
+        device=device,
+        input_transform=FIT_INPUT_TRANSFORM,
+        output_transform=FIT_OUTPUT_TRANSFORM,
+        replica_params=draw_preprocessing(
+            config.basis, ids, config.seed, shared=config.preprocessing == "shared"
+        ),
+    )
 
 
 def _plus_rotation(basis: tuple[str, ...]) -> np.ndarray:
-    """(quark, fitted) matrix giving x q+ = x (q + qbar) for the quarks the fit makes non-zero."""
+    """(quark, fitted) matrix giving x q+ = x (q + qbar) for the quarks the fit makes non-zero,
+    and x g when the gluon is fitted (NNPDF4.0 keeps the gluon positive too)."""
     rotation = fit_rotation(basis)
     quarks = [i for i, pid in enumerate(FLAVOURS) if 0 < pid < 21]
     plus = np.stack([rotation[i] + rotation[FLAVOURS.index(-FLAVOURS[i])] for i in quarks])
-    return plus[np.any(np.abs(plus) > 1e-12, axis=1)]
+    plus = plus[np.any(np.abs(plus) > 1e-12, axis=1)]
+    return np.vstack([plus, rotation[FLAVOURS.index(21)]]) if GLUON in basis else plus
 
 
 def gluon_enters(fk: np.ndarray) -> bool:
@@ -135,10 +146,23 @@ def _gluon_shape(x: np.ndarray) -> np.ndarray:
 
 
 def _momentum_weights(basis: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(nodes, (node, fitted) weights W) with sum W * fitted(node) = int x Sigma dx on the rule."""
+    """(nodes, (node, fitted) weights W) with sum W * fitted(node) = int x Sigma dx on the rule
+    (a fitted g's column is zero: the gluon is what the quarks leave)."""
     x, w = sum_rule_quadrature()
     quark_sum = np.delete(fit_rotation(basis), FLAVOURS.index(21), axis=0).sum(0)
     return x, w[:, None] * quark_sum[None, :]
+
+
+def check_gluon(basis: tuple[str, ...], fk: np.ndarray) -> bool:
+    """Whether the basis fits the gluon; ValueError if it does on tables blind to the gluon."""
+    if GLUON not in basis:
+        return False
+    if not gluon_enters(fk):
+        raise ValueError(
+            f"the fit basis {list(basis)} fits the gluon, but the FK tables do not "
+            "depend on it (their gluon column is zero: LO F2); fit the quark basis"
+        )
+    return True
 
 
 class PdfLoss:
@@ -150,21 +174,36 @@ class PdfLoss:
     so stopping judges the fit to the data.
     """
 
-    def __init__(self, fk: np.ndarray, grid: np.ndarray, pseudodata, covariance, mask,
-                 config: PdfFitConfig, device, dtype):
+    def __init__(
+        self,
+        fk: np.ndarray,
+        grid: np.ndarray,
+        pseudodata,
+        covariance,
+        mask,
+        config: PdfFitConfig,
+        device,
+        dtype,
+    ):
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, float), dtype=dtype, device=device)  # noqa: E731
         self.gluon = gluon_enters(fk)
+        self.fitted_gluon = check_gluon(config.basis, fk)
         nodes = [grid, config.positivity.x]
-        if self.gluon:  # F2 per unit A_g, and the weights of int x Sigma on the sum-rule nodes
+        if self.gluon:  # the weights of int x Sigma on the sum-rule nodes
             sum_x, momentum = _momentum_weights(config.basis)
             nodes.append(sum_x)
-            self.fk_gluon = as_tensor(fk[..., FLAVOURS.index(21)] @ _gluon_shape(np.asarray(grid, float)))
             self.momentum = as_tensor(momentum)
+        if self.fitted_gluon:  # int x g before normalisation: the rule's weights on NN_g
+            self.gluon_weights = as_tensor(sum_rule_quadrature()[1])
+            self.gluon_index = config.basis.index(GLUON)
+            self.gluon_column = as_tensor(np.arange(len(config.basis)) == self.gluon_index)
+        elif self.gluon:  # the fixed shape: F2 per unit A_g
+            self.fk_gluon = as_tensor(fk[..., FLAVOURS.index(21)] @ _gluon_shape(np.asarray(grid, float)))
             self.shape_integral = gluon_shape_integral()
         self.x = as_tensor(np.concatenate(nodes))[:, None]
         self.n_grid = len(grid)
         self.n_positivity = len(config.positivity.x)
-        # the gluon row of the rotation is zero (g is never fitted): fk_gluon carries it
+        # without a fitted g the gluon row of the rotation is zero: fk_gluon carries it
         self.fk = as_tensor(np.einsum("nxf,fb->nxb", fk, fit_rotation(config.basis)))
         self.plus = as_tensor(_plus_rotation(config.basis))
         self.positivity = config.positivity
@@ -176,9 +215,16 @@ class PdfLoss:
         out = model(self.x)
         end = self.n_grid + self.n_positivity
         grid, pos = out[:, : self.n_grid], out[:, self.n_grid : end]
+        if self.fitted_gluon:  # A_g on the gluon's column, 1 elsewhere
+            sums = out[:, end:]
+            norm = (1.0 - torch.einsum("rxb,xb->r", sums, self.momentum)) / (
+                sums[..., self.gluon_index] @ self.gluon_weights
+            )
+            scale = 1.0 + (norm - 1.0)[:, None] * self.gluon_column[None, :]
+            grid, pos = grid * scale[:, None, :], pos * scale[:, None, :]
         self._penalty = F.elu(-torch.einsum("rpb,qb->rpq", pos, self.plus), alpha=1e-7).sum((1, 2))
         prediction = torch.einsum("nxb,rxb->rn", self.fk, grid)
-        if not self.gluon:
+        if not self.gluon or self.fitted_gluon:
             return prediction
         norm = (1.0 - torch.einsum("rxb,xb->r", out[:, end:], self.momentum)) / self.shape_integral
         return prediction + norm[:, None] * self.fk_gluon[None, :]
@@ -195,11 +241,18 @@ class PdfLoss:
         return train + factor * self._penalty, val
 
 
-def fit_pdf(fk: np.ndarray, grid: np.ndarray, pseudodata: np.ndarray, train_mask: np.ndarray,
-            covariance: np.ndarray, config: PdfFitConfig, *,
-            progress: Callable[[Progress], None] | None = None,
-            on_checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
-            resume_from: Mapping[str, np.ndarray] | None = None) -> tuple[TrainResult, np.ndarray]:
+def fit_pdf(
+    fk: np.ndarray,
+    grid: np.ndarray,
+    pseudodata: np.ndarray,
+    train_mask: np.ndarray,
+    covariance: np.ndarray,
+    config: PdfFitConfig,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    on_checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
+    resume_from: Mapping[str, np.ndarray] | None = None,
+) -> tuple[TrainResult, np.ndarray]:
     """Train R replicas on pseudo-data (R, n) with FK (n, x, flavour); returns (result, penalty).
 
     penalty (R,) is each replica's positivity penalty with its final weights (pass: < 1e-6).
@@ -208,8 +261,9 @@ def fit_pdf(fk: np.ndarray, grid: np.ndarray, pseudodata: np.ndarray, train_mask
     device = resolve_device(config.device)
     model = build_model(pseudodata.shape[0], config, device)
     loss = PdfLoss(fk, grid, pseudodata, covariance, train_mask, config, device, model.dtype)
-    result = train_with_config(model, loss, config, progress=progress, on_checkpoint=on_checkpoint,
-                               resume_from=resume_from)
+    result = train_with_config(
+        model, loss, config, progress=progress, on_checkpoint=on_checkpoint, resume_from=resume_from
+    )
     return result, loss.penalty(model)
 
 
@@ -231,26 +285,55 @@ def integration_grid(n: int = 2000) -> np.ndarray:
     return np.concatenate([np.geomspace(1e-9, 0.1, n // 2, endpoint=False), np.linspace(0.1, 1, n // 2)])
 
 
-def momentum_gluon_normalisation(arrays: Mapping[str, np.ndarray], architecture: Mapping,
-                                 basis: tuple[str, ...]) -> np.ndarray:
+def momentum_gluon_normalisation(
+    arrays: Mapping[str, np.ndarray], architecture: Mapping, basis: tuple[str, ...]
+) -> np.ndarray:
     """A_g per replica as a gluon-dependent fit imposes it (PdfLoss): int x (Sigma + g) = 1 on
-    `sum_rule_quadrature`, in float64."""
+    `sum_rule_quadrature`, in float64; of the fitted NN_g when the basis has g, else of the shape."""
     x, momentum = _momentum_weights(basis)
     values = basis_on_grid(arrays, architecture, x)
-    return (1.0 - np.einsum("rxb,xb->r", values, momentum)) / gluon_shape_integral()
+    left = 1.0 - np.einsum("rxb,xb->r", values, momentum)
+    if GLUON in basis:
+        return left / (values[..., basis.index(GLUON)] @ sum_rule_quadrature()[1])
+    return left / gluon_shape_integral()
 
 
-def flavours_from_basis(basis_values: np.ndarray, x: np.ndarray, basis: tuple[str, ...],
-                        gluon_norm: np.ndarray) -> np.ndarray:
-    """x f (R, len(x), FLAVOURS) from fitted functions (R, len(x), n_basis) and A_g (R,)."""
+def flavours_from_basis(
+    basis_values: np.ndarray, x: np.ndarray, basis: tuple[str, ...], gluon_norm: np.ndarray
+) -> np.ndarray:
+    """x f (R, len(x), FLAVOURS) from fitted functions (R, len(x), n_basis) and A_g (R,): the
+    fitted g times A_g when the basis has g, else A_g times the fixed shape."""
     xf = np.einsum("rxb,fb->rxf", basis_values, fit_rotation(basis))
+    gluon = FLAVOURS.index(21)
+    if GLUON in basis:
+        xf[..., gluon] *= gluon_norm[:, None]
+        return xf
     a, b = GLUON_SHAPE_EXPONENTS
-    xf[..., FLAVOURS.index(21)] = gluon_norm[:, None] * x**a * (1 - x) ** b
+    xf[..., gluon] = gluon_norm[:, None] * x**a * (1 - x) ** b
     return xf
 
 
-def gluon_normalisation(arrays: Mapping[str, np.ndarray], architecture: Mapping,
-                        basis: tuple[str, ...]) -> np.ndarray:
+def fk_predictions(
+    fk: np.ndarray,
+    arrays: Mapping[str, np.ndarray],
+    architecture: Mapping,
+    basis: tuple[str, ...],
+    grid: np.ndarray,
+) -> np.ndarray:
+    """(R, n) predictions of a trained ensemble through FK tables (n, x, FLAVOURS), the gluon as
+    the fit imposed it (none on LO tables, the sum-rule A_g on gluon-dependent ones)."""
+    values = basis_on_grid(arrays, architecture, grid)
+    norm = (
+        momentum_gluon_normalisation(arrays, architecture, basis)
+        if gluon_enters(fk)
+        else np.zeros(values.shape[0])
+    )
+    return np.einsum("nxf,rxf->rn", fk, flavours_from_basis(values, grid, basis, norm))
+
+
+def gluon_normalisation(
+    arrays: Mapping[str, np.ndarray], architecture: Mapping, basis: tuple[str, ...]
+) -> np.ndarray:
     """A_g per replica from the momentum sum rule: int x (Sigma + g) = 1 on the fixed grid."""
     x = integration_grid()
     values = basis_on_grid(arrays, architecture, x)

@@ -95,7 +95,7 @@ class ZlpTrainingSet:
     seed: int
 
 
-def _cluster_points(spectra, energy, de_i, de_ii, n_high, min_counts):
+def cluster_points(spectra, energy, de_i, de_ii, n_high, min_counts):
     """Channels and errors of one cluster: the core below dE_I and subsampled tail above dE_II.
 
     Tail targets span dE_II ... dE_II + (dE_II - dE_I) only: the matched ZLP is zero beyond dE_II,
@@ -156,7 +156,7 @@ def zlp_training_set(
     for c, s in enumerate(spectra):
         if s.ndim != 2 or s.shape[1] != energy.size or s.shape[0] == 0:
             raise ValueError(f"cluster {c}: spectra must be (n_c >= 1, {energy.size}), got {s.shape}")
-    points = [_cluster_points(s, energy, a, b, n_high, min_counts)
+    points = [cluster_points(s, energy, a, b, n_high, min_counts)
               for s, a, b in zip(spectra, de_i, de_ii)]
     ln_n_all = [np.log(s.sum(axis=1)) for s in spectra]
     if not all(np.all(np.isfinite(v)) for v in ln_n_all):

@@ -132,7 +132,8 @@ class AmpTrainParams(_Params):
         return self
 
 
-def _point_variables(data: xr.Dataset, names: list[str]) -> list[xr.DataArray]:
+def point_variables(data: xr.Dataset, names: list[str]) -> list[xr.DataArray]:
+    """The named 1-D variables along one shared point dim (amp ops, replicas.hyperopt)."""
     found = []
     for name in names:
         if name not in data.variables:
@@ -145,16 +146,16 @@ def _point_variables(data: xr.Dataset, names: list[str]) -> list[xr.DataArray]:
     return found
 
 
-def _train(features, target, params: AmpTrainParams, context: StepContext) -> dict[str, np.ndarray]:
+def train_on(x: np.ndarray, target: np.ndarray, params: AmpTrainParams, **hooks):
+    """Fit the op's ensemble on points x (n, features) with |M|^2 `target` (n,): the sigma-scale
+    holdout, each replica's training mask, the kernel's settings from params (amp.train,
+    replicas.hyperopt). Returns kernels.amplitudes.fit_amplitude's (result, low, high, scale, k)."""
     from ..kernels.amplitudes import fit_amplitude, holdout_mask
     from ..kernels.optim import OptimiserConfig
     from ..kernels.regression import RegressionConfig
     from ..kernels.replicas import training_masks
     from ..kernels.train import StoppingConfig
 
-    x = np.stack(features, axis=-1)
-    if len(x) < 8:
-        raise ValueError(f"amp.train needs at least 8 points, found {len(x)}")
     holdout = holdout_mask(len(x), params.holdout_fraction, params.seed)
     n_fit = int((~holdout).sum())
     mask = training_masks(n_fit, np.zeros(n_fit, int), params.replicas, params.training_fraction, params.seed)
@@ -169,11 +170,20 @@ def _train(features, target, params: AmpTrainParams, context: StepContext) -> di
         params.device,
         params.checkpoint_every,
     )
+    return fit_amplitude(
+        x, target, mask, config, holdout=holdout, beta=params.beta, batch_size=params.batch_size, **hooks
+    )
+
+
+def _train(features, target, params: AmpTrainParams, context: StepContext) -> dict[str, np.ndarray]:
+    x = np.stack(features, axis=-1)
+    if len(x) < 8:
+        raise ValueError(f"amp.train needs at least 8 points, found {len(x)}")
     fitted = {}
 
     def fit(**hooks):
-        result, fitted["low"], fitted["high"], fitted["scale"], fitted["k"] = fit_amplitude(
-            x, target, mask, config, holdout=holdout, beta=params.beta, batch_size=params.batch_size, **hooks
+        result, fitted["low"], fitted["high"], fitted["scale"], fitted["k"] = train_on(
+            x, target, params, **hooks
         )
         return result
 
@@ -211,8 +221,8 @@ def train(params: AmpTrainParams, data: xr.Dataset, context: StepContext) -> xr.
     target's log-scale (`target_scale`: mean, std of ln target) and `sigma_scale` with the
     training record.
     """
-    features = _point_variables(data, params.features)
-    (target,) = _point_variables(data, [params.target])
+    features = point_variables(data, params.features)
+    (target,) = point_variables(data, [params.target])
     if target.dims != features[0].dims:
         raise OpError(f"target {params.target!r} must lie along {features[0].dims}, found {target.dims}")
     architecture = ensemble_architecture(
@@ -288,7 +298,7 @@ def predict(params: AmpPredictParams, model: xr.Dataset, data: xr.Dataset) -> xr
             f"input 'model' is not an amp.train ensemble (attribute kind is {model.attrs.get('kind')!r})"
         )
     architecture = json.loads(model.attrs["architecture"])
-    features = _point_variables(data, list(model.attrs["features"]))
+    features = point_variables(data, list(model.attrs["features"]))
     stacked = da.stack([da.asarray(f.data) for f in features]).rechunk({0: -1})
     names = [*weight_names(model), "input_low", "input_high", "target_scale", "sigma_scale", "kept"]
     weights = dask.delayed(_weights, pure=True)(**{n: as_delayed(model[n].data) for n in names})
@@ -309,7 +319,7 @@ def predict(params: AmpPredictParams, model: xr.Dataset, data: xr.Dataset) -> xr
     )
     result["msq_pred"] = np.exp(result["log_mean"])
     if params.truth is not None:
-        (truth,) = _point_variables(data, [params.truth])
+        (truth,) = point_variables(data, [params.truth])
         result["pull"] = (result["log_mean"] - np.log(truth)) / result["sigma"]
         result["relative_error"] = result["msq_pred"] / truth - 1
     return result.assign({k: v for k, v in data.data_vars.items() if v.dims == (dim,)})

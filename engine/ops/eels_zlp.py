@@ -55,7 +55,8 @@ class TrainZlpParams(TrainingParams):
     optimiser: OptimiserParams = OptimiserParams(lr=1e-2)
 
 
-def _windows_of(windows: xr.Dataset, k: int) -> tuple[xr.DataArray, xr.DataArray]:
+def windows_of(windows: xr.Dataset, k: int) -> tuple[xr.DataArray, xr.DataArray]:
+    """dE_I and dE_II per cluster, checked against the cluster map's k (also replicas.hyperopt)."""
     require_variables(windows, ["de_i", "de_ii"])
     if windows.sizes.get(CLUSTER_ID) != k:
         raise OpError(f"the windows input has {windows.sizes.get(CLUSTER_ID)} clusters, the cluster "
@@ -63,10 +64,21 @@ def _windows_of(windows: xr.Dataset, k: int) -> tuple[xr.DataArray, xr.DataArray
     return windows["de_i"], windows["de_ii"]
 
 
-def _fit_zlp(sample, energy, de_i, de_ii, params: TrainZlpParams, context: StepContext):
+def train_on(training_set, params: TrainZlpParams, **hooks):
+    """Train the op's ensemble on a kernels.zlp training set (eels.train_zlp, replicas.hyperopt)."""
     from ..kernels.optim import OptimiserConfig
     from ..kernels.train import StoppingConfig
     from ..kernels.zlp import train_zlp as train_kernel
+
+    return train_kernel(
+        training_set, hidden=params.hidden, activations=params.activations, epochs=params.epochs,
+        optimiser=OptimiserConfig(**params.optimiser.model_dump()),
+        stopping=StoppingConfig(**params.stopping.model_dump()), penalty=params.penalty,
+        validation_every=params.validation_every, seed=params.seed, device=params.device,
+        checkpoint_every=params.checkpoint_every, **hooks)
+
+
+def _fit_zlp(sample, energy, de_i, de_ii, params: TrainZlpParams, context: StepContext):
     from ..kernels.zlp import zlp_training_set
 
     k = len(de_i)
@@ -78,12 +90,7 @@ def _fit_zlp(sample, energy, de_i, de_ii, params: TrainZlpParams, context: StepC
     training_set = zlp_training_set(spectra, energy, de_i, de_ii, params.replicas, params.seed)
     result = checkpointed_training(
         context, params.epochs, params.validation_every,
-        lambda **hooks: train_kernel(
-            training_set, hidden=params.hidden, activations=params.activations, epochs=params.epochs,
-            optimiser=OptimiserConfig(**params.optimiser.model_dump()),
-            stopping=StoppingConfig(**params.stopping.model_dump()), penalty=params.penalty,
-            validation_every=params.validation_every, seed=params.seed, device=params.device,
-            checkpoint_every=params.checkpoint_every, **hooks))
+        lambda **hooks: train_on(training_set, params, **hooks))
     checks = history_length(params.epochs, params.validation_every)
     return {**result_arrays(result, checks), "scaling": np.array(astuple(training_set.scaling))}
 
@@ -102,7 +109,7 @@ def train_zlp(params: TrainZlpParams, image: xr.Dataset, clusters: xr.Dataset, w
     spectra = spectra_of(image, params.variable)
     energy = energy_axis(image)
     labels, k = cluster_labels(clusters, spectra)
-    de_i, de_ii = _windows_of(windows, k)
+    de_i, de_ii = windows_of(windows, k)
     architecture = ensemble_architecture(2, params.hidden, params.activations, params.seed)
     sample = cluster_sample(spectra, labels, k, params.n_spectra, params.seed)
     trained = dask.delayed(_fit_zlp, pure=True)(sample, energy, as_delayed(de_i.data),
@@ -269,7 +276,7 @@ def subtract_zlp(params: SubtractParams, image: xr.Dataset, clusters: xr.Dataset
     spectra = spectra_of(image, params.variable)
     energy = energy_axis(image)
     labels, k = cluster_labels(clusters, spectra)
-    de_i, de_ii = _windows_of(windows, k)
+    de_i, de_ii = windows_of(windows, k)
     require_variables(windows, ["ln_i_median"])
     if spectra.chunks is None:
         spectra = spectra.chunk()

@@ -5,7 +5,9 @@ a k-fold figure (kernels/kfold.py): each trial trains its replicas (~10, one bat
 the replica core) once per fold with that fold held out, and is judged by the held-out score.
 What a fold is and how it is scored belongs to the training op's adapter (hyperopt_adapters.py:
 held-out chi2/n for replicas.train, pdf.fit and eels.train_zlp; cross-entropy or 1 - AUC for
-lhc.train_classifier; Gaussian NLL or squared error of ln |M|^2 for amp.train).
+lhc.train_classifier; Gaussian NLL or squared error of ln |M|^2 for amp.train; and the scores of
+hyperopt_physics.py for calo.train_flow, lhc.eft_train, lhc.omnifold and the solvers). A training
+op with no meaningful held-out score is refused with the reason (hyperopt_adapters.refuse).
 The scan is a TPE search (Optuna) whose study lives in the lake: an SQLite file copied to the
 step's checkpoint folder after every trial (ops/hyperopt_study.py), so an interrupted run resumes
 where it stopped. The sampler is re-seeded from (seed, finished trials) before each trial, so a
@@ -39,6 +41,7 @@ from ..errors import OpError, did_you_mean
 from ..key_numbers import mark
 from ..registry import StepContext, get_op, register_op
 from . import (
+    hyperopt_physics,  # noqa: F401  (registers the other training ops' adapters and refusals)
     hyperopt_workloads,  # noqa: F401  (registers the workloads' adapters)
     needs,
 )
@@ -53,11 +56,12 @@ FRAGMENT_BYTES = 8192  # the winner's recipe fragment, UTF-8, NUL padded (zarr v
 
 class FoldParams(_Params):
     k: int = Field(4, ge=2, le=100, description="number of folds")
-    by: Literal["points", "group", "dataset"] = Field(
-        "points",
+    by: Literal["points", "group", "dataset", "seeds"] | None = Field(
+        None,
         description="points: a seeded split of the op's units (points; jets; each cluster's "
-        "sampled spectra); group: whole groups (a variable along the units, e.g. dataset_index) "
-        "dealt to folds; dataset: the folds named in `datasets`",
+        "sampled spectra; showers; events); group: whole groups (a variable along the units, e.g. "
+        "dataset_index) dealt to folds; dataset: the folds named in `datasets`; seeds: k "
+        "independent solves from seed + fold (solve.*: no data to split); none: the op's first",
     )
     group: str | None = Field(None, description="by: group: the variable labelling each point's group")
     datasets: list[list[str]] | None = Field(
@@ -86,7 +90,9 @@ class RewardParams(_Params):
         None,
         description="the held-out score (lower is better); none: the op's default. chi2 "
         "(replicas.train, pdf.fit, eels.train_zlp); bce or one_minus_auc (lhc.train_classifier); "
-        "nll or mse (amp.train)",
+        "one_minus_auc or background_mse (lhc.anomaly_score); nll or mse (amp.train); nll "
+        "(calo.train_flow); cross_entropy (lhc.eft_train); step1_bce (lhc.omnifold); max_error or "
+        "residual (solve.equation); residual or derrick (solve.bounce)",
     )
     chi2: Literal["central", "average"] = Field(
         "central",
@@ -101,15 +107,17 @@ class RewardParams(_Params):
     max_reward: float | None = Field(
         None,
         gt=0,
-        description="a trial above this has failed; none: the op's default (chi2: 3; bce, "
-        "one_minus_auc, nll, mse: none, but a trial must beat a constant prediction)",
+        description="a trial above this has failed; none: the op's default (chi2: 3; solvers: "
+        "max_error 0.1, residual and derrick 0.01; the others: none, but a trial must beat a "
+        "constant prediction)",
     )
 
 
 class HyperoptParams(_Params):
     op: str = Field(
         description="the training op whose params are scanned: replicas.train, pdf.fit, "
-        "eels.train_zlp, lhc.train_classifier, amp.train"
+        "eels.train_zlp, lhc.train_classifier, lhc.anomaly_score, amp.train, calo.train_flow, "
+        "lhc.eft_train, lhc.omnifold, solve.equation, solve.bounce"
     )
     base: dict[str, Any] = Field(default_factory=dict, description="the training op's params kept fixed")
     space: dict[str, Dimension] = Field(
@@ -152,6 +160,8 @@ class HyperoptParams(_Params):
                 f"{did_you_mean(self.reward.metric, list(adapter.metrics))}; expected one of "
                 f"{', '.join(adapter.metrics)}"
             )
+        if self.folds.by is None:  # the op's own kind of fold
+            self.folds = self.folds.model_copy(update={"by": adapter.folds[0]})
         if self.folds.by not in adapter.folds:
             raise ValueError(
                 f"folds by: {self.folds.by} is not available for {self.op}; expected one of "
@@ -210,6 +220,8 @@ def evaluate_trial(
     score = np.array([f.score for f in folds])
     baseline = np.array([f.baseline for f in folds])
     max_reward = params.reward.max_reward if params.reward.max_reward is not None else adapter.max_reward
+    if isinstance(max_reward, dict):  # the op's limit per metric
+        max_reward = max_reward.get(metric)
     reward_config = RewardConfig(
         params.reward.statistic,
         params.reward.min_kept_fraction,
@@ -224,8 +236,16 @@ def evaluate_trial(
     if ok and adapter.must_beat_baseline:  # no better than a constant prediction: failed
         statistic = np.mean if params.reward.statistic == "mean" else np.max
         held, constant = float(statistic(score)), float(statistic(baseline))
-        if not held < constant:
-            ok, why = False, f"held-out {metric} {held:.4g} no better than a constant's {constant:.4g}"
+        margins = np.array([f.margin for f in folds])  # the noise of each fold's comparison
+        margin = float(np.sqrt(np.sum(margins**2)) / margins.size if statistic is np.mean else margins.max())
+        if not held < constant - margin:
+            ok, why = (
+                False,
+                (
+                    f"held-out {metric} {held:.4g} no better than a constant's {constant:.4g}"
+                    + (f" by more than its noise {margin:.2g}" if margin else "")
+                ),
+            )
     return {
         "score": score.tolist(),
         "kept": kept.tolist(),
@@ -350,6 +370,8 @@ def _static_folds(params: HyperoptParams, sources: list[xr.Dataset], n: int | No
         if n is None:
             raise OpError(f"folds by: dataset needs data points; {params.op} has none")
         return _fold_of_datasets(params, sources, n)
+    if params.folds.by == "seeds":  # fold f is the solve from seed + f
+        return np.arange(params.folds.k)
     if params.folds.by == "points" and n is not None:
         try:
             return fold_assignment(n, params.folds.k, params.folds.seed)
@@ -395,15 +417,15 @@ def _need(params: HyperoptParams, inputs: dict[str, xr.Dataset], output: xr.Data
 @register_op(
     "replicas.hyperopt",
     params=HyperoptParams,
-    inputs=("data",),
-    optional_inputs=("theory", "clusters", "windows"),
+    inputs=(),
+    optional_inputs=("data", "theory", "clusters", "windows"),
     wants_context=True,
     memory=needs.TorchNeed(_need),
 )
 def hyperopt(
     params: HyperoptParams,
-    data: xr.Dataset,
-    context: StepContext,
+    data: xr.Dataset | None = None,
+    context: StepContext | None = None,
     theory: xr.Dataset | None = None,
     clusters: xr.Dataset | None = None,
     windows: xr.Dataset | None = None,
@@ -412,7 +434,9 @@ def hyperopt(
 
     data: the training op's main input: replicas.pseudodata output (replicas.train, pdf.fit, with
     theory: the FK tables for pdf.fit), the aligned image (eels.train_zlp, with its clusters and
-    windows), the jets (lhc.train_classifier), the phase-space sample (amp.train). Output over
+    windows), the jets (lhc.train_classifier, lhc.anomaly_score), the phase-space sample
+    (amp.train), the showers (calo.train_flow), the events (lhc.eft_train), the unfolding
+    samples (lhc.omnifold); none for the solvers (solve.equation, solve.bounce). Output over
     `trial` (and `fold`): p_<param> values, held_out (the metric named in its attrs, lower is
     better; baseline_held_out: a constant prediction's, where the op has one), kept_fraction,
     stopping_fraction, seconds, reward, ok, rank (0 = best); best_trial (-1 when every trial
@@ -420,16 +444,17 @@ def hyperopt(
     over by_<param>: the reward against the param's sorted values.
     """
     adapter = adapter_for(params.op)
-    given = {"theory": theory, "clusters": clusters, "windows": windows}
+    given = {"data": data, "theory": theory, "clusters": clusters, "windows": windows}
+    takes = ("data",) * adapter.data + adapter.inputs
     for name, value in given.items():
-        if name in adapter.inputs and value is None:
+        if name in takes and value is None:
             raise OpError(f"op: {params.op} needs the input {name!r}; give the step `{name}: <step id>`")
-        if name not in adapter.inputs and value is not None:
+        if name not in takes and value is not None:
             raise OpError(
                 f"input {name!r} is not used when scanning {params.op}; it takes "
-                f"{', '.join(['data', *adapter.inputs])}"
+                f"{', '.join(takes) or 'no input'}"
             )
-    inputs = {"data": data} | {name: given[name] for name in adapter.inputs}
+    inputs = {name: given[name] for name in takes}
     training = _training_check(params)
     pieces, n = adapter.prepare(params, training, inputs)
     groups = None

@@ -8,12 +8,13 @@ held-out fold: lower is better, with the metric's name stored in the output. The
 
 This module holds the registry and the two chi2 adapters (replicas.train, pdf.fit: held-out
 chi2/n against the central data with the experimental covariance); hyperopt_workloads.py adds
-eels.train_zlp, lhc.train_classifier and amp.train.
+eels.train_zlp, lhc.train_classifier, lhc.anomaly_score and amp.train; hyperopt_physics.py
+calo.train_flow, lhc.eft_train, lhc.omnifold, solve.equation, solve.bounce and the refusals.
+Each adapter trains through the op's own public function (the one the op calls), never a copy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,13 +34,16 @@ CHI2_MAX_REWARD = 3.0  # a held-out chi2/n above 3 is a failed fit, not a poor s
 @dataclass(frozen=True)
 class FoldScore:
     """One fold of one trial: the held-out metric (lower is better), the kept fraction of the
-    replicas, the mean stopping epoch over the epoch budget, and the metric of a constant
-    prediction on the same fold (nan where the adapter has none)."""
+    replicas, the mean stopping epoch over the epoch budget, the metric of a constant
+    prediction on the same fold (nan where the adapter has none) and the margin by which the
+    score must beat it to count as better (two standard errors of the paired per-unit
+    difference, where the adapter measures it; 0: any amount)."""
 
     score: float
     kept: float
     epochs: float
     baseline: float = math.nan
+    margin: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,8 @@ class Adapter:
     the step's inputs (`data` plus `inputs`) without computing. load(pieces) -> Loaded, in the
     scan task. fold(arrays, training, held, hyper, metric) -> FoldScore trains on the units not
     `held` and scores the held ones. need(hyper, training, inputs, output) -> bytes of one fold's
-    training (training at the widest searched layers). metrics: name -> what it is; the first is
+    training (training at the widest searched layers). inputs: the step's inputs besides `data` (read
+    only where `data`). metrics: name -> what it is; the first is
     the default. baseline: folds also score a constant prediction (reported), which a trial
     must beat when must_beat_baseline. fixed: params that shape the data read once per scan, or
     that every trial overrides, so cannot be searched.
@@ -73,8 +78,9 @@ class Adapter:
     fold: Callable[..., FoldScore]
     need: Callable[..., int]
     inputs: tuple[str, ...] = ()
+    data: bool = True  # reads the step's `data` input (the solvers read none)
     folds: tuple[str, ...] = ("points", "group", "dataset")
-    max_reward: float | None = CHI2_MAX_REWARD
+    max_reward: float | dict[str, float] | None = CHI2_MAX_REWARD  # a float, or one per metric
     baseline: bool = False
     must_beat_baseline: bool = False
     fixed: tuple[str, ...] = ()
@@ -86,6 +92,7 @@ class Adapter:
 
 
 ADAPTERS: dict[str, Adapter] = {}
+REFUSED: dict[str, str] = {}  # training ops a scan cannot judge honestly: op -> why
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
@@ -95,10 +102,19 @@ def register_adapter(adapter: Adapter) -> Adapter:
     return adapter
 
 
+def refuse(op: str, why: str) -> None:
+    """Record a training op that has no meaningful held-out score, and why (a scan of it is an
+    error saying so rather than a reward made up)."""
+    REFUSED[op] = why
+
+
 def adapter_for(op: str) -> Adapter:
-    """The op's adapter; a ValueError naming the op and every supported one otherwise."""
+    """The op's adapter; a ValueError naming the op and every supported one otherwise (and why,
+    for a training op that is refused)."""
     from ..errors import did_you_mean
 
+    if op in REFUSED:
+        raise ValueError(f"replicas.hyperopt cannot scan {op}: {REFUSED[op]}")
     if op not in ADAPTERS:
         raise ValueError(
             f"replicas.hyperopt cannot scan op {op!r}{did_you_mean(op, list(ADAPTERS))}; "
@@ -129,6 +145,11 @@ def widest(training, space: dict) -> Any:
     if not widths:
         return training
     return training.model_copy(update={"hidden": [max([*widths, *training.hidden])] * len(training.hidden)})
+
+
+def no_checkpoints(hyper) -> dict[str, Any]:
+    """What every trial of an op overrides: no training checkpoints (a trial is short and reruns whole)."""
+    return {"checkpoint_every": None}
 
 
 def stopping_fraction(result, epochs: int) -> float:
@@ -163,11 +184,14 @@ def _chi2_prepare(hyper, training, inputs: dict[str, xr.Dataset]) -> tuple[dict[
                 f"the FK tables have {theory.sizes.get('x_grid')} x nodes, the fit's n_x is "
                 f"{training.n_x}: give both the same grid"
             )
-        pieces["fk"] = as_delayed(theory["fk"].data)
-    else:
-        from .replicas import _features
+        from .pdf_fit import fits_gluon
 
-        for i, f in enumerate(_features(data, training.features, point)):
+        pieces["fk"] = as_delayed(theory["fk"].data)
+        pieces["fitted_gluon"] = fits_gluon(training, theory["fk"].attrs)  # as pdf.fit decides it
+    else:
+        from .replicas import feature_columns
+
+        for i, f in enumerate(feature_columns(data, training.features, point)):
             pieces[f"feature_{i}"] = as_delayed(f.data)
     return pieces, n
 
@@ -179,28 +203,8 @@ def _chi2_load(pieces: dict[str, Any]) -> Loaded:
         arrays["features"] = np.stack([np.asarray(pieces[k], float) for k in features], axis=-1)
     if "fk" in pieces:
         arrays["fk"] = np.asarray(pieces["fk"], float)
+        arrays["fitted_gluon"] = bool(pieces["fitted_gluon"])
     return Loaded(arrays, arrays["central"].size)
-
-
-def _trainer_config(op: str, training):
-    from ..kernels.optim import OptimiserConfig
-    from ..kernels.regression import RegressionConfig
-    from ..kernels.train import StoppingConfig
-    from .pdf_fit import _config
-
-    if op == "pdf.fit":  # a trial is short and reruns whole: no training checkpoints
-        return dataclasses.replace(_config(training), checkpoint_every=None)
-    return RegressionConfig(
-        tuple(training.hidden),
-        tuple(training.activations),
-        training.epochs,
-        OptimiserConfig(**training.optimiser.model_dump()),
-        StoppingConfig(**training.stopping.model_dump()),
-        training.validation_every,
-        training.seed,
-        training.device,
-        None,
-    )
 
 
 def _chi2_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldScore:
@@ -208,8 +212,10 @@ def _chi2_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldSc
     one batched job) and take chi2/n of the held points (kernels.kfold)."""
     from ..kernels.kfold import held_out_chi2, pdf_fold, regression_fold
     from ..kernels.pdf_fit import POSITIVITY_TOLERANCE
+    from ..kernels.pdf_fk import x_grid
     from ..kernels.replicas import training_masks
-    from .pdf_fit import _grid
+    from .pdf_fit import training_config as pdf_config
+    from .replicas import training_config as regression_config
 
     r = hyper.replicas
     groups = arrays["groups"][~held]
@@ -221,10 +227,12 @@ def _chi2_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldSc
         hyper.seed,
         shared=hyper.split == "shared",
     )
-    config = _trainer_config(hyper.op, training)
+    pdf = hyper.op == "pdf.fit"
+    # the op's own settings
+    config = pdf_config(training, arrays["fitted_gluon"]) if pdf else regression_config(training)
     common = (arrays["target"][:r], mask, arrays["covariance"], held, config)
-    if hyper.op == "pdf.fit":
-        result = pdf_fold(arrays["fk"], _grid(training), *common, POSITIVITY_TOLERANCE)
+    if pdf:
+        result = pdf_fold(arrays["fk"], x_grid(training.n_x, training.x_min), *common, POSITIVITY_TOLERANCE)
     else:
         result = regression_fold(arrays["features"], *common)
     cov = arrays["covariance"][np.ix_(held, held)]
@@ -254,6 +262,9 @@ for _op, _inputs in (("replicas.train", ()), ("pdf.fit", ("theory",))):
             fold=_chi2_fold,
             need=_chi2_need,
             inputs=_inputs,
-            fixed=("features", "target", "mask", "covariance") if _op == "replicas.train" else (),
+            fixed=("features", "target", "mask", "covariance", "checkpoint_every")
+            if _op == "replicas.train"
+            else ("checkpoint_every",),
+            overrides=no_checkpoints,
         )
     )

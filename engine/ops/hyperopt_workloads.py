@@ -14,6 +14,11 @@
   binary cross-entropy of the kept replicas' mean probability (default; a proper score: it
   rewards separation and calibration) or 1 - AUC. Baseline: a constant prediction (the training
   signal fraction; AUC 0.5), which a trial must beat.
+- lhc.anomaly_score: as the tagger, but the autoencoder trains on the background jets of the
+  other folds, and is scored by 1 - AUC of its reconstruction error on the held-out jets
+  (default) or the held-out background jets' reconstruction error. Baseline: every jet
+  reconstructed as the training mean, whose error |x|^2 of the standardised jet is already a
+  discriminant (1 - AUC ~0.14 on the synthetic top jets), which a trial must beat.
 - amp.train: folds split the phase-space points; a fold trains the heteroscedastic ensemble on
   the others (with the op's own sigma-scale holdout) and is scored by the held-out Gaussian
   negative log-likelihood per point of ln |M|^2 under the ensemble's mean and calibrated total
@@ -24,6 +29,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from typing import Any
 
@@ -33,32 +39,35 @@ import xarray as xr
 from ..errors import OpError
 from . import needs
 from .core import as_delayed
-from .hyperopt_adapters import Adapter, FoldScore, Loaded, register_adapter, stopping_fraction
+from .hyperopt_adapters import Adapter, FoldScore, Loaded, no_checkpoints, register_adapter, stopping_fraction
+
+log = logging.getLogger("engine.hyperopt")
+ZLP_MIN_REPLICAS = 10  # below: the held-out chi2/n is mostly which replicas pass selection (README)
 
 
-def _trial_settings(hyper) -> dict[str, Any]:
+def trial_settings(hyper) -> dict[str, Any]:
     """Every trial trains `replicas` replicas and writes no training checkpoints (it reruns whole)."""
-    return {"replicas": hyper.replicas, "checkpoint_every": None}
-
-
-def _optimiser_stopping(training):
-    from ..kernels.optim import OptimiserConfig
-    from ..kernels.train import StoppingConfig
-
-    optimiser, stopping = training.optimiser.model_dump(), training.stopping.model_dump()
-    return OptimiserConfig(**optimiser), StoppingConfig(**stopping)
+    return {"replicas": hyper.replicas} | no_checkpoints(hyper)
 
 
 # -- eels.train_zlp ---------------------------------------------------------------------------------
 def _zlp_prepare(hyper, training, inputs: dict[str, xr.Dataset]) -> tuple[dict[str, Any], None]:
     from .eels import energy_axis, spectra_of
     from .eels_cluster import cluster_labels, cluster_sample
-    from .eels_zlp import _windows_of
+    from .eels_zlp import windows_of
 
+    if hyper.replicas < ZLP_MIN_REPLICAS:
+        log.warning(
+            "eels.train_zlp scan with %d replicas per trial: a fold that keeps one or two of them "
+            "scores their own ln N extrapolation, and the trials' rewards are mostly noise "
+            "(measured at 3 replicas: one setting's reward 5-38 over seeds); use %d or more",
+            hyper.replicas,
+            ZLP_MIN_REPLICAS,
+        )
     image = inputs["data"]
     spectra = spectra_of(image, training.variable)
     labels, k = cluster_labels(inputs["clusters"], spectra)
-    de_i, de_ii = _windows_of(inputs["windows"], k)
+    de_i, de_ii = windows_of(inputs["windows"], k)
     sample = cluster_sample(spectra, labels, k, training.n_spectra, training.seed)
     pieces = {
         "sample": sample,
@@ -87,25 +96,14 @@ def _zlp_load(pieces: dict[str, Any]) -> Loaded:
 
 
 def _zlp_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldScore:
-    from ..kernels.zlp import HIGH_TARGET_SIGMA, _cluster_points, train_zlp, zlp_on_grid, zlp_training_set
+    from ..kernels.zlp import HIGH_TARGET_SIGMA, cluster_points, zlp_on_grid, zlp_training_set
+    from .eels_zlp import train_on
 
     spectra, labels, energy = arrays["spectra"], arrays["labels"], arrays["energy"]
     de_i, de_ii = arrays["de_i"], arrays["de_ii"]
     fitted = [spectra[(labels == c) & ~held] for c in range(de_i.size)]
     training_set = zlp_training_set(fitted, energy, de_i, de_ii, hyper.replicas, training.seed)
-    optimiser, stopping = _optimiser_stopping(training)
-    result = train_zlp(
-        training_set,
-        hidden=training.hidden,
-        activations=training.activations,
-        epochs=training.epochs,
-        optimiser=optimiser,
-        stopping=stopping,
-        penalty=training.penalty,
-        validation_every=training.validation_every,
-        seed=training.seed,
-        device=training.device,
-    )
+    result = train_on(training_set, training)
     epochs, kept = stopping_fraction(result, training.epochs), result.kept
     weights = {name: np.asarray(value)[kept] for name, value in result.weights.items()}
     # the op's target points: those zlp_training_set lays out, with its own defaults
@@ -116,7 +114,7 @@ def _zlp_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldSco
     }
     squared, constant = [], []
     for c in range(de_i.size):
-        core, sigma_core, tail = _cluster_points(fitted[c], energy, de_i[c], de_ii[c], **layout)
+        core, sigma_core, tail = cluster_points(fitted[c], energy, de_i[c], de_ii[c], **layout)
         shown = spectra[(labels == c) & held]  # (m, E)
         target = np.c_[np.log(np.maximum(shown[:, core], 1.0)), np.zeros((len(shown), tail.size))]
         sigma = np.r_[sigma_core, np.full(tail.size, HIGH_TARGET_SIGMA)]
@@ -159,24 +157,24 @@ register_adapter(
         folds=("points",),
         baseline=True,
         fixed=("variable", "n_spectra", "replicas", "checkpoint_every"),
-        overrides=_trial_settings,
+        overrides=trial_settings,
     )
 )
 
 
 # -- lhc.train_classifier ----------------------------------------------------------------------------
 def _tagger_prepare(hyper, training, inputs: dict[str, xr.Dataset]) -> tuple[dict[str, Any], int]:
-    from .lhc_tagging import JET, _jet_features, _jet_mass
+    from .lhc_tagging import JET, jet_features, jet_mass_of
 
     jets = inputs["data"]
     if training.max_jets is not None:
         jets = jets.isel({JET: slice(0, training.max_jets)})
     pieces = {
-        "features": as_delayed(_jet_features(jets, training.n_constituents)),
+        "features": as_delayed(jet_features(jets, training.n_constituents)),
         "labels": as_delayed(jets["label"].data),
     }
-    if training.adversary is not None:
-        pieces["mass"] = as_delayed(_jet_mass(jets))
+    if getattr(training, "adversary", None) is not None:
+        pieces["mass"] = as_delayed(jet_mass_of(jets))
     return pieces, jets.sizes[JET]
 
 
@@ -200,18 +198,12 @@ def binary_cross_entropy(probability: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _tagger_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldScore:
-    from ..kernels.classifier import (
-        AdversaryConfig,
-        NetworkConfig,
-        auc,
-        bootstrap_weights,
-        evaluate_network,
-        fit_network,
-    )
-    from ..kernels.optim import OptimiserConfig
-    from ..kernels.train import StoppingConfig
-    from .lhc_tagging import split_jets
+    """A tagger (lhc.train_classifier) or, for lhc.anomaly_score, an autoencoder trained on the
+    background jets only, by the op's own lhc_tagging.train_on; scored on the held-out jets."""
+    from ..kernels.classifier import auc, evaluate_network
+    from .lhc_tagging import split_jets, train_on
 
+    kind = "reconstruction" if hyper.op == "lhc.anomaly_score" else "bce"
     x, y = arrays["features"], arrays["labels"]
     shown = y[held]
     if shown.all() or not shown.any():
@@ -219,48 +211,16 @@ def _tagger_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> Fold
     x_fit, y_fit = x[~held], y[~held]
     split = split_jets(len(y_fit), 0.0, training.validation_fraction, training.seed)  # the fold is the test
     train, val = split == 0, split == 1
+    if kind == "reconstruction":  # the autoencoder learns background only
+        train, val = train & (y_fit == 0), val & (y_fit == 0)
     if train.sum() < 2 or val.sum() < 2:
         raise ValueError(f"a fold leaves {int(train.sum())} training and {int(val.sum())} validation jets")
-    n_train, r = int(train.sum()), hyper.replicas
-    weights = (
-        bootstrap_weights(n_train, r, training.seed)
-        if training.resample == "bootstrap"
-        else np.ones((r, n_train))
-    )
-    config = NetworkConfig(
-        tuple(training.hidden),
-        tuple(training.activations),
-        training.epochs,
-        OptimiserConfig(lr=training.lr),
-        StoppingConfig(threshold=np.inf, patience=training.patience),
-        training.validation_every,
-        training.seed,
-        training.device,
-        None,
-    )
-    extra = {}
-    if training.adversary is not None:
-        a, mass = training.adversary, arrays["mass"][~held]
-        extra = {
-            "adversary": AdversaryConfig(a.strength, a.bins, tuple(a.hidden), a.lr, a.steps, a.pretrain),
-            "nuisance": (mass[train], mass[val]),
-        }
-    result, scale = fit_network(
-        "bce",
-        x_fit[train],
-        y_fit[train].astype(float),
-        weights,
-        x_fit[val],
-        y_fit[val].astype(float),
-        np.ones(int(val.sum())),
-        config,
-        batch_size=training.batch_size,
-        **extra,
-    )
+    mass = arrays["mass"][~held] if "mass" in arrays else None
+    result, scale = train_on(kind, x_fit, y_fit, train, val, training, mass)
     epochs = stopping_fraction(result, training.epochs)
     if not result.kept.any():
         return FoldScore(math.inf, 0.0, epochs)
-    scores = evaluate_network("bce", result.weights, result.architecture, x[held], scale, training.device)
+    scores = evaluate_network(kind, result.weights, result.architecture, x[held], scale, training.device)
     scores = scores[result.kept]
     if hyper.reward.chi2 == "central":
         scores = scores.mean(axis=0, keepdims=True)
@@ -268,8 +228,14 @@ def _tagger_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> Fold
         values = [binary_cross_entropy(s, shown) for s in scores]
         baseline = binary_cross_entropy(np.full(shown.size, y_fit[train].mean()), shown)
     else:
-        values = [1.0 - auc(s, shown) if np.all(np.isfinite(s)) else math.nan for s in scores]
-        baseline = 0.5
+        if kind == "reconstruction":  # the constant: every jet reconstructed as the training mean
+            constant = np.mean(scale(x[held]).astype(float) ** 2, axis=1)
+        if metric == "background_mse":  # the autoencoder's own loss on held-out background jets
+            values = [float(np.mean(s[shown == 0])) for s in scores]
+            baseline = float(np.mean(constant[shown == 0]))
+        else:  # the constant's AUC: an autoencoder's is |x|^2's (0.5 for a classifier)
+            values = [1.0 - auc(s, shown) if np.all(np.isfinite(s)) else math.nan for s in scores]
+            baseline = 1.0 - auc(constant, shown) if kind == "reconstruction" else 0.5
     value = float(np.mean(values))
     return FoldScore(value if math.isfinite(value) else math.inf, float(result.kept.mean()), epochs, baseline)
 
@@ -284,10 +250,26 @@ def _tagger_need(hyper, training, inputs: dict[str, xr.Dataset], output: xr.Data
         needs.chunk_task(2.0, {"jets": jets}, output)
         + needs.FEATURE_COPIES * n * width * needs.FLOAT32
         + 2 * r * n * needs.FLOAT64
-        + needs.ensemble_training_bytes(r, [width, *training.hidden, 1], training.batch_size or n)
+        + needs.ensemble_training_bytes(
+            r,
+            [width, *training.hidden, width if hyper.op == "lhc.anomaly_score" else 1],
+            training.batch_size or n,
+        )
     )
 
 
+TAGGER = {  # what the tagger's and the autoencoder's adapters share
+    "prepare": _tagger_prepare,
+    "load": _tagger_load,
+    "fold": _tagger_fold,
+    "need": _tagger_need,
+    "folds": ("points", "group"),
+    "max_reward": None,
+    "baseline": True,
+    "must_beat_baseline": True,
+    "fixed": ("n_constituents", "max_jets", "replicas", "checkpoint_every", "test_fraction"),
+    "overrides": trial_settings,
+}
 register_adapter(
     Adapter(
         op="lhc.train_classifier",
@@ -295,27 +277,30 @@ register_adapter(
             "bce": "held-out binary cross-entropy (nats per jet) of the kept replicas' mean probability",
             "one_minus_auc": "1 - held-out AUC of the kept replicas' mean probability",
         },
-        prepare=_tagger_prepare,
-        load=_tagger_load,
-        fold=_tagger_fold,
-        need=_tagger_need,
-        folds=("points", "group"),
-        max_reward=None,
-        baseline=True,
-        must_beat_baseline=True,
-        fixed=("n_constituents", "max_jets", "replicas", "checkpoint_every", "test_fraction"),
-        overrides=_trial_settings,
+        **TAGGER,
+    )
+)
+register_adapter(
+    Adapter(
+        op="lhc.anomaly_score",
+        metrics={
+            "one_minus_auc": "1 - held-out AUC of the kept replicas' mean reconstruction error as the "
+            "anomaly score (signal jets should reconstruct worse)",
+            "background_mse": "held-out mean squared reconstruction error of background jets (the "
+            "autoencoder's own loss, standardised inputs)",
+        },
+        **TAGGER,
     )
 )
 
 
 # -- amp.train ------------------------------------------------------------------------------------
 def _amp_prepare(hyper, training, inputs: dict[str, xr.Dataset]) -> tuple[dict[str, Any], int]:
-    from .amp import _point_variables
+    from .amp import point_variables
 
     data = inputs["data"]
-    features = _point_variables(data, training.features)
-    (target,) = _point_variables(data, [training.target])
+    features = point_variables(data, training.features)
+    (target,) = point_variables(data, [training.target])
     if target.dims != features[0].dims:
         raise OpError(f"target {training.target!r} must lie along {features[0].dims}, found {target.dims}")
     pieces = {f"feature_{i}": as_delayed(f.data) for i, f in enumerate(features)}
@@ -333,34 +318,11 @@ def _amp_load(pieces: dict[str, Any]) -> Loaded:
 
 
 def _amp_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldScore:
-    from ..kernels.amplitudes import fit_amplitude, holdout_mask, predict_amplitude
-    from ..kernels.optim import OptimiserConfig
-    from ..kernels.regression import RegressionConfig
-    from ..kernels.replicas import training_masks
-    from ..kernels.train import StoppingConfig
+    from ..kernels.amplitudes import predict_amplitude
+    from .amp import train_on
 
-    x, target = arrays["x"][~held], arrays["target"][~held]
-    holdout = holdout_mask(len(x), training.holdout_fraction, training.seed)
-    n_fit = int((~holdout).sum())
-    mask = training_masks(
-        n_fit, np.zeros(n_fit, int), hyper.replicas, training.training_fraction, training.seed
-    )
-    config = RegressionConfig(
-        tuple(training.hidden),
-        tuple(training.activations),
-        training.epochs,
-        OptimiserConfig(**training.optimiser.model_dump()),
-        StoppingConfig(
-            threshold=np.inf, patience=training.patience or training.epochs, stagnation_epochs=None
-        ),
-        training.validation_every,
-        training.seed,
-        training.device,
-        None,
-    )
-    result, low, high, scale, k = fit_amplitude(
-        x, target, mask, config, holdout=holdout, beta=training.beta, batch_size=training.batch_size
-    )
+    target = arrays["target"][~held]
+    result, low, high, scale, k = train_on(arrays["x"][~held], target, training)
     epochs = stopping_fraction(result, training.epochs)
     if not result.kept.any():
         return FoldScore(math.inf, 0.0, epochs)
@@ -416,6 +378,6 @@ register_adapter(
         baseline=True,
         must_beat_baseline=True,
         fixed=("features", "target", "replicas", "checkpoint_every"),
-        overrides=_trial_settings,
+        overrides=trial_settings,
     )
 )

@@ -254,23 +254,37 @@ def _stack_equal(groups: list[np.ndarray]) -> np.ndarray:
     return np.stack([g[:n] for g in groups])
 
 
-def _train(features, sample_id, replica, layout: SampleLayout, names: list[str],
-           params: EftTrainParams, context: StepContext):
-    from ..kernels.eft import EftTrainConfig, fit_eft
-    from ..kernels.optim import OptimiserConfig
-    from ..kernels.train import StoppingConfig
-
-    x = np.stack(features, axis=-1).astype(float)
+def term_samples(x: np.ndarray, sample_id: np.ndarray, replica: np.ndarray, layout: SampleLayout,
+                 names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Events x (n, f) as the kernel's samples: SM (R, N, f) and SM + term (T, R, M, f), each cut to
+    its smallest (term, replica) sample (lhc.eft_train, replicas.hyperopt)."""
     sm = _stack_equal(_group(x, sample_id, replica, layout.sm, layout.replicas, SM))
     eft = [_group(x, sample_id, replica, k, layout.replicas, name)
            for k, name in zip(layout.terms, names)]
     eft = _stack_equal([g for groups in eft for g in groups]).reshape(len(names), layout.replicas, -1,
                                                                       x.shape[-1])
-    config = EftTrainConfig(
+    return sm, eft
+
+
+def training_config(params: EftTrainParams):
+    """The kernel's settings from the op's params (lhc.eft_train, replicas.hyperopt)."""
+    from ..kernels.eft import EftTrainConfig
+    from ..kernels.optim import OptimiserConfig
+    from ..kernels.train import StoppingConfig
+
+    return EftTrainConfig(
         tuple(params.hidden), tuple(params.activations), params.epochs, params.batch_size,
         OptimiserConfig(**params.optimiser.model_dump()), StoppingConfig(**params.stopping.model_dump()),
         params.validation_every, params.validation_fraction, params.seed, params.device,
         params.checkpoint_every)
+
+
+def _train(features, sample_id, replica, layout: SampleLayout, names: list[str],
+           params: EftTrainParams, context: StepContext):
+    from ..kernels.eft import fit_eft
+
+    sm, eft = term_samples(np.stack(features, axis=-1).astype(float), sample_id, replica, layout, names)
+    config = training_config(params)
     fitted = {}
 
     def fit(**hooks):

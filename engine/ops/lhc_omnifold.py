@@ -87,6 +87,13 @@ class OmniFoldParams(_Params):
             "engine/kernels/omnifold.py)"
         ),
     )
+    warm_start: bool = Field(
+        True,
+        description=(
+            "each iteration's classifiers continue from the previous iteration's; false: a fresh "
+            "network per classifier (see engine/kernels/omnifold.py)"
+        ),
+    )
     bins: Bins = Field(40, ge=2)
     range: tuple[float, float] = (-3.0, 3.0)
     quantiles: list[float] = Field([0.16, 0.5, 0.84], min_length=1)
@@ -148,6 +155,7 @@ def _unfold(mc_gen, mc_reco, data_reco, truth, params: OmniFoldParams) -> dict[s
             params.seed,
             params.validation_fraction,
             params.batch_size,
+            params.warm_start,
             progress=lambda i, m, s: log.info(
                 "omnifold iteration %d: mean %.4f std %.4f (median over replicas)",
                 i,
@@ -171,7 +179,8 @@ def _unfold(mc_gen, mc_reco, data_reco, truth, params: OmniFoldParams) -> dict[s
     return out
 
 
-def _one_dim(data: xr.Dataset, name: str) -> xr.DataArray:
+def event_column(data: xr.Dataset, name: str) -> xr.DataArray:
+    """A 1-D per-event variable, checked (lhc.omnifold, replicas.hyperopt)."""
     require_variables(data, [name])
     if data[name].ndim != 1:
         raise OpError(f"{name!r} must be 1-D (one value per event), found dims {data[name].dims}")
@@ -191,13 +200,13 @@ def omnifold_op(params: OmniFoldParams, samples: xr.Dataset) -> xr.Dataset:
     iteration 0 the MC prior, unfolded_quantile (quantile, bin) of the unfolded density,
     mc_gen_density and truth_density (bin).
     """
-    gen, reco, data = (_one_dim(samples, n) for n in (params.mc_gen, params.mc_reco, params.data_reco))
+    gen, reco, data = (event_column(samples, n) for n in (params.mc_gen, params.mc_reco, params.data_reco))
     if gen.dims != reco.dims:
         raise OpError(
             f"{params.mc_gen!r} and {params.mc_reco!r} must share their event dim, found "
             f"{gen.dims} and {reco.dims}"
         )
-    truth = _one_dim(samples, params.truth) if params.truth and params.truth in samples else None
+    truth = event_column(samples, params.truth) if params.truth and params.truth in samples else None
     event = gen.dims[0]
     r, n, b, it = params.replicas, gen.size, params.bins, params.iterations + 1
     done = dask.delayed(_unfold, pure=True)(

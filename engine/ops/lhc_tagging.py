@@ -110,8 +110,8 @@ class AnomalyParams(NetworkParams):
     activations: list[str] = Field(["tanh", "tanh", "tanh", "linear"], description="one per layer")
 
 
-def _jet_features(jets: xr.Dataset, n_constituents: int) -> da.Array:
-    """(jet, 3 n) float32 jet-frame features, computed chunk by chunk along `jet`."""
+def jet_features(jets: xr.Dataset, n_constituents: int) -> da.Array:
+    """(jet, 3 n) float32 jet-frame features, computed chunk by chunk along `jet` (also replicas.hyperopt)."""
     from ..kernels.jet_preprocess import constituent_features
 
     require_variables(jets, [*MOMENTA, "label"])
@@ -133,7 +133,7 @@ def _jet_features(jets: xr.Dataset, n_constituents: int) -> da.Array:
                          chunks=(arrays[0].chunks[0], (3 * n_constituents,)))
 
 
-def _jet_mass(jets: xr.Dataset) -> da.Array:
+def jet_mass_of(jets: xr.Dataset) -> da.Array:
     """(jet,) invariant mass of all constituents, chunk by chunk (the nuisance of decorrelation)."""
     from ..kernels.jets_synth import jet_mass
 
@@ -166,17 +166,36 @@ def _metrics(scores: np.ndarray, labels: np.ndarray, params: NetworkParams, kind
     return out
 
 
-def _fit(kind: str, features: np.ndarray, labels: np.ndarray, params: NetworkParams,
-         context: StepContext, mass: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    from ..kernels.classifier import (
-        AdversaryConfig,
-        NetworkConfig,
-        bootstrap_weights,
-        evaluate_network,
-        fit_network,
-    )
+def train_on(kind: str, features: np.ndarray, labels: np.ndarray, train: np.ndarray, val: np.ndarray,
+             params: NetworkParams, mass: np.ndarray | None = None, **hooks):
+    """Fit the op's ensemble (kind bce: tagger; reconstruction: autoencoder) on the `train` jets,
+    stopping on the `val` jets: bootstrap or plain weights, the adversary where params have one
+    (lhc.train_classifier, lhc.anomaly_score, replicas.hyperopt). Returns fit_network's (result, scale)."""
+    from ..kernels.classifier import AdversaryConfig, NetworkConfig, bootstrap_weights, fit_network
     from ..kernels.optim import OptimiserConfig
     from ..kernels.train import StoppingConfig
+
+    n_train = int(train.sum())
+    weights = (bootstrap_weights(n_train, params.replicas, params.seed) if params.resample == "bootstrap"
+               else np.ones((params.replicas, n_train)))
+    config = NetworkConfig(tuple(params.hidden), tuple(params.activations), params.epochs,
+                           OptimiserConfig(lr=params.lr),
+                           StoppingConfig(threshold=np.inf, patience=params.patience),
+                           params.validation_every, params.seed, params.device, params.checkpoint_every)
+    adversary = getattr(params, "adversary", None)
+    extra = {}
+    if adversary is not None:
+        extra = {"adversary": AdversaryConfig(adversary.strength, adversary.bins, tuple(adversary.hidden),
+                                              adversary.lr, adversary.steps, adversary.pretrain),
+                 "nuisance": (mass[train], mass[val])}
+    return fit_network(kind, features[train], labels[train].astype(float), weights, features[val],
+                       labels[val].astype(float), np.ones(int(val.sum())), config,
+                       batch_size=params.batch_size, **hooks, **extra)
+
+
+def _fit(kind: str, features: np.ndarray, labels: np.ndarray, params: NetworkParams,
+         context: StepContext, mass: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    from ..kernels.classifier import evaluate_network
 
     labels = np.asarray(labels).astype(int)
     if labels.all() or not labels.any():
@@ -192,28 +211,10 @@ def _fit(kind: str, features: np.ndarray, labels: np.ndarray, params: NetworkPar
             raise OpError(f"only {int(mask.sum())} {name} jets; give more jets or change the fractions")
     if labels[test].all() or not labels[test].any():
         raise OpError(f"the {int(test.sum())} test jets hold one class only; give more jets")
-    n_train = int(train.sum())
-    weights = (bootstrap_weights(n_train, params.replicas, params.seed) if params.resample == "bootstrap"
-               else np.ones((params.replicas, n_train)))
-    config = NetworkConfig(tuple(params.hidden), tuple(params.activations), params.epochs,
-                           OptimiserConfig(lr=params.lr),
-                           StoppingConfig(threshold=np.inf, patience=params.patience),
-                           params.validation_every, params.seed, params.device, params.checkpoint_every)
     fitted = {}
-    adversary = getattr(params, "adversary", None)
-    if adversary is not None:
-        config_adversary = AdversaryConfig(adversary.strength, adversary.bins, tuple(adversary.hidden),
-                                           adversary.lr, adversary.steps, adversary.pretrain)
-        hooks_extra = {"adversary": config_adversary,
-                       "nuisance": (mass[train], mass[val])}
-    else:
-        hooks_extra = {}
 
     def fit(**hooks):
-        result, fitted["scale"] = fit_network(
-            kind, features[train], labels[train].astype(float), weights, features[val],
-            labels[val].astype(float), np.ones(int(val.sum())), config, batch_size=params.batch_size,
-            **hooks, **hooks_extra)
+        result, fitted["scale"] = train_on(kind, features, labels, train, val, params, mass, **hooks)
         return result
 
     result = checkpointed_training(context, params.epochs, params.validation_every, fit)
@@ -228,8 +229,8 @@ def _tagger(kind: str, params: NetworkParams, jets: xr.Dataset, context: StepCon
             description: str) -> xr.Dataset:
     if params.max_jets is not None:
         jets = jets.isel({JET: slice(0, params.max_jets)})
-    features = _jet_features(jets, params.n_constituents)
-    mass = _jet_mass(jets) if kind == "bce" else None
+    features = jet_features(jets, params.n_constituents)
+    mass = jet_mass_of(jets) if kind == "bce" else None
     n_in = 3 * params.n_constituents
     n_out = 1 if kind == "bce" else n_in
     architecture = ensemble_architecture(n_in, params.hidden, params.activations, params.seed, n_out=n_out)
@@ -306,7 +307,7 @@ def score_jets(params: ScoreParams, model: xr.Dataset, jets: xr.Dataset) -> xr.D
     if "score" not in model.attrs or "architecture" not in model.attrs:
         raise OpError("input 'model' is not a tagger from lhc.train_classifier or lhc.anomaly_score")
     n = int(model.attrs["n_constituents"])
-    _jet_features(jets, n)  # the same checks as training
+    jet_features(jets, n)  # the same checks as training
     arrays = [da.asarray(jets[name].data).rechunk({1: -1}) for name in MOMENTA]
     names = [*weight_names(model), "input_mean", "input_std"]
     weights = dask.delayed(_weight_arrays, pure=True)(**{k: as_delayed(model[k].data) for k in names})

@@ -7,8 +7,8 @@ replica (batched) and stores the ensemble in models/; `pdf.fitted_set` writes th
 in the lake's PDF-set layout; `pdf.predict` convolves any set with FK tables (lazy over points);
 `pdf.closure` computes the closure-test estimators of DOMAIN.md section 3.
 recipes/pdf_theory_fit.yaml fits NNLO FK tables from `ingest nnpdf-fk` instead of `pdf.fk_tables`'
-LO ones: they depend on the gluon, which pdf.fit then normalises by the momentum sum rule at every
-step (kernels.pdf_fit), and the fitted set is labelled with their Q0.
+LO ones: they depend on the gluon, which pdf.fit then fits as a flavour normalised by the momentum
+sum rule at every step (param gluon, kernels.pdf_fit), and the fitted set is labelled with their Q0.
 
 PDF-set layout (shared with the LHAPDF ingest/export): per Q subgrid k a variable xf_{k}
 (member, flavour, x_{k}, q_{k}), q in GeV, flavour PDG ids, attrs["lhapdf_info"] the .info keys.
@@ -68,16 +68,19 @@ def _fk(x, target, grid):
 
     x, target = np.asarray(x, float), np.asarray(target, int)
     if np.any((target < 0) | (target >= len(TARGETS))):
-        raise OpError(f"LO F2 tables exist for {', '.join(TARGETS)} only; {int(np.sum(target < 0))} "
-                      "points have another target (target_index -1)")
+        raise OpError(
+            f"LO F2 tables exist for {', '.join(TARGETS)} only; {int(np.sum(target < 0))} "
+            "points have another target (target_index -1)"
+        )
     if x.min() < grid[0] or x.max() > 1:
-        raise OpError(f"kinematics outside the grid: data x spans {x.min():.4g}..{x.max():.4g}, "
-                      f"the FK grid [{grid[0]:.4g}, 1]; lower x_min")
+        raise OpError(
+            f"kinematics outside the grid: data x spans {x.min():.4g}..{x.max():.4g}, "
+            f"the FK grid [{grid[0]:.4g}, 1]; lower x_min"
+        )
     return f2_fk_table(x, target, grid)
 
 
-@register_op("pdf.fk_tables", params=GridParams,
-             memory=2.0)  # FK rows built per chunk of points
+@register_op("pdf.fk_tables", params=GridParams, memory=2.0)  # FK rows built per chunk of points
 def fk_tables(params: GridParams, data: xr.Dataset) -> xr.Dataset:
     """LO F2 FK tables FK(point, x_grid, flavour) at the data's x and target, beside the data.
 
@@ -86,15 +89,25 @@ def fk_tables(params: GridParams, data: xr.Dataset) -> xr.Dataset:
     """
     for name in ("x", "target_index"):
         if name not in data.variables or data[name].dims != (POINT,):
-            raise OpError(f"pdf.fk_tables needs {name!r} over ({POINT!r},) (as `ingest nnpdf` writes); "
-                          f"found {data[name].dims if name in data.variables else 'nothing'}")
+            raise OpError(
+                f"pdf.fk_tables needs {name!r} over ({POINT!r},) (as `ingest nnpdf` writes); "
+                f"found {data[name].dims if name in data.variables else 'nothing'}"
+            )
     grid = _grid(params)
     x, target = (da.asarray(data[name].data) for name in ("x", "target_index"))
     target = target.rechunk(x.chunks)
-    fk = da.map_blocks(_fk, x, target, grid, new_axis=[1, 2], dtype=float,
-                       chunks=(x.chunks[0], (grid.size,), (len(LHAPDF_FLAVOURS),)))
+    fk = da.map_blocks(
+        _fk,
+        x,
+        target,
+        grid,
+        new_axis=[1, 2],
+        dtype=float,
+        chunks=(x.chunks[0], (grid.size,), (len(LHAPDF_FLAVOURS),)),
+    )
     return data.assign(fk=((POINT, X_GRID, "flavour"), fk)).assign_coords(
-        {X_GRID: grid, "flavour": list(LHAPDF_FLAVOURS)})
+        {X_GRID: grid, "flavour": list(LHAPDF_FLAVOURS)}
+    )
 
 
 class ScanParams(GridParams):
@@ -103,8 +116,7 @@ class ScanParams(GridParams):
     x_range: tuple[float, float] = (1e-2, 0.9)
 
 
-@register_op("pdf.x_scan", params=ScanParams, inputs=(),
-             memory=2.0)  # a small in-memory grid
+@register_op("pdf.x_scan", params=ScanParams, inputs=(), memory=2.0)  # a small in-memory grid
 def x_scan(params: ScanParams) -> xr.Dataset:
     """Kinematics for curves: log-spaced x of one target, to plot F2(x) at Q0 of any set."""
     from ..kernels.pdf_fk import TARGETS
@@ -113,12 +125,14 @@ def x_scan(params: ScanParams) -> xr.Dataset:
     if not params.x_min <= low < high < 1:
         raise OpError(f"x_range must satisfy x_min={params.x_min} <= low < high < 1, found {params.x_range}")
     x = np.geomspace(low, high, params.n_points)
-    return xr.Dataset(coords={"x": (POINT, x), "target_index": (POINT, np.full(x.size, TARGETS.index(
-        params.target)))})
+    return xr.Dataset(
+        coords={"x": (POINT, x), "target_index": (POINT, np.full(x.size, TARGETS.index(params.target)))}
+    )
 
 
-def _set_dataset(xf: np.ndarray | da.Array, grid: np.ndarray, description: str, extra: dict,
-                 q0: float = Q0) -> xr.Dataset:
+def _set_dataset(
+    xf: np.ndarray | da.Array, grid: np.ndarray, description: str, extra: dict, q0: float = Q0
+) -> xr.Dataset:
     """A one-subgrid PDF set (engine.ingest.lhapdf_format layout): xf (member, flavour, x) repeated at
     4 Q knots from q0 to 100 GeV, since the set is not evolved (PDF at q0 at every Q); q0 is the
     FK tables' input scale (the toy's for LO, the theory card's for evolved tables)."""
@@ -126,14 +140,19 @@ def _set_dataset(xf: np.ndarray | da.Array, grid: np.ndarray, description: str, 
 
     q = np.geomspace(q0, 100.0, 4)
     values = da.broadcast_to(da.asarray(xf)[..., None], (*xf.shape, q.size))
-    info = {"SetDesc": description, "NumMembers": xf.shape[0],
-            "ErrorType": "replicas" if xf.shape[0] > 1 else "none", "XMax": 1.0, "OrderQCD": 0,
-            "DataVersion": 1, **extra}
+    info = {
+        "SetDesc": description,
+        "NumMembers": xf.shape[0],
+        "ErrorType": "replicas" if xf.shape[0] > 1 else "none",
+        "XMax": 1.0,
+        "OrderQCD": 0,
+        "DataVersion": 1,
+        **extra,
+    }
     return pdfset_from_arrays([grid], [q], LHAPDF_FLAVOURS, [values], info)
 
 
-@register_op("pdf.toy_truth", params=GridParams, inputs=(),
-             memory=2.0)  # a small in-memory grid
+@register_op("pdf.toy_truth", params=GridParams, inputs=(), memory=2.0)  # a small in-memory grid
 def toy_truth(params: GridParams) -> xr.Dataset:
     """The Les Houches toy PDF at Q0^2 = 2 GeV^2 as a one-member PDF set (closure-test truth)."""
     from ..kernels.pdf_fk import les_houches_toy
@@ -150,9 +169,11 @@ def _set_at_q0(pdf: xr.Dataset, fk: xr.Dataset, what: str) -> xr.DataArray:
     grid = fk[X_GRID].values
     knots = pdf["x_0"].values
     if knots.shape != grid.shape or not np.allclose(knots, grid, rtol=1e-10):
-        raise OpError(f"input {what!r} has x knots {knots.size} in [{knots.min():.4g}, {knots.max():.4g}] "
-                      f"but the FK tables were built on {grid.size} in [{grid.min():.4g}, 1]: give "
-                      "pdf.fk_tables the x_min and n_x of the set")
+        raise OpError(
+            f"input {what!r} has x knots {knots.size} in [{knots.min():.4g}, {knots.max():.4g}] "
+            f"but the FK tables were built on {grid.size} in [{grid.min():.4g}, 1]: give "
+            "pdf.fk_tables the x_min and n_x of the set"
+        )
     missing = sorted(set(LHAPDF_FLAVOURS) - set(pdf["flavour"].values.tolist()))
     if missing:
         raise OpError(f"input {what!r} lacks flavours {missing} (PDG ids) the FK tables need")
@@ -172,8 +193,9 @@ def _fluctuate(truth, covariance, seed):
     return truth + checked_cholesky(np.asarray(covariance, float)) @ rng.standard_normal(truth.size)
 
 
-@register_op("pdf.level1", params=Level1Params, inputs=("theory", "truth"),
-             memory=needs.gathered(3.0))  # one draw from the Cholesky factor of the whole covariance
+@register_op(
+    "pdf.level1", params=Level1Params, inputs=("theory", "truth"), memory=needs.gathered(3.0)
+)  # one draw from the Cholesky factor of the whole covariance
 def level1(params: Level1Params, theory: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
     """Closure data: truth predictions plus one draw from the experimental covariance (seeded).
 
@@ -183,11 +205,13 @@ def level1(params: Level1Params, theory: xr.Dataset, truth: xr.Dataset) -> xr.Da
     require_variables(theory, ["fk", params.covariance])
     xf = _set_at_q0(truth, theory, "truth").isel(member=0)
     exact = xr.dot(theory["fk"], xf, dim=[X_GRID, "flavour"])
-    data = dask.delayed(_fluctuate, pure=True)(as_delayed(exact.data),
-                                                as_delayed(theory[params.covariance].data), params.seed)
+    data = dask.delayed(_fluctuate, pure=True)(
+        as_delayed(exact.data), as_delayed(theory[params.covariance].data), params.seed
+    )
     n = theory.sizes[POINT]
-    return theory.assign(data=(POINT, da.from_delayed(data, (n,), float)), truth_prediction=exact,
-                         data_measured=theory["data"])
+    return theory.assign(
+        data=(POINT, da.from_delayed(data, (n,), float)), truth_prediction=exact, data_measured=theory["data"]
+    )
 
 
 def _t0_covariance(t0, uncorrelated, additive, multiplicative):
@@ -196,8 +220,9 @@ def _t0_covariance(t0, uncorrelated, additive, multiplicative):
     return np.diag(np.asarray(uncorrelated) ** 2) + additive @ additive.T + scaled @ scaled.T
 
 
-@register_op("pdf.t0_covariance", params=_Params, inputs=("theory", "pdf"),
-             memory=needs.gathered(3.0))  # the whole covariance and its factors
+@register_op(
+    "pdf.t0_covariance", params=_Params, inputs=("theory", "pdf"), memory=needs.gathered(3.0)
+)  # the whole covariance and its factors
 def t0_covariance(params: _Params, theory: xr.Dataset, pdf: xr.Dataset) -> xr.Dataset:
     """The fit covariance with multiplicative systematics at theory predictions t0 (NNPDF's t0).
 
@@ -212,10 +237,14 @@ def t0_covariance(params: _Params, theory: xr.Dataset, pdf: xr.Dataset) -> xr.Da
     xf = _set_at_q0(pdf, theory, "pdf").isel(member=0)
     t0 = xr.dot(theory["fk"], xf, dim=[X_GRID, "flavour"])
     covariance = dask.delayed(_t0_covariance, pure=True)(
-        as_delayed(t0.data), *(as_delayed(theory[name].data) for name in parts[:3]))
+        as_delayed(t0.data), *(as_delayed(theory[name].data) for name in parts[:3])
+    )
     n = theory.sizes[POINT]
-    return theory.assign(covariance=((POINT, f"{POINT}_b"), da.from_delayed(covariance, (n, n), float)),
-                         covariance_experimental=theory["covariance"], t0_prediction=t0)
+    return theory.assign(
+        covariance=((POINT, f"{POINT}_b"), da.from_delayed(covariance, (n, n), float)),
+        covariance_experimental=theory["covariance"],
+        t0_prediction=t0,
+    )
 
 
 # -- fit --------------------------------------------------------------------------------------
@@ -230,8 +259,17 @@ class FitParams(TrainingParams, GridParams):
     hidden: Widths = Field([25, 20], description="hidden layer widths (NNPDF4.0: 25, 20)")
     positivity: PositivityParams = PositivityParams()
     preprocessing: Literal["per_replica", "shared"] = Field(
-        "per_replica", description="per_replica: exponents alpha, beta drawn per replica (NNPDF); "
-        "shared: one draw for all, whose bands are calibrated (kernels.pdf_basis.draw_preprocessing)")
+        "per_replica",
+        description="per_replica: exponents alpha, beta drawn per replica (NNPDF); "
+        "shared: one draw for all quark functions (a fitted gluon keeps its own per replica), whose "
+        "bands are calibrated (kernels.pdf_basis.draw_preprocessing)",
+    )
+    gluon: Literal["auto", "fitted", "shape"] = Field(
+        "auto",
+        description="fitted: g is a fitted flavour (its own network output and exponents, "
+        "A_g from the momentum sum rule at every step); shape: x^-0.1 (1 - x)^5 times A_g; auto: "
+        "fitted on evolved tables (fk attrs q0_gev, as `ingest nnpdf-fk` writes), none on LO ones",
+    )
     target: str = "pseudodata"
     mask: str = "training_mask"
     covariance: str = "covariance"
@@ -240,6 +278,11 @@ class FitParams(TrainingParams, GridParams):
     def _basis(self) -> FitParams:
         from ..kernels.pdf_basis import check_basis
 
+        if "g" in self.basis:
+            raise ValueError(
+                f"basis lists the quark functions only, found {self.basis}: the gluon is "
+                "fitted whenever the FK tables depend on it (param gluon: auto or fitted)"
+            )
         try:  # what no F2 data can constrain; the targets present are checked at run time
             check_basis(tuple(self.basis), ("proton", "deuteron"))
         except ValueError as exc:
@@ -247,22 +290,49 @@ class FitParams(TrainingParams, GridParams):
         return self
 
 
-def _config(params: FitParams):
+def fits_gluon(params: FitParams, fk_attrs: dict) -> bool:
+    """Whether the fit's networks parametrise the gluon (metadata only: the op stays lazy)."""
+    return params.gluon == "fitted" or (params.gluon == "auto" and "q0_gev" in fk_attrs)
+
+
+def training_config(params: FitParams, fitted_gluon: bool = False):
+    """The fit kernel's settings from the op's params (pdf.fit, replicas.hyperopt); the basis ends
+    in g when the gluon is fitted (`fits_gluon`)."""
     from ..kernels.optim import OptimiserConfig
-    from ..kernels.pdf_fit import PdfFitConfig, PositivityConfig
+    from ..kernels.pdf_fit import PdfFitConfig, PositivityConfig, with_gluon
     from ..kernels.train import StoppingConfig
 
-    return PdfFitConfig(tuple(params.basis), tuple(params.hidden), tuple(params.activations), params.epochs,
-                        OptimiserConfig(**params.optimiser.model_dump()),
-                        StoppingConfig(**params.stopping.model_dump()),
-                        PositivityConfig(**params.positivity.model_dump()), params.validation_every,
-                        params.seed, params.device, params.checkpoint_every, params.preprocessing)
+    basis = with_gluon(tuple(params.basis)) if fitted_gluon else tuple(params.basis)
+    return PdfFitConfig(
+        basis,
+        tuple(params.hidden),
+        tuple(params.activations),
+        params.epochs,
+        OptimiserConfig(**params.optimiser.model_dump()),
+        StoppingConfig(**params.stopping.model_dump()),
+        PositivityConfig(**params.positivity.model_dump()),
+        params.validation_every,
+        params.seed,
+        params.device,
+        params.checkpoint_every,
+        params.preprocessing,
+    )
 
 
-def _fit(fk, target_index, pseudodata, mask, covariance, params: FitParams, context: StepContext):
+def _fit(
+    fk,
+    target_index,
+    pseudodata,
+    mask,
+    covariance,
+    params: FitParams,
+    fitted_gluon: bool,
+    context: StepContext,
+):
     from ..kernels.pdf_fit import (
         POSITIVITY_TOLERANCE,
         check_basis,
+        check_gluon,
         fit_pdf,
         gluon_enters,
         gluon_normalisation,
@@ -270,61 +340,98 @@ def _fit(fk, target_index, pseudodata, mask, covariance, params: FitParams, cont
         targets_of,
     )
 
+    config = training_config(params, fitted_gluon)
+    fk = np.asarray(fk)
     try:
-        check_basis(tuple(params.basis), targets_of(target_index))
+        check_basis(config.basis, targets_of(target_index))
+        check_gluon(config.basis, fk)
+        if params.gluon == "auto" and not fitted_gluon and gluon_enters(fk):
+            raise ValueError(
+                "the FK tables depend on the gluon but state no input scale (fk attrs "
+                "q0_gev, as `ingest nnpdf-fk` writes): set gluon: fitted, or shape"
+            )
     except ValueError as exc:
         raise OpError(f"step {context.step_id!r}: {exc}") from None
-    config = _config(params)
-    fk = np.asarray(fk)
     # the gluon's A_g as the training imposed it: at every step when it enters the predictions
     normalise = momentum_gluon_normalisation if gluon_enters(fk) else gluon_normalisation
     penalty = {}
 
     def fit(**hooks):
-        result, penalty["value"] = fit_pdf(fk, _grid(params), np.asarray(pseudodata),
-                                           np.asarray(mask), np.asarray(covariance), config, **hooks)
+        result, penalty["value"] = fit_pdf(
+            fk,
+            _grid(params),
+            np.asarray(pseudodata),
+            np.asarray(mask),
+            np.asarray(covariance),
+            config,
+            **hooks,
+        )
         return result
 
     result = checkpointed_training(context, params.epochs, params.validation_every, fit)
     arrays = result_arrays(result, history_length(params.epochs, params.validation_every))
-    return {**arrays, "positivity_penalty": penalty["value"],
-            "positivity_ok": penalty["value"] < POSITIVITY_TOLERANCE,
-            "gluon_norm": normalise(result.weights, result.architecture, config.basis)}
+    return {
+        **arrays,
+        "positivity_penalty": penalty["value"],
+        "positivity_ok": penalty["value"] < POSITIVITY_TOLERANCE,
+        "gluon_norm": normalise(result.weights, result.architecture, config.basis),
+    }
 
 
-@register_op("pdf.fit", params=FitParams, inputs=("data", "theory"), wants_context=True, version="1",
-             memory=needs.TorchNeed(needs.pdf_fit_need))
+@register_op(
+    "pdf.fit",
+    params=FitParams,
+    inputs=("data", "theory"),
+    wants_context=True,
+    version="1",
+    memory=needs.TorchNeed(needs.pdf_fit_need),
+)
 def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepContext) -> xr.Dataset:
     """NNPDF-style replica fit: NN(x, ln x) x^(1-alpha) (1-x)^beta per fitted basis function.
 
     data: replicas.pseudodata output (pseudodata, training_mask, covariance); theory: pdf.fk_tables
     output on the same points, or `ingest nnpdf-fk` tables (NNLO F2 with evolution from the theory's
     Q0, fk attrs q0_gev: the fitted PDF is at that Q0). Unfitted functions follow kernels.pdf_fit's
-    stated assumptions; the gluon is fixed by the momentum sum rule (inside every training step
-    when the tables depend on it); positivity of x(q + qbar) is a growing penalty.
+    stated assumptions. The gluon (param gluon): on tables that depend on it, a fitted flavour
+    (the networks' last output, basis attrs ending in g) normalised by the momentum sum rule
+    inside every training step; on LO tables the shape x^-0.1 (1 - x)^5 normalised after the fit
+    (`gluon_norm`: A_g per replica). Positivity of x(q + qbar) (and x g when fitted) is a growing
+    penalty.
     """
-    from ..kernels.pdf_basis import fit_architecture
+    from ..kernels.pdf_basis import fit_architecture, with_gluon
 
     require_variables(data, [params.target, params.mask, params.covariance])
     require_variables(theory, ["fk"])
     target = data[params.target]
     if target.dims != (REPLICA, POINT) or theory.sizes[POINT] != target.sizes[POINT]:
-        raise OpError(f"data {params.target!r} must be ({REPLICA}, {POINT}) over the theory's "
-                      f"{theory.sizes[POINT]} points; found {dict(target.sizes)}")
+        raise OpError(
+            f"data {params.target!r} must be ({REPLICA}, {POINT}) over the theory's "
+            f"{theory.sizes[POINT]} points; found {dict(target.sizes)}"
+        )
     if theory.sizes[X_GRID] != params.n_x or not np.isclose(theory[X_GRID].values[0], params.x_min):
-        raise OpError(f"the FK tables' grid ({theory.sizes[X_GRID]} points from "
-                      f"{theory[X_GRID].values[0]:.4g}) differs from this fit's x_min={params.x_min}, "
-                      f"n_x={params.n_x}: give both steps the same values")
+        raise OpError(
+            f"the FK tables' grid ({theory.sizes[X_GRID]} points from "
+            f"{theory[X_GRID].values[0]:.4g}) differs from this fit's x_min={params.x_min}, "
+            f"n_x={params.n_x}: give both steps the same values"
+        )
     r = target.sizes[REPLICA]
-    nb = len(params.basis)
+    fitted_gluon = fits_gluon(params, theory["fk"].attrs)
+    basis = with_gluon(tuple(params.basis)) if fitted_gluon else tuple(params.basis)  # no torch
+    nb = len(basis)
     try:
-        architecture = fit_architecture(tuple(params.basis), tuple(params.hidden),
-                                        tuple(params.activations), params.seed)
+        architecture = fit_architecture(basis, tuple(params.hidden), tuple(params.activations), params.seed)
     except ValueError as exc:  # an unknown activation
         raise OpError(str(exc)) from None
     trained = dask.delayed(_fit, pure=True)(
-        as_delayed(theory["fk"].data), as_delayed(theory["target_index"].data), as_delayed(target.data),
-        as_delayed(data[params.mask].data), as_delayed(data[params.covariance].data), params, context)
+        as_delayed(theory["fk"].data),
+        as_delayed(theory["target_index"].data),
+        as_delayed(target.data),
+        as_delayed(data[params.mask].data),
+        as_delayed(data[params.covariance].data),
+        params,
+        fitted_gluon,
+        context,
+    )
     layout = result_layout(architecture, r, history_length(params.epochs, params.validation_every))
     for name in ("param_alpha", "param_beta"):
         layout[name] = ((REPLICA, "basis"), (r, nb), np.float32)
@@ -332,10 +439,19 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
     layout["positivity_ok"] = ((REPLICA,), (r,), bool)
     layout["gluon_norm"] = ((REPLICA,), (r,), float)
     q0 = float(theory["fk"].attrs.get("q0_gev", Q0))  # evolved tables state their input scale
-    model = lazy_ensemble(trained, layout, architecture,
-                          {"kind": "PDF replica ensemble", "basis": list(params.basis),
-                           "x_min": params.x_min, "n_x": params.n_x, "epochs": params.epochs,
-                           "q0_gev": q0})
+    model = lazy_ensemble(
+        trained,
+        layout,
+        architecture,
+        {
+            "kind": "PDF replica ensemble",
+            "basis": list(basis),
+            "x_min": params.x_min,
+            "n_x": params.n_x,
+            "epochs": params.epochs,
+            "q0_gev": q0,
+        },
+    )
     mark(model["kept"], "fraction_true")  # the run summary's line (engine/key_numbers.py)
     mark(model["chi2_validation"], "median")
     mark(model["positivity_ok"], "count_false", label="replicas failing positivity")
@@ -354,8 +470,9 @@ def _fitted_values(gluon_norm, keep, basis, grid, **arrays):
     return np.concatenate([xf[keep].mean(0, keepdims=True), xf]).transpose(0, 2, 1)
 
 
-@register_op("pdf.fitted_set", params=_Params, inputs=("model",),
-             memory=needs.TorchNeed(3.0))  # every replica evaluated on the x grid
+@register_op(
+    "pdf.fitted_set", params=_Params, inputs=("model",), memory=needs.TorchNeed(3.0)
+)  # every replica evaluated on the x grid
 def fitted_set(params: _Params, model: xr.Dataset) -> xr.Dataset:
     """The fitted PDF set: member 0 = average of the kept replicas, member k = replica k - 1.
 
@@ -368,24 +485,35 @@ def fitted_set(params: _Params, model: xr.Dataset) -> xr.Dataset:
     keep = model["kept"] & model["positivity_ok"]
     r = model.sizes[REPLICA]
     values = dask.delayed(_fitted_values, pure=True)(
-        as_delayed(model["gluon_norm"].data), as_delayed(keep.data), list(model.attrs["basis"]), grid,
+        as_delayed(model["gluon_norm"].data),
+        as_delayed(keep.data),
+        list(model.attrs["basis"]),
+        grid,
         architecture=model.attrs["architecture"],
-        **{n: as_delayed(model[n].data) for n in weight_names(model)})
+        **{n: as_delayed(model[n].data) for n in weight_names(model)},
+    )
     xf = da.from_delayed(values, (r + 1, len(LHAPDF_FLAVOURS), grid.size), float)
     q0 = float(model.attrs.get("q0_gev", Q0))  # ensembles stored before q0_gev: the LO toy's Q0
-    result = _set_dataset(xf, grid, f"Replica fit of F2 (basis {', '.join(model.attrs['basis'])}), "
-                          f"PDF at Q0 = {q0:.4g} GeV repeated in Q (not evolved)",
-                          {"FitBasis": list(model.attrs["basis"])}, q0)
+    result = _set_dataset(
+        xf,
+        grid,
+        f"Replica fit of F2 (basis {', '.join(model.attrs['basis'])}), "
+        f"PDF at Q0 = {q0:.4g} GeV repeated in Q (not evolved)",
+        {"FitBasis": list(model.attrs["basis"])},
+        q0,
+    )
     # one chunk along member, like xf: a dataset's chunks must agree per dim (`plan` reads them)
     kept = da.concatenate([da.ones(1, dtype=bool), keep.data]).rechunk(-1, method="tasks")
     return result.assign(kept=("member", kept))
 
 
 # -- predictions and closure -----------------------------------------------------------------
-@register_op("pdf.predict", params=_Params, inputs=("pdf", "theory"), optional_inputs=("truth",),
-             memory=3.0)  # FK rows times every member per chunk of points
-def predict(params: _Params, pdf: xr.Dataset, theory: xr.Dataset,
-            truth: xr.Dataset | None = None) -> xr.Dataset:
+@register_op(
+    "pdf.predict", params=_Params, inputs=("pdf", "theory"), optional_inputs=("truth",), memory=3.0
+)  # FK rows times every member per chunk of points
+def predict(
+    params: _Params, pdf: xr.Dataset, theory: xr.Dataset, truth: xr.Dataset | None = None
+) -> xr.Dataset:
     """obs(replica, point) = sum over x, f of FK(point, x, f) xf(replica, x, f), lazy over points.
 
     Replicas are the set's members 1..N (member 0, the central value, becomes `central`); a
@@ -401,11 +529,16 @@ def predict(params: _Params, pdf: xr.Dataset, theory: xr.Dataset,
         kept = pdf["kept"].isel(member=slice(1, None)).data
     else:
         kept = da.ones(r, dtype=bool)
-    coords = {POINT: np.arange(theory.sizes[POINT]), REPLICA: np.arange(r),
-              **{k: v for k, v in theory.coords.items() if v.dims == (POINT,)}}
+    coords = {
+        POINT: np.arange(theory.sizes[POINT]),
+        REPLICA: np.arange(r),
+        **{k: v for k, v in theory.coords.items() if v.dims == (POINT,)},
+    }
     central = da.einsum("nxf,xf->n", theory["fk"].data, xf.isel(member=0).data)
-    result = xr.Dataset({"prediction": ((REPLICA, POINT), obs), "kept": (REPLICA, kept),
-                         "central": (POINT, central)}, coords=coords)
+    result = xr.Dataset(
+        {"prediction": ((REPLICA, POINT), obs), "kept": (REPLICA, kept), "central": (POINT, central)},
+        coords=coords,
+    )
     passthrough = {k: v for k, v in theory.data_vars.items() if set(v.dims) <= {POINT, f"{POINT}_b"}}
     result = result.assign(passthrough)
     result.attrs = {k: v for k, v in theory.attrs.items() if k in ("datasets", "dataset_points")}
@@ -432,22 +565,31 @@ def _closure(prediction, kept, truth, data, covariance):
         return float(z @ z / z.size)
 
     pulls = (central - truth) / chosen.std(0, ddof=1)
-    return np.array([chi2(central, truth), chi2(central, data), float(np.sqrt(np.mean(pulls**2))),
-                     float(kept.mean()), float(kept.sum())])
+    return np.array(
+        [
+            chi2(central, truth),
+            chi2(central, data),
+            float(np.sqrt(np.mean(pulls**2))),
+            float(kept.mean()),
+            float(kept.sum()),
+        ]
+    )
 
 
 CLOSURE_ESTIMATORS = ("chi2_central_truth", "chi2_central_data", "rms_pull", "kept_fraction", "replicas_kept")
 
 
-@register_op("pdf.closure", params=ClosureParams,
-             memory=needs.gathered(3.0))  # estimators over every point at once
+@register_op(
+    "pdf.closure", params=ClosureParams, memory=needs.gathered(3.0)
+)  # estimators over every point at once
 def closure(params: ClosureParams, data: xr.Dataset) -> xr.Dataset:
     """Closure estimators (DOMAIN.md 3): chi2/n of the central prediction vs truth and vs level-1
     data (experimental covariance), RMS pull (mean - truth) / std over points, kept fraction.
     """
     require_variables(data, ["prediction", "kept", "truth", "data", params.covariance])
-    values = dask.delayed(_closure, pure=True)(*(as_delayed(data[n].data) for n in (
-        "prediction", "kept", "truth", "data", params.covariance)))
+    values = dask.delayed(_closure, pure=True)(
+        *(as_delayed(data[n].data) for n in ("prediction", "kept", "truth", "data", params.covariance))
+    )
     arrays = da.from_delayed(values, (len(CLOSURE_ESTIMATORS),), float)
     result = xr.Dataset({name: ((), arrays[i]) for i, name in enumerate(CLOSURE_ESTIMATORS)})
     for name in ("chi2_central_truth", "chi2_central_data", "rms_pull", "kept_fraction"):
@@ -464,18 +606,23 @@ def _dataset_slice(data: xr.Dataset, name: str) -> slice:
     """The contiguous points of one ingested dataset, from the ingest's attrs (no computing)."""
     names, counts = data.attrs.get("datasets"), data.attrs.get("dataset_points")
     if not names or counts is None:
-        raise OpError("the data carry no 'datasets'/'dataset_points' attributes (written by "
-                      "`ingest nnpdf`): cannot tell which points belong to which dataset")
+        raise OpError(
+            "the data carry no 'datasets'/'dataset_points' attributes (written by "
+            "`ingest nnpdf`): cannot tell which points belong to which dataset"
+        )
     matches = [i for i, full in enumerate(names) if full == name or full.startswith(name)]
     if len(matches) != 1:
-        raise OpError(f"dataset {name!r} {'is ambiguous' if matches else 'is not in the data'}"
-                      f"{did_you_mean(name, names)}; datasets: {', '.join(names)}")
+        raise OpError(
+            f"dataset {name!r} {'is ambiguous' if matches else 'is not in the data'}"
+            f"{did_you_mean(name, names)}; datasets: {', '.join(names)}"
+        )
     start = int(np.sum(counts[: matches[0]]))
     return slice(start, start + int(counts[matches[0]]))
 
 
-@register_op("pdf.dataset_view", params=DatasetViewParams,
-             memory=1.5)  # slicing: the input chunk and the selected copy
+@register_op(
+    "pdf.dataset_view", params=DatasetViewParams, memory=1.5
+)  # slicing: the input chunk and the selected copy
 def dataset_view(params: DatasetViewParams, data: xr.Dataset) -> xr.Dataset:
     """One dataset's points of a pdf.predict output, for data-vs-theory pictures.
 

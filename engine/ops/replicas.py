@@ -233,7 +233,8 @@ class TrainParams(TrainingParams):
     covariance: str = "covariance"
 
 
-def _features(data: xr.Dataset, names: list[str], point: str) -> list[xr.DataArray]:
+def feature_columns(data: xr.Dataset, names: list[str], point: str) -> list[xr.DataArray]:
+    """The named network inputs, each one value per point (replicas.train, replicas.hyperopt)."""
     found = []
     for name in names:
         if name not in data.variables:
@@ -244,16 +245,23 @@ def _features(data: xr.Dataset, names: list[str], point: str) -> list[xr.DataArr
     return found
 
 
-def _train(features, target, mask, covariance, params: TrainParams, context: StepContext):
+def training_config(params: TrainParams):
+    """The regression kernel's settings from the op's params (replicas.train, replicas.hyperopt)."""
     from ..kernels.optim import OptimiserConfig
-    from ..kernels.regression import RegressionConfig, fit_regression
+    from ..kernels.regression import RegressionConfig
     from ..kernels.train import StoppingConfig
 
-    config = RegressionConfig(
+    return RegressionConfig(
         tuple(params.hidden), tuple(params.activations), params.epochs,
         OptimiserConfig(**params.optimiser.model_dump()),
         StoppingConfig(**params.stopping.model_dump()), params.validation_every, params.seed,
         params.device, params.checkpoint_every)
+
+
+def _train(features, target, mask, covariance, params: TrainParams, context: StepContext):
+    from ..kernels.regression import fit_regression
+
+    config = training_config(params)
     fitted = {}
 
     def fit(**hooks):
@@ -284,7 +292,7 @@ def train(params: TrainParams, data: xr.Dataset, context: StepContext) -> xr.Dat
     if target.dims[0] != REPLICA or target.ndim != 2:
         raise OpError(f"target {params.target!r} must have dims ({REPLICA!r}, point), found {target.dims}")
     point = target.dims[1]
-    features = _features(data, params.features, point)
+    features = feature_columns(data, params.features, point)
     architecture = ensemble_architecture(len(features), params.hidden, params.activations, params.seed)
     r = target.sizes[REPLICA]
     trained = dask.delayed(_train, pure=True)(

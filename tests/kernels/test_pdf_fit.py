@@ -51,6 +51,10 @@ def test_bases_the_data_cannot_constrain_are_refused_with_reasons():
         check_basis(("Sigma", "V"), ("proton", "deuteron"))
     with pytest.raises(ValueError, match="g do\\(es\\) not enter"):
         check_basis(("g",), ("proton",))
+    # a trailing g is the fitted gluon of evolved tables (the trainer checks the tables see it)
+    check_basis(("Sigma", "T3", "g"), ("proton", "deuteron"))
+    with pytest.raises(ValueError, match="g do\\(es\\) not enter"):
+        check_basis(("g", "Sigma"), ("proton",))
     with pytest.raises(ValueError, match="determine 2 combination.*has 3 functions"):
         check_basis(("Sigma", "T3", "T8"), ("proton", "deuteron"))
     with pytest.raises(ValueError, match="proton determine 1 combination.*fit 1 of them .*'Sigma'"):
@@ -81,6 +85,15 @@ def test_shared_preprocessing_gives_every_replica_the_draw_of_replica_0():
     for name in ("param_alpha", "param_beta"):
         assert len(np.unique(per_replica[name][:, 0])) == 4
         assert np.array_equal(shared[name], np.broadcast_to(per_replica[name][:1], shared[name].shape))
+    # a fitted gluon keeps its own draw per replica (the quarks share replica 0's): pdf_basis says why
+    per_replica = build_model(4, PdfFitConfig(("Sigma", "T3", "g"), seed=5), "cpu").to_arrays()
+    shared = build_model(
+        4, PdfFitConfig(("Sigma", "T3", "g"), seed=5, preprocessing="shared"), "cpu"
+    ).to_arrays()
+    for name in ("param_alpha", "param_beta"):
+        assert np.array_equal(shared[name][:, 2], per_replica[name][:, 2])
+        assert len(np.unique(shared[name][:, 2])) == 4
+        assert np.array_equal(shared[name][:, :2], np.broadcast_to(per_replica[name][:1, :2], (4, 2)))
 
 
 def _f2_problem(r: int, seed: int = 0):
@@ -94,7 +107,7 @@ def _f2_problem(r: int, seed: int = 0):
     pseudo = exact + sigma * rng.standard_normal((r, exact.size))
     mask = np.zeros((r, exact.size), bool)
     for k in range(r):
-        mask[k, rng.permutation(exact.size)[: 60]] = True
+        mask[k, rng.permutation(exact.size)[:60]] = True
     return fk, grid, pseudo, mask, np.diag(sigma**2), exact
 
 
@@ -114,10 +127,29 @@ def test_positivity_penalty_is_zero_for_positive_quarks_and_grows_for_negative_o
     assert config.positivity.factor(1000) > config.positivity.factor(0)
 
 
+def test_positivity_covers_a_fitted_gluon_after_its_sum_rule_normalisation():
+    fk, grid, pseudo, mask, cov, _ = _f2_problem(2)
+    fk[..., FLAVOURS.index(21)] = 0.05 * fk[..., FLAVOURS.index(2)]  # tables that see the gluon
+    config = PdfFitConfig(("Sigma", "T3", "g"))
+    model = build_model(2, config, "cpu")
+    loss = PdfLoss(fk, grid, pseudo, cov, mask, config, model.device, model.dtype)
+    assert loss.plus.shape[0] == 3  # u+, d+ and g
+    with torch.no_grad():
+        model.flat.zero_()
+        model.flat[:, -3] = 0.5  # last biases: Sigma 0.5 (int x Sigma < 1), T3 0, g 1
+        model.flat[:, -1] = 1.0
+    assert np.all(loss.penalty(model) < 1e-6)  # A_g > 0 and NN_g > 0: x g > 0
+    with torch.no_grad():
+        model.flat[1, -3] = 5.0  # replica 1: int x Sigma > 1, so A_g < 0 and x g < 0
+    penalty = loss.penalty(model)
+    assert penalty[0] < 1e-6 < penalty[1]
+
+
 def test_a_small_fit_reproduces_exact_f2_within_the_errors():
     fk, grid, pseudo, mask, cov, exact = _f2_problem(4)
-    config = PdfFitConfig(("Sigma", "T3"), epochs=1500, stopping=StoppingConfig(threshold=5.0, patience=300),
-                          seed=1)
+    config = PdfFitConfig(
+        ("Sigma", "T3"), epochs=1500, stopping=StoppingConfig(threshold=5.0, patience=300), seed=1
+    )
     result, penalty = fit_pdf(fk, grid, pseudo, mask, cov, config)
     assert result.kept.sum() >= 3
     assert np.all(result.best_val[result.kept] < 2.0)  # chi2/n of the validation points

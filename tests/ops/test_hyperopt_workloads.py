@@ -203,12 +203,9 @@ def test_a_space_of_only_lr_10_is_reported_failing(op, inputs, write_recipe):
     assert winner_fragment(out) == ""
 
 
-@pytest.mark.parametrize("op", ["eels.train_zlp", "lhc.train_classifier", "amp.train"])
-def test_an_interrupted_scan_resumes_from_the_study_in_the_lake(
-    op, inputs, write_recipe, monkeypatch, tmp_path
-):
-    adapter = adapters.ADAPTERS[op]
-    calls = []
+def kill_in_trial_2(monkeypatch, op: str) -> list[str]:
+    """Make the op's adapter raise in trial 2's first fold (2 folds); returns the folds called."""
+    adapter, calls = adapters.ADAPTERS[op], []
 
     def killed_in_trial_2(*args):
         calls.append(args[3].op)
@@ -217,6 +214,14 @@ def test_an_interrupted_scan_resumes_from_the_study_in_the_lake(
         return adapter.fold(*args)
 
     monkeypatch.setitem(adapters.ADAPTERS, op, dataclasses.replace(adapter, fold=killed_in_trial_2))
+    return calls
+
+
+@pytest.mark.parametrize("op", ["eels.train_zlp", "lhc.train_classifier", "amp.train"])
+def test_an_interrupted_scan_resumes_from_the_study_in_the_lake(
+    op, inputs, write_recipe, monkeypatch, tmp_path
+):
+    adapter, calls = adapters.ADAPTERS[op], kill_in_trial_2(monkeypatch, op)
     path = recipe(write_recipe, op)  # the mechanics only: a quarter of the epochs
     path.write_text(
         path.read_text().replace("epochs: 1200", "epochs: 300").replace("epochs: 300,", "epochs: 80,")
@@ -266,7 +271,9 @@ def test_an_op_without_an_adapter_is_refused_naming_the_supported_ones(inputs, w
     with pytest.raises(
         RecipeError,
         match=r"cannot scan op 'amp.trian' \(did you mean 'amp.train'.*"
-        r"supported training ops: amp.train, eels.train_zlp, lhc.train_classifier, pdf.fit",
+        r"supported training ops: amp.train, calo.train_flow, eels.train_zlp, lhc.anomaly_score, "
+        r"lhc.eft_train, lhc.omnifold, lhc.train_classifier, pdf.fit, replicas.train, solve.bounce, "
+        r"solve.equation",
     ):
         compile_recipe(path, inputs)
 
@@ -327,3 +334,40 @@ def test_stratified_folds_hold_every_stratum_and_refuse_a_small_one():
     assert abs(int(counts[0]) - int(counts[1])) <= 1  # the rotation per stratum evens the sizes
     with pytest.raises(ValueError, match="stratum 1 has 1 units for 2 folds"):
         adapters.stratified_folds(np.array([0, 0, 1]), 2, seed=0)
+
+
+def test_a_zlp_fold_trains_on_no_held_out_spectrum(eels_inputs, monkeypatch):
+    """The fold split does not leak: the training set a fold builds holds only the spectra of the
+    other folds (distinct pixels: the cluster sample draws without replacement)."""
+    import dask
+
+    import engine.kernels.zlp as zlp
+    from engine.ops.hyperopt import HyperoptParams, _training
+
+    hyper = HyperoptParams.model_validate(
+        {"op": "eels.train_zlp", "base": yaml.safe_load(BASE["eels.train_zlp"]), "replicas": 3,
+         "space": yaml.safe_load(GOOD["eels.train_zlp"])}
+    )  # fmt: skip
+    adapter = adapters.ADAPTERS["eels.train_zlp"]
+    inputs = {
+        "data": eels_inputs["aligned"],
+        "clusters": eels_inputs["clusters"],
+        "windows": eels_inputs["windows"],
+    }
+    pieces, _ = adapter.prepare(hyper, _training(hyper, {}), inputs)
+    loaded = adapter.load(dask.compute(pieces)[0])
+    spectra = loaded.arrays["spectra"]
+    assert len(np.unique(spectra, axis=0)) == len(spectra)  # no pixel drawn twice
+    fold = adapters.stratified_folds(loaded.strata, 2, seed=1)
+    seen = []
+
+    def capture(fitted, *args, **kwargs):
+        seen.append(np.concatenate(fitted))
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(zlp, "zlp_training_set", capture)
+    for f in range(2):
+        with pytest.raises(RuntimeError, match="captured"):
+            adapter.fold(loaded.arrays, _training(hyper, {}), fold == f, hyper, "chi2")
+        held = {row.tobytes() for row in spectra[fold == f]}
+        assert len(seen[f]) == int((fold != f).sum()) and not any(row.tobytes() in held for row in seen[f])
