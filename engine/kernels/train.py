@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from .blas import one_blas_thread
 from .mlp import EnsembleMLP, resolve_device
 from .optim import OptimiserConfig, clip_per_replica, make_optimiser
 from .replicas import checked_cholesky
@@ -428,11 +429,7 @@ def _limit_pools() -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already started (set by the user, or used): leave it
         pass
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # no threadpoolctl: OMP/OPENBLAS_NUM_THREADS=1 in the environment does it
-        return
-    threadpool_limits(1, user_api="blas")
+    one_blas_thread()
 
 
 def train_ensemble(

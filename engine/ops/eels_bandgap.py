@@ -25,7 +25,6 @@ the generator's spectra (engine.kernels.bandgap). `background: none` fits the ba
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import dask
@@ -37,6 +36,7 @@ from pydantic import Field, model_validator
 from ..bounds import Params
 from ..errors import OpError
 from ..kernels.bandgap import fit_bandgap as fit_kernel
+from ..kernels.blas import one_blas_thread
 from ..key_numbers import mark
 from ..registry import register_op
 from .core import as_delayed, require_dims, require_variables
@@ -103,23 +103,6 @@ class BandgapParams(Params):
 FIT_MAP = "fit_map"  # dim of _fit_block's output columns
 
 
-@functools.cache
-def _one_blas_thread() -> None:
-    """One BLAS thread per process, set once, from the first fit task.
-
-    Every chunk is fitted by a dask worker thread of its own, so numpy's OpenBLAS pool (one
-    thread per core) only oversubscribes the cores, and its threads spin after each of the
-    kernel's small matrix products (the onset grid of the initial guess): measured on 1024
-    spectra of the 10^6 chain, 0.31 CPU-s per kernel call with the pool against 0.18 with one
-    thread (kernels/train.py's one_thread does the same for the trainings).
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # OPENBLAS_NUM_THREADS=1 in the environment does it
-        return
-    threadpool_limits(1, user_api="blas")
-
-
 # Pixels per fit task: blocks of the (windowed) spectra are merged along the last pixel dim up to
 # this. Each kernel call pays its initial guess and iterates until its slowest row stops, so
 # larger calls cost less per fit: measured on the 10^6 chain's spectra (one BLAS thread, load
@@ -148,7 +131,7 @@ def _fit_block(*blocks, names, jobs, energy, window, background, sigma):
     median band is the `inelastic` variable itself) is not fitted again. Returns (pixels...,
     columns) float32 laid out as _fit_columns, the bool maps as 0 / 1.
     """
-    _one_blas_thread()
+    one_blas_thread()  # worker threads already fill the cores (kernels/blas.py)
     arrays = dict(zip(names, blocks, strict=True))
     lead = arrays["spectra"].shape[:-1]
     n = int(np.prod(lead))

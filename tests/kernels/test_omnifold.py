@@ -3,6 +3,8 @@ classifiers of the exact family on the same resampled samples, warm starts, and 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -111,14 +113,8 @@ def test_warm_start_keeps_learning_across_iterations():
     unfolding of the same resamples; started afresh every iteration, it stalls (measured on
     samples 1, 3, 5: after 4 iterations warm 0.026-0.049 above it, fresh 0.066-0.110, a ratio
     of 0.29-0.57 per replica)."""
-    short = NetworkConfig(
-        (8, 8),
-        ("tanh", "tanh", "linear"),
-        40,
-        OptimiserConfig(lr=1e-2),
-        StoppingConfig(threshold=np.inf, patience=40),
-        10,
-        seed=0,
+    short = dataclasses.replace(
+        CONFIG, hidden=(8, 8), epochs=40, stopping=StoppingConfig(threshold=np.inf, patience=40)
     )
     s = gaussian_samples(2000, 2000, GaussianTruth(), seed=3)
     exact = exact_family_omnifold(s, 4, 2, seed=7)[-1, 1]
