@@ -54,6 +54,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # the classifiers are torch: imported to train, not to describe the samples
     from .classifier import NetworkConfig
+    from .train import TrainResult
 
 PROBABILITY_CLIP = 1e-6
 
@@ -115,7 +116,53 @@ def _as_features(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, float).reshape(len(values), -1)
 
 
-def _classify(
+@dataclass(frozen=True)
+class Resampling:
+    """Each replica's resampling of the two samples, and the events held out for early stopping."""
+
+    data_weights: np.ndarray  # (R, n_data) bootstrap counts, keyed by (seed, replica)
+    mc_counts: np.ndarray  # (R, n_mc) Poisson(1) counts, keyed by seed
+    data_held: np.ndarray  # (n_data,) held out of step 1
+    mc_held: np.ndarray  # (n_mc,) held out of both steps
+
+    @property
+    def step1_held(self) -> np.ndarray:
+        """Held-out marks of step 1's sample, data then MC (train_step_classifier's order)."""
+        return np.r_[self.data_held, self.mc_held]
+
+    @property
+    def step2_held(self) -> np.ndarray:
+        """Held-out marks of step 2's sample: an event's two copies stay on the same side."""
+        return np.r_[self.mc_held, self.mc_held]
+
+
+def resample(n_mc: int, n_data: int, replicas: int, seed: int, validation_fraction: float) -> Resampling:
+    """The resampling and validation split OmniFold draws from `seed` (omnifold, replicas.hyperopt)."""
+    from .classifier import bootstrap_weights
+
+    rng = np.random.default_rng([seed, 1])
+    data_weights = bootstrap_weights(n_data, replicas, seed)
+    mc_counts = np.random.default_rng([seed, 2]).poisson(1.0, (replicas, n_mc)).astype(float)
+    mc_held = rng.uniform(size=n_mc) < validation_fraction
+    return Resampling(data_weights, mc_counts, rng.uniform(size=n_data) < validation_fraction, mc_held)
+
+
+def step_config(config: NetworkConfig, iteration: int, step: int) -> NetworkConfig:
+    """The settings of iteration `iteration`'s step `step` (1 or 2): the op's, seeded apart."""
+    return replace(config, seed=config.seed + 2 * iteration + step - 1)
+
+
+@dataclass
+class StepClassifier:
+    """One step's trained classifier ensemble: f on the evaluated events (R, n_eval), its weights
+    (as `EnsembleMLP.to_arrays`, the next iteration's warm start) and the training result."""
+
+    f: np.ndarray
+    weights: dict[str, np.ndarray]
+    fit: TrainResult
+
+
+def train_step_classifier(
     x1,
     w1,
     x0,
@@ -123,11 +170,12 @@ def _classify(
     validation: np.ndarray,
     config: NetworkConfig,
     x_eval,
-    batch_size: int | None,
+    batch_size: int | None = None,
     start: dict[str, np.ndarray] | None = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Train label-1 (x1, w1) vs label-0 (x0, w0) per replica; f on x_eval (R, n_eval) and the
-    trained weights (as `EnsembleMLP.to_arrays`).
+) -> StepClassifier:
+    """Train one OmniFold step's classifier: label-1 (x1, w1) vs label-0 (x0, w0) per replica,
+    classes balanced; f on x_eval. The op trains every classifier through this, and
+    replicas.hyperopt scores iteration 1's step 1 through it on held-out events.
 
     `validation` marks held-out events of the concatenated sample (early stopping on them); with
     none held out every event trains and the lowest training loss picks the weights. `start`: the
@@ -142,7 +190,7 @@ def _classify(
     from .train import train_with_config
 
     torch.set_num_threads(1)  # small nets on few cores: one thread per worker is fastest
-    x = np.concatenate([x1, x0])
+    x = np.concatenate([_as_features(x1), _as_features(x0)])
     y = np.r_[np.ones(len(x1)), np.zeros(len(x0))]
     w = balance_classes(np.concatenate([w1, w0], axis=-1), y)
     train = ~validation
@@ -167,7 +215,8 @@ def _classify(
         device=device,
     )
     fit = train_with_config(model, loss, config)
-    return evaluate_network("bce", fit.weights, fit.architecture, x_eval, scale, device), fit.weights
+    f = evaluate_network("bce", fit.weights, fit.architecture, _as_features(x_eval), scale, device)
+    return StepClassifier(f, fit.weights, fit)
 
 
 def omnifold(
@@ -189,8 +238,6 @@ def omnifold(
     classifier on all events to the end (see the module note on why that is the better default).
     `warm_start`: each iteration's classifiers continue from the previous iteration's (per step,
     per replica) instead of starting afresh (the module note says why)."""
-    from .classifier import bootstrap_weights
-
     if iterations <= 0:
         raise ValueError(f"iterations must be positive, found {iterations}")
     if replicas <= 0:
@@ -206,30 +253,25 @@ def omnifold(
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), found {validation_fraction}")
     gen, reco, data = _as_features(mc_gen), _as_features(mc_reco), _as_features(data_reco)
-    n_mc, n_data = len(gen), len(data)
-    rng = np.random.default_rng([seed, 1])
-    data_weights = bootstrap_weights(n_data, replicas, seed)
-    mc_counts = np.random.default_rng([seed, 2]).poisson(1.0, (replicas, n_mc)).astype(float)
-    mc_held = rng.uniform(size=n_mc) < validation_fraction
-    step1_held = np.r_[rng.uniform(size=n_data) < validation_fraction, mc_held]
-    step2_held = np.r_[mc_held, mc_held]  # an event's two copies stay on the same side
-    push = np.ones((replicas, n_mc))
+    drawn = resample(len(gen), len(data), replicas, seed, validation_fraction)
+    mc_counts = drawn.mc_counts
+    push = np.ones((replicas, len(gen)))
     pull = push
     starts: list[dict[str, np.ndarray] | None] = [None, None]  # each step's last weights, if warm
     means, stds = [weighted_moments(gen[:, 0], mc_counts)[0]], [weighted_moments(gen[:, 0], mc_counts)[1]]
     for iteration in range(1, iterations + 1):
-        step = replace(config, seed=config.seed + 2 * iteration)
-        f, weights = _classify(
-            data, data_weights, reco, push * mc_counts, step1_held, step, reco, batch_size, starts[0]
-        )
-        pull = push * _likelihood_ratio(f)
-        starts[0] = weights if warm_start else None
-        step = replace(config, seed=config.seed + 2 * iteration + 1)
-        f, weights = _classify(
-            gen, pull * mc_counts, gen, mc_counts, step2_held, step, gen, batch_size, starts[1]
-        )
-        push = _likelihood_ratio(f)
-        starts[1] = weights if warm_start else None
+        step1 = train_step_classifier(
+            data, drawn.data_weights, reco, push * mc_counts, drawn.step1_held,
+            step_config(config, iteration, 1), reco, batch_size, starts[0],
+        )  # fmt: skip
+        pull = push * _likelihood_ratio(step1.f)
+        starts[0] = step1.weights if warm_start else None
+        step2 = train_step_classifier(
+            gen, pull * mc_counts, gen, mc_counts, drawn.step2_held,
+            step_config(config, iteration, 2), gen, batch_size, starts[1],
+        )  # fmt: skip
+        push = _likelihood_ratio(step2.f)
+        starts[1] = step2.weights if warm_start else None
         mean, std = weighted_moments(gen[:, 0], push * mc_counts)
         means.append(mean)
         stds.append(std)

@@ -286,6 +286,23 @@ def _train_step(
     return state
 
 
+def train_flows(chunks, spec, scaling, params: TrainFlowParams, checkpoints=None, task=lambda f: f):
+    """calo.train_flow's training loop: the initial state (or the checkpoint's), then every epoch
+    (its learning rate from `training_step`) over every chunk (objects with `index` and `load()
+    -> (energy, incident)`), saving at the checkpointed epochs' ends. `task` wraps each call:
+    dask.delayed in the op (one task per training step), the identity in replicas.hyperopt (a
+    fold's training showers as one chunk, trained at once). Returns the final state."""
+    state = task(_initial)(spec, params.seed, checkpoints)
+    for epoch in range(params.epochs):
+        step = training_step(params, epoch)
+        save = checkpoints is not None and (epoch + 1) % checkpoints.every == 0 and epoch + 1 < params.epochs
+        for chunk in chunks:
+            index = epoch * len(chunks) + chunk.index
+            last = save and chunk.index == len(chunks) - 1
+            state = task(_train_step)(state, chunk, spec, scaling, step, index, checkpoints if last else None)
+    return state
+
+
 def _finish(
     state: dict, scaling: dict, epochs: int, checkpoints: Checkpoints | None
 ) -> dict[str, np.ndarray]:
@@ -367,17 +384,8 @@ def train_flow(
         if context is not None and params.checkpoint_every is not None
         else None
     )
-    state = dask.delayed(_initial, pure=True)(spec, params.seed, checkpoints)
-    chunks = _chunk_refs(energy, incident)
-    for epoch in range(params.epochs):
-        step = training_step(params, epoch)
-        save = checkpoints is not None and (epoch + 1) % checkpoints.every == 0 and epoch + 1 < params.epochs
-        for chunk in chunks:
-            index = epoch * len(chunks) + chunk.index
-            last = save and chunk.index == len(chunks) - 1
-            state = dask.delayed(_train_step, pure=True)(
-                state, chunk, spec, scaling, step, index, checkpoints if last else None
-            )
+    chunks, task = _chunk_refs(energy, incident), lambda f: dask.delayed(f, pure=True)
+    state = train_flows(chunks, spec, scaling, params, checkpoints, task)  # one task per training step
     result = dask.delayed(_finish, pure=True)(state, scaling, params.epochs, checkpoints)
     layout = {
         "flow1_weights": (("flow1_weight",), (parameter_count(spec, "flow1"),), np.float32),

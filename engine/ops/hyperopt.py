@@ -16,9 +16,10 @@ into the training op's params (ops/hyperopt_space.py).
 
 Output: one row per trial (params, per-fold score, kept fraction, time, reward, ok), the best
 trial's index and its recipe fragment (`winner_fragment(dataset)` reads it back). A trial that
-diverged, kept no replica, scored above `max_reward` or no better than a constant prediction
-(where the adapter has one) is marked failed and is never crowned: a scan whose every trial
-fails has best_trial = -1.
+diverged, kept no replica, scored above `max_reward`, failed its adapter's check of what the op
+would output (a fold's FoldScore.failure), or, where the adapter has a constant prediction,
+beat it by no more than the noise (`baseline_margin`) is marked failed and is never crowned: a
+scan whose every trial fails has best_trial = -1.
 """
 
 from __future__ import annotations
@@ -201,6 +202,21 @@ def _invalid(params: HyperoptParams, why: str) -> dict[str, Any]:
     }
 
 
+def baseline_margin(score: np.ndarray, baseline: np.ndarray, margins: np.ndarray, mean: bool) -> float:
+    """By how much a trial's fold statistic (mean, or else max) must beat the constant's: two
+    standard errors of the gain, the larger of two estimates of its noise. The held-out units'
+    (each fold's paired error, `margins`: the noise of the held-out sample alone), and the
+    folds' scatter of the gain (baseline - score), which adds the noise of training itself (its
+    seeds, a chaotic optimiser): the standard error of a mean of k gains, or one fold's spread
+    for the max. With one fold there is no scatter to measure."""
+    events = float(np.sqrt(np.sum(margins**2)) / margins.size if mean else margins.max())
+    gain = baseline - score
+    if gain.size < 2 or not np.all(np.isfinite(gain)):
+        return events
+    spread = float(np.std(gain, ddof=1))
+    return max(events, 2 * (spread / math.sqrt(gain.size) if mean else spread))
+
+
 def evaluate_trial(
     values: dict[str, Any], arrays: dict[str, np.ndarray], fold: np.ndarray, params: HyperoptParams
 ) -> dict[str, Any]:
@@ -233,11 +249,13 @@ def evaluate_trial(
     )
     kept = np.array([f.kept for f in folds])
     reward, ok, why = trial_reward(score, kept, np.array([f.epochs for f in folds]), seconds, reward_config)
+    failed = next((f"fold {i}: {f.failure}" for i, f in enumerate(folds) if f.failure), None)
+    if ok and failed:  # the adapter's own check of what the op would output (e.g. an undetermined action)
+        ok, why = False, failed
     if ok and adapter.must_beat_baseline:  # no better than a constant prediction: failed
         statistic = np.mean if params.reward.statistic == "mean" else np.max
         held, constant = float(statistic(score)), float(statistic(baseline))
-        margins = np.array([f.margin for f in folds])  # the noise of each fold's comparison
-        margin = float(np.sqrt(np.sum(margins**2)) / margins.size if statistic is np.mean else margins.max())
+        margin = baseline_margin(score, baseline, np.array([f.margin for f in folds]), statistic is np.mean)
         if not held < constant - margin:
             ok, why = (
                 False,

@@ -35,15 +35,18 @@ CHI2_MAX_REWARD = 3.0  # a held-out chi2/n above 3 is a failed fit, not a poor s
 class FoldScore:
     """One fold of one trial: the held-out metric (lower is better), the kept fraction of the
     replicas, the mean stopping epoch over the epoch budget, the metric of a constant
-    prediction on the same fold (nan where the adapter has none) and the margin by which the
+    prediction on the same fold (nan where the adapter has none), the margin by which the
     score must beat it to count as better (two standard errors of the paired per-unit
-    difference, where the adapter measures it; 0: any amount)."""
+    difference, where the adapter measures it; 0: any amount; the scan also takes the folds'
+    scatter, hyperopt.baseline_margin), and why the fold failed a check of the op's own output
+    beside the score ('' where it passed or the adapter has none): a failed fold fails its trial."""
 
     score: float
     kept: float
     epochs: float
     baseline: float = math.nan
     margin: float = 0.0
+    failure: str = ""
 
 
 @dataclass(frozen=True)

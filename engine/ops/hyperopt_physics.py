@@ -1,13 +1,14 @@
 """replicas.hyperopt adapters for the remaining training ops (hyperopt_adapters.Adapter), and the
 training ops a scan refuses.
 
-- calo.train_flow: folds split the showers. A fold trains both flows on the other showers, epoch
-  by epoch through the op's own kernel step (calo.training_step: the op's learning-rate schedule
-  and validation share), standardised by the fold's own training showers, and is scored by the
-  held-out NLL per shower of both flows together (nats, standardised features, dequantised with
-  noise keyed by the scan's seed: the same for every trial). Baseline: a diagonal Gaussian over
-  the same standardised features (each feature's training mean and spread, no correlations),
-  which a trial must beat. The flows are one model, not replicas: `replicas` is not used.
+- calo.train_flow: folds split the showers. A fold trains both flows on the other showers by the
+  op's own training loop (calo.train_flows: its initial state, learning-rate schedule, validation
+  share and steps, the fold's showers as one chunk), standardised by the fold's own showers, and
+  is scored by the held-out NLL per shower of both flows together (nats, standardised features,
+  dequantised with noise keyed by the scan's seed: the same for every trial). Baseline: a
+  diagonal Gaussian over the same standardised features (each feature's training mean and
+  spread, no correlations), which a trial must beat. The flows are one model, not replicas:
+  `replicas` is not used.
 - lhc.eft_train: folds split the events of every (sample, MC replica). A fold trains the term x
   replica ensemble on the other events (the op's own settings and sample layout, the first
   `replicas` MC replicas) and is scored by the EFT's own loss on the held-out events: the
@@ -15,18 +16,24 @@ training ops a scan refuses.
   classifier, averaged over the kept (term, replica) networks. The constant scores 1 exactly,
   so a trial must score below 1.
 - lhc.omnifold: folds split the MC events and the data events (every fold holds both). A fold
-  trains the first iteration's step-1 classifier (data reco vs MC reco, the op's network
-  settings, bootstrap/Poisson replicas, balanced classes) on the other events and is scored by
-  its held-out balanced binary cross-entropy; the constant f = 1/2 scores ln 2, which a trial
-  must beat. Later iterations reuse the same classifier settings, so this scores what the
-  searchable params (widths, lr, epochs, patience, batch_size) control; the unfolded-vs-truth
-  distance is not used (it needs the truth, and unfolds the training events, not held-out ones).
+  runs the op's iteration 1, step 1 on the other events, drawn and trained by the op's own
+  functions (kernels.omnifold.resample, step_config, train_step_classifier: data reco vs MC
+  reco, bootstrap/Poisson replicas, balanced classes, the output layer started at f = 1/2), and
+  is scored by its held-out balanced binary cross-entropy; the constant f = 1/2 scores ln 2,
+  which a trial must beat by more than the noise (hyperopt.baseline_margin: the held-out events'
+  paired error or the folds' scatter, the larger). Later iterations reuse the same classifier
+  settings, so this scores what the searchable params (widths, lr, epochs, patience,
+  batch_size) control; the unfolded-vs-truth distance is not used (it needs the truth, and
+  unfolds the training events, not held-out ones). lr = 10 fails honestly: the op keeps the
+  lowest training loss, which at that step size is the start (f = 1/2), so its unfolding never
+  leaves the prior (tests/ops/test_hyperopt_physics.py) and the fold scores exactly ln 2.
 - solve.equation, solve.bounce: there are no data to split; folds are k independent solves from
   the seeds seed + fold (folds by: seeds). solve.equation is scored by the max error of the
   replica mean against the analytic solution on the output grid (the op's max_error; default)
   or by the mean squared equation residual on the held-out collocation points (cell midpoints
   the training never fits); solve.bounce by that held-out residual (default) or Derrick's
-  mismatch |S - 2T/3| / |S| of the action (0 at a true bounce), averaged over potentials.
+  mismatch |S - 2T/3| / |S| of the action (0 at a true bounce), averaged over potentials; a
+  bounce fold also fails where its replicas' actions spread by more than ACTION_SPREAD_LIMIT.
 """
 
 from __future__ import annotations
@@ -90,24 +97,20 @@ def _calo_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldSc
 
     from ..kernels.calo_flow import (
         feature_moments,
-        initial_state,
         load_flows,
         negative_log_likelihood,
         scaling_from_moments,
         to_features,
-        train_chunk,
     )
-    from .calo import flow_spec, training_step
+    from .calo import flow_spec, train_flows
 
     spec = flow_spec(training, arrays["layers"], arrays["cells"], arrays["quantum"])
     energy, incident = arrays["energy"], arrays["incident"]
     fit_energy, fit_incident = energy[~held], incident[~held]
     mean, std = scaling_from_moments(feature_moments(fit_energy, fit_incident, spec))
-    state = initial_state(spec, training.seed)
-    for epoch in range(training.epochs):  # the fold's showers are one chunk of the op's training
-        state = train_chunk(
-            state, fit_energy, fit_incident, 0, spec, mean, std, training_step(training, epoch)
-        )
+    # the op's own training loop, the fold's training showers as its one chunk
+    showers = SimpleNamespace(index=0, load=lambda: (fit_energy, fit_incident))
+    state = train_flows([showers], spec, {"mean": mean, "std": std}, training)
     rng = np.random.default_rng([hyper.seed, int(np.flatnonzero(held)[0])])  # the fold's noise
     x = ((to_features(energy[held], incident[held], spec, rng) - mean) / std).astype(np.float32)
     baseline = _diagonal_gaussian_nll(x.astype(float))
@@ -286,50 +289,32 @@ def _omnifold_load(pieces: dict[str, Any]) -> Loaded:
 
 
 def _omnifold_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldScore:
-    """Iteration 1's step 1: data reco (label 1, bootstrap counts) vs MC reco (label 0, Poisson
-    counts), classes balanced, the op's network settings, on the events not held. Trained by
-    kernels.classifier.fit_network from a fresh network: kernels.omnifold's own step classifier
-    (`_classify`, which now starts the first classifier at f = 1/2) is private, so this is the
-    one place the scan's training is not the op's own function."""
-    from ..kernels.classifier import balance_classes, bootstrap_weights, evaluate_network, fit_network
+    """The op's iteration 1, step 1 on the events not held: data reco (label 1) vs MC reco
+    (label 0), drawn and trained exactly as lhc.omnifold draws and trains them on those events
+    (kernels.omnifold: `resample`, `step_config`, `train_step_classifier`, which starts the
+    network's output layer at zero, f = 1/2), and scored on the held events. Every replica is
+    scored, as the op uses every replica."""
+    from ..kernels.omnifold import resample, step_config, train_step_classifier
     from .lhc_omnifold import network_config
 
-    values, source, r = arrays["values"], arrays["source"], training.replicas
-    fit = ~held
-    x, y = values[fit, None], source[fit].astype(float)
-    counts = np.ones((r, y.size))
-    counts[:, y == 1] = bootstrap_weights(int((y == 1).sum()), r, training.seed)
-    counts[:, y == 0] = np.random.default_rng([training.seed, 2]).poisson(1.0, (r, int((y == 0).sum())))
-    weights = balance_classes(counts, y)
-    split = np.random.default_rng([training.seed, 1]).uniform(size=y.size) < training.validation_fraction
-    val = split if split.any() else ~split  # none held out: the lowest training loss picks (the op's rule)
-    config = network_config(training)
-    result, scale = fit_network(
-        "bce", x[~split], y[~split], weights[:, ~split], x[val], y[val], weights[:, val], config,
-        batch_size=training.batch_size,
+    values, source = arrays["values"], arrays["source"]
+    data, reco = values[~held & (source == 1)], values[~held & (source == 0)]
+    drawn = resample(reco.size, data.size, training.replicas, training.seed, training.validation_fraction)
+    step = train_step_classifier(
+        data, drawn.data_weights, reco, drawn.mc_counts, drawn.step1_held,
+        step_config(network_config(training), 1, 1), values[held], training.batch_size,
     )  # fmt: skip
-    epochs = stopping_fraction(result, training.epochs)
-    if not result.kept.any():
-        return FoldScore(math.inf, 0.0, epochs)
-    shown = source[held]
-    f = evaluate_network(
-        "bce", result.weights, result.architecture, values[held, None], scale, training.device
-    )
-    f = np.clip(f[result.kept], 1e-7, 1 - 1e-7)
+    kept, epochs = float(step.fit.kept.mean()), stopping_fraction(step.fit, training.epochs)
+    f = np.clip(step.f, 1e-7, 1 - 1e-7)
     if hyper.reward.chi2 == "central":
         f = f.mean(axis=0, keepdims=True)
+    shown = source[held]
     losses = np.where(shown == 1, -np.log(f), -np.log1p(-f)) - math.log(2)  # (R, events) vs f = 1/2
     classes = [losses[:, shown == c] for c in (0, 1)]  # balanced: each class weighs 1/2
     value = math.log(2) + float(np.mean([0.5 * (a.mean() + b.mean()) for a, b in zip(*classes)]))
     paired = classes[0].mean(0), classes[1].mean(0)  # per event, over replicas
     error = 0.5 * math.sqrt(sum(p.var(ddof=1) / p.size for p in paired))
-    return FoldScore(
-        value if math.isfinite(value) else math.inf,
-        float(result.kept.mean()),
-        epochs,
-        math.log(2),
-        2 * error,
-    )
+    return FoldScore(value if math.isfinite(value) else math.inf, kept, epochs, math.log(2), 2 * error)
 
 
 def _omnifold_need(hyper, training, inputs: dict[str, xr.Dataset], output: xr.Dataset) -> int:
@@ -408,22 +393,51 @@ def _equation_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> Fo
     )
 
 
+# The bounce's action enters the tunnelling rate as exp(-S3/T) with S3/T ~ 140 at nucleation: an
+# action whose replicas spread by 0.5% (the op's action_std / action_mean) leaves S3/T uncertain
+# by 0.7, the rate by a factor of 2, and the solve has not settled the answer. Measured on the
+# test potential (width 10, 300 epochs, 3 replicas, polished; seeds 0-7): lr 0.001 - 0.005 spread
+# 0.00% - 0.08% with S 0.1% below CosmoTransitions'; lr = 10 spread 0.16% - 2.7% (7 of 8 seeds
+# above 0.5%) with S 3.7% - 6.2% high, at held-out residuals (5.5e-5 - 9.1e-5) that overlap the
+# good ones' (5.5e-5 - 6.1e-5): the residual after the op's least-squares polish cannot tell them
+# apart, and the spread understates the error (a trial that passes it is not proven right).
+ACTION_SPREAD_LIMIT = 0.005
+
+
+def action_spread(action: np.ndarray) -> float:
+    """Relative spread of the replicas' actions: solve.bounce's action_std / |action_mean|."""
+    return float(np.std(action, ddof=1) / abs(np.mean(action))) if action.size > 1 else 0.0
+
+
 def _bounce_fold(arrays, training, held: np.ndarray, hyper, metric: str) -> FoldScore:
+    """Every potential solved by the op's kernel from the fold's seed, scored by `metric`; the
+    fold fails where the replicas leave a potential's action undetermined (ACTION_SPREAD_LIMIT),
+    which the residual after the op's least-squares polish does not show."""
     from ..kernels.bounce import QuarticPotential, solve_bounce
 
-    config, values, kept, epochs = _solver_config(training, held), [], [], []
+    config, values, kept, epochs, spreads = _solver_config(training, held), [], [], [], []
     for p in training.potentials:
         out = solve_bounce(QuarticPotential(p.c2, p.c3, p.c4), config, n_profile=training.n_profile)
         result = out["result"]
+        spreads.append(action_spread(out["action"]))
         if metric == "residual":
             values.append(np.mean(result.best_val))
         else:
             values.append(np.mean(np.abs(out["action"] - out["action_derrick"]) / np.abs(out["action"])))
         kept.append(result.kept.mean())
         epochs.append(stopping_fraction(result, training.epochs))
-    value = float(np.mean(values))
+    value, worst = float(np.mean(values)), int(np.argmax(spreads))
+    failure = (
+        f"potential {worst}: the replicas' actions spread {spreads[worst]:.2%} of the action, above "
+        f"{ACTION_SPREAD_LIMIT:.1%} (a tunnelling rate undetermined by more than a factor of 2)"
+        if not spreads[worst] <= ACTION_SPREAD_LIMIT
+        else ""
+    )
     return FoldScore(
-        value if math.isfinite(value) else math.inf, float(np.mean(kept)), float(np.mean(epochs))
+        value if math.isfinite(value) else math.inf,
+        float(np.mean(kept)),
+        float(np.mean(epochs)),
+        failure=failure,
     )
 
 

@@ -94,6 +94,22 @@ def test_reward_penalises_few_kept_replicas_and_fails_diverged_trials():
     assert not ok and reward == math.inf and "kept no replica" in why
 
 
+def test_the_margin_to_beat_a_constant_is_the_larger_noise_of_events_and_folds():
+    """Two standard errors of the gain: from the held-out events' paired errors, or from the
+    folds' scatter of the gain (baseline - score), whichever is larger."""
+    baseline, margins = np.full(4, 0.69), np.full(4, 0.002)
+    steady = baseline - np.array([0.010, 0.011, 0.009, 0.010])  # gains scatter by 0.0008
+    # the events' margins: 0.002 per fold, 0.001 for the mean of 4; the scatter 2 x 0.0008 / 2 less
+    assert hyperopt.baseline_margin(steady, baseline, margins, mean=True) == pytest.approx(0.001)
+    assert hyperopt.baseline_margin(steady, baseline, margins, mean=False) == pytest.approx(0.002)
+    erratic = baseline - np.array([0.03, -0.01, 0.02, 0.0])  # gain 0.01 +- std 0.0183 per fold
+    spread = np.std([0.03, -0.01, 0.02, 0.0], ddof=1)
+    assert hyperopt.baseline_margin(erratic, baseline, margins, mean=True) == pytest.approx(spread)
+    assert hyperopt.baseline_margin(erratic, baseline, margins, mean=False) == pytest.approx(2 * spread)
+    one = hyperopt.baseline_margin(steady[:1], baseline[:1], margins[:1], mean=True)
+    assert one == pytest.approx(0.002)  # one fold: no scatter, its own events' margin
+
+
 # -- the op -------------------------------------------------------------------------------------
 def test_scan_on_the_closure_finds_a_setting_that_generalises(lake, write_recipe):
     """Known truth: a fit that generalises has held-out chi2/n = 1 (noise only). 400 points in 2
@@ -172,6 +188,36 @@ def fake_trial(calls):
     return evaluate
 
 
+def test_activations_and_patience_are_searched_and_reach_the_training_op(lake, write_recipe, monkeypatch):
+    """Choices may be lists (an activation per layer): each trial's training params carry the
+    chosen list and the sampled patience, and the winner's fragment the same values."""
+    seen = []
+
+    def evaluate(values, arrays, fold, params):
+        training = hyperopt._training(params, values)  # the op's validated params, as a trial trains
+        seen.append((list(training.activations), training.stopping.patience))
+        reward = 1.0 + (training.activations[0] == "sigmoid") + training.stopping.patience / 1000
+        k = params.folds.k
+        return {"score": [reward] * k, "baseline": [math.nan] * k, "kept": [1.0] * k,
+                "epochs": [0.5] * k, "seconds": 0.0, "reward": reward, "ok": True, "why": "ok"}  # fmt: skip
+
+    monkeypatch.setattr(hyperopt, "evaluate_trial", evaluate)
+    space = (
+        "{activations: {choices: [[tanh, tanh, linear], [sigmoid, sigmoid, linear]]}, "
+        "stopping.patience: {low: 20, high: 80, integer: true, step: 20}}"
+    )
+    out = run_scan(lake, scan_recipe(write_recipe, points=40, space=space, trials=6))
+    assert {tuple(a) for a, _ in seen} <= {("tanh", "tanh", "linear"), ("sigmoid", "sigmoid", "linear")}
+    assert {p for _, p in seen} <= {20, 40, 60, 80}
+    chosen = out["p_activations"].values.astype(int)
+    choices = [["tanh", "tanh", "linear"], ["sigmoid", "sigmoid", "linear"]]
+    assert [a for a, _ in seen] == [choices[c] for c in chosen]
+    best = int(out["best_trial"])
+    fragment = yaml.safe_load(hyperopt.winner_fragment(out))["params"]
+    assert fragment["activations"] == seen[best][0]
+    assert fragment["stopping"]["patience"] == seen[best][1]
+
+
 def test_an_interrupted_scan_resumes_from_the_study_in_the_lake(lake, write_recipe, monkeypatch, tmp_path):
     space = "{optimiser.lr: {low: 0.0001, high: 1.0, log: true}}"
     calls: list = []
@@ -210,6 +256,28 @@ def test_a_fold_without_points_is_refused(lake, write_recipe):
         compile_recipe(scan_recipe(write_recipe, points=6, folds="{k: 7}"), lake)
     with pytest.raises(RecipeError, match=r"fold 1 of `datasets` is empty"):
         compile_recipe(scan_recipe(write_recipe, folds="{k: 2, by: dataset, datasets: [[A], []]}"), lake)
+
+
+def test_folds_by_dataset_hold_the_named_datasets_points_and_an_unknown_name_is_suggested():
+    """NNPDF's folds: each fold the points of the datasets it names (ingest attrs), the rest
+    never held out; a misspelt name is an error with a did-you-mean."""
+    from engine.errors import OpError
+
+    source = xr.Dataset(attrs={"datasets": ["SLAC_P", "SLAC_D", "BCDMS_P"], "dataset_points": [3, 2, 4]})
+    params = hyperopt.HyperoptParams(
+        op="replicas.train",
+        space={"optimiser.lr": {"low": 0.001, "high": 0.1}},
+        folds={"k": 2, "by": "dataset", "datasets": [["SLAC_P"], ["BCDMS_P"]]},
+    )
+    fold = hyperopt._fold_of_datasets(params, [source], 9)
+    assert fold.tolist() == [0, 0, 0, -1, -1, 1, 1, 1, 1]
+    bad = params.model_copy(
+        update={"folds": params.folds.model_copy(update={"datasets": [["SLAC_P"], ["BCDMS_p"]]})}
+    )
+    with pytest.raises(
+        OpError, match=r"fold 1: dataset 'BCDMS_p' is not in the data \(did you mean 'BCDMS_P'\?\)"
+    ):
+        hyperopt._fold_of_datasets(bad, [source], 9)
 
 
 def test_more_folds_than_groups_fails_at_run_time_naming_the_counts(tmp_path):

@@ -97,3 +97,19 @@ def test_m_at_least_the_kept_replicas_is_refused_at_run_time(lake, write_recipe)
     put_in_lake(lake, "gp", dataset)
     with pytest.raises(RunError, match=r"M = 6 must be below the N = 5 replicas the set keeps"):
         engine.run(write_recipe(RECIPE.format(m=6)), lake)
+
+
+def test_an_ingested_lhapdf_set_is_compressed_like_a_fitted_one(lake, write_recipe, tmp_path):
+    """The issue's other input: a set read from LHAPDF files (`ingest lhapdf`) compresses the
+    same way (here the GP set exported, ingested back, and compressed)."""
+    from engine.ingest.lhapdf import ingest_lhapdf
+
+    dataset, xf = gp_set(n=120)
+    put_in_lake(lake, "gp_fit", dataset)
+    setdir = export_lhapdf(lake, "gp_fit", tmp_path / "export")
+    ingest_lhapdf(lake, setdir, "gp", progress=False)
+    engine.run(write_recipe(RECIPE.format(m=15)), lake)
+    out = lake.open("derived", "compress-test/compressed")
+    chosen = out["chosen"].values
+    np.testing.assert_allclose(out["xf_0"].values[1:], xf[chosen], rtol=1e-7)
+    assert np.all(out["erf_compressed"].values < out["erf_random_median"].values)
