@@ -22,7 +22,6 @@ from zarr.codecs import BloscCodec
 
 CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 MIN_CHUNK_BYTES = 2**20
-TARGET_CHUNK_BYTES = 8 * 2**20
 
 
 def encoding_for(dataset: xr.Dataset) -> dict[str, dict]:
@@ -41,7 +40,7 @@ def encoding_for(dataset: xr.Dataset) -> dict[str, dict]:
 def prepare_for_write(dataset: xr.Dataset, merge_small_chunks: bool = True) -> xr.Dataset:
     """Copy without inherited encodings, each variable with uniform chunks of a sensible size.
 
-    Chunks smaller than MIN_CHUNK_BYTES are merged up to TARGET_CHUNK_BYTES: a thickness map
+    Chunks smaller than MIN_CHUNK_BYTES are merged into bands (merged_chunks): a thickness map
     inherits the image's 32 x 32-pixel chunking, and writing 10^6 pixels as a thousand 4 KiB
     chunks cost more than computing them (zarr's per-chunk overhead, and more so on S3).
     Irregular chunks are made uniform (each dim's largest chunk). Ingests, which fill a store
@@ -49,24 +48,67 @@ def prepare_for_write(dataset: xr.Dataset, merge_small_chunks: bool = True) -> x
     chunk shared by two blocks would be written by two threads at once.
     """
     dataset = dataset.copy()
+    merged = _merged_by_variable(dataset) if merge_small_chunks else {}
     for name, var in dataset.variables.items():
         var.encoding = {}
         if not var.chunks or name in dataset.indexes:
             continue
-        largest = tuple(max(c) for c in var.chunks)
-        if merge_small_chunks and math.prod(largest) * var.dtype.itemsize < MIN_CHUNK_BYTES:
-            data = var.data.rechunk("auto", block_size_limit=TARGET_CHUNK_BYTES)
-            largest = tuple(max(c) for c in data.chunks)
-        else:
-            data = var.data
-        if any(len(set(c[:-1])) > 1 or c[-1] > c[0] for c in data.chunks):
-            data = data.rechunk(largest)
+        data = var.data
+        largest = merged.get(name, tuple(max(c) for c in data.chunks))
+        # method="tasks": dask's default asks whether distributed's p2p rechunk applies, which
+        # imports distributed (+13 MiB resident, ~0.4 CPU-s) in every run that merges a map
+        if largest != tuple(max(c) for c in data.chunks) or any(
+            len(set(c[:-1])) > 1 or c[-1] > c[0] for c in data.chunks
+        ):
+            data = data.rechunk(largest, method="tasks")
         dataset[name] = var.copy(data=data)
     return dataset
 
 
-def write_template(dataset: xr.Dataset, url: str, storage_options: dict | None = None,
-                   merge_small_chunks: bool = True) -> list:
+def _merged_by_variable(dataset: xr.Dataset) -> dict:
+    """merged_chunks of each variable whose chunks are under MIN_CHUNK_BYTES, the same bands for
+    all such variables with the same dims and chunks (the narrowest of them: a boolean map is
+    cut where the float maps beside it are), so that one band of blocks completes a chunk of
+    every output at once."""
+    merged, groups = {}, {}
+    for name, var in dataset.variables.items():
+        if not var.chunks or name in dataset.indexes:
+            continue
+        largest = tuple(max(c) for c in var.chunks)
+        if math.prod(largest) * var.dtype.itemsize < MIN_CHUNK_BYTES:
+            merged[name] = merged_chunks(var.shape, largest, var.dtype.itemsize)
+            groups.setdefault((var.dims, var.shape, largest), []).append(name)
+    for names in groups.values():
+        narrowest = tuple(map(min, zip(*(merged[name] for name in names), strict=True)))
+        merged.update(dict.fromkeys(names, narrowest))
+    return merged
+
+
+def merged_chunks(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunks of at least MIN_CHUNK_BYTES made of whole input chunks: bands in C order.
+
+    The trailing dims are taken whole while that stays under MIN_CHUNK_BYTES, then the next
+    dim in the fewest whole input chunks that reach it (a 1000 x 1000 float32 map in 32 x 32
+    blocks: 4 bands of 288 x 1000, 1.1 MiB each). A band is written, and its blocks freed, as
+    soon as its own blocks are done, not when the whole map is (merging into one chunk of up to
+    8 MiB held every block of a 10^6-pixel map until the last was computed); how many bands are
+    open at once is up to dask's ordering of the blocks.
+    """
+    merged = list(chunks)
+    for axis in reversed(range(len(shape))):
+        whole = merged[:axis] + [shape[axis]] + merged[axis + 1 :]
+        if math.prod(whole) * itemsize <= MIN_CHUNK_BYTES:
+            merged = whole
+            continue
+        per_chunk = math.prod(merged) * itemsize  # bytes of one input chunk's extent along axis
+        merged[axis] = min(chunks[axis] * math.ceil(MIN_CHUNK_BYTES / per_chunk), shape[axis])
+        break
+    return tuple(merged)
+
+
+def write_template(
+    dataset: xr.Dataset, url: str, storage_options: dict | None = None, merge_small_chunks: bool = True
+) -> list:
     """Lay out the store; return the dask collections that fill it (nothing computed yet).
 
     Compute them all in one `dask.compute(*writes)` (they yield nothing, so memory stays flat).
@@ -80,18 +122,31 @@ def write_template(dataset: xr.Dataset, url: str, storage_options: dict | None =
     if not lazy:
         return []
     group = zarr.open_group(url, mode="r+", storage_options=storage_options or None)
-    stored = da.store([dataset[name].data for name in lazy], [group[str(name)] for name in lazy],
-                      lock=False, compute=False, optimize_graph=False)
+    stored = da.store(
+        [dataset[name].data for name in lazy],
+        [group[str(name)] for name in lazy],
+        lock=False,
+        compute=False,
+        optimize_graph=False,
+    )
     return list(stored) if isinstance(stored, tuple | list) else [stored]
 
 
-def lay_out(dataset: xr.Dataset, url: str, storage_options: dict | None = None,
-            merge_small_chunks: bool = True) -> tuple[xr.Dataset, list[str]]:
+def lay_out(
+    dataset: xr.Dataset, url: str, storage_options: dict | None = None, merge_small_chunks: bool = True
+) -> tuple[xr.Dataset, list[str]]:
     """Write a store's metadata and in-memory variables; return the prepared dataset and the
     names of its dask variables, whose chunks the caller stores (nothing is computed here)."""
     dataset = prepare_for_write(dataset, merge_small_chunks)
-    dataset.to_zarr(url, mode="w", compute=False, consolidated=False, zarr_format=3,
-                    encoding=encoding_for(dataset), storage_options=storage_options or None)
+    dataset.to_zarr(
+        url,
+        mode="w",
+        compute=False,
+        consolidated=False,
+        zarr_format=3,
+        encoding=encoding_for(dataset),
+        storage_options=storage_options or None,
+    )
     return dataset, lazy_variables(dataset)
 
 

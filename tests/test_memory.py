@@ -90,3 +90,25 @@ def test_importing_engine_memory_keeps_every_thread_on_one_arena():
         [sys.executable, "-c", ARENAS], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert int(out) == 1, out
+
+
+def test_trim_when_grown_trims_only_past_its_allowance(monkeypatch):
+    """TrimWhenGrown hands the free heap back only when resident memory passed the allowance
+    above where the compute started or the last trim left it (so chunk buffers are reused in
+    between, not faulted in again), and re-arms from what the trim left."""
+    import engine.memory
+
+    trims = []
+    monkeypatch.setattr(engine.memory, "release_free_heap", lambda: trims.append(1) or True)
+    callback = engine.memory.TrimWhenGrown(allowance=100, every=2)
+    # start 1000: limit 1100; 1100 is not above it; 1101 is, the trim leaves 1020 (limit 1120);
+    # 1110 is not; 1130 is, and the trim leaves 1125 (limit 1225)
+    readings = iter([1000, 1100, 1101, 1020, 1110, 1130, 1125, 1200])
+    monkeypatch.setattr(callback, "_resident", lambda: next(readings))
+    callback._start({})
+    for task in range(10):  # looks every second task: 5 readings, and 1 after each trim
+        callback._posttask(("t", task), None, {}, {}, 0)
+        if task == 3:
+            assert len(trims) == 1
+    callback._finish({}, {}, False)
+    assert callback.trims == len(trims) == 2
