@@ -177,7 +177,7 @@ ZLP_MODEL = example(Step("eels.train_zlp", {"image": ALIGNED, "clusters": CLUSTE
 INELASTIC = example(Step("eels.subtract_zlp", {"image": ALIGNED, "model": ZLP_MODEL, "clusters": CLUSTERS,
                                                "windows": WINDOWS}, {"grid_size": 8}))
 example(Step("eels.fit_bandgap", {"inelastic": INELASTIC, "clusters": CLUSTERS, "windows": WINDOWS},
-             {"window_ev": [1.0, 3.0], "exponent": 1.5}))
+             {"window_ev": [1.0, 3.0], "exponent": 1.5, "resolution_ev": "cluster"}))
 example(Step("eels.kramers_kronig", {"image": ALIGNED, "inelastic": INELASTIC},
              {"refractive_index": None, "collection_angle_mrad": 10.0}))
 V1_MODEL = example(Step("eels.eelsfitter_v1_train", {"image": eels_image, "clusters": CLUSTERS},

@@ -21,6 +21,13 @@ or the window (~1).
 The default background term c E (c >= 0) is the low-energy limit of the plasmon's loss function,
 which lies under every band-gap onset; without it E_BG comes out 0.2-0.5 eV low for b = 1.5 on
 the generator's spectra (engine.kernels.bandgap). `background: none` fits the bare power law.
+
+Onset model. `sampling: point` (the default) takes the power law at the channel centres, `channel`
+averages it over each channel's width; `resolution_ev` convolves the channel-averaged onset with
+the instrument's resolution, a Gaussian of a given FWHM or (`cluster`) of each cluster's ZLP FWHM
+measured on the windows input's median spectrum (the FWHM eels.subtract_zlp uses), fitted per
+distinct FWHM. The resolution recovers E_BG and b of onsets that the ZLP has blurred; it does
+not calibrate the chain's direct-gap errors (see the README and engine.kernels.bandgap).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from ..registry import register_op
 from .core import as_delayed, require_dims, require_variables
 from .eels import ENERGY, passthrough
 from .eels_cluster import CLUSTER_ID, cluster_labels
+from .eels_zlp import _fwhm
 
 QUANTILE = "quantile"
 DE_I_SHIFT = "de_i_shift"  # eels.subtract_zlp's dim of the bands at shifted dE_I
@@ -92,12 +100,38 @@ class BandgapParams(Params):
         "uniform",
         description="uniform: errors from the scatter about the fit; poisson: sigma^2 = max(I, 1) counts",
     )
+    sampling: Literal["point", "channel"] | None = Field(
+        None,
+        description="point: the onset at the channel centres; channel: averaged over each "
+        "channel's width (smooth in E_BG); null: point, or channel with a resolution",
+    )
+    resolution_ev: float | Literal["cluster"] | None = Field(
+        None,
+        description="convolve the channel-averaged onset with the instrument's resolution, a "
+        "Gaussian of this FWHM (eV), or 'cluster': the ZLP FWHM of each cluster's median "
+        "spectrum (needs the clusters and windows inputs); null: no convolution",
+    )
 
     @model_validator(mode="after")
     def _ordered_window(self):
         if not self.window_ev[0] < self.window_ev[1]:
             raise ValueError(f"window_ev must be [low, high] with low < high, got {list(self.window_ev)}")
+        if isinstance(self.resolution_ev, float) and not self.resolution_ev > 0:
+            raise ValueError(
+                f"resolution_ev must be a FWHM > 0 eV, 'cluster' or null, got {self.resolution_ev}"
+            )
+        if self.resolution_ev is not None and self.sampling == "point":
+            raise ValueError(
+                "resolution_ev convolves the channel-averaged onset: use sampling: channel (or leave it out)"
+            )
         return self
+
+    @property
+    def kernel_sampling(self) -> str:
+        """The kernel's sampling: channel averaging under a resolution."""
+        if self.sampling is not None:
+            return self.sampling
+        return "point" if self.resolution_ev is None else "channel"
 
 
 FIT_MAP = "fit_map"  # dim of _fit_block's output columns
@@ -117,7 +151,7 @@ def _fit_columns(jobs) -> list[tuple[int, str]]:
     return [(j, name) for j, job in enumerate(jobs) for name in (_MAPS if job[4] else ("e_bg_fit",))]
 
 
-def _fit_block(*blocks, names, jobs, energy, window, background, sigma):
+def _fit_block(*blocks, names, jobs, energy, window, background, sigma, sampling="point", resolution=None):
     """Every fit of one block in as few kernel calls as there are distinct windows.
 
     blocks: the arrays `names` says ("spectra" (pixels..., E), "bands" (pixels..., Q, E),
@@ -129,7 +163,8 @@ def _fit_block(*blocks, names, jobs, energy, window, background, sigma):
     the number of calls (each pays its initial guess and iterates until its slowest row
     stops). A job whose rows equal an earlier one's with the same shift and exponent (the
     median band is the `inelastic` variable itself) is not fitted again. Returns (pixels...,
-    columns) float32 laid out as _fit_columns, the bool maps as 0 / 1.
+    columns) float32 laid out as _fit_columns, the bool maps as 0 / 1. sampling, resolution:
+    the kernel's (resolution "cluster": each pixel's FWHM from the "fwhm" block, (pixels...)).
     """
     one_blas_thread()  # worker threads already fill the cores (kernels/blas.py)
     arrays = dict(zip(names, blocks, strict=True))
@@ -137,6 +172,10 @@ def _fit_block(*blocks, names, jobs, energy, window, background, sigma):
     n = int(np.prod(lead))
     de_i = arrays.get("de_i")
     de_i = None if de_i is None else np.asarray(de_i, np.float64).reshape(-1)
+    if resolution == "cluster":  # one fit call per distinct FWHM (per cluster): NaN, no fit
+        fwhm = np.asarray(arrays["fwhm"], np.float64).reshape(-1)
+    else:
+        fwhm = np.full(n, np.inf if resolution is None else float(resolution))
     data, limits, starts = [], [], []
     for source, index, shift, *_ in jobs:
         block = arrays[source] if index is None else arrays[source][..., index, :]
@@ -158,19 +197,28 @@ def _fit_block(*blocks, names, jobs, energy, window, background, sigma):
     for j, job in enumerate(jobs):
         if j in same:
             continue
-        for low in np.unique(starts[j][np.isfinite(starts[j])]):
-            groups.setdefault((job[3], float(low)), []).append((j, np.flatnonzero(starts[j] == low)))
+        fitted = np.isfinite(starts[j]) & ~np.isnan(fwhm)
+        for low, width in np.unique(np.stack([starts[j][fitted], fwhm[fitted]], axis=1), axis=0):
+            rows = np.flatnonzero((starts[j] == low) & (fwhm == width))
+            groups.setdefault((job[3], float(low), float(width)), []).append((j, rows))
     values = {name: np.full((len(jobs), n), np.nan, np.float32) for name in _MAPS}
     for name in ("converged", "onset_below_de_i"):
         values[name][:] = 0.0
     inside = energy <= window[1]
-    for (exponent, low), members in groups.items():
+    for (exponent, low, width), members in groups.items():
         free = 2 + (exponent is None) + (background == "linear")
         if (inside & (energy >= low)).sum() < free + 2:
             continue  # dE_I too close to the window's end: no fit, not converged
         y = np.concatenate([data[j][rows] for j, rows in members])
         fit = fit_kernel(
-            y, energy, window=(low, window[1]), exponent=exponent, background=background, sigma=sigma
+            y,
+            energy,
+            window=(low, window[1]),
+            exponent=exponent,
+            background=background,
+            sigma=sigma,
+            sampling=sampling,
+            resolution=None if np.isinf(width) else width,
         )
         offset = 0
         for j, rows in members:
@@ -214,6 +262,7 @@ def _fit_all(
     shifted: xr.DataArray | None,
     de_i: xr.DataArray | None,
     params: BandgapParams,
+    fwhm: xr.DataArray | None = None,
 ) -> dict:
     """Lazy maps of every fit the op makes, one task per block of `spectra` (_fit_block).
 
@@ -242,10 +291,11 @@ def _fit_all(
         names.append(name)
     if params.exponent is not None:
         jobs.append(("spectra", None, 0.0, None, True))
-    if de_i is not None:
-        args.append(de_i)
-        cores.append([])
-        names.append("de_i")
+    for name, extra_map in (("de_i", de_i), ("fwhm", fwhm)):
+        if extra_map is not None:
+            args.append(extra_map)
+            cores.append([])
+            names.append(name)
     columns = _fit_columns(jobs)
     table = xr.apply_ufunc(
         _fit_block,
@@ -257,6 +307,8 @@ def _fit_all(
             "window": params.window_ev,
             "background": params.background,
             "sigma": None if params.weights == "uniform" else "poisson",
+            "sampling": params.kernel_sampling,
+            "resolution": params.resolution_ev,
         },
         input_core_dims=cores,
         output_core_dims=[[FIT_MAP]],
@@ -345,6 +397,42 @@ def _de_i_map(inelastic: xr.Dataset, spectra: xr.DataArray, clusters, windows):
         de_i, labels = de_i.chunk(chunks), labels.chunk(chunks)
     de_i.attrs = {"units": "eV", "long_name": "dE_I of the pixel's cluster (the fit's lowest start)"}
     return de_i, labels
+
+
+def _cluster_fwhm(ln_i_median: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """(K,) the ZLP FWHM (eV) of each cluster's median ln I (eels.subtract_zlp's measure), NaN
+    where it has no half-maximum crossing on both sides of the peak."""
+    widths = []
+    for row in np.asarray(ln_i_median, np.float64):
+        try:
+            widths.append(_fwhm(row, energy))
+        except ValueError:
+            widths.append(np.nan)
+    return np.asarray(widths)
+
+
+def _fwhm_map(windows: xr.Dataset, labels: xr.DataArray) -> xr.DataArray:
+    """Each pixel's resolution FWHM from its cluster's median spectrum (lazy, like labels)."""
+    require_variables(windows, ["ln_i_median"])
+    energy = np.asarray(windows[ENERGY].values, np.float64)
+    widths = xr.apply_ufunc(
+        _cluster_fwhm,
+        windows["ln_i_median"],
+        kwargs={"energy": energy},
+        input_core_dims=[[CLUSTER_ID, ENERGY]],
+        output_core_dims=[[CLUSTER_ID]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
+    fwhm = xr.apply_ufunc(
+        _pixel_values,
+        labels,
+        widths,
+        input_core_dims=[[], [CLUSTER_ID]],
+        dask="parallelized",
+        output_dtypes=[np.float32],
+    )
+    return fwhm.chunk(dict(zip(labels.dims, labels.chunks, strict=True))) if labels.chunks else fwhm
 
 
 def _bands_input(inelastic, params) -> xr.DataArray | None:
@@ -545,7 +633,8 @@ def fit_bandgap(
     before that check). With clusters and windows also `de_i`, `e_bg_cluster` (the median
     fitted onset of the pixel's cluster, NaN under 3 fits) and `e_bg_cluster_error`; with
     bands `e_bg_quantile`; with shifted bands `e_bg_de_i` and `e_bg_slope`
-    (dE_BG / d dE_I); with b fixed `chi2_free_b` and `exponent_free_b` (the free-b fit).
+    (dE_BG / d dE_I); with b fixed `chi2_free_b` and `exponent_free_b` (the free-b fit); with
+    resolution_ev cluster `resolution_fwhm` (the FWHM each pixel's onset was convolved with).
     """
     require_dims(inelastic, [ENERGY])
     require_variables(inelastic, [params.variable])
@@ -559,6 +648,13 @@ def fit_bandgap(
     channels = {ENERGY: _window_channels(energy, params.window_ev)}
     spectra = _fit_layout(spectra.transpose(..., ENERGY).isel(channels))
     de_i, labels = _de_i_map(inelastic, spectra, clusters, windows)
+    fwhm = None
+    if params.resolution_ev == "cluster":
+        if labels is None:
+            raise OpError(
+                "resolution_ev: cluster needs the clusters and windows inputs (each cluster's ZLP FWHM)"
+            )
+        fwhm = _fwhm_map(windows, labels)
     bands, shifted = _bands_input(inelastic, params), _shift_input(inelastic, params, de_i)
     fits = _fit_all(
         spectra,
@@ -566,6 +662,7 @@ def fit_bandgap(
         None if shifted is None else shifted.isel(channels),
         de_i,
         params,
+        fwhm,
     )
     maps = fits["main"]
     maps["e_bg_error"].attrs["source"] = "fit covariance"
@@ -581,6 +678,8 @@ def fit_bandgap(
         maps["exponent_free_b"] = free["exponent"].where(maps["converged"])
     if de_i is not None:
         maps["de_i"] = de_i
+    if fwhm is not None:
+        maps["resolution_fwhm"] = fwhm
 
     units = {
         "e_bg": "eV",
@@ -590,6 +689,7 @@ def fit_bandgap(
         "e_bg_de_i": "eV",
         "e_bg_systematic": "eV",
         "de_i": "eV",
+        "resolution_fwhm": "eV",
         "e_bg_cluster": "eV",
         "e_bg_cluster_error": "eV",
         "exponent": "1",
@@ -617,6 +717,7 @@ def fit_bandgap(
         "systematic, in quadrature",
         "exponent_free_b": "exponent b of the free-b fit",
         "de_i": maps["de_i"].attrs["long_name"] if "de_i" in maps else "",
+        "resolution_fwhm": "resolution FWHM the onset was convolved with (the cluster's ZLP)",
     }
     for name, var in maps.items():
         var.attrs.update({"long_name": names[name], "window_ev": list(params.window_ev)})

@@ -13,8 +13,13 @@ optima are, and the distribution of our iteration counts (median, 90% and 99% qu
 Then the op's default, background="linear" (b fixed 1.5): the same onsets on a plasmon-tail
 line c E, ours only (curve_fit has no bound-constrained equivalent of the same cost).
 
+--resolution FWHM: the channel-averaged onset convolved with a Gaussian of that FWHM (eV): the
+data (blurred_onset), ours (the kernel's `resolution`) and curve_fit's model (np.convolve of the
+widened channel average with the kernel made once: the same numbers). One BLAS thread on both
+sides (per core).
+
     python tests/benchmarks/bench_bandgap.py [--quick] [--fits 20000] [--scipy-fits 500]
-        [--background-fits 4096] [--repeats 3] [--sampling channel|point]
+        [--background-fits 4096] [--repeats 3] [--sampling channel|point] [--resolution 0.1]
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ import numpy as np
 from scipy.optimize import curve_fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from engine.kernels.bandgap import channel_onset, fit_bandgap, power_onset  # noqa: E402
+from engine.kernels.bandgap import (  # noqa: E402
+    blurred_onset,
+    channel_onset,
+    fit_bandgap,
+    gaussian_resolution,
+    power_onset,
+)
+from engine.kernels.blas import one_blas_thread  # noqa: E402
 from tests.benchmarks._timing import compare, finish, header, ratio, show  # noqa: E402
 
 ENERGY = np.linspace(0.5, 4.0, 176)
@@ -37,10 +49,38 @@ WINDOW = (0.8, 4.0)
 ONSETS = {"channel": channel_onset, "point": power_onset}
 
 
-def scipy_fits(spectra, inside, guess_amplitude, e_bg, exponent, count: int, sampling: str) -> np.ndarray:
+def onset_model(sampling: str, resolution: float | None):
+    """The data's onset (energy, e_bg, amplitude, b) -> counts, rows by e_bg: ONSETS[sampling],
+    or with a resolution the blurred channel average (blurred_onset)."""
+    if resolution is None:
+        return ONSETS[sampling]
+    return lambda energy, e_bg, amplitude, b: blurred_onset(
+        energy, np.ravel(e_bg), np.ravel(amplitude), b, resolution
+    )
+
+
+def scipy_model(energy, sampling: str, resolution: float | None):
+    """curve_fit's model on the window `energy`: ONSETS[sampling], or with a resolution what a
+    user would write: the channel average on the window widened by the kernel's reach, then
+    np.convolve with the kernel made once (the same numbers as blurred_onset)."""
+    if resolution is None:
+        return ONSETS[sampling]
+    kernel = gaussian_resolution(resolution, float(energy[1] - energy[0]))
+    h, step = kernel.size // 2, float(energy[1] - energy[0])
+    wider = np.concatenate(
+        [energy[0] - step * np.arange(h, 0, -1), energy, energy[-1] + step * np.arange(1, h + 1)]
+    )
+    return lambda e, e_bg, amplitude, b: np.convolve(
+        channel_onset(wider, e_bg, amplitude, b), kernel, mode="valid"
+    )
+
+
+def scipy_fits(
+    spectra, inside, guess_amplitude, e_bg, exponent, count: int, sampling: str, resolution
+) -> np.ndarray:
     """curve_fit pixel by pixel from our starting point; returns the fitted E_BG."""
     energy = ENERGY[inside]
-    onset = ONSETS[sampling]
+    onset = scipy_model(energy, sampling, resolution)
 
     def model(e, a, e0, b=1.5):
         return onset(e, e0, a, b)
@@ -63,6 +103,7 @@ def run(
     background_fits: int | None = None,
     repeats: int = 3,
     sampling: str = "point",
+    resolution: float | None = None,
 ) -> dict:
     fits = fits or (4000 if quick else 20000)
     scipy_count = scipy_fits_ or (100 if quick else 500)
@@ -73,23 +114,25 @@ def run(
         fits=fits,
         scipy_fits=scipy_count,
         sampling=sampling,
+        resolution=resolution,
     )
+    one_blas_thread()  # per core: our blurred model's products and curve_fit's solves alike
     rng = np.random.default_rng(0)
     e_bg = rng.uniform(1.0, 2.5, fits)
-    exact = ONSETS[sampling](ENERGY, e_bg[:, None], rng.uniform(1e3, 1e4, fits)[:, None], 1.5)
+    onset = onset_model(sampling, resolution)
+    model = {"sampling": None, "resolution": resolution} if resolution else {"sampling": sampling}
+    exact = onset(ENERGY, e_bg[:, None], rng.uniform(1e3, 1e4, fits)[:, None], 1.5)
     spectra = exact + rng.normal(size=exact.shape) * np.sqrt(np.maximum(exact, 1.0))
     inside = (ENERGY >= WINDOW[0]) & (ENERGY <= WINDOW[1])
     for exponent, label in ((1.5, "b_fixed"), (None, "b_free")):
-        ours = fit_bandgap(
-            spectra, ENERGY, window=WINDOW, exponent=exponent, sigma="poisson", sampling=sampling
-        )
+        ours = fit_bandgap(spectra, ENERGY, window=WINDOW, exponent=exponent, sigma="poisson", **model)
         timings = compare(
             {
                 "ours": lambda x=exponent: fit_bandgap(
-                    spectra, ENERGY, window=WINDOW, exponent=x, sigma="poisson", sampling=sampling
+                    spectra, ENERGY, window=WINDOW, exponent=x, sigma="poisson", **model
                 ),
                 "curve_fit": lambda x=exponent, a=ours.amplitude: scipy_fits(
-                    spectra, inside, a, e_bg, x, scipy_count, sampling
+                    spectra, inside, a, e_bg, x, scipy_count, sampling, resolution
                 ),
             },
             repeats,
@@ -117,7 +160,7 @@ def run(
         result[f"{label}_converged_fraction"] = round(float(ours.converged.mean()), 4)
         result[f"{label}_median_abs_diff_ev"] = float(f"{np.median(gap):.2e}")
         result[f"{label}_iterations"] = iteration_quantiles(ours.iterations)
-    result.update(bench_background(background_fits, repeats, sampling))
+    result.update(bench_background(background_fits, repeats, sampling, resolution))
     return finish(result)
 
 
@@ -127,12 +170,14 @@ def iteration_quantiles(iterations) -> dict:
     return {"median": float(q50), "q90": float(q90), "q99": float(q99), "max": int(np.max(iterations))}
 
 
-def bench_background(fits: int, repeats: int, sampling: str = "point") -> dict:
+def bench_background(
+    fits: int, repeats: int, sampling: str = "point", resolution: float | None = None
+) -> dict:
     """background="linear", b fixed 1.5: onsets on a line c E, best of `repeats` timings."""
     rng = np.random.default_rng(1)
     e_bg = rng.uniform(1.0, 2.5, fits)
     exact = (
-        ONSETS[sampling](ENERGY, e_bg[:, None], rng.uniform(1e3, 1e4, fits)[:, None], 1.5)
+        onset_model(sampling, resolution)(ENERGY, e_bg[:, None], rng.uniform(1e3, 1e4, fits)[:, None], 1.5)
         + rng.uniform(0.0, 1e3, fits)[:, None] * ENERGY
     )
     spectra = exact + rng.normal(size=exact.shape) * np.sqrt(np.maximum(exact, 1.0))
@@ -145,7 +190,8 @@ def bench_background(fits: int, repeats: int, sampling: str = "point") -> dict:
                 exponent=1.5,
                 background="linear",
                 sigma="poisson",
-                sampling=sampling,
+                sampling=None if resolution else sampling,
+                resolution=resolution,
             )
         },
         repeats,
@@ -176,8 +222,21 @@ def main() -> None:
     parser.add_argument(
         "--sampling", choices=("point", "channel"), default="point", help="the onset model (and data)"
     )
+    parser.add_argument(
+        "--resolution", type=float, default=None, help="Gaussian FWHM (eV) the onset is convolved with"
+    )
     args = parser.parse_args()
-    show(run(args.quick, args.fits, args.scipy_fits, args.background_fits, args.repeats, args.sampling))
+    show(
+        run(
+            args.quick,
+            args.fits,
+            args.scipy_fits,
+            args.background_fits,
+            args.repeats,
+            args.sampling,
+            args.resolution,
+        )
+    )
 
 
 if __name__ == "__main__":

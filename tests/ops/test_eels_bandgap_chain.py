@@ -17,7 +17,7 @@ high on direct-gap pixels; dE_II = 1.0 eV, +0.046 eV).
 
 from __future__ import annotations
 
-import functools
+import os
 
 import numpy as np
 import pytest
@@ -32,6 +32,8 @@ from engine.storage import Lake
 from tests.ops.test_eels_zlp import chain_recipe
 
 ZLP_FWHM = 0.05
+# The images whose pulls are pooled: CI's three; the README's table pools 5-10 (its command)
+SEEDS = tuple(int(s) for s in os.environ.get("BANDGAP_CHAIN_SEEDS", "5,6,7").split(","))
 WINDOW = (0.5, 3.0)
 SHAPE = (32, 32, 1024)
 
@@ -82,12 +84,24 @@ def monochromated(tmp_path_factory):
     return run_chain(tmp_path_factory.mktemp("mono"), seed=5)
 
 
-def ideal_fit(image, sampling="point"):
-    """The band-gap fit of the exact inelastic signal of every (aligned) pixel."""
+def ideal_fit(image, sampling="point", resolution=None):
+    """The band-gap fit of the exact inelastic signal of every (aligned) pixel: (E_BG, b) maps.
+    resolution: None, or each pixel's FWHM (the op's `resolution_fwhm`), fitted per value."""
     maps = {k: image[k].values for k in ("tau", "e_g", "b", "n_counts")}
     maps["drift"] = np.zeros_like(maps["tau"])
-    j, zlp = eels_synth.noiseless_spectra(image["energy"].values, maps, ZLP_FWHM / eels_synth.ZLP_FWHM)
-    return fit_bandgap(j - zlp, image["energy"].values, window=WINDOW, background="linear", sampling=sampling)
+    energy = image["energy"].values
+    j, zlp = eels_synth.noiseless_spectra(energy, maps, ZLP_FWHM / eels_synth.ZLP_FWHM)
+    if resolution is None:
+        fit = fit_bandgap(j - zlp, energy, window=WINDOW, background="linear", sampling=sampling)
+        return fit.e_bg, fit.exponent
+    e_bg, exponent = np.full(resolution.shape, np.nan), np.full(resolution.shape, np.nan)
+    for width in np.unique(resolution[np.isfinite(resolution)]):
+        rows = resolution == width
+        fit = fit_bandgap(
+            (j - zlp)[rows], energy, window=WINDOW, background="linear", resolution=float(width)
+        )
+        e_bg[rows], exponent[rows] = fit.e_bg, fit.exponent
+    return e_bg, exponent
 
 
 def test_one_count_point_is_past_the_automatic_window(monochromated):
@@ -99,11 +113,11 @@ def test_direct_gaps_match_the_ideal_fit_and_the_truth(monochromated):
     image, bandgap, _ = monochromated
     direct = (image["b"].values == 0.5) & bandgap["converged"].values
     assert direct.sum() >= 0.95 * (image["b"].values == 0.5).sum() > 50
-    ideal = ideal_fit(image)
+    ideal, _ = ideal_fit(image)
     e_bg = bandgap["e_bg"].values[direct]
     # Measured (12 replicas, seed 5): chain - ideal median +0.001 eV (MAD 0.014); chain - truth
     # median +0.042 eV, 90% of pixels within 0.088 eV. Limits: about twice those.
-    assert abs(np.median(e_bg - ideal.e_bg[direct])) < 0.02
+    assert abs(np.median(e_bg - ideal[direct])) < 0.02
     error = e_bg - image["e_g"].values[direct]
     assert 0.0 < np.median(error) < 0.08
     assert np.percentile(np.abs(error), 90) < 0.18
@@ -120,40 +134,58 @@ def test_indirect_gaps_on_flakes_are_recovered_less_sharply(monochromated):
     assert np.percentile(np.abs(error), 90) < 0.4
 
 
-def direct_gap_pulls(image, bandgap, sampling="point") -> tuple[np.ndarray, np.ndarray]:
-    """(chain E_BG - ideal fit) / e_bg_error on the converged direct-gap pixels, and chain E_BG -
-    ideal fit: the ideal fit is what the chain would give without noise or subtraction error,
-    which e_bg_error must cover."""
-    ideal = ideal_fit(image, sampling)
-    direct = (image["b"].values == 0.5) & bandgap["converged"].values & np.isfinite(ideal.e_bg)
-    offset = bandgap["e_bg"].values[direct] - ideal.e_bg[direct]
+def direct_gap_pulls(image, bandgap, model="point") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(chain E_BG - ideal fit) / e_bg_error on the converged direct-gap pixels, chain E_BG -
+    ideal fit, and the chain's exponents there: the ideal fit (of the same `model`) is what the
+    chain would give without noise or subtraction error, which e_bg_error must cover."""
+    if model == "resolution":
+        ideal, _ = ideal_fit(image, resolution=bandgap["resolution_fwhm"].values)
+    else:
+        ideal, _ = ideal_fit(image, model)
+    direct = (image["b"].values == 0.5) & bandgap["converged"].values & np.isfinite(ideal)
+    offset = bandgap["e_bg"].values[direct] - ideal[direct]
     pulls = offset / bandgap["e_bg_error"].values[direct]
-    return pulls[np.isfinite(pulls)], offset[np.isfinite(pulls)]
+    good = np.isfinite(pulls)
+    return pulls[good], offset[good], bandgap["exponent"].values[direct][good]
 
 
-def channel_sampled_bandgap(folder):
-    """The chain's band-gap step again on the same subtracted signal, with the kernel's
-    channel-averaged model (engine/kernels/bandgap.py, sampling="channel")."""
+MODELS = {  # eels.fit_bandgap params of each onset model refitted on the chain
+    "channel": {"sampling": "channel"},
+    "resolution": {"resolution_ev": "cluster"},
+}
+
+
+def refitted_bandgap(folder, model: str):
+    """The chain's band-gap step again on the same subtracted signal with another onset model
+    (MODELS): "channel", the onset averaged over each channel; "resolution", that onset
+    convolved with a Gaussian of each cluster's measured ZLP FWHM (engine/kernels/bandgap.py)."""
     lake = Lake(str(folder / "lake"))
     plan = compile_recipe(folder / "chain.yaml", lake)
     inputs = [plan.step(name).dataset for name in ("inelastic", "clusters", "windows")]
-    params = eels_bandgap.BandgapParams(window_ev=WINDOW, exponent=None)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(eels_bandgap, "fit_kernel", functools.partial(fit_bandgap, sampling="channel"))
-        return eels_bandgap.fit_bandgap(params, *inputs).load()
+    params = eels_bandgap.BandgapParams(window_ev=WINDOW, exponent=None, **MODELS[model])
+    return eels_bandgap.fit_bandgap(params, *inputs).load()
 
 
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory):
-    """Per sampling ("point": the chain as run; "channel": its band-gap step refitted), the
-    pulls and offsets of three images pooled."""
-    out = {"point": [], "channel": []}
-    for seed in (5, 6, 7):
+    """Per onset model ("point": the chain as run; "channel", "resolution": its band-gap step
+    refitted), the pulls, offsets and exponents of three images pooled."""
+    out = {"point": [], **{model: [] for model in MODELS}}
+    for seed in SEEDS:
         folder = tmp_path_factory.mktemp(f"seed{seed}")
         image, bandgap, _ = run_chain(folder, seed)
         out["point"].append(direct_gap_pulls(image, bandgap))
-        out["channel"].append(direct_gap_pulls(image, channel_sampled_bandgap(folder), "channel"))
-    return {k: tuple(np.concatenate(part) for part in zip(*v)) for k, v in out.items()}
+        for model in MODELS:
+            out[model].append(direct_gap_pulls(image, refitted_bandgap(folder, model), model))
+    pooled = {k: tuple(np.concatenate(part) for part in zip(*v)) for k, v in out.items()}
+    print(f"\nseeds {list(SEEDS)}, direct gaps: model, pixels, coverage, RMS pull, median pull,")
+    print("std of chain - ideal (eV), median b")
+    for model, (pulls, offset, exponent) in pooled.items():
+        print(
+            f"{model:10s} {pulls.size:4d} {np.mean(np.abs(pulls) < 1):.3f} {np.sqrt(np.mean(pulls**2)):.3f} "
+            f"{np.median(pulls):+.3f} {np.std(offset):.4f} {np.median(exponent):.3f}"
+        )
+    return pooled
 
 
 @pytest.fixture(scope="module")
@@ -189,14 +221,27 @@ def test_e_bg_error_rms_pull_is_calibrated(pooled_pulls):
 
 
 @pytest.mark.slow
-def test_channel_sampling_halves_the_scatter_about_the_ideal_fit(pooled):
-    """The channel-averaged model (smooth in E_BG) against the point-sampled one, each chain
-    compared with the ideal fit of its own model: the onsets no longer stick at channel centres,
-    so they scatter about half as much (measured std 0.0125 vs 0.0224 eV, ratio 0.56; median
-    |offset| 0.0093 vs 0.0111 eV)."""
-    point, channel = pooled["point"][1], pooled["channel"][1]
-    assert np.std(channel) < 0.75 * np.std(point)
-    assert np.median(np.abs(channel)) < np.median(np.abs(point))
+@pytest.mark.parametrize("model", list(MODELS))
+def test_smooth_onset_models_halve_the_scatter_about_the_ideal_fit(pooled, model):
+    """The channel-averaged model (smooth in E_BG), and that model convolved with each cluster's
+    resolution, against the point-sampled one, each chain compared with the ideal fit of its own
+    model: the onsets no longer stick at channel centres, so they scatter about half as much
+    (measured, seeds 5-7: channel std 0.0125 vs 0.0224 eV, ratio 0.56, median |offset| 0.0093 vs
+    0.0111 eV; seeds 5-10: point 0.0220, channel 0.0122, resolution 0.0118 eV)."""
+    point, smooth = pooled["point"][1], pooled[model][1]
+    assert np.std(smooth) < 0.75 * np.std(point)
+    assert np.median(np.abs(smooth)) < np.median(np.abs(point))
+
+
+@pytest.mark.slow
+def test_the_resolution_does_not_make_direct_gap_fits_physical(pooled):
+    """With the onset convolved with each cluster's measured ZLP width (resolution_ev: cluster,
+    FWHM 0.053-0.067 eV on these images) the direct gaps' free b stays near a step (measured,
+    seeds 5-10: median 0.21; point 0.23, channel 0.24): the generator's onset x^0.5 e^(-x / 2 eV)
+    decays across the 0.5-3 eV window (tests/kernels/test_bandgap_resolution.py), which no
+    resolution undoes."""
+    exponents = pooled["resolution"][2]
+    assert 0.1 < np.median(exponents) < 0.35
 
 
 @pytest.mark.slow
@@ -213,5 +258,22 @@ def test_channel_sampling_halves_the_scatter_about_the_ideal_fit(pooled):
 )
 def test_channel_sampling_e_bg_error_is_calibrated(pooled):
     pulls = pooled["channel"][0]
+    assert abs(np.mean(np.abs(pulls) < 1) - 0.68) <= 0.07
+    assert 0.8 <= np.sqrt(np.mean(pulls**2)) <= 1.2
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "resolution (channel-averaged onset convolved with each cluster's measured ZLP FWHM): e_bg_error "
+        "too narrow, |pull| < 1 for 0.457, RMS pull 1.71, |pull| 90% quantile 2.75, max 6.9 (seeds 5-10 "
+        "pooled, 842 pixels). Smooth like channel sampling, so the band spread and dE_I systematic vanish "
+        "and e_bg_error is the fit's own HC3 error, which on these near-step fits (median b 0.21) is "
+        "0.8x the scatter even with the generator's exact ZLP as kernel (engine/kernels/bandgap.py)"
+    ),
+)
+def test_resolution_e_bg_error_is_calibrated(pooled):
+    pulls = pooled["resolution"][0]
     assert abs(np.mean(np.abs(pulls) < 1) - 0.68) <= 0.07
     assert 0.8 <= np.sqrt(np.mean(pulls**2)) <= 1.2
