@@ -17,6 +17,7 @@ from scipy.integrate import quad
 from engine.bounds import Params
 from engine.errors import OpError
 from engine.kernels.optim import OptimiserConfig
+from engine.kernels.pdf_basis import fit_rotation
 from engine.kernels.pdf_fit import (
     PdfFitConfig,
     PdfLoss,
@@ -97,6 +98,81 @@ def _problem(replicas: int, seed: int, evolved: bool = False):
     return fk, grid, pseudo, mask, np.diag(sigma**2), truth
 
 
+# A model linear in its parameters that spans the Les Houches toy's own shapes: x^a (1 - x)^b for
+# Sigma and T3 (valence and sea powers) and for the gluon (around x^-0.1 (1 - x)^5)
+LINEAR_QUARK_SHAPES = ((0.8, 3), (0.8, 4), (0.8, 5), (-0.1, 5), (-0.1, 6), (-0.1, 7), (-0.1, 8))
+LINEAR_GLUON_SHAPES = ((-0.1, 4), (-0.1, 5), (-0.1, 6), (0.3, 5), (-0.3, 5))
+
+
+def _linear_design(x: np.ndarray) -> np.ndarray:
+    """(len(x), FLAVOURS, parameters): x f of the linear model per unit coefficient, through the
+    fit's rotation of (Sigma, T3, g) with its assumptions (no strange sea, q = qbar)."""
+    rotation = fit_rotation(FITTED)
+    columns = []
+    for b, shapes in enumerate((LINEAR_QUARK_SHAPES, LINEAR_QUARK_SHAPES, LINEAR_GLUON_SHAPES)):
+        for a, power in shapes:
+            columns.append(rotation[None, :, b] * (x**a * (1 - x) ** power)[:, None])
+    return np.stack(columns, -1)
+
+
+def linear_closure(truth_xf, seed: int = 0):
+    """The evolved toy's closure for the linear model, exactly: constrained least squares on the
+    training points of `_problem`'s split, int x (Sigma + g) = 1 as a linear constraint (the sum
+    rule pdf.fit imposes). The estimator is affine in the data, theta = K d + c, so the replica
+    method's band is the analytic one, F K C K^T F^T, and the replica mean's error splits exactly
+    into the data's fluctuation (covered by that band) and the bias F theta(truth) - truth (not).
+    Returns (F2 bias, F2 band std, int x g of the fit to the exact truth, int x g of the truth)."""
+    fk, grid, _, mask, cov, _ = _problem(1, seed, evolved=True)
+    mask = mask[0]
+    truth = np.einsum("nxf,xf->n", fk, truth_xf(grid))
+    design = np.einsum("nxf,xfp->np", fk, _linear_design(grid))
+    nodes, weights = sum_rule_quadrature()
+    on_rule = _linear_design(nodes)
+    momentum = np.einsum("xfp,x->p", on_rule, weights)
+    trained, inverse = design[mask], np.diag(1 / np.diag(cov)[mask])
+    p = design.shape[1]
+    kkt = np.zeros((p + 1, p + 1))
+    kkt[:p, :p], kkt[:p, p], kkt[p, :p] = trained.T @ inverse @ trained, momentum, momentum
+    solve = np.linalg.pinv(kkt, rcond=1e-13)
+    gain, offset = solve[:p, :p] @ trained.T @ inverse, solve[:p, p]
+    fitted = gain @ truth[mask] + offset
+    band = design @ gain @ cov[np.ix_(mask, mask)] @ gain.T @ design.T
+    gluon = lambda xf: xf[:, GLUON] @ weights  # noqa: E731
+    return design @ fitted - truth, np.sqrt(np.diag(band)), gluon(on_rule @ fitted), gluon(truth_xf(nodes))
+
+
+def strangeless_toy(x: np.ndarray) -> np.ndarray:
+    """The Les Houches toy with s = sbar = 0 and their momentum given to the gluon (sum rule kept):
+    a truth that obeys the fit's no-strange-sea assumption."""
+    xf = les_houches_toy(x)
+    nodes, weights = sum_rule_quadrature()
+    toy = les_houches_toy(nodes)
+    strange = [FLAVOURS.index(-3), FLAVOURS.index(3)]
+    xf[:, GLUON] *= 1 + toy[:, strange].sum(1) @ weights / (toy[:, GLUON] @ weights)
+    xf[:, strange] = 0.0
+    return xf
+
+
+def test_the_gluon_momentum_excess_is_the_strange_sea_the_fit_assumes_away():
+    """Why the fitted int x g lands ~5% high on the toy: the fit sets s + sbar = 0 (T8 = Sigma), so
+    p and d F2 fix Sigma' = u+ + d+ + 0.4 s+ (F2d = 5/18 (u+ + d+) + 1/9 s+), 0.6 int x s+ = 0.0164
+    below the toy's Sigma, and the sum rule hands that to the gluon: +4.5% of the toy's 0.365.
+    A linear model spanning the toy's shapes, fitted to the exact truth with the same sum rule,
+    shows it exactly, and shows that F2 itself stays unbiased (the gluon's shape takes the excess
+    where the data do not see it: max bias 0.14 of the F2 band, measured), so the assumption is
+    not what made the NN's F2 band too narrow. A truth without strange sea: no excess, no bias."""
+    nodes, weights = sum_rule_quadrature()
+    toy = les_houches_toy(nodes)
+    strange_momentum = toy[:, [FLAVOURS.index(-3), FLAVOURS.index(3)]].sum(1) @ weights
+    bias, band, fitted, truth = linear_closure(les_houches_toy)
+    assert truth == pytest.approx(toy_gluon_momentum(), rel=1e-6)
+    assert fitted - truth == pytest.approx(0.6 * strange_momentum, rel=0.05)  # measured 0.0169 vs 0.0164
+    assert np.max(np.abs(bias) / band) < 0.3
+    bias, band, fitted, truth = linear_closure(strangeless_toy)
+    assert fitted == pytest.approx(truth, rel=1e-6)
+    assert np.max(np.abs(bias) / band) < 1e-3  # 2e-4: the rounding of an ill-conditioned solve
+
+
 def toy_gluon_momentum() -> float:
     """int x g dx of the Les Houches toy: 1.7 B(0.9, 6)."""
     return 1.7 * gluon_shape_integral()
@@ -172,7 +248,14 @@ def test_lo_tables_keep_the_fit_without_sum_rule_nodes_and_refuse_a_fitted_gluon
 
 
 def bands_and_gluon(
-    seeds, replicas: int, epochs: int, basis=FITTED, evolved=True, lr: float = 3e-3, preprocessing="shared"
+    seeds,
+    replicas: int,
+    epochs: int,
+    basis=FITTED,
+    evolved=True,
+    lr: float = 3e-3,
+    preprocessing="shared",
+    patience: int | None = 200,
 ):
     """Per seed (level-1 data, replicas and initialisation): the kept replicas' F2 band at the
     data points and their gluon band at the grid's x in GLUON_CONSTRAINED, against the truth, and
@@ -180,8 +263,9 @@ def bands_and_gluon(
     method: one split and one draw of the quarks' preprocessing exponents for all replicas, the
     gluon's own per replica (kernels.pdf_basis.draw_preprocessing; README, PDF theory). With every
     exponent per replica (one split) the F2 band was ~1.7x too wide (RMS pull 0.66 for a
-    calibrated 1.107 at 16 replicas, 8 seeds): the spread then carries the scatter between fits
-    with different exponents, which the replica mean averages away."""
+    calibrated 1.107 at 16 replicas, 8 seeds, 4000 epochs with a 200-epoch patience): the spread
+    then carries the scatter between fits with different exponents, which the replica mean
+    averages away."""
     bands, gluon_bands, momentum = [], [], []
     grid = x_grid()
     low_x, high_x = GLUON_CONSTRAINED
@@ -194,7 +278,7 @@ def bands_and_gluon(
             epochs=epochs,
             seed=seed,
             preprocessing=preprocessing,
-            stopping=StoppingConfig(threshold=5.0, patience=200),
+            stopping=StoppingConfig(threshold=5.0, patience=patience),
             optimiser=OptimiserConfig(name="adam", lr=lr),
         )
         result, penalty = fit_pdf(fk, grid, pseudo, mask, cov, config)
@@ -230,8 +314,8 @@ def test_a_fitted_gluon_follows_the_known_truth_where_the_data_constrain_it():
     these seeds (its A_g 5% high at every x, nothing to follow the data with), and one exponent
     draw for the gluon too 2.3, so the gluon bound (0.6, 3.5) catches both and a band ~2x too
     wide; the 10% calibration is the slow tests'. int x g is 1 - int x Sigma whatever the gluon's
-    form: 5% high with either gluon (1.054 with the fixed shape on these seeds), since Sigma is
-    extrapolated below the data's x = 0.01."""
+    form: 5% high with either gluon (1.054 with the fixed shape on these seeds), since the fit's
+    Sigma lacks 0.6 of the toy's strange momentum (test_the_gluon_momentum_excess_is_...)."""
     bands, gluon_bands, momentum = bands_and_gluon(range(3), replicas=8, epochs=1000, lr=0.01)
     assert abs(_rms(bands) - expected_for_calibrated(8)[1]) < 0.5, _rms(bands)
     assert 0.6 < _rms(gluon_bands) < 3.5, _rms(gluon_bands)
@@ -242,19 +326,23 @@ def test_a_fitted_gluon_follows_the_known_truth_where_the_data_constrain_it():
 
 @lru_cache(maxsize=1)
 def _eight_seed_closure():
-    """The slow closure, run once for both slow tests: 8 seeds, 16 replicas, 4000 epochs on the
-    evolved toy (the previous calibrated test's seeds and sizes), ~330-650 s on 2 busy cores."""
-    return bands_and_gluon(range(8), replicas=16, epochs=4000)
+    """The slow closure, run once for both slow tests: 8 seeds, 16 replicas on the evolved toy,
+    8000 epochs with NNPDF's patience (10% of the epochs, StoppingConfig's default), so that the
+    replicas reach their validation minimum (test_the_f2_band_is_calibrated_pooled_over_eight_seeds
+    says why 4000 epochs with a 200-epoch patience did not); 629-716 s on 2 busy cores (load 13-17)."""
+    return bands_and_gluon(range(8), replicas=16, epochs=8000, patience=None)
 
 
 @pytest.mark.slow
 def test_the_gluon_band_is_calibrated_pooled_over_eight_seeds():
-    """The gluon at the grid's 18 x in [0.01, 0.3] (144 points in all): measured coverage 0.667
-    +- 0.087 and RMS pull 1.010 +- 0.174 where a calibrated 16-replica ensemble gives 0.607 and
-    1.107. One draw of the gluon's exponents for all replicas gave 1.63 +- 0.25 (too narrow:
-    the functional form is part of its error, kernels.pdf_basis.draw_preprocessing); every
-    exponent per replica 0.93 +- 0.12. The tolerances are the smallest that 8 seeds resolve at 144
-    points (two standard errors: 0.17 and 0.35); int x g measured 1.047 of the truth's."""
+    """The gluon at the grid's 18 x in [0.01, 0.3] (144 points in all): measured coverage 0.604
+    +- 0.064 and RMS pull 1.056 +- 0.147 where a calibrated 16-replica ensemble gives 0.607 and
+    1.107 (0.667 +- 0.087 and 1.010 +- 0.174 at 4000 epochs, patience 200). There, one draw of
+    the gluon's exponents for all replicas gave 1.63 +- 0.25 (too narrow: the functional form is
+    part of its error, kernels.pdf_basis.draw_preprocessing); every exponent per replica 0.93 +-
+    0.12. The tolerances are the smallest that 8 seeds resolve at 144 points (two standard
+    errors: 0.17 and 0.35); int x g measured 1.048 of the truth's (the strange sea the fit sets
+    to zero: test_the_gluon_momentum_excess_is_the_strange_sea_the_fit_assumes_away)."""
     _, gluon_bands, momentum = _eight_seed_closure()
     result = pooled(gluon_bands)
     print("gluon", result, "int x g / truth", np.median(momentum) / toy_gluon_momentum())
@@ -263,22 +351,35 @@ def test_the_gluon_band_is_calibrated_pooled_over_eight_seeds():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open: on the evolved toy the F2 band is ~1.2x too narrow (RMS pull 1.347 +- 0.159, "
-    "coverage 0.536 +- 0.048 for a calibrated 1.107 and 0.607); 1.41 with the gluon's exponents "
-    "shared too, 0.66 (too wide) with every exponent per replica; data to x = 0.002 leave it at "
-    "1.38, so it is not the small-x extrapolation (README, PDF theory)",
-    strict=False,
-)
 def test_the_f2_band_is_calibrated_pooled_over_eight_seeds():
-    """F2 at the 180 points of each seed, same fits as the gluon's. The previous toy (a gluon
-    column proportional to the u column, fixed-shape gluon) was calibrated at these settings:
-    coverage 0.581 +- 0.050, RMS pull 1.097 +- 0.064. The coverage bound is the LO closure's at
-    20 seeds (tests/ops/test_pdf_fit.py): 8 seeds resolve it only to +-0.05."""
+    """F2 at the 180 points of each seed, same fits as the gluon's; measured coverage 0.656 +-
+    0.035, RMS pull 0.963 +- 0.056 (calibrated 0.607, 1.107), band width 1.036 of the linear fit's.
+
+    Why it was ~1.2x too narrow (RMS pull 1.347 +- 0.159 at 4000 epochs, patience 200): the
+    replicas stopped before their validation minimum, and an unconverged fit's error is shared by
+    every replica (one split, one draw of the quark exponents), so the band does not carry it. The
+    band itself was right: its median width, 0.65% of F2, is the exact linear fit's
+    (`linear_closure`, 0.649%), and the excess pulls sat at x ~ 0.02-0.1. The validation chi2
+    rises for a while at epochs ~500-700 while the training chi2 falls; a 200-epoch patience froze
+    15 of seed 0's 16 replicas there (median best epoch 510, chi2(mean, truth)/n 0.57 against
+    0.15 when trained on), and with no early stop half the replicas still improved at epoch 4000.
+    The seeds whose one draw put alpha_T3 near -0.5 (x T3 ~ x^1.5; the truth's ~ x^0.8), 2, 5 and
+    6, had RMS pulls 1.4-2.0 at 4000 epochs: the networks had not yet undone the exponents. Same
+    seeds, mean +- std bands (diagnostic, not this test's quantiles): patience 10% at 4000 epochs
+    1.27 +- 0.17, no early stop at 4000 1.19 +- 0.11, 8000 epochs with 10% patience 0.96 +- 0.06
+    (seed 5: 2.03 -> 1.04). Not the cause: positivity (off, seed 5 scores 1.97 against 1.66 on), the strange
+    sea the fit sets to zero (the linear fit's F2 stays unbiased, test above). The coverage
+    bound is the LO closure's at 20 seeds (tests/ops/test_pdf_fit.py): 8 seeds resolve it only to
+    +-0.05. The previous toy (a gluon column proportional to the u column) was calibrated at 4000
+    epochs: coverage 0.581 +- 0.050, RMS pull 1.097 +- 0.064."""
     bands, _, _ = _eight_seed_closure()
     result = pooled(bands)
-    print("F2", result)
+    # the replica band against the exact linear fit's analytic band on the same split and errors
+    width = np.median(np.concatenate([b.std for b in bands]))
+    linear = np.median(np.concatenate([linear_closure(les_houches_toy, seed)[1] for seed in range(8)]))
+    print("F2", result, "band width / linear fit's", width / linear)
     assert_calibrated(result, coverage_tolerance=0.15)
+    assert 0.8 < width / linear < 1.25, width / linear
 
 
 def _theory(fk, grid, attrs):
