@@ -33,13 +33,16 @@ class Axis:
     def index(self, values: np.ndarray) -> np.ndarray:
         """Bin of each value, -1 outside [first edge, last edge) and for NaN."""
         values = np.asarray(values, dtype=np.float64)
-        if self.regular:
+        if self.regular:  # in place: two float and two boolean buffers instead of eight
             start, stop = self.edges[0], self.edges[-1]
             with np.errstate(invalid="ignore"):
-                scaled = (values - start) * (self.bins / (stop - start))
-                inside = (values >= start) & (values < stop)
-            found = np.where(inside, scaled, -1).astype(np.int64)
-            return np.minimum(found, self.bins - 1)  # rounding at the top edge
+                scaled = np.subtract(values, start)
+                scaled *= self.bins / (stop - start)
+                outside = np.less(values, start)
+                outside |= ~(values < stop)  # NaN too
+            np.putmask(scaled, outside, -1.0)
+            found = scaled.astype(np.int64)
+            return np.minimum(found, self.bins - 1, out=found)  # rounding at the top edge
         found = np.searchsorted(self.edges, values, side="right") - 1
         found[~(found < self.bins) | np.isnan(values)] = -1
         return found
@@ -50,8 +53,12 @@ def flat_size(axes: list[Axis]) -> int:
     return 2 * int(np.prod([a.bins for a in axes])) + 2
 
 
-def fill(axes: list[Axis], values: list[np.ndarray], weights: np.ndarray | None = None,
-         mask: np.ndarray | None = None) -> np.ndarray:
+def fill(
+    axes: list[Axis],
+    values: list[np.ndarray],
+    weights: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
     """One chunk's fill vector (see the module docstring) for events where `mask` is true."""
     shape = tuple(a.bins for a in axes)
     size = int(np.prod(shape))
@@ -73,5 +80,9 @@ def unpack(vector: np.ndarray, axes: list[Axis]) -> tuple[np.ndarray, np.ndarray
     """(sum of weights, sum of squared weights, events considered, events in range)."""
     shape = tuple(a.bins for a in axes)
     size = int(np.prod(shape))
-    return (vector[:size].reshape(shape), vector[size:2 * size].reshape(shape),
-            int(vector[-2]), int(vector[-1]))
+    return (
+        vector[:size].reshape(shape),
+        vector[size : 2 * size].reshape(shape),
+        int(vector[-2]),
+        int(vector[-1]),
+    )

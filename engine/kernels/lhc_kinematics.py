@@ -8,6 +8,15 @@ numpy does on flat buffers at memory speed. Everything is computed in float64: E
 40 GeV muon cancels to 1e-5 of its terms, which float32 would turn into noise. The mass of a
 vector with E^2 < p^2 (resolution) is -sqrt(p^2 - E^2), the ROOT TLorentzVector convention, so
 such events stay visible.
+
+The arithmetic is written for memory traffic, which is what it costs: pt is sqrt(px^2 + py^2)
+(ROOT's TVector3::Perp; np.hypot, which guards against overflow above 1e154 GeV, costs about 7x
+as much), and masses are squared and summed in place in one or two buffers, in the order
+E^2 - ((px^2 + py^2) + pz^2), so they are bit for bit the plain numpy expression's. Leading
+and subleading objects are picked without branches (`Swap`). Measured on 10^6 real dimuon
+events (one core of a shared 2-core machine): the seven columns the shipped lhc_dimuon recipe
+reads went from 75 to 28 ns an event (np.hypot 17 ns an element against 2.4 for the square root
+of squares; np.where on a per-event swap 3.6 ns against 1.1 for selecting bits).
 """
 
 from __future__ import annotations
@@ -34,18 +43,85 @@ def to_cartesian(pt, eta, phi, mass) -> dict:
 def to_polar(px, py, pz, E) -> dict:
     """(pt, eta, phi, mass) of vectors given by their components; eta of pt = 0 is +-inf."""
     px, py, pz, E = (_f64(v) for v in (px, py, pz, E))
-    pt = np.hypot(px, py)
+    pt = transverse(px, py)
+    return {
+        "pt": pt,
+        "eta": pseudorapidity(pz, pt),
+        "phi": np.arctan2(py, px),
+        "mass": signed_mass(E, px, py, pz),
+    }
+
+
+def transverse(px, py) -> np.ndarray:
+    """sqrt(px^2 + py^2) in float64: one new array and one scratch buffer."""
+    pt = _square(px)
+    scratch = _square(py)
+    pt += scratch
+    return np.sqrt(pt, out=pt)
+
+
+def pseudorapidity(pz, pt) -> np.ndarray:
+    """arcsinh(pz / pt), computed in one new array; +-inf where pt = 0."""
+    eta = np.empty(np.broadcast_shapes(np.shape(pz), np.shape(pt)))
     with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.arcsinh(pz / pt)
-    return {"pt": pt, "eta": eta, "phi": np.arctan2(py, px), "mass": signed_mass(E, px, py, pz)}
+        np.divide(pz, pt, out=eta, dtype=np.float64)
+    return np.arcsinh(eta, out=eta)
 
 
-def signed_mass(E, px, py, pz):
-    m2 = E**2 - (px**2 + py**2 + pz**2)
-    if isinstance(m2, np.ndarray) and m2.ndim:  # the same numbers in three passes instead of four
-        mass = np.sqrt(np.abs(m2))
-        return np.copysign(mass, m2, out=mass)
-    return np.sign(m2) * np.sqrt(np.abs(m2))
+def signed_mass(E, px, py, pz) -> np.ndarray:
+    """sqrt(E^2 - p^2), negative where E^2 < p^2 (see the module docstring)."""
+    p2 = _square(px)
+    scratch = _square(py)
+    p2 += scratch
+    np.multiply(pz, pz, out=scratch, dtype=np.float64)
+    p2 += scratch
+    np.multiply(E, E, out=scratch, dtype=np.float64)
+    scratch -= p2
+    return _signed_root(scratch, out=p2)
+
+
+def pair_sum_mass(first: dict, second: dict) -> np.ndarray:
+    """signed_mass of the sum of two objects' four-vectors, the sums squared in place (two new
+    arrays in all instead of eleven)."""
+    p2 = _sum(first["px"], second["px"])
+    p2 *= p2
+    scratch = _sum(first["py"], second["py"])
+    scratch *= scratch
+    p2 += scratch
+    np.add(first["pz"], second["pz"], out=scratch, dtype=np.float64)
+    scratch *= scratch
+    p2 += scratch
+    np.add(first["E"], second["E"], out=scratch, dtype=np.float64)
+    scratch *= scratch
+    scratch -= p2
+    return _signed_root(scratch, out=p2)
+
+
+def pair_sum_pt(first: dict, second: dict) -> np.ndarray:
+    """The transverse momentum of the sum of two objects' four-vectors."""
+    pt = _sum(first["px"], second["px"])
+    pt *= pt
+    scratch = _sum(first["py"], second["py"])
+    scratch *= scratch
+    pt += scratch
+    return np.sqrt(pt, out=pt)
+
+
+def _square(values) -> np.ndarray:
+    out = np.empty(np.shape(values))
+    return np.multiply(values, values, out=out, dtype=np.float64)
+
+
+def _sum(a, b) -> np.ndarray:
+    out = np.empty(np.broadcast_shapes(np.shape(a), np.shape(b)))
+    return np.add(a, b, out=out, dtype=np.float64)
+
+
+def _signed_root(m2: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """copysign(sqrt(|m2|), m2) into `out` (a buffer of m2's shape that may be overwritten)."""
+    np.abs(m2, out=out)
+    np.sqrt(out, out=out)
+    return np.copysign(out, m2, out=out)
 
 
 class Leading:
@@ -54,10 +130,18 @@ class Leading:
     `gather(field, i)` gives field of every event's i-th object by pt (NaN where there is none).
     A column (`1_pt`, `12_mass`, ...) is computed from the few gathered fields it needs, so an
     analysis that reads three of the columns pays for three; gathered fields are kept for the
-    next column. `pair(component)` gives the two leading objects' sum of a component.
+    next column. `pair`, where given, holds the two objects whose sum the `12_` columns are
+    (any order: a sum does not depend on it), sparing the gathers.
     """
 
-    def __init__(self, gather, sizes: np.ndarray, count: int, extras: tuple[str, ...], pair=None):
+    def __init__(
+        self,
+        gather,
+        sizes: np.ndarray,
+        count: int,
+        extras: tuple[str, ...],
+        pair: tuple[dict, dict] | None = None,
+    ):
         self._gather, self.sizes, self.count, self.extras = gather, sizes, count, extras
         self._pair = pair
         self._cache: dict[tuple[str, int], np.ndarray] = {}
@@ -71,59 +155,82 @@ class Leading:
             self._cache[field, i] = self._gather(field, i)
         return self._cache[field, i]
 
-    def pair(self, component: str) -> np.ndarray:
+    def pair(self, components: tuple[str, ...]) -> tuple[dict, dict]:
         if self._pair is not None:
-            return self._pair(component)
-        return self.slot(component, 0) + self.slot(component, 1)
+            return self._pair
+        return tuple({c: self.slot(c, i) for c in components} for i in (0, 1))
 
     def column(self, key: str) -> np.ndarray:
         if key not in self.keys():
             raise KeyError(f"expected one of {', '.join(self.keys())}, found {key!r}")
         if key == "count":
             return np.asarray(self.sizes, np.int64)
-        if key.startswith("12_"):
-            px, py = self.pair("px"), self.pair("py")
-            if key == "12_pt":
-                return np.hypot(px, py)
-            return signed_mass(self.pair("E"), px, py, self.pair("pz"))
+        if key == "12_pt":
+            return pair_sum_pt(*self.pair(("px", "py")))
+        if key == "12_mass":
+            return pair_sum_mass(*self.pair(CARTESIAN))
         index, name = key.split("_", 1)
         i = int(index) - 1
         if name in self.extras:
-            return self.slot(name, i)
+            return _f64(self.slot(name, i))
         if name == "pt":
             return self.slot(PT, i)
         if name == "eta":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return np.arcsinh(self.slot("pz", i) / self.slot(PT, i))
+            return pseudorapidity(self.slot("pz", i), self.slot(PT, i))
         px, py = self.slot("px", i), self.slot("py", i)
         if name == "phi":
-            return np.arctan2(py, px)
+            return np.arctan2(py, px, dtype=np.float64)
         return signed_mass(self.slot("E", i), px, py, self.slot("pz", i))
 
     def columns(self) -> dict[str, np.ndarray]:
         return {key: self.column(key) for key in self.keys()}
 
 
+class Swap:
+    """`where(swap, second, first)` without branches: np.where on a condition that flips at
+    random per event mispredicts half its branches (3.5 ns an element against 0.3 for an add);
+    selecting bits, first ^ ((first ^ second) & mask), gives the same values, NaN included."""
+
+    def __init__(self, swap: np.ndarray):
+        self.swap = np.asarray(swap, bool)
+        self._masks: dict[int, np.ndarray] = {}
+
+    def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        if first.dtype != second.dtype or first.dtype.kind not in "biuf" or first.shape != self.swap.shape:
+            return np.where(self.swap, second, first)
+        bits = np.dtype(f"u{first.dtype.itemsize}")
+        low = np.ascontiguousarray(first).view(bits)
+        out = np.bitwise_xor(low, np.ascontiguousarray(second).view(bits))
+        out &= self._mask(bits)
+        out ^= low
+        return out.view(first.dtype)
+
+    def _mask(self, bits: np.dtype) -> np.ndarray:
+        if bits.itemsize not in self._masks:  # all ones where swapped, zeros elsewhere
+            self._masks[bits.itemsize] = np.negative(self.swap.astype(bits))
+        return self._masks[bits.itemsize]
+
+
 def leading_regular(
     objects: list[dict[str, np.ndarray]], count: int, extras: tuple[str, ...] = ()
 ) -> Leading:
     """The leading objects of a fixed number of objects per event, each given by one array per
-    field over the events (muon 1 and muon 2 in flat columns): no lists, no sort for two."""
-    objects = [{**o, PT: np.hypot(_f64(o["px"]), _f64(o["py"]))} for o in objects]
+    field over the events (muon 1 and muon 2 in flat columns): no lists, no sort for two.
+    Gathered fields keep their stored dtype (a charge stays an integer until it is a column)."""
+    objects = [{**o, PT: transverse(o["px"], o["py"])} for o in objects]
     pts = [o[PT] for o in objects]
     events, k = len(pts[0]), len(objects)
     pair = None
     if k == 2:  # the dimuon case: one comparison per event (stable: ties keep the given order)
-        swap = pts[1] > pts[0]
+        pick = Swap(pts[1] > pts[0])
 
         def gather(field: str, i: int) -> np.ndarray:
             if i >= 2:
                 return np.full(events, np.nan)
-            first, second = (_f64(o[field]) for o in objects)
-            return np.where(swap, second, first) if i == 0 else np.where(swap, first, second)
+            first, second = (np.asarray(o[field]) for o in objects)
+            return pick(first, second) if i == 0 else pick(second, first)
 
-        def pair(component: str) -> np.ndarray:  # a sum does not depend on the order
-            return _f64(objects[0][component]) + _f64(objects[1][component])
+        pair = (objects[0], objects[1])
     else:
         order = np.argsort(-np.stack(pts, axis=1), axis=1, kind="stable")[:, :count]
         rows = np.arange(events)
@@ -145,7 +252,7 @@ def leading_jagged(
     events = len(offsets) - 1
     sizes = np.diff(offsets)
     start = offsets[0]
-    objects = {**objects, PT: np.hypot(_f64(objects["px"]), _f64(objects["py"]))}
+    objects = {**objects, PT: transverse(objects["px"], objects["py"])}
     pt = objects[PT][start : offsets[-1]]
     event = np.repeat(np.arange(events), sizes)
     order = np.lexsort((-pt, event))  # by event, then by descending pt; stable for equal pt

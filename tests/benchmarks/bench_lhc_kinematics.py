@@ -4,8 +4,13 @@ Real events: the 2304 CMS 2010 dimuon events of scikit-hep-testdata's uproot-Zmu
 repeated with a random azimuthal rotation of both muons (and, at random, z -> -z), which keeps
 every event's pt, |eta|, charges and pair mass, so the physics is the real sample's while the
 floats of every copy differ (a plain tiling would compress to nothing). They are written with
-uproot (the kinematic branches px, py, pz, E, Q of both muons, doubles and int32, LZ4 level 4
-and ZLIB level 1) and ingested once with `ingest root`.
+uproot (the kinematic branches px, py, pz, E, Q of both muons, doubles and int32) and ingested
+once with `ingest root`. Which file a user has decides the comparison, so each codec is a side:
+LZ4 level 4 (what one picks for fast reading; the hardest baseline), ZLIB level 1 (ROOT's
+default algorithm; the 2010 CMS source file uproot-Zmumu.root is ZLIB level 4) and, with
+`--codecs lz4,zlib,lzma`, LZMA level 9 (CMS NanoAOD: PhysicsTools/NanoAOD's event content sets
+LZMA 9; MiniAOD uses LZMA 4). Decoding speed hardly depends on the level. (E and |pz| repeat
+across copies, so the stores compress a little better than real data would.)
 
 - lake: recipes/lhc_dimuon.yaml as shipped (lhc.kinematics on flat objects -> lhc.select ->
   lhc.histogram), with its source pointed at the ingested entry, compiled inside the timer (a
@@ -16,16 +21,24 @@ and ZLIB level 1) and ingested once with `ingest root`.
 
 Both read only the columns they need from files in the page cache; every side gets one untimed
 warm-up and the same best-of-N, interleaved; wall and CPU seconds are reported (CPU seconds are
-what a shared machine inflates least). Ingest is a one-off cost, reported with the break-even
-count (analyses after which ingest has paid for itself). The histograms must agree exactly.
+what a shared machine inflates least), with each side's minor page faults (fresh memory from the
+kernel: glibc hands freed heap above M_TRIM_THRESHOLD back, and an analysis whose chunk needs
+more than that faults its buffers in again every chunk). Ingest is a one-off cost, run as a user
+runs it (`python -m engine ingest root`, in its own process, so that its heap does not flatter
+the timings that follow), reported with the break-even count (analyses after which ingest has
+paid for itself). The histograms must agree exactly. `--trim-mib` is a what-if: it sets glibc's
+M_TRIM_THRESHOLD in this process before timing (engine.memory sets 32 MiB), for both sides alike.
 
     python tests/benchmarks/bench_lhc_kinematics.py [--quick] [--events 10000000] [--repeats 3]
+        [--codecs lz4,zlib] [--trim-mib 512]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -112,6 +125,26 @@ def write_recipe(workdir: Path, entry: str, tag: str = "") -> Path:
     return path
 
 
+def ingest_cli(lake_dir: Path, path: Path, step: int) -> None:
+    """`replicalake ingest root` of one file into a new lake, in a process of its own."""
+    shutil.rmtree(lake_dir, ignore_errors=True)
+    command = [sys.executable, "-m", "engine", "ingest", "root", str(path), "bench_zmumu", "--tree", "events"]
+    command += ["--step-size", str(step), "--lake", str(lake_dir)]
+    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def counting_faults(func, faults: list[int]):
+    """func, appending the minor page faults of each call to `faults`."""
+
+    def call():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        value = func()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return value
+
+    return call
+
+
 def lake_analysis(recipe: Path, lake, scheduler: str) -> np.ndarray:
     """Compile the recipe and compute its histogram: what one analysis from the lake costs."""
     from engine.graph import compile_recipe
@@ -126,10 +159,12 @@ def run(
     step: int | None = None,
     repeats: int = 3,
     workdir: Path = WORKDIR,
+    codecs: tuple[str, ...] = ("lz4", "zlib"),
+    trim_mib: int | None = None,
 ) -> dict:
     import uproot
 
-    from engine.ingest.root_files import ingest_root_files
+    import engine.memory  # noqa: F401  (the runner's malloc settings, as `replicalake run` has them)
     from engine.storage import Lake
 
     events = events or (1_000_000 if quick else 10_000_000)
@@ -142,25 +177,30 @@ def run(
     )
     workdir.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, compression in {"lz4": uproot.LZ4(4), "zlib": uproot.ZLIB(1)}.items():
+    known = {"lz4": uproot.LZ4(4), "zlib": uproot.ZLIB(1), "lzma": uproot.LZMA(9)}
+    if "lz4" not in codecs or not set(codecs) <= set(known):
+        raise SystemExit(f"--codecs: expected lz4 and any of {', '.join(known)}, found {','.join(codecs)}")
+    for name, compression in {c: known[c] for c in codecs}.items():
         files[name] = workdir / f"zmumu_{events}_{name}.root"
         if not files[name].exists():
             write_root(files[name], events, compression)
         result[f"root_{name}_mib"] = round(files[name].stat().st_size / 2**20, 1)
     lake_dir = workdir / f"lake_{events}_{step}"  # one per size: a quick run beside a full one
     ingest = {}
-    for name, path in files.items():  # one-off cost, measured from each format
-        shutil.rmtree(lake_dir, ignore_errors=True)
-        lake = Lake(str(lake_dir))
-        ingest[name], _, _ = measure(
-            lambda p=path, to=lake: ingest_root_files(to, [p], "bench_zmumu", "events", step_size=step)
-        )
+    for name, path in files.items():  # one-off cost, measured from each format (CPU: children)
+        ingest[name] = measure(lambda p=path: ingest_cli(lake_dir, p, step))
+    lake = Lake(str(lake_dir))
     result["lake_mib"] = round(lake.size(lake.entry_path("raw", "bench_zmumu")) / 2**20, 1)
     recipe = write_recipe(workdir, "bench_zmumu", f"_{events}_{step}")
+    if trim_mib is not None:
+        result["malloc_trim_threshold_mib"] = trim_mib
+        if not _set_trim_threshold(trim_mib):
+            raise SystemExit("--trim-mib needs glibc")
     sides = {f"uproot_{name}": (lambda p=path: baseline(p, step)) for name, path in files.items()}
     sides["lake_1core"] = lambda: lake_analysis(recipe, lake, "synchronous")
     sides["lake_threads"] = lambda: lake_analysis(recipe, lake, "threads")
-    timings = compare(sides, repeats)
+    faults: dict[str, list[int]] = {name: [] for name in sides}
+    timings = compare({name: counting_faults(f, faults[name]) for name, f in sides.items()}, repeats)
     reference = timings["uproot_lz4"].value
     for name, timing in timings.items():
         if not np.array_equal(timing.value, reference):
@@ -170,15 +210,29 @@ def run(
         result[f"{name}_s"] = round(timing.wall, 4)
         result[f"{name}_cpu_s"] = round(timing.cpu, 4)
         result[f"{name}_mevents_per_s"] = round(events / timing.wall / 1e6, 2)
+        result[f"{name}_min_page_faults"] = min(faults[name][1:])  # timed calls, not the warm-up
     lake_s, lake_cpu = timings["lake_1core"].wall, timings["lake_1core"].cpu
     for name in files:
         base = timings[f"uproot_{name}"]
         result[f"speedup_vs_uproot_{name}"] = ratio(base.wall, lake_s)
         result[f"cpu_speedup_vs_uproot_{name}"] = ratio(base.cpu, lake_cpu)
-        result[f"ingest_from_{name}_s"] = round(ingest[name], 3)
-        gain = base.wall - lake_s  # analyses after which ingest + n lake runs cost less than n uproot runs
-        result[f"break_even_analyses_{name}"] = round(ingest[name] / gain, 1) if gain > 0 else None
+        result[f"ingest_from_{name}_s"] = round(ingest[name][0], 3)
+        result[f"ingest_from_{name}_cpu_s"] = round(ingest[name][1], 3)
+        # analyses after which ingest + n lake runs cost less than n uproot runs, in wall and CPU time
+        for unit, spent, gain in (
+            ("", ingest[name][0], base.wall - lake_s),
+            ("cpu_", ingest[name][1], base.cpu - lake_cpu),
+        ):
+            result[f"{unit}break_even_analyses_{name}"] = round(spent / gain, 1) if gain > 0 else None
     return finish(result)
+
+
+def _set_trim_threshold(mib: int) -> bool:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return bool(name) and bool(ctypes.CDLL(name).mallopt(-1, mib * 2**20))  # -1: M_TRIM_THRESHOLD
 
 
 def main() -> None:
@@ -190,8 +244,11 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=None, help="events per step / lake chunk")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     parser.add_argument("--workdir", type=Path, default=WORKDIR)
+    parser.add_argument("--codecs", default="lz4,zlib", help="ROOT files to compare: lz4,zlib,lzma")
+    parser.add_argument("--trim-mib", type=int, default=None, help="what-if: glibc M_TRIM_THRESHOLD")
     args = parser.parse_args()
-    show(run(args.quick, args.events, args.step, args.repeats, args.workdir))
+    codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
+    show(run(args.quick, args.events, args.step, args.repeats, args.workdir, codecs, args.trim_mib))
 
 
 if __name__ == "__main__":

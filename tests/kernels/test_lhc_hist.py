@@ -37,5 +37,19 @@ def test_chunk_fills_add_up_to_one_fill():
     values, weights = rng.exponential(3, 10_001), rng.uniform(0, 2, 10_001)
     axis = Axis.from_regular(40, 0, 20)
     whole = fill([axis], [values], weights)
-    parts = sum(fill([axis], [values[i:i + 999]], weights[i:i + 999]) for i in range(0, len(values), 999))
+    parts = sum(fill([axis], [values[i : i + 999]], weights[i : i + 999]) for i in range(0, len(values), 999))
     np.testing.assert_allclose(parts, whole, rtol=1e-12)
+
+
+def test_regular_index_handles_infinities_nan_and_the_edges():
+    axis = Axis.from_regular(60, 60.0, 120.0)
+    values = np.array(
+        [np.nan, np.inf, -np.inf, 59.999999999999, 60.0, 60.5, 119.99999999999999, 120.0, 1e300]
+    )
+    np.testing.assert_array_equal(axis.index(values), [-1, -1, -1, -1, 0, 0, 59, -1, -1])
+    for seed in range(3):  # one multiply per value gives numpy's bins away from the edges
+        values = np.random.default_rng(seed).uniform(50, 130, 10_000)
+        found = axis.index(values)
+        inside = (values >= 60) & (values < 120)
+        np.testing.assert_array_equal(found[~inside], -1)
+        np.testing.assert_array_equal(found[inside], np.floor(values[inside] - 60).astype(np.int64))

@@ -120,3 +120,53 @@ def test_jagged_and_regular_paths_match_a_plain_python_reference():
                         continue
                     np.testing.assert_allclose(columns[name], values, rtol=1e-12, atol=1e-9, err_msg=name)
                 np.testing.assert_array_equal(columns["count"], [len(e) for e in events])
+
+
+def test_branch_free_swap_equals_where_for_every_dtype_nan_included():
+    from engine.kernels.lhc_kinematics import Swap
+
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        swap = rng.random(1000) < 0.5
+        pick = Swap(swap)
+        floats = rng.normal(0, 30, (2, 1000))
+        floats[0, :50], floats[1, 50:60], floats[0, 60:70] = np.nan, np.inf, -0.0
+        cases = [
+            floats,
+            floats.astype(np.float32),
+            rng.integers(-1, 2, (2, 1000)).astype(np.int32),
+            rng.random((2, 1000)) < 0.5,
+        ]
+        for first, second in cases:
+            for a, b in ((first, second), (second, first)):
+                got, want = pick(a, b), np.where(swap, b, a)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+        # different dtypes fall back to np.where and its promotion
+        mixed = pick(cases[2][0], floats[1])
+        np.testing.assert_array_equal(mixed, np.where(swap, floats[1], cases[2][0]))
+
+
+def test_in_place_masses_are_bit_for_bit_the_plain_numpy_expression():
+    from engine.kernels.lhc_kinematics import pair_sum_mass, pair_sum_pt, transverse
+
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        a = {c: rng.normal(0, 40, 2000) for c in ("px", "py", "pz")}
+        b = {c: rng.normal(0, 40, 2000) for c in ("px", "py", "pz")}
+        for o in (a, b):  # masses near 0.1 GeV, and some below zero (E^2 < p^2)
+            o["E"] = np.sqrt(o["px"] ** 2 + o["py"] ** 2 + o["pz"] ** 2 + rng.normal(0.01, 0.02, 2000))
+        px, py, pz, energy = (a[c] + b[c] for c in ("px", "py", "pz", "E"))
+        m2 = energy**2 - (px**2 + py**2 + pz**2)
+        expected = np.sign(m2) * np.sqrt(np.abs(m2))
+        np.testing.assert_array_equal(pair_sum_mass(a, b), expected)
+        np.testing.assert_array_equal(signed_mass(energy, px, py, pz), expected)
+        np.testing.assert_array_equal(pair_sum_pt(a, b), np.sqrt(px**2 + py**2))
+        # sqrt(px^2 + py^2) against the overflow-safe hypot: the same to rounding
+        np.testing.assert_allclose(transverse(a["px"], a["py"]), np.hypot(a["px"], a["py"]), rtol=4e-16)
+        # float32 inputs are squared in float64, as the module promises
+        single = {c: v.astype(np.float32) for c, v in a.items()}
+        np.testing.assert_array_equal(
+            transverse(single["px"], single["py"]),
+            np.sqrt(single["px"].astype(np.float64) ** 2 + single["py"].astype(np.float64) ** 2),
+        )

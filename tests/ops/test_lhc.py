@@ -35,8 +35,10 @@ def hzz(lake):
 
 def _zmumu_recipe(write_recipe, name: str, steps: str, outputs: str):
     """A recipe over the lhc catalog's zmumu entry; `steps` are YAML lines (step 1 on line 5)."""
-    return write_recipe(f"version: 1\nname: {name}\nsources: {{events: {{catalog: lhc, entry: zmumu}}}}\n"
-                        f"steps:\n{steps}\noutputs: {outputs}\n")
+    return write_recipe(
+        f"version: 1\nname: {name}\nsources: {{events: {{catalog: lhc, entry: zmumu}}}}\n"
+        f"steps:\n{steps}\noutputs: {outputs}\n"
+    )
 
 
 def _truth(path: str, branches: list[str]):
@@ -55,8 +57,9 @@ def test_dimuon_recipe_finds_the_z_peak(zmumu):
     assert zmumu.fs.exists(summary.outputs[0].reports[0])
     # the same events and bins straight from ROOT with numpy (M is the file's own dimuon mass)
     t = _truth(testdata.data_path("uproot-Zmumu.root"), ["Q1", "Q2", "pt1", "pt2", "eta1", "eta2", "M"])
-    keep = ((t.Q1 * t.Q2 < 0) & (t.pt1 > 20) & (t.pt2 > 20)
-            & (abs(t.eta1) < 2.4) & (abs(t.eta2) < 2.4)).to_numpy()
+    keep = (
+        (t.Q1 * t.Q2 < 0) & (t.pt1 > 20) & (t.pt2 > 20) & (abs(t.eta1) < 2.4) & (abs(t.eta2) < 2.4)
+    ).to_numpy()
     expected, _ = np.histogram(t.M.to_numpy()[keep], np.linspace(60, 120, 61))
     assert int(histogram["selected_events"]) == keep.sum()
     assert np.abs(counts - expected).sum() <= 2  # the file's M is rounded; a bin edge may differ
@@ -85,14 +88,18 @@ def test_jagged_cuts_and_kinematics_match_awkward(hzz, write_recipe):
           mass: {plots: [{variable: counts, kind: hist}]}
     """)
     execute(compile_recipe(recipe, hzz), progress=False)
-    muons = _truth(testdata.data_path("uproot-HZZ.root"), ["Muon_Px", "Muon_Py", "Muon_Pz", "Muon_E",
-                                                           "Muon_Charge", "EventWeight"])
+    muons = _truth(
+        testdata.data_path("uproot-HZZ.root"),
+        ["Muon_Px", "Muon_Py", "Muon_Pz", "Muon_E", "Muon_Charge", "EventWeight"],
+    )
     mu = muons.Muon[ak.argsort(np.hypot(muons.Muon.Px, muons.Muon.Py), axis=1, ascending=False)]
     pt1 = ak.fill_none(ak.firsts(np.hypot(mu.Px, mu.Py)), 0).to_numpy()
     keep = ((ak.num(mu) >= 2) & (ak.sum(mu.Charge, axis=1) == 0)).to_numpy() & (pt1 > 20)
     two = ak.pad_none(mu, 2)
-    sums = {c: ak.to_numpy(ak.fill_none(two[c][:, 0] + two[c][:, 1], np.nan)).astype(np.float64)
-            for c in ("Px", "Py", "Pz", "E")}
+    sums = {
+        c: ak.to_numpy(ak.fill_none(two[c][:, 0] + two[c][:, 1], np.nan)).astype(np.float64)
+        for c in ("Px", "Py", "Pz", "E")
+    }
     mass = np.sqrt(sums["E"] ** 2 - sums["Px"] ** 2 - sums["Py"] ** 2 - sums["Pz"] ** 2)
     edges = [0, 40, 60, 80, 85, 90, 95, 100, 150]
     weights = muons.EventWeight.to_numpy().astype(np.float64)
@@ -109,10 +116,15 @@ def test_jagged_cuts_and_kinematics_match_awkward(hzz, write_recipe):
 
 
 def test_bad_cut_is_a_recipe_error_with_caret_and_line(zmumu, write_recipe):
-    recipe = _zmumu_recipe(write_recipe, "bad-cut", """  - id: cut
+    recipe = _zmumu_recipe(
+        write_recipe,
+        "bad-cut",
+        """  - id: cut
     params: {cut: "Q1 * Q2 < 0 and ptt1 > 20"}
     op: lhc.select
-    inputs: {events: events}""", "{cut: {}}")
+    inputs: {events: events}""",
+        "{cut: {}}",
+    )
     before = lake_files(zmumu)
     with pytest.raises(RecipeError) as info:
         compile_recipe(recipe, zmumu)
@@ -122,27 +134,40 @@ def test_bad_cut_is_a_recipe_error_with_caret_and_line(zmumu, write_recipe):
     assert lake_files(zmumu) == before
 
 
-@pytest.mark.parametrize("axis, message", [
-    ("{variable: M, bins: 0, start: 0, stop: 1}", "expected bins > 0"),
-    ("{variable: M, bins: 10, start: 5, stop: 5}", "expected start < stop"),
-    ("{variable: M, edges: [0, 2, 1]}", "expected strictly increasing edges"),
-    ("{variable: M, bins: 10, start: 0}", "needs 'bins', 'start' and 'stop'"),
-    ("{variable: 'pt1 + pt2', bins: 10, start: 0, stop: 1}", "needs a 'name'"),
-])
+@pytest.mark.parametrize(
+    "axis, message",
+    [
+        ("{variable: M, bins: 0, start: 0, stop: 1}", "expected bins > 0"),
+        ("{variable: M, bins: 10, start: 5, stop: 5}", "expected start < stop"),
+        ("{variable: M, edges: [0, 2, 1]}", "expected strictly increasing edges"),
+        ("{variable: M, bins: 10, start: 0}", "needs 'bins', 'start' and 'stop'"),
+        ("{variable: 'pt1 + pt2', bins: 10, start: 0, stop: 1}", "needs a 'name'"),
+    ],
+)
 def test_invalid_axes_are_refused_at_validate_time(zmumu, write_recipe, axis, message):
-    recipe = _zmumu_recipe(write_recipe, "bad-axes", f"""\
+    recipe = _zmumu_recipe(
+        write_recipe,
+        "bad-axes",
+        f"""\
   - {{id: h, op: lhc.histogram, inputs: {{events: events}},
-     params: {{axes: [{axis}]}}}}""", "{h: {}}")
+     params: {{axes: [{axis}]}}}}""",
+        "{h: {}}",
+    )
     with pytest.raises(RecipeError, match=message) as info:
         compile_recipe(recipe, zmumu)
     assert "params" in str(info.value) and "recipe.yaml:6" in str(info.value)
 
 
 def test_empty_selection_is_an_error_and_nothing_is_published(zmumu, write_recipe):
-    recipe = _zmumu_recipe(write_recipe, "empty", """\
+    recipe = _zmumu_recipe(
+        write_recipe,
+        "empty",
+        """\
   - {id: cut, op: lhc.select, inputs: {events: events}, params: {cut: "pt1 > 1e6"}}
   - {id: h, op: lhc.histogram, inputs: {events: cut},
-     params: {axes: [{variable: M, bins: 10, start: 0, stop: 100}]}}""", "{cut: {}, h: {}}")
+     params: {axes: [{variable: M, bins: 10, start: 0, stop: 100}]}}""",
+        "{cut: {}, h: {}}",
+    )
     plan = compile_recipe(recipe, zmumu)
     with pytest.raises(RunError, match=r"the selection \(pt1 > 1e6\) kept none of the 2304 events"):
         execute(plan, progress=False)
@@ -153,24 +178,38 @@ def test_per_object_histogram_fills_every_muon_of_selected_events(hzz):
     from engine.ops.lhc import HistogramParams, SelectParams, histogram, select
 
     events = select(SelectParams(cut="NMuon >= 1 and MET_px > 0"), hzz.open("raw", "hzz"))
-    params = HistogramParams(axes=[{"variable": "Muon_Px", "bins": 20, "start": -100, "stop": 100},
-                                   {"variable": "Muon_Charge", "edges": [-2, 0, 2]}],
-                             weight="EventWeight * 2")
+    params = HistogramParams(
+        axes=[
+            {"variable": "Muon_Px", "bins": 20, "start": -100, "stop": 100},
+            {"variable": "Muon_Charge", "edges": [-2, 0, 2]},
+        ],
+        weight="EventWeight * 2",
+    )
     result = histogram(params, events).compute()
-    t = _truth(testdata.data_path("uproot-HZZ.root"), ["Muon_Px", "Muon_Charge", "NMuon", "MET_px",
-                                                       "EventWeight"])
+    t = _truth(
+        testdata.data_path("uproot-HZZ.root"), ["Muon_Px", "Muon_Charge", "NMuon", "MET_px", "EventWeight"]
+    )
     keep = ((t.NMuon >= 1) & (t.MET_px > 0)).to_numpy()
     mu = t.Muon[keep]
     weights = ak.flatten(ak.broadcast_arrays(2.0 * t.EventWeight[keep], mu.Px)[0]).to_numpy()
-    expected, _, _ = np.histogram2d(ak.flatten(mu.Px).to_numpy(), ak.flatten(mu.Charge).to_numpy(),
-                                    [np.linspace(-100, 100, 21), [-2, 0, 2]], weights=weights)
+    expected, _, _ = np.histogram2d(
+        ak.flatten(mu.Px).to_numpy(),
+        ak.flatten(mu.Charge).to_numpy(),
+        [np.linspace(-100, 100, 21), [-2, 0, 2]],
+        weights=weights,
+    )
     np.testing.assert_allclose(result["counts"].values, expected, rtol=1e-5)
     assert int(result["selected_events"]) == keep.sum()
 
 
 def test_cut_syntax_is_checked_with_the_params_before_any_source_opens(lake, write_recipe):
-    recipe = _zmumu_recipe(write_recipe, "syntax", """\
-  - {id: cut, op: lhc.select, inputs: {events: events}, params: {cut: "pt1 > 20 and"}}""", "{cut: {}}")
+    recipe = _zmumu_recipe(
+        write_recipe,
+        "syntax",
+        """\
+  - {id: cut, op: lhc.select, inputs: {events: events}, params: {cut: "pt1 > 20 and"}}""",
+        "{cut: {}}",
+    )
     with pytest.raises(RecipeError, match="params") as info:
         compile_recipe(recipe, lake)  # raw/zmumu was never ingested: the params phase comes first
     assert "found the end of the expression" in str(info.value) and "recipe.yaml:5" in str(info.value)
@@ -187,10 +226,22 @@ def test_polar_objects_and_kept_columns(zmumu):
         events[f"etac{i}"] = np.arcsinh(pz / events[f"ptc{i}"])
         events[f"phic{i}"] = np.arctan2(py, px)
         events[f"mc{i}"] = np.sqrt(np.maximum(e**2 - px**2 - py**2 - pz**2, 0))
-    polar = kinematics(KinematicsParams(prefix="p", objects=[
-        {"pt": f"ptc{i}", "eta": f"etac{i}", "phi": f"phic{i}", "mass": f"mc{i}"} for i in (1, 2)]), events)
-    cartesian = kinematics(KinematicsParams(prefix="c", objects=[
-        {"px": f"px{i}", "py": f"py{i}", "pz": f"pz{i}", "E": f"E{i}"} for i in (1, 2)]), events)
+    polar = kinematics(
+        KinematicsParams(
+            prefix="p",
+            objects=[
+                {"pt": f"ptc{i}", "eta": f"etac{i}", "phi": f"phic{i}", "mass": f"mc{i}"} for i in (1, 2)
+            ],
+        ),
+        events,
+    )
+    cartesian = kinematics(
+        KinematicsParams(
+            prefix="c",
+            objects=[{"px": f"px{i}", "py": f"py{i}", "pz": f"pz{i}", "E": f"E{i}"} for i in (1, 2)],
+        ),
+        events,
+    )
     np.testing.assert_allclose(polar["p12_mass"].values, cartesian["c12_mass"].values, rtol=1e-6)
     np.testing.assert_allclose(polar["p1_pt"].values, np.maximum(events.ptc1, events.ptc2).values, rtol=1e-12)
     kept = select(SelectParams(cut="pt1 > 20", columns=["pt1", "Type"]), events)
@@ -198,5 +249,35 @@ def test_polar_objects_and_kept_columns(zmumu):
     with pytest.raises(OpError, match=r"no column or collection 'pt3' \(did you mean"):
         select(SelectParams(cut="pt1 > 20", columns=["pt3"]), events)
     with pytest.raises(OpError, match="already in the data"):
-        kinematics(KinematicsParams(prefix="p", objects=[{"pt": "p1_pt", "eta": "eta1", "phi": "phi1",
-                                                          "mass": "mc1"}]), polar)
+        kinematics(
+            KinematicsParams(
+                prefix="p", objects=[{"pt": "p1_pt", "eta": "eta1", "phi": "phi1", "mass": "mc1"}]
+            ),
+            polar,
+        )
+
+
+def test_ingest_stores_float_columns_uncompressed_and_integers_compressed(zmumu):
+    """Momenta barely compress and are read by every analysis; charges compress many times over."""
+    import zarr
+
+    group = zarr.open_group(zmumu.url(zmumu.entry_path("raw", "zmumu")), mode="r")
+    assert group["px1"].dtype.kind == "f" and group["px1"].compressors == ()
+    assert group["Q1"].dtype.kind == "i" and len(group["Q1"].compressors) == 1
+    events = zmumu.open("raw", "zmumu")
+    with uproot.open(testdata.data_path("uproot-Zmumu.root")) as handle:
+        for name in ("px1", "E2", "Q1"):
+            np.testing.assert_array_equal(events[name].values, handle["events"][name].array(library="np"))
+
+
+def test_chunk_tasks_fuse_and_a_cut_without_columns_runs(zmumu):
+    """One fused task per chunk reads and cuts; a constant cut still knows each chunk's length."""
+    from engine.ops.lhc import SelectParams, select
+
+    events = zmumu.open("raw", "zmumu")
+    out = select(SelectParams(cut="Q1 * Q2 < 0 and pt1 > 20"), events)
+    assert out["selected"].data.numblocks == (5,)  # 2304 events in chunks of 500
+    t = _truth(testdata.data_path("uproot-Zmumu.root"), ["Q1", "Q2", "pt1"])
+    np.testing.assert_array_equal(out["selected"].values, ((t.Q1 * t.Q2 < 0) & (t.pt1 > 20)).to_numpy())
+    constant = select(SelectParams(cut="1 < 2"), events)
+    assert int(constant["n_selected"].values) == 2304
