@@ -15,6 +15,7 @@ re-exported here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -85,24 +86,40 @@ def robust_range(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _signed_softplus(
-    raw: Tensor, s: Tensor, sign: Tensor, weight: Tensor, derivative: bool = False
-) -> tuple[Tensor, Tensor | None]:
+    raw: Tensor,
+    s: Tensor,
+    sign: Tensor,
+    weight: Tensor,
+    derivative: bool = False,
+    signed_weight: Tensor | None = None,
+    value: bool = True,
+) -> tuple[Tensor | None, Tensor | None]:
     """Per row sum_i w_i softplus(sign_i l_i), l = log r, r = softplus(1 + s raw) (see _loss);
     with `derivative` (no autograd graph), also d loss / d raw in closed form:
 
         w sign sigmoid(sign l) / r * sigmoid(1 + s raw) s   (0 where r is clamped at 1e-30),
 
     the chain rule through the same operations, computed in place on the forward's
-    intermediate values (a handful of passes instead of autograd's backward nodes).
+    intermediate values (a handful of passes instead of autograd's backward nodes);
+    `signed_weight` is w sign, when the caller keeps it (one pass less: sign is +-1, so the
+    product is exact and the derivative the same either way); `value=False` skips the loss
+    (None) where only the derivative is wanted.
     """
-    z = raw.mul(s).add_(1.0)
+    z = torch.addcmul(_one(raw.device, raw.dtype), raw, s)  # 1 + s raw in one pass
     r = F.softplus(z)
     signed = torch.log(r.clamp(min=1e-30)) * sign
-    loss = (F.softplus(signed) * weight).sum(1)
+    loss = (F.softplus(signed) * weight).sum(1) if value else None
     if not derivative:
         return loss, None
-    d = signed.sigmoid_().mul_(weight).mul_(sign).mul_(z.sigmoid_()).mul_(s).div_(r)
+    d = signed.sigmoid_().mul_(weight * sign if signed_weight is None else signed_weight)
+    d = d.mul_(z.sigmoid_()).mul_(s).div_(r)
     return loss, d.masked_fill_(r < 1e-30, 0.0)
+
+
+@functools.cache
+def _one(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A 0-d 1 on `device` (made once: addcmul's addend in _signed_softplus)."""
+    return torch.ones((), device=device, dtype=dtype)
 
 
 class WeightedCrossEntropy:
@@ -158,7 +175,7 @@ class WeightedCrossEntropy:
         self.epoch = 0  # set by train_ensemble before every call (the minibatch key)
         self.device = device
         self._shuffled: dict[int, tuple[int, Tensor]] = {}  # part -> (pass, its shuffled copy)
-        self._signed: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}  # see _weights
+        self._signed: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}  # see _weights
 
     def _loss(self, model: EnsembleMLP, events: Tensor, n_sm: int) -> Tensor:
         """Loss per row; `events` (rows, n, f) holds n_sm SM events, then the SM+term ones.
@@ -170,18 +187,20 @@ class WeightedCrossEntropy:
         the loss and hook were ~0.3 ms of a 2 ms step).
         """
         s = model.replica_params["c_scale"].view(-1, 1)
-        sign, weight = self._weights(n_sm, events.shape[1])
+        sign, weight, _ = self._weights(n_sm, events.shape[1])
         return _signed_softplus(model.raw(events)[..., 0], s, sign, weight)[0]
 
-    def _weights(self, n_sm: int, n: int) -> tuple[Tensor, Tensor]:
-        """+1 (SM) / -1 (SM+term) per event, and each event's weight sigma / (count constant)."""
+    def _weights(self, n_sm: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """+1 (SM) / -1 (SM+term) per event, each event's weight sigma / (count constant), and
+        their product."""
         key = n_sm, n
         if key not in self._signed:
             sign = torch.ones(1, n, dtype=self.constant.dtype, device=self.device)
             sign[:, n_sm:] = -1.0
             per = torch.stack([self.sigma_sm / n_sm, self.sigma_eft / (n - n_sm)], 1)
             counts = torch.tensor([n_sm, n - n_sm], device=self.device)
-            self._signed[key] = sign, (per / self.constant[:, None]).repeat_interleave(counts, 1)
+            weight = (per / self.constant[:, None]).repeat_interleave(counts, 1)
+            self._signed[key] = sign, weight, weight * sign
         return self._signed[key]
 
     def _minibatch(self, part: int) -> Tensor:
@@ -225,7 +244,8 @@ class WeightedCrossEntropy:
     def value_and_grad(
         self, model: EnsembleMLP, validate: bool
     ) -> tuple[Tensor, Tensor | None, list[Tensor]] | None:
-        """__call__'s losses and d train.sum() / d model.parameters(), by hand (train_ensemble
+        """__call__'s losses (train None where not `validate`: train_ensemble reads it at check
+        epochs only) and d train.sum() / d model.parameters(), by hand (train_ensemble
         uses it in place of autograd): the layers' forward and backward of
         EnsembleMLP.layers_forward / layers_backward, the loss's derivative in closed form.
         None where the layers are not all there is to it (an input transform, trainable
@@ -239,10 +259,10 @@ class WeightedCrossEntropy:
             return None
         events, n_sm = self._events()
         out, tape = model.layers_forward(events)
-        s = model.replica_params["c_scale"].view(-1, 1)
-        sign, weight = self._weights(n_sm, events.shape[2])
+        s = model.param_c_scale.view(-1, 1)
+        sign, weight, signed_weight = self._weights(n_sm, events.shape[2])
         with torch.no_grad():
-            train, d = _signed_softplus(out[:, 0], s, sign, weight, derivative=True)
+            train, d = _signed_softplus(out.select(1, 0), s, sign, weight, True, signed_weight, validate)
             grads = [model.layers_backward(tape, d.unsqueeze(1))]
             val = self._loss(model, self.val, self.n_val[0]) if validate else None
         return train, val, grads

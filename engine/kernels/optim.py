@@ -180,12 +180,16 @@ class Adam(ReplicaOptimiser):
         for p, g, m, v in zip(self.params, grads, self.moments["m"], self.moments["v"]):
             m.lerp_(g, _per_replica((1 - b1) * act, g))
             v.lerp_(g * g, _per_replica((1 - b2) * act, g))
-            denom = v.sqrt() / _per_replica(root_bc2, v) + c.eps
-            p.sub_(_per_replica(step_size, p) * m / denom)
+            denom = v.sqrt().div_(_per_replica(root_bc2, v)).add_(c.eps)
+            p.addcdiv_(_per_replica(-step_size, p) * m, denom)
 
     def _update_all(self, grads, t):
         """_update with every replica active at step t: the same operations, scalar
-        coefficients, so a replica's trajectory is bit-identical whichever update runs."""
+        coefficients, so a replica's trajectory is bit-identical whichever update runs.
+
+        p + (-s m) / denom in one addcdiv_, the denominator in place: 7 passes and 2 fresh
+        buffers per tensor instead of 9 and 5 (the same roundings: -s m is exact negation of
+        s m, and p + (-x) is p - x)."""
         c = self.config
         b1, b2 = c.betas
         step_size = self.lr / (1 - b1**t)
@@ -193,8 +197,8 @@ class Adam(ReplicaOptimiser):
         for p, g, m, v in zip(self.params, grads, self.moments["m"], self.moments["v"]):
             m.lerp_(g, 1 - b1)
             v.lerp_(g * g, 1 - b2)
-            denom = v.sqrt() / root_bc2 + c.eps
-            p.sub_(step_size * m / denom)
+            denom = v.sqrt().div_(root_bc2).add_(c.eps)
+            p.addcdiv_(m, denom, value=-step_size)
 
 
 class NAdam(Adam):

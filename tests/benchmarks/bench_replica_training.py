@@ -8,9 +8,17 @@ Both sides do the same work per replica and step: forward, chi2 on that replica'
 the kernels (torch.nn.Sequential + torch.optim.Adam per replica, trained one after another as
 EELSfitter does), but with the kernels' activation functions, so the ratio measures batching alone
 (the kernels' CPU tanh is itself ~3x faster than torch.tanh). The batched side is `train_ensemble`
-on an `EnsembleMLP`, check epochs included. Stopping is switched off so both sides run exactly the
-same number of steps. Model construction and data preparation are inside the timer on both sides;
-both get the same untimed warm-up (10 replicas, 10 steps), then best of N, interleaved.
+on an `EnsembleMLP`, check epochs included. Where the observables are the network's outputs
+combined linearly ("eels", "pdf 1000 pts") its Chi2Loss takes them as a `NetworkOutput` and
+computes its gradient by hand (hand-written layer backward, closed-form chi2 gradient, no autograd
+graph), as the EFT benchmark's batched side does; "pdf fk" goes through autograd. The loop side
+differentiates with autograd, as any plain torch loop does. Stopping is switched off so both sides
+run exactly the same number of steps. Model construction and data preparation are inside the timer
+on both sides; both get the same untimed warm-up (10 replicas, 10 steps), then best of N, interleaved.
+
+One thread on both sides (torch intra- and inter-op, BLAS). `other_threads_cpu_s` is the CPU time
+of the process's threads other than the main one during a batched run (per thread, from
+/proc/self/task): 0 means no pool thread spins on a second core, whatever the machine's load.
 
 Three workloads:
 - "eels": the ZLP net [2-10-15-5-1] regressing 1000 (ln E, ln N) points, EELSfitter's use.
@@ -27,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +48,7 @@ import torch
 from engine.kernels.mlp import ACTIVATIONS, EnsembleMLP
 from engine.kernels.optim import OptimiserConfig
 from engine.kernels.replicas import draw_replicas, training_masks
-from engine.kernels.train import Chi2Loss, StoppingConfig, train_ensemble
+from engine.kernels.train import Chi2Loss, NetworkOutput, StoppingConfig, train_ensemble
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.benchmarks._timing import compare, finish, header, ratio, show  # noqa: E402
@@ -58,6 +68,9 @@ class Workload:
     inputs: torch.Tensor  # (points, 2)
     observe: Callable[[torch.Tensor], torch.Tensor]  # (R, points, out) -> (R, n)
     central: np.ndarray  # (n,)
+    # observables = outputs at the inputs combined by these weights (observe's linear map, as a
+    # NetworkOutput, which Chi2Loss differentiates by hand); None: another map (autograd)
+    output_weights: np.ndarray | None = None
 
     def problem(self, n_replicas: int, seed: int = 0):
         sigma = 0.05 * np.abs(self.central)
@@ -72,7 +85,10 @@ def regression(sizes, acts, n_points: int = 1000, seed: int = 0) -> Workload:
     rng = np.random.default_rng(seed)
     x = rng.uniform(0.1, 0.9, (n_points, 2))
     central = 1.0 + np.sin(3 * x[:, 0]) * x[:, 1]
-    return Workload(sizes, acts, torch.as_tensor(x, dtype=torch.float32), lambda out: out.mean(-1), central)
+    weights = np.full(sizes[-1], 1.0 / sizes[-1])  # the mean of the outputs
+    return Workload(
+        sizes, acts, torch.as_tensor(x, dtype=torch.float32), lambda out: out.mean(-1), central, weights
+    )
 
 
 def fk_convolution(sizes, acts, n_x: int = 50, n_data: int = 500, seed: int = 0) -> Workload:
@@ -89,7 +105,11 @@ def fk_convolution(sizes, acts, n_x: int = 50, n_data: int = 500, seed: int = 0)
 def batched(work: Workload, n_replicas: int, steps: int) -> None:
     sigma, data, masks = work.problem(n_replicas)
     model = EnsembleMLP(n_replicas, work.sizes, work.activations, seed=1)
-    loss = Chi2Loss(lambda m: work.observe(m(work.inputs)), data, np.diag(sigma**2), masks)
+    if work.output_weights is None:
+        predict = lambda m: work.observe(m(work.inputs))  # noqa: E731
+    else:  # the same predictions, with the chi2's gradient by hand
+        predict = NetworkOutput(work.inputs, None if work.sizes[-1] == 1 else work.output_weights)
+    loss = Chi2Loss(predict, data, np.diag(sigma**2), masks)
     adam = OptimiserConfig("adam", lr=1e-3)
     train_ensemble(model, loss, steps, optimiser=adam, stopping=NO_STOPPING, validation_every=10)
 
@@ -121,6 +141,28 @@ class _Activation(torch.nn.Module):
 
     def forward(self, z):
         return self.fn(z)
+
+
+def other_threads_cpu(func: Callable[[], object]) -> float | None:
+    """CPU seconds that threads other than the calling one spent while func() ran (Linux
+    /proc/self/task; None elsewhere)."""
+    try:
+        before = _thread_cpu()
+    except OSError:
+        return None
+    func()
+    after, main = _thread_cpu(), threading.get_native_id()
+    return sum(t - before.get(k, 0.0) for k, t in after.items() if k != main)
+
+
+def _thread_cpu() -> dict[int, float]:
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out[int(task)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
 
 
 def run(
@@ -165,6 +207,9 @@ def run(
         result[f"{name}_batched_cpu_s"] = round(t_batch.cpu, 3)
         result[f"{name}_speedup"] = ratio(t_loop.wall, t_batch.wall)
     result["replicas"], result["steps"] = replicas, steps
+    result["eels_batched_other_threads_cpu_s"] = other_threads_cpu(
+        lambda: batched(workloads["eels"], replicas, steps)
+    )
     if not quick:
         print("batched time per replica-epoch (ms)")
         for name, work in workloads.items():
