@@ -7,7 +7,8 @@ flow 1, then flow 2 on its output, and multiplies back. Preprocessing, as theirs
 
 - dequantisation: cells hold whole numbers N of an energy quantum q (kernels.calo_synth); training
   sees (N + u) q with u ~ U(0, 1), so the flows learn a continuous density, and a generated cell is
-  floor(E / q) q, which undoes the noise exactly (zeros included); with layer_sums "exact" flow 1
+  floor(E / q) q, which undoes the noise exactly (zeros included; dequantisation "triangular"
+  draws u as the mean of two uniforms, whose density vanishes at whole quanta); with layer_sums "exact" flow 1
   sees each layer's whole count plus one u, (N + u) q, and a generated layer's floor(E / q) quanta
   are apportioned to its cells by flow 2's fractions (`apportion`), so the layer sums are flow 1's
   and not what the cells' remainders leave (which made the total energy the worst observable);
@@ -44,6 +45,7 @@ FLOW_KINDS = ("nsf", "maf")
 FLOW1_FEATURES = ("layers", "ratios")
 LAYER_SUMS = ("cells", "exact")
 FLOW2_SPLITS = ("halves", "shuffled")
+DEQUANTISATIONS = ("uniform", "triangular")
 ORDER_SEED = 20_210_610  # the shuffled feature orders of flow 2 (fixed: they are part of the architecture)
 LOG_FRACTION_CLIP = (-30.0, math.log(2.0))  # a layer never gets more than twice the incident energy
 
@@ -68,6 +70,8 @@ class FlowSpec:
     # U(0, 1)) and the sampler apportions exactly that number to the cells (see `apportion`)
     flow2_split: str = "halves"  # "shuffled": each pair of coupling transforms splits the cells by
     # its own fixed random permutation (zuko's default: always the first vs the second half)
+    dequantisation: str = "uniform"  # the cells' noise u in [0, 1): uniform, or "triangular" (the
+    # mean of two uniforms: its density falls to zero at every whole quantum, see `cell_noise`)
 
     def __post_init__(self):
         for kind in (self.flow1_kind, self.flow2_kind):
@@ -83,6 +87,10 @@ class FlowSpec:
             raise ValueError(f"layer_sums must be one of {LAYER_SUMS}, found {self.layer_sums!r}")
         if self.flow2_split not in FLOW2_SPLITS:
             raise ValueError(f"flow2_split must be one of {FLOW2_SPLITS}, found {self.flow2_split!r}")
+        if self.dequantisation not in DEQUANTISATIONS:
+            raise ValueError(
+                f"dequantisation must be one of {DEQUANTISATIONS}, found {self.dequantisation!r}"
+            )
 
     @property
     def n_features(self) -> int:
@@ -102,7 +110,7 @@ class FlowSpec:
     @classmethod
     def from_dict(cls, data: dict) -> FlowSpec:
         # models stored before layer_sums and flow2_split existed: summed dequantised cells, halves
-        legacy = {"layer_sums": "cells", "flow2_split": "halves"}
+        legacy = {"layer_sums": "cells", "flow2_split": "halves", "dequantisation": "uniform"}
         return cls(**{**legacy, **data, "hidden": tuple(data["hidden"])})
 
 
@@ -171,6 +179,16 @@ def _layers_from_features(x1: np.ndarray, incident: np.ndarray, spec: FlowSpec) 
     return layers
 
 
+def cell_noise(rng: np.random.Generator, shape: tuple[int, ...], spec: FlowSpec) -> np.ndarray:
+    """The cells' dequantisation noise u in [0, 1) (floor(N + u) = N either way): uniform, or
+    triangular (the mean of two uniforms), whose density is zero at 0 and 1: a cell's dequantised
+    density then falls to zero at every whole quantum instead of jumping there (from p(N = 0) to
+    p(N = 1) at one quantum, a step the flow smooths into spurious one-quantum cells)."""
+    if spec.dequantisation == "triangular":
+        return (rng.uniform(size=shape) + rng.uniform(size=shape)) / 2
+    return rng.uniform(size=shape)
+
+
 def to_features(
     energy: np.ndarray, incident: np.ndarray, spec: FlowSpec, rng: np.random.Generator | None
 ) -> np.ndarray:
@@ -182,7 +200,7 @@ def to_features(
     rng None dequantises with u = 1/2 (the moments pass); otherwise with uniform noise."""
     energy, incident = _check_showers(energy, incident, spec)
     counts = np.round(energy / spec.quantum)
-    noise = 0.5 if rng is None else rng.uniform(size=counts.shape)
+    noise = 0.5 if rng is None else cell_noise(rng, counts.shape, spec)
     cells = (counts + noise) * spec.quantum
     x2 = _logit(cells / cells.sum(-1, keepdims=True))
     if spec.layer_sums == "exact":
@@ -515,13 +533,25 @@ def sample_showers(
     batch_size: int = 1_000,
 ) -> np.ndarray:
     """(n, L, C) float32 generated showers for the given incident energies, keyed by (seed, block)."""
+    incident = np.asarray(incident, np.float64).reshape(-1)
+    out = np.empty((incident.size, spec.n_layers, spec.n_cells), np.float32)
+    for start, x1, x2 in sample_features(flows, incident, spec, mean, std, seed, block, batch_size):
+        e = incident[start : start + len(x1)]
+        out[start : start + e.size] = from_features(x1, x2, e, spec)
+    return out
+
+
+def sample_features(
+    flows, incident, spec: FlowSpec, mean, std, seed: int, block: int = 0, batch_size: int = 1_000
+):
+    """Yields (first shower, flow 1 features, flow 2 features), unstandardised, per batch: the
+    flows' draws behind `sample_showers` (the same for the same seed and block)."""
     import torch
 
     torch.set_num_threads(1)
     incident = np.asarray(incident, np.float64).reshape(-1)
     if not np.all(incident > 0):
         raise ValueError("incident energies must be positive to condition the flows on")
-    out = np.empty((incident.size, spec.n_layers, spec.n_cells), np.float32)
     L = spec.n_layers
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(int(np.random.default_rng([seed, block]).integers(2**31)))
@@ -530,10 +560,11 @@ def sample_showers(
             c = torch.as_tensor(((np.log(e) - mean[0]) / std[0])[:, None], dtype=torch.float32)
             x1 = flows["flow1"](c).sample()
             x2 = flows["flow2"](torch.cat([c, x1], dim=1)).sample()
-            x1 = x1.numpy() * std[1 : 1 + L] + mean[1 : 1 + L]
-            x2 = x2.numpy() * std[1 + L :] + mean[1 + L :]
-            out[start : start + e.size] = from_features(x1, x2, e, spec)
-    return out
+            yield (
+                start,
+                x1.numpy() * std[1 : 1 + L] + mean[1 : 1 + L],
+                x2.numpy() * std[1 + L :] + mean[1 + L :],
+            )
 
 
 # bytes per (shower, flow-2 feature) one sampling call holds at its peak, by flow 2's kind and

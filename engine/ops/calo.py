@@ -126,6 +126,12 @@ class TrainFlowParams(_Params):
         "own fixed random permutation, or 'halves': zuko's fixed order (as couplings always the first "
         "half of the cells given the second and back)",
     )
+    dequantisation: Literal["uniform", "triangular"] = Field(
+        "uniform",
+        description="each cell's noise u in [0, 1) added to its whole quanta for flow 2: uniform, or "
+        "triangular (the mean of two uniforms: its density vanishes at every whole quantum, so a "
+        "cell's density has no step there for the flow to smooth)",
+    )
     transforms: int = Field(6, ge=1, le=32, description="autoregressive (or coupling) transforms per flow")
     hidden: Widths = Field([64, 64], description="hidden widths of each transform's masked MLP")
     bins: int = Field(8, ge=2, le=64, description="spline bins (nsf)")
@@ -174,6 +180,7 @@ def flow_spec(params: TrainFlowParams, n_layers: int, n_cells: int, quantum: flo
         params.flow1_features,
         params.layer_sums,
         params.flow2_split,
+        params.dequantisation,
     )
 
 

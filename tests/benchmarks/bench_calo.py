@@ -26,6 +26,11 @@ The baseline is whatever the flags leave at the op's defaults, run the same way.
 flows' training seed (showers, reference and classifiers stay fixed); --save F.npz keeps the
 judged showers (reference, generated, flow 2 alone) and the trained state for diagnosis.
 
+Multinomial allocation (--quality KEY=VALUE ... --multinomial F.npz, F from --save with the same
+settings): the saved flows' draws again (the same seed as the judged showers), each layer's
+quanta allocated by a multinomial over flow 2's fractions instead of `apportion`, raw and with
+the dequantisation's mean (1/2 quantum per cell) taken off first; AUC and W1 as --quality.
+
 Memory (--memory): what one `calo.sample` task holds, measured beside what it declares
 (kernels.calo_flow.sampling_bytes): for several flow-2 kinds, batch sizes and shower sizes, each
 in a fresh process, the growth of peak resident memory (engine/peak_rss.py) over one
@@ -230,6 +235,46 @@ def quality(showers: int, epochs: int, settings: dict, save: str | None = None) 
     return result
 
 
+def multinomial(settings: dict, path: str) -> dict:
+    from engine.kernels import calo_observables as obs
+    from engine.ops.calo import MetricsParams, TrainFlowParams, _classifier_auc, flow_spec
+
+    torch.set_num_threads(1)
+    saved = np.load(path)
+    spec = flow_spec(TrainFlowParams(**settings), 3, 36, 0.01)
+    incident, reference = saved["incident"], saved["reference"]
+    mean, std = saved["feature_mean"], saved["feature_std"]
+    flows = cf.load_flows({k[6:]: saved[k] for k in saved.files if k.startswith("state_")}, spec)
+    draws = list(cf.sample_features(flows, incident, spec, mean, std, seed=2))  # as quality() draws
+    x1, x2 = (np.concatenate([d[k] for d in draws]) for k in (1, 2))
+    counts = np.floor(cf._layers_from_features(x1, incident.astype(float), spec) / spec.quantum)
+    fractions = cf._expit(x2).reshape(counts.shape + (-1,))
+    fractions /= fractions.sum(-1, keepdims=True)
+    rng = np.random.default_rng(7)
+    redrawn = (cf.apportion(fractions, counts) * spec.quantum).astype(np.float32)
+    if not np.array_equal(redrawn, saved["generated"]):
+        raise SystemExit("the saved flows do not redraw the saved showers: other settings?")
+    quanta = (counts[..., None] + spec.n_cells / 2) * fractions - 0.5  # cells' whole quanta, estimated
+    cell_x = np.tile(np.arange(6) - 2.5, 6)
+    reference_obs = obs.shower_observables(reference, incident, cell_x)
+    reference_features = obs.classifier_features(reference, incident)
+    result = {"settings": settings}
+    for name, weights in (("multinomial", fractions), ("multinomial_debiased", np.clip(quanta, 1e-12, None))):
+        p = (weights / weights.sum(-1, keepdims=True)).reshape(-1, spec.n_cells)
+        cells = rng.multinomial(counts.reshape(-1).astype(np.int64), p).reshape(fractions.shape)
+        showers = (cells * spec.quantum).astype(np.float32)
+        w1, _ = obs.wasserstein_table(obs.shower_observables(showers, incident, cell_x), reference_obs)
+        auc = _classifier_auc(
+            obs.classifier_features(showers, incident), reference_features, MetricsParams(replicas=2, seed=3)
+        )
+        result[name] = {
+            "auc": auc.round(3).tolist(),
+            "w1": dict(zip(obs.observable_names(3), w1.round(3).tolist(), strict=True)),
+        }
+    print(json.dumps(result), flush=True)
+    return result
+
+
 # (flow 2 kind, transforms, coupling, showers per call, cells per side of 3 layers)
 MEMORY_CASES = [
     ("maf", 3, False, 1000, 6),
@@ -301,13 +346,19 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=8, help="--quality: epochs (default 8)")
     parser.add_argument("--save", default=None, help="--quality: write the judged showers to this .npz")
+    parser.add_argument(
+        "--multinomial", default=None, help="--quality: allocate the quanta of a --save file multinomially"
+    )
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quality is not None:
         import yaml
 
         settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.quality)}
-        quality(args.showers or 20_000, args.epochs, settings, args.save)
+        if args.multinomial:
+            multinomial(settings, args.multinomial)
+        else:
+            quality(args.showers or 20_000, args.epochs, settings, args.save)
     elif args.memory_case:
         print(json.dumps(memory_case(*json.loads(args.memory_case))))
     elif args.memory:

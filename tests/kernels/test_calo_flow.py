@@ -75,16 +75,41 @@ def test_apportion_hands_out_exactly_the_counts():
         cf.apportion(np.ones((2, 3)), np.ones(3))
 
 
+@pytest.mark.parametrize("dequantisation", cf.DEQUANTISATIONS)
 @pytest.mark.parametrize("layer_sums", cf.LAYER_SUMS)
 @pytest.mark.parametrize("flow1_features", cf.FLOW1_FEATURES)
-def test_preprocessing_round_trip_is_exact(flow1_features, layer_sums):
+def test_preprocessing_round_trip_is_exact(flow1_features, layer_sums, dequantisation):
     """Dequantised features mapped back and requantised give the original cells exactly."""
-    spec = cf.FlowSpec(3, 9, quantum=0.01, flow1_features=flow1_features, layer_sums=layer_sums)
+    spec = cf.FlowSpec(
+        3,
+        9,
+        quantum=0.01,
+        flow1_features=flow1_features,
+        layer_sums=layer_sums,
+        dequantisation=dequantisation,
+    )
     showers = simulate_showers(500, 1, n_side=3)
     x = cf.to_features(showers["energy"], showers["incident_energy"], spec, np.random.default_rng(0))
     back = cf.from_features(x[:, 1:4], x[:, 4:], np.exp(x[:, 0]), spec)
     np.testing.assert_allclose(back, showers["energy"], atol=1e-4)
     np.testing.assert_array_equal(np.round(back / 0.01), np.round(showers["energy"] / 0.01))
+
+
+def test_triangular_noise_vanishes_at_whole_quanta():
+    """The triangular dequantisation is the mean of two uniforms: in [0, 1), mean 1/2, variance
+    1/24 (uniform: 1/12), density 4u near 0 (the uniform's is 1): in 200k draws the fraction below
+    0.05 is 2 x 0.05^2 = 0.005 (uniform 0.05), within 5 binomial errors either side."""
+    spec = cf.FlowSpec(2, 4, dequantisation="triangular")
+    u = cf.cell_noise(np.random.default_rng(4), (200_000,), spec)
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 24 / u.size)
+    assert abs(u.var() - 1 / 24) < 0.002
+    for tail in (u < 0.05, u > 0.95):
+        assert abs(tail.mean() - 0.005) < 5 * np.sqrt(0.005 / u.size)
+    uniform = cf.cell_noise(np.random.default_rng(4), (200_000,), cf.FlowSpec(2, 4))
+    assert abs((uniform < 0.05).mean() - 0.05) < 5 * np.sqrt(0.05 / u.size)
+    with pytest.raises(ValueError, match="dequantisation must be one of"):
+        cf.FlowSpec(2, 4, dequantisation="gaussian")
 
 
 def test_weights_round_trip_and_training_is_reproducible():
@@ -120,8 +145,9 @@ def test_stored_weights_of_another_architecture_are_refused():
         cf.FlowSpec(2, 4, flow1_kind="realnvp")
     with pytest.raises(ValueError, match="layer_sums must be one of"):
         cf.FlowSpec(2, 4, layer_sums="rounded")
-    stored = {k: v for k, v in spec.to_dict().items() if k not in ("layer_sums", "flow2_split")}
+    options = ("layer_sums", "flow2_split", "dequantisation")
+    stored = {k: v for k, v in spec.to_dict().items() if k not in options}
     legacy = cf.FlowSpec.from_dict(stored)  # a model stored before these options: what it was trained as
-    assert (legacy.layer_sums, legacy.flow2_split) == ("cells", "halves")
+    assert (legacy.layer_sums, legacy.flow2_split, legacy.dequantisation) == ("cells", "halves", "uniform")
     with pytest.raises(ValueError, match=r"shape \(shower, layer, cell\) = \(2, 2, 4\)"):
         cf.to_features(np.zeros((2, 3, 4)), np.ones(2), spec, None)
