@@ -98,6 +98,21 @@ def _dis_f2_nnlo(lake: Lake) -> None:
     put_in_lake(lake, "dis_f2_nnlo", data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
 
 
+def _dis_f2_nmc_nnlo(lake: Lake) -> None:
+    """raw/dis_f2_nmc_nnlo (SLAC p + NMC p and d, F2) as `ingest nnpdf-fk` joins them, synthetic tables."""
+    from engine.ingest.fk_theory import _f2_only, read_f2_data
+    from engine.ingest.nnpdf import apply_cuts
+    from engine.kernels.pdf_fk import FLAVOURS, x_grid
+    from engine.testing import put_in_lake
+
+    names = ["SLAC_NC_NOTFIXED_P", "NMC_NC_NOTFIXED_P_EM-F2-HEPDATA", "NMC_NC_NOTFIXED_D_EM-F2-HEPDATA"]
+    data = apply_cuts(read_f2_data(names, None, _f2_only(names)), 3.49, 12.5)
+    grid = x_grid()
+    fk, attrs = synthetic_nnlo_tables(data["x"].values, data["target_index"].values, grid)
+    data = data.assign(fk=(("point", "x_grid", "flavour"), fk, attrs))
+    put_in_lake(lake, "dis_f2_nmc_nnlo", data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
+
+
 # recipe file stem -> the ingests it needs (recipes that generate their own data need none)
 INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "amp_regression": [],
@@ -118,6 +133,7 @@ INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "pdf_compress": [_dis_f2],
     "pdf_dis_fit": [_dis_f2],
     "pdf_theory_fit": [_dis_f2_nnlo],
+    "pdf_theory_fit_nmc": [_dis_f2_nmc_nnlo],
     "replicas_closure_1d": [],
     "replicas_hyperopt": [],
     "solve_equations": [],

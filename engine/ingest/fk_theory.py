@@ -25,6 +25,7 @@ from typing import Literal
 
 import dask
 import numpy as np
+import xarray as xr
 from pydantic import Field
 
 from ..errors import IngestError
@@ -123,14 +124,112 @@ def _interpreter(explicit: str | None) -> str:
     return python
 
 
-def _f2_only(datasets: list[str]) -> None:
-    other = [d for d in datasets if not d.endswith(F2_SUFFIX)]
-    if other:
+def _f2_only(names: list[str]) -> list[tuple[str, ...]]:
+    """Refuse datasets the pipeline cannot build, before any slow work; returns their kinematics.
+
+    The worker books yadism's F2_total for photon exchange (EM) on a proton or isoscalar target at
+    each point and pdf.fit contracts one FK table per point linearly with the PDF. So a dataset is
+    built when its observable is EM F2 (`EM-F2`, or a re-implementation of it such as
+    `EM-F2-HEPDATA`: NMC's F2 p and d), its process is neutral-current DIS and its theory is one
+    operand (FK tables whose points concatenate, e.g. BCDMS's beam energies), no operation.
+    Refused: reduced cross sections (`EM-SIGMARED`, HERA: F_L and y enter), charm F2
+    (`EM-F2C`), charged current, and ratios (`NMC_NC_NOTFIXED_EM-F2`, d/p: RATIO of two tables,
+    not linear in the PDF), each with the reason.
+    """
+    from nnpdf_data.commondataparser import parse_new_metadata
+
+    from .nnpdf import commondata_root, resolve_name
+
+    root = commondata_root()
+    refused, coverages = [], []
+    for name in names:
+        resolved = resolve_name(name, root)
+        meta = parse_new_metadata(root / resolved.setname / "metadata.yaml", resolved.observable)
+        coverages.append(tuple(meta.kinematic_coverage))
+        operation = str(meta.theory.operation or "null").lower()
+        operands = len(meta.theory.FK_tables)  # each a list of tables whose points concatenate
+        if resolved.observable.split("-")[:2] != F2_SUFFIX.split("-"):
+            refused.append(f"{resolved.full} (observable {resolved.observable}: not EM F2)")
+        elif not str(meta.process_type).startswith("DIS_NC"):
+            refused.append(f"{resolved.full} (process {meta.process_type}: not neutral-current DIS)")
+        elif operation != "null" or operands != 1:
+            refused.append(
+                f"{resolved.full} (theory operation {meta.theory.operation} of {operands} FK tables: "
+                "not linear in the PDF)"
+            )
+    if refused:
         raise IngestError(
-            f"ingest nnpdf-fk builds F2 tables (observables ..._{F2_SUFFIX}); found "
-            f"{', '.join(other)}: reduced cross sections (NMC sigma_red, HERA) need "
-            "yadism's XS observables, not built here"
+            f"ingest nnpdf-fk builds F2 tables (EM F2 observables, e.g. ..._{F2_SUFFIX} or "
+            f"..._{F2_SUFFIX}-HEPDATA, no operation on FK tables); found {'; '.join(refused)}: "
+            "reduced cross sections (NMC sigma_red, HERA) need yadism's XS observables, "
+            "ratios a non-linear fit; neither is built here"
         )
+    return coverages
+
+
+def read_f2_data(names: list[str], variant: str | None, coverages: list[tuple[str, ...]]):
+    """read_commondata of the datasets, also when their third kinematic differs (SLAC and BCDMS
+    F2 carry y, NMC's HEPDATA F2 none): read_commondata per kinematics, joined over `point`
+    (a kinematic a dataset lacks is NaN there; systematics shared by name stay correlated
+    across the parts, and the covariance is rebuilt as read_commondata builds it)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, coverage in zip(names, coverages):
+        groups.setdefault(coverage, []).append(name)
+    parts = [read_commondata(group, variant) for group in groups.values()]
+    return parts[0] if len(parts) == 1 else _join(parts)
+
+
+def _join(parts: list) -> xr.Dataset:
+    sizes = [p.sizes[POINT] for p in parts]
+    starts = np.cumsum([0, *sizes])
+    offsets = np.cumsum([0] + [len(p.attrs["datasets"]) for p in parts])
+
+    def along(name: str) -> np.ndarray:
+        return np.concatenate([p[name].values for p in parts])
+
+    def columns(name: str) -> tuple[np.ndarray, list[str]]:
+        keys = list(dict.fromkeys(k for p in parts for k in p[name].attrs["names"]))
+        out = np.zeros((starts[-1], len(keys)))
+        for p, start in zip(parts, starts):
+            out[start : start + p.sizes[POINT], [keys.index(k) for k in p[name].attrs["names"]]] = p[
+                name
+            ].values
+        return out, keys
+
+    kinematics = list(dict.fromkeys(k for p in parts for k in p.attrs["kinematics"]))
+    coords = {
+        k: (
+            POINT,
+            np.concatenate(
+                [p[k].values if k in p.coords else np.full(p.sizes[POINT], np.nan) for p in parts]
+            ),
+        )
+        for k in kinematics
+    }
+    coords["target_index"] = (POINT, along("target_index"))
+    (add, add_keys), (mult, mult_keys) = columns("sys_additive"), columns("sys_multiplicative")
+    central, uncorrelated = along("data"), along("uncorrelated")
+    absolute_mult = mult * central[:, None]
+    first = parts[0]
+    values = {
+        "data": central,
+        "dataset_index": np.concatenate([p["dataset_index"].values + o for p, o in zip(parts, offsets)]),
+        "stat": along("stat"),
+        "sys_uncorrelated": along("sys_uncorrelated"),
+        "uncorrelated": uncorrelated,
+        "sys_additive": add,
+        "sys_multiplicative": mult,
+        "covariance": np.diag(uncorrelated**2) + add @ add.T + absolute_mult @ absolute_mult.T,
+    }
+    names = {"sys_additive": add_keys, "sys_multiplicative": mult_keys}
+    variables = {
+        k: (first[k].dims, v, {**first[k].attrs, **({"names": names[k]} if k in names else {})})
+        for k, v in values.items()
+    }
+    attrs = dict(first.attrs, kinematics=kinematics)
+    for key in ("datasets", "variants", "dataset_points"):
+        attrs[key] = [v for p in parts for v in p.attrs[key]]
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
 def _below(dataset, q2_max: float | None):
@@ -207,14 +306,15 @@ def ingest_nnpdf_fk(
     from ..kernels.pdf_fk import x_grid
 
     lake.new_entry_path("raw", entry)  # refuse a bad entry name before the slow work
+    coverages = _f2_only(names)
     python = _interpreter(theory_python)
-    dataset = _below(apply_cuts(read_commondata(names, variant), q2_min, w2_min), q2_max)
-    _f2_only(dataset.attrs["datasets"])
+    dataset = _below(apply_cuts(read_f2_data(names, variant, coverages), q2_min, w2_min), q2_max)
     grid = x_grid(n_x, x_min)
     x, q2 = dataset["x"].values, dataset["Q2"].values
     if x.min() < grid[0]:
         raise IngestError(f"data reach x = {x.min():.3g}, below the grid's x_min = {x_min}: lower --x-min")
-    y = dataset["y"].values if "y" in dataset.coords else np.zeros_like(x)
+    # F2 does not depend on y (the observables card carries it): 0 where a dataset has none
+    y = np.nan_to_num(dataset["y"].values) if "y" in dataset.coords else np.zeros_like(x)
     targets = dataset["target_index"].values
     if np.any((targets < 0) | (targets >= len(YADISM_TARGETS))):
         raise IngestError("nnpdf-fk builds proton and deuteron targets only; some datasets have another")

@@ -144,15 +144,24 @@ def patches(theory: dict) -> list[tuple[int, float, float]]:
 
 def scale_nodes(q2: np.ndarray, theory: dict, per_decade: float, q2_max: float = 1e5):
     """{nf: node Q^2 array}: evenly spaced in ln Q^2 over each patch the data touch (patch edges
-    included, the top patch cut at q2_max), so the nodes depend on the theory alone."""
+    included, the top patch cut at q2_max), so the nodes depend on the theory alone.
+
+    Each patch keeps its nodes up to the last one that the cubic interpolation of the data's
+    highest scale in it uses (interpolated_operators: 4 knots around each scale), so data at
+    Q^2 <= 65 GeV^2 need 5 nf = 5 nodes, not the 20 up to 1e5: the same operators at every scale
+    as with the whole patch's nodes; a dataset reaching higher adds the next ones to the cache.
+    """
     nodes = {}
     for nf, lo, hi in patches(theory):
         inside = (q2 >= lo) & (q2 < hi)
         if not inside.any():
             continue
-        hi = min(hi, max(q2_max, float(q2[inside].max())))
+        top = float(q2[inside].max())
+        hi = min(hi, max(q2_max, top))
         count = max(4, int(np.ceil(np.log10(hi / lo) * per_decade)) + 1)
-        nodes[nf] = np.geomspace(lo, hi, count)
+        grid = np.geomspace(lo, hi, count)
+        used = max(4, int(np.searchsorted(grid, top)) + 2)  # lagrange_weights' window at `top`
+        nodes[nf] = grid[:used]
     return nodes
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from engine.errors import IngestError
-from engine.ingest.fk_theory import THEORY_PYTHON_ENV, _f2_only, _interpreter
-from engine.kernels.pdf_fk import x_grid
+from engine.ingest.fk_theory import THEORY_PYTHON_ENV, _f2_only, _interpreter, _join, read_f2_data
+from engine.ingest.nnpdf import read_commondata
+from engine.kernels.pdf_fk import lagrange_weights, x_grid
 from engine.kernels.pdf_theory import eko_grid, interpolated_operators, nf_of, patches, scale_nodes
 from engine.storage import PROVENANCE_KEY
 
@@ -57,20 +58,37 @@ def test_patches_start_at_q0_and_split_at_matching_scales():
 
 
 def test_nodes_depend_on_the_theory_only():
-    """Nodes span whole patches (so any dataset reuses them), 5 per decade by default."""
+    """Nodes are a patch's grid (so any dataset reuses them), 5 per decade by default, up to
+    the ones the data's scales use."""
     slac = scale_nodes(np.array([3.5, 8.0, 22.0]), THEORY, 5.0)
     other = scale_nodes(np.array([10.0]), THEORY, 5.0)
-    assert list(slac) == [4] and np.array_equal(slac[4], other[4])
+    assert list(slac) == [4] and np.array_equal(slac[4][: other[4].size], other[4]) and other[4].size == 5
     assert slac[4][0] == pytest.approx(1.65**2) and slac[4][-1] == pytest.approx(4.92**2)
     assert slac[4].size == int(np.ceil(np.log10(4.92**2 / 1.65**2) * 5)) + 1
     both = scale_nodes(np.array([5.0, 100.0]), THEORY, 5.0)
-    assert list(both) == [4, 5] and both[5][0] == pytest.approx(4.92**2) and both[5][-1] == pytest.approx(1e5)
+    assert list(both) == [4, 5] and both[5][0] == pytest.approx(4.92**2)
+    whole = np.geomspace(4.92**2, 1e5, int(np.ceil(np.log10(1e5 / 4.92**2) * 5)) + 1)  # the patch to 1e5
+    assert np.array_equal(both[5], whole[: both[5].size]) and both[5].size == 6  # 100 < 139.7: 2 above
+
+
+def test_nodes_stop_where_the_interpolation_stops_using_them():
+    """The nf = 5 nodes end after the last one the cubic window of the data's top scale uses:
+    the interpolation weights at every scale are those of the whole patch's nodes."""
+    whole = np.geomspace(4.92**2, 1e5, int(np.ceil(np.log10(1e5 / 4.92**2) * 5)) + 1)
+    for top in (25.0, 58.15259926, 65.0, 260.0, 9e4):
+        scales = np.geomspace(4.92**2 * 1.001, top, 40)
+        kept = scale_nodes(scales, THEORY, 5.0)[5]
+        assert np.array_equal(kept, whole[: kept.size]) and kept.size < whole.size or top > 5e4
+        full = lagrange_weights(whole, scales)
+        assert np.array_equal(full[:, kept.size :], np.zeros_like(full[:, kept.size :]))
+        np.testing.assert_array_equal(lagrange_weights(kept, scales), full[:, : kept.size])
+    assert scale_nodes(np.array([30.0, 65.0]), THEORY, 5.0)[5].size == 5  # NMC's Q^2 <= 65 GeV^2
 
 
 def test_operator_interpolation_is_exact_for_cubics_in_ln_q2():
     """Cubic Lagrange in ln Q^2 reproduces an operator cubic in ln Q^2 to rounding, and stays in
     its own nf patch (a jump at the bottom threshold must not leak across)."""
-    nodes = scale_nodes(np.array([3.0, 200.0]), THEORY, 5.0)
+    nodes = scale_nodes(np.array([3.0, 24.0, 9000.0]), THEORY, 5.0)  # the scales below are inside
     rng = np.random.default_rng(7)
     coefficients = {nf: rng.normal(size=(4, 2, 3)) for nf in nodes}
 
@@ -92,9 +110,45 @@ def test_eko_grid_keeps_every_kth_point_and_x_equal_one():
 
 
 def test_only_f2_observables_are_built():
-    _f2_only(["SLAC_NC_NOTFIXED_P_EM-F2", "BCDMS_NC_NOTFIXED_D_EM-F2"])
-    with pytest.raises(IngestError, match=r"F2 tables.*NMC_NC_NOTFIXED_P_EM-SIGMARED.*XS observables"):
+    coverages = _f2_only(
+        ["SLAC_NC_NOTFIXED_P", "BCDMS_NC_NOTFIXED_D_EM-F2", "NMC_NC_NOTFIXED_P_EM-F2-HEPDATA"]
+    )
+    assert coverages == [("x", "Q2", "y"), ("x", "Q2", "y"), ("x", "Q2", "extra_0")]
+    _f2_only(["NMC_NC_NOTFIXED_D_EM-F2-HEPDATA", "BCDMS_NC_NOTFIXED_P_EM-F2-HEPDATA"])
+    with pytest.raises(
+        IngestError, match=r"F2 tables.*NMC_NC_NOTFIXED_P_EM-SIGMARED \(observable.*XS observables"
+    ):
         _f2_only(["SLAC_NC_NOTFIXED_P_EM-F2", "NMC_NC_NOTFIXED_P_EM-SIGMARED"])
+    # NMC's d/p ratio ends in EM-F2 too: refused for its RATIO of two tables, not its name
+    with pytest.raises(IngestError, match=r"NMC_NC_NOTFIXED_EM-F2 \(theory operation RATIO of 2 FK"):
+        _f2_only(["NMC_NC_NOTFIXED_EM-F2"])
+    with pytest.raises(IngestError, match=r"HERA_NC_318GEV_EP-SIGMARED \(observable EP-SIGMARED"):
+        _f2_only(["HERA_NC_318GEV_EP-SIGMARED"])
+    with pytest.raises(IngestError, match="has observables EM-F2-HEPDATA, EM-SIGMARED|has observables"):
+        _f2_only(["NMC_NC_NOTFIXED_P"])  # two observables: name one
+
+
+def test_datasets_with_other_kinematics_join_with_their_covariance():
+    """SLAC (x, Q2, y) and NMC's HEPDATA F2 (x, Q2) in one entry; joining the parts of one
+    read reproduces read_commondata exactly (shared systematics stay correlated)."""
+    slac = ["SLAC_NC_NOTFIXED_P", "SLAC_NC_NOTFIXED_D"]
+    whole = read_commondata(slac)
+    joined = _join([read_commondata(slac[:1]), read_commondata(slac[1:])])
+    for name in ("data", "dataset_index", "covariance", "x", "Q2", "y", "target_index"):
+        np.testing.assert_allclose(joined[name].values, whole[name].values, rtol=1e-14, atol=0)
+    assert joined.attrs["datasets"] == whole.attrs["datasets"]
+    names = slac[:1] + ["NMC_NC_NOTFIXED_P_EM-F2-HEPDATA"]
+    mixed = read_f2_data(names, None, _f2_only(names))
+    n = whole.attrs["dataset_points"][0]
+    nmc = read_commondata(names[1:])
+    assert mixed.attrs["datasets"] == ["SLAC_NC_NOTFIXED_P_EM-F2", "NMC_NC_NOTFIXED_P_EM-F2-HEPDATA"]
+    assert mixed.attrs["dataset_points"] == [n, 158] and list(np.bincount(mixed["dataset_index"].values)) == [
+        n,
+        158,
+    ]
+    np.testing.assert_allclose(mixed["covariance"].values[n:, n:], nmc["covariance"].values, rtol=1e-14)
+    assert not mixed["covariance"].values[:n, n:].any()
+    assert np.isnan(mixed["y"].values[n:]).all() and np.isfinite(mixed["y"].values[:n]).all()
 
 
 def test_an_interpreter_without_the_theory_extra_is_named(tmp_path):
