@@ -224,7 +224,7 @@ def test_mass_adversary_reduces_background_mass_sculpting(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.long  # ~3 min quiet (14 min at load 17): out of .ci/run; the adversary test above is its default-suite version
+@pytest.mark.long  # ~3 min quiet: out of .ci/run; the adversary test above is its default-suite version
 def test_shipped_decorrelation_recipe_full_size(tmp_path):
     """The decorrelation recipe as shipped (50k stand-in jets, lambda = 0, 1, 10, 3 replicas each;
     ~3 min on 2 cores): the README's numbers. Measured: mass JSD 0.69-0.81 / 0.49-0.54 /
