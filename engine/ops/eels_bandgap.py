@@ -32,13 +32,15 @@ not calibrate the chain's direct-gap errors (see the README and engine.kernels.b
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..bounds import Params
 from ..errors import OpError
@@ -111,6 +113,15 @@ class BandgapParams(Params):
         "Gaussian of this FWHM (eV), or 'cluster': the ZLP FWHM of each cluster's median "
         "spectrum (needs the clusters and windows inputs); null: no convolution",
     )
+
+    @field_validator("resolution_ev", mode="before")
+    @classmethod
+    def _finite_resolution(cls, value):
+        """A FWHM of nan or inf is refused at its own key, as every float param is (the union
+        with 'cluster' would otherwise report it under the union's branch names)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PydanticCustomError("finite_number", "Input should be a finite number")
+        return value
 
     @model_validator(mode="after")
     def _ordered_window(self):
