@@ -58,7 +58,8 @@ def compile_recipe(recipe: LoadedRecipe | str | Path, lake: Lake | None = None,
     sources = _open_sources(loaded, lake, catalogs)
     steps = _build(loaded, checked, sources, lake, forced)
     recipe_hash = hashlib.sha256(loaded.text.encode()).hexdigest()[:16]
-    return Plan(loaded.recipe, loaded.path, recipe_hash, lake, steps, overrides=loaded.overrides)
+    return Plan(loaded.recipe, loaded.path, recipe_hash, lake, steps, overrides=loaded.overrides,
+                loaded=loaded, catalogs=catalogs)
 
 
 def check_recipe_offline(recipe: LoadedRecipe | str | Path) -> None:

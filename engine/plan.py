@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 
-from .recipe import Output, Recipe
+from .recipe import LoadedRecipe, Output, Recipe
 
 if TYPE_CHECKING:
     from .projection import Projection
@@ -59,6 +60,10 @@ class Plan:
     steps: list[PlannedStep] = field(default_factory=list)
     # `params=` the Python API merged into the recipe (engine/api.py); recorded in provenance
     overrides: dict[str, Any] | None = None
+    # what it was compiled from, so a run can compile it again once some of its outputs are
+    # published and read them back from the lake (engine/runner.py, waves)
+    loaded: LoadedRecipe | None = None
+    catalogs: str | Path | None = None
 
     def step(self, step_id: str) -> PlannedStep:
         return next(s for s in self.steps if s.id == step_id)

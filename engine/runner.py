@@ -1,16 +1,20 @@
-"""Execute a Plan: compute stale outputs together, publish them atomically, draw their plots.
+"""Execute a Plan: compute stale outputs in waves, publish them atomically, draw their plots.
 
-All stale outputs are staged in `.tmp/resume/` (engine/resume.py) and computed in ONE dask call,
-so steps they share run once. Only after every chunk is written, and the sources are checked to
-be the ones the run started from, does a store get its checksum manifest, move into its zone and
-join the lake catalog; an error discards the staging and leaves the lake as it was, a kill leaves
-the chunks written so far for the next run to resume from. Outputs are locked while being made.
+Stale outputs are staged in `.tmp/resume/` (engine/resume.py) and computed wave by wave
+(engine/waves.py): the outputs of one wave in ONE dask call, so steps they share run once; an
+output that reads another stale output waits for the next wave and reads it from the lake, so
+no intermediate is held whole between them. Only after every chunk of a wave is written, and the
+sources are checked to be the ones the run started from, does a store get its checksum manifest,
+move into its zone and join the lake catalog; an error discards the failing wave's staging (the
+lake keeps the whole outputs of earlier waves), a kill leaves the chunks written so far for the
+next run to resume from. Outputs are locked while being made.
 """
 
 from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +36,7 @@ from .catalog import (
     register_entry,
 )
 from .errors import RunError, SchedulerError
-from .graph import ENGINE_VERSION, is_up_to_date
+from .graph import ENGINE_VERSION, compile_recipe, is_up_to_date
 from .integrity import find_damage
 from .key_numbers import summarize
 from .locks import output_locks
@@ -44,6 +48,7 @@ from .progress import DaskProgress
 from .projection import project, refuse_over_budget
 from .reports import draw_plot, report_path
 from .resume import StagedOutput, discard_other_attempts, stage_output, staging_root
+from .waves import output_waves
 from .zarr_io import settle_background_writes
 
 KEY_LIBRARIES = ("numpy", "dask", "xarray", "zarr")
@@ -59,7 +64,7 @@ class OutputResult:
     reports: list[str] = field(default_factory=list)
     chunks_written: int = 0  # chunks this run computed and wrote
     chunks_resumed: int = 0  # chunks a killed earlier run had written and this run verified
-    memory: dict[str, Any] | None = None  # the run's projected and measured peak, when computed
+    memory: dict[str, Any] | None = None  # its wave's projected and measured peak, when computed
     # statistics of the variables the op marked (engine/key_numbers.py), read from the lake
     key_numbers: list[dict[str, Any]] = field(default_factory=list)
 
@@ -138,8 +143,8 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
     keys = [f"{step.zone}/{step.name}" for step in plan.stale_outputs]
     _refuse_unwritable_lake(plan)
     with output_locks(lake, keys, plan.recipe.name, lock_timeout, reads=_lake_entries_read(plan)):
-        staged, memory = _stage_and_compute(plan, started, address, progress, verify_inputs,
-                                            projection.total_bytes, replace)
+        staged, memory_of = _stage_and_compute(plan, started, address, progress, verify_inputs,
+                                               projection.total_bytes, replace)
     _list_in_catalog(plan)
     results = []
     for step in plan.outputs:
@@ -152,10 +157,16 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
                                     lake.size(lake.entry_path(step.zone, step.name)), reports,
                                     written.chunks_written if written else 0,
                                     written.chunks_resumed if written else 0,
-                                    memory if written else None,
+                                    memory_of.get(step.id),
                                     _key_numbers(plan, step)))
     return RunSummary(plan.recipe.name, results, time.perf_counter() - started_clock,
-                      address or "threads", memory)
+                      address or "threads", _largest_peak(memory_of.values()))
+
+
+def _largest_peak(memories: Iterable[dict | None]) -> dict | None:
+    """The run's memory: that of its wave with the highest measured peak (None: none computed)."""
+    measured = [m for m in memories if m is not None]
+    return max(measured, key=lambda m: m["measured_peak_bytes"] or 0, default=None)
 
 
 def _key_numbers(plan: Plan, step: PlannedStep) -> list[dict[str, Any]]:
@@ -183,35 +194,71 @@ def _refuse_unwritable_lake(plan: Plan) -> None:
 
 
 def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: bool,
-                       verify_inputs: bool, projected: int,
-                       replace: bool = False) -> tuple[dict[str, StagedOutput], dict | None]:
-    """Stage, compute and publish the stale outputs (the caller holds their locks); return them
-    with the projected and measured peak memory (None when there was nothing to compute).
+                       verify_inputs: bool, projected: int, replace: bool = False,
+                       ) -> tuple[dict[str, StagedOutput], dict[str, dict | None]]:
+    """Stage, compute and publish the stale outputs (the caller holds their locks) wave by wave
+    (engine/waves.py); return them with each one's wave's projected and measured peak memory.
 
-    An ordinary error discards the staging areas (the same inputs would fail the same way); an
-    interrupt or a kill leaves them, so the next run resumes from the chunks already written.
+    An ordinary error discards the failing wave's staging areas (the same inputs would fail the
+    same way); outputs of earlier waves are whole and stay published, for the rerun to start
+    from. An interrupt or a kill leaves the staging, so the next run resumes from its chunks.
     """
-    lake = plan.lake
     for step in plan.stale_outputs:  # a run we waited for may have published the same content
-        step.up_to_date = not step.forced and is_up_to_date(lake, step.zone, step.name, step.token)
-    stale = plan.stale_outputs
+        step.up_to_date = not step.forced and is_up_to_date(plan.lake, step.zone, step.name, step.token)
     refuse_other_recipes_outputs(plan, replace)  # under the locks: no run publishes meanwhile
-    if stale:  # one listing per input: missing, truncated or stray chunks stop the run up front
+    if plan.stale_outputs:  # one listing per input: missing, truncated or stray chunks stop the run
         _check_inputs_unchanged(plan)  # republished after compile, before our shared locks
         _refuse_damaged_inputs(plan, _damaged_inputs(plan, quick=not verify_inputs))
+    waves = output_waves(plan)
+    staged: dict[str, StagedOutput] = {}
+    memory_of: dict[str, dict | None] = {}
+    for number, wave in enumerate(waves, start=1):
+        label = f"computing {', '.join(wave)}" + (f" (wave {number} of {len(waves)})" * (len(waves) > 1))
+        try:
+            current = _compile_again(plan, wave) if number > 1 else plan
+            done, memory = _compute_wave(current, [current.step(i) for i in wave], started, address,
+                                         progress, projected, label)
+        except Exception as exc:
+            if staged:
+                exc.add_note("published before this failure, whole: " + ", ".join(staged))
+            raise
+        staged.update(done)
+        memory_of.update(dict.fromkeys(wave, memory))
+    return staged, memory_of
+
+
+def _compile_again(plan: Plan, wave: list[str]) -> Plan:
+    """The recipe compiled again, now that earlier waves are in the lake, for computing `wave`.
+
+    Outputs still to come that were forced stay forced. Their tokens must be the ones the run
+    started with: a source republished or an op's code edited meanwhile stops the run."""
+    force = [step.id for step in plan.stale_outputs if step.forced and step.id in wave]
+    again = compile_recipe(plan.loaded, plan.lake, plan.catalogs, force=force)
+    changed = [step_id for step_id in wave if again.step(step_id).token != plan.step(step_id).token]
+    if changed:
+        raise RunError(f"{plan.recipe.name}: a source or an op's code changed while this run ran, "
+                       f"so {', '.join(changed)} would no longer be what was planned; run the recipe again")
+    return again
+
+
+def _compute_wave(plan: Plan, outputs: list[PlannedStep], started: str, address: str | None,
+                  progress: bool, projected: int, label: str,
+                  ) -> tuple[dict[str, StagedOutput], dict | None]:
+    """Stage, compute in one dask call and publish `outputs`; their staging goes on an error."""
+    lake = plan.lake
     staged: dict[str, StagedOutput] = {}
     memory = None
     try:
-        for step in stale:
+        for step in outputs:
             discard_other_attempts(lake, step.zone, step.name, step.token)
             staged[step.id] = stage_output(lake, step.dataset, step.zone, step.name, step.token,
                                            provenance(plan, step, started, {
                                                "projected_bytes": projected, "measured_peak_bytes": None}))
         writes = [write for item in staged.values() for write in item.writes]
         if writes:
-            memory = _compute_measured(plan, writes, address, progress, projected)
+            memory = _compute_measured(plan, outputs, writes, address, progress, projected, label)
         _check_inputs_unchanged(plan)
-        for step in stale:
+        for step in outputs:
             item = staged[step.id]
             if memory is not None:
                 item.add_provenance(memory=memory)
@@ -222,30 +269,31 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
             item.remove()
     except Exception:
         settle_background_writes()
-        for step in stale:  # (and the one whose layout failed half way: it is not in `staged`)
+        for step in outputs:  # (and the one whose layout failed half way: it is not in `staged`)
             lake.discard(staging_root(lake, step.zone, step.name, step.token))
         raise
     return staged, memory
 
 
-def _compute_measured(plan: Plan, writes: list, address: str | None, progress: bool,
-                      projected: int) -> dict[str, Any]:
+def _compute_measured(plan: Plan, outputs: list[PlannedStep], writes: list, address: str | None,
+                      progress: bool, projected: int, label: str) -> dict[str, Any]:
     """Compute the writes; return the projected and the measured peak resident memory."""
     with PeakRss() as peak:
-        _compute_or_explain(plan, writes, address, progress)
+        _compute_or_explain(plan, outputs, writes, address, progress, label)
     if address is not None:
         return {"projected_bytes": projected, "measured_peak_bytes": None,
                 "note": "computed by dask.distributed workers, whose memory is not measured here"}
     return {"projected_bytes": projected, "measured_peak_bytes": peak.bytes}
 
 
-def _compute_or_explain(plan: Plan, writes: list, address: str | None, progress: bool) -> None:
+def _compute_or_explain(plan: Plan, outputs: list[PlannedStep], writes: list, address: str | None,
+                        progress: bool, label: str) -> None:
     """Compute the writes; on failure, name damaged input chunks rather than a codec traceback."""
     try:
-        _compute(writes, address, progress)
+        _compute(writes, address, progress, label)
     except Exception as exc:
         _refuse_damaged_inputs(plan, _damaged_inputs(plan), exc)
-        steps = ", ".join(step.id for step in plan.stale_outputs)
+        steps = ", ".join(step.id for step in outputs)
         if isinstance(exc, ValueError | FloatingPointError | ArithmeticError):
             raise RunError(f"computing {plan.recipe.name} ({steps}) failed: "
                            f"{type(exc).__name__}: {exc}") from exc
@@ -313,13 +361,13 @@ def _report_paths(plan: Plan, step: PlannedStep) -> list[str]:
     return [report_path(plan.lake, step.zone, step.name, p) for p in step.output.plots]
 
 
-def _compute(writes: list, address: str | None, progress: bool) -> None:
+def _compute(writes: list, address: str | None, progress: bool, label: str) -> None:
     if address is None:
         # Our own pool, shut down (waiting) on the way out: after a failed task no other
         # thread may still be writing chunks while the temporary stores are removed.
         pool = ThreadPoolExecutor(config.worker_threads())
         try:
-            with DaskProgress("computing outputs", disable=not progress), TrimWhenGrown():
+            with DaskProgress(label, disable=not progress), TrimWhenGrown():
                 # the threaded get itself: a scheduler named by a string makes dask import
                 # distributed to look for a client (+13 MiB resident, ~0.4 CPU-s a run)
                 dask.compute(*writes, scheduler=dask.threaded.get, pool=pool)

@@ -194,7 +194,7 @@ def test_a_cluster_run_is_not_held_to_this_machine_and_says_its_peak_is_unmeasur
         memory_lake, write_recipe, monkeypatch):
     """Workers of a dask.distributed cluster are other processes, with their own memory limits."""
     monkeypatch.setattr(runner, "check_scheduler", lambda address: None)
-    monkeypatch.setattr(runner, "_compute", lambda writes, address, progress: dask.compute(*writes))
+    monkeypatch.setattr(runner, "_compute", lambda writes, address, progress, label: dask.compute(*writes))
     monkeypatch.setenv(config.MAX_MEMORY_ENV, "1MiB")
     summary = execute(compile_recipe(write_recipe(recipe_text()), memory_lake), scheduler="tcp://cluster:8786",
                       progress=False)

@@ -10,6 +10,11 @@ trained model: the op's grid + fast path against the exact vectorised brute forc
     python tests/benchmarks/bench_eels_chain.py --side 1000      # 10^6 spectra (~20 min)
     python tests/benchmarks/bench_eels_chain.py --side 200       # a look
     python tests/benchmarks/bench_eels_chain.py --quick          # 32 x 32, trainings cut to 200 epochs
+    python tests/benchmarks/bench_eels_chain.py --side 1000 --whole   # one run of the whole recipe
+
+`--whole` runs the recipe once with every output, as a user would, and prints the peak of each
+wave the runner computed (engine/waves.py) beside the whole run's: the run's peak must stay near
+the heaviest stage's, not grow with the image.
 
 The image is generated once into --workdir/lake and reused.
 """
@@ -55,6 +60,21 @@ def staged_recipe(entry: str, outputs: list[str], epochs: int | None = None) -> 
     return head + "outputs:\n" + "\n".join(lines) + "\n"
 
 
+def wave_peaks(summary_json: str) -> dict:
+    """Each wave's measured peak (MiB) from `run --json`, named by the outputs it computed (the
+    outputs of one wave share its memory record)."""
+    waves: dict[str, list[str]] = {}
+    for output in json.loads(summary_json)["outputs"]:
+        if (output.get("memory") or {}).get("measured_peak_bytes"):
+            waves.setdefault(json.dumps(output["memory"], sort_keys=True), []).append(output["step"])
+    peaks = {}
+    for record, steps in waves.items():
+        mib = json.loads(record)["measured_peak_bytes"] / 2**20
+        print(f"  wave computing {', '.join(steps):<40} peak {mib / 1024:5.2f} GiB", flush=True)
+        peaks[f"wave_{'_'.join(steps)}_peak_mib"] = round(mib)
+    return peaks
+
+
 def subtraction_on_image(lake: Path, entry: str, pixels: int, repeats: int) -> dict:
     """Grid + fast path vs brute force on the image's first aligned pixels, the trained model."""
     import numpy as np
@@ -93,9 +113,11 @@ def run(
     workdir: Path = WORKDIR,
     subtract_pixels: int = 2048,
     repeats: int = 3,
+    whole: bool = False,
+    epochs: int | None = None,
 ) -> dict:
     side = side or (32 if quick else 1000)
-    epochs = 200 if quick else None
+    epochs = epochs or (200 if quick else None)
     result = header(
         "EELS chain in stages",
         1 if quick else repeats,
@@ -108,16 +130,18 @@ def run(
     entry = ensure_image(lake, side, channels)
     for zone in ("derived", "models"):
         shutil.rmtree(lake / zone / "eels-bandgap", ignore_errors=True)
-    for label, outputs in STAGES:
+    for label, outputs in [("whole_chain", STAGES[-1][1])] if whole else STAGES:
         recipe = workdir / "chain-stage.yaml"
         recipe.write_text(staged_recipe(entry, outputs, epochs))
-        seconds, rss, _, cpu = run_measured(replicalake("run", str(recipe), "--lake", str(lake), "--json"))
+        seconds, rss, out, cpu = run_measured(replicalake("run", str(recipe), "--lake", str(lake), "--json"))
         print(
             f"{label:<18} {seconds:8.1f} s wall {cpu:8.1f} s CPU   peak RSS {rss / 1024:5.2f} GiB", flush=True
         )
         result[f"{label}_s"] = round(seconds, 2)
         result[f"{label}_cpu_s"] = round(cpu, 2)
         result[f"{label}_peak_rss_mib"] = round(rss)
+        if whole:
+            result.update(wave_peaks(out))
     result["spectra"] = side * side
     if not quick:  # bench_zlp_subtract measures the same comparison in quick mode
         numbers = subtraction_on_image(lake, entry, min(subtract_pixels, side * side), repeats)
@@ -140,8 +164,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=WORKDIR)
     parser.add_argument("--subtract-pixels", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--whole", action="store_true", help="one run of the whole recipe, not stages")
+    parser.add_argument("--epochs", type=int, default=None, help="cut the trainings short (default: shipped)")
     args = parser.parse_args()
-    show(run(args.quick, args.side, args.channels, args.workdir, args.subtract_pixels, args.repeats))
+    show(run(args.quick, args.side, args.channels, args.workdir, args.subtract_pixels, args.repeats,
+             args.whole, args.epochs))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""A run computes its stale outputs in waves: an output that reads another stale output waits for
+it to be published and reads it from the lake, so no intermediate is held whole between them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine
+from engine import runner
+from engine.errors import RunError
+from engine.graph import compile_recipe
+from engine.testing import put_in_lake, ramp_dataset
+from engine.waves import output_waves, stale_outputs_upstream
+from tests.conftest import lake_files
+
+RECIPE = """\
+version: 1
+name: chain
+sources:
+  data: {catalog: lake, entry: raw/ramp, chunks: {y: 4}}
+steps:
+  - id: part
+    op: core.select
+    inputs: {data: data}
+    params: {ranges: {y: [0, 6]}}
+  - id: rows
+    op: core.mean
+    inputs: {data: part}
+    params: {dims: [x]}
+  - id: total
+    op: core.sum
+    inputs: {data: rows}
+    params: {dims: [y]}
+  - id: columns
+    op: core.mean
+    inputs: {data: data}
+    params: {dims: [y]}
+outputs:
+  part: {zone: derived}
+  total: {zone: derived}
+  columns: {zone: derived}
+"""
+
+
+@pytest.fixture
+def chain(ramp_lake, write_recipe):
+    return write_recipe(RECIPE)
+
+
+def test_outputs_that_read_a_stale_output_wait_for_the_next_wave(ramp_lake, chain):
+    plan = compile_recipe(chain, ramp_lake)
+    # `total` reads `part` through the intermediate `rows`; `columns` needs no other output
+    assert stale_outputs_upstream(plan, "total") == {"part"}
+    assert stale_outputs_upstream(plan, "columns") == set()
+    assert output_waves(plan) == [["part", "columns"], ["total"]]
+
+
+def test_an_up_to_date_output_ends_the_walk(ramp_lake, chain):
+    engine.run(chain, ramp_lake, progress=False)
+    plan = compile_recipe(chain, ramp_lake, force=["total"])
+    assert stale_outputs_upstream(plan, "total") == set()
+    assert output_waves(plan) == [["total"]]
+    assert output_waves(compile_recipe(chain, ramp_lake)) == []
+
+
+def test_a_chain_run_publishes_each_wave_and_the_next_reads_it_from_the_lake(ramp_lake, chain, monkeypatch):
+    computed = []
+    compute = runner._compute
+
+    def recorded(writes, address, progress, label):
+        computed.append(label)
+        return compute(writes, address, progress, label)
+
+    monkeypatch.setattr(runner, "_compute", recorded)
+    summary = engine.run(chain, ramp_lake, progress=False)
+    assert computed == ["computing part, columns (wave 1 of 2)", "computing total (wave 2 of 2)"]
+    ramp = ramp_dataset()["a"]
+    np.testing.assert_allclose(ramp_lake.open("derived", "chain/total")["a"].values,
+                               ramp.sel(y=slice(0, 6)).mean("x").sum("y"))  # ranges are inclusive
+    np.testing.assert_allclose(ramp_lake.open("derived", "chain/columns")["a"].values, ramp.mean("y"))
+    # each output records its own wave's measured peak; the run's is the larger of the two
+    memory = {o.step: o.memory for o in summary.outputs}
+    assert memory["part"] == memory["columns"] and memory["total"] is not memory["part"]
+    assert summary.memory["measured_peak_bytes"] == max(m["measured_peak_bytes"] for m in memory.values())
+    assert ramp_lake.provenance("derived", "chain/total")["memory"] == memory["total"]
+    # forced again, the run forces `total` in its second wave although `part` is up to date by then
+    computed.clear()
+    again = engine.run(chain, ramp_lake, progress=False, force=["part"])
+    assert computed == ["computing part (wave 1 of 2)", "computing total (wave 2 of 2)"]
+    assert {o.step: o.status for o in again.outputs} == {
+        "part": "computed", "total": "computed", "columns": "up to date"}
+
+
+def test_a_source_changed_between_waves_stops_the_run_and_keeps_the_first_wave(ramp_lake, chain, monkeypatch):
+    compile_again = runner.compile_recipe
+
+    def republished_first(*args, **kwargs):
+        put_in_lake(ramp_lake, "ramp", ramp_dataset() * 2)
+        return compile_again(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "compile_recipe", republished_first)
+    with pytest.raises(RunError, match="changed while this run ran, so total would no longer") as caught:
+        engine.run(chain, ramp_lake, progress=False)
+    assert "published before this failure, whole: part, columns" in caught.value.__notes__
+    assert ramp_lake.exists("derived", "chain/part") and not ramp_lake.exists("derived", "chain/total")
+    assert not [path for path in lake_files(ramp_lake) if path.startswith(".tmp/resume")]
