@@ -39,7 +39,10 @@ def test_layout_and_values_at_knots():
     assert pdf.xf_1.dims == ("member", "flavour", "x_1", "q_1")
     assert pdf.flavour.values.tolist() == FLAVOURS and pdf.member.values.tolist() == [0, 1, 2]
     np.testing.assert_array_equal(pdf.q_1.values, Q_KNOTS[1])
-    np.testing.assert_array_equal(pdf.x_0.values, X_KNOTS)
+    # the set was written with a numpy whose geomspace differs from some later ones in the last
+    # bit (numpy 2.4: 3 of 13 knots); the reader's exactness is what the round trip below
+    # checks, printed values included
+    np.testing.assert_allclose(pdf.x_0.values, X_KNOTS, rtol=4e-16, atol=0)
     assert pdf.xf_0.dtype == np.float64
     assert pdf.attrs["lhapdf_info"]["ErrorType"] == "replicas"
     assert pdf.attrs["lhapdf_member_headers"]["1"]["PdfType"] == "replica"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from scipy.optimize import brentq
 
 from engine.errors import OpError
 from engine.ingest.synthetic_eels import ingest_synthetic_eels
@@ -115,12 +116,12 @@ def test_windows_are_physically_sensible(aligned, clusters):
     assert np.all((spread > 0) & (spread < 0.5))
 
 
-def exact_one_count(image_energy, tau: float, n_counts: float) -> float:
-    """Loss (eV) where the generator's exact ZLP of such a pixel falls below one count."""
+def exact_one_count(image_energy, tau: float, n_counts: float, level: float = 1.0) -> float:
+    """Loss (eV) where the generator's exact ZLP of such a pixel falls below `level` counts."""
     loss = image_energy[image_energy > 0]
     dispersion = float(image_energy[1] - image_energy[0])
     counts = n_counts * np.exp(-tau) * dispersion * eels_synth.zero_loss_peak(loss, tau)
-    return float(loss[np.argmax(counts < 1.0)])
+    return float(loss[np.argmax(counts < level)])
 
 
 def test_automatic_de_ii_is_where_the_thinnest_zlp_falls_to_one_count(aligned, clusters):
@@ -137,24 +138,40 @@ def test_automatic_de_ii_is_where_the_thinnest_zlp_falls_to_one_count(aligned, c
     assert np.all(de_ii > windows["de_i"].values)
 
 
+# The Poisson mean at which the median count falls from 2 to 1: (1 + m) e^-m = 1/2.
+POISSON_MEDIAN_FALLS_TO_ONE = brentq(lambda m: (1 + m) * np.exp(-m) - 0.5, 1.0, 3.0)
+
+
 def test_de_ii_from_a_vacuum_cluster_is_measured(tmp_path):
-    """On the band-gap scene the vacuum cluster's median reaches one count inside the window."""
-    lake = Lake(str(tmp_path / "lake"))
-    ingest_synthetic_eels(lake, "img", (8, 8, 2048), seed=5, chunks=(8, 8), progress=False,
-                          scene="bandgap")
-    image = lake.open("raw", "img")
-    aligned = align_zlp(AlignParams(), image)
-    clusters = cluster(ClusterParams(n_clusters=2, seed=1), aligned)
-    windows = zlp_windows(WindowParams(n_sample=64, seed=2, min_pixels=3), aligned,
-                          clusters).compute()
-    assert (clusters["cluster"].values[:, -2:] == 0).all()  # the vacuum strip is the thinnest
-    # Exact: the brightest vacuum pixel's ZLP reaches one count at 18.8 eV; measured 17.4 eV.
-    # Counts are integers (plus read noise): the median spectrum is 1 where the mean is still
-    # ~1.5, and a tail ~E^-3.8 takes 10% in energy to fall that far. Bound: 10%.
-    vacuum = image["vacuum"].values > 0
-    exact = exact_one_count(image["energy"].values, 0.0, float(image["n_counts"].values[vacuum].max()))
-    assert abs(float(windows["one_count_ev"]) / exact - 1) < 0.1
-    assert np.all(windows["de_ii"].values == windows["one_count_ev"].values)
+    """On the band-gap scene the vacuum cluster's median reaches one count inside the window.
+
+    Known truth, pooled over five images: the median of integer counts is 1 once the expected
+    count is below 1.678 (its median falls from 2 to 1) and stays 1 down to ln 2, so the
+    smoothed median ln I reaches 0 between where the exact vacuum ZLP falls to 1.678 counts
+    (the early end) and to one count (the late end): 16.3 and 18.7 eV here, the tail ~E^-3.8.
+    Measured over seeds 1-8: 16.1-18.1 eV, mean 16.9; the read noise (continuous) moves each
+    spectrum's median between the integers, so one image may leave the bracket by a channel
+    or two: each within 5% of it, their mean inside it."""
+    found, early, late = [], [], []
+    for seed in range(1, 6):
+        lake = Lake(str(tmp_path / f"lake{seed}"))
+        ingest_synthetic_eels(lake, "img", (8, 8, 2048), seed=seed, chunks=(8, 8), progress=False,
+                              scene="bandgap")
+        image = lake.open("raw", "img")
+        aligned = align_zlp(AlignParams(), image)
+        clusters = cluster(ClusterParams(n_clusters=2, seed=1), aligned)
+        windows = zlp_windows(WindowParams(n_sample=64, seed=2, min_pixels=3), aligned,
+                              clusters).compute()
+        assert (clusters["cluster"].values[:, -2:] == 0).all()  # the vacuum strip is the thinnest
+        assert np.all(windows["de_ii"].values == windows["one_count_ev"].values)
+        median_counts = float(np.median(image["n_counts"].values[image["vacuum"].values > 0]))
+        energy = image["energy"].values
+        found.append(float(windows["one_count_ev"]))
+        early.append(exact_one_count(energy, 0.0, median_counts, POISSON_MEDIAN_FALLS_TO_ONE))
+        late.append(exact_one_count(energy, 0.0, median_counts))
+    found, early, late = map(np.array, (found, early, late))
+    assert np.all((0.95 * early < found) & (found < 1.05 * late)), (found, early, late)
+    assert early.mean() < found.mean() < late.mean(), (found.mean(), early.mean(), late.mean())
 
 
 def test_vacuum_cluster_out_of_range(aligned, clusters):
