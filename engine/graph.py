@@ -10,7 +10,7 @@ the lake instead of being rebuilt.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from importlib.metadata import version
@@ -44,11 +44,14 @@ class _Checked:
 
 
 def compile_recipe(recipe: LoadedRecipe | str | Path, lake: Lake | None = None,
-                   catalogs: str | Path | None = None, force: Iterable[str] = ()) -> Plan:
+                   catalogs: str | Path | None = None, force: Iterable[str] = (),
+                   staged: Mapping[str, str] | None = None) -> Plan:
     """Validate `recipe` and build its lazy Plan. Raises RecipeError listing every problem.
 
     `force`: step ids to recompute although their outputs are up to date, with every step
-    downstream of them (engine/ownership.py; a ConfigError names an id that is no step)."""
+    downstream of them (engine/ownership.py; a ConfigError names an id that is no step).
+    `staged`: {output step id: lake path of the store a running run computed it into}, read
+    from there instead of computed (the runner's later waves, engine/runner.py)."""
     loaded = recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
     lake = lake or Lake()
     checked = _check_references(loaded)
@@ -56,7 +59,7 @@ def compile_recipe(recipe: LoadedRecipe | str | Path, lake: Lake | None = None,
                           loaded.recipe.sources)
     _check_params(loaded, checked)
     sources = _open_sources(loaded, lake, catalogs)
-    steps = _build(loaded, checked, sources, lake, forced)
+    steps = _build(loaded, checked, sources, lake, forced, staged or {})
     recipe_hash = hashlib.sha256(loaded.text.encode()).hexdigest()[:16]
     return Plan(loaded.recipe, loaded.path, recipe_hash, lake, steps, overrides=loaded.overrides,
                 loaded=loaded, catalogs=catalogs)
@@ -203,7 +206,7 @@ def output_name(loaded_name: str, step_id: str, explicit: str | None) -> str:
 
 
 def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.Dataset, str, str]],
-           lake: Lake, forced: set[str] = frozenset()) -> list[PlannedStep]:
+           lake: Lake, forced: set[str], staged: Mapping[str, str]) -> list[PlannedStep]:
     recipe = loaded.recipe
     index_of = {step.id: i for i, step in enumerate(recipe.steps)}
     results: dict[str, tuple[xr.Dataset, str]] = {name: (ds, token)
@@ -233,6 +236,8 @@ def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.
         stale = output is not None and not up_to_date
         if up_to_date:
             dataset = lake.open(zone, name)
+        elif step_id in staged:
+            dataset = lake.open_store(staged[step_id])
         else:
             kwargs = {k: results[v][0] for k, v in step.inputs.items()}
             if spec.wants_context:
@@ -251,6 +256,7 @@ def _build(loaded: LoadedRecipe, checked: _Checked, sources: dict[str, tuple[xr.
                                    inputs=dict(step.inputs), params=params.model_dump(mode="json"),
                                    output=output, zone=zone, name=name, up_to_date=up_to_date,
                                    op_version=spec.version, code=code, forced=step_id in forced,
+                                   staged=stale and step_id in staged,
                                    stale_reason=(f"damaged output: {damage}" if damage else
                                                  "forced" if step_id in forced and _has_token(stored, token)
                                                  else _stale_reason(stored, made)) if stale else ""))

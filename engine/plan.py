@@ -37,6 +37,15 @@ class PlannedStep:
     # it or a step upstream of it); "" for everything else.
     stale_reason: str = ""
     forced: bool = False  # recomputed on request even where its token is in the lake (--force)
+    # computed by the running run into its staging store, read from there by its later waves
+    # (engine/runner.py); still stale until the run publishes it
+    staged: bool = False
+
+    @property
+    def read_from_store(self) -> bool:
+        """Its data is read from a zarr store (an up-to-date output, or one this run staged), so
+        nothing upstream of it runs."""
+        return self.output is not None and (self.up_to_date or self.staged)
 
     @property
     def nbytes(self) -> int:

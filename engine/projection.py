@@ -91,7 +91,7 @@ def running_steps(plan: Plan) -> list[PlannedStep]:
     pending = [step.id for step in plan.stale_outputs]
     while pending:
         step = plan.step(pending.pop())
-        if step.id in wanted or step.op == "source" or (step.output is not None and step.up_to_date):
+        if step.id in wanted or step.op == "source" or step.read_from_store:
             continue
         wanted.add(step.id)
         pending.extend(step.inputs.values())

@@ -2,12 +2,12 @@
 
 Stale outputs are staged in `.tmp/resume/` (engine/resume.py) and computed wave by wave
 (engine/waves.py): the outputs of one wave in ONE dask call, so steps they share run once; an
-output that reads another stale output waits for the next wave and reads it from the lake, so
-no intermediate is held whole between them. Only after every chunk of a wave is written, and the
-sources are checked to be the ones the run started from, does a store get its checksum manifest,
-move into its zone and join the lake catalog; an error discards the failing wave's staging (the
-lake keeps the whole outputs of earlier waves), a kill leaves the chunks written so far for the
-next run to resume from. Outputs are locked while being made.
+output that reads another stale output waits for the next wave and reads it from its staging
+store, so no intermediate is held whole between them. Only after every chunk of every wave is
+written, and the sources are checked to be the ones the run started from, does a store get its
+checksum manifest, move into its zone and join the lake catalog; an error discards the staging
+and leaves the lake as it was, a kill leaves the chunks written so far for the next run to resume
+from. Outputs are locked while being made.
 """
 
 from __future__ import annotations
@@ -196,15 +196,17 @@ def _refuse_unwritable_lake(plan: Plan) -> None:
 def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: bool,
                        verify_inputs: bool, projected: int, replace: bool = False,
                        ) -> tuple[dict[str, StagedOutput], dict[str, dict | None]]:
-    """Stage, compute and publish the stale outputs (the caller holds their locks) wave by wave
-    (engine/waves.py); return them with each one's wave's projected and measured peak memory.
+    """Stage and compute the stale outputs (the caller holds their locks) wave by wave
+    (engine/waves.py), then publish them all; return them with each one's wave's projected and
+    measured peak memory.
 
-    An ordinary error discards the failing wave's staging areas (the same inputs would fail the
-    same way); outputs of earlier waves are whole and stay published, for the rerun to start
-    from. An interrupt or a kill leaves the staging, so the next run resumes from its chunks.
+    An ordinary error discards every staging area (the same inputs would fail the same way) and
+    publishes nothing; an interrupt or a kill leaves them, so the next run resumes from the
+    chunks already written, whole waves included.
     """
+    lake = plan.lake
     for step in plan.stale_outputs:  # a run we waited for may have published the same content
-        step.up_to_date = not step.forced and is_up_to_date(plan.lake, step.zone, step.name, step.token)
+        step.up_to_date = not step.forced and is_up_to_date(lake, step.zone, step.name, step.token)
     refuse_other_recipes_outputs(plan, replace)  # under the locks: no run publishes meanwhile
     if plan.stale_outputs:  # one listing per input: missing, truncated or stray chunks stop the run
         _check_inputs_unchanged(plan)  # republished after compile, before our shared locks
@@ -212,56 +214,25 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
     waves = output_waves(plan)
     staged: dict[str, StagedOutput] = {}
     memory_of: dict[str, dict | None] = {}
-    for number, wave in enumerate(waves, start=1):
-        label = f"computing {', '.join(wave)}" + (f" (wave {number} of {len(waves)})" * (len(waves) > 1))
-        try:
-            current = _compile_again(plan, wave) if number > 1 else plan
-            done, memory = _compute_wave(current, [current.step(i) for i in wave], started, address,
-                                         progress, projected, label)
-        except Exception as exc:
-            if staged:
-                exc.add_note("published before this failure, whole: " + ", ".join(staged))
-            raise
-        staged.update(done)
-        memory_of.update(dict.fromkeys(wave, memory))
-    return staged, memory_of
-
-
-def _compile_again(plan: Plan, wave: list[str]) -> Plan:
-    """The recipe compiled again, now that earlier waves are in the lake, for computing `wave`.
-
-    Outputs still to come that were forced stay forced. Their tokens must be the ones the run
-    started with: a source republished or an op's code edited meanwhile stops the run."""
-    force = [step.id for step in plan.stale_outputs if step.forced and step.id in wave]
-    again = compile_recipe(plan.loaded, plan.lake, plan.catalogs, force=force)
-    changed = [step_id for step_id in wave if again.step(step_id).token != plan.step(step_id).token]
-    if changed:
-        raise RunError(f"{plan.recipe.name}: a source or an op's code changed while this run ran, "
-                       f"so {', '.join(changed)} would no longer be what was planned; run the recipe again")
-    return again
-
-
-def _compute_wave(plan: Plan, outputs: list[PlannedStep], started: str, address: str | None,
-                  progress: bool, projected: int, label: str,
-                  ) -> tuple[dict[str, StagedOutput], dict | None]:
-    """Stage, compute in one dask call and publish `outputs`; their staging goes on an error."""
-    lake = plan.lake
-    staged: dict[str, StagedOutput] = {}
-    memory = None
     try:
-        for step in outputs:
-            discard_other_attempts(lake, step.zone, step.name, step.token)
-            staged[step.id] = stage_output(lake, step.dataset, step.zone, step.name, step.token,
-                                           provenance(plan, step, started, {
-                                               "projected_bytes": projected, "measured_peak_bytes": None}))
-        writes = [write for item in staged.values() for write in item.writes]
-        if writes:
-            memory = _compute_measured(plan, outputs, writes, address, progress, projected, label)
+        for number, wave in enumerate(waves, start=1):
+            current = _compile_again(plan, wave, staged) if number > 1 else plan
+            label = f"computing {', '.join(wave)}" + (f" (wave {number} of {len(waves)})" * (len(waves) > 1))
+            outputs = [current.step(step_id) for step_id in wave]
+            for step in outputs:
+                discard_other_attempts(lake, step.zone, step.name, step.token)
+                record = provenance(current, step, started,
+                                    {"projected_bytes": projected, "measured_peak_bytes": None})
+                staged[step.id] = stage_output(lake, step.dataset, step.zone, step.name, step.token, record)
+            writes = [write for step in outputs for write in staged[step.id].writes]
+            if writes:
+                memory = _compute_measured(current, outputs, writes, address, progress, projected, label)
+                memory_of.update(dict.fromkeys(wave, memory))
         _check_inputs_unchanged(plan)
-        for step in outputs:
+        for step in plan.stale_outputs:
             item = staged[step.id]
-            if memory is not None:
-                item.add_provenance(memory=memory)
+            if step.id in memory_of:
+                item.add_provenance(memory=memory_of[step.id])
             publish_entry(lake, item.store, step.zone, step.name,
                           description=f"{plan.recipe.name}: step {step.id} ({step.op})",
                           metadata={"token": step.token, "recipe": plan.recipe.name},
@@ -269,10 +240,27 @@ def _compute_wave(plan: Plan, outputs: list[PlannedStep], started: str, address:
             item.remove()
     except Exception:
         settle_background_writes()
-        for step in outputs:  # (and the one whose layout failed half way: it is not in `staged`)
+        for step in plan.stale_outputs:  # (and one whose layout failed half way: not in `staged`)
             lake.discard(staging_root(lake, step.zone, step.name, step.token))
         raise
-    return staged, memory
+    return staged, memory_of
+
+
+def _compile_again(plan: Plan, wave: list[str], staged: dict[str, StagedOutput]) -> Plan:
+    """The recipe compiled again for computing `wave`, reading what earlier waves computed from
+    their staging stores.
+
+    Outputs still to come that were forced stay forced. Their tokens must be the ones the run
+    started with: a source republished or an op's code edited meanwhile stops the run."""
+    force = [step.id for step in plan.stale_outputs if step.forced and step.id in wave]
+    again = compile_recipe(plan.loaded, plan.lake, plan.catalogs, force=force,
+                           staged={step_id: item.store for step_id, item in staged.items()})
+    changed = [step_id for step_id in wave if again.step(step_id).token != plan.step(step_id).token]
+    if changed:
+        raise RunError(f"{plan.recipe.name}: a source or an op's code changed while this run ran, "
+                       f"so {', '.join(changed)} would no longer be what was planned; nothing was "
+                       "published; run the recipe again")
+    return again
 
 
 def _compute_measured(plan: Plan, outputs: list[PlannedStep], writes: list, address: str | None,

@@ -152,6 +152,11 @@ class Lake:
             raise LakeError(f"no entry {zone}/{name} in the lake at {self.root_url!r}")
         else:
             path = self.entry_path(zone, name)
+        return self.open_store(path, chunks)
+
+    def open_store(self, path: str, chunks: dict | None = None) -> xr.Dataset:
+        """Open the zarr store at `path` in this lake lazily (a published entry's, or one a run has
+        staged and not yet published: engine/runner.py reads earlier waves' outputs from there)."""
         return xr.open_zarr(self.url(path), consolidated=False,
                             chunks=chunks if chunks is not None else {},
                             storage_options=None if self.is_local else self.storage_options)

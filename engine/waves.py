@@ -6,9 +6,10 @@ many steps later, has read it too: the whole image sits in memory (2.06 GiB agai
 at 1.6e5 spectra, tests/benchmarks/bench_eels_chain.py). A run therefore computes its stale
 outputs in waves: wave 1 holds the outputs that need no other stale output; each later wave holds
 those whose stale upstream outputs are all in earlier waves. A wave is one dask call (steps its
-outputs share run once); between waves the runner publishes and compiles the recipe again, so
-the next wave reads what it needs from the lake chunk by chunk and recomputes any cheap shared
-intermediate (the aligned image) streaming, instead of keeping it.
+outputs share run once); between waves the runner compiles the recipe again reading the outputs
+already computed from their staging stores, so the next wave reads them chunk by chunk and
+recomputes any cheap shared intermediate (the aligned image) streaming, instead of keeping it.
+Nothing is published until the last wave is written: a run is still all or nothing.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ def output_waves(plan: Plan) -> list[list[str]]:
 
 def stale_outputs_upstream(plan: Plan, step_id: str) -> set[str]:
     """Stale outputs whose data the step's graph reads, through intermediates; the walk stops at
-    sources and at up-to-date outputs (read from the lake: nothing upstream of them runs)."""
+    sources and at outputs read from a store (up to date, or staged by this run's earlier waves:
+    nothing upstream of them runs)."""
     found: set[str] = set()
     seen: set[str] = set()
     pending = list(plan.step(step_id).inputs.values())
     while pending:
         step = plan.step(pending.pop())
-        if step.id in seen or step.op == "source" or (step.output is not None and step.up_to_date):
+        if step.id in seen or step.op == "source" or step.read_from_store:
             continue
         seen.add(step.id)
         if step.output is not None:
