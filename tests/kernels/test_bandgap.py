@@ -330,13 +330,16 @@ def test_background_removes_the_plasmon_bias_on_generator_spectra(b):
     What c E leaves for b = 1.5 is the onset's own decay e^{-x/w}, which the power law cannot
     follow (cf. the decay test above). Bounds: the measured ranges plus 3 standard errors of an
     8-draw mean (up to 0.035 eV for b = 1.5, 0.012 for b = 0.5). For b = 1.5 the model fits to
-    the noise (chi2/dof ~ 1) and the scatter over draws matches the fit errors; for b = 0.5
-    the ZLP-blurred square-root edge is not a power law at these counts (chi2/dof 2-19), so
-    its errors are not checked.
+    the noise (chi2/dof ~ 1) and the scatter over draws matches the fit errors: pooled over the
+    16 (e_g, tau) cells (112 degrees of freedom) the RMS of scatter / error is 1.10, one cell
+    alone 0.62-2.04 (7 degrees of freedom each); bound 0.8-1.25 (~3 standard errors of the
+    pooled ratio, 0.067). For b = 0.5 the ZLP-blurred square-root edge is not a power law at
+    these counts (chi2/dof 2-19), so its errors are not checked.
     """
     taus = np.linspace(0.3, 1.5, 4)
     draws = 8
     low, high = (-0.04, 0.06) if b == 0.5 else (-0.25, 0.0)
+    variance_ratios = []
     for e_g in np.linspace(1.0, 2.5, 4):
         energy, spectra, sigma = generator_inelastic(e_g, b, taus, 6e7, draws, seed=int(10 * e_g))
         window = (e_g - 0.3, e_g + 1.0)
@@ -351,9 +354,9 @@ def test_background_removes_the_plasmon_bias_on_generator_spectra(b):
         assert (bare_bias < (-0.04 if b == 0.5 else -0.2)).all()
         assert (np.abs(bias) < 0.6 * np.abs(bare_bias)).all()
         assert (np.median(linear.background, axis=0) > 0).all()  # the tail is found
-        if b == 1.5:
-            scatter = linear.e_bg.std(axis=0, ddof=1) / np.median(linear.e_bg_error, axis=0)
-            assert (0.4 < scatter).all() and (scatter < 2.0).all()
+        variance_ratios += list(linear.e_bg.var(axis=0, ddof=1) / np.median(linear.e_bg_error, axis=0) ** 2)
+    if b == 1.5:
+        assert 0.8 < np.sqrt(np.mean(variance_ratios)) < 1.25
 
 
 def test_a_block_with_nothing_to_fit_is_flagged_not_an_error():
@@ -364,3 +367,56 @@ def test_a_block_with_nothing_to_fit_is_flagged_not_an_error():
             np.zeros((3, 4, energy.size)), energy, window=(0.5, 3.5), exponent=1.5, background=background
         )
         assert not fit.converged.any() and np.isnan(fit.e_bg).all()
+
+
+def test_kept_scratch_reused_per_thread_without_changing_fits():
+    """A thread's buffers from a larger call serve a smaller one (same channels), another thread
+    gets its own, and reused buffers (stale contents) change no fit."""
+    import threading
+
+    from engine.kernels.bandgap import _kept_scratch
+
+    spectra, _ = noisy_onsets(12, 1.5, seed=3)
+    fits = {}
+
+    def run(name, rows):
+        fits[name] = fit_bandgap(spectra[:rows], ENERGY, window=WINDOW, exponent=None, sigma="poisson")
+
+    worker = threading.Thread(target=run, args=("fresh", 5))  # a thread without kept buffers
+    worker.start()
+    worker.join()
+    run("large", 12)
+    run("reused", 5)
+    for field in ("e_bg", "exponent", "amplitude", "chi2", "e_bg_error"):
+        np.testing.assert_array_equal(getattr(fits["reused"], field), getattr(fits["fresh"], field))
+    kept = _kept_scratch("batch", 8, 161)  # the 12-row call's
+    assert _kept_scratch("batch", 3, 161) is kept and _kept_scratch("batch", 13, 161) is not kept
+    assert _kept_scratch("batch", 3, 160) is not _kept_scratch("batch", 3, 161)
+
+
+def test_log_above_is_zero_below_the_onset():
+    """ln x above the onset, 0 (not ln TINY, whose exp(b ln TINY) underflows) at and below it."""
+    from engine.kernels.bandgap import _log_above
+
+    x = np.array([[-1.0, 0.0, 1e-310, 0.5, 2.0]])
+    logged = _log_above(x, x > 0, np.empty_like(x))
+    np.testing.assert_array_equal(logged[0, :2], 0.0)
+    np.testing.assert_allclose(logged[0, 2:], np.log(x[0, 2:]).clip(np.log(1e-300)))
+
+
+@pytest.mark.parametrize("background", ["none", "linear"])
+def test_blocks_of_spectra_fit_as_one_batch(monkeypatch, background):
+    """Evaluations and starts run BLOCK_ROWS spectra at a time; any block size gives the same
+    bits (each spectrum's sums stay its own)."""
+    import engine.kernels.bandgap as kernel
+
+    spectra, _ = noisy_onsets(23, 1.5, seed=4)
+    if background == "linear":
+        spectra = spectra + 300.0 * ENERGY  # a plasmon tail
+    options = dict(window=WINDOW, exponent=None, background=background, sigma="poisson")
+    whole = fit_bandgap(spectra, ENERGY, **options)
+    monkeypatch.setattr(kernel, "BLOCK_ROWS", 5)
+    blocked = fit_bandgap(spectra, ENERGY, **options)
+    assert whole.converged.all()
+    for field in ("e_bg", "exponent", "amplitude", "background", "chi2", "e_bg_error", "iterations"):
+        np.testing.assert_array_equal(getattr(blocked, field), getattr(whole, field))
