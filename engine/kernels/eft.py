@@ -85,34 +85,38 @@ def robust_range(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return low, np.where(high > low, high, low + 1.0)
 
 
-def _signed_softplus(
-    raw: Tensor,
-    s: Tensor,
-    sign: Tensor,
-    weight: Tensor,
-    derivative: bool = False,
-    signed_weight: Tensor | None = None,
-    value: bool = True,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Per row sum_i w_i softplus(sign_i l_i), l = log r, r = softplus(1 + s raw) (see _loss);
-    with `derivative` (no autograd graph), also d loss / d raw in closed form:
+def _signed_softplus(raw: Tensor, s: Tensor, sign: Tensor, weight: Tensor) -> Tensor:
+    """Per row sum_i w_i softplus(sign_i l_i), l = log r, r = softplus(1 + s raw) (see _loss)."""
+    return _weighted_sum(F.softplus(torch.addcmul(_one(raw.device, raw.dtype), raw, s)), sign, weight)
 
-        w sign sigmoid(sign l) / r * sigmoid(1 + s raw) s   (0 where r is clamped at 1e-30),
 
-    the chain rule through the same operations, computed in place on the forward's
-    intermediate values (a handful of passes instead of autograd's backward nodes);
-    `signed_weight` is w sign, when the caller keeps it (one pass less: sign is +-1, so the
-    product is exact and the derivative the same either way); `value=False` skips the loss
-    (None) where only the derivative is wanted.
+def _weighted_sum(r: Tensor, sign: Tensor, weight: Tensor) -> Tensor:
+    """_signed_softplus from r (log r clamped at 1e-30: a finite loss where r underflows)."""
+    return (F.softplus(torch.log(r.clamp(min=1e-30)) * sign) * weight).sum(1)
+
+
+def _signed_softplus_derivative(
+    raw: Tensor, s: Tensor, n_sm: int, sign: Tensor, weight: Tensor, signed_weight: Tensor, value: bool
+) -> tuple[Tensor | None, Tensor]:
+    """(_signed_softplus, or None where not `value`; d it / d raw), no autograd graph, for rows
+    of n_sm SM events (sign +1) then SM+term events (sign -1); signed_weight is w sign.
+
+    The chain rule through _signed_softplus is w sign sigmoid(sign l) / r * sigmoid(z) s with
+    z = 1 + s raw, and sigmoid(l) = r / (1 + r), sigmoid(-l) = 1 / (1 + r), so
+
+        d = w sign s sigmoid(z) / (1 + r)        (SM)
+        d = w sign s sigmoid(z) / ((1 + r) r)    (SM+term),   0 where r < 1e-30 (the clamp),
+
+    ten passes on the forward's intermediate values where the chain rule as written took
+    thirteen (no log, clamp or second sigmoid: at 128 + 128 events a pass is mostly its call).
     """
     z = torch.addcmul(_one(raw.device, raw.dtype), raw, s)  # 1 + s raw in one pass
     r = F.softplus(z)
-    signed = torch.log(r.clamp(min=1e-30)) * sign
-    loss = (F.softplus(signed) * weight).sum(1) if value else None
-    if not derivative:
-        return loss, None
-    d = signed.sigmoid_().mul_(weight * sign if signed_weight is None else signed_weight)
-    d = d.mul_(z.sigmoid_()).mul_(s).div_(r)
+    loss = _weighted_sum(r, sign, weight) if value else None
+    den = r + 1.0
+    n_eft = r.shape[1] - n_sm
+    den.narrow(1, n_sm, n_eft).mul_(r.narrow(1, n_sm, n_eft))
+    d = z.sigmoid_().div_(den).mul_(signed_weight).mul_(s)
     return loss, d.masked_fill_(r < 1e-30, 0.0)
 
 
@@ -162,10 +166,12 @@ class WeightedCrossEntropy:
             return torch.as_tensor(a, dtype=dtype, device=device)
 
         # feature-major (rows, features, events), the layers' own layout: no transposing copy
-        # per step, and a step's events are one concatenation of two slices
-        train = tensor(np.concatenate([sm[:, : self.n_train[0]], eft[:, : self.n_train[1]]], 1))
-        self.whole = train.transpose(1, 2).contiguous()  # the full-batch case's events
-        self.parts = (self.whole[..., : self.n_train[0]], self.whole[..., self.n_train[0] :])
+        # per step, and a step's events are one concatenation of two slices; each part
+        # contiguous, so that its shuffle gathers rows of a 2-D view (see _shuffle)
+        self.parts = tuple(
+            tensor(a[:, :n]).transpose(1, 2).contiguous() for a, n in zip((sm, eft), self.n_train)
+        )
+        self._whole: Tensor | None = None  # the full-batch case's events, made at its first step
         self.val = tensor(np.concatenate([sm[:, self.n_train[0] :], eft[:, self.n_train[1] :]], 1))
         self.sigma_sm, self.sigma_eft = tensor(sigma_sm), tensor(sigma_eft)
         ratio = sigma_eft / sigma_sm
@@ -174,7 +180,7 @@ class WeightedCrossEntropy:
         self.seed = config.seed
         self.epoch = 0  # set by train_ensemble before every call (the minibatch key)
         self.device = device
-        self._shuffled: dict[int, tuple[int, Tensor]] = {}  # part -> (pass, its shuffled copy)
+        self._shuffled: dict[int, tuple[int, Tensor]] = {}  # see _pass_copy: 0, 1 parts, 2 both
         self._signed: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}  # see _weights
 
     def _loss(self, model: EnsembleMLP, events: Tensor, n_sm: int) -> Tensor:
@@ -188,7 +194,7 @@ class WeightedCrossEntropy:
         """
         s = model.replica_params["c_scale"].view(-1, 1)
         sign, weight, _ = self._weights(n_sm, events.shape[1])
-        return _signed_softplus(model.raw(events)[..., 0], s, sign, weight)[0]
+        return _signed_softplus(model.raw(events)[..., 0], s, sign, weight)
 
     def _weights(self, n_sm: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """+1 (SM) / -1 (SM+term) per event, each event's weight sigma / (count constant), and
@@ -203,35 +209,70 @@ class WeightedCrossEntropy:
             self._signed[key] = sign, weight, weight * sign
         return self._signed[key]
 
-    def _minibatch(self, part: int) -> Tensor:
-        """This step's events of one part (0 SM, 1 SM+term): the next slice of the pass's shuffle.
+    def _shuffle(self, part: int, which: int) -> Tensor:
+        """Part `part`'s (0 SM, 1 SM+term) training events in the order of pass `which`.
 
         Why a copy shuffled once per pass instead of a gather per step: a step's random gather
         from the whole sample misses the cache at nearly every event (88 us of a 1.8 ms step at
         256 + 256 events, 10 networks, in a profile), while slicing the shuffled copy reads memory
         in order; it costs one more copy of the training events. The batches are the same: slice k
-        of data[perm] is data[perm[slice k]].
+        of data[perm] is data[perm[slice k]]. The copy gathers along the rows of the part's
+        (rows x features, events) view: the same values, 6x faster than index_select along the
+        last dim of the 3-D tensor (0.2 against 1.3 ms for 10 x 2 x 16000 events).
         """
+        data = self.parts[part]
+        n = data.shape[2]
+        order = np.random.default_rng([self.seed, part, which]).permutation(n)
+        order = torch.as_tensor(order, device=self.device)
+        return torch.index_select(data.view(-1, n), 1, order).view(data.shape)
+
+    def _pass_copy(self, key: int, which: int, make: Callable[[], Tensor]) -> Tensor:
+        """The copy `key` of pass `which`, made (replacing the previous pass's) on its first use."""
+        if self._shuffled.get(key, (None,))[0] != which:
+            self._shuffled[key] = (which, make())
+        return self._shuffled[key][1]
+
+    def _minibatch(self, part: int) -> Tensor:
+        """This step's events of one part (0 SM, 1 SM+term): the next slice of the pass's shuffle."""
         data = self.parts[part]
         n = data.shape[2]
         if self.batch is None or self.batch >= n:
             return data
         per_pass = n // self.batch
         which = self.epoch // per_pass
-        if self._shuffled.get(part, (None,))[0] != which:
-            order = np.random.default_rng([self.seed, part, which]).permutation(n)
-            self._shuffled[part] = (
-                which,
-                torch.index_select(data, 2, torch.as_tensor(order, device=self.device)),
-            )
-        start = (self.epoch % per_pass) * self.batch
-        return self._shuffled[part][1][..., start : start + self.batch]
+        shuffled = self._pass_copy(part, which, lambda: self._shuffle(part, which))
+        return shuffled.narrow(2, (self.epoch % per_pass) * self.batch, self.batch)
 
     def _events(self) -> tuple[Tensor, int]:
-        """This step's events (rows, features, n), SM first, and how many are SM."""
-        sm, eft = self._minibatch(0), self._minibatch(1)
-        n = sm.shape[2] + eft.shape[2]
-        return (self.whole if n == self.whole.shape[2] else torch.cat([sm, eft], 2)), sm.shape[2]
+        """This step's events (rows, features, n), SM first, and how many are SM.
+
+        Where both parts take the same number of minibatches per pass (equal samples, the
+        usual case), their passes start together, and every step's SM and SM+term slices are
+        laid side by side in one copy per pass: a step is then a slice of it, no concatenation
+        (a fresh buffer) and two slicings per step (with the faster shuffle of _shuffle: 15 us
+        per step for its events against 49, at 128 + 128 events, 10 networks, of a ~1.2 ms step).
+        """
+        b, (n_sm, n_eft) = self.batch, self.n_train
+        if b is None or b >= min(n_sm, n_eft) or n_sm // b != n_eft // b:
+            sm, eft = self._minibatch(0), self._minibatch(1)
+            if sm is not self.parts[0] or eft is not self.parts[1]:
+                return torch.cat([sm, eft], 2), sm.shape[2]
+            if self._whole is None:
+                self._whole = torch.cat(self.parts, 2)
+            return self._whole, sm.shape[2]
+        per_pass = n_sm // b
+        which = self.epoch // per_pass
+        paired = self._pass_copy(2, which, lambda: self._side_by_side(which, per_pass))
+        return paired.narrow(2, (self.epoch % per_pass) * 2 * b, 2 * b), b
+
+    def _side_by_side(self, which: int, per_pass: int) -> Tensor:
+        """Pass `which` as (rows, features, per_pass 2 b): step k's b SM events, then its b SM+term."""
+        rows, features = self.parts[0].shape[:2]
+        steps = [
+            self._shuffle(part, which)[..., : per_pass * self.batch].reshape(rows * features, per_pass, -1)
+            for part in (0, 1)
+        ]
+        return torch.cat(steps, 2).view(rows, features, -1)
 
     def __call__(self, model: EnsembleMLP, validate: bool) -> tuple[Tensor, Tensor | None]:
         events, n_sm = self._events()
@@ -258,11 +299,13 @@ class WeightedCrossEntropy:
         if model.trainable_params or model.input_transform or not model.supports_layers_backward:
             return None
         events, n_sm = self._events()
-        out, tape = model.layers_forward(events)
         s = model.param_c_scale.view(-1, 1)
         sign, weight, signed_weight = self._weights(n_sm, events.shape[2])
-        with torch.no_grad():
-            train, d = _signed_softplus(out.select(1, 0), s, sign, weight, True, signed_weight, validate)
+        with torch.no_grad():  # one context for the step (the layers' own are then skipped)
+            out, tape = model.layers_forward(events)
+            train, d = _signed_softplus_derivative(
+                out.select(1, 0), s, n_sm, sign, weight, signed_weight, validate
+            )
             grads = [model.layers_backward(tape, d.unsqueeze(1))]
             val = self._loss(model, self.val, self.n_val[0]) if validate else None
         return train, val, grads

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .mlp import lookup
+from .mlp import lookup, without_grad
 
 Tensor = torch.Tensor
 
@@ -93,7 +93,7 @@ class ReplicaOptimiser:
         # float64 torch's and Python's pow differ in the last bit now and then
         self._scalar_ok = like.dtype == torch.float32
 
-    @torch.no_grad()
+    @without_grad
     def step(
         self, grads: Sequence[Tensor], active: Tensor, progress: float = 0.0, *, all_active: bool = False
     ) -> None:

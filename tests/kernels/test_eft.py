@@ -157,6 +157,41 @@ def _loss_and_model(activations=("tanh", "tanh", "linear"), batch=16, dtype=torc
     return loss, model
 
 
+@pytest.mark.parametrize(
+    ("n_sm", "n_eft", "batch"), [(60, 50, 16), (60, 60, 16), (60, 50, None), (60, 50, 64)]
+)
+def test_a_steps_events_are_slices_of_each_parts_pass_shuffle(n_sm, n_eft, batch):
+    """Step k's events: the k-th minibatch of each part's shuffle of its pass (keyed by seed, part
+    and pass), SM first, whether the parts are laid side by side per pass (equal batches per pass)
+    or concatenated per step; a part no larger than the batch is taken whole."""
+    rng = np.random.default_rng(5)
+    sm, term = rng.normal(size=(3, n_sm, 2)), rng.normal(size=(3, n_eft, 2))
+    config = eft.EftTrainConfig(
+        (4,), ("tanh", "linear"), 10, batch, OptimiserConfig(), StoppingConfig(), seed=7
+    )
+    loss = eft.WeightedCrossEntropy(
+        sm, term, np.ones(3), np.full(3, 1.5), config, torch.device("cpu"), torch.float64
+    )
+    parts = []
+    for part, sample in enumerate((sm, term)):
+        n = len(sample[0]) - max(1, int(len(sample[0]) * 0.2))
+        parts.append((part, np.asarray(sample[:, :n]).transpose(0, 2, 1)))
+    for epoch in (0, 1, 2, 5, 3, 9):
+        loss.epoch = epoch
+        events, n = loss._events()
+        expected = []
+        for part, data in parts:
+            size = data.shape[2]
+            if batch is None or batch >= size:
+                expected.append(data)
+                continue
+            per_pass = size // batch
+            order = np.random.default_rng([7, part, epoch // per_pass]).permutation(size)
+            expected.append(data[..., order][..., (epoch % per_pass) * batch :][..., :batch])
+        assert n == expected[0].shape[2]
+        np.testing.assert_array_equal(events.numpy(), np.concatenate(expected, 2))
+
+
 @pytest.mark.parametrize("batch", [16, None])
 def test_hand_written_gradient_equals_autograds(batch):
     """value_and_grad (no autograd graph: hand-written layers, closed-form loss derivative) gives
@@ -174,25 +209,29 @@ def test_hand_written_gradient_equals_autograds(batch):
 
 
 def test_closed_form_loss_derivative_passes_gradcheck_and_the_clamp():
-    """The loss's derivative by hand against finite differences (float64), over raw outputs from
-    deep in the clamped region (r < 1e-30: zero gradient, as autograd's clamp) to past softplus's
-    linear threshold."""
-    raw = torch.tensor([[-80.0, -3.0, -0.4, 0.0, 0.7, 4.0, 30.0]], dtype=torch.float64)
-    sign = torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0]], dtype=torch.float64)
-    weight = torch.linspace(0.5, 2.0, 7, dtype=torch.float64)[None]
+    """The loss's derivative by hand against autograd and finite differences (float64), over raw
+    outputs from deep in the clamped region (r < 1e-30: zero gradient, as autograd's clamp, for
+    an SM and an SM+term event) to past softplus's linear threshold."""
+    raw = torch.tensor([[-80.0, -3.0, -0.4, 0.0, 0.7, 4.0, 30.0, -80.0]], dtype=torch.float64)
+    n_sm = 4
+    sign = torch.tensor([[1.0] * n_sm + [-1.0] * 4], dtype=torch.float64)
+    weight = torch.linspace(0.5, 2.0, 8, dtype=torch.float64)[None]
     for s in (2.0, -0.5):
         scale = torch.tensor([[s]], dtype=torch.float64)
-        _, d = eft._signed_softplus(raw.clone(), scale, sign, weight, derivative=True)
+        signed = weight * sign
+        value, d = eft._signed_softplus_derivative(raw.clone(), scale, n_sm, sign, weight, signed, True)
         x = raw.clone().requires_grad_()
-        (expected,) = torch.autograd.grad(eft._signed_softplus(x, scale, sign, weight)[0].sum(), x)
+        loss = eft._signed_softplus(x, scale, sign, weight)
+        (expected,) = torch.autograd.grad(loss.sum(), x)
+        torch.testing.assert_close(value, loss.detach(), rtol=1e-14, atol=0)
         torch.testing.assert_close(d, expected, rtol=1e-12, atol=1e-300)
-        assert (d[0, 0] == 0) == (s > 0)  # s = 2: r = softplus(-159) is clamped
-        rest = slice(1, None)  # finite differences off the clamp
+        assert (d[0, 0] == 0) == (s > 0) and (d[0, -1] == 0) == (s > 0)  # s = 2: softplus(-159)
+        rest = slice(1, -1)  # finite differences off the clamp
 
-        def value(r, scale=scale, rest=rest):
-            return eft._signed_softplus(r, scale, sign[:, rest], weight[:, rest])[0]
+        def value_of(r, scale=scale, rest=rest):
+            return eft._signed_softplus(r, scale, sign[:, rest], weight[:, rest])
 
-        assert torch.autograd.gradcheck(value, (raw[:, rest].clone().requires_grad_(),))
+        assert torch.autograd.gradcheck(value_of, (raw[:, rest].clone().requires_grad_(),))
 
 
 def test_autograd_takes_over_where_the_hand_written_gradient_cannot():
