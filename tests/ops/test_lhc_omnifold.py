@@ -210,7 +210,10 @@ def omnifold_calibration(target: np.ndarray, per_seed: list[np.ndarray]):
     return mean_pull, width_pull, ratio, bands
 
 
-@pytest.mark.slow  # ~80 s of one quiet core per seed (6 iterations of 300 epochs), two at once: ~16 min in CI
+@pytest.mark.slow
+# ~80 s of one quiet core per seed (6 iterations of 300 epochs), two seeds at once: ~16 min, past
+# .ci/run's 30-minute budget; tests/kernels/test_omnifold.py is its default-suite version
+@pytest.mark.long
 def test_bootstrap_bands_are_calibrated_over_independent_samples():
     """The recipe's OmniFold on 24 independent samples of 2 x 5000 Gaussian events (a quarter of
     the recipe's, to pool seeds): the bootstrap replicas' spread is the statistical error, so the
