@@ -235,11 +235,13 @@ def plan(recipe: RecipeArg, lake: LakeOption = None, catalogs: CatalogsOption = 
             "max_memory_bytes": budget}}))
     else:
         cells = []
+        waves = max((row["wave"] or 0 for row in rows), default=0)
         for row in rows:
             peak = row["projected_peak_bytes"]
+            wave = f", wave {row['wave']} of {waves}" if row["wave"] and waves > 1 else ""
             cells.append((row["id"], row["op"], _dims_text(row["dims"]), _dims_text(row["chunks"]),
                           human_bytes(row["bytes"]), "-" if peak is None else human_bytes(peak),
-                          row["status"] + (f"\n-> {row['output']}" if row["output"] else "")))
+                          row["status"] + (f"\n-> {row['output']}{wave}" if row["output"] else "")))
         print_table(f"plan of {compiled.recipe.name} ({recipe})",
                     ("step", "op", "dims", "chunks", "size", "est. peak", "status"), cells,
                     caption=f"projected peak of the run: {human_bytes(projection.total_bytes)} on "

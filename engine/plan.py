@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import xarray as xr
 
 from .recipe import LoadedRecipe, Output, Recipe
+from .waves import output_waves
 
 if TYPE_CHECKING:
     from .projection import Projection
@@ -95,9 +96,12 @@ class Plan:
         """One plain-data row per step (what `plan` prints and `plan --json` returns).
 
         `projected_peak_bytes` is the peak if that step ran alone, None for a step that does
-        not run (a source, an up-to-date output and what only it needs).
+        not run (a source, an up-to-date output and what only it needs). `wave`: for an output to
+        compute, the wave of the run that computes it (engine/waves.py).
         """
         projection = projection or self.projection()
+        wave_of = {step_id: number for number, wave in enumerate(output_waves(self), start=1)
+                   for step_id in wave}
         rows = []
         for step in self.steps:
             ds = step.dataset
@@ -110,6 +114,8 @@ class Plan:
                 "chunks": chunks, "bytes": step.nbytes,
                 "projected_peak_bytes": projection.step_bytes(step.id),
                 "output": f"{step.zone}/{step.name}" if step.output else None,
+                # the run's wave computing it (engine/waves.py); None: not computed
+                "wave": wave_of.get(step.id),
                 "token": step.token,
             })
         return rows

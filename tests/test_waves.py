@@ -13,6 +13,7 @@ from engine.graph import compile_recipe
 from engine.testing import put_in_lake, ramp_dataset
 from engine.waves import output_waves, stale_outputs_upstream
 from tests.conftest import lake_files
+from tests.test_cli import replicalake
 
 RECIPE = """\
 version: 1
@@ -54,6 +55,13 @@ def test_outputs_that_read_a_stale_output_wait_for_the_next_wave(ramp_lake, chai
     assert stale_outputs_upstream(plan, "total") == {"part"}
     assert stale_outputs_upstream(plan, "columns") == set()
     assert output_waves(plan) == [["part", "columns"], ["total"]]
+
+
+def test_plan_shows_each_output_s_wave(ramp_lake, chain, monkeypatch, capsys):
+    rows = {row["id"]: row["wave"] for row in compile_recipe(chain, ramp_lake).rows()}
+    assert rows == {"data": None, "part": 1, "rows": None, "total": 2, "columns": 1}
+    code, out, _ = replicalake(monkeypatch, capsys, "plan", str(chain))
+    assert code == 0 and "-> derived/chain/total, wave 2 of 2" in out.replace("\n", " ").replace("  ", " ")
 
 
 def test_an_up_to_date_output_ends_the_walk(ramp_lake, chain):
@@ -124,3 +132,21 @@ def test_a_later_wave_reads_the_earlier_ones_from_their_staging_stores(ramp_lake
     assert seen["part"].staged and seen["part"].read_from_store and not seen["published"]
     assert not ramp_lake.exists("derived", "chain/part")
     assert not [path for path in lake_files(ramp_lake) if path.startswith(".tmp/resume")]
+
+
+def test_an_interrupted_chain_resumes_its_staged_waves(ramp_lake, chain, monkeypatch):
+    """An interrupt (or a kill) between waves keeps wave 1's staging: the rerun verifies its
+    chunks instead of computing them, then computes wave 2."""
+    compile_again = runner.compile_recipe
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "compile_recipe", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(chain, ramp_lake, progress=False)
+    assert not ramp_lake.exists("derived", "chain/part")
+    monkeypatch.setattr(runner, "compile_recipe", compile_again)
+    summary = {o.step: o for o in engine.run(chain, ramp_lake, progress=False).outputs}
+    assert summary["part"].chunks_written == 0 and summary["part"].chunks_resumed > 0
+    assert summary["total"].chunks_written > 0 and summary["total"].chunks_resumed == 0
