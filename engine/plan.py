@@ -70,8 +70,8 @@ class Plan:
     steps: list[PlannedStep] = field(default_factory=list)
     # `params=` the Python API merged into the recipe (engine/api.py); recorded in provenance
     overrides: dict[str, Any] | None = None
-    # what it was compiled from, so a run can compile it again once some of its outputs are
-    # published and read them back from the lake (engine/runner.py, waves)
+    # what it was compiled from, so a run can compile it again for each later wave, reading the
+    # outputs of earlier waves from their staging stores (engine/runner.py, engine/waves.py)
     loaded: LoadedRecipe | None = None
     catalogs: str | Path | None = None
 

@@ -163,10 +163,9 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
                       address or "threads", _largest_peak(memory_of.values()))
 
 
-def _largest_peak(memories: Iterable[dict | None]) -> dict | None:
+def _largest_peak(memories: Iterable[dict]) -> dict | None:
     """The run's memory: that of its wave with the highest measured peak (None: none computed)."""
-    measured = [m for m in memories if m is not None]
-    return max(measured, key=lambda m: m["measured_peak_bytes"] or 0, default=None)
+    return max(memories, key=lambda m: m["measured_peak_bytes"] or 0, default=None)
 
 
 def _key_numbers(plan: Plan, step: PlannedStep) -> list[dict[str, Any]]:
@@ -195,7 +194,7 @@ def _refuse_unwritable_lake(plan: Plan) -> None:
 
 def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: bool,
                        verify_inputs: bool, projected: int, replace: bool = False,
-                       ) -> tuple[dict[str, StagedOutput], dict[str, dict | None]]:
+                       ) -> tuple[dict[str, StagedOutput], dict[str, dict]]:
     """Stage and compute the stale outputs (the caller holds their locks) wave by wave
     (engine/waves.py), then publish them all; return them with each one's wave's projected and
     measured peak memory.
@@ -213,7 +212,7 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
         _refuse_damaged_inputs(plan, _damaged_inputs(plan, quick=not verify_inputs))
     waves = output_waves(plan)
     staged: dict[str, StagedOutput] = {}
-    memory_of: dict[str, dict | None] = {}
+    memory_of: dict[str, dict] = {}
     try:
         for number, wave in enumerate(waves, start=1):
             current = _compile_again(plan, wave, staged) if number > 1 else plan
