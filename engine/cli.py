@@ -301,16 +301,24 @@ def _print_summary(summary) -> None:
     for item in summary.outputs:
         status = item.status + (f"\n({item.chunks_resumed} chunks resumed from a killed run)"
                                 if item.chunks_resumed else "")
-        rows.append((f"{item.zone}/{item.name}", status, human_bytes(item.bytes_on_disk),
+        rows.append((f"{item.zone}/{item.name}", status, _wave_text(item.wave), human_bytes(item.bytes_on_disk),
                      _memory_text(item.memory), "\n".join(item.reports) or "-"))
     print_table(f"{summary.recipe}: done in {summary.seconds:.1f} s on {summary.scheduler}",
-                ("output", "status", "size", "peak memory\nmeasured / projected", "reports"), rows)
+                ("output", "status", "wave, time", "size", "peak memory\nmeasured / projected", "reports"), rows)
     for item in summary.outputs:  # key numbers (engine/key_numbers.py), one line per output
         if item.key_numbers:
             say(f"{item.zone}/{item.name}: " + "; ".join(map(describe, item.key_numbers)),
                 markup=False, highlight=False)
     if not summary.computed:
         out.print("nothing to compute: every output is up to date")
+
+
+def _wave_text(wave: dict | None) -> str:
+    """'k of n, 12.3 s' for a computed output: its wave and that wave's compute time, so a chain's
+    slow link is named ('-': not computed by this run)."""
+    if wave is None:
+        return "-"
+    return f"{wave['number']} of {wave['of']}, {wave['seconds']:.1f} s"
 
 
 def _memory_text(memory: dict | None) -> str:

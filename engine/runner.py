@@ -65,6 +65,8 @@ class OutputResult:
     chunks_written: int = 0  # chunks this run computed and wrote
     chunks_resumed: int = 0  # chunks a killed earlier run had written and this run verified
     memory: dict[str, Any] | None = None  # its wave's projected and measured peak, when computed
+    # when computed: its wave's number, the run's count of waves and the wave's wall and CPU seconds
+    wave: dict[str, Any] | None = None
     # statistics of the variables the op marked (engine/key_numbers.py), read from the lake
     key_numbers: list[dict[str, Any]] = field(default_factory=list)
 
@@ -143,8 +145,8 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
     keys = [f"{step.zone}/{step.name}" for step in plan.stale_outputs]
     _refuse_unwritable_lake(plan)
     with output_locks(lake, keys, plan.recipe.name, lock_timeout, reads=_lake_entries_read(plan)):
-        staged, memory_of = _stage_and_compute(plan, started, address, progress, verify_inputs,
-                                               projection.total_bytes, replace)
+        staged, memory_of, wave_of = _stage_and_compute(plan, started, address, progress, verify_inputs,
+                                                        projection.total_bytes, replace)
     _list_in_catalog(plan)
     results = []
     for step in plan.outputs:
@@ -157,7 +159,7 @@ def execute(plan: Plan, scheduler: str | None = None, progress: bool = True,
                                     lake.size(lake.entry_path(step.zone, step.name)), reports,
                                     written.chunks_written if written else 0,
                                     written.chunks_resumed if written else 0,
-                                    memory_of.get(step.id),
+                                    memory_of.get(step.id), wave_of.get(step.id),
                                     _key_numbers(plan, step)))
     return RunSummary(plan.recipe.name, results, time.perf_counter() - started_clock,
                       address or "threads", _largest_peak(memory_of.values()))
@@ -194,10 +196,10 @@ def _refuse_unwritable_lake(plan: Plan) -> None:
 
 def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: bool,
                        verify_inputs: bool, projected: int, replace: bool = False,
-                       ) -> tuple[dict[str, StagedOutput], dict[str, dict]]:
+                       ) -> tuple[dict[str, StagedOutput], dict[str, dict], dict[str, dict]]:
     """Stage and compute the stale outputs (the caller holds their locks) wave by wave
     (engine/waves.py), then publish them all; return them with each one's wave's projected and
-    measured peak memory.
+    measured peak memory, and its wave's number and times (a chain's slow link is named there).
 
     An ordinary error discards every staging area (the same inputs would fail the same way) and
     publishes nothing; an interrupt or a kill leaves them, so the next run resumes from the
@@ -213,6 +215,7 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
     waves = output_waves(plan)
     staged: dict[str, StagedOutput] = {}
     memory_of: dict[str, dict] = {}
+    wave_of: dict[str, dict] = {}
     try:
         for number, wave in enumerate(waves, start=1):
             current = _compile_again(plan, wave, staged) if number > 1 else plan
@@ -225,13 +228,18 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
                 staged[step.id] = stage_output(lake, step.dataset, step.zone, step.name, step.token, record)
             writes = [write for step in outputs for write in staged[step.id].writes]
             if writes:
+                wall, cpu = time.perf_counter(), time.process_time()
                 memory = _compute_measured(current, outputs, writes, address, progress, projected, label)
                 memory_of.update(dict.fromkeys(wave, memory))
+                wave_of.update(dict.fromkeys(wave, {
+                    "number": number, "of": len(waves), "seconds": round(time.perf_counter() - wall, 3),
+                    # a cluster's workers spend their CPU in other processes
+                    "cpu_seconds": None if address else round(time.process_time() - cpu, 3)}))
         _check_inputs_unchanged(plan)
         for step in plan.stale_outputs:
             item = staged[step.id]
             if step.id in memory_of:
-                item.add_provenance(memory=memory_of[step.id])
+                item.add_provenance(memory=memory_of[step.id], wave=wave_of[step.id])
             publish_entry(lake, item.store, step.zone, step.name,
                           description=f"{plan.recipe.name}: step {step.id} ({step.op})",
                           metadata={"token": step.token, "recipe": plan.recipe.name},
@@ -242,7 +250,7 @@ def _stage_and_compute(plan: Plan, started: str, address: str | None, progress: 
         for step in plan.stale_outputs:  # (and one whose layout failed half way: not in `staged`)
             lake.discard(staging_root(lake, step.zone, step.name, step.token))
         raise
-    return staged, memory_of
+    return staged, memory_of, wave_of
 
 
 def _compile_again(plan: Plan, wave: list[str], staged: dict[str, StagedOutput]) -> Plan:

@@ -3,6 +3,8 @@ it to be published and reads it from the lake, so no intermediate is held whole 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -64,6 +66,12 @@ def test_plan_shows_each_output_s_wave(ramp_lake, chain, monkeypatch, capsys):
     assert code == 0 and "-> derived/chain/total, wave 2 of 2" in out.replace("\n", " ").replace("  ", " ")
 
 
+def test_the_run_summary_names_each_output_s_wave_and_its_time(ramp_lake, chain, monkeypatch, capsys):
+    code, out, _ = replicalake(monkeypatch, capsys, "run", str(chain))
+    flat = " ".join(out.split())
+    assert code == 0 and re.search(r"derived/chain/total .*computed .*2 of 2, \d+\.\d s", flat), out
+
+
 def test_an_up_to_date_output_ends_the_walk(ramp_lake, chain):
     engine.run(chain, ramp_lake, progress=False)
     plan = compile_recipe(chain, ramp_lake, force=["total"])
@@ -92,6 +100,12 @@ def test_a_chain_run_publishes_each_wave_and_the_next_reads_it_from_the_lake(ram
     assert memory["part"] == memory["columns"] and memory["total"] is not memory["part"]
     assert summary.memory["measured_peak_bytes"] == max(m["measured_peak_bytes"] for m in memory.values())
     assert ramp_lake.provenance("derived", "chain/total")["memory"] == memory["total"]
+    # and its wave's number and times, which sum to no more than the run's
+    waves = {o.step: o.wave for o in summary.outputs}
+    assert [waves[step]["number"] for step in ("part", "columns", "total")] == [1, 1, 2]
+    assert all(w["of"] == 2 and 0 < w["seconds"] and 0 <= w["cpu_seconds"] for w in waves.values())
+    assert waves["part"]["seconds"] + waves["total"]["seconds"] <= summary.seconds
+    assert ramp_lake.provenance("derived", "chain/total")["wave"] == waves["total"]
     # forced again, the run forces `total` in its second wave although `part` is up to date by then
     computed.clear()
     again = engine.run(chain, ramp_lake, progress=False, force=["part"])
