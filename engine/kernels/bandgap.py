@@ -43,7 +43,8 @@ point, into buffers that each thread keeps between calls (_Scratch, _kept_scratc
 spectra at a time so that they stay in the cache (_projected); a 1x1 or 2x2 solve per spectrum.
 With b free that evaluation's cost is its exp and log (~5 ns a value measured here: numpy's
 float64 SIMD versions need AVX-512), so the first one, where every spectrum often starts from
-the same EXPONENT_CANDIDATES b, takes square roots instead (_row_powers).
+the same EXPONENT_CANDIDATES b, takes square roots instead (_row_powers), and the spectra are
+taken in the order of their onsets so that each block skips them below its lowest (_below_all).
 A pixel that does not converge (no signal, noise only, a runaway onset) gets NaN and
 `converged = False`; it never stops its neighbours.
 
@@ -327,7 +328,7 @@ def _kept_scratch(role: str, rows: int, channels: int) -> _Scratch:
     page faults cost more than its arithmetic (measured, 4000 spectra x 161 channels: 6700 minor
     faults and 12-24 ms of system time in an 80 ms call, none with kept buffers). One per role
     and thread, as dask runs one chunk per worker thread; none beyond KEEP_ELEMENTS a buffer.
-    fit_bandgap keeps 8 buffers of the batch ("batch") and ~13 of one block (BLOCK_ROWS rows).
+    fit_bandgap keeps 8 buffers of the batch ("batch") and ~14 of one block (BLOCK_ROWS rows).
     """
     kept = getattr(_KEPT, "scratches", None)
     if kept is None:
@@ -362,35 +363,76 @@ def _power(x: np.ndarray, b: float, out: np.ndarray) -> np.ndarray:
     return np.power(x, b, out=out)
 
 
-def _log_above(x: np.ndarray, above: np.ndarray, out: np.ndarray) -> np.ndarray:
+def _log_above(x: np.ndarray, above: np.ndarray, out: np.ndarray, skip: int = 0) -> np.ndarray:
     """ln x where `above` (x > 0), 0 elsewhere, into `out`: the exponent of x^b = exp(b ln x).
+    The first `skip` columns lie below every row's onset (_below_all): no log is taken there.
 
     Not ln TINY below the onset: exp(b ln TINY) underflows for b > 1.03, and the C library's exp
     takes a slow path for every such value (measured: exp 1.5x slower with b = 1.5, the largest
     single cost of an evaluation with b free). exp(0) = 1 is then zeroed by `above`.
     """
     np.maximum(x, TINY, out=out)
-    np.log(out, out=out)
+    np.log(out[:, skip:], out=out[:, skip:])
     return np.multiply(out, above, out=out)
 
 
 FAST_EXPONENTS = (0.5, 1.0, 1.5, 2.0, 3.0)  # _power's forms without a general power
+CUBE_ROOT_START = np.uint64(0x2A9F7893 << 32)  # bits(x) / 3 + this: x^(1/3) to ~5 bits (fdlibm's cbrt)
 
 
-def _row_powers(x, b, out, log_x=None, above=None) -> np.ndarray:
+def _cube_root(x: np.ndarray, nonzero: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+    """x^(1/3) into `out` (`work` a buffer of its shape) for x >= 0, normal floats or (signed) 0
+    (`nonzero` is x > 0), to rounding (measured over 1e-300..1e300: within 4 ulp of np.cbrt).
+
+    Why not np.cbrt: it has no SIMD form, ~15-25 ns a value measured here, the largest single cost
+    of the guess with b free; this is ~6 ns. The start divides the exponent by 3 in the float's bits
+    (fdlibm's first guess, ~5 bits right), then four Newton steps t <- (2 t + x / t^2) / 3 double
+    the correct bits each (5 -> 10 -> 20 -> 40 -> 53). At x = 0 they would only shrink t: `nonzero`
+    zeroes it.
+    """
+    bits = out.view(np.uint64)  # unsigned: a -0.0 (y times False) starts finite, as +0.0
+    np.floor_divide(x.view(np.uint64), 3, out=bits)
+    np.add(bits, CUBE_ROOT_START, out=bits)
+    for _ in range(4):
+        np.multiply(out, out, out=work)
+        np.divide(x, work, out=work)
+        out *= 2.0
+        out += work
+        out *= 1.0 / 3.0
+    return np.multiply(out, nonzero, out=out)
+
+
+def _row_powers(x, b, out, log_x=None, above=None, skip: int = 0) -> np.ndarray:
     """x_+^b into `out` for one b per row (b one value for all where log_x is None); x is
     clipped at 0 in place where _power is used, and left as it is by exp (one pass less).
 
     With b free, exp(b ln x) from log_x (_log_above) and zeroed below the onset (`above`), unless
     every row has the same b with a fast form (_power): the first evaluation, where each row
     starts from one of the guess's EXPONENT_CANDIDATES, often the same one for all (measured on
-    the bench's 4000 onsets: all start at 1.5), does without its exp.
+    the bench's 4000 onsets: all start at 1.5), does without its exp. No exp is taken in the first
+    `skip` columns, below every row's onset (_below_all), where b ln x is 0 (_log_above) and
+    `above` zeroes it.
     """
     if log_x is None or (b.size and b.min() == b.max() and float(b[0]) in FAST_EXPONENTS):
         return _power(np.maximum(x, 0.0, out=x), float(b[0]) if b.size else 1.0, out)
     np.multiply(log_x, b[:, None], out=out)
-    np.exp(out, out=out)
+    np.exp(out[:, skip:], out=out[:, skip:])
     return np.multiply(out, above, out=out)
+
+
+def _below_all(axis: np.ndarray, e_bg: np.ndarray) -> int:
+    """How many leading values of the increasing `axis` (channel centres or edges) lie at or below
+    every row's onset (0 where an onset is not finite): x = E - E_BG <= 0 there in every row.
+
+    Why: with b free the exp and log are half of an evaluation's cost, and they are 0 there
+    (_log_above, _row_powers); the fit takes its spectra in the order of their onsets, so that a
+    block's lowest onset is high and a large share of its columns skips them. Only those two skip
+    columns: a cheap ufunc on a (rows, columns) slice pays its per-row loop overhead, as much as
+    its arithmetic at ~160 columns (measured on the bench's b-free fits: 3% faster skipping
+    only these, 6% slower when every pass skipped them).
+    """
+    lowest = e_bg.min() if e_bg.size else np.nan
+    return int(np.searchsorted(axis, lowest, side="right")) if np.isfinite(lowest) else 0
 
 
 class _Basis:
@@ -465,13 +507,14 @@ class _Basis:
         m = e_bg.size
         x = np.subtract(self.energy[None, :], e_bg[:, None], out=scratch("x", m))
         s = scratch("s", m)
+        skip = _below_all(self.energy, e_bg)
         log_x = above = None
         if b_free:
             # ln max(x, TINY), not ln x where x > 0: a masked ufunc runs several times slower. Below the
             # onset that is set to 0 (_log_above); s ln x is then 0 there as s is.
             above = np.greater(x, 0.0, out=scratch("above", m, bool))
-            log_x = _log_above(x, above, scratch("log_x", m))
-        _row_powers(x, b, s, log_x, above)  # s / max(x, floor) below is then 0, clipped or not
+            log_x = _log_above(x, above, scratch("log_x", m), skip)
+        _row_powers(x, b, s, log_x, above, skip)  # s / max(x, floor) below is then 0, clipped or not
         if not jacobian:
             return s, None, None, None
         q = np.maximum(x, floor, out=scratch("q", m))
@@ -483,11 +526,12 @@ class _Basis:
         m = e_bg.size
         u = np.subtract(self.edges[None, :], e_bg[:, None], out=scratch("u", m, extra=1))
         p = scratch("p", m, extra=1)  # u_+^b, 0 below the onset: so is g = p u, clipped u or not
+        skip = _below_all(self.edges, e_bg)
         log_u = above = None
         if b_free:  # ln u above the onset, 0 below, as in _point; F(u) below is u^(b+1) (...): 0 at u = 0
             above = np.greater(u, 0.0, out=scratch("above_edges", m, bool, extra=1))
-            log_u = _log_above(u, above, scratch("log_u", m, extra=1))
-        _row_powers(u, b, p, log_u, above)
+            log_u = _log_above(u, above, scratch("log_u", m, extra=1), skip)
+        _row_powers(u, b, p, log_u, above, skip)
         g = np.multiply(p, u, out=u)  # u^(b+1)
         s = np.subtract(g[:, 1:], g[:, :-1], out=scratch("s", m))
         s *= self.inv_width
@@ -540,14 +584,14 @@ def _profile(
     energy = basis.energy
     s, q, e_coef, b_col = basis.shape(e_bg, b, b_free, scratch, jacobian, floor)
     ws = np.multiply(weight, s, out=scratch("ws", m))
-    ss = np.einsum("nm,nm->n", ws, s)
-    sy = np.einsum("nm,nm->n", ws, y)
+    ss = np.vecdot(ws, s)
+    sy = np.vecdot(ws, y)
     positive = ss > 0
     amplitude = np.where(positive, sy / np.where(positive, ss, 1.0), np.nan)
     slope, held, se = np.zeros(m), np.ones(m, bool), None
     if background:
         s_ee, s_ey = sums_e
-        se = np.einsum("nm,m->n", ws, energy)
+        se = np.vecdot(ws, energy)
         det = ss * s_ee - se**2
         solvable = det > RCOND * ss * s_ee
         det = np.where(solvable, det, 1.0)
@@ -562,7 +606,7 @@ def _profile(
     np.subtract(y, residual, out=residual)
     if background:
         residual -= np.multiply(energy[None, :], slope[:, None], out=scratch("line", m))
-    chi2 = np.einsum("nm,nm,nm->n", weight, residual, residual)
+    chi2 = np.vecdot(np.multiply(weight, residual, out=scratch("w_residual", m)), residual)
     return s, q, e_coef, b_col, ws, ss, se, amplitude, slope, held, residual, chi2
 
 
@@ -623,12 +667,40 @@ def _damped_steps(hess, grad, lam):
     return np.where(safe[:, None], steps[0], 0.0), np.where(safe[:, None], steps[1], 0.0), safe
 
 
+def _adjugate(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(adj M, det M) per row of 2x2 or 3x3 matrices M, in closed form (cofactors).
+
+    Why not np.linalg.det and inv: for a batch of small matrices their per-matrix cost is most of
+    their time (measured, the covariance's 4000 3x3 of the b-free bench: _inverse_diagonal 3.2 ->
+    1.5 ms of a ~110 ms fit).
+    """
+    if m.shape[-1] == 2:
+        a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+        return np.stack([np.stack([d, -b], 1), np.stack([-c, a], 1)], 1), a * d - b * c
+    (a, b, c), (d, e, f), (g, h, i) = (m[:, k].T for k in range(3))
+    cofactors = np.stack(
+        [
+            np.stack([e * i - f * h, f * g - d * i, d * h - e * g], 1),
+            np.stack([c * h - b * i, a * i - c * g, b * g - a * h], 1),
+            np.stack([b * f - c * e, c * d - a * f, a * e - b * d], 1),
+        ],
+        1,
+    )
+    return cofactors.transpose(0, 2, 1), (m[:, 0] * cofactors[:, 0]).sum(axis=1)
+
+
 def _inverse(hess):
     """H^-1 per row, and where it exists (elsewhere the identity's inverse stands in)."""
     unit, d, safe = _normalised(hess)
-    safe &= np.linalg.det(unit) > RCOND
-    unit = np.where(safe[:, None, None], unit, np.eye(hess.shape[-1]))
-    return np.linalg.inv(unit) / (d[:, :, None] * d[:, None, :]), safe
+    p = hess.shape[-1]
+    if p <= 3:
+        adjugate, det = _adjugate(unit) if p > 1 else (np.ones_like(unit), unit[:, 0, 0])
+        safe &= det > RCOND
+        inverse = np.where(safe[:, None, None], adjugate / np.where(safe, det, 1.0)[:, None, None], np.eye(p))
+    else:
+        safe &= np.linalg.det(unit) > RCOND
+        inverse = np.linalg.inv(np.where(safe[:, None, None], unit, np.eye(p)))
+    return inverse / (d[:, :, None] * d[:, None, :]), safe
 
 
 def _inverse_diagonal(hess):
@@ -742,13 +814,13 @@ class _Projected:
         for i in range(k):
             for j in range(i, k):
                 if i == 1 and background:  # the line E: sums with it are products with E
-                    value = sums_e[0] if j == 1 else np.einsum("nm,m->n", weighted[j], energy)
+                    value = sums_e[0] if j == 1 else np.vecdot(weighted[j], energy)
                 elif j == 1 and background:
                     value = se
                 elif i == 0 and j == 0:
                     value = ss
                 else:
-                    value = np.einsum("nm,nm->n", weighted[i], columns[j])
+                    value = np.vecdot(weighted[i], columns[j])
                 gram[:, i, j] = gram[:, j, i] = value * factors[i] * factors[j]
         if background:  # c held at 0: not a linear parameter at this point
             gram[held, 1, :] = 0.0
@@ -766,7 +838,7 @@ class _Projected:
             solved = np.linalg.solve(np.where(ok[:, None, None], h_ll, np.eye(n_l)), h_lp)
         self.hess = h_pp - np.einsum("nlp,nlq->npq", h_lp, solved)
         self.grad = np.stack(
-            [np.einsum("nm,nm->n", w_col, residual) * f for w_col, f in zip(weighted[n_l:], factors[n_l:])],
+            [np.vecdot(w_col, residual) * f for w_col, f in zip(weighted[n_l:], factors[n_l:])],
             axis=1,
         )
 
@@ -784,7 +856,7 @@ class _Projected:
         meat = np.empty_like(self.gram)
         for i in range(k):
             for j in range(i, k):
-                meat[:, i, j] = meat[:, j, i] = np.einsum("nm,nm->n", scored[i], scored[j])
+                meat[:, i, j] = meat[:, j, i] = np.vecdot(scored[i], scored[j])
         return meat
 
 
@@ -857,28 +929,28 @@ def _initial_guess(basis: _Basis, y, weight, exponents, n_free, background: bool
     e_mean = de.sum(axis=1) / np.maximum(count, 1)
     np.subtract(energy, e_mean[:, None], out=de)
     de *= clear
-    spread = np.einsum("nm,nm->n", de, de)
+    spread = np.vecdot(de, de)
     span = energy[-1] - energy[0]
     best = np.full((n, 4), np.nan)
     best_chi2 = np.full(n, np.inf)
-    s_yy = np.einsum("nm,nm,nm->n", weight, y, y)
+    s_yy = np.vecdot(np.multiply(weight, y, out=scratch("ws", n)), y)  # ws: free until _profile
     if background:
         grid = np.linspace(energy[0], energy[-(n_free + 2)], BACKGROUND_STARTS)
         wy, we = weight * y, weight * energy
         sums = (*sums_e, s_yy, wy, we)
     y_clear = np.multiply(y, clear, out=scratch("y_clear", n))  # y > SIGNAL_FRACTION there, else 0
-    cube_root = None  # y^(1/3), for b = 3 and 1.5 (y^(2/3)): with b free, cbrt is the guess's largest cost
+    cube_root = None  # y^(1/3), for b = 3 and 1.5 (y^(2/3)), made once (_cube_root)
     for b in exponents:
         root = 1.0 / b
         if root in (1.0 / 3.0, 2.0 / 3.0):
             if cube_root is None:
-                cube_root = np.cbrt(y_clear, out=scratch("cube_root", n))
+                cube_root = _cube_root(y_clear, clear, scratch("cube_root", n), scratch("q", n))
             z = cube_root if root < 0.5 else np.multiply(cube_root, cube_root, out=scratch("q", n))
         else:
             z = _power(y_clear, root, scratch("q", n))  # _Projected's buffer, free until then
         z_mean = z.sum(axis=1) / np.maximum(count, 1)
         # sum de (z - z_mean) = sum de z: de sums to 0 over the clear channels, 0 elsewhere
-        slope = np.einsum("nm,nm->n", de, z) / np.where(spread > 0, spread, 1.0)
+        slope = np.vecdot(de, z) / np.where(spread > 0, spread, 1.0)
         e_bg = np.where(
             (count >= 2) & (slope > 0),
             e_mean - z_mean / np.where(slope > 0, slope, 1.0),
@@ -1021,61 +1093,69 @@ def fit_bandgap(
     nonlinear = [E_BG] + [B] * b_free
 
     # Levenberg-Marquardt on (E_BG, b) with (A, c) profiled (_Projected). The spectra still
-    # iterating are compacted (their data gathered again only when some stop); each keeps the
-    # normal equations of its current point, so an iteration evaluates the model once, at the
-    # trial point.
+    # iterating are compacted (their data gathered again only when some stop, once an iteration:
+    # those that stop before their trial leave first, so the trial needs no gather of its own);
+    # each keeps the normal equations of its current point, so an iteration evaluates the model
+    # once, at the trial point.
     def spare(name, array):
         """The one of two kept buffers `name` that `array` is not in: the spectra still iterating
         are gathered there when some stop (into new memory, each would cost its page faults)."""
         first = batch(name + "0", n)
         return batch(name + "1", n) if np.may_share_memory(array, first) else first
 
-    def project(th, rows=slice(None)):
-        """_Projected at th for the compacted spectra `rows` (all, or increasing positions), and
-        th with A and c profiled."""
-        some = not isinstance(rows, slice)
+    def project(th):
+        """_Projected at th for the spectra still iterating, and th with A and c profiled."""
         state = _projected(
             basis,
-            _rows(yy, rows, batch("y_trial", n)) if some else yy,
-            _rows(w, rows, batch("w_trial", n)) if some else w,
+            yy,
+            w,
             th[:, E_BG],
             th[:, B],
             b_free,
             with_background,
-            (see[rows], sey[rows]) if with_background else None,
+            (see, sey) if with_background else None,
             scratch,
         )
         th = th.copy()
         th[:, A], th[:, C] = state.amplitude, state.slope
         return state, th
 
+    def keep(mask):
+        """Compact the spectra still iterating (positions idx, their normal equations and data) to
+        those where `mask`."""
+        nonlocal idx, hess, grad, w, yy, see, sey
+        idx, hess, grad = idx[mask], hess[mask], grad[mask]
+        w, yy = _rows(w, mask, spare("w", w)), _rows(yy, mask, spare("y", yy))
+        if with_background:
+            see, sey = see[mask], sey[mask]
+
     idx = np.flatnonzero(active)
-    w, yy = _rows(weight, idx, spare("w", weight)), _rows(y, idx, spare("y", y))
+    if b_free:  # by onset, for the exp and log it skips (_below_all); a fixed b takes neither
+        idx = idx[np.argsort(theta[idx, E_BG], kind="stable")]
+        w = np.take(weight, idx, axis=0, out=spare("w", weight)[: idx.size])
+        yy = np.take(y, idx, axis=0, out=spare("y", y)[: idx.size])
+    else:
+        w, yy = _rows(weight, idx, spare("w", weight)), _rows(y, idx, spare("y", y))
     see = sey = None
     if with_background:
         see, sey = sums_e[0][idx], sums_e[1][idx]
     state, theta[idx] = project(theta[idx])
     chi2[idx] = state.chi2
+    hess, grad = state.hess, state.grad
     # A start outside the domain once A is profiled (A <= 0) never converges; every later point
     # is an accepted, valid trial
-    good = _valid(theta[idx], energy_w, n_free, b_free)
-    idx, hess, grad = idx[good], state.hess[good], state.grad[good]
-    w, yy = _rows(w, good, spare("w", w)), _rows(yy, good, spare("y", yy))
-    if with_background:
-        see, sey = see[good], sey[good]
+    keep(_valid(theta[idx], energy_w, n_free, b_free))
     final = np.zeros((n, len(nonlinear)))  # the last Gauss-Newton step, taken at the end
     for _ in range(max_iter):
         if idx.size == 0:
             break
         iterations[idx] += 1
-        th = theta[idx]
         step, newton, solvable = _damped_steps(hess, grad, lam[idx])
         # chi2's decrease predicted by the linearised model for the damped step s (for the
         # gain-ratio damping below): 2 s^T g - s^T H s = s^T g + lam s^T diag(H) s, as
         # (H + lam diag H) s = g
         diagonal = np.diagonal(hess, axis1=1, axis2=2)
         predicted = (step * grad).sum(axis=1) + lam[idx] * (step * step * diagonal).sum(axis=1)
-        before = chi2[idx]
         # Stop where the undamped Gauss-Newton step is shorter than step_tol standard errors
         # (its length in that metric is s^T H s = g^T s, with the noise level estimated by
         # chi2 / dof): the rest is far below the statistical error, so no trial is made.
@@ -1084,19 +1164,22 @@ def fit_bandgap(
         # lower chi2 (noiseless data: chi2 -> 0), the step's relative size ends it after that step.
         flat = solvable & ((newton * grad).sum(axis=1) <= step_tol**2 * chi2[idx] / dof)
         final[idx[flat]] = newton[flat]
-        small = solvable & (np.abs(step) <= xtol * (np.abs(th[:, nonlinear]) + xtol)).all(axis=1)
-        go = solvable & ~flat
-        accept = np.zeros(idx.size, bool)
-        if go.any():
-            rows = slice(None) if go.all() else np.flatnonzero(go)
-            trial = th[rows].copy()
-            trial[:, nonlinear] += step[rows]
-            trial_state, trial = project(trial, rows)
-            better = _valid(trial, energy_w, n_free, b_free) & (trial_state.chi2 <= chi2[idx[rows]])
-            accept[rows] = better
-            theta[idx[accept]] = trial[better]
-            chi2[idx[accept]] = trial_state.chi2[better]
-            hess[accept], grad[accept] = trial_state.hess[better], trial_state.grad[better]
+        converged[idx[flat]] = True
+        go = solvable & ~flat  # the others stop here: converged (flat) or singular
+        if not go.all():
+            step, predicted = step[go], predicted[go]
+            keep(go)
+            if idx.size == 0:
+                break
+        th = theta[idx]
+        small = (np.abs(step) <= xtol * (np.abs(th[:, nonlinear]) + xtol)).all(axis=1)
+        th[:, nonlinear] += step
+        trial_state, trial = project(th)
+        before = chi2[idx]
+        accept = _valid(trial, energy_w, n_free, b_free) & (trial_state.chi2 <= before)
+        theta[idx[accept]] = trial[accept]
+        chi2[idx[accept]] = trial_state.chi2[accept]
+        hess[accept], grad[accept] = trial_state.hess[accept], trial_state.grad[accept]
         # Gain-ratio damping (Nielsen 1999; Madsen, Nielsen & Tingleff 2004, eq. 2.21): with
         # rho = actual / predicted decrease, lam * max(1/3, 1 - (2 rho - 1)^3) after an accepted
         # step, lam * nu (nu doubling) after a rejected one. Under a model that misses the data
@@ -1112,15 +1195,10 @@ def fit_bandgap(
         shrink = np.maximum(1.0 / 3.0, 1.0 - (2.0 * gain - 1.0) ** 3)
         lam[idx] = np.where(accept, np.maximum(lam[idx] * shrink, 1e-12), lam[idx] * nu[idx])
         nu[idx] = np.where(accept, 2.0, 2.0 * nu[idx])
-        done = flat | small
-        converged[idx[done]] = True
-        stop = done | (lam[idx] > LAMBDA_MAX) | ~solvable
+        converged[idx[small]] = True
+        stop = small | (lam[idx] > LAMBDA_MAX)
         if stop.any():
-            keep = ~stop
-            idx, hess, grad = idx[keep], hess[keep], grad[keep]
-            w, yy = _rows(w, keep, spare("w", w)), _rows(yy, keep, spare("y", yy))
-            if with_background:
-                see, sey = see[keep], sey[keep]
+            keep(~stop)
 
     # Covariance from the weighted Jacobian at the optimum. With sampling "channel" the model's
     # sensitivity to E_BG is the onset's slope averaged over each channel, bounded by nature.
