@@ -164,9 +164,13 @@ def collection_variables(dataset: xr.Dataset) -> set[str]:
 
 
 def event_chunks(dataset: xr.Dataset) -> tuple[int, ...]:
-    """The event chunking of a sample (one chunk when it is not chunked)."""
-    chunks = dataset.chunks.get(EVENT_DIM) if dataset.chunks else None
-    return tuple(chunks) if chunks else (int(dataset.sizes[EVENT_DIM]),)
+    """The event chunking of a sample (one chunk when it is not chunked): that of its first
+    chunked variable along `event` (Dataset.chunks compares every variable's, 0.85 ms a call on
+    a dimuon sample with its kinematics; ops rechunk any other variable to this one)."""
+    for variable in dataset.variables.values():
+        if variable.chunks and EVENT_DIM in variable.dims:
+            return tuple(variable.chunks[variable.dims.index(EVENT_DIM)])
+    return (int(dataset.sizes[EVENT_DIM]),)
 
 
 def align_events(dataset: xr.Dataset) -> xr.Dataset:

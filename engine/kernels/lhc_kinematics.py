@@ -13,10 +13,13 @@ The arithmetic is written for memory traffic, which is what it costs: pt is sqrt
 (ROOT's TVector3::Perp; np.hypot, which guards against overflow above 1e154 GeV, costs about 7x
 as much), and masses are squared and summed in place in one or two buffers, in the order
 E^2 - ((px^2 + py^2) + pz^2), so they are bit for bit the plain numpy expression's. Leading
-and subleading objects are picked without branches (`Swap`). Measured on 10^6 real dimuon
-events (one core of a shared 2-core machine): the seven columns the shipped lhc_dimuon recipe
-reads went from 75 to 28 ns an event (np.hypot 17 ns an element against 2.4 for the square root
-of squares; np.where on a per-event swap 3.6 ns against 1.1 for selecting bits).
+and subleading objects are picked without branches (`Swap`), and eta comes from numpy's
+vectorised log instead of libm's scalar asinh (`pseudorapidity`, as accurate). Measured on 10^6
+real dimuon events (one core of a shared 2-core machine): the seven columns the shipped
+lhc_dimuon recipe reads went from 75 to 28 ns an event (np.hypot 17 ns an element against 2.4
+for the square root of squares; np.where on a per-event swap 3.6 ns against 1.1 for selecting
+bits); with the load of that machine at 7 the chunk's kinematics, cut and fill went from 91 to
+62 ns an event (eta 25 -> 11 ns a muon, the swap masks 2.9 -> 0.4 ms per 10^6 events).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if TYPE_CHECKING:  # imported where arrays are computed: loading the ops must no
 CARTESIAN = ("px", "py", "pz", "E")
 POLAR = ("pt", "eta", "phi", "mass")
 PT = " pt"  # the objects' pt, computed once for the ordering (no field can be named so)
+BLOCK = 1 << 14  # elements per block of a chained kernel: its scratch buffers stay in the L2 cache
 
 
 def to_cartesian(pt, eta, phi, mass) -> dict:
@@ -61,11 +65,49 @@ def transverse(px, py) -> np.ndarray:
 
 
 def pseudorapidity(pz, pt) -> np.ndarray:
-    """arcsinh(pz / pt), computed in one new array; +-inf where pt = 0."""
-    eta = np.empty(np.broadcast_shapes(np.shape(pz), np.shape(pt)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(pz, pt, out=eta, dtype=np.float64)
-    return np.arcsinh(eta, out=eta)
+    """arcsinh(pz / pt) in one new array, +-inf where pt = 0, block by block.
+
+    np.arcsinh is libm's scalar asinh, 21-25 ns an element; the same function from numpy's
+    vectorised log costs ~11 (`_asinh_ratio`), as accurate: within 1.8 ulp of the exact value on
+    10^6 real muons, where np.arcsinh is within 1.9. Blocks of BLOCK elements keep the chain's
+    two scratch buffers in cache. The few elements whose squares overflow (|pz| > 1e154 pt) or
+    that are NaN get np.arcsinh itself.
+    """
+    shape = np.broadcast_shapes(np.shape(pz), np.shape(pt))
+    pz, pt = (np.broadcast_to(v, shape).reshape(-1) for v in (pz, pt))
+    eta = np.empty(shape)
+    flat = eta.reshape(-1)
+    scratch = np.empty((2, min(BLOCK, flat.size)))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for start in range(0, flat.size, BLOCK):
+            end = min(start + BLOCK, flat.size)
+            _asinh_ratio(pz[start:end], pt[start:end], flat[start:end], *scratch[:, : end - start])
+        left = np.flatnonzero(np.isnan(flat))
+        if left.size:
+            flat[left] = np.arcsinh(np.divide(pz[left], pt[left], dtype=np.float64))
+    return eta
+
+
+def _asinh_ratio(pz, pt, out, u, w) -> None:
+    """out = asinh(z), z = pz / pt, as copysign(log1p(u), z) with u = |z| + z^2 / (1 + sqrt(1 + z^2))
+    (= sqrt(1 + z^2) - 1 + |z| without cancelling) and log1p(u) = log(w) - ((w - 1) - u) / w,
+    w = 1 + u rounded: the second term restores what rounding w lost, so eta near 0 keeps its
+    relative precision (plain log(|z| + sqrt(1 + z^2)) loses it). u and w are scratch."""
+    np.divide(pz, pt, out=out, dtype=np.float64)
+    np.multiply(out, out, out=u)
+    np.add(u, 1.0, out=w)
+    np.sqrt(w, out=w)
+    w += 1.0
+    u /= w
+    np.abs(out, out=w)
+    u += w
+    np.add(u, 1.0, out=w)
+    np.subtract(w, 1.0, out=out)
+    out -= u
+    out /= w
+    np.log(w, out=w)
+    w -= out
+    np.copysign(w, pz, out=out, dtype=np.float64)
 
 
 def signed_mass(E, px, py, pz) -> np.ndarray:
@@ -206,8 +248,9 @@ class Swap:
         return out.view(first.dtype)
 
     def _mask(self, bits: np.dtype) -> np.ndarray:
-        if bits.itemsize not in self._masks:  # all ones where swapped, zeros elsewhere
-            self._masks[bits.itemsize] = np.negative(self.swap.astype(bits))
+        if bits.itemsize not in self._masks:  # all ones where swapped, zeros elsewhere: one pass
+            # (bool.astype(uint64) then negating took 2.9 ms per 10^6 events, this 0.43)
+            self._masks[bits.itemsize] = np.negative(self.swap.view(np.uint8), dtype=bits)
         return self._masks[bits.itemsize]
 
 

@@ -17,7 +17,9 @@ across copies, so the stores compress a little better than real data would.)
   user pays it every analysis) and computed with dask's synchronous scheduler (one core); also
   on every core (threads) for reference.
 - baseline: uproot.iterate over each ROOT file in steps of the lake's chunk size, both muons'
-  pt, eta and pair mass in numpy, the same cut, a `hist.Hist` fill.
+  pt, eta and pair mass in numpy, the same cut, a `hist.Hist` fill; pt as sqrt(px^2 + py^2), as
+  scikit-hep's vector computes it (np.hypot, which this baseline used before, costs ~7x as much),
+  eta as np.arcsinh(pz / pt).
 
 Both read only the columns they need from files in the page cache; every side gets one untimed
 warm-up and the same best-of-N, interleaved; wall and CPU seconds are reported (CPU seconds are
@@ -107,7 +109,7 @@ def baseline(path: Path, step: int) -> np.ndarray:
     for arrays in uproot.iterate({str(path): "events"}, list(BRANCHES), step_size=step, library="np"):
         keep = arrays["Q1"] * arrays["Q2"] < 0
         for i in (1, 2):
-            pt = np.hypot(arrays[f"px{i}"], arrays[f"py{i}"])
+            pt = np.sqrt(arrays[f"px{i}"] ** 2 + arrays[f"py{i}"] ** 2)
             eta = np.arcsinh(arrays[f"pz{i}"] / pt)
             keep &= (pt > 20) & (np.abs(eta) < 2.4)
         counts.fill(pair_mass(arrays)[keep])
