@@ -8,17 +8,29 @@ Blosc(zstd, 3, bitshuffle) and 1.2-1.9 GB/CPU-s uncompressed; real CMS dimuon ki
 so decode speed decides. Sharding (4 x 4 chunks per shard) read no faster from local disk. Dask
 chunks are made uniform before writing because a dask chunk that straddles two zarr chunks would
 make parallel writes race.
+
+Reads go through DecodeIntoOutput, zarr's codec pipeline with one shortcut (registered and made
+zarr's default when this module is imported; the runner and the ops import it): a whole Blosc
+chunk is decoded straight into the array the caller reads into, where zarr decodes into a fresh
+buffer and copies it over. Reading a 1.6 x 10^5 x 2048 synthetic EELS image through xarray
+(threaded dask, 2 cores, interleaved, best of 4, load 5-7): 1.10 against 1.30 CPU-s stored
+with bitshuffle, 0.80 against 0.97 with the byte shuffle the ingest now uses for spectra
+(engine/ingest/synthetic_eels.py). The image's edge chunks, read in part, go zarr's way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import sys
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, BytesCodec
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+from zarr.registry import register_pipeline
 
 CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 MIN_CHUNK_BYTES = 2**20
@@ -172,3 +184,80 @@ def settle_background_writes(timeout: float = 60.0) -> None:
             await asyncio.wait(others, timeout=timeout)
 
     sync(others_done())
+
+
+class DecodeIntoOutput(BatchedCodecPipeline):
+    """zarr's default codec pipeline, except that a read of whole chunks stored as plain bytes
+    under one Blosc codec decodes each chunk into its place in the output (see the module
+    docstring); every other read, and every write, is zarr's own."""
+
+    async def read_batch(self, batch_info, out, drop_axes: tuple[int, ...] = ()) -> None:
+        batch_info = list(batch_info)
+        targets = self._targets(batch_info, out, drop_axes)
+        if targets is None:
+            return await super().read_batch(batch_info, out, drop_axes)
+        blosc = self.bytes_bytes_codecs[0]._blosc_codec
+
+        async def decode(byte_getter, spec, target) -> None:
+            stored = await byte_getter.get(prototype=spec.prototype)
+            if stored is None:  # a chunk never written reads as the fill value (set in every v3 array)
+                target[...] = spec.fill_value
+                return
+            compressed = stored.as_array_like()
+            if _blosc_decoded_size(compressed) != target.nbytes:  # Blosc would fill part of target
+                raise ValueError(f"chunk {byte_getter} decodes to {_blosc_decoded_size(compressed)} "
+                                 f"bytes, not the {target.nbytes} of a {spec.shape} {spec.dtype} chunk")
+            await asyncio.to_thread(blosc.decode, compressed, target)  # in a worker thread, as zarr
+
+        pairs = zip(batch_info, targets, strict=True)
+        await asyncio.gather(*(decode(info[0], info[1], target) for info, target in pairs))
+
+    def _targets(self, batch_info: list, out, drop_axes: tuple[int, ...]) -> list | None:
+        """The C-contiguous numpy views of `out` (zarr's own, of the array's dtype) the chunks of
+        batch_info decode into, or None where the shortcut does not apply: other codecs, another
+        byte order, part of a chunk, a selection that is no view."""
+        codec = self.array_bytes_codec
+        if drop_axes or self.array_array_codecs or not isinstance(codec, BytesCodec):
+            return None
+        if len(self.bytes_bytes_codecs) != 1 or not isinstance(self.bytes_bytes_codecs[0], BloscCodec):
+            return None
+        if codec.endian is not None and codec.endian.value != sys.byteorder:
+            return None
+        array = out.as_ndarray_like()
+        if not isinstance(array, np.ndarray):
+            return None
+        targets = []
+        for _, spec, chunk_selection, out_selection, *_ in batch_info:
+            if not _selects_whole(chunk_selection, spec.shape):
+                return None
+            if not (isinstance(out_selection, tuple) and all(isinstance(p, slice) for p in out_selection)):
+                return None  # only basic slicing makes a view of `out` to decode into
+            target = array[out_selection]
+            if not isinstance(target, np.ndarray) or target.shape != spec.shape:
+                return None
+            if not target.flags.c_contiguous:
+                return None
+            targets.append(target)
+        return targets
+
+
+def _blosc_decoded_size(compressed: np.ndarray) -> int:
+    """The uncompressed size a Blosc frame declares (bytes 4-7 of its header, little-endian): a
+    frame holding less than the chunk would decode into only the start of the output."""
+    return int.from_bytes(bytes(compressed[4:8]), "little") if compressed.size >= 16 else -1
+
+
+def _selects_whole(selection, shape: tuple[int, ...]) -> bool:
+    """Whether a chunk selection (a tuple of slices, or anything zarr passes) is the whole chunk."""
+    return (
+        isinstance(selection, tuple)
+        and len(selection) == len(shape)
+        and all(
+            isinstance(part, slice) and part.indices(size) == (0, size, 1)
+            for part, size in zip(selection, shape, strict=True)
+        )
+    )
+
+
+register_pipeline(DecodeIntoOutput)
+zarr.config.set({"codec_pipeline.path": f"{DecodeIntoOutput.__module__}.{DecodeIntoOutput.__qualname__}"})

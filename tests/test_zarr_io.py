@@ -91,3 +91,56 @@ def test_merging_does_not_import_distributed():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out
+
+
+REFERENCE_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
+SELECTIONS = (np.s_[:], np.s_[8:16, 8:16], np.s_[3:30, 5:20, 2:9], np.s_[0], np.s_[::2], np.s_[[1, 5, 9]],
+              np.s_[..., 3], np.s_[36, 28, 15])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8, bool, ">f4"])
+@pytest.mark.parametrize("compressors", ["byte shuffle", "lake codec", "none"])
+def test_reads_decoded_into_the_output_equal_zarr_s_own(tmp_path, dtype, compressors):
+    """DecodeIntoOutput (zarr's default once engine.zarr_io is imported) against zarr's own
+    pipeline: whole, partial, strided, fancy and scalar selections, edge chunks, a chunk never
+    written (fill value), another byte order and stores it does not shortcut."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from engine import zarr_io
+
+    codecs = {"byte shuffle": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),),
+              "lake codec": (zarr_io.CODEC,), "none": ()}[compressors]
+    data = (np.random.default_rng(0).normal(size=(37, 29, 16)) * 50).astype(dtype)
+    path = str(tmp_path / "a")
+    array = zarr.create_array(path, shape=data.shape, chunks=(8, 8, 16), dtype=data.dtype,
+                              compressors=codecs, fill_value=0)
+    array[:32] = data[:32]  # rows 32.. are never written: they read as the fill value
+    expected = data.copy()
+    expected[32:] = 0
+    assert type(zarr.open_array(path).async_array.codec_pipeline) is zarr_io.DecodeIntoOutput
+    for selection in SELECTIONS:
+        got = zarr.open_array(path)[selection]
+        with zarr.config.set({"codec_pipeline.path": REFERENCE_PIPELINE}):
+            reference = zarr.open_array(path)[selection]
+        np.testing.assert_array_equal(got, reference)
+        np.testing.assert_array_equal(got, expected[selection])
+
+
+def test_a_chunk_declaring_another_size_is_refused_not_half_filled(tmp_path):
+    """A Blosc frame holding fewer bytes than its chunk would decode into only the start of the
+    output: the shortcut names the chunk instead."""
+    import zarr
+
+    from engine import zarr_io
+
+    path = tmp_path / "a"
+    array = zarr.create_array(str(path), shape=(16, 16), chunks=(8, 8), dtype="f8",
+                              compressors=(zarr_io.CODEC,), fill_value=0)
+    array[:] = np.arange(256.0).reshape(16, 16)
+    small = zarr.create_array(str(tmp_path / "b"), shape=(4, 8), chunks=(4, 8), dtype="f8",
+                              compressors=(zarr_io.CODEC,), fill_value=0)
+    small[:] = 1.0
+    (path / "c" / "0" / "0").write_bytes((tmp_path / "b" / "c" / "0" / "0").read_bytes())
+    with pytest.raises(ValueError, match="decodes to 256 bytes, not the 512"):
+        zarr.open_array(str(path))[:8, :8]

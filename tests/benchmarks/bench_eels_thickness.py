@@ -177,6 +177,19 @@ def exspy_thickness(lake: Path, entry: str) -> None:
     dask.compute(result.data, scheduler="threads")
 
 
+def counts_codec(lake: Path, entry: str) -> str:
+    """The codecs the image's counts are stored with (the read's cost depends on them: a store
+    ingested before the byte-shuffle spectra codec is reused from --workdir as it is)."""
+    import zarr
+
+    codecs = zarr.open_array(str(lake / "raw" / entry / "counts"), mode="r").metadata.codecs
+    return "+".join(
+        "-".join(str(v) for k, v in codec.to_dict().get("configuration", {}).items() if k != "typesize")
+        or codec.to_dict()["name"]
+        for codec in codecs
+    )
+
+
 def run(
     quick: bool = False,
     sides=None,
@@ -186,6 +199,8 @@ def run(
     exspy: bool = True,
     repeats: int = 3,
 ) -> dict:
+    import engine.zarr_io  # noqa: F401  (every side, exSpy's too, reads through the engine's zarr pipeline)
+
     sides = sides or ([100] if quick else [100, 316, 1000])
     exspy_side = exspy_side or (100 if quick else 316)
     result = header("EELS thickness out-of-core, and against exSpy", repeats, channels=channels)
@@ -231,6 +246,7 @@ def run(
     timings = compare(sides_, repeats)
     read = timings["read"].wall
     result["spectra"] = side * side
+    result["counts_codec"] = counts_codec(lake, entry)
     for name, timing in timings.items():
         result[f"{name}_s"] = round(timing.wall, 3)
         result[f"{name}_cpu_s"] = round(timing.cpu, 3)

@@ -109,6 +109,37 @@ def test_threshold_method(image):
     assert np.isfinite(result["t_over_lambda"]).all()
 
 
+def test_spectra_read_by_decoding_into_the_output(image_lake, monkeypatch):
+    """The ingest stores the spectra byte-shuffled (SPECTRA_CODEC) and the engine reads whole
+    chunks by decoding them into the output (engine/zarr_io.py), the image's edge chunks the
+    way zarr does: the same counts, and the same thickness, as through zarr's own pipeline."""
+    import zarr
+
+    from engine.ingest.synthetic_eels import SPECTRA_CODEC
+    from engine.zarr_io import DecodeIntoOutput
+
+    counts = zarr.open_array(image_lake.url(image_lake.entry_path("raw", "img")) + "/counts", mode="r")
+    (stored,) = counts.compressors
+    assert (stored.cname, stored.shuffle) == (SPECTRA_CODEC.cname, SPECTRA_CODEC.shuffle)
+    decoded_into = []  # per read of chunks: whether they were decoded straight into the output
+    targets = DecodeIntoOutput._targets
+
+    def recording(self, *args):
+        found = targets(self, *args)
+        decoded_into.append(found is not None)
+        return found
+
+    monkeypatch.setattr(DecodeIntoOutput, "_targets", recording)
+    params = ThicknessParams(align_zlp=True)
+    image = image_lake.open("raw", "img")
+    ours = thickness(params, image)["t_over_lambda"].values
+    assert any(decoded_into) and not all(decoded_into)
+    with zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}):
+        plain = image_lake.open("raw", "img")
+        np.testing.assert_array_equal(plain["counts"].values, image["counts"].values)
+        np.testing.assert_array_equal(thickness(params, plain)["t_over_lambda"].values, ours)
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
