@@ -346,8 +346,9 @@ def fit_eft(
         output_transform=TERM_OUTPUT_TRANSFORM,
         replica_params={"c_scale": np.repeat(np.asarray(c_scale, float), r)},
     )
-    sm_rows = np.tile(scale_features(sm, low, high), (t, 1, 1))
-    eft_rows = scale_features(eft, low, high).reshape(t * r, *eft.shape[2:])
+    as_model = str(model.dtype).removeprefix("torch.")  # cast before the copies for the networks
+    sm_rows = np.tile(scale_features(sm, low, high).astype(as_model), (t, 1, 1))
+    eft_rows = scale_features(eft, low, high).astype(as_model).reshape(t * r, *eft.shape[2:])
     loss = WeightedCrossEntropy(
         sm_rows,
         eft_rows,

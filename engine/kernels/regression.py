@@ -38,7 +38,21 @@ def feature_range(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scale_features(features: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    return 2.0 * (features - low) / (high - low) - 1.0
+    """2 (x - low) / (high - low) - 1 for each feature (the last axis): [-1, 1] over its range.
+
+    Computed column by column in place in one float64 buffer, in the expression's order (the same
+    values): the expression allocates an array per operation, and broadcasting (f,) against
+    (..., f) runs numpy's inner loop f elements at a time (measured: the EFT fit's 10 networks x
+    20000 events took ~8 ms that way, ~2 this way).
+    """
+    x = np.empty(np.shape(features))
+    for j, (lo, width) in enumerate(zip(low, np.subtract(high, low), strict=True)):
+        column = x[..., j]
+        np.subtract(features[..., j], lo, out=column)
+        column *= 2.0
+        column /= width
+        column -= 1.0
+    return x
 
 
 def fit_regression(
