@@ -100,17 +100,41 @@ def _dis_f2_nnlo(lake: Lake) -> None:
 
 def _dis_f2_nmc_nnlo(lake: Lake) -> None:
     """raw/dis_f2_nmc_nnlo (SLAC p + NMC p and d, F2) as `ingest nnpdf-fk` joins them, synthetic tables."""
-    from engine.ingest.fk_theory import _f2_only, read_f2_data
+    from engine.ingest.fk_theory import dis_coverages, read_dis_data
     from engine.ingest.nnpdf import apply_cuts
     from engine.kernels.pdf_fk import FLAVOURS, x_grid
     from engine.testing import put_in_lake
 
     names = ["SLAC_NC_NOTFIXED_P", "NMC_NC_NOTFIXED_P_EM-F2-HEPDATA", "NMC_NC_NOTFIXED_D_EM-F2-HEPDATA"]
-    data = apply_cuts(read_f2_data(names, None, _f2_only(names)), 3.49, 12.5)
+    data = apply_cuts(read_dis_data(names, None, dis_coverages(names)), 3.49, 12.5)
     grid = x_grid()
     fk, attrs = synthetic_nnlo_tables(data["x"].values, data["target_index"].values, grid)
     data = data.assign(fk=(("point", "x_grid", "flavour"), fk, attrs))
     put_in_lake(lake, "dis_f2_nmc_nnlo", data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
+
+
+def _dis_hera_nnlo(lake: Lake) -> None:
+    """raw/dis_hera_nnlo (SLAC p, d + HERA NC e+p 318, 225 GeV below m_b^2) as `ingest nnpdf-fk`
+    reads them (HERA points made proton targets), with synthetic tables on its grid from 4e-5."""
+    from engine.ingest.fk_theory import (
+        _below,
+        dis_coverages,
+        dis_observables,
+        proton_beam_targets,
+        read_dis_data,
+    )
+    from engine.ingest.nnpdf import apply_cuts
+    from engine.kernels.pdf_fk import FLAVOURS, x_grid
+    from engine.testing import put_in_lake
+
+    names = ["SLAC_NC_NOTFIXED_P", "SLAC_NC_NOTFIXED_D",
+             "HERA_NC_318GEV_EP-SIGMARED", "HERA_NC_225GEV_EP-SIGMARED"]
+    read = proton_beam_targets(read_dis_data(names, None, dis_coverages(names)), dis_observables(names))
+    data = _below(apply_cuts(read, 3.49, 12.5), 24.2)
+    grid = x_grid(50, 4e-5)
+    fk, attrs = synthetic_nnlo_tables(data["x"].values, data["target_index"].values, grid)
+    data = data.assign(fk=(("point", "x_grid", "flavour"), fk, attrs))
+    put_in_lake(lake, "dis_hera_nnlo", data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
 
 
 # recipe file stem -> the ingests it needs (recipes that generate their own data need none)
@@ -134,6 +158,7 @@ INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "pdf_dis_fit": [_dis_f2],
     "pdf_theory_fit": [_dis_f2_nnlo],
     "pdf_theory_fit_nmc": [_dis_f2_nmc_nnlo],
+    "pdf_theory_fit_hera": [_dis_hera_nnlo],
     "replicas_closure_1d": [],
     "replicas_hyperopt": [],
     "solve_equations": [],

@@ -1,9 +1,10 @@
 """`replicalake ingest nnpdf-fk`: NNPDF DIS data with NNLO FK tables from yadism + eko + pineko.
 
 Writes raw/NAME like `ingest nnpdf` (data, uncertainties, covariance after NNPDF's DIS cuts) plus
-fk(point, x_grid, flavour): F2 at each point = sum fk * xf(Q0) with xf the PDF at the theory's Q0
-on the fit's x grid (pdf.fit reads it as it reads pdf.fk_tables' LO tables). The theory card,
-package versions, timings and the operator-interpolation checks go in the provenance.
+fk(point, x_grid, flavour): the observable at each point (EM F2, or HERA's inclusive NC reduced
+cross section) = sum fk * xf(Q0) with xf the PDF at the theory's Q0 on the fit's x grid (pdf.fit
+reads it as it reads pdf.fk_tables' LO tables). The theory card, package versions, timings, the
+operator-interpolation checks and each dataset's observable go in the provenance.
 
 The theory packages pin rich<13, which this project's environment cannot hold (prefect, typer and
 import-linter need rich>=13), so the pipeline runs in another interpreter: `--theory-python`,
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from collections import deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -41,10 +44,37 @@ F2_SUFFIX = "EM-F2"
 YADISM_TARGETS = ("proton", "isoscalar")  # target_index 0, 1 (ingest nnpdf): deuteron = isoscalar
 X_GRID, POINT = "x_grid", "point"
 FIT_FLAVOURS = (-3, -2, -1, 1, 2, 3, 21)  # = kernels.pdf_fk.FLAVOURS (kernels load lazily)
+# HERA I+II inclusive NC (nnpdf-data HERA_NC_<sqrt s>GEV, e+p or e-p): yadism's XSHERANC
+HERA_NC = re.compile(r"HERA_NC_(\d+)GEV")
+HERA_PROJECTILES = {"EP-SIGMARED": "positron", "EM-SIGMARED": "electron"}
+Y_TOLERANCE = 0.01  # relative: the data's y against Q^2 / (x s) of the set's sqrt(s)
+
+
+@dataclass(frozen=True)
+class Observable:
+    """What yadism computes for one dataset (kernels.pdf_theory.observables_card's block).
+
+    sqrt_s is the set's beam energy (HERA; None for F2, which does not depend on y);
+    proton_beam marks sets whose target ingest nnpdf cannot name (HERA_NC_318GEV: -1).
+    """
+
+    dataset: str
+    coverage: tuple[str, ...]
+    observable: str = "F2_total"
+    process: str = "EM"
+    projectile: str = "electron"
+    polarization: float = 0.0
+    sqrt_s: float | None = None
+    proton_beam: bool = False
+
+    def block(self, target: str) -> dict:
+        """The request's block for the theory worker."""
+        keys = ("observable", "process", "projectile", "polarization")
+        return {"target": target, **{k: getattr(self, k) for k in keys}}
 
 
 class NnpdfFkParams(NnpdfParams):
-    """NNPDF DIS F2 data with NNLO FK tables (yadism + eko + pineko) into raw/NAME."""
+    """NNPDF DIS data (F2, HERA NC sigma_red) with NNLO FK tables (yadism, eko, pineko) into raw/NAME."""
 
     q2_min: float | None = Field(
         3.49, ge=0, description="keep points with Q^2 >= this (GeV^2; NNPDF's DIS cut)"
@@ -90,7 +120,8 @@ class NnpdfFkParams(NnpdfParams):
         ge=1,
         le=10,
         description="eko runs on every k-th point of the x grid and "
-        "interpolates (degree 4 in ln x) between them: cost per scale ~ 1/k^2",
+        "interpolates (degree 4 in ln x) between them: cost per scale ~ 1/k^2; keep the kept "
+        "knots <~ 0.3 decades apart (HERA's grid from 4e-5: 2; at 4, 0.54 decades, HERA moved 3-9%)",
     )
     jit: bool = Field(
         True,
@@ -124,52 +155,125 @@ def _interpreter(explicit: str | None) -> str:
     return python
 
 
-def _f2_only(names: list[str]) -> list[tuple[str, ...]]:
-    """Refuse datasets the pipeline cannot build, before any slow work; returns their kinematics.
+CHARGED_CURRENT = (
+    "charged current: W exchange sees ubar + cbar + (1 - y)^2 (d + s) (e+p) or u + c + (1 - y)^2 "
+    "(dbar + sbar) (e-p), which needs quarks and antiquarks apart (valence, flavour separation) "
+    "that the fit's [Sigma, T3, g] basis (q = qbar, s = 0) does not have"
+)
 
-    The worker books yadism's F2_total for photon exchange (EM) on a proton or isoscalar target at
-    each point and pdf.fit contracts one FK table per point linearly with the PDF. So a dataset is
-    built when its observable is EM F2 (`EM-F2`, or a re-implementation of it such as
-    `EM-F2-HEPDATA`: NMC's F2 p and d), its process is neutral-current DIS and its theory is one
-    operand (FK tables whose points concatenate, e.g. BCDMS's beam energies), no operation.
-    Refused: reduced cross sections (`EM-SIGMARED`, HERA: F_L and y enter), charm F2
-    (`EM-F2C`), charged current, and ratios (`NMC_NC_NOTFIXED_EM-F2`, d/p: RATIO of two tables,
-    not linear in the PDF), each with the reason.
+
+def _refusal(resolved, meta) -> str | None:
+    """Why the pipeline cannot build a dataset (None: it can), decided from nnpdf-data's metadata.
+
+    pdf.fit contracts one FK table per point linearly with the PDF: the theory must be one operand
+    (FK tables whose points concatenate, e.g. BCDMS's beam energies) with no operation (NMC's d/p
+    `NMC_NC_NOTFIXED_EM-F2` is a RATIO). Charged current needs q and qbar apart; heavy-quark
+    reduced cross sections (`HERA_NC_318GEV_EAVG`), charm F2 and NMC's sigma_red (its own
+    definition, kinematics x, Q2, sqrt s) are other observables than the two built here.
+    """
+    operation = str(meta.theory.operation or "null").lower()
+    operands = len(meta.theory.FK_tables)  # each a list of tables whose points concatenate
+    process = str(meta.process_type)
+    if process.startswith("DIS_CC"):
+        return f"{resolved.full} ({CHARGED_CURRENT})"
+    if not process.startswith("DIS_NC"):
+        return f"{resolved.full} (process {process}: not neutral-current DIS)"
+    if operation != "null" or operands != 1:
+        return (
+            f"{resolved.full} (theory operation {meta.theory.operation} of {operands} FK tables: "
+            "not linear in the PDF)"
+        )
+    f2 = resolved.observable.split("-")[:2] == F2_SUFFIX.split("-")
+    if not f2 and not (HERA_NC.fullmatch(resolved.setname) and resolved.observable in HERA_PROJECTILES):
+        return (
+            f"{resolved.full} (observable {resolved.observable}: neither EM F2 nor HERA's inclusive "
+            "NC reduced cross section)"
+        )
+    return None
+
+
+def _observable(resolved, meta) -> Observable:
+    """The yadism observable of a dataset _refusal lets through."""
+    coverage = tuple(meta.kinematic_coverage)
+    hera = HERA_NC.fullmatch(resolved.setname)
+    if hera is None:
+        return Observable(resolved.full, coverage)
+    return Observable(
+        resolved.full,
+        coverage,
+        observable="XSHERANC_total",
+        process="NC",
+        projectile=HERA_PROJECTILES[resolved.observable],
+        sqrt_s=float(hera.group(1)),
+        proton_beam=True,
+    )
+
+
+def dis_observables(names: list[str]) -> list[Observable]:
+    """Each dataset's observable, refusing those the pipeline cannot build before any slow work.
+
+    Built: EM F2 (`EM-F2`, or a re-implementation such as NMC's `EM-F2-HEPDATA`; yadism's F2_total,
+    photon exchange, proton or isoscalar target) and HERA I+II inclusive NC reduced cross sections
+    (`HERA_NC_<sqrt s>GEV_EP-SIGMARED` / `_EM-SIGMARED`; yadism's XSHERANC_total with photon and Z
+    exchange for the positron or electron beam, unpolarised as the combined data are, y from the
+    data). Everything else is refused with the reason (_refusal).
     """
     from nnpdf_data.commondataparser import parse_new_metadata
 
     from .nnpdf import commondata_root, resolve_name
 
     root = commondata_root()
-    refused, coverages = [], []
+    refused, observables = [], []
     for name in names:
         resolved = resolve_name(name, root)
         meta = parse_new_metadata(root / resolved.setname / "metadata.yaml", resolved.observable)
-        coverages.append(tuple(meta.kinematic_coverage))
-        operation = str(meta.theory.operation or "null").lower()
-        operands = len(meta.theory.FK_tables)  # each a list of tables whose points concatenate
-        if resolved.observable.split("-")[:2] != F2_SUFFIX.split("-"):
-            refused.append(f"{resolved.full} (observable {resolved.observable}: not EM F2)")
-        elif not str(meta.process_type).startswith("DIS_NC"):
-            refused.append(f"{resolved.full} (process {meta.process_type}: not neutral-current DIS)")
-        elif operation != "null" or operands != 1:
-            refused.append(
-                f"{resolved.full} (theory operation {meta.theory.operation} of {operands} FK tables: "
-                "not linear in the PDF)"
-            )
+        reason = _refusal(resolved, meta)
+        if reason:
+            refused.append(reason)
+        else:
+            observables.append(_observable(resolved, meta))
     if refused:
         raise IngestError(
-            f"ingest nnpdf-fk builds F2 tables (EM F2 observables, e.g. ..._{F2_SUFFIX} or "
-            f"..._{F2_SUFFIX}-HEPDATA, no operation on FK tables); found {'; '.join(refused)}: "
-            "reduced cross sections (NMC sigma_red, HERA) need yadism's XS observables, "
-            "ratios a non-linear fit; neither is built here"
+            f"ingest nnpdf-fk builds EM F2 (..._{F2_SUFFIX}, ..._{F2_SUFFIX}-HEPDATA) and HERA's "
+            f"inclusive NC reduced cross sections (HERA_NC_<sqrt s>GEV_EP-SIGMARED, _EM-SIGMARED), "
+            f"no operation on FK tables; found {'; '.join(refused)}"
         )
-    return coverages
+    return observables
 
 
-def read_f2_data(names: list[str], variant: str | None, coverages: list[tuple[str, ...]]):
-    """read_commondata of the datasets, also when their third kinematic differs (SLAC and BCDMS
-    F2 carry y, NMC's HEPDATA F2 none): read_commondata per kinematics, joined over `point`
+def dis_coverages(names: list[str]) -> list[tuple[str, ...]]:
+    """The datasets' kinematic coverages for read_dis_data, refusing as dis_observables does
+    (tests/recipe_inputs.py builds the recipes' synthetic entries with it)."""
+    return [o.coverage for o in dis_observables(names)]
+
+
+def proton_beam_targets(dataset, observables: list[Observable]):
+    """target_index 0 (proton) on the points of sets ingest nnpdf leaves at -1 but whose hadron is
+    a proton (HERA), so pdf.fit and the FK blocks see their target."""
+    by_name = {o.dataset: o for o in observables}
+    proton = [by_name[name].proton_beam for name in dataset.attrs["datasets"]]
+    targets = np.where(np.asarray(proton)[dataset["dataset_index"].values], 0, dataset["target_index"].values)
+    return dataset.assign_coords(target_index=(POINT, targets))
+
+
+def check_beam_energy(dataset, observables: list[Observable]) -> None:
+    """A cross section's y must be the set's: y = Q^2 / (x s) (to 1%; HERA's data carry y to
+    ~0.1% of it), since yadism weighs F_L and xF3 by it."""
+    by_name = {o.dataset: o for o in observables}
+    for index, name in enumerate(dataset.attrs["datasets"]):
+        sqrt_s = by_name[name].sqrt_s
+        rows = dataset["dataset_index"].values == index
+        if sqrt_s is None or not rows.any():
+            continue
+        x, q2, y = (dataset[k].values[rows] for k in ("x", "Q2", "y"))
+        off = np.abs(y * x * sqrt_s**2 / q2 - 1).max()
+        if not off < Y_TOLERANCE:
+            raise IngestError(f"{name}: y differs from Q^2 / (x s) at sqrt(s) = {sqrt_s} GeV by {off:.2%}")
+
+
+def read_dis_data(names: list[str], variant: str | None, coverages: list[tuple[str, ...]]):
+    """read_commondata of the datasets, also when their third kinematic differs (SLAC, BCDMS F2
+    and HERA carry y, NMC's HEPDATA F2 none): read_commondata per kinematics, joined over `point`
     (a kinematic a dataset lacks is NaN there; systematics shared by name stay correlated
     across the parts, and the covariance is rebuilt as read_commondata builds it)."""
     groups: dict[tuple[str, ...], list[str]] = {}
@@ -248,6 +352,24 @@ def _below(dataset, q2_max: float | None):
     return cut
 
 
+def antisymmetric_share(fk: np.ndarray, grid: np.ndarray, blocks: np.ndarray, n_blocks: int) -> list[dict]:
+    """Per dataset, the part of the observable carried by q - qbar, for the Les Houches toy
+    (valence u_v, d_v): |FK . (xf - xf_sym)| / |FK . xf| (median and max over points), xf_sym
+    with q = qbar = (q + qbar) / 2 as pdf.fit's basis has it (its rotation gives q and qbar the
+    same column, so the fit sees FK_q + FK_qbar only). Photon-exchange F2: zero; HERA's NC cross
+    section: the Z exchange's xF3, growing with Q^2 / (Q^2 + M_Z^2)."""
+    from ..kernels.pdf_fk import FLAVOURS, les_houches_toy
+
+    xf = les_houches_toy(grid)
+    mirror = [FLAVOURS.index(-f if f != 21 else f) for f in FLAVOURS]
+    full = np.einsum("nxf,xf->n", fk, xf)
+    part = np.abs(np.einsum("nxf,xf->n", fk, (xf - xf[:, mirror]) / 2)) / np.abs(full)
+    return [
+        {"median": float(np.median(part[blocks == b])), "max": float(part[blocks == b].max())}
+        for b in range(n_blocks)
+    ]
+
+
 def run_pipeline(python: str, request: dict) -> tuple[np.ndarray, dict]:
     """Run engine.kernels.pdf_theory in `python` on `request`; returns (fk, result)."""
     root = Path(__file__).resolve().parents[2]  # the folder holding the engine package
@@ -306,9 +428,14 @@ def ingest_nnpdf_fk(
     from ..kernels.pdf_fk import x_grid
 
     lake.new_entry_path("raw", entry)  # refuse a bad entry name before the slow work
-    coverages = _f2_only(names)
+    observables = dis_observables(names)
     python = _interpreter(theory_python)
-    dataset = _below(apply_cuts(read_f2_data(names, variant, coverages), q2_min, w2_min), q2_max)
+    read = read_dis_data(names, variant, [o.coverage for o in observables])
+    dataset = _below(apply_cuts(proton_beam_targets(read, observables), q2_min, w2_min), q2_max)
+    empty = [n for n, count in zip(dataset.attrs["datasets"], dataset.attrs["dataset_points"]) if not count]
+    if empty:
+        raise IngestError(f"no point of {', '.join(empty)} passes the cuts: leave it out")
+    check_beam_energy(dataset, observables)
     grid = x_grid(n_x, x_min)
     x, q2 = dataset["x"].values, dataset["Q2"].values
     if x.min() < grid[0]:
@@ -319,9 +446,8 @@ def ingest_nnpdf_fk(
     if np.any((targets < 0) | (targets >= len(YADISM_TARGETS))):
         raise IngestError("nnpdf-fk builds proton and deuteron targets only; some datasets have another")
     blocks = dataset["dataset_index"].values
-    block_targets = [
-        YADISM_TARGETS[int(targets[blocks == b][0])] for b in range(len(dataset.attrs["datasets"]))
-    ]
+    by_name = {o.dataset: o for o in observables}
+    in_entry = [by_name[name] for name in dataset.attrs["datasets"]]
     request = {
         "theory_id": theory_id,
         "fns": fns,
@@ -330,7 +456,9 @@ def ingest_nnpdf_fk(
         "Q2": q2.tolist(),
         "y": y.tolist(),
         "blocks": blocks.tolist(),
-        "targets": block_targets,
+        "observables": [
+            o.block(YADISM_TARGETS[int(targets[blocks == b][0])]) for b, o in enumerate(in_entry)
+        ],
         "nodes_per_decade": nodes_per_decade,
         "check_scales": list(check_scales or []),
         "cache": str(theory_cache(lake)),
@@ -358,7 +486,8 @@ def ingest_nnpdf_fk(
             (POINT, X_GRID, "flavour"),
             fk,
             {
-                "long_name": "NNLO F2 FK table: F2 = sum over x_grid, flavour of fk * xf(Q0)",
+                "long_name": "NNLO DIS FK table: observable (F2 or HERA NC sigma_red) = "
+                "sum over x_grid, flavour of fk * xf(Q0)",
                 "q0_gev": float(result["theory_card"]["Q0"]),
             },
         )
@@ -370,6 +499,8 @@ def ingest_nnpdf_fk(
         "theory_id": theory_id,
         "fns": fns,
         "theory": json.loads(json.dumps(result, default=str)),
+        "observables": [asdict(o) for o in in_entry],
+        "antisymmetric_share": antisymmetric_share(fk, grid, blocks, len(in_entry)),
     }
     with staged_entry(lake, "raw", entry) as stage:
         options = None if lake.is_local else lake.storage_options

@@ -1,5 +1,9 @@
 """NNLO DIS FK tables from NNPDF's theory pipeline: yadism grid -> eko operators -> pineko FK.
 
+Observables: EM F2 (fixed-target F2: SLAC, BCDMS, NMC) and HERA's inclusive neutral-current
+reduced cross section (yadism's XSHERANC: F2 - y^2/Y+ FL -+ Y-/Y+ xF3 with photon and Z exchange,
+for the block's projectile; y from the data), each block of a request naming its own.
+
 Why a separate interpreter: yadism 0.13 and pineko 0.6 pin rich<13, while prefect 3.8 (through
 pydocket and cyclopts), typer 0.29 and import-linter need rich>=13, so the theory packages cannot
 share the project's environment. This module therefore imports nothing of the engine but
@@ -19,6 +23,8 @@ The physics choices, all recorded in the result's provenance:
 - The FK table is taken in the flavour basis at Q0 on the fit's x grid (eko's input grid), and
   the fit's 7 flavours (sbar, ubar, dbar, d, u, s, g) are kept: charm, bottom and top at Q0 are set
   to zero (no fitted charm), and the weight the data give to the dropped charm columns is reported.
+  Its q and qbar columns are kept apart: equal for photon-exchange F2, not for the Z exchange's
+  xF3 in HERA's cross section (the ingest reports that q - qbar part for the fit's q = qbar basis).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from .pdf_fk import FLAVOURS, lagrange_weights
 
 THEORY_MODULES = ("yadism", "eko", "pineko", "pineappl", "nnpdf_data")
 THEORY_DISTRIBUTIONS = ("yadism", "eko", "pineko", "pineappl", "nnpdf-data", "numba")
-PROTON_TARGETS = {0: "proton", 1: "isoscalar"}  # target_index (ingest nnpdf) -> yadism TargetDIS
+F2 = "F2_total"  # yadism's observable names; F2 alone does not depend on y
 FK_NAME = "fk.npy"
 RESULT_NAME = "result.json"
 
@@ -79,26 +85,41 @@ def theory_card(theory_id: int, fns: str) -> dict:
     return dict(kept, ModSV=card.get("ModSV"))  # pineko reads ModSV even when unset
 
 
-def observables_card(x, q2, y, target: str, xgrid) -> dict:
-    """yadism's observable card for F2 (EM, electron) of `target` at the points (x, Q^2, y)."""
+def observables_card(x, q2, y, block: dict, xgrid) -> dict:
+    """yadism's observable card for one block at the points (x, Q^2, y): block names the
+    observable (F2_total or XSHERANC_total), process (EM, NC), projectile, target, polarisation."""
     return {
-        "PolarizationDIS": 0.0,
-        "ProjectileDIS": "electron",
+        "PolarizationDIS": float(block["polarization"]),
+        "ProjectileDIS": block["projectile"],
         "PropagatorCorrection": 0.0,
-        "TargetDIS": target,
-        "prDIS": "EM",
+        "TargetDIS": block["target"],
+        "prDIS": block["process"],
         "NCPositivityCharge": None,
         "interpolation_is_log": True,
         "interpolation_polynomial_degree": 4,
         "interpolation_xgrid": [float(v) for v in xgrid],
         "observables": {
-            "F2_total": [{"x": float(a), "Q2": float(b), "y": float(c)} for a, b, c in zip(x, q2, y)]
+            block["observable"]: [{"x": float(a), "Q2": float(b), "y": float(c)} for a, b, c in zip(x, q2, y)]
         },
     }
 
 
+def distinct_points(x, q2, y, observable: str):
+    """(kinematics (k, 3), first index, inverse) of the points yadism books as distinct bins.
+
+    yadism books points repeated in (x, Q^2) on the first copy; F2 depends on (x, Q^2) only
+    (BCDMS measures some at several beam energies, i.e. several y): one bin each. A cross section
+    depends on y too, so (x, Q^2, y) must be distinct there.
+    """
+    third = np.zeros_like(x) if observable == F2 else y
+    kinematics, first, inverse = np.unique(
+        np.stack([x, q2, third], axis=1), axis=0, return_index=True, return_inverse=True
+    )
+    return kinematics, first, inverse.ravel()
+
+
 def yadism_grid(theory: dict, observables: dict, cache: Path, say: Progress = _say):
-    """The PineAPPL grid of F2 at the points (cached by both cards and yadism's version)."""
+    """The PineAPPL grid of the card's observable (cached by both cards and yadism's version)."""
     import pineappl
 
     path = cache / "grids" / f"{card_key(theory, observables, versions()['yadism'])}.pineappl.lz4"
@@ -110,9 +131,10 @@ def yadism_grid(theory: dict, observables: dict, cache: Path, say: Progress = _s
         output = yadism.run_yadism(copy.deepcopy(theory), copy.deepcopy(observables))
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.part")
-        dump_pineappl_to_file(output, str(partial), "F2_total")
+        ((name, points),) = observables["observables"].items()
+        dump_pineappl_to_file(output, str(partial), name)
         partial.replace(path)
-        say(f"yadism: {len(observables['observables']['F2_total'])} points", time.perf_counter() - start)
+        say(f"yadism: {len(points)} points of {name}", time.perf_counter() - start)
     grid = pineappl.grid.Grid.read(str(path))
     grid.optimize()
     return grid, path
@@ -357,21 +379,17 @@ def build(request: dict, progress: Progress = _say) -> dict:
     theory = theory_card(int(request["theory_id"]), request["fns"])
     xgrid = np.asarray(request["xgrid"], float)
     x, q2, y = (np.asarray(request[k], float) for k in ("x", "Q2", "y"))
-    blocks = np.asarray(request["blocks"], int)  # per point: index of its (dataset, target) block
-    targets = request["targets"]
+    blocks = np.asarray(request["blocks"], int)  # per point: index of its block (observables_card)
+    specs = request["observables"]
     fk = np.zeros((x.size, xgrid.size, len(FLAVOURS)))
     timings, dropped, checks = {}, 0.0, []
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         work = Path(tmp)
-        for block, target in enumerate(targets):
+        for block, spec in enumerate(specs):
             rows = np.flatnonzero(blocks == block)
-            # F2 depends on (x, Q^2) only, and yadism books points repeated there (BCDMS measures
-            # some at several beam energies, i.e. several y) all on the first copy: one bin each
-            kinematics, first, inverse = np.unique(
-                np.stack([x[rows], q2[rows]], axis=1), axis=0, return_index=True, return_inverse=True
-            )
+            kinematics, first, inverse = distinct_points(x[rows], q2[rows], y[rows], spec["observable"])
             start = time.perf_counter()
-            card = observables_card(*kinematics.T, y[rows][first], target, xgrid)
+            card = observables_card(*kinematics[:, :2].T, y[rows][first], spec, xgrid)
             grid, _ = yadism_grid(theory, card, cache, progress)
             timings[f"yadism_{block}"] = time.perf_counter() - start
             scales = evolution_scales(grid, theory)
@@ -391,10 +409,10 @@ def build(request: dict, progress: Progress = _say) -> dict:
                 xgrid,
             )
             timings[f"combine_{block}"] = time.perf_counter() - start
-            progress(f"FK table {target}: {rows.size} points", timings[f"combine_{block}"])
+            progress(f"FK table {block} ({spec['target']}): {rows.size} points", timings[f"combine_{block}"])
             if table.shape[0] != len(kinematics):
                 raise ValueError(f"the grid has {table.shape[0]} bins for {len(kinematics)} distinct points")
-            table = table[inverse.ravel()]
+            table = table[inverse]
             kept, share = fit_flavours(table)
             fk[rows], dropped = kept, max(dropped, share)
             for scale in np.asarray(request.get("check_scales", []), float):
@@ -413,7 +431,7 @@ def build(request: dict, progress: Progress = _say) -> dict:
                         work,
                         jit,
                         xgrid,
-                        inverse.ravel(),
+                        inverse,
                     )
                 )
     out = Path(request["output"])

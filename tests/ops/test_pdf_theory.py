@@ -8,6 +8,7 @@ the pipeline in the interpreter named by $REPLICALAKE_THEORY_PYTHON and skip cle
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,9 +19,19 @@ import numpy as np
 import pytest
 
 from engine.errors import IngestError
-from engine.ingest.fk_theory import THEORY_PYTHON_ENV, _f2_only, _interpreter, _join, read_f2_data
+from engine.ingest.fk_theory import (
+    THEORY_PYTHON_ENV,
+    _interpreter,
+    _join,
+    antisymmetric_share,
+    check_beam_energy,
+    dis_coverages,
+    dis_observables,
+    proton_beam_targets,
+    read_dis_data,
+)
 from engine.ingest.nnpdf import read_commondata
-from engine.kernels.pdf_fk import lagrange_weights, x_grid
+from engine.kernels.pdf_fk import lagrange_weights, les_houches_toy, x_grid
 from engine.kernels.pdf_theory import eko_grid, interpolated_operators, nf_of, patches, scale_nodes
 from engine.storage import PROVENANCE_KEY
 
@@ -109,23 +120,88 @@ def test_eko_grid_keeps_every_kth_point_and_x_equal_one():
     assert coarse.size == 14 and np.array_equal(eko_grid(grid, 1), grid)
 
 
-def test_only_f2_observables_are_built():
-    coverages = _f2_only(
+def test_f2_and_hera_nc_observables_are_built():
+    coverages = dis_coverages(
         ["SLAC_NC_NOTFIXED_P", "BCDMS_NC_NOTFIXED_D_EM-F2", "NMC_NC_NOTFIXED_P_EM-F2-HEPDATA"]
     )
     assert coverages == [("x", "Q2", "y"), ("x", "Q2", "y"), ("x", "Q2", "extra_0")]
-    _f2_only(["NMC_NC_NOTFIXED_D_EM-F2-HEPDATA", "BCDMS_NC_NOTFIXED_P_EM-F2-HEPDATA"])
-    with pytest.raises(
-        IngestError, match=r"F2 tables.*NMC_NC_NOTFIXED_P_EM-SIGMARED \(observable.*XS observables"
-    ):
-        _f2_only(["SLAC_NC_NOTFIXED_P_EM-F2", "NMC_NC_NOTFIXED_P_EM-SIGMARED"])
-    # NMC's d/p ratio ends in EM-F2 too: refused for its RATIO of two tables, not its name
-    with pytest.raises(IngestError, match=r"NMC_NC_NOTFIXED_EM-F2 \(theory operation RATIO of 2 FK"):
-        _f2_only(["NMC_NC_NOTFIXED_EM-F2"])
-    with pytest.raises(IngestError, match=r"HERA_NC_318GEV_EP-SIGMARED \(observable EP-SIGMARED"):
-        _f2_only(["HERA_NC_318GEV_EP-SIGMARED"])
+    dis_coverages(["NMC_NC_NOTFIXED_D_EM-F2-HEPDATA", "BCDMS_NC_NOTFIXED_P_EM-F2-HEPDATA"])
+    slac, ep, em, low = dis_observables(
+        [
+            "SLAC_NC_NOTFIXED_P",
+            "HERA_NC_318GEV_EP-SIGMARED",
+            "HERA_NC_318GEV_EM-SIGMARED",
+            "HERA_NC_225GEV_EP-SIGMARED",
+        ]
+    )
+    assert (slac.observable, slac.process, slac.sqrt_s, slac.proton_beam) == ("F2_total", "EM", None, False)
+    assert (ep.observable, ep.process, ep.projectile, ep.sqrt_s) == (
+        "XSHERANC_total",
+        "NC",
+        "positron",
+        318.0,
+    )
+    assert (em.projectile, em.sqrt_s, low.projectile, low.sqrt_s) == ("electron", 318.0, "positron", 225.0)
+    assert ep.block("proton") == {
+        "target": "proton",
+        "observable": "XSHERANC_total",
+        "process": "NC",
+        "projectile": "positron",
+        "polarization": 0.0,
+    }
+
+
+def test_other_observables_are_refused_with_the_reason():
+    """Before any slow work, each refused dataset named with why (the default suite needs no
+    theory packages for this)."""
+    cases = {
+        # NMC's sigma_red has its own definition (kinematics x, Q2, sqrt s): not HERA's XSHERANC
+        "NMC_NC_NOTFIXED_P_EM-SIGMARED": r"\(observable EM-SIGMARED: neither EM F2 nor HERA",
+        # NMC's d/p ratio ends in EM-F2 too: refused for its RATIO of two tables, not its name
+        "NMC_NC_NOTFIXED_EM-F2": r"NMC_NC_NOTFIXED_EM-F2 \(theory operation RATIO of 2 FK",
+        "HERA_CC_318GEV_EP-SIGMARED": r"\(charged current: W exchange.*quarks and antiquarks apart.*q = qbar",
+        "HERA_CC_318GEV_EM-SIGMARED": r"CC_318GEV_EM-SIGMARED \(charged current",
+        "HERA_NC_318GEV_EAVG_CHARM-SIGMARED": r"\(observable CHARM-SIGMARED: neither",
+    }
+    for name, reason in cases.items():
+        with pytest.raises(IngestError, match=r"builds EM F2 .* HERA's inclusive NC.*" + reason):
+            dis_observables(["SLAC_NC_NOTFIXED_P_EM-F2", name])
     with pytest.raises(IngestError, match="has observables EM-F2-HEPDATA, EM-SIGMARED|has observables"):
-        _f2_only(["NMC_NC_NOTFIXED_P"])  # two observables: name one
+        dis_observables(["NMC_NC_NOTFIXED_P"])  # two observables: name one
+
+
+def test_hera_points_are_proton_targets_at_their_beam_energy():
+    """ingest nnpdf leaves HERA's target at -1 (no _P in its name): the FK ingest makes it a
+    proton so pdf.fit sees it; y must be Q^2 / (x s) of the set's sqrt(s)."""
+    names = ["SLAC_NC_NOTFIXED_D", "HERA_NC_225GEV_EP-SIGMARED"]
+    observables = dis_observables(names)
+    read = read_dis_data(names, None, dis_coverages(names))
+    assert set(read["target_index"].values.tolist()) == {1, -1}
+    data = proton_beam_targets(read, observables)
+    hera = data["dataset_index"].values == 1
+    assert (data["target_index"].values[hera] == 0).all() and (data["target_index"].values[~hera] == 1).all()
+    check_beam_energy(data, observables)
+    wrong = [dataclasses.replace(observables[1], sqrt_s=318.0)]  # 225 GeV data read as 318 GeV
+    with pytest.raises(IngestError, match=r"HERA_NC_225GEV_EP-SIGMARED: y differs .* sqrt\(s\) = 318"):
+        check_beam_energy(data, observables[:1] + wrong)
+
+
+def test_the_antisymmetric_share_is_what_q_equal_qbar_drops():
+    """A table with equal q and qbar columns (photon-exchange F2) loses nothing when q = qbar;
+    one with an xF3-like q - qbar column loses exactly FK . (xf - xf_sym)."""
+    grid = x_grid(12, 1e-2)
+    toy = les_houches_toy(grid)
+    rng = np.random.default_rng(11)
+    pairs = rng.uniform(0.1, 1.0, size=(3, grid.size, 4))  # one column each: s, u, d pairs and g
+    fk = pairs[:, :, [0, 1, 2, 2, 1, 0, 3]]  # FLAVOURS: sbar ubar dbar d u s g, q column = qbar's
+    shares = antisymmetric_share(fk, grid, np.array([0, 0, 1]), 2)
+    assert len(shares) == 2 and max(share["max"] for share in shares) < 1e-15  # zero up to rounding
+    odd = fk.copy()
+    odd[:, :, 4] += 0.3  # u's column only, like xF3's u - ubar
+    valence = np.einsum("nx,x->n", np.full((3, grid.size), 0.3), (toy[:, 4] - toy[:, 1]) / 2)
+    expected = np.abs(valence) / np.abs(np.einsum("nxf,xf->n", odd, toy))
+    share = antisymmetric_share(odd, grid, np.zeros(3, int), 1)[0]
+    assert share["max"] == pytest.approx(expected.max(), rel=1e-12) and share["median"] > 0
 
 
 def test_datasets_with_other_kinematics_join_with_their_covariance():
@@ -138,7 +214,7 @@ def test_datasets_with_other_kinematics_join_with_their_covariance():
         np.testing.assert_allclose(joined[name].values, whole[name].values, rtol=1e-14, atol=0)
     assert joined.attrs["datasets"] == whole.attrs["datasets"]
     names = slac[:1] + ["NMC_NC_NOTFIXED_P_EM-F2-HEPDATA"]
-    mixed = read_f2_data(names, None, _f2_only(names))
+    mixed = read_dis_data(names, None, dis_coverages(names))
     n = whole.attrs["dataset_points"][0]
     nmc = read_commondata(names[1:])
     assert mixed.attrs["datasets"] == ["SLAC_NC_NOTFIXED_P_EM-F2", "NMC_NC_NOTFIXED_P_EM-F2-HEPDATA"]
@@ -165,11 +241,11 @@ import json, sys, numpy as np, pineappl
 from pathlib import Path
 from engine.kernels import pdf_theory as pt
 from engine.kernels.pdf_fk import FLAVOURS, les_houches_toy, x_grid
-cache, work = Path(sys.argv[1]), Path(sys.argv[2])
+cache, work, case = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 theory = pt.theory_card(40000000, "ZM-VFNS")
-xg = x_grid(20, 1e-2)
-x, q2 = np.array([0.05, 0.2, 0.45]), np.array([4.0, 8.0, 15.0])
-grid, _ = pt.yadism_grid(theory, pt.observables_card(x, q2, np.zeros(3), "proton", xg), cache)
+xg = x_grid(20, case["x_min"])
+x, q2, y = (np.array(case[k], float) for k in ("x", "Q2", "y"))
+grid, _ = pt.yadism_grid(theory, pt.observables_card(x, q2, y, case["block"], xg), cache)
 scales = pt.evolution_scales(grid, theory)
 ocard = pt.operator_card(grid, theory, xg, work)
 identity = np.einsum("ab,ij->aibj", np.eye(14), np.eye(xg.size))
@@ -183,25 +259,70 @@ sc = Couplings(new_theory.couplings, new_theory.order, couplings_mod_ev(Evolutio
                thresholds_ratios=(np.array(heavy.matching_ratios) ** 2).tolist())
 def toy(pid, xx, qq):
     return float(les_houches_toy(np.array([xx]))[0, FLAVOURS.index(pid)]) if pid in FLAVOURS else 0.0
+def alphas(qq):  # in the nf patch of the scale, as the FK's operators are
+    return 4 * np.pi * sc.a_s(qq, nf_to=int(pt.nf_of(np.array([qq]), theory)[0]))
 mask = pineappl.boc.Order.create_mask(grid.orders(), 3, 0, True)
 conv = pineappl.convolutions.Conv(pineappl.convolutions.ConvType(False, False), 2212)
-reference = grid.convolve(pdg_convs=[conv], xfxs=[toy], alphas=lambda qq: 4 * np.pi * sc.a_s(qq, nf_to=4),
-                          order_mask=mask)
-print(json.dumps({"fk": np.einsum("nxf,xf->n", fk, les_houches_toy(xg)).tolist(), "grid": list(reference)}))
+reference = grid.convolve(pdg_convs=[conv], xfxs=[toy], alphas=alphas, order_mask=mask)
+xf = les_houches_toy(xg)
+odd = (xf - xf[:, [FLAVOURS.index(-f if f != 21 else f) for f in FLAVOURS]]) / 2  # (q - qbar) / 2
+fk_xf = np.einsum("nxf,xf->n", fk, xf)
+share = np.abs(np.einsum("nxf,xf->n", fk, odd)) / fk_xf  # the q - qbar part of the observable
+print(json.dumps({"fk": fk_xf.tolist(), "grid": list(reference), "q_minus_qbar": share.tolist()}))
 """
+F2_BLOCK = {
+    "observable": "F2_total",
+    "process": "EM",
+    "projectile": "electron",
+    "target": "proton",
+    "polarization": 0.0,
+}
+# HERA I+II NC e+p at sqrt(s) = 318 GeV (HERA_NC_318GEV_EP-SIGMARED points, y = Q^2 / (x s)): the
+# reduced cross section adds F_L and, with Z exchange, xF3 (q - qbar), large at Q^2 = 5000
+HERA_BLOCK = {
+    "observable": "XSHERANC_total",
+    "process": "NC",
+    "projectile": "positron",
+    "target": "proton",
+    "polarization": 0.0,
+}
+IDENTITY_CASES = {
+    "slac_f2": {
+        "x_min": 1e-2,
+        "x": [0.05, 0.2, 0.45],
+        "Q2": [4.0, 8.0, 15.0],
+        "y": [0.0] * 3,
+        "block": F2_BLOCK,
+        "range": (0.2, 0.6),
+        "q_minus_qbar": [1e-12] * 3,  # photon exchange: q and qbar columns equal
+    },  # F2 of the toy at these x: ~0.3-0.4
+    "hera_nc_ep": {
+        "x_min": 1e-3,
+        "x": [0.002, 0.032, 0.08],
+        "Q2": [3.5, 35.0, 5000.0],
+        "y": [3.5 / (0.002 * 318.0**2), 35.0 / (0.032 * 318.0**2), 5000.0 / (0.08 * 318.0**2)],
+        "block": HERA_BLOCK,
+        "range": (0.3, 1.2),
+        "q_minus_qbar": [1e-4, 1e-3, 0.5],  # the Z's xF3: measured 5e-7, 2e-5, 0.23 (e+: negative)
+    },  # the data there: 0.57, 0.52, ~0.45-0.6
+}
 
 
 @pytest.mark.slow  # yadism's fixed cost (~30-100 s on our CPU) even for 3 points
-def test_fk_assembly_matches_the_grid_with_identity_evolution(tmp_path):
+@pytest.mark.parametrize("case", sorted(IDENTITY_CASES))
+def test_fk_assembly_matches_the_grid_with_identity_evolution(tmp_path, case):
     """With unit operators the FK table is the yadism grid itself at Q0: FK . xf must equal
     PineAPPL's own convolution of the grid with the toy PDF held fixed in Q (measured: 4.5e-12
     relative on SLAC p's 37 points), which checks pineko's combination, the evolution-to-flavour
-    rotation, the xf vs f convention and the x placement, everything but eko's numbers."""
+    rotation, the xf vs f convention and the x placement, everything but eko's numbers. For
+    HERA's reduced cross section it also checks F_L and the Z exchange's xF3, whose q and qbar
+    columns differ (the toy has valence quarks), and a point in the nf = 5 patch."""
     python = theory_python()
     (tmp_path / "work").mkdir()
+    spec = IDENTITY_CASES[case]
     env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     done = subprocess.run(
-        [python, "-c", SCRIPT, str(tmp_path), str(tmp_path / "work")],
+        [python, "-c", SCRIPT, str(tmp_path), str(tmp_path / "work"), json.dumps(spec)],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -211,7 +332,11 @@ def test_fk_assembly_matches_the_grid_with_identity_evolution(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(result["fk"], result["grid"], rtol=1e-9)
-    assert 0.2 < min(result["grid"]) and max(result["grid"]) < 0.6  # F2 of the toy at these x: ~0.3-0.4
+    low, high = spec["range"]
+    assert low < min(result["grid"]) and max(result["grid"]) < high
+    assert np.all(np.array(result["q_minus_qbar"]) < spec["q_minus_qbar"])
+    if spec["block"]["process"] == "NC":  # Z exchange booked: xF3 is a tenth or more at 5000 GeV^2
+        assert result["q_minus_qbar"][-1] > 0.1
 
 
 @pytest.mark.slow  # eko: ~45 CPU-min of numba compile the first time (cached in the lake), then ~40 s a node
