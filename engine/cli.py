@@ -301,10 +301,11 @@ def _print_summary(summary) -> None:
     for item in summary.outputs:
         status = item.status + (f"\n({item.chunks_resumed} chunks resumed from a killed run)"
                                 if item.chunks_resumed else "")
-        rows.append((f"{item.zone}/{item.name}", status, _wave_text(item.wave), human_bytes(item.bytes_on_disk),
-                     _memory_text(item.memory), "\n".join(item.reports) or "-"))
-    print_table(f"{summary.recipe}: done in {summary.seconds:.1f} s on {summary.scheduler}",
-                ("output", "status", "wave, time", "size", "peak memory\nmeasured / projected", "reports"), rows)
+        rows.append((f"{item.zone}/{item.name}", status, _wave_text(item.wave),
+                     human_bytes(item.bytes_on_disk), _memory_text(item.memory),
+                     "\n".join(item.reports) or "-"))
+    columns = ("output", "status", "wave, time", "size", "peak memory\nmeasured / projected", "reports")
+    print_table(f"{summary.recipe}: done in {summary.seconds:.1f} s on {summary.scheduler}", columns, rows)
     for item in summary.outputs:  # key numbers (engine/key_numbers.py), one line per output
         if item.key_numbers:
             say(f"{item.zone}/{item.name}: " + "; ".join(map(describe, item.key_numbers)),

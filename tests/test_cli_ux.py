@@ -80,7 +80,8 @@ def test_piped_plan_run_and_catalog_are_rows_with_whole_paths(ramp_lake, write_r
     code, out, _ = replicalake(monkeypatch, capsys, "plan", recipe)
     rows = [line.split("\t") for line in out.splitlines() if not line.startswith("#")]
     assert code == 0 and rows[0] == ["step", "op", "dims", "chunks", "size", "est. peak", "status"]
-    assert rows[-1][0] == "total" and rows[-1][-1] == "to compute (missing output); -> derived/smoke/total, wave 2 of 2"
+    assert rows[-1][0] == "total"
+    assert rows[-1][-1] == "to compute (missing output); -> derived/smoke/total, wave 2 of 2"
     assert out.splitlines()[-1].startswith("# projected peak of the run: ")
     code, out, _ = replicalake(monkeypatch, capsys, "run", recipe, "--no-progress")
     outputs = {line.split("\t")[0]: line.split("\t")[1] for line in out.splitlines()[1:] if "\t" in line}
