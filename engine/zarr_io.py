@@ -36,13 +36,14 @@ CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 MIN_CHUNK_BYTES = 2**20
 
 
-def encoding_for(dataset: xr.Dataset) -> dict[str, dict]:
-    """Per-variable zarr encoding: our codec and the (uniform) dask chunks."""
+def encoding_for(dataset: xr.Dataset, codecs: dict[str, BloscCodec] | None = None) -> dict[str, dict]:
+    """Per-variable zarr encoding: our codec (or the one `codecs` names for a variable) and the
+    (uniform) dask chunks."""
     encoding = {}
     for name, var in dataset.variables.items():
         entry: dict = {}
         if np.issubdtype(var.dtype, np.number) or var.dtype == bool:
-            entry["compressors"] = (CODEC,)
+            entry["compressors"] = ((codecs or {}).get(str(name), CODEC),)
         if var.chunks:
             entry["chunks"] = tuple(max(c) for c in var.chunks)
         encoding[str(name)] = entry
@@ -119,7 +120,8 @@ def merged_chunks(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int
 
 
 def write_template(
-    dataset: xr.Dataset, url: str, storage_options: dict | None = None, merge_small_chunks: bool = True
+    dataset: xr.Dataset, url: str, storage_options: dict | None = None, merge_small_chunks: bool = True,
+    codecs: dict[str, BloscCodec] | None = None,
 ) -> list:
     """Lay out the store; return the dask collections that fill it (nothing computed yet).
 
@@ -130,7 +132,7 @@ def write_template(
     its own when the template is made, which renames fused tasks: a step shared by two outputs
     (a training feeding both a model and a prediction) then ran once per output.
     """
-    dataset, lazy = lay_out(dataset, url, storage_options, merge_small_chunks)
+    dataset, lazy = lay_out(dataset, url, storage_options, merge_small_chunks, codecs)
     if not lazy:
         return []
     group = zarr.open_group(url, mode="r+", storage_options=storage_options or None)
@@ -145,10 +147,12 @@ def write_template(
 
 
 def lay_out(
-    dataset: xr.Dataset, url: str, storage_options: dict | None = None, merge_small_chunks: bool = True
+    dataset: xr.Dataset, url: str, storage_options: dict | None = None, merge_small_chunks: bool = True,
+    codecs: dict[str, BloscCodec] | None = None,
 ) -> tuple[xr.Dataset, list[str]]:
     """Write a store's metadata and in-memory variables; return the prepared dataset and the
-    names of its dask variables, whose chunks the caller stores (nothing is computed here)."""
+    names of its dask variables, whose chunks the caller stores (nothing is computed here).
+    `codecs`: variables stored with another codec than the lake's (encoding_for)."""
     dataset = prepare_for_write(dataset, merge_small_chunks)
     dataset.to_zarr(
         url,
@@ -156,7 +160,7 @@ def lay_out(
         compute=False,
         consolidated=False,
         zarr_format=3,
-        encoding=encoding_for(dataset),
+        encoding=encoding_for(dataset, codecs),
         storage_options=storage_options or None,
     )
     return dataset, lazy_variables(dataset)

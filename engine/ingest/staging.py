@@ -92,10 +92,11 @@ class StagedEntry:
                 self.lake.discard(path)
                 Path(handle.name).unlink(missing_ok=True)  # a third ingest may have been quicker
 
-    def layout(self, template: xr.Dataset) -> zarr.Group:
-        """Write the template's metadata (no data) and open the store for block writes."""
+    def layout(self, template: xr.Dataset, codecs: dict | None = None) -> zarr.Group:
+        """Write the template's metadata (no data) and open the store for block writes;
+        `codecs` names variables stored with another codec than the lake's (zarr_io.encoding_for)."""
         options = None if self.lake.is_local else self.lake.storage_options
-        write_template(template, self.lake.url(self.path), options, merge_small_chunks=False)
+        write_template(template, self.lake.url(self.path), options, merge_small_chunks=False, codecs=codecs)
         return zarr.open_group(self.lake.url(self.path), mode="r+", storage_options=options)
 
     def publish(self, description: str, metadata: dict) -> str:

@@ -21,7 +21,6 @@ from typing import Literal
 import dask.array as da
 import numpy as np
 import xarray as xr
-import zarr
 from pydantic import Field
 from zarr.codecs import BloscCodec
 
@@ -38,23 +37,6 @@ GENERATOR = "synthetic-eels"
 GENERATOR_VERSION = "1"
 BEAM_ENERGY_KEV = 200.0
 SPECTRA_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")  # see the module docstring
-
-
-def _store_spectra_with(group: zarr.Group, key: str, codec: BloscCodec) -> zarr.Array:
-    """Lay the (still empty) array `key` out again with `codec`, keeping everything else of its
-    metadata: the lake's writer (engine/zarr_io.py) gives every variable one codec."""
-    laid = group[key]
-    return group.create_array(
-        key,
-        shape=laid.shape,
-        chunks=laid.chunks,
-        dtype=laid.dtype,
-        compressors=(codec,),
-        fill_value=laid.fill_value,
-        dimension_names=laid.metadata.dimension_names,
-        attributes=dict(laid.attrs),
-        overwrite=True,
-    )
 
 
 def _template(shape: tuple[int, int, int], chunks: tuple[int, int], energy: np.ndarray,
@@ -134,9 +116,9 @@ def ingest_synthetic_eels(lake: Lake, name: str, shape: tuple[int, int, int], se
                          "energy_range": [e_min, e_max], "zlp_fwhm": fwhm, "scene": scene},
     }
     with staged_entry(lake, "raw", name) as stage:
-        group = stage.layout(dataset)
-        arrays = {key: _store_spectra_with(group, key, SPECTRA_CODEC) if value.ndim == 3 else group[key]
-                  for key, value in sample.items()}
+        spectra = {key: SPECTRA_CODEC for key, value in sample.items() if value.ndim == 3}
+        group = stage.layout(dataset, codecs=spectra)
+        arrays = {key: group[key] for key in sample}
 
         def write_block(where):
             (ys, xs) = where
