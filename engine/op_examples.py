@@ -151,6 +151,14 @@ def replica_set() -> xr.Dataset:
                               {"SetDesc": "example replicas", "ErrorType": "replicas"}).chunk({"member": 5})
 
 
+def evolution_operators() -> xr.Dataset:
+    """An `ingest eko-evolution` entry on pdf.fitted_set's default grid from the toy's Q0: identity."""
+    from .ingest.eko_evolution import synthetic_evolution
+    from .kernels.pdf_fk import x_grid
+
+    return synthetic_evolution(x_grid(), float(np.sqrt(2.0))).chunk({"node": 1})
+
+
 def pdf_points() -> xr.Dataset:
     """Four (x, Q) points inside the toy PDF set's grid."""
     return xr.Dataset({"x": ("point", [0.01, 0.1, 0.3, 0.6]),
@@ -232,6 +240,7 @@ PDF_MODEL = example(Step("pdf.fit", {"data": PDF_REPLICAS, "theory": THEORY},
                          {"basis": ["Sigma", "T3"], "hidden": [4], "activations": ["tanh", "linear"],
                           **SMALL_NET}))
 FITTED = example(Step("pdf.fitted_set", {"model": PDF_MODEL}))
+example(Step("pdf.evolve", {"pdf": FITTED, "evolution": evolution_operators}))
 PREDICTION = example(Step("pdf.predict", {"pdf": FITTED, "theory": LEVEL1, "truth": TRUTH}))
 example(Step("pdf.closure", {"data": PREDICTION}))
 example(Step("pdf.dataset_view", {"data": PREDICTION}, {"dataset": "TOY_P"}))

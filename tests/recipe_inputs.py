@@ -137,6 +137,52 @@ def _dis_hera_nnlo(lake: Lake) -> None:
     put_in_lake(lake, "dis_hera_nnlo", data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
 
 
+def _dis_hera_cc_nnlo(lake: Lake) -> None:
+    """raw/dis_hera_cc_nnlo (SLAC p, d + HERA 318 GeV NC and CC, e+p and e-p, Q^2 < 2e4) as
+    `ingest nnpdf-fk` reads them, with synthetic tables: F2's on SLAC and NC, LO charged current
+    (x (ubar + (1 - y)^2 (d + s)) for e+p, x (u + (1 - y)^2 (dbar + sbar)) for e-p) on CC, whose
+    q and qbar columns differ, so the recipe's valence basis sees V and V3."""
+    from engine.ingest.fk_theory import (
+        _below,
+        cc_lo_weights,
+        dis_coverages,
+        dis_observables,
+        proton_beam_targets,
+        read_dis_data,
+    )
+    from engine.ingest.nnpdf import apply_cuts
+    from engine.kernels.pdf_fk import FLAVOURS, lagrange_weights, x_grid
+    from engine.testing import put_in_lake
+
+    names = ["SLAC_NC_NOTFIXED_P", "SLAC_NC_NOTFIXED_D", "HERA_NC_318GEV_EP-SIGMARED",
+             "HERA_NC_318GEV_EM-SIGMARED", "HERA_CC_318GEV_EP-SIGMARED", "HERA_CC_318GEV_EM-SIGMARED"]
+    observables = dis_observables(names)
+    read = proton_beam_targets(read_dis_data(names, None, dis_coverages(names)), observables)
+    data = _below(apply_cuts(read, 3.49, 12.5), 2e4)
+    grid = x_grid(50, 4e-5)
+    x, y, block = (data[k].values for k in ("x", "y", "dataset_index"))
+    fk, attrs = synthetic_nnlo_tables(x, data["target_index"].values, grid)
+    by_name = {o.dataset: o for o in observables}
+    for index, name in enumerate(data.attrs["datasets"]):
+        rows = block == index
+        if by_name[name].process == "CC":
+            weights = cc_lo_weights(by_name[name].projectile, y[rows])
+            fk[rows] = lagrange_weights(grid, x[rows])[:, :, None] * weights[:, None, :]
+    data = data.assign(fk=(("point", "x_grid", "flavour"), fk, attrs))
+    put_in_lake(lake, "dis_hera_cc_nnlo", data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
+
+
+def _dis_hera_nnlo_evolution(lake: Lake) -> None:
+    """raw/dis_hera_nnlo_evolution as `ingest eko-evolution` lays it out on dis_hera_nnlo's grid,
+    with a synthetic operator (identity): the real one needs the theory environment."""
+    from engine.ingest.eko_evolution import synthetic_evolution
+    from engine.kernels.pdf_fk import x_grid
+    from engine.testing import put_in_lake
+
+    evolution = synthetic_evolution(x_grid(50, 4e-5), 1.65).chunk({"node": 1})
+    put_in_lake(lake, "dis_hera_nnlo_evolution", evolution)
+
+
 # recipe file stem -> the ingests it needs (recipes that generate their own data need none)
 INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "amp_regression": [],
@@ -158,7 +204,8 @@ INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "pdf_dis_fit": [_dis_f2],
     "pdf_theory_fit": [_dis_f2_nnlo],
     "pdf_theory_fit_nmc": [_dis_f2_nmc_nnlo],
-    "pdf_theory_fit_hera": [_dis_hera_nnlo],
+    "pdf_theory_fit_hera": [_dis_hera_nnlo, _dis_hera_nnlo_evolution],
+    "pdf_theory_fit_hera_cc": [_dis_hera_cc_nnlo],
     "replicas_closure_1d": [],
     "replicas_hyperopt": [],
     "solve_equations": [],

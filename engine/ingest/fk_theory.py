@@ -1,8 +1,8 @@
 """`replicalake ingest nnpdf-fk`: NNPDF DIS data with NNLO FK tables from yadism + eko + pineko.
 
 Writes raw/NAME like `ingest nnpdf` (data, uncertainties, covariance after NNPDF's DIS cuts) plus
-fk(point, x_grid, flavour): the observable at each point (EM F2, or HERA's inclusive NC reduced
-cross section) = sum fk * xf(Q0) with xf the PDF at the theory's Q0 on the fit's x grid (pdf.fit
+fk(point, x_grid, flavour): the observable at each point (EM F2, or HERA's inclusive NC or CC
+reduced cross section) = sum fk * xf(Q0) with xf the PDF at the theory's Q0 on the fit's x grid (pdf.fit
 reads it as it reads pdf.fk_tables' LO tables). The theory card, package versions, timings, the
 operator-interpolation checks and each dataset's observable go in the provenance.
 
@@ -44,8 +44,10 @@ F2_SUFFIX = "EM-F2"
 YADISM_TARGETS = ("proton", "isoscalar")  # target_index 0, 1 (ingest nnpdf): deuteron = isoscalar
 X_GRID, POINT = "x_grid", "point"
 FIT_FLAVOURS = (-3, -2, -1, 1, 2, 3, 21)  # = kernels.pdf_fk.FLAVOURS (kernels load lazily)
-# HERA I+II inclusive NC (nnpdf-data HERA_NC_<sqrt s>GEV, e+p or e-p): yadism's XSHERANC
-HERA_NC = re.compile(r"HERA_NC_(\d+)GEV")
+# HERA I+II inclusive NC and CC (nnpdf-data HERA_NC_<sqrt s>GEV, HERA_CC_<sqrt s>GEV; e+p or e-p):
+# yadism's XSHERANC (photon + Z) and XSHERACC (W; 1/4 (Y+ F2 - y^2 FL -+ Y- xF3) = HERA's sigma_red^CC)
+HERA = re.compile(r"HERA_(NC|CC)_(\d+)GEV")
+HERA_OBSERVABLES = {"NC": "XSHERANC_total", "CC": "XSHERACC_total"}
 HERA_PROJECTILES = {"EP-SIGMARED": "positron", "EM-SIGMARED": "electron"}
 Y_TOLERANCE = 0.01  # relative: the data's y against Q^2 / (x s) of the set's sqrt(s)
 
@@ -56,6 +58,7 @@ class Observable:
 
     sqrt_s is the set's beam energy (HERA; None for F2, which does not depend on y);
     proton_beam marks sets whose target ingest nnpdf cannot name (HERA_NC_318GEV: -1).
+    process is yadism's prDIS: EM (photon exchange), NC (photon + Z) or CC (W exchange).
     """
 
     dataset: str
@@ -74,7 +77,7 @@ class Observable:
 
 
 class NnpdfFkParams(NnpdfParams):
-    """NNPDF DIS data (F2, HERA NC sigma_red) with NNLO FK tables (yadism, eko, pineko) into raw/NAME."""
+    """NNPDF DIS data (F2, HERA NC and CC sigma_red) with NNLO FK tables (yadism, eko, pineko): raw/NAME."""
 
     q2_min: float | None = Field(
         3.49, ge=0, description="keep points with Q^2 >= this (GeV^2; NNPDF's DIS cut)"
@@ -155,10 +158,9 @@ def _interpreter(explicit: str | None) -> str:
     return python
 
 
-CHARGED_CURRENT = (
-    "charged current: W exchange sees ubar + cbar + (1 - y)^2 (d + s) (e+p) or u + c + (1 - y)^2 "
-    "(dbar + sbar) (e-p), which needs quarks and antiquarks apart (valence, flavour separation) "
-    "that the fit's [Sigma, T3, g] basis (q = qbar, s = 0) does not have"
+NEUTRINO_CC = (
+    "charged current off HERA's e+-p: a neutrino beam on a nuclear target (Fe, Pb), neither the "
+    "proton nor the deuteron yadism's targets here are, with its own cross-section normalisation"
 )
 
 
@@ -167,27 +169,29 @@ def _refusal(resolved, meta) -> str | None:
 
     pdf.fit contracts one FK table per point linearly with the PDF: the theory must be one operand
     (FK tables whose points concatenate, e.g. BCDMS's beam energies) with no operation (NMC's d/p
-    `NMC_NC_NOTFIXED_EM-F2` is a RATIO). Charged current needs q and qbar apart; heavy-quark
-    reduced cross sections (`HERA_NC_318GEV_EAVG`), charm F2 and NMC's sigma_red (its own
-    definition, kinematics x, Q2, sqrt s) are other observables than the two built here.
+    `NMC_NC_NOTFIXED_EM-F2` is a RATIO). Charged current is built for HERA's e+-p only (its q and
+    qbar columns differ: the fit needs valence, V and V3, to see them); neutrino CC (CHORUS Pb,
+    NuTeV Fe) is refused, as are heavy-quark reduced cross sections (`HERA_NC_318GEV_EAVG`),
+    charm F2 and NMC's sigma_red (its own definition, kinematics x, Q2, sqrt s).
     """
     operation = str(meta.theory.operation or "null").lower()
     operands = len(meta.theory.FK_tables)  # each a list of tables whose points concatenate
     process = str(meta.process_type)
-    if process.startswith("DIS_CC"):
-        return f"{resolved.full} ({CHARGED_CURRENT})"
-    if not process.startswith("DIS_NC"):
-        return f"{resolved.full} (process {process}: not neutral-current DIS)"
+    hera = HERA.fullmatch(resolved.setname)
+    if process.startswith("DIS_CC") and hera is None:
+        return f"{resolved.full} ({NEUTRINO_CC})"
+    if not process.startswith(("DIS_NC", "DIS_CC")):
+        return f"{resolved.full} (process {process}: not inclusive NC or CC DIS)"
     if operation != "null" or operands != 1:
         return (
             f"{resolved.full} (theory operation {meta.theory.operation} of {operands} FK tables: "
             "not linear in the PDF)"
         )
     f2 = resolved.observable.split("-")[:2] == F2_SUFFIX.split("-")
-    if not f2 and not (HERA_NC.fullmatch(resolved.setname) and resolved.observable in HERA_PROJECTILES):
+    if not f2 and not (hera and resolved.observable in HERA_PROJECTILES):
         return (
             f"{resolved.full} (observable {resolved.observable}: neither EM F2 nor HERA's inclusive "
-            "NC reduced cross section)"
+            "NC or CC reduced cross section)"
         )
     return None
 
@@ -195,16 +199,17 @@ def _refusal(resolved, meta) -> str | None:
 def _observable(resolved, meta) -> Observable:
     """The yadism observable of a dataset _refusal lets through."""
     coverage = tuple(meta.kinematic_coverage)
-    hera = HERA_NC.fullmatch(resolved.setname)
+    hera = HERA.fullmatch(resolved.setname)
     if hera is None:
         return Observable(resolved.full, coverage)
+    current = hera.group(1)
     return Observable(
         resolved.full,
         coverage,
-        observable="XSHERANC_total",
-        process="NC",
+        observable=HERA_OBSERVABLES[current],
+        process=current,
         projectile=HERA_PROJECTILES[resolved.observable],
-        sqrt_s=float(hera.group(1)),
+        sqrt_s=float(hera.group(2)),
         proton_beam=True,
     )
 
@@ -213,10 +218,11 @@ def dis_observables(names: list[str]) -> list[Observable]:
     """Each dataset's observable, refusing those the pipeline cannot build before any slow work.
 
     Built: EM F2 (`EM-F2`, or a re-implementation such as NMC's `EM-F2-HEPDATA`; yadism's F2_total,
-    photon exchange, proton or isoscalar target) and HERA I+II inclusive NC reduced cross sections
-    (`HERA_NC_<sqrt s>GEV_EP-SIGMARED` / `_EM-SIGMARED`; yadism's XSHERANC_total with photon and Z
-    exchange for the positron or electron beam, unpolarised as the combined data are, y from the
-    data). Everything else is refused with the reason (_refusal).
+    photon exchange, proton or isoscalar target) and HERA I+II inclusive NC and CC reduced cross
+    sections (`HERA_NC_<sqrt s>GEV_EP-SIGMARED` / `_EM-SIGMARED`: yadism's XSHERANC_total with
+    photon and Z exchange; `HERA_CC_<sqrt s>GEV_...`: XSHERACC_total, W exchange; for the positron
+    or electron beam, unpolarised as the combined data are, y from the data). Everything else is
+    refused with the reason (_refusal).
     """
     from nnpdf_data.commondataparser import parse_new_metadata
 
@@ -235,7 +241,8 @@ def dis_observables(names: list[str]) -> list[Observable]:
     if refused:
         raise IngestError(
             f"ingest nnpdf-fk builds EM F2 (..._{F2_SUFFIX}, ..._{F2_SUFFIX}-HEPDATA) and HERA's "
-            f"inclusive NC reduced cross sections (HERA_NC_<sqrt s>GEV_EP-SIGMARED, _EM-SIGMARED), "
+            f"inclusive NC and CC reduced cross sections (HERA_NC_<sqrt s>GEV_EP-SIGMARED, "
+            f"_EM-SIGMARED; HERA_CC_<sqrt s>GEV_...), "
             f"no operation on FK tables; found {'; '.join(refused)}"
         )
     return observables
@@ -245,6 +252,23 @@ def dis_coverages(names: list[str]) -> list[tuple[str, ...]]:
     """The datasets' kinematic coverages for read_dis_data, refusing as dis_observables does
     (tests/recipe_inputs.py builds the recipes' synthetic entries with it)."""
     return [o.coverage for o in dis_observables(names)]
+
+
+# HERA's sigma_red^CC at LO: W+ (e+p) sees ubar and, weighed by (1 - y)^2, d and s; W- (e-p) u and
+# (1 - y)^2 (dbar + sbar) (charm at Q0 is zero here)
+CC_LO_FLAVOURS = {"positron": ((-2,), (1, 3)), "electron": ((2,), (-1, -3))}
+
+
+def cc_lo_weights(projectile: str, y: np.ndarray) -> np.ndarray:
+    """(points, FIT_FLAVOURS) weights of x f in HERA's CC reduced cross section at LO: the
+    normalisation yadism's XSHERACC is held to (tests) and the synthetic CC tables of the recipes'
+    small inputs (tests/recipe_inputs.py)."""
+    y = np.asarray(y, float)
+    plain, helicity = CC_LO_FLAVOURS[projectile]
+    weights = np.zeros((y.size, len(FIT_FLAVOURS)))
+    weights[:, [FIT_FLAVOURS.index(f) for f in plain]] = 1.0
+    weights[:, [FIT_FLAVOURS.index(f) for f in helicity]] = ((1 - y) ** 2)[:, None]
+    return weights
 
 
 def proton_beam_targets(dataset, observables: list[Observable]):
@@ -357,7 +381,8 @@ def antisymmetric_share(fk: np.ndarray, grid: np.ndarray, blocks: np.ndarray, n_
     (valence u_v, d_v): |FK . (xf - xf_sym)| / |FK . xf| (median and max over points), xf_sym
     with q = qbar = (q + qbar) / 2 as pdf.fit's basis has it (its rotation gives q and qbar the
     same column, so the fit sees FK_q + FK_qbar only). Photon-exchange F2: zero; HERA's NC cross
-    section: the Z exchange's xF3, growing with Q^2 / (Q^2 + M_Z^2)."""
+    section: the Z exchange's xF3, growing with Q^2 / (Q^2 + M_Z^2); HERA's CC: W exchange sees
+    ubar + (1 - y)^2 d (e+p) or u + (1 - y)^2 dbar (e-p), an O(1) share at every Q^2."""
     from ..kernels.pdf_fk import FLAVOURS, les_houches_toy
 
     xf = les_houches_toy(grid)
@@ -370,16 +395,21 @@ def antisymmetric_share(fk: np.ndarray, grid: np.ndarray, blocks: np.ndarray, n_
     ]
 
 
-def run_pipeline(python: str, request: dict) -> tuple[np.ndarray, dict]:
-    """Run engine.kernels.pdf_theory in `python` on `request`; returns (fk, result)."""
+def run_theory_module(python: str, module: str, request: dict, array: str,
+                      env: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Run `python -m module REQUEST.json` (a kernel of the theory environment) on `request`;
+    returns (the .npy `array` it leaves, its result.json with the progress lines under "log").
+
+    The child's [theory] lines pass through as they come (eko nodes take minutes each without
+    numba); on failure the error carries the tail of its stderr."""
     root = Path(__file__).resolve().parents[2]  # the folder holding the engine package
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, **(env or {}))
+    env["PYTHONPATH"] = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
     with tempfile.TemporaryDirectory() as tmp:
-        request = dict(request, output=tmp)
         file = Path(tmp) / "request.json"
-        file.write_text(json.dumps(request))
+        file.write_text(json.dumps(dict(request, output=tmp)))
         with subprocess.Popen(
-            [python, "-m", "engine.kernels.pdf_theory", str(file)],
+            [python, "-m", module, str(file)],
             cwd=root,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -388,19 +418,24 @@ def run_pipeline(python: str, request: dict) -> tuple[np.ndarray, dict]:
         ) as job:
             tail: deque[str] = deque(maxlen=15)
             progress = []
-            for line in job.stderr:  # the stages as they finish (yadism, eko nodes, FK tables)
+            for line in job.stderr:
                 tail.append(line.rstrip())
                 if line.startswith("[theory]"):
                     progress.append(line.strip())
                     print(line.rstrip(), file=sys.stderr, flush=True)
         if job.returncode:
             raise IngestError(
-                f"the theory pipeline failed in {python} (exit {job.returncode}):\n" + "\n".join(tail)
+                f"{module} failed in {python} (exit {job.returncode}):\n" + "\n".join(tail)
             )
-        fk = np.load(Path(tmp) / "fk.npy", allow_pickle=False)
+        values = np.load(Path(tmp) / array, allow_pickle=False)
         result = json.loads((Path(tmp) / "result.json").read_text())
     result["log"] = progress
-    return fk, result
+    return values, result
+
+
+def run_pipeline(python: str, request: dict) -> tuple[np.ndarray, dict]:
+    """Run engine.kernels.pdf_theory in `python` on `request`; returns (fk, result)."""
+    return run_theory_module(python, "engine.kernels.pdf_theory", request, "fk.npy")
 
 
 @register_format("nnpdf-fk", NnpdfFkParams, positional=("datasets", "name"))
@@ -486,7 +521,7 @@ def ingest_nnpdf_fk(
             (POINT, X_GRID, "flavour"),
             fk,
             {
-                "long_name": "NNLO DIS FK table: observable (F2 or HERA NC sigma_red) = "
+                "long_name": "NNLO DIS FK table: observable (F2, HERA NC or CC sigma_red) = "
                 "sum over x_grid, flavour of fk * xf(Q0)",
                 "q0_gev": float(result["theory_card"]["Q0"]),
             },

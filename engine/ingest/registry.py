@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..storage import Lake
 
 BUILTIN_MODULES = ("synthetic_eels", "eels_files", "nnpdf", "root_files", "jet_tables", "lhapdf",
-                   "synthetic_calo", "fk_theory")
+                   "synthetic_calo", "fk_theory", "eko_evolution")
 ENTRY = "name"  # every format writes raw/NAME
 RESERVED = ("lake",)  # options every ingest command has besides its params
 

@@ -7,9 +7,10 @@ grid, whatever the number of data points.
 
 The fit basis is a subset of the evolution basis (Sigma, g, V, V3, V8, T3, T8) at Q0 below charm.
 Functions not fitted are fixed by stated assumptions: T8 = Sigma (no strange sea: s + sbar = 0),
-T3, V, V3, V8 = 0 (charge symmetry q = qbar). `check_basis` refuses a basis the data cannot
-determine. The basis, its rotation and its check are numpy only and live in kernels.pdf_basis
-(validating and planning a fit imports no torch); they are re-exported here.
+T3, V, V3, V8 = 0 (charge symmetry q = qbar), V8 = V when V and V3 are fitted (s - sbar = 0).
+`check_basis` refuses a basis the data cannot determine. The basis, its rotation and its check are
+numpy only and live in kernels.pdf_basis (validating and planning a fit imports no torch); they are
+re-exported here.
 
 The gluon, three ways. (1) LO F2 tables (no gluon column): no prediction depends on it; it keeps
 the Les Houches shape x^-0.1 (1 - x)^5, normalised per replica by the momentum sum rule once after
@@ -22,8 +23,19 @@ differentiated through, as n3fit does; positivity then covers x g too. (3) Gluon
 tables with a quark-only basis: the fixed shape of (1) normalised inside the loss the same way
 (shape integral exact, a Beta function). In (2) and (3) the stored A_g is the same rule in
 float64, so int x (Sigma + g) = 1 holds exactly on that rule (tested against a dense trapezoid to
-1e-6). Valence sum rules need V, V3, V8, which F2 cannot see at any order (the tables' q and qbar
-columns are equal: they are refused as a fit basis), so they are not imposed.
+1e-6).
+
+Valence (a basis with V and V3, on tables that see q - qbar: pdf_basis.check_valence): x V = A_V
+NN_V x^(1 - alpha_V) (1 - x)^beta_V and likewise V3, with A_V = 3 / int V dx and A_V3 = 1 / int V3
+dx (int u - ubar = 2, int d - dbar = 1) computed inside the loss at every step like A_g, on the
+same Gauss-Legendre rule (weights / x) plus the tail below its lower end x0 = 1e-9 in closed form,
+x V(x0) / (1 - alpha) (the network frozen at its x0 value: V ~ x^-alpha with alpha up to 0.73
+leaves ~2% of int V below 1e-9, which no finite grid ignores). `valence_normalisation` stores the
+same rule in float64. Positivity then also covers x u, x ubar, x d, x dbar one by one (with
+valence, qbar = (q+ - q-) / 2 can go negative while q+ stays positive; NNPDF4.0's POSXUQ, POSXUB,
+POSXDQ, POSXDB sets), with the same growing multiplier. The valence networks start at NN ~ 1, the
+preprocessing shape itself (`ValenceMLP`): from the usual draw int V can start near or below zero,
+where A_V is singular, and the fits stalled.
 """
 
 from __future__ import annotations
@@ -46,11 +58,15 @@ from .pdf_basis import (  # noqa: F401 (re-exported: the basis, its check and ro
     GLUON_SHAPE_EXPONENTS,
     PREPROCESSING,
     ROTATION,
+    VALENCE,
+    VALENCE_SUM_RULES,
     check_basis,
+    check_valence,
     draw_preprocessing,
     fit_architecture,
     fit_rotation,
     fit_sizes,
+    fits_valence,
     targets_of,
     with_gluon,
 )
@@ -90,9 +106,48 @@ class PdfFitConfig:
     preprocessing: str = "per_replica"  # or "shared": pdf_basis.draw_preprocessing says why
 
 
+# the valence networks' outputs start at VALENCE_START plus VALENCE_SPREAD times the usual draw
+VALENCE_START = 1.0
+VALENCE_SPREAD = 0.1
+
+
+class ValenceMLP(EnsembleMLP):
+    """The fit's ensemble when V and V3 are fitted: their outputs NN_V, NN_V3 start at
+    VALENCE_START + VALENCE_SPREAD x the usual draw (last layer's valence weights scaled, bias
+    shifted), at the first draw and at every re-initialisation of a stagnant replica.
+
+    Why: with A_V = 3 / int V the loss is singular where int NN_V x^-alpha (1 - x)^beta dx
+    crosses zero and ill-conditioned near it (V = 3 NN_V ... / int: a small integral of a
+    function of both signs). Glorot's draw gives NN of either sign, ~1 at small x where the
+    tanh units saturate on ln x: int V started at -1.3 .. 0.3 (of 3) and 5 of 24 replicas of the
+    CC toy closure reached a training chi2/n <= 3.4, 11 of 24 from this start (README, valence).
+    Starting at the preprocessing shape itself (NN ~ 1, both integrals positive) the sum rules
+    rescale a positive function, as the physics has it (u_v, d_v > 0).
+    """
+
+    def __init__(self, *args, valence_index: tuple[int, ...], **kwargs):
+        self.valence_index = tuple(valence_index)  # _draw needs it inside EnsembleMLP.__init__
+        super().__init__(*args, **kwargs)
+
+    def _draw(self, replica_id: int, generation: int) -> np.ndarray:
+        """The usual draw, valence outputs moved to VALENCE_START (EnsembleMLP draws through this
+        at construction and at `reinitialise`, so both start alike)."""
+        row = super()._draw(replica_id, generation)
+        n_out, n_in = self.sizes[-1], self.sizes[-2]
+        bias = row.size - n_out  # the flat row ends with the last layer's W^T (out, in), then b
+        for i in self.valence_index:
+            start = bias - n_out * n_in + i * n_in
+            row[start : start + n_in] *= VALENCE_SPREAD
+            row[bias + i] = VALENCE_START + VALENCE_SPREAD * row[bias + i]
+        return row
+
+
 def build_model(r: int, config: PdfFitConfig, device) -> EnsembleMLP:
     ids = np.arange(r)
-    return EnsembleMLP(
+    kind, valence = EnsembleMLP, {}
+    if fits_valence(config.basis):
+        kind, valence = ValenceMLP, {"valence_index": tuple(config.basis.index(v) for v in VALENCE)}
+    return kind(
         r,
         fit_sizes(config.basis, config.hidden),
         list(config.activations),
@@ -103,15 +158,19 @@ def build_model(r: int, config: PdfFitConfig, device) -> EnsembleMLP:
         replica_params=draw_preprocessing(
             config.basis, ids, config.seed, shared=config.preprocessing == "shared"
         ),
+        **valence,
     )
 
 
 def _plus_rotation(basis: tuple[str, ...]) -> np.ndarray:
     """(quark, fitted) matrix giving x q+ = x (q + qbar) for the quarks the fit makes non-zero,
-    and x g when the gluon is fitted (NNPDF4.0 keeps the gluon positive too)."""
+    and x g when the gluon is fitted (NNPDF4.0 keeps the gluon positive too); with valence also
+    each of x u, x ubar, x d, x dbar, which q = qbar kept positive with q+."""
     rotation = fit_rotation(basis)
     quarks = [i for i, pid in enumerate(FLAVOURS) if 0 < pid < 21]
     plus = np.stack([rotation[i] + rotation[FLAVOURS.index(-FLAVOURS[i])] for i in quarks])
+    if fits_valence(basis):
+        plus = np.vstack([plus, rotation[[FLAVOURS.index(pid) for pid in (-2, -1, 1, 2)]]])
     plus = plus[np.any(np.abs(plus) > 1e-12, axis=1)]
     return np.vstack([plus, rotation[FLAVOURS.index(21)]]) if GLUON in basis else plus
 
@@ -132,6 +191,23 @@ def sum_rule_quadrature(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     w_low = w * (high - low) / 2 * x_low  # dx = x d(ln x)
     x_high = 0.1 + (t + 1) * 0.9 / 2
     return np.concatenate([x_low, x_high]), np.concatenate([w_low, w * 0.9 / 2])
+
+
+VALENCE_TAIL_X = 1e-9  # sum_rule_quadrature's lower end: below it int V is taken in closed form
+
+
+def valence_rule() -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights for int_0^1 f dx from x f at the nodes: `sum_rule_quadrature` with weights
+    / x, then VALENCE_TAIL_X (weight 0: the tail's term is `valence_integrals`')."""
+    x, w = sum_rule_quadrature()
+    return np.append(x, VALENCE_TAIL_X), np.append(w / x, 0.0)
+
+
+def valence_integrals(on_nodes, alpha, weights):
+    """int_0^1 f dx (R, k) from x f at the `valence_rule` nodes (R, nodes, k), the functions'
+    small-x exponents alpha (R, k) and the rule's weights: the rule on [1e-9, 1] plus the tail
+    x f(1e-9) / (1 - alpha) of x f ~ x^(1 - alpha) below (alpha < 1). numpy or torch alike."""
+    return (on_nodes * weights[None, :, None]).sum(1) + on_nodes[:, -1] / (1 - alpha)
 
 
 def gluon_shape_integral() -> float:
@@ -169,9 +245,9 @@ class PdfLoss:
     """Chi2Loss on FK predictions plus the growing positivity penalty, one network pass per step.
 
     The network runs once on the FK grid and the positivity grid together (and the sum-rule nodes
-    when the tables depend on the gluon: module docstring); the chi2 part goes through Chi2Loss
-    (per-replica training/validation covariance), the penalty is added to the training loss only,
-    so stopping judges the fit to the data.
+    when the tables depend on the gluon or the basis has valence: module docstring); the chi2 part
+    goes through Chi2Loss (per-replica training/validation covariance), the penalty is added to
+    the training loss only, so stopping judges the fit to the data.
     """
 
     def __init__(
@@ -188,11 +264,21 @@ class PdfLoss:
         as_tensor = lambda a: torch.as_tensor(np.asarray(a, float), dtype=dtype, device=device)  # noqa: E731
         self.gluon = gluon_enters(fk)
         self.fitted_gluon = check_gluon(config.basis, fk)
+        self.valence = fits_valence(config.basis)
         nodes = [grid, config.positivity.x]
         if self.gluon:  # the weights of int x Sigma on the sum-rule nodes
             sum_x, momentum = _momentum_weights(config.basis)
             nodes.append(sum_x)
             self.momentum = as_tensor(momentum)
+        if self.valence:  # the number sum rules' nodes and weights, and where A_V, A_V3 go
+            check_valence(fk)
+            valence_x, weights = valence_rule()
+            nodes.append(valence_x)
+            self.valence_weights = as_tensor(weights)
+            self.valence_index = [config.basis.index(v) for v in VALENCE]
+            self.valence_columns = as_tensor(np.eye(len(config.basis))[self.valence_index])
+            self.valence_numbers = as_tensor([VALENCE_SUM_RULES[v] for v in VALENCE])
+            self.n_valence = len(valence_x)
         if self.fitted_gluon:  # int x g before normalisation: the rule's weights on NN_g
             self.gluon_weights = as_tensor(sum_rule_quadrature()[1])
             self.gluon_index = config.basis.index(GLUON)
@@ -211,22 +297,36 @@ class PdfLoss:
         self.epoch = 0  # set by train_ensemble: the penalty grows with it
         self._penalty = None
 
+    def _normalisation(self, model: EnsembleMLP, rules):
+        """(R, n_basis) factors: A_g on a fitted gluon's column, A_V and A_V3 on the valence
+        columns, 1 elsewhere, from the outputs on the sum-rule nodes (None if none applies)."""
+        shifts = []
+        momentum_rule = rules[:, : rules.shape[1] - self.n_valence] if self.valence else rules
+        if self.fitted_gluon:  # A_g on the gluon's column
+            norm = (1.0 - torch.einsum("rxb,xb->r", momentum_rule, self.momentum)) / (
+                momentum_rule[..., self.gluon_index] @ self.gluon_weights
+            )
+            shifts.append((norm - 1.0)[:, None] * self.gluon_column[None, :])
+        if self.valence:  # A_V = 3 / int V, A_V3 = 1 / int V3
+            on_nodes = rules[:, -self.n_valence :, self.valence_index]
+            alpha = model.replica_params["alpha"][:, self.valence_index]
+            norm = self.valence_numbers / valence_integrals(on_nodes, alpha, self.valence_weights)
+            shifts.append((norm - 1.0) @ self.valence_columns)
+        return 1.0 + sum(shifts) if shifts else None
+
     def _predict(self, model: EnsembleMLP):
         out = model(self.x)
         end = self.n_grid + self.n_positivity
         grid, pos = out[:, : self.n_grid], out[:, self.n_grid : end]
-        if self.fitted_gluon:  # A_g on the gluon's column, 1 elsewhere
-            sums = out[:, end:]
-            norm = (1.0 - torch.einsum("rxb,xb->r", sums, self.momentum)) / (
-                sums[..., self.gluon_index] @ self.gluon_weights
-            )
-            scale = 1.0 + (norm - 1.0)[:, None] * self.gluon_column[None, :]
+        scale = self._normalisation(model, out[:, end:])
+        if scale is not None:
             grid, pos = grid * scale[:, None, :], pos * scale[:, None, :]
         self._penalty = F.elu(-torch.einsum("rpb,qb->rpq", pos, self.plus), alpha=1e-7).sum((1, 2))
         prediction = torch.einsum("nxb,rxb->rn", self.fk, grid)
         if not self.gluon or self.fitted_gluon:
             return prediction
-        norm = (1.0 - torch.einsum("rxb,xb->r", out[:, end:], self.momentum)) / self.shape_integral
+        sums = out[:, end : end + self.momentum.shape[0]]  # the valence nodes follow
+        norm = (1.0 - torch.einsum("rxb,xb->r", sums, self.momentum)) / self.shape_integral
         return prediction + norm[:, None] * self.fk_gluon[None, :]
 
     def penalty(self, model: EnsembleMLP) -> np.ndarray:
@@ -298,11 +398,32 @@ def momentum_gluon_normalisation(
     return left / gluon_shape_integral()
 
 
+def valence_normalisation(
+    arrays: Mapping[str, np.ndarray], architecture: Mapping, basis: tuple[str, ...]
+) -> np.ndarray:
+    """A_V, A_V3 (R, 2) as the fit imposes them (PdfLoss): int V = 3, int V3 = 1 on
+    `valence_rule` plus the closed-form tail, in float64."""
+    x, weights = valence_rule()
+    index = [basis.index(v) for v in VALENCE]
+    on_nodes = basis_on_grid(arrays, architecture, x)[..., index]
+    alpha = np.asarray(arrays["param_alpha"], float)[:, index]
+    numbers = np.array([VALENCE_SUM_RULES[v] for v in VALENCE])
+    return numbers / valence_integrals(on_nodes, alpha, weights)
+
+
 def flavours_from_basis(
-    basis_values: np.ndarray, x: np.ndarray, basis: tuple[str, ...], gluon_norm: np.ndarray
+    basis_values: np.ndarray,
+    x: np.ndarray,
+    basis: tuple[str, ...],
+    gluon_norm: np.ndarray,
+    valence_norm: np.ndarray | None = None,
 ) -> np.ndarray:
     """x f (R, len(x), FLAVOURS) from fitted functions (R, len(x), n_basis) and A_g (R,): the
-    fitted g times A_g when the basis has g, else A_g times the fixed shape."""
+    fitted g times A_g when the basis has g, else A_g times the fixed shape; with valence, V and
+    V3 times A_V, A_V3 (`valence_norm`, (R, 2)), so u != ubar."""
+    if fits_valence(basis):
+        basis_values = basis_values.copy()
+        basis_values[..., [basis.index(v) for v in VALENCE]] *= valence_norm[:, None, :]
     xf = np.einsum("rxb,fb->rxf", basis_values, fit_rotation(basis))
     gluon = FLAVOURS.index(21)
     if GLUON in basis:
@@ -321,14 +442,16 @@ def fk_predictions(
     grid: np.ndarray,
 ) -> np.ndarray:
     """(R, n) predictions of a trained ensemble through FK tables (n, x, FLAVOURS), the gluon as
-    the fit imposed it (none on LO tables, the sum-rule A_g on gluon-dependent ones)."""
+    the fit imposed it (none on LO tables, the sum-rule A_g on gluon-dependent ones), valence
+    normalised by its number sum rules."""
     values = basis_on_grid(arrays, architecture, grid)
     norm = (
         momentum_gluon_normalisation(arrays, architecture, basis)
         if gluon_enters(fk)
         else np.zeros(values.shape[0])
     )
-    return np.einsum("nxf,rxf->rn", fk, flavours_from_basis(values, grid, basis, norm))
+    valence = valence_normalisation(arrays, architecture, basis) if fits_valence(basis) else None
+    return np.einsum("nxf,rxf->rn", fk, flavours_from_basis(values, grid, basis, norm, valence))
 
 
 def gluon_normalisation(

@@ -1,8 +1,10 @@
 """NNLO DIS FK tables from NNPDF's theory pipeline: yadism grid -> eko operators -> pineko FK.
 
-Observables: EM F2 (fixed-target F2: SLAC, BCDMS, NMC) and HERA's inclusive neutral-current
-reduced cross section (yadism's XSHERANC: F2 - y^2/Y+ FL -+ Y-/Y+ xF3 with photon and Z exchange,
-for the block's projectile; y from the data), each block of a request naming its own.
+Observables: EM F2 (fixed-target F2: SLAC, BCDMS, NMC) and HERA's inclusive neutral- and
+charged-current reduced cross sections (yadism's XSHERANC: F2 - y^2/Y+ FL -+ Y-/Y+ xF3 with photon
+and Z exchange; XSHERACC: (Y+ W2 - y^2 WL -+ Y- xW3) / 4, W exchange, which is HERA's
+sigma_red^CC = 2 pi x / G_F^2 ((M_W^2 + Q^2) / M_W^2)^2 d2sigma/dx dQ^2, at LO x (ubar + (1-y)^2 d)
+for e+p; for the block's projectile, y from the data), each block of a request naming its own.
 
 Why a separate interpreter: yadism 0.13 and pineko 0.6 pin rich<13, while prefect 3.8 (through
 pydocket and cyclopts), typer 0.29 and import-linter need rich>=13, so the theory packages cannot
@@ -24,7 +26,7 @@ The physics choices, all recorded in the result's provenance:
   the fit's 7 flavours (sbar, ubar, dbar, d, u, s, g) are kept: charm, bottom and top at Q0 are set
   to zero (no fitted charm), and the weight the data give to the dropped charm columns is reported.
   Its q and qbar columns are kept apart: equal for photon-exchange F2, not for the Z exchange's
-  xF3 in HERA's cross section (the ingest reports that q - qbar part for the fit's q = qbar basis).
+  xF3 in HERA's NC cross section nor for W exchange (CC); the ingest reports that q - qbar part.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def theory_card(theory_id: int, fns: str) -> dict:
 
 def observables_card(x, q2, y, block: dict, xgrid) -> dict:
     """yadism's observable card for one block at the points (x, Q^2, y): block names the
-    observable (F2_total or XSHERANC_total), process (EM, NC), projectile, target, polarisation."""
+    observable (F2_total, XSHERANC_total or XSHERACC_total), process (EM, NC, CC), projectile,
+    target, polarisation."""
     return {
         "PolarizationDIS": float(block["polarization"]),
         "ProjectileDIS": block["projectile"],
@@ -164,25 +167,57 @@ def patches(theory: dict) -> list[tuple[int, float, float]]:
     return list(zip(range(nf0, top + 1), bounds[:-1], bounds[1:]))
 
 
-def scale_nodes(q2: np.ndarray, theory: dict, per_decade: float, q2_max: float = 1e5):
-    """{nf: node Q^2 array}: evenly spaced in ln Q^2 over each patch the data touch (patch edges
-    included, the top patch cut at q2_max), so the nodes depend on the theory alone.
+LATTICE_Q2 = 1e5  # GeV^2: the top patch's node step is set by (per_decade) nodes up to here
+
+
+def lattice(theory: dict, per_decade: float, q2_max: float, q2_ref: float = LATTICE_Q2) -> dict:
+    """{nf: node Q^2 array} over every patch from Q0^2 up to the first node at or above q2_max.
+
+    A threshold-bounded patch gets geomspace(lo, hi, count), count from per_decade and its width.
+    The top patch has no upper edge, so its nodes are lo * exp(k * step) with the step that
+    geomspace(lo, q2_ref, count) has (up to q2_ref exactly geomspace's values, as before): one
+    lattice whatever q2_max is, so operators cached for the data (up to 1e5) are reused by an
+    evolution to 10 TeV and vice versa.
+    """
+    nodes = {}
+    for nf, lo, hi in patches(theory):
+        if lo >= q2_max and nodes:
+            break
+        if hi < 1e10:  # bounded by the next threshold
+            nodes[nf] = np.geomspace(lo, hi, _node_count(lo, hi, per_decade))
+            continue
+        if q2_ref <= lo:
+            raise ValueError(f"lattice reference {q2_ref:.4g} GeV^2 lies below the top patch ({lo:.4g})")
+        count = _node_count(lo, q2_ref, per_decade)
+        step = np.log(q2_ref / lo) / (count - 1)
+        last = max(3, int(np.ceil(np.log(max(q2_max, lo) / lo) / step - 1e-9)))
+        above = lo * np.exp(step * np.arange(count, last + 1))  # empty up to q2_ref
+        nodes[nf] = np.concatenate([np.geomspace(lo, q2_ref, count)[: last + 1], above])
+    return nodes
+
+
+def _node_count(lo: float, hi: float, per_decade: float) -> int:
+    return max(4, int(np.ceil(np.log10(hi / lo) * per_decade)) + 1)
+
+
+def scale_nodes(q2: np.ndarray, theory: dict, per_decade: float, q2_max: float = LATTICE_Q2):
+    """{nf: node Q^2 array}: the lattice's nodes (evenly spaced in ln Q^2 per patch, patch edges
+    included, the top patch's step set by q2_max) of each patch the data touch, so the nodes
+    depend on the theory alone.
 
     Each patch keeps its nodes up to the last one that the cubic interpolation of the data's
     highest scale in it uses (interpolated_operators: 4 knots around each scale), so data at
     Q^2 <= 65 GeV^2 need 5 nf = 5 nodes, not the 20 up to 1e5: the same operators at every scale
     as with the whole patch's nodes; a dataset reaching higher adds the next ones to the cache.
     """
+    grids = lattice(theory, per_decade, max(q2_max, float(q2.max())), q2_ref=q2_max)
     nodes = {}
     for nf, lo, hi in patches(theory):
         inside = (q2 >= lo) & (q2 < hi)
         if not inside.any():
             continue
-        top = float(q2[inside].max())
-        hi = min(hi, max(q2_max, top))
-        count = max(4, int(np.ceil(np.log10(hi / lo) * per_decade)) + 1)
-        grid = np.geomspace(lo, hi, count)
-        used = max(4, int(np.searchsorted(grid, top)) + 2)  # lagrange_weights' window at `top`
+        grid = grids[nf]
+        used = max(4, int(np.searchsorted(grid, float(q2[inside].max()))) + 2)  # lagrange_weights' window
         nodes[nf] = grid[:used]
     return nodes
 

@@ -17,6 +17,7 @@ from . import (  # noqa: F401
     lhc_omnifold,
     lhc_tagging,
     pdf_compress,
+    pdf_evolve,
     pdf_fit,
     pdf_grid,
     replicas,

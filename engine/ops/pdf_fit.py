@@ -276,15 +276,15 @@ class FitParams(TrainingParams, GridParams):
 
     @model_validator(mode="after")
     def _basis(self) -> FitParams:
-        from ..kernels.pdf_basis import check_basis
+        from ..kernels.pdf_basis import check_basis_before_tables
 
         if "g" in self.basis:
             raise ValueError(
                 f"basis lists the quark functions only, found {self.basis}: the gluon is "
                 "fitted whenever the FK tables depend on it (param gluon: auto or fitted)"
             )
-        try:  # what no F2 data can constrain; the targets present are checked at run time
-            check_basis(tuple(self.basis), ("proton", "deuteron"))
+        try:  # what no F2 data can constrain; the targets present and V, V3 are checked at run time
+            check_basis_before_tables(tuple(self.basis), ("proton", "deuteron"))
         except ValueError as exc:
             raise ValueError(str(exc)) from None
         return self
@@ -334,16 +334,18 @@ def _fit(
         check_basis,
         check_gluon,
         fit_pdf,
+        fits_valence,
         gluon_enters,
         gluon_normalisation,
         momentum_gluon_normalisation,
         targets_of,
+        valence_normalisation,
     )
 
     config = training_config(params, fitted_gluon)
     fk = np.asarray(fk)
     try:
-        check_basis(config.basis, targets_of(target_index))
+        check_basis(config.basis, targets_of(target_index), fk)
         check_gluon(config.basis, fk)
         if params.gluon == "auto" and not fitted_gluon and gluon_enters(fk):
             raise ValueError(
@@ -370,11 +372,14 @@ def _fit(
 
     result = checkpointed_training(context, params.epochs, params.validation_every, fit)
     arrays = result_arrays(result, history_length(params.epochs, params.validation_every))
+    valence = fits_valence(config.basis)
     return {
         **arrays,
         "positivity_penalty": penalty["value"],
         "positivity_ok": penalty["value"] < POSITIVITY_TOLERANCE,
         "gluon_norm": normalise(result.weights, result.architecture, config.basis),
+        **({"valence_norm": valence_normalisation(result.weights, result.architecture, config.basis)}
+           if valence else {}),
     }
 
 
@@ -395,10 +400,12 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
     stated assumptions. The gluon (param gluon): on tables that depend on it, a fitted flavour
     (the networks' last output, basis attrs ending in g) normalised by the momentum sum rule
     inside every training step; on LO tables the shape x^-0.1 (1 - x)^5 normalised after the fit
-    (`gluon_norm`: A_g per replica). Positivity of x(q + qbar) (and x g when fitted) is a growing
-    penalty.
+    (`gluon_norm`: A_g per replica). A basis with V and V3 (tables that see q - qbar: charged
+    current, xF3) fits the valence normalised by int V = 3, int V3 = 1 at every step
+    (`valence_norm`: A_V, A_V3 per replica), V8 = V. Positivity of x(q + qbar) (and x g when
+    fitted; x u, x ubar, x d, x dbar with valence) is a growing penalty.
     """
-    from ..kernels.pdf_basis import fit_architecture, with_gluon
+    from ..kernels.pdf_basis import VALENCE, fit_architecture, fits_valence, with_gluon
 
     require_variables(data, [params.target, params.mask, params.covariance])
     require_variables(theory, ["fk"])
@@ -438,6 +445,8 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
     layout["positivity_penalty"] = ((REPLICA,), (r,), float)
     layout["positivity_ok"] = ((REPLICA,), (r,), bool)
     layout["gluon_norm"] = ((REPLICA,), (r,), float)
+    if fits_valence(basis):  # A_V, A_V3: the number sum rules' normalisations
+        layout["valence_norm"] = ((REPLICA, "valence"), (r, len(VALENCE)), float)
     q0 = float(theory["fk"].attrs.get("q0_gev", Q0))  # evolved tables state their input scale
     model = lazy_ensemble(
         trained,
@@ -452,18 +461,21 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
             "q0_gev": q0,
         },
     )
+    if fits_valence(basis):
+        model = model.assign_coords(valence=list(VALENCE))
     mark(model["kept"], "fraction_true")  # the run summary's line (engine/key_numbers.py)
     mark(model["chi2_validation"], "median")
     mark(model["positivity_ok"], "count_false", label="replicas failing positivity")
     return model
 
 
-def _fitted_values(gluon_norm, keep, basis, grid, **arrays):
+def _fitted_values(gluon_norm, valence_norm, keep, basis, grid, **arrays):
     from ..kernels.pdf_fit import basis_on_grid, flavours_from_basis
 
     weights = {k: np.asarray(v) for k, v in arrays.items() if k != "architecture"}
     values = basis_on_grid(weights, json.loads(arrays["architecture"]), grid)
-    xf = flavours_from_basis(values, grid, tuple(basis), np.asarray(gluon_norm))
+    valence = None if valence_norm is None else np.asarray(valence_norm)
+    xf = flavours_from_basis(values, grid, tuple(basis), np.asarray(gluon_norm), valence)
     keep = np.asarray(keep, bool)
     if not keep.any():
         raise OpError("no replica passed the post-fit selection and positivity: nothing to average")
@@ -486,6 +498,7 @@ def fitted_set(params: _Params, model: xr.Dataset) -> xr.Dataset:
     r = model.sizes[REPLICA]
     values = dask.delayed(_fitted_values, pure=True)(
         as_delayed(model["gluon_norm"].data),
+        as_delayed(model["valence_norm"].data) if "valence_norm" in model else None,
         as_delayed(keep.data),
         list(model.attrs["basis"]),
         grid,

@@ -24,6 +24,7 @@ from engine.ingest.fk_theory import (
     _interpreter,
     _join,
     antisymmetric_share,
+    cc_lo_weights,
     check_beam_energy,
     dis_coverages,
     dis_observables,
@@ -151,6 +152,26 @@ def test_f2_and_hera_nc_observables_are_built():
     }
 
 
+def test_hera_cc_observables_are_built_per_projectile():
+    """HERA I+II CC e+p and e-p: yadism's XSHERACC (W exchange) for the positron or electron
+    beam named by the observable, at the set's beam energy, a proton target (y checked as NC's)."""
+    names = ["HERA_CC_318GEV_EP-SIGMARED", "HERA_CC_318GEV_EM-SIGMARED"]
+    ep, em = dis_observables(names)
+    assert (ep.observable, ep.process, ep.projectile, ep.sqrt_s, ep.proton_beam) == (
+        "XSHERACC_total",
+        "CC",
+        "positron",
+        318.0,
+        True,
+    )
+    assert (em.observable, em.process, em.projectile) == ("XSHERACC_total", "CC", "electron")
+    data = proton_beam_targets(read_dis_data(names, None, dis_coverages(names)), [ep, em])
+    assert data.attrs["dataset_points"] == [39, 42] and (data["target_index"].values == 0).all()
+    check_beam_energy(data, [ep, em])
+    with pytest.raises(IngestError, match=r"HERA_CC_318GEV_EM-SIGMARED: y differs .* sqrt\(s\) = 225"):
+        check_beam_energy(data, [ep, dataclasses.replace(em, sqrt_s=225.0)])
+
+
 def test_other_observables_are_refused_with_the_reason():
     """Before any slow work, each refused dataset named with why (the default suite needs no
     theory packages for this)."""
@@ -159,13 +180,14 @@ def test_other_observables_are_refused_with_the_reason():
         "NMC_NC_NOTFIXED_P_EM-SIGMARED": r"\(observable EM-SIGMARED: neither EM F2 nor HERA",
         # NMC's d/p ratio ends in EM-F2 too: refused for its RATIO of two tables, not its name
         "NMC_NC_NOTFIXED_EM-F2": r"NMC_NC_NOTFIXED_EM-F2 \(theory operation RATIO of 2 FK",
-        "HERA_CC_318GEV_EP-SIGMARED": r"\(charged current: W exchange.*quarks and antiquarks apart.*q = qbar",
-        "HERA_CC_318GEV_EM-SIGMARED": r"CC_318GEV_EM-SIGMARED \(charged current",
+        # neutrino CC on nuclei: neither yadism target here nor HERA's normalisation
+        "CHORUS_CC_NOTFIXED_PB_NU-SIGMARED": r"\(charged current off HERA's e\+-p: a neutrino beam",
+        "NUTEV_CC_NOTFIXED_FE_NB-SIGMARED": r"NB-SIGMARED \(charged current off HERA's",
         "HERA_NC_318GEV_EAVG_CHARM-SIGMARED": r"\(observable CHARM-SIGMARED: neither",
     }
     for name, reason in cases.items():
-        with pytest.raises(IngestError, match=r"builds EM F2 .* HERA's inclusive NC.*" + reason):
-            dis_observables(["SLAC_NC_NOTFIXED_P_EM-F2", name])
+        with pytest.raises(IngestError, match=r"builds EM F2 .* HERA's inclusive NC and CC.*" + reason):
+            dis_observables(["SLAC_NC_NOTFIXED_P_EM-F2", "HERA_CC_318GEV_EP-SIGMARED", name])
     with pytest.raises(IngestError, match="has observables EM-F2-HEPDATA, EM-SIGMARED|has observables"):
         dis_observables(["NMC_NC_NOTFIXED_P"])  # two observables: name one
 
@@ -202,6 +224,23 @@ def test_the_antisymmetric_share_is_what_q_equal_qbar_drops():
     expected = np.abs(valence) / np.abs(np.einsum("nxf,xf->n", odd, toy))
     share = antisymmetric_share(odd, grid, np.zeros(3, int), 1)[0]
     assert share["max"] == pytest.approx(expected.max(), rel=1e-12) and share["median"] > 0
+
+
+def test_charged_current_reports_its_valence_share():
+    """CC at LO on grid points: the reported q - qbar part is the valence term the q = qbar basis
+    drops, |u_v - (1 - y)^2 d_v| / 2 for e-p and |(1 - y)^2 d_v - u_v| / 2 for e+p (over sigma_red)."""
+    grid = x_grid(12, 1e-2)
+    x, y = grid[[3, 7, 10]], np.array([0.1, 0.4, 0.7])
+    toy = les_houches_toy(x)
+    uv, dv = toy[:, 4] - toy[:, 1], toy[:, 3] - toy[:, 2]  # FLAVOURS: sbar ubar dbar d u s g
+    for projectile in ("electron", "positron"):
+        weights = cc_lo_weights(projectile, y)
+        fk = lagrange_weights(grid, x)[:, :, None] * weights[:, None, :]
+        sigma = np.einsum("nf,nf->n", weights, toy)
+        shares = antisymmetric_share(fk, grid, np.array([0, 0, 1]), 2)
+        expected = np.abs(uv - (1 - y) ** 2 * dv) / 2 / sigma
+        assert shares[1]["max"] == pytest.approx(expected[2], rel=1e-10)
+        assert shares[0]["max"] == pytest.approx(expected[:2].max(), rel=1e-10)
 
 
 def test_datasets_with_other_kinematics_join_with_their_covariance():
@@ -305,7 +344,29 @@ IDENTITY_CASES = {
         "range": (0.3, 1.2),
         "q_minus_qbar": [1e-4, 1e-3, 0.5],  # the Z's xF3: measured 5e-7, 2e-5, 0.23 (e+: negative)
     },  # the data there: 0.57, 0.52, ~0.45-0.6
+    **{
+        f"hera_cc_{beam}": {
+            "x_min": 1e-3,
+            "x": [0.013, 0.08, 0.4],
+            "Q2": [300.0, 1500.0, 8000.0],
+            "y": [300.0 / (0.013 * 318.0**2), 1500.0 / (0.08 * 318.0**2), 8000.0 / (0.4 * 318.0**2)],
+            "block": dict(HERA_BLOCK, observable="XSHERACC_total", process="CC", projectile=projectile),
+            "range": (0.02, 1.5),
+            "q_minus_qbar": bounds,  # W exchange: measured e+p 0.095, 0.35, 1.44; e-p 0.080, 0.21, 0.37
+        }
+        for beam, projectile, bounds in (
+            ("ep", "positron", [0.2, 0.6, 2.0]),  # q = qbar replaces ubar by (u + ubar) / 2 at x = 0.4
+            ("em", "electron", [0.2, 0.4, 0.6]),
+        )
+    },
 }
+
+
+def cc_lo(spec: dict) -> np.ndarray:
+    """HERA's sigma_red^CC of the toy at LO: x (ubar + (1 - y)^2 (d + s)) for e+p, x (u + (1 - y)^2
+    (dbar + sbar)) for e-p; yadism's grid must match it up to its NNLO coefficient functions."""
+    weights = cc_lo_weights(spec["block"]["projectile"], np.array(spec["y"]))
+    return np.einsum("nf,nf->n", weights, les_houches_toy(np.array(spec["x"])))
 
 
 @pytest.mark.slow  # yadism's fixed cost (~30-100 s on our CPU) even for 3 points
@@ -337,6 +398,9 @@ def test_fk_assembly_matches_the_grid_with_identity_evolution(tmp_path, case):
     assert np.all(np.array(result["q_minus_qbar"]) < spec["q_minus_qbar"])
     if spec["block"]["process"] == "NC":  # Z exchange booked: xF3 is a tenth or more at 5000 GeV^2
         assert result["q_minus_qbar"][-1] > 0.1
+    if spec["block"]["process"] == "CC":  # HERA's normalisation (1/4 of yadism's W2, WL, xW3 sum)
+        np.testing.assert_allclose(result["grid"], cc_lo(spec), rtol=0.15)
+        assert min(result["q_minus_qbar"]) > 0.05  # W exchange: q and qbar enter apart at every Q^2
 
 
 @pytest.mark.slow  # eko: ~45 CPU-min of numba compile the first time (cached in the lake), then ~40 s a node
