@@ -1,7 +1,7 @@
 """Project a run's peak resident memory from what each op declares one of its tasks holds.
 
     peak = BASELINE_BYTES                        the process, with everything a run imports
-         + TORCH_RUNTIME_BYTES                   once, if a step that runs torch runs
+         + RUNTIME_BYTES of torch, numba         once each, if a step that loads it runs
          + the `threads` largest tasks           what the worker threads hold at once
 
 A step's task need is its op's multiplier x (one chunk of each input + one chunk of its output),
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import config
 from .errors import MemoryBudgetError
-from .ops.needs import TORCH_RUNTIME_BYTES, TorchNeed, follows_chunks, task_count, task_need
+from .ops.needs import RUNTIME_BYTES, RuntimeNeed, follows_chunks, task_count, task_need
 from .registry import get_op
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class StepNeed:
     task_bytes: int
     tasks: int
     follows_chunks: bool  # declared as a multiplier of chunk bytes: smaller chunks shrink it
-    runs_torch: bool
+    runtime: str | None  # the runtime its tasks load (RUNTIME_BYTES), if any
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Projection:
 
     @property
     def runtime_bytes(self) -> int:
-        return BASELINE_BYTES + (TORCH_RUNTIME_BYTES if any(n.runs_torch for n in self.needs) else 0)
+        return BASELINE_BYTES + sum(RUNTIME_BYTES[r] for r in {n.runtime for n in self.needs} - {None})
 
     @property
     def total_bytes(self) -> int:
@@ -69,8 +69,8 @@ class Projection:
         need = next((n for n in self.needs if n.step == step_id), None)
         if need is None:
             return None
-        torch = TORCH_RUNTIME_BYTES if need.runs_torch else 0
-        return BASELINE_BYTES + torch + min(self.threads, need.tasks) * need.task_bytes
+        runtime = RUNTIME_BYTES[need.runtime] if need.runtime else 0
+        return BASELINE_BYTES + runtime + min(self.threads, need.tasks) * need.task_bytes
 
     @property
     def largest(self) -> StepNeed | None:
@@ -106,7 +106,8 @@ def step_need(plan: Plan, step: PlannedStep) -> StepNeed:
     params = spec.params.model_validate(step.params)
     declared = DEFAULT_MULTIPLIER if spec.memory is None else spec.memory
     return StepNeed(step.id, step.op, task_need(declared, params, inputs, step.dataset),
-                    task_count(step.dataset), follows_chunks(declared), isinstance(declared, TorchNeed))
+                    task_count(step.dataset), follows_chunks(declared),
+                    declared.runtime if isinstance(declared, RuntimeNeed) else None)
 
 
 def refuse_over_budget(plan: Plan, projection: Projection, budget: int) -> None:

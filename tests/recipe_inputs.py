@@ -137,11 +137,11 @@ def _dis_hera_nnlo(lake: Lake) -> None:
     put_in_lake(lake, "dis_hera_nnlo", data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
 
 
-def _dis_hera_cc_nnlo(lake: Lake) -> None:
-    """raw/dis_hera_cc_nnlo (SLAC p, d + HERA 318 GeV NC and CC, e+p and e-p, Q^2 < 2e4) as
-    `ingest nnpdf-fk` reads them, with synthetic tables: F2's on SLAC and NC, LO charged current
-    (x (ubar + (1 - y)^2 (d + s)) for e+p, x (u + (1 - y)^2 (dbar + sbar)) for e-p) on CC, whose
-    q and qbar columns differ, so the recipe's valence basis sees V and V3."""
+def _dis_with_charged_current(lake: Lake, names: list[str], entry: str, q2_max: float | None) -> None:
+    """raw/`entry` (DIS datasets with HERA CC among them) as `ingest nnpdf-fk` reads them, with
+    synthetic tables: F2's on F2 and NC, LO charged current (x (ubar + (1 - y)^2 (d + s)) for e+p,
+    x (u + (1 - y)^2 (dbar + sbar)) for e-p) on CC, whose q and qbar columns differ, so a valence
+    basis sees V and V3."""
     from engine.ingest.fk_theory import (
         _below,
         cc_lo_weights,
@@ -154,11 +154,10 @@ def _dis_hera_cc_nnlo(lake: Lake) -> None:
     from engine.kernels.pdf_fk import FLAVOURS, lagrange_weights, x_grid
     from engine.testing import put_in_lake
 
-    names = ["SLAC_NC_NOTFIXED_P", "SLAC_NC_NOTFIXED_D", "HERA_NC_318GEV_EP-SIGMARED",
-             "HERA_NC_318GEV_EM-SIGMARED", "HERA_CC_318GEV_EP-SIGMARED", "HERA_CC_318GEV_EM-SIGMARED"]
     observables = dis_observables(names)
     read = proton_beam_targets(read_dis_data(names, None, dis_coverages(names)), observables)
-    data = _below(apply_cuts(read, 3.49, 12.5), 2e4)
+    data = apply_cuts(read, 3.49, 12.5)
+    data = data if q2_max is None else _below(data, q2_max)
     grid = x_grid(50, 4e-5)
     x, y, block = (data[k].values for k in ("x", "y", "dataset_index"))
     fk, attrs = synthetic_nnlo_tables(x, data["target_index"].values, grid)
@@ -169,7 +168,25 @@ def _dis_hera_cc_nnlo(lake: Lake) -> None:
             weights = cc_lo_weights(by_name[name].projectile, y[rows])
             fk[rows] = lagrange_weights(grid, x[rows])[:, :, None] * weights[:, None, :]
     data = data.assign(fk=(("point", "x_grid", "flavour"), fk, attrs))
-    put_in_lake(lake, "dis_hera_cc_nnlo", data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
+    put_in_lake(lake, entry, data.assign_coords(x_grid=grid, flavour=list(FLAVOURS)))
+
+
+def _dis_hera_cc_nnlo(lake: Lake) -> None:
+    """raw/dis_hera_cc_nnlo: SLAC p, d + HERA 318 GeV NC and CC, e+p and e-p, Q^2 < 2e4."""
+    names = ["SLAC_NC_NOTFIXED_P", "SLAC_NC_NOTFIXED_D", "HERA_NC_318GEV_EP-SIGMARED",
+             "HERA_NC_318GEV_EM-SIGMARED", "HERA_CC_318GEV_EP-SIGMARED", "HERA_CC_318GEV_EM-SIGMARED"]
+    _dis_with_charged_current(lake, names, "dis_hera_cc_nnlo", 2e4)
+
+
+def _dis_global_nnlo(lake: Lake) -> None:
+    """raw/dis_global_nnlo: SLAC, BCDMS, NMC F2 (p, d), HERA NC e+p at 4 energies and e-p, CC."""
+    names = ["SLAC_NC_NOTFIXED_P", "SLAC_NC_NOTFIXED_D", "BCDMS_NC_NOTFIXED_P_EM-F2",
+             "BCDMS_NC_NOTFIXED_D_EM-F2", "NMC_NC_NOTFIXED_P_EM-F2-HEPDATA",
+             "NMC_NC_NOTFIXED_D_EM-F2-HEPDATA",
+             "HERA_NC_318GEV_EP-SIGMARED", "HERA_NC_318GEV_EM-SIGMARED", "HERA_NC_300GEV_EP-SIGMARED",
+             "HERA_NC_251GEV_EP-SIGMARED", "HERA_NC_225GEV_EP-SIGMARED", "HERA_CC_318GEV_EP-SIGMARED",
+             "HERA_CC_318GEV_EM-SIGMARED"]
+    _dis_with_charged_current(lake, names, "dis_global_nnlo", None)
 
 
 def _dis_hera_nnlo_evolution(lake: Lake) -> None:
@@ -206,6 +223,7 @@ INPUTS: dict[str, list[Callable[[Lake], None]]] = {
     "pdf_theory_fit_nmc": [_dis_f2_nmc_nnlo],
     "pdf_theory_fit_hera": [_dis_hera_nnlo, _dis_hera_nnlo_evolution],
     "pdf_theory_fit_hera_cc": [_dis_hera_cc_nnlo],
+    "pdf_theory_fit_dis_global": [_dis_global_nnlo],
     "replicas_closure_1d": [],
     "replicas_hyperopt": [],
     "solve_equations": [],

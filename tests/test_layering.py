@@ -92,9 +92,10 @@ def test_torch_free_kernels_import_no_torch():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_engine_and_its_ops_import_neither_torch_cupy_prefect_nor_matplotlib():
+def test_engine_and_its_ops_import_neither_torch_cupy_prefect_matplotlib_nor_numba():
+    """numba (~0.5 s to import) loads only where a kernel computes numpy chunks."""
     code = ("import sys, engine, engine.cli, engine.runner; from engine.registry import list_ops; "
-            "list_ops(); heavy = {'torch', 'cupy', 'prefect', 'matplotlib'} & set(sys.modules); "
+            "list_ops(); heavy = {'torch', 'cupy', 'prefect', 'matplotlib', 'numba'} & set(sys.modules); "
             "print(sorted(heavy)); sys.exit(bool(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -18,7 +18,7 @@ from engine import config, registry, runner
 from engine.errors import ConfigError, MemoryBudgetError
 from engine.graph import compile_recipe
 from engine.op_examples import EXAMPLES, build, built_inputs
-from engine.ops.needs import TORCH_RUNTIME_BYTES, task_need
+from engine.ops.needs import NUMBA_RUNTIME_BYTES, TORCH_RUNTIME_BYTES, task_need
 from engine.projection import BASELINE_BYTES, Projection, StepNeed
 from engine.runner import execute
 from engine.testing import put_in_lake, raise_if_computes, ramp_dataset
@@ -90,12 +90,25 @@ def test_up_to_date_steps_cost_nothing(memory_lake, write_recipe):
 
 
 def test_a_single_task_step_takes_one_thread_and_torch_counts_once():
-    training = StepNeed("fit", "replicas.train", 100 * MIB, 1, False, True)
-    predicting = StepNeed("predict", "replicas.predict", 10 * MIB, 8, True, True)
+    training = StepNeed("fit", "replicas.train", 100 * MIB, 1, False, "torch")
+    predicting = StepNeed("predict", "replicas.predict", 10 * MIB, 8, True, "torch")
     projection = Projection(threads=4, needs=(training, predicting))
     assert projection.total_bytes == BASELINE_BYTES + TORCH_RUNTIME_BYTES + (100 + 3 * 10) * MIB
     assert projection.step_bytes("fit") == BASELINE_BYTES + TORCH_RUNTIME_BYTES + 100 * MIB
     assert projection.largest == training
+
+
+def test_each_runtime_counts_once_and_only_where_a_step_loads_it():
+    thickness = StepNeed("t", "eels.thickness", 8 * MIB, 16, True, "numba")
+    histogram = StepNeed("h", "lhc.histogram", 1 * MIB, 16, True, "numba")
+    summed = StepNeed("s", "core.sum", 2 * MIB, 16, True, None)
+    training = StepNeed("fit", "replicas.train", 100 * MIB, 1, False, "torch")
+    both = Projection(threads=2, needs=(thickness, histogram, summed, training))
+    assert both.runtime_bytes == BASELINE_BYTES + TORCH_RUNTIME_BYTES + NUMBA_RUNTIME_BYTES
+    assert both.step_bytes("s") == BASELINE_BYTES + 2 * 2 * MIB
+    assert both.step_bytes("t") == BASELINE_BYTES + NUMBA_RUNTIME_BYTES + 2 * 8 * MIB
+    # the declaration reaches the plan: a recipe with eels.thickness projects numba's runtime
+    assert registry.get_op("eels.thickness").memory.runtime == "numba"
 
 
 def test_plan_prints_each_step_and_the_total(memory_lake, write_recipe, monkeypatch, capsys):

@@ -5,7 +5,8 @@ considered, events in range], so per-chunk results add up with a plain sum: dask
 in a tree and the bins come out exactly as a one-pass fill would give them. Bins are half-open
 [low, high), as in boost-histogram/hist; values outside the axes and NaN are not counted (their
 number is what `events considered - events in range` reports). Regular axes find bins by one
-multiply, variable axes by binary search.
+multiply, variable axes by binary search; regular axes over numpy arrays are filled by a numba
+pass (lhc_fused.regular_fill), the same vector bit for bit.
 """
 
 from __future__ import annotations
@@ -66,6 +67,45 @@ def fill(
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """One chunk's fill vector (see the module docstring) for events where `mask` is true.
+
+    Regular axes over numpy values take one numba pass (lhc_fused.regular_fill, bit for bit the
+    same vector); variable axes and other arrays take `fill_array`."""
+    if all(a.regular for a in axes) and all(
+        isinstance(v, np.ndarray) for v in [*values, *(x for x in (weights, mask) if x is not None)]
+    ):
+        return _fill_regular(axes, values, weights, mask)
+    return fill_array(axes, values, weights, mask)
+
+
+def _fill_regular(
+    axes: list[Axis], values: list[np.ndarray], weights: np.ndarray | None, mask: np.ndarray | None
+) -> np.ndarray:
+    """`fill` by lhc_fused.regular_fill: one pass, no chunk-sized temporaries (6.1 -> 1.9 ms for
+    10^6 events on one axis)."""
+    from .lhc_fused import regular_fill
+
+    events = len(values[0])
+    columns = [np.ascontiguousarray(v, np.float64) for v in values]
+    out = np.empty(flat_size(axes))
+    regular_fill(
+        columns[0][None] if len(columns) == 1 else np.stack(columns),  # one axis: no copy
+        np.array([a.edges[0] for a in axes]),
+        np.array([a.edges[-1] for a in axes]),
+        np.array([a.bins for a in axes], np.int64),
+        np.ones(events, bool) if mask is None else np.ascontiguousarray(mask, bool),
+        np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64),
+        out,
+    )
+    return out
+
+
+def fill_array(
+    axes: list[Axis],
+    values: list[np.ndarray],
+    weights: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """`fill` in array operations: the reference the numba pass is tested against.
 
     Every event gets a slot, 1 + its flat bin, or 0 when it is masked out or outside an axis,
     and one bincount fills the bins (slot 0 is dropped): no column is compressed to the kept

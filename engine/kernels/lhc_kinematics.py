@@ -20,21 +20,27 @@ lhc_dimuon recipe reads went from 75 to 28 ns an event (np.hypot 17 ns an elemen
 for the square root of squares; np.where on a per-event swap 3.6 ns against 1.1 for selecting
 bits); with the load of that machine at 7 the chunk's kinematics, cut and fill went from 91 to
 62 ns an event (eta 25 -> 11 ns a muon, the swap masks 2.9 -> 0.4 ms per 10^6 events).
+Two objects per event in numpy arrays (the dimuon case) now take one numba pass instead
+(lhc_fused, `leading_regular`); the array code here is its reference and the path for the rest.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:  # imported where arrays are computed: loading the ops must not pay for awkward
+    from collections.abc import Callable
+
     import awkward as ak
 
 CARTESIAN = ("px", "py", "pz", "E")
 POLAR = ("pt", "eta", "phi", "mass")
 PT = " pt"  # the objects' pt, computed once for the ordering (no field can be named so)
 BLOCK = 1 << 14  # elements per block of a chained kernel: its scratch buffers stay in the L2 cache
+FUSED_KEYS = ("1_pt", "2_pt", "1_eta", "2_eta", "12_mass")  # lhc_fused.dimuon_pass, in its order
 
 
 def to_cartesian(pt, eta, phi, mass) -> dict:
@@ -173,7 +179,8 @@ class Leading:
     A column (`1_pt`, `12_mass`, ...) is computed from the few gathered fields it needs, so an
     analysis that reads three of the columns pays for three; gathered fields are kept for the
     next column. `pair`, where given, holds the two objects whose sum the `12_` columns are
-    (any order: a sum does not depend on it), sparing the gathers.
+    (any order: a sum does not depend on it), sparing the gathers. `one_pass`, where given,
+    is a cached callable giving the columns of FUSED_KEYS from one numba pass (lhc_fused).
     """
 
     def __init__(
@@ -183,9 +190,10 @@ class Leading:
         count: int,
         extras: tuple[str, ...],
         pair: tuple[dict, dict] | None = None,
+        one_pass: Callable[[], dict] | None = None,
     ):
         self._gather, self.sizes, self.count, self.extras = gather, sizes, count, extras
-        self._pair = pair
+        self._pair, self._one_pass = pair, one_pass
         self._cache: dict[tuple[str, int], np.ndarray] = {}
 
     def keys(self) -> list[str]:
@@ -207,6 +215,8 @@ class Leading:
             raise KeyError(f"expected one of {', '.join(self.keys())}, found {key!r}")
         if key == "count":
             return np.asarray(self.sizes, np.int64)
+        if self._one_pass is not None and key in FUSED_KEYS:
+            return self._one_pass()[key]
         if key == "12_pt":
             return pair_sum_pt(*self.pair(("px", "py")))
         if key == "12_mass":
@@ -260,6 +270,16 @@ def leading_regular(
     """The leading objects of a fixed number of objects per event, each given by one array per
     field over the events (muon 1 and muon 2 in flat columns): no lists, no sort for two.
     Gathered fields keep their stored dtype (a charge stays an integer until it is a column)."""
+    if len(objects) == 2 and all(isinstance(o[c], np.ndarray) for o in objects for c in CARTESIAN):
+        return _leading_pair_fused(objects, count, extras)
+    return leading_regular_array(objects, count, extras)
+
+
+def leading_regular_array(
+    objects: list[dict[str, np.ndarray]], count: int, extras: tuple[str, ...] = ()
+) -> Leading:
+    """leading_regular in array operations only: the reference the numba pass is tested against
+    (tests/kernels/test_lhc_fused.py), and the path for any number of objects."""
     objects = [{**o, PT: transverse(o["px"], o["py"])} for o in objects]
     pts = [o[PT] for o in objects]
     events, k = len(pts[0]), len(objects)
@@ -284,6 +304,44 @@ def leading_regular(
             return np.stack([_f64(o[field]) for o in objects], axis=1)[rows, order[:, i]]
 
     return Leading(gather, np.full(events, k, np.int64), count, extras, pair)
+
+
+def _leading_pair_fused(
+    objects: list[dict[str, np.ndarray]], count: int, extras: tuple[str, ...]
+) -> Leading:
+    """leading_regular of two objects per event on numpy arrays: pt, eta, the order and the pair
+    mass come from one numba pass (lhc_fused.dimuon_pass), made when the first of them is asked
+    for; other fields and columns (phi, single masses, extras) are gathered with its swap mask."""
+    events = len(objects[0]["px"])
+
+    @functools.cache
+    def one_pass() -> dict:
+        from .lhc_fused import dimuon_pass
+
+        swap = np.empty(events, bool)
+        columns = {key: np.empty(events) for key in FUSED_KEYS}
+        parts = [np.ascontiguousarray(_f64(o[c])) for o in objects for c in CARTESIAN]
+        dimuon_pass(*parts, swap, *columns.values())
+        return {"swap": swap, **columns}
+
+    @functools.cache
+    def ordered(field: str) -> tuple[np.ndarray, np.ndarray]:
+        from .lhc_fused import order_pair
+
+        first, second = (np.ascontiguousarray(o[field]) for o in objects)
+        if first.dtype != second.dtype or first.dtype.kind not in "biuf":
+            pick = Swap(one_pass()["swap"])
+            return pick(first, second), pick(second, first)
+        lead, sub = np.empty_like(first), np.empty_like(first)
+        order_pair(first, second, one_pass()["swap"], lead, sub)
+        return lead, sub
+
+    def gather(field: str, i: int) -> np.ndarray:
+        if i >= 2:
+            return np.full(events, np.nan)
+        return one_pass()[f"{i + 1}_pt"] if field == PT else ordered(field)[i]
+
+    return Leading(gather, np.full(events, 2, np.int64), count, extras, (objects[0], objects[1]), one_pass)
 
 
 def leading_jagged(

@@ -19,6 +19,7 @@ from ..kernels import eels as kernels
 from ..key_numbers import mark
 from ..registry import register_op
 from .core import require_dims, require_variables
+from .needs import NumbaNeed
 
 ENERGY = "energy"
 
@@ -151,7 +152,7 @@ class ThicknessParams(_Params):
 # memory: measured 3.49 at 32 x 32 pixels, 3.04 at 64 x 64 on aligned spectra; with align_zlp 3.54
 # and 3.36 (calibrate_op_memory.py, cases eels.thickness and thickness_one_pass; before the one pass
 # found the ZLP once and stopped forming aligned channels: an upper bound now)
-@register_op("eels.thickness", params=ThicknessParams, inputs=("image",), memory=3.6)
+@register_op("eels.thickness", params=ThicknessParams, inputs=("image",), memory=NumbaNeed(3.6))
 def thickness(params: ThicknessParams, image: xr.Dataset) -> xr.Dataset:
     """Log-ratio relative thickness t/lambda = ln(I_total / I_ZLP) per pixel.
 

@@ -2,8 +2,9 @@
 
 A chunk-proportional op declares a multiplier of the chunk bytes of its inputs and output; any
 other declares a function of its params and datasets, built from these sizes. Ops that run torch
-wrap their need in `TorchNeed`, so the projection adds torch's own resident size once per process
-rather than once per task. Nothing here imports torch: `plan` projects memory without it.
+or numba wrap their need in `TorchNeed` or `NumbaNeed`, so the projection adds that runtime's own
+resident size once per process rather than once per task. Nothing here imports either: `plan`
+projects memory without them.
 
 Where the numbers come from: chunk-proportional multipliers and the EELS needs are measured per
 op by tests/benchmarks/calibrate_op_memory.py; the needs of trainings and fits count the arrays
@@ -16,6 +17,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import xarray as xr
 
@@ -25,20 +27,38 @@ FLOAT64 = 8
 # `import torch` 178 MiB, then the first backward passes and Adam steps of a small ensemble another
 # 79 MiB (autograd engine, allocator caches). Paid once by a process, whatever it trains.
 TORCH_RUNTIME_BYTES = 257 * 2**20
+# numba 0.68 (import, then the first call of a kernel from its cache), in a process with every op
+# imported: 144 MiB resident, 108 MiB of it llvmlite's shared library mapped in, the rest numba's
+# typing and target registries. Paid once by a process, whatever it compiles.
+NUMBA_RUNTIME_BYTES = 144 * 2**20
+RUNTIME_BYTES = {"torch": TORCH_RUNTIME_BYTES, "numba": NUMBA_RUNTIME_BYTES}
 # Adam keeps, per weight: the weight, its gradient, two moments; training also keeps the best
 # weights per replica and a checkpoint copy on the host.
 ADAM_COPIES = 6
 
 
 @dataclass(frozen=True)
-class TorchNeed:
-    """The need of an op whose tasks run torch: `task` is a multiplier or a function as for any
-    op; the projection adds TORCH_RUNTIME_BYTES once if any such step runs."""
+class RuntimeNeed:
+    """The need of an op whose tasks load a runtime of their own: `task` is a multiplier or a
+    function as for any op; the projection adds RUNTIME_BYTES[runtime] once if any such step runs."""
 
     task: float | Callable[..., int]
+    runtime: ClassVar[str]
 
     def __call__(self, params, inputs: dict[str, xr.Dataset], output: xr.Dataset) -> int:
         return task_need(self.task, params, inputs, output)
+
+
+class TorchNeed(RuntimeNeed):
+    """An op whose tasks run torch (trainings, network inference)."""
+
+    runtime = "torch"
+
+
+class NumbaNeed(RuntimeNeed):
+    """An op whose numpy chunks go through compiled loops (engine/kernels/*: numba)."""
+
+    runtime = "numba"
 
 
 def task_need(declared: float | Callable[..., int], params, inputs: dict[str, xr.Dataset],
@@ -51,7 +71,7 @@ def task_need(declared: float | Callable[..., int], params, inputs: dict[str, xr
 
 def follows_chunks(declared: float | Callable[..., int]) -> bool:
     """Whether a declaration is a multiplier of chunk bytes, so that smaller chunks shrink it."""
-    return not callable(declared.task if isinstance(declared, TorchNeed) else declared)
+    return not callable(declared.task if isinstance(declared, RuntimeNeed) else declared)
 
 
 def _values(dataset: xr.Dataset) -> list[xr.Variable]:

@@ -2,14 +2,17 @@
 
 Prints, for synthetic images of growing size, the wall time, CPU time and peak RSS of
 `replicalake run` on the thickness recipe (one pass: eels.thickness with align_zlp, as
-recipes/eels_thickness.yaml) and on the two-step chain it replaced (eels.align_zlp, then
-eels.thickness on the aligned image); then at one size, in process, (a) merely reading the zarr
-array once (dask's from_zarr, and through xarray as the engine's ops read it), (b) our
-thickness op with exSpy's fixed ZLP limit and (c) with the first-minimum limit, both on the
-unaligned spectra, (d) align then first-minimum thickness, (e) the same in
+recipes/eels_thickness.yaml), on the two-step chain it replaced (eels.align_zlp, then
+eels.thickness on the aligned image) and on a recipe that only reads the image (core.sum over
+energy; the one pass and the chain are printed as ratios to it); then at one size, in process,
+(a) merely reading the zarr array once (dask's from_zarr, and through xarray as the engine's
+ops read it), (b) our thickness op with exSpy's fixed ZLP limit and (c) with the first-minimum
+limit, both on the unaligned spectra, (d) align then first-minimum thickness, (e) the same in
 one pass, and (f) exSpy's lazy `estimate_thickness` with the same fixed limit. (a)-(f) each open
 the store, build their dask graph and compute inside the timer, on the same threads; each gets
-one untimed warm-up and the same best-of-N, interleaved.
+one untimed warm-up and the same best-of-N, interleaved. Last, the one-pass kernel alone per
+32 x 32-pixel chunk: compiled (numpy spectra) against the array path (cupy spectra, and numpy
+before the compiled kernel).
 
     python tests/benchmarks/bench_eels_thickness.py                 # 10^4, 10^5, 10^6 spectra
     python tests/benchmarks/bench_eels_thickness.py --quick         # 10^4 spectra
@@ -49,7 +52,12 @@ ALIGN_AND_THICKNESS = """\
 ONE_PASS = """\
   - {id: thickness, op: eels.thickness, inputs: {image: image}, params: {align_zlp: true}}
 """
-RECIPES = {"one_pass": ONE_PASS, "two_step": ALIGN_AND_THICKNESS}
+READ = """\
+  - {id: thickness, op: core.sum, inputs: {data: image}, params: {dims: [energy], skipna: false}}
+"""
+# read: the same store read once through the same engine (every chunk decoded, summed per
+# spectrum), the floor `replicalake run` of the one pass is held against
+RECIPES = {"one_pass": ONE_PASS, "two_step": ALIGN_AND_THICKNESS, "read": READ}
 THRESHOLD = {"zlp_end": "threshold", "threshold_ev": 1.5}  # the same ZLP limit exSpy is given
 WORKDIR = Path("/tmp/replicalake-bench")
 
@@ -177,6 +185,32 @@ def exspy_thickness(lake: Path, entry: str) -> None:
     dask.compute(result.data, scheduler="threads")
 
 
+def kernel_per_chunk(lake: Path, entry: str, result: dict, repeats: int) -> None:
+    """The one-pass kernel alone on one 32 x 32-pixel chunk in memory, one thread: the compiled
+    loop numpy spectra get (eels_onepass) against the array path cupy spectra get (the kernel
+    numpy spectra got before), interleaved, 20 calls a round."""
+    import xarray as xr
+
+    from engine.kernels import eels
+    from engine.kernels.eels_onepass import aligned_thickness
+
+    image = xr.open_zarr(str(lake / "raw" / entry), consolidated=False)
+    energy = image["energy"].values
+    flat = image["counts"][:32, :32].values.reshape(-1, energy.size)
+    e0, d = eels._axis(flat, energy)
+    eels.aligned_log_ratio_thickness(flat, energy)  # compiled (or loaded from numba's cache)
+
+    def calls(kernel):
+        return lambda: [kernel(flat, e0, d, None, None, eels.ZLP_SEARCH_EV) for _ in range(20)]
+
+    kernels = {"array": calls(eels._aligned_thickness), "compiled": calls(aligned_thickness)}
+    timings = compare(kernels, repeats)
+    for name, timing in timings.items():
+        result[f"kernel_{name}_ms_per_chunk"] = round(timing.wall / 20 * 1e3, 3)
+        result[f"kernel_{name}_cpu_ms_per_chunk"] = round(timing.cpu / 20 * 1e3, 3)
+    result["kernel_array_over_compiled_cpu"] = ratio(timings["array"].cpu, timings["compiled"].cpu)
+
+
 def counts_codec(lake: Path, entry: str) -> str:
     """The codecs the image's counts are stored with (the read's cost depends on them: a store
     ingested before the byte-shuffle spectra codec is reused from --workdir as it is)."""
@@ -222,6 +256,11 @@ def run(
             result[f"{key}_s"] = round(seconds, 2)
             result[f"{key}_cpu_s"] = round(cpu, 2)
             result[f"{key}_peak_rss_mib"] = round(rss)
+        for name in ("one_pass", "two_step"):
+            key = f"run_{name}_{side * side}_spectra"
+            read = f"run_read_{side * side}_spectra"
+            result[f"{key}_over_read"] = ratio(result[f"{key}_s"], result[f"{read}_s"])
+            result[f"{key}_cpu_over_read"] = ratio(result[f"{key}_cpu_s"], result[f"{read}_cpu_s"])
     if len(sides) > 1:
         for name in RECIPES:
             result[f"{name}_peak_rss_largest_over_smallest"] = ratio(peaks[name][-1], peaks[name][0])
@@ -244,6 +283,7 @@ def run(
     if exspy:
         sides_["exspy_threshold"] = lambda: exspy_thickness(lake, entry)
     timings = compare(sides_, repeats)
+    kernel_per_chunk(lake, entry, result, repeats)
     read = timings["read"].wall
     result["spectra"] = side * side
     result["counts_codec"] = counts_codec(lake, entry)

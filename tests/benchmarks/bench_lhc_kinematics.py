@@ -15,7 +15,9 @@ across copies, so the stores compress a little better than real data would.)
 - lake: recipes/lhc_dimuon.yaml as shipped (lhc.kinematics on flat objects -> lhc.select ->
   lhc.histogram), with its source pointed at the ingested entry, compiled inside the timer (a
   user pays it every analysis) and computed with dask's synchronous scheduler (one core); also
-  on every core (threads) for reference.
+  on every core (threads) for reference, and on one core with the kernels in array operations
+  instead of the numba passes of engine/kernels/lhc_fused.py (`lake_1core_array`), which
+  gives what the numba kernels save an event.
 - baseline: uproot.iterate over each ROOT file in steps of the lake's chunk size, both muons'
   pt, eta and pair mass in numpy, the same cut, a `hist.Hist` fill; pt as sqrt(px^2 + py^2), as
   scikit-hep's vector computes it (np.hypot, which this baseline used before, costs ~7x as much),
@@ -28,8 +30,12 @@ kernel: glibc hands freed heap above M_TRIM_THRESHOLD back, and an analysis whos
 more than that faults its buffers in again every chunk). Ingest is a one-off cost, run as a user
 runs it (`python -m engine ingest root`, in its own process, so that its heap does not flatter
 the timings that follow), reported with the break-even count (analyses after which ingest has
-paid for itself). The histograms must agree exactly. `--trim-mib` is a what-if: it sets glibc's
-M_TRIM_THRESHOLD in this process before timing (engine.memory sets 32 MiB), for both sides alike.
+paid for itself). So are numba's costs in a fresh process (importing it, its first dispatch,
+and compiling the kernels into an empty cache or loading them from it; the warm-up hides them
+from the timings), reported with the events after which they pay for themselves and with the
+ratio a single fresh-process analysis gets. The histograms must agree exactly. `--trim-mib` is
+a what-if: it sets glibc's M_TRIM_THRESHOLD in this process before timing (engine.memory sets
+32 MiB), for both sides alike.
 
     python tests/benchmarks/bench_lhc_kinematics.py [--quick] [--events 10000000] [--repeats 3]
         [--codecs lz4,zlib] [--trim-mib 512]
@@ -38,6 +44,7 @@ M_TRIM_THRESHOLD in this process before timing (engine.memory sets 32 MiB), for 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import subprocess
@@ -135,6 +142,36 @@ def ingest_cli(lake_dir: Path, path: Path, step: int) -> None:
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
+FIRST_CALLS = """
+import numpy as np
+from engine.kernels.lhc_hist import Axis, fill
+from engine.kernels.lhc_kinematics import leading_regular
+muons = [{c: np.linspace(1.0, 50.0, 100) * (1 + i) for c in ("px", "py", "pz", "E")} for i in (0, 1)]
+for muon in muons:
+    muon["Q"] = np.ones(100, np.int32)
+leading = leading_regular(muons, 2, ("Q",)) if CALL else None
+if CALL:
+    fill([Axis.from_regular(60, 60.0, 120.0)], [leading.column("12_mass")], None, leading.column("1_Q") > 0)
+"""
+
+
+def numba_one_off(workdir: Path) -> dict[str, float]:
+    """CPU seconds that the numba kernels (engine/kernels/lhc_fused.py) add to a fresh process:
+    importing numba, its first dispatch and compiling into an empty cache (cold) or loading from
+    it (cached), each measured as a process that calls the kernels once less one that does not."""
+    cache = workdir / "numba_cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+
+    def child(call: bool) -> float:
+        code = f"CALL = {call}\n{FIRST_CALLS}"
+        return measure(lambda: subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env))[1]
+
+    cold = child(True) - child(False)
+    cached = min(child(True) for _ in range(3)) - min(child(False) for _ in range(3))
+    return {"numba_cold_cpu_s": round(cold, 3), "numba_cached_cpu_s": round(cached, 3)}
+
+
 def counting_faults(func, faults: list[int]):
     """func, appending the minor page faults of each call to `faults`."""
 
@@ -145,6 +182,21 @@ def counting_faults(func, faults: list[int]):
         return value
 
     return call
+
+
+def array_kernels(func):
+    """func() with the ops' kernels in array operations (lhc_kinematics.leading_regular_array,
+    lhc_hist.fill_array) instead of the numba passes: what the numba kernels gain."""
+    from engine.kernels.lhc_hist import fill_array
+    from engine.kernels.lhc_kinematics import leading_regular_array
+    from engine.ops import lhc
+
+    kept = lhc.leading_regular, lhc.fill
+    lhc.leading_regular, lhc.fill = leading_regular_array, fill_array
+    try:
+        return func()
+    finally:
+        lhc.leading_regular, lhc.fill = kept
 
 
 def lake_analysis(recipe: Path, lake, scheduler: str) -> np.ndarray:
@@ -191,6 +243,7 @@ def run(
     ingest = {}
     for name, path in files.items():  # one-off cost, measured from each format (CPU: children)
         ingest[name] = measure(lambda p=path: ingest_cli(lake_dir, p, step))
+    result.update(numba_one_off(workdir))  # before anything in this process imports numba
     lake = Lake(str(lake_dir))
     result["lake_mib"] = round(lake.size(lake.entry_path("raw", "bench_zmumu")) / 2**20, 1)
     recipe = write_recipe(workdir, "bench_zmumu", f"_{events}_{step}")
@@ -201,6 +254,7 @@ def run(
     sides = {f"uproot_{name}": (lambda p=path: baseline(p, step)) for name, path in files.items()}
     sides["lake_1core"] = lambda: lake_analysis(recipe, lake, "synchronous")
     sides["lake_threads"] = lambda: lake_analysis(recipe, lake, "threads")
+    sides["lake_1core_array"] = lambda: array_kernels(lambda: lake_analysis(recipe, lake, "synchronous"))
     faults: dict[str, list[int]] = {name: [] for name in sides}
     timings = compare({name: counting_faults(f, faults[name]) for name, f in sides.items()}, repeats)
     reference = timings["uproot_lz4"].value
@@ -226,6 +280,14 @@ def run(
             ("cpu_", ingest[name][1], base.cpu - lake_cpu),
         ):
             result[f"{unit}break_even_analyses_{name}"] = round(spent / gain, 1) if gain > 0 else None
+        # a fresh process (one `replicalake run`) pays numba's cached one-off besides the analysis
+        result[f"cpu_speedup_fresh_process_vs_uproot_{name}"] = ratio(
+            base.cpu, lake_cpu + result["numba_cached_cpu_s"]
+        )
+    gain = (timings["lake_1core_array"].cpu - lake_cpu) / events  # CPU-s an event the kernels save
+    for kind in ("cold", "cached"):
+        spent = result[f"numba_{kind}_cpu_s"]
+        result[f"numba_{kind}_break_even_mevents"] = round(spent / gain / 1e6, 1) if gain > 0 else None
     return finish(result)
 
 

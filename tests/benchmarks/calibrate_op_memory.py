@@ -142,7 +142,7 @@ def measure(case: str, chunk: int) -> dict:
 
     from engine.graph import compile_recipe
     from engine.memory import release_free_heap
-    from engine.ops.needs import TorchNeed, chunk_bytes
+    from engine.ops.needs import RuntimeNeed, chunk_bytes
     from engine.peak_rss import PeakRss
     from engine.projection import step_need
     from engine.registry import StepContext, get_op
@@ -176,7 +176,7 @@ def measure(case: str, chunk: int) -> dict:
         with PeakRss() as peak:
             before = _resident()
             output.isel(first).compute(scheduler="synchronous")
-    need = spec.memory.task if isinstance(spec.memory, TorchNeed) else spec.memory
+    need = spec.memory.task if isinstance(spec.memory, RuntimeNeed) else spec.memory
     return {
         "case": case,
         "chunk": chunk,

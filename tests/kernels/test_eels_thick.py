@@ -14,7 +14,10 @@ from scipy.integrate import quad
 from engine.kernels import eels_synth as g
 from engine.kernels.eels import (
     ZLP_SEARCH_EV,
+    _aligned_thickness,
+    _threshold_channel,
     align_zlp,
+    aligned_log_ratio_thickness,
     first_minimum_channel,
     log_ratio_thickness,
     zlp_peak_position,
@@ -145,3 +148,90 @@ def test_the_search_window_and_a_miscalibrated_axis():
     assert ZLP_SEARCH_EV == 1.0  # the README and the ops' params describe this default
     with pytest.raises(ValueError, match="search half width must be positive"):
         zlp_peak_position(counts, energy, search_ev=0.0)
+
+
+# The compiled one pass (engine/kernels/eels_onepass.py, what numpy spectra get) against the array
+# path (eels._aligned_thickness, what cupy spectra get): the same NaNs and bit-identical shifts (the
+# float32 steps are reproduced; the sums of the top fit are float64 on both), t/lambda to the
+# rounding of float32 sums (einsum there, float64 here): measured 4.9e-7, allowed 2e-6 (float64:
+# 2e-16, allowed 1e-12).
+T_ROUNDING = {np.float32: 2e-6, np.float64: 1e-12}
+
+
+def assert_paths_agree(spectra_, energy, method="first_minimum", threshold_ev=None, smooth=None,
+                       search_ev=ZLP_SEARCH_EV):
+    """aligned_log_ratio_thickness (numpy: compiled) against the array path on the same spectra."""
+    x = np.asarray(spectra_)
+    t, shift = aligned_log_ratio_thickness(x, energy, method, threshold_ev, smooth, search_ev)
+    flat = x.reshape(-1, x.shape[-1]).astype(t.dtype)
+    e0, d = energy[0], (energy[-1] - energy[0]) / (energy.size - 1)
+    k = None if method == "first_minimum" else _threshold_channel(e0, d, energy.size, threshold_ev)
+    with np.errstate(invalid="ignore"):  # NaN channels: the array path casts a NaN fit centre
+        t_ref, shift_ref = _aligned_thickness(flat, e0, d, k, smooth, search_ev)
+    assert t.dtype == shift.dtype == t_ref.dtype and t.shape == x.shape[:-1]
+    np.testing.assert_array_equal(shift.ravel(), shift_ref)
+    np.testing.assert_array_equal(np.isnan(t.ravel()), np.isnan(t_ref))
+    np.testing.assert_allclose(t.ravel(), t_ref, rtol=0, atol=T_ROUNDING[t.dtype.type])
+    return t, shift
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("dispersion", "e0", "n_channels"), WINDOWS)
+def test_compiled_one_pass_matches_the_array_path(dispersion, e0, n_channels, dtype):
+    energy, counts, *_ = spectra(dispersion, e0, n_channels, per_tau=8, seed=11)
+    for method in ({}, {"method": "threshold", "threshold_ev": 1.5}, {"smooth": 7}):
+        t, _ = assert_paths_agree(counts.astype(dtype), energy, **method)
+        assert np.isfinite(t).all()
+
+
+def random_spectra(rng, energy, count: int, drift_ev: float) -> np.ndarray:
+    """Spectra with random thickness, band gap (0.3-3 eV: gaps that hide the first minimum
+    included), onset exponent, counts (sparse 30 to 1e6) and ZLP width, drifted up to drift_ev."""
+    maps = {"tau": rng.uniform(0.05, 3.0, count), "e_g": rng.uniform(0.3, 3.0, count),
+            "b": rng.choice([0.5, 1.5], count), "n_counts": 10 ** rng.uniform(1.5, 6.0, count),
+            "drift": rng.uniform(-drift_ev, drift_ev, count)}
+    j, _ = g.noiseless_spectra(energy, {k: np.asarray(v, np.float32) for k, v in maps.items()},
+                               zlp_scale=float(rng.uniform(0.5, 4.0)))
+    return g.detector_counts(j, rng)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_one_pass_on_random_spectra_edges_and_no_zlp(seed):
+    """Random spectra with gaps, drifts to and past the search window's edges (NaN beyond), a
+    window that starts just below 0 eV (the gain side clipped), a search wide enough for shifts
+    that move channels out at either end, NaN channels, and spectra without a ZLP: dark, blanked,
+    dead."""
+    rng = np.random.default_rng(seed)
+    for dispersion, e0, n_channels, search_ev in ((0.025, -5.0, 2048, 1.0), (0.1, -0.6, 500, 1.0),
+                                                  (0.5, -100.0, 1001, 1.0), (0.05, -4.0, 900, 3.5)):
+        energy = e0 + dispersion * np.arange(n_channels)
+        drift = min(1.3 * search_ev, -e0)
+        no_zlp = np.concatenate([rng.poisson(1.0, (3, n_channels)), rng.poisson(50.0, (3, n_channels)),
+                                 np.zeros((2, n_channels))]).astype(np.float32)
+        counts = np.concatenate([random_spectra(rng, energy, 120, drift), no_zlp])
+        counts[:4, rng.integers(0, n_channels, 4)] = np.nan  # a NaN (a chunk zarr never wrote) anywhere
+        for dtype in (np.float32, np.float64):
+            for method in ({}, {"method": "threshold", "threshold_ev": 1.0}, {"smooth": 5}):
+                t, shift = assert_paths_agree(counts.astype(dtype), energy, search_ev=search_ev, **method)
+                assert np.isnan(t[-8:]).all() and np.isnan(shift[-8:]).all()
+                found = np.isfinite(t[:-8]).sum()  # measured 41-86 of 120: both kinds well represented
+                assert 30 < found < 110, (dispersion, found)
+
+
+def test_compiled_one_pass_on_integer_images_and_empty_input():
+    energy, counts, *_ = spectra(*WINDOWS[1], per_tau=2, seed=4)
+    image = np.clip(np.round(counts / 4), 0, None).astype(np.uint16).reshape(3, 4, -1)
+    t, shift = assert_paths_agree(image, energy)
+    assert t.shape == (3, 4) and t.dtype == np.float32
+    t, shift = aligned_log_ratio_thickness(image[:, :0], energy)
+    assert t.shape == shift.shape == (3, 0)
+
+
+def test_cupy_array_path_matches_the_compiled_one():
+    cp = pytest.importorskip("cupy")
+    energy, counts, *_ = spectra(*WINDOWS[1], per_tau=4, seed=6)
+    for method in ({}, {"method": "threshold", "threshold_ev": 1.5}):
+        t, shift = aligned_log_ratio_thickness(counts, energy, **method)
+        t_gpu, shift_gpu = aligned_log_ratio_thickness(cp.asarray(counts), energy, **method)
+        np.testing.assert_array_equal(cp.asnumpy(shift_gpu), shift)
+        np.testing.assert_allclose(cp.asnumpy(t_gpu), t, rtol=0, atol=T_ROUNDING[np.float32])
