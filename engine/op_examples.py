@@ -244,6 +244,7 @@ example(Step("pdf.evolve", {"pdf": FITTED, "evolution": evolution_operators}))
 PREDICTION = example(Step("pdf.predict", {"pdf": FITTED, "theory": LEVEL1, "truth": TRUTH}))
 example(Step("pdf.closure", {"data": PREDICTION}))
 example(Step("pdf.dataset_view", {"data": PREDICTION}, {"dataset": "TOY_P"}))
+example(Step("pdf.chi2_by_dataset", {"data": PREDICTION}))
 example(Step("pdf.x_scan", params={"n_points": 5}))
 example(Step("pdf.evaluate", {"pdf": TRUTH, "points": pdf_points}))
 

@@ -16,6 +16,7 @@ from . import (  # noqa: F401
     lhc_eft_bounds,
     lhc_omnifold,
     lhc_tagging,
+    pdf_chi2,
     pdf_compress,
     pdf_evolve,
     pdf_fit,
