@@ -144,3 +144,26 @@ def test_a_chunk_declaring_another_size_is_refused_not_half_filled(tmp_path):
     (path / "c" / "0" / "0").write_bytes((tmp_path / "b" / "c" / "0" / "0").read_bytes())
     with pytest.raises(ValueError, match="decodes to 256 bytes, not the 512"):
         zarr.open_array(str(path))[:8, :8]
+
+
+def test_uncompressed_chunks_read_straight_into_the_output_from_files_and_other_stores(tmp_path):
+    """A whole plain chunk is read from its file into its place in the output (LocalStore) or
+    copied once from another store's bytes (MemoryStore): both equal zarr's own pipeline; a chunk
+    file of another size is named, not read in part."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    data = np.arange(48 * 5, dtype=np.float64).reshape(48, 5)
+    for store in (str(tmp_path / "a"), MemoryStore()):
+        array = zarr.create_array(store, shape=data.shape, chunks=(16, 5), dtype=data.dtype,
+                                  compressors=None, fill_value=-1.0)
+        array[:32] = data[:32]  # the last chunk is never written: the fill value
+        got = zarr.open_array(store)[:]
+        with zarr.config.set({"codec_pipeline.path": REFERENCE_PIPELINE}):
+            np.testing.assert_array_equal(got, zarr.open_array(store)[:])
+        np.testing.assert_array_equal(got[:32], data[:32])
+        assert np.all(got[32:] == -1.0)
+    chunk = tmp_path / "a" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-8])
+    with pytest.raises(ValueError, match=r"holds 632 bytes, not the 640 of a \(16, 5\) float64 chunk"):
+        zarr.open_array(str(tmp_path / "a"))[:]

@@ -324,7 +324,14 @@ def test_the_valence_band_is_calibrated_pooled_over_eight_seeds(name):
     shared: one seed kept 0 of 16. Ruled out: NNPDF's iterated exponents (alpha_eff = ln V / ln(1/x) carries
     the normalisation, 0.51 at x = 1e-3 for the toy's power 0.2: V's range went to [0.34, 0.75] and
     the bias grew, 2.30 at 2e-3), trainable alpha_V (it rose), beta_V = beta_Sigma and beta_V3 =
-    beta_T3, all exponents per replica (V 0.33-0.48, V3 0.97-1.0). The input is (x, ln x) already."""
+    beta_T3, all exponents per replica (V 0.33-0.48, V3 0.97-1.0). The input is (x, ln x) already.
+    Also ruled out (s32): NN_V through softplus(2 NN) / 2 (V > 0, int V > 0 always) with the x ubar,
+    x dbar rows dropped (x u, x d kept; dropping all four: seed 0 alike, seed 3 kept 9 of 16): seed 0
+    V / truth 1.57 1.13 0.94 0.90 0.98, but 8 seeds: V coverage 0.818 +- 0.058, RMS pull 0.705; V3
+    0.864, 0.487; kept 0.81 (seed 5: 6 of 16, the test's kept >= 8 fails). The dropped replicas
+    miss one validation point: e+p at y = 0.7, x = 0.7 (x ubar + 0.09 x d) is validation in seeds 3
+    and 5, so nothing trained fixes x ubar at x >~ 0.6 (seed 3's pulls there +24 .. -125).
+    With V's exponents shared as well: V coverage 0.457, RMS pull 2.88 (seeds 4-7; seed 6 chi2/n 13)."""
     bands, chi2 = _eight_seed_closure()
     result = pooled(bands[name])
     print(name, result, "chi2/n", chi2)
