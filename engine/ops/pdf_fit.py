@@ -41,6 +41,7 @@ from .ensembles import (
     result_layout,
     weight_names,
 )
+from .pdf_chi2 import chi2_per_point
 from .replicas import TrainingParams
 
 POINT = "point"
@@ -566,22 +567,14 @@ class ClosureParams(_Params):
 
 
 def _closure(prediction, kept, truth, data, covariance):
-    from ..kernels.replicas import checked_cholesky
-
     kept = np.asarray(kept, bool)
     chosen = np.asarray(prediction)[kept]
     central = chosen.mean(0)
-    factor = checked_cholesky(np.asarray(covariance, float))
-
-    def chi2(a, b):
-        z = np.linalg.solve(factor, a - b)
-        return float(z @ z / z.size)
-
     pulls = (central - truth) / chosen.std(0, ddof=1)
     return np.array(
         [
-            chi2(central, truth),
-            chi2(central, data),
+            chi2_per_point(central, truth, covariance),
+            chi2_per_point(central, data, covariance),
             float(np.sqrt(np.mean(pulls**2))),
             float(kept.mean()),
             float(kept.sum()),
