@@ -22,6 +22,7 @@ import fsspec
 import xarray as xr
 from ruamel.yaml import YAML
 
+from . import zarr_io
 from .config import catalog_dir
 from .errors import CatalogError, Problem, did_you_mean
 from .integrity import read_manifest
@@ -180,7 +181,7 @@ def open_entry(entry: CatalogEntry, lake: Lake, chunks: dict[str, int] | None = 
     read_manifest(fs, path)  # the file, where zarr and xarray would fail with a bare JSON or TypeError
     kwargs = {"consolidated": False, **entry.open_kwargs}
     kwargs["chunks"] = chunks if chunks is not None else (kwargs.get("chunks") or {})
-    return xr.open_zarr(entry.url, **kwargs)
+    return zarr_io.open_dataset(entry.url, **kwargs)
 
 
 def entry_token(entry: CatalogEntry, lake: Lake) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import fsspec
 import xarray as xr
 
-from . import config
+from . import config, zarr_io
 from .errors import LakeError
 from .integrity import write_manifest
 from .links import refuse_link_out
@@ -157,9 +157,9 @@ class Lake:
     def open_store(self, path: str, chunks: dict | None = None) -> xr.Dataset:
         """Open the zarr store at `path` in this lake lazily (a published entry's, or one a run has
         staged and not yet published: engine/runner.py reads earlier waves' outputs from there)."""
-        return xr.open_zarr(self.url(path), consolidated=False,
-                            chunks=chunks if chunks is not None else {},
-                            storage_options=None if self.is_local else self.storage_options)
+        return zarr_io.open_dataset(self.url(path), consolidated=False,
+                                    chunks=chunks if chunks is not None else {},
+                                    storage_options=None if self.is_local else self.storage_options)
 
     def at(self, version: str) -> Lake:
         """This lake, reading version `version` wherever an entry is opened without `at`: for code

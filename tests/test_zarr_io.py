@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from zarr.codecs import BloscCodec
 
 from engine.zarr_io import MIN_CHUNK_BYTES, merged_chunks, prepare_for_write
 from tests.conftest import REPO
@@ -167,3 +168,154 @@ def test_uncompressed_chunks_read_straight_into_the_output_from_files_and_other_
     chunk.write_bytes(chunk.read_bytes()[:-8])
     with pytest.raises(ValueError, match=r"holds 632 bytes, not the 640 of a \(16, 5\) float64 chunk"):
         zarr.open_array(str(tmp_path / "a"))[:]
+
+
+DIRECT_CODECS = {
+    "none": (),
+    "lz4 byte shuffle": (BloscCodec(cname="lz4", clevel=3, shuffle="shuffle"),),
+    "lz4 bit shuffle": (BloscCodec(cname="lz4", clevel=3, shuffle="bitshuffle"),),
+    "zstd": (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),),
+}
+
+
+def write_arrays(path, arrays: dict, compressors: tuple = (), fill_value=None, **create) -> None:
+    """A zarr v3 group holding `arrays` (name -> (data, chunks, dims)) as xarray reads it."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for name, (data, chunks, dims) in arrays.items():
+        array = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype,
+                                   compressors=compressors, fill_value=fill_value,
+                                   dimension_names=dims, **create)
+        array[...] = data
+
+
+def direct(dataset: xr.Dataset, name: str) -> bool:
+    """Whether the variable reads through zarr_io.DirectChunks (not xarray's wrappers)."""
+    from engine.zarr_io import DIRECT_PREFIX
+
+    return dataset[name].data.name.startswith(DIRECT_PREFIX)
+
+
+def zarr_reference(path, name: str) -> np.ndarray:
+    """The array as zarr's own codec pipeline reads it."""
+    import zarr
+
+    with zarr.config.set({"codec_pipeline.path": REFERENCE_PIPELINE}):
+        return zarr.open_array(str(path / name), mode="r")[...]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint16, bool])
+@pytest.mark.parametrize("compressors", list(DIRECT_CODECS))
+def test_direct_chunk_reads_equal_zarr_s_own(tmp_path, dtype, compressors):
+    """zarr_io.open_dataset reads 1-D and 3-D variables straight from their chunk files, equal
+    to zarr's own pipeline: edge chunks (in-bounds part), a chunk file never written (the fill
+    value, NaN for floats), dask chunks of several whole zarr chunks, and chunks that cut zarr
+    chunks (zarr reads those); a 0-d variable, which xarray loads at once, stays xarray's."""
+    from engine import zarr_io
+
+    rng = np.random.default_rng(1)
+    fill = {"f": np.nan, "b": True}.get(np.dtype(dtype).kind, 7)
+
+    def values(*shape: int) -> np.ndarray:
+        drawn = rng.normal(size=shape) * 300
+        return drawn > 0 if dtype is bool else drawn.astype(dtype)
+
+    arrays = {
+        "line": (values(1003), (100,), ["event"]),
+        "cube": (values(13, 11, 40), (4, 4, 16), ["y", "x", "e"]),
+        "scalar": (np.array(5, dtype), (), []),
+    }
+    write_arrays(tmp_path, arrays, DIRECT_CODECS[compressors], fill_value=fill)
+    (tmp_path / "cube" / "c" / "1" / "2" / "0").unlink()  # never written: reads as the fill value
+    (tmp_path / "line" / "c" / "10").unlink()  # the edge chunk
+    expected = {name: data.copy() for name, (data, _, _) in arrays.items()}
+    expected["cube"][4:8, 8:11, :16] = fill
+    expected["line"][1000:] = fill
+    for chunks in ({}, {"event": 300, "y": 8, "x": 8, "e": 32}, {"event": 77, "y": 5}):
+        dataset = zarr_io.open_dataset(str(tmp_path), consolidated=False, chunks=chunks)
+        reference = xr.open_zarr(tmp_path, consolidated=False, chunks=chunks)
+        assert direct(dataset, "line") and direct(dataset, "cube")
+        assert dataset["cube"].chunks == reference["cube"].chunks
+        for name in arrays:
+            got = dataset[name].values
+            assert got.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(got, zarr_reference(tmp_path, name))
+            np.testing.assert_array_equal(got, expected[name])
+
+
+def test_arrays_it_cannot_read_exactly_go_xarray_s_way(tmp_path):
+    """Big-endian bytes, sharding, gzip and CF-decoded variables (scale_factor, a _FillValue that
+    xarray masks) are read by xarray and zarr as before, with the same values; so is every
+    variable of a remote store."""
+    import zarr
+    from zarr.codecs import BytesCodec, GzipCodec
+
+    from engine import zarr_io
+
+    data = np.arange(6 * 64, dtype=np.float32).reshape(6, 64)
+    write_arrays(tmp_path / "big", {"v": (data, (2, 16), ["y", "x"])}, serializer=BytesCodec(endian="big"))
+    write_arrays(tmp_path / "shard", {"v": (data, (2, 16), ["y", "x"])}, shards=(2, 32))
+    write_arrays(tmp_path / "gzip", {"v": (data, (2, 16), ["y", "x"])}, compressors=(GzipCodec(),))
+    write_arrays(tmp_path / "cf", {"v": (data.astype(np.int16), (2, 16), ["y", "x"])})
+    zarr.open_array(str(tmp_path / "cf" / "v"), mode="r+").attrs["scale_factor"] = 0.5
+    masked = xr.Dataset({"v": (("y", "x"), data)}).chunk(y=2, x=16)  # 0 masked as NaN by xarray
+    masked.to_zarr(tmp_path / "masked", zarr_format=3, consolidated=False,
+                   encoding={"v": {"_FillValue": 0.0, "compressors": (zarr_io.CODEC,)}})
+    expected = {"cf": data * 0.5, "masked": np.where(data == 0, np.nan, data)}
+    for kind in ("big", "shard", "gzip", "cf", "masked"):
+        dataset = zarr_io.open_dataset(str(tmp_path / kind), consolidated=False, chunks={})
+        assert not direct(dataset, "v"), kind
+        reference = xr.open_zarr(tmp_path / kind, consolidated=False, chunks={})
+        xr.testing.assert_identical(dataset, reference)
+        np.testing.assert_array_equal(dataset["v"].values, expected.get(kind, data))
+    assert zarr_io._local_root("memory://lake/a", {}) is None
+    assert zarr_io._local_root(str(tmp_path), {"storage_options": {"anon": True}}) is None
+    assert zarr_io._local_root(f"file://{tmp_path}", {"group": "g"}) == tmp_path / "g"
+
+
+def test_a_chunk_file_of_another_size_is_named_not_read_in_part(tmp_path):
+    """An uncompressed chunk file shorter than its chunk, and a Blosc frame of a smaller chunk,
+    are errors naming the file and both sizes."""
+    from engine import zarr_io
+
+    data = np.arange(64.0).reshape(8, 8)
+    write_arrays(tmp_path / "plain", {"v": (data, (4, 8), ["y", "x"])})
+    write_arrays(tmp_path / "blosc", {"v": (data, (4, 8), ["y", "x"]),
+                                      "w": (data[:2], (2, 8), ["a", "x"])}, DIRECT_CODECS["zstd"])
+    chunk = tmp_path / "plain" / "v" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-8])
+    other = tmp_path / "blosc" / "v" / "c" / "1" / "0"
+    other.write_bytes((tmp_path / "blosc" / "w" / "c" / "0" / "0").read_bytes())
+    for kind, message in (("plain", "holds 248 bytes, not the 256"),
+                          ("blosc", "decodes to 128 bytes, not the 256")):
+        dataset = zarr_io.open_dataset(str(tmp_path / kind), consolidated=False, chunks={})
+        assert direct(dataset, "v")
+        with pytest.raises(ValueError, match=f"{tmp_path / kind / 'v' / 'c' / '1' / '0'} {message}"):
+            dataset["v"].compute()
+
+
+def test_a_store_rewritten_in_place_reads_its_new_values(tmp_path):
+    """The direct read's dask name is the same for the same store opened twice and another once
+    the store is rewritten, so no graph built before serves the old chunks; the reader pickles
+    (a distributed worker gets it) without the zarr array it opened."""
+    import pickle
+
+    from engine import zarr_io
+
+    def write(values: np.ndarray) -> xr.Dataset:
+        """The lake's way: its codec, xarray's _FillValue (NaN) for a float."""
+        dataset = xr.Dataset({"v": ("x", values)}).chunk(x=16)
+        dataset.to_zarr(tmp_path, mode="w", zarr_format=3, consolidated=False,
+                        encoding=zarr_io.encoding_for(dataset))
+        return zarr_io.open_dataset(str(tmp_path), consolidated=False, chunks={})
+
+    first = write(np.arange(40.0))
+    assert first["v"].data.name == zarr_io.open_dataset(str(tmp_path), consolidated=False).v.data.name
+    second = write(np.arange(40.0) * 2)
+    assert direct(second, "v") and second["v"].data.name != first["v"].data.name
+    np.testing.assert_array_equal(second["v"].values, np.arange(40.0) * 2)
+    reader = zarr_io.DirectChunks.of(tmp_path / "v", second["v"])
+    assert reader[np.s_[3:9]].tolist() == (np.arange(3.0, 9.0) * 2).tolist()  # zarr's read
+    copied = pickle.loads(pickle.dumps(reader))
+    np.testing.assert_array_equal(copied[np.s_[16:40]], np.arange(16.0, 40.0) * 2)

@@ -57,12 +57,18 @@ def architecture(
     replica_params: Sequence[str] = (),
     trainable_params: Sequence[str] = (),
     positivity: Mapping[str, float] | None = None,
+    positive_outputs: Sequence[int] = (),
     dtype: str = "float32",
 ) -> dict:
     """The JSON-able description EnsembleMLP.architecture() returns for these settings.
 
+    positive_outputs: outputs the network makes positive by construction (softplus of the layers'
+    output, before the output transform); recorded only when there are some, so architectures
+    stored before it existed read back unchanged.
+
     ValueError for bad widths, a wrong number of activations, an unknown activation or
-    initialiser, a negative seed, or trainable params that are not replica params.
+    initialiser, a negative seed, trainable params that are not replica params, or positive
+    outputs that are not distinct output indices.
     """
     sizes = check_layers(sizes, activations)
     for name in activations:
@@ -75,7 +81,10 @@ def architecture(
     unknown = set(trainable_params) - set(replica_params)
     if unknown:
         raise ValueError(f"trainable_params {sorted(unknown)} are not in replica_params")
-    return {
+    positive = [int(i) for i in positive_outputs]
+    if len(set(positive)) != len(positive) or not all(0 <= i < sizes[-1] for i in positive):
+        raise ValueError(f"positive_outputs must be distinct indices below {sizes[-1]}, got {positive}")
+    described = {
         "sizes": sizes,
         "activations": list(activations),
         "seed": int(seed),
@@ -87,3 +96,4 @@ def architecture(
         "positivity": dict(positivity) if positivity else None,
         "dtype": dtype,
     }
+    return {**described, "positive_outputs": positive} if positive else described

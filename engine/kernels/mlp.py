@@ -294,7 +294,8 @@ class EnsembleMLP(torch.nn.Module):
 
     x is (B, in), shared by all replicas, or (R, B, in), one input set per replica; the output is
     a (R, B, n_out) view of feature-major storage (call .contiguous() if you need a copy). Order of
-    the computation: input_transform(x) -> layers -> output_transform(x, out) -> positivity. Replica
+    the computation: input_transform(x) -> layers -> softplus on `positive_outputs` ->
+    output_transform(x, out) -> positivity. Replica
     params (e.g. PDF preprocessing exponents alpha, beta) are per-replica arrays with leading dim R;
     those named in `trainable_params` are optimised with the weights.
     """
@@ -315,6 +316,7 @@ class EnsembleMLP(torch.nn.Module):
         replica_params: Mapping[str, np.ndarray | Tensor] | None = None,
         trainable_params: Sequence[str] = (),
         positivity: Positivity | None = None,
+        positive_outputs: Sequence[int] = (),
     ):
         super().__init__()
         if n_replicas <= 0:
@@ -328,7 +330,13 @@ class EnsembleMLP(torch.nn.Module):
         self.sizes = sizes
         self.activations = list(activations)
         self._acts = [lookup(ACTIVATIONS, a, "activation") for a in self.activations]
-        self.supports_layers_backward = all(a in BACKWARD_FROM_OUTPUT for a in self.activations)
+        self.positive_outputs = tuple(int(i) for i in positive_outputs)
+        if self.positive_outputs:  # distinct indices of outputs: ValueError otherwise
+            spec.architecture(sizes, activations, positive_outputs=self.positive_outputs)
+        # the hand-written backward runs from the layers' output: no softplus in between
+        self.supports_layers_backward = not self.positive_outputs and all(
+            a in BACKWARD_FROM_OUTPUT for a in self.activations
+        )
         self.seed = int(seed)
         self.init = init
         self._initialiser = lookup(INITIALISERS, init, "initialiser")
@@ -489,6 +497,10 @@ class EnsembleMLP(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.raw(x)
+        if self.positive_outputs:  # positive by construction (e.g. a PDF fit's sea antiquarks)
+            index = list(self.positive_outputs)
+            h = h.clone()
+            h[..., index] = F.softplus(h[..., index])
         if self._output_fn:
             h = self._output_fn(x, h, self.replica_params)
         return self.positivity(h) if self.positivity else h
@@ -551,6 +563,7 @@ class EnsembleMLP(torch.nn.Module):
             replica_params=self._param_names,
             trainable_params=self.trainable_params,
             positivity=asdict(self.positivity) if self.positivity else None,
+            positive_outputs=self.positive_outputs,
             dtype=str(self.dtype).removeprefix("torch."),
         )
 
@@ -610,6 +623,7 @@ class EnsembleMLP(torch.nn.Module):
             replica_params={n: np.asarray(arrays[f"param_{n}"]) for n in names},
             trainable_params=arch["trainable_params"],
             positivity=Positivity(**arch["positivity"]) if arch["positivity"] else None,
+            positive_outputs=arch.get("positive_outputs", ()),
         )
         model.load_arrays(arrays)
         return model

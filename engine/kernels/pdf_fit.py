@@ -31,11 +31,12 @@ dx (int u - ubar = 2, int d - dbar = 1) computed inside the loss at every step l
 same Gauss-Legendre rule (weights / x) plus the tail below its lower end x0 = 1e-9 in closed form,
 x V(x0) / (1 - alpha) (the network frozen at its x0 value: V ~ x^-alpha with alpha up to 0.73
 leaves ~2% of int V below 1e-9, which no finite grid ignores). `valence_normalisation` stores the
-same rule in float64. Positivity then also covers x u, x ubar, x d, x dbar one by one (with
-valence, qbar = (q+ - q-) / 2 can go negative while q+ stays positive; NNPDF4.0's POSXUQ, POSXUB,
-POSXDQ, POSXDB sets), with the same growing multiplier. The valence networks start at NN ~ 1, the
-preprocessing shape itself (`ValenceMLP`): from the usual draw int V can start near or below zero,
-where A_V is singular, and the fits stalled.
+same rule in float64. Valence is fitted in the sea basis (V, V3, ubar, dbar: kernels.pdf_basis
+says why), x ubar = softplus(NN_ubar) x^(1 - alpha) (1 - x)^beta and likewise x dbar, positive by
+construction; positivity then also covers x u and x d one by one (NNPDF4.0's POSXUQ, POSXDQ), with
+the same growing multiplier. The valence networks start at NN ~ 1, the preprocessing shape itself
+(`ValenceMLP`): from the usual draw int V can start near or below zero, where A_V is singular,
+and the fits stalled.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from .pdf_basis import (  # noqa: F401 (re-exported: the basis, its check and ro
     fit_rotation,
     fit_sizes,
     fits_valence,
+    positive_outputs,
     targets_of,
     with_gluon,
 )
@@ -158,6 +160,7 @@ def build_model(r: int, config: PdfFitConfig, device) -> EnsembleMLP:
         replica_params=draw_preprocessing(
             config.basis, ids, config.seed, shared=config.preprocessing == "shared"
         ),
+        positive_outputs=positive_outputs(config.basis),
         **valence,
     )
 
@@ -165,12 +168,13 @@ def build_model(r: int, config: PdfFitConfig, device) -> EnsembleMLP:
 def _plus_rotation(basis: tuple[str, ...]) -> np.ndarray:
     """(quark, fitted) matrix giving x q+ = x (q + qbar) for the quarks the fit makes non-zero,
     and x g when the gluon is fitted (NNPDF4.0 keeps the gluon positive too); with valence also
-    each of x u, x ubar, x d, x dbar, which q = qbar kept positive with q+."""
+    x u and x d, which q = qbar kept positive with q+ (NNPDF4.0's POSXUQ, POSXDQ; x ubar, x dbar
+    are the sea basis's own functions, positive by construction)."""
     rotation = fit_rotation(basis)
     quarks = [i for i, pid in enumerate(FLAVOURS) if 0 < pid < 21]
     plus = np.stack([rotation[i] + rotation[FLAVOURS.index(-FLAVOURS[i])] for i in quarks])
     if fits_valence(basis):
-        plus = np.vstack([plus, rotation[[FLAVOURS.index(pid) for pid in (-2, -1, 1, 2)]]])
+        plus = np.vstack([plus, rotation[[FLAVOURS.index(pid) for pid in (1, 2)]]])
     plus = plus[np.any(np.abs(plus) > 1e-12, axis=1)]
     return np.vstack([plus, rotation[FLAVOURS.index(21)]]) if GLUON in basis else plus
 

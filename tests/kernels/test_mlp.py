@@ -81,12 +81,33 @@ def test_unknown_names_suggest_the_closest():
         ({"replica_ids": [0, 1, 2]}, "replica_ids"),
         ({"replica_params": {"a": np.ones(3)}}, "leading dim 2"),
         ({"replica_params": {"a": np.ones(2)}, "trainable_params": ["b"]}, "not in replica_params"),
+        ({"positive_outputs": [1]}, "positive_outputs must be distinct indices below 1"),
+        ({"positive_outputs": [0, 0]}, "positive_outputs must be distinct"),
     ],
 )
 def test_constructor_errors(kwargs, message):
     args = {"n_replicas": 2, "sizes": [1, 3, 1], "activations": ["tanh", "linear"], **kwargs}
     with pytest.raises(ValueError, match=message):
         EnsembleMLP(**args)
+
+
+def test_positive_outputs_are_softplus_of_the_layers_and_survive_the_arrays():
+    """Outputs named positive are softplus of the layers' output (before the output transform),
+    the others untouched; from_arrays rebuilds the same network, and an architecture without
+    positive outputs reads as before (no key)."""
+    model = EnsembleMLP(3, *PDF, seed=5, positive_outputs=[1, 3])
+    x = torch.linspace(0.1, 0.9, 7, dtype=model.dtype)[:, None].expand(7, 2).contiguous()
+    with torch.no_grad():
+        raw, out = model.raw(x), model(x)
+    assert (raw[..., [1, 3]] < 0).any()
+    assert torch.equal(out[..., [0, 2, 4, 5, 6, 7]], raw[..., [0, 2, 4, 5, 6, 7]])
+    assert torch.allclose(out[..., [1, 3]], torch.nn.functional.softplus(raw[..., [1, 3]]))
+    architecture = json.loads(json.dumps(model.architecture()))
+    assert architecture["positive_outputs"] == [1, 3] and not model.supports_layers_backward
+    rebuilt = EnsembleMLP.from_arrays(model.to_arrays(), architecture)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), out)
+    assert "positive_outputs" not in EnsembleMLP(3, *PDF).architecture()
 
 
 def test_input_shape_errors():
