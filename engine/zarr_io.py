@@ -429,7 +429,8 @@ class DirectChunks:
             return None
         reader = cls(folder, metadata, (stat.st_ino, stat.st_mtime_ns, stat.st_size))
         plain = reader.dtype.kind in "biufc" and reader.dtype == var.dtype and reader.shape == var.shape
-        return reader if plain else None
+        empty = 0 in reader.shape or 0 in reader.chunk_shape  # e.g. (points, 0) systematics: no files
+        return reader if plain and not empty else None
 
     def dask(self, chunks: tuple) -> da.Array:
         """A dask array of this array in `chunks`, named by the store's folder, the array's

@@ -245,9 +245,10 @@ def test_direct_chunk_reads_equal_zarr_s_own(tmp_path, dtype, compressors):
 
 
 def test_arrays_it_cannot_read_exactly_go_xarray_s_way(tmp_path):
-    """Big-endian bytes, sharding, gzip and CF-decoded variables (scale_factor, a _FillValue that
-    xarray masks) are read by xarray and zarr as before, with the same values; so is every
-    variable of a remote store."""
+    """Big-endian bytes, sharding, gzip, CF-decoded variables (scale_factor, a _FillValue that
+    xarray masks) and empty arrays (a (points, 0) table of systematics: zero-length chunks) are
+    read by xarray and zarr as before, with the same values; so is every variable of a remote
+    store."""
     import zarr
     from zarr.codecs import BytesCodec, GzipCodec
 
@@ -262,8 +263,9 @@ def test_arrays_it_cannot_read_exactly_go_xarray_s_way(tmp_path):
     masked = xr.Dataset({"v": (("y", "x"), data)}).chunk(y=2, x=16)  # 0 masked as NaN by xarray
     masked.to_zarr(tmp_path / "masked", zarr_format=3, consolidated=False,
                    encoding={"v": {"_FillValue": 0.0, "compressors": (zarr_io.CODEC,)}})
-    expected = {"cf": data * 0.5, "masked": np.where(data == 0, np.nan, data)}
-    for kind in ("big", "shard", "gzip", "cf", "masked"):
+    write_arrays(tmp_path / "empty", {"v": (data[:, :0], (6, 0), ["y", "x"])})
+    expected = {"cf": data * 0.5, "masked": np.where(data == 0, np.nan, data), "empty": data[:, :0]}
+    for kind in ("big", "shard", "gzip", "cf", "masked", "empty"):
         dataset = zarr_io.open_dataset(str(tmp_path / kind), consolidated=False, chunks={})
         assert not direct(dataset, "v"), kind
         reference = xr.open_zarr(tmp_path / kind, consolidated=False, chunks={})

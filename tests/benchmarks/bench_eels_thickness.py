@@ -139,12 +139,14 @@ def read_once(lake: Path, entry: str) -> None:
 
 
 def read_once_xarray(lake: Path, entry: str) -> None:
-    """The same read as the engine's ops get it: the store opened through xarray (coordinates,
-    indexes), every chunk decoded and summed per spectrum; the fair floor for our thickness."""
+    """The same read as the engine's ops get it: the store opened as the lake opens it (xarray's
+    coordinates and indexes, zarr_io's direct chunk reads), every chunk decoded and summed per
+    spectrum; the fair floor for our thickness."""
     import dask
-    import xarray as xr
 
-    image = xr.open_zarr(str(lake / "raw" / entry), consolidated=False)
+    from engine.zarr_io import open_dataset
+
+    image = open_dataset(str(lake / "raw" / entry), consolidated=False)
     dask.compute(image["counts"].data.sum(axis=-1), scheduler="threads")
 
 
@@ -152,11 +154,11 @@ def engine_thickness(lake: Path, entry: str, params: dict, align: bool = False) 
     """Our thickness op in-process (no interpreter start-up): open, build the graph, compute;
     with align, on the output of eels.align_zlp (the two-step chain)."""
     import dask
-    import xarray as xr
 
     from engine.ops.eels import AlignParams, ThicknessParams, align_zlp, thickness
+    from engine.zarr_io import open_dataset
 
-    image = xr.open_zarr(str(lake / "raw" / entry), consolidated=False)
+    image = open_dataset(str(lake / "raw" / entry), consolidated=False)
     if align:
         image = align_zlp(AlignParams(), image)
     result = thickness(ThicknessParams(**params), image)
