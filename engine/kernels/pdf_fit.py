@@ -5,9 +5,10 @@ function b, all replicas stacked in one EnsembleMLP; predictions are FK tables c
 rotated outputs on the table's x grid, so a training step costs one small network pass on the
 grid, whatever the number of data points.
 
-The fit basis is a subset of the evolution basis (Sigma, g, V, V3, V8, T3, T8) at Q0 below charm.
-Functions not fitted are fixed by stated assumptions: T8 = Sigma (no strange sea: s + sbar = 0),
-T3, V, V3, V8 = 0 (charge symmetry q = qbar), V8 = V when V and V3 are fitted (s - sbar = 0).
+The fit basis is a subset of the evolution basis (Sigma, g, T3, T8) at Q0 below charm, or, with
+valence, the sea basis (V, V3, ubar, dbar, g). Functions not fitted are fixed by stated
+assumptions: T8 = Sigma (no strange sea: s + sbar = 0), T3, V, V3, V8 = 0 (charge symmetry q =
+qbar) without valence, V8 = V with it (s - sbar = 0).
 `check_basis` refuses a basis the data cannot determine. The basis, its rotation and its check are
 numpy only and live in kernels.pdf_basis (validating and planning a fit imports no torch); they are
 re-exported here.

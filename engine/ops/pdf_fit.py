@@ -256,7 +256,11 @@ class PositivityParams(_Params):
 
 
 class FitParams(TrainingParams, GridParams):
-    basis: list[str] = Field(["Sigma", "T3"], description="fitted evolution-basis functions")
+    basis: list[str] = Field(
+        ["Sigma", "T3"],
+        description="fitted functions: from Sigma, T3, T8 (evolution basis), or the sea basis "
+        "V, V3, ubar, dbar on tables that see q - qbar (valence; x ubar, x dbar positive by construction)",
+    )
     hidden: Widths = Field([25, 20], description="hidden layer widths (NNPDF4.0: 25, 20)")
     positivity: PositivityParams = PositivityParams()
     preprocessing: Literal["per_replica", "shared"] = Field(
@@ -401,10 +405,10 @@ def fit(params: FitParams, data: xr.Dataset, theory: xr.Dataset, context: StepCo
     stated assumptions. The gluon (param gluon): on tables that depend on it, a fitted flavour
     (the networks' last output, basis attrs ending in g) normalised by the momentum sum rule
     inside every training step; on LO tables the shape x^-0.1 (1 - x)^5 normalised after the fit
-    (`gluon_norm`: A_g per replica). A basis with V and V3 (tables that see q - qbar: charged
-    current, xF3) fits the valence normalised by int V = 3, int V3 = 1 at every step
-    (`valence_norm`: A_V, A_V3 per replica), V8 = V. Positivity of x(q + qbar) (and x g when
-    fitted; x u, x ubar, x d, x dbar with valence) is a growing penalty.
+    (`gluon_norm`: A_g per replica). The sea basis V, V3, ubar, dbar (tables that see q - qbar:
+    charged current, xF3) fits the valence normalised by int V = 3, int V3 = 1 at every step
+    (`valence_norm`: A_V, A_V3 per replica), V8 = V, and the antiquarks positive by construction.
+    Positivity of x(q + qbar) (and x g when fitted; x u, x d with valence) is a growing penalty.
     """
     from ..kernels.pdf_basis import VALENCE, fit_architecture, fits_valence, with_gluon
 

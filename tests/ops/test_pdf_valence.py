@@ -315,27 +315,29 @@ def test_the_valence_networks_start_at_the_preprocessing_shape_also_when_reiniti
 
 
 @lru_cache(maxsize=1)
-def _sixteen_seed_closure():
-    """The slow closure, once for both slow tests: 16 seeds, 16 replicas, 8000 epochs at lr 3e-3,
-    NNPDF's patience (10% of the epochs), as the gluon's (tests/ops/test_pdf_nnlo_fit.py). 16
-    seeds, not 8: one seed's points share its level-1 fluctuation, and with 8 the pooled coverage's
-    standard error (~0.10) left a tolerance of 0.15 unresolved (tests/calibration.py)."""
-    return valence_bands(range(16), replicas=16, epochs=8000, lr=3e-3, patience=None, threshold=5.0)
+def _pooled_closure():
+    """The slow closure, once for both slow tests: 24 seeds, 16 replicas, 8000 epochs at lr 3e-3,
+    NNPDF's patience (10% of the epochs), as the gluon's (tests/ops/test_pdf_nnlo_fit.py). 24
+    seeds, not 8: one seed's points share its level-1 fluctuation, so the pooled coverage's
+    standard error was ~0.10 at 8 seeds and 0.071-0.077 at 16, too loose for a tolerance of 0.15
+    (tests/calibration.py asks for two standard errors within it)."""
+    return valence_bands(range(24), replicas=16, epochs=8000, lr=3e-3, patience=None, threshold=5.0)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VALENCE)
-def test_the_valence_band_is_calibrated_pooled_over_sixteen_seeds(name):
-    """V or V3 at the grid's x in VALENCE_SEEN, pooled over 16 seeds: coverage and RMS pull two-sided
+def test_the_valence_band_is_calibrated_pooled_over_24_seeds(name):
+    """V or V3 at the grid's x in VALENCE_SEEN, pooled over 24 seeds: coverage and RMS pull two-sided
     around a calibrated 16-replica ensemble's (tests/calibration.py), every replica kept.
 
     The sea basis (kernels.pdf_basis), V's exponents drawn per replica and V3's shared
-    (draw_preprocessing says why). Measured per 8 seeds before the test took 16 (the same settings through
-    this module's valence_bands): seeds 0-7 V coverage 0.582
+    (draw_preprocessing says why). Measured (394 s wall at load ~2.5 on 2 cores): V coverage 0.494
+    +- 0.059, RMS pull 1.277 +- 0.110; V3 0.636 +- 0.065, 0.907 +- 0.114 (calibrated 0.607, 1.107);
+    384 of 384 replicas kept, chi2/n of the replica mean to the level-1 data 0.78-1.27 per seed.
+    Per 8 seeds, the same settings through this module's valence_bands: seeds 0-7 V coverage 0.582
     +- 0.099, RMS pull 1.120 +- 0.188, V3 0.629 +- 0.091, 0.891 +- 0.199; seeds 8-15 (not used to
     choose the method) V 0.471 +- 0.105, 1.302 +- 0.205, V3 0.561 +- 0.129, 0.852 +- 0.130
-    (calibrated 0.607, 1.107); 255 of 256 replicas kept, chi2/n of the replica mean to the level-1
-    data 0.78-1.27 per seed.
+    (calibrated 0.607, 1.107).
 
     Before, in the evolution basis (Sigma, T3, V, V3; x u, x ubar, x d, x dbar kept positive by
     penalties), this failed: V coverage 0.286 +- 0.090, RMS pull 1.313 +- 0.107, V3 0.954, 0.407,
@@ -350,7 +352,7 @@ def test_the_valence_band_is_calibrated_pooled_over_sixteen_seeds(name):
     In the sea basis the sea's large-x exponent range mattered (8 seeds, V's coverage / RMS pull):
     (1 - x)^[4, 9] 0.496 / 1.309, [6, 10] 0.875 / 0.669, [5, 9] (the shipped range, the counting
     rule's 7 +- 2) 0.582 / 1.120."""
-    bands, chi2 = _sixteen_seed_closure()
+    bands, chi2 = _pooled_closure()
     result = pooled(bands[name])
     print(name, result, "chi2/n", chi2)
     assert_calibrated(result, coverage_tolerance=0.15, pull_tolerance=0.3)
