@@ -41,6 +41,14 @@ def check_layers(sizes: Sequence[int], activations: Sequence[str]) -> list[int]:
     return [int(s) for s in sizes]
 
 
+def check_positive_outputs(positive_outputs: Sequence[int], n_out: int) -> list[int]:
+    """The output indices as ints; ValueError unless distinct and below n_out."""
+    positive = [int(i) for i in positive_outputs]
+    if len(set(positive)) != len(positive) or not all(0 <= i < n_out for i in positive):
+        raise ValueError(f"positive_outputs must be distinct indices below {n_out}, got {positive}")
+    return positive
+
+
 def layer_shapes(sizes: Sequence[int]) -> list[tuple[int, int]]:
     """(fan_in, fan_out) of every layer: weight k is (R, in, out), bias k is (R, 1, out)."""
     return [(int(i), int(o)) for i, o in zip(sizes[:-1], sizes[1:])]
@@ -81,9 +89,7 @@ def architecture(
     unknown = set(trainable_params) - set(replica_params)
     if unknown:
         raise ValueError(f"trainable_params {sorted(unknown)} are not in replica_params")
-    positive = [int(i) for i in positive_outputs]
-    if len(set(positive)) != len(positive) or not all(0 <= i < sizes[-1] for i in positive):
-        raise ValueError(f"positive_outputs must be distinct indices below {sizes[-1]}, got {positive}")
+    positive = check_positive_outputs(positive_outputs, sizes[-1])
     described = {
         "sizes": sizes,
         "activations": list(activations),

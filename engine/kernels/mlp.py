@@ -330,9 +330,7 @@ class EnsembleMLP(torch.nn.Module):
         self.sizes = sizes
         self.activations = list(activations)
         self._acts = [lookup(ACTIVATIONS, a, "activation") for a in self.activations]
-        self.positive_outputs = tuple(int(i) for i in positive_outputs)
-        if self.positive_outputs:  # distinct indices of outputs: ValueError otherwise
-            spec.architecture(sizes, activations, positive_outputs=self.positive_outputs)
+        self.positive_outputs = tuple(spec.check_positive_outputs(positive_outputs, sizes[-1]))
         # the hand-written backward runs from the layers' output: no softplus in between
         self.supports_layers_backward = not self.positive_outputs and all(
             a in BACKWARD_FROM_OUTPUT for a in self.activations

@@ -294,7 +294,7 @@ def draw_preprocessing(
 # The fit's networks: NN(x, ln x) per fitted function, times x^(1 - alpha) (1 - x)^beta per replica.
 FIT_INPUT_TRANSFORM = "x_logx"
 FIT_OUTPUT_TRANSFORM = "pdf_preprocessing"
-FIT_REPLICA_PARAMS = ("alpha", "beta")  # the sea basis's antiquarks: positive_outputs
+FIT_REPLICA_PARAMS = ("alpha", "beta")
 
 
 def fit_sizes(basis: tuple[str, ...], hidden: tuple[int, ...]) -> list[int]:
