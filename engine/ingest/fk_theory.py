@@ -438,33 +438,27 @@ def run_pipeline(python: str, request: dict) -> tuple[np.ndarray, dict]:
     return run_theory_module(python, "engine.kernels.pdf_theory", request, "fk.npy")
 
 
-@register_format("nnpdf-fk", NnpdfFkParams, positional=("datasets", "name"))
-def ingest_nnpdf_fk(
+def fk_request(
     lake: Lake,
     names: list[str],
-    entry: str,
-    variant: str | None = None,
-    q2_min: float | None = 3.49,
-    w2_min: float | None = 12.5,
-    theory_id: int = NNPDF40_NNLO,
-    fns: str = "ZM-VFNS",
-    q2_max: float | None = None,
-    x_min: float = 1e-3,
-    n_x: int = 50,
-    nodes_per_decade: float = 5.0,
-    check_scales: list[float] | None = None,
-    theory_python: str | None = None,
-    eko_stride: int = 1,
-    jit: bool = True,
-) -> str:
-    """Cut the datasets, build their FK tables, publish raw/ENTRY; returns a description."""
-    import nnpdf_data
+    variant: str | None,
+    q2_min: float | None,
+    w2_min: float | None,
+    theory_id: int,
+    fns: str,
+    q2_max: float | None,
+    x_min: float,
+    n_x: int,
+    nodes_per_decade: float,
+) -> tuple[xr.Dataset, list[Observable], np.ndarray, dict]:
+    """The cut datasets, their observables, the fit's x grid and the theory worker's request.
 
+    The same request from the same arguments hits the worker's caches (yadism grids, eko nodes),
+    so a second caller (the n3fit side-by-side) gets the ingest's tables in seconds.
+    """
     from ..kernels.pdf_fk import x_grid
 
-    lake.new_entry_path("raw", entry)  # refuse a bad entry name before the slow work
     observables = dis_observables(names)
-    python = _interpreter(theory_python)
     read = read_dis_data(names, variant, [o.coverage for o in observables])
     dataset = _below(apply_cuts(proton_beam_targets(read, observables), q2_min, w2_min), q2_max)
     empty = [n for n, count in zip(dataset.attrs["datasets"], dataset.attrs["dataset_points"]) if not count]
@@ -495,11 +489,39 @@ def ingest_nnpdf_fk(
             o.block(YADISM_TARGETS[int(targets[blocks == b][0])]) for b, o in enumerate(in_entry)
         ],
         "nodes_per_decade": nodes_per_decade,
-        "check_scales": list(check_scales or []),
         "cache": str(theory_cache(lake)),
-        "eko_stride": eko_stride,
-        "jit": jit,
     }
+    return dataset, in_entry, grid, request
+
+
+@register_format("nnpdf-fk", NnpdfFkParams, positional=("datasets", "name"))
+def ingest_nnpdf_fk(
+    lake: Lake,
+    names: list[str],
+    entry: str,
+    variant: str | None = None,
+    q2_min: float | None = 3.49,
+    w2_min: float | None = 12.5,
+    theory_id: int = NNPDF40_NNLO,
+    fns: str = "ZM-VFNS",
+    q2_max: float | None = None,
+    x_min: float = 1e-3,
+    n_x: int = 50,
+    nodes_per_decade: float = 5.0,
+    check_scales: list[float] | None = None,
+    theory_python: str | None = None,
+    eko_stride: int = 1,
+    jit: bool = True,
+) -> str:
+    """Cut the datasets, build their FK tables, publish raw/ENTRY; returns a description."""
+    import nnpdf_data
+
+    lake.new_entry_path("raw", entry)  # refuse a bad entry name before the slow work
+    python = _interpreter(theory_python)
+    dataset, in_entry, grid, request = fk_request(
+        lake, names, variant, q2_min, w2_min, theory_id, fns, q2_max, x_min, n_x, nodes_per_decade
+    )
+    request.update(check_scales=list(check_scales or []), eko_stride=eko_stride, jit=jit)
     fk, result = run_pipeline(python, request)
     version = getattr(nnpdf_data, "__version__", "unknown")
     token = content_token(
@@ -535,7 +557,7 @@ def ingest_nnpdf_fk(
         "fns": fns,
         "theory": json.loads(json.dumps(result, default=str)),
         "observables": [asdict(o) for o in in_entry],
-        "antisymmetric_share": antisymmetric_share(fk, grid, blocks, len(in_entry)),
+        "antisymmetric_share": antisymmetric_share(fk, grid, dataset["dataset_index"].values, len(in_entry)),
     }
     with staged_entry(lake, "raw", entry) as stage:
         options = None if lake.is_local else lake.storage_options

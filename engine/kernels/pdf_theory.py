@@ -35,6 +35,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ THEORY_DISTRIBUTIONS = ("yadism", "eko", "pineko", "pineappl", "nnpdf-data", "nu
 F2 = "F2_total"  # yadism's observable names; F2 alone does not depend on y
 FK_NAME = "fk.npy"
 RESULT_NAME = "result.json"
+PINEAPPL_FK = "fk.pineappl.lz4"  # pineko's FK table of the last combination, in the work folder
 
 Progress = Callable[[str, float], None]
 
@@ -356,7 +358,7 @@ def fk_from_operators(
         for (scale, nf), op in zip(zip(q2, nf_of(q2, theory)), ops):
             combined[(float(scale), int(nf))] = Operator(operator=op)
     max_as = _order_limits(theory)[0]  # max_al 0: QCD only, as `pineko fk`
-    fk_path = workdir / "fk.pineappl.lz4"
+    fk_path = workdir / PINEAPPL_FK
     with eko.EKO.edit(path) as operators:
         _, fktable, _ = evolve.evolve_grid(
             grid,
@@ -444,6 +446,9 @@ def build(request: dict, progress: Progress = _say) -> dict:
                 xgrid,
             )
             timings[f"combine_{block}"] = time.perf_counter() - start
+            if request.get("pineappl_dir"):  # pineko's own table, one bin per distinct point
+                kept_as = Path(request["pineappl_dir"]) / f"block_{block}.pineappl.lz4"
+                shutil.copyfile(work / PINEAPPL_FK, kept_as)
             progress(f"FK table {block} ({spec['target']}): {rows.size} points", timings[f"combine_{block}"])
             if table.shape[0] != len(kinematics):
                 raise ValueError(f"the grid has {table.shape[0]} bins for {len(kinematics)} distinct points")
