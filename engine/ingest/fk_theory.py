@@ -344,6 +344,7 @@ def _join(parts: list) -> xr.Dataset:
         "dataset_index": np.concatenate([p["dataset_index"].values + o for p, o in zip(parts, offsets)]),
         "stat": along("stat"),
         "sys_uncorrelated": along("sys_uncorrelated"),
+        "sys_uncorrelated_multiplicative": along("sys_uncorrelated_multiplicative"),
         "uncorrelated": uncorrelated,
         "sys_additive": add,
         "sys_multiplicative": mult,

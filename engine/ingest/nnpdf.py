@@ -99,11 +99,13 @@ def load_dataset(name: DatasetName, root: Path, variant: str | None):
 
 
 def _systematic_columns(central: np.ndarray, values: np.ndarray, systypes, dataset: str):
-    """(key, treatment, values) per correlated systematic, and the uncorrelated absolute sum.
+    """(key, treatment, values) per correlated systematic, the uncorrelated absolute sum in
+    quadrature, and its MULT part's relative sum (a t0 covariance scales that part with t0, as
+    NNPDF's does every MULT uncertainty; the ADD part stays absolute).
 
     values (n, nsys) are nnpdf-data's raw systematics: ADD absolute, MULT in percent.
     """
-    uncorrelated = np.zeros(central.size)
+    uncorrelated, relative_uncorrelated = np.zeros(central.size), np.zeros(central.size)
     columns = []
     for k, (treatment, sysname) in enumerate(zip(systypes["treatment"], systypes["name"])):
         if sysname in SKIPPED:
@@ -112,10 +114,12 @@ def _systematic_columns(central: np.ndarray, values: np.ndarray, systypes, datas
         if sysname in UNCORRELATED:
             absolute = values[:, k] if relative is None else relative * central
             uncorrelated += absolute**2
+            if relative is not None:
+                relative_uncorrelated += relative**2
             continue
         key = f"{dataset}:{sysname}:{k + 1}" if sysname in PER_DATASET else sysname
         columns.append((key, treatment, values[:, k] if relative is None else relative))
-    return columns, np.sqrt(uncorrelated)
+    return columns, np.sqrt(uncorrelated), np.sqrt(relative_uncorrelated)
 
 
 def _sys_matrix(parts: list[tuple[int, list]], n: int, treatment: str):
@@ -167,11 +171,14 @@ def read_commondata(names: list[str], variant: str | None = None) -> xr.Dataset:
         table = data.commondata_table.iloc[order]
         central = table["data"].to_numpy(float)
         systematics = data.systematics_table.to_numpy(float).reshape(len(order), -1)[order]
-        columns, uncorrelated = _systematic_columns(central, systematics, data.systype_table, name.full)
+        columns, uncorrelated, relative_uncorrelated = _systematic_columns(
+            central, systematics, data.systype_table, name.full)
         parts.append((offset, columns))
         n = len(table)
         blocks.append({"data": central, "stat": table["stat"].to_numpy(float),
-                       "sys_uncorrelated": uncorrelated, "dataset_index": np.full(n, index),
+                       "sys_uncorrelated": uncorrelated,
+                       "sys_uncorrelated_multiplicative": relative_uncorrelated,
+                       "dataset_index": np.full(n, index),
                        "target_index": np.full(n, _target(name.setname)),
                        **{k: table[f"kin{i + 1}"].to_numpy(float) for i, k in enumerate(coverage)},
                        "variant": used})
@@ -191,6 +198,8 @@ def read_commondata(names: list[str], variant: str | None = None) -> xr.Dataset:
         "stat": ("point", joined["stat"], {"long_name": "statistical uncertainty (absolute)"}),
         "sys_uncorrelated": ("point", joined["sys_uncorrelated"],
                              {"long_name": "uncorrelated systematics in quadrature (absolute)"}),
+        "sys_uncorrelated_multiplicative": ("point", joined["sys_uncorrelated_multiplicative"],
+                                            {"long_name": "MULT part of sys_uncorrelated (relative)"}),
         "uncorrelated": ("point", np.hypot(joined["stat"], joined["sys_uncorrelated"]),
                          {"long_name": "statistical and uncorrelated systematic in quadrature (absolute)"}),
         "sys_additive": (("point", "sys_add"), add,

@@ -215,10 +215,15 @@ def level1(params: Level1Params, theory: xr.Dataset, truth: xr.Dataset) -> xr.Da
     )
 
 
-def _t0_covariance(t0, uncorrelated, additive, multiplicative):
-    """C = diag(u^2) + A A^T + (M t0)(M t0)^T: multiplicative systematics at the t0 predictions."""
-    scaled = np.asarray(multiplicative) * np.asarray(t0)[:, None]
-    return np.diag(np.asarray(uncorrelated) ** 2) + additive @ additive.T + scaled @ scaled.T
+def _t0_covariance(t0, data, uncorrelated, relative_uncorrelated, additive, multiplicative):
+    """C = diag(u_t0^2) + A A^T + (M t0)(M t0)^T: every multiplicative uncertainty at the t0
+    predictions, the uncorrelated ones too (u_t0^2 = u^2 - (r data)^2 + (r t0)^2 with r their
+    relative size), as NNPDF's t0 covariance (validphys's, checked to 1e-9 in
+    tests/benchmarks/bench_n3fit.py); statistical and additive ones stay absolute."""
+    t0, data, relative = (np.asarray(a, float) for a in (t0, data, relative_uncorrelated))
+    scaled = np.asarray(multiplicative) * t0[:, None]
+    additive_part = np.clip(np.asarray(uncorrelated) ** 2 - (relative * data) ** 2, 0.0, None)
+    return np.diag(additive_part + (relative * t0) ** 2) + additive @ additive.T + scaled @ scaled.T
 
 
 @register_op(
@@ -231,14 +236,18 @@ def t0_covariance(params: _Params, theory: xr.Dataset, pdf: xr.Dataset) -> xr.Da
     evolution against data spread in Q^2) lowers all predictions to shrink the normalisation
     errors' weight (d'Agostini bias; measured: a real BCDMS + SLAC fit came out 35% below the
     data, 4% above with t0). `covariance` becomes the t0 one; the data's stays as
-    `covariance_experimental`. t0 = member 0 of `pdf` through the FK tables.
+    `covariance_experimental`. t0 = member 0 of `pdf` through the FK tables. Entries ingested
+    before the uncorrelated MULT part was kept apart (no `sys_uncorrelated_multiplicative`) keep
+    all their uncorrelated uncertainties at the data.
     """
     parts = ["uncorrelated", "sys_additive", "sys_multiplicative", "covariance"]
-    require_variables(theory, ["fk", *parts])
+    require_variables(theory, ["fk", "data", *parts])
     xf = _set_at_q0(pdf, theory, "pdf").isel(member=0)
     t0 = xr.dot(theory["fk"], xf, dim=[X_GRID, "flavour"])
+    relative = theory.get("sys_uncorrelated_multiplicative", xr.zeros_like(theory["data"]))
     covariance = dask.delayed(_t0_covariance, pure=True)(
-        as_delayed(t0.data), *(as_delayed(theory[name].data) for name in parts[:3])
+        *(as_delayed(a.data) for a in (t0, theory["data"], theory["uncorrelated"], relative)),
+        *(as_delayed(theory[name].data) for name in parts[1:3]),
     )
     n = theory.sizes[POINT]
     return theory.assign(

@@ -31,9 +31,9 @@ import numpy as np
 import yaml
 
 from engine.ingest.fk_theory import _interpreter, fk_request, run_pipeline
+from engine.ingest.lhapdf_format import write_lhapdf_set
 from engine.ingest.nnpdf import commondata_root, load_dataset, resolve_name
 from engine.kernels.pdf_theory import distinct_points, eko_grid
-from engine.ingest.lhapdf_format import write_lhapdf_set
 from engine.ops.pdf_fit import GridParams, toy_truth
 from engine.storage import PROVENANCE_KEY, Lake
 
@@ -48,11 +48,21 @@ def entry_request(lake: Lake, entry: str):
     cuts, theory = stored.attrs["cuts"], provenance["theory"]
     grid = stored["x_grid"].values
     dataset, _, grid_again, request = fk_request(
-        lake, list(stored.attrs["datasets"]), None, cuts["q2_min"], cuts["w2_min"],
-        provenance["theory_id"], provenance["fns"], cuts.get("q2_max"), float(grid[0]), grid.size,
+        lake,
+        list(stored.attrs["datasets"]),
+        None,
+        cuts["q2_min"],
+        cuts["w2_min"],
+        provenance["theory_id"],
+        provenance["fns"],
+        cuts.get("q2_max"),
+        float(grid[0]),
+        grid.size,
         float(theory["nodes_per_decade"]),
     )
-    if not np.allclose(grid_again, grid, rtol=1e-12) or not np.array_equal(dataset["x"].values, stored["x"].values):
+    if not np.allclose(grid_again, grid, rtol=1e-12) or not np.array_equal(
+        dataset["x"].values, stored["x"].values
+    ):
         raise RuntimeError(f"{entry}: the cuts recorded in the entry no longer select its points")
     eko_x = np.asarray(theory["eko_x"])
     stride = next(s for s in range(1, grid.size) if np.array_equal(eko_grid(grid, s), eko_x))
@@ -70,7 +80,9 @@ def bin_order(stored) -> list[np.ndarray]:
         rows = np.flatnonzero(blocks == block)
         kinematics, first, _ = distinct_points(x[rows], q2[rows], y[rows], observable["observable"])
         if len(kinematics) != rows.size:
-            raise RuntimeError(f"{observable['dataset']}: points repeat in (x, Q2): one FK bin serves several")
+            raise RuntimeError(
+                f"{observable['dataset']}: points repeat in (x, Q2): one FK bin serves several"
+            )
         orders.append(rows[first])
     return orders
 
@@ -123,8 +135,9 @@ def commondata(stored, orders: list[np.ndarray], folder: Path) -> list[str]:
         index = _original_index(data.commondata_table, list(coverage), x[order], q2[order], y[order])
         source = root / resolved.setname
         metadata = yaml.safe_load((source / "metadata.yaml").read_text())
-        observable = next(o for o in metadata["implemented_observables"]
-                          if o["observable_name"] == resolved.observable)
+        observable = next(
+            o for o in metadata["implemented_observables"] if o["observable_name"] == resolved.observable
+        )
         chosen = observable.get("variants", {}).get(used, {}) if used else {}
         files = {**observable, **{k: v for k, v in chosen.items() if k != "experiment"}}
         if chosen.get("experiment"):  # legacy variants name the experiment of the whole set
@@ -159,10 +172,18 @@ def _dump(path: Path, content: dict) -> None:
 def theory_card(stored, theory_id: int, nnpdf_python: str) -> Path:
     """The card validphys reads for `theory_id`, written into the n3fit environment's nnpdf-data."""
     card = dict(stored.attrs[PROVENANCE_KEY]["theory"]["theory_card"])
-    card.update(ID=theory_id, IC=0, Comments=f"ReplicaLake tables of theory {card['ID']} with {card['FNS']}, "
-                "charm at Q0 set to zero (tests/benchmarks/n3fit_inputs.py)")
-    where = subprocess.run([nnpdf_python, "-c", "import nnpdf_data; print(nnpdf_data.THEORY_CARDS_PATH)"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    card.update(
+        ID=theory_id,
+        IC=0,
+        Comments=f"ReplicaLake tables of theory {card['ID']} with {card['FNS']}, "
+        "charm at Q0 set to zero (tests/benchmarks/n3fit_inputs.py)",
+    )
+    where = subprocess.run(
+        [nnpdf_python, "-c", "import nnpdf_data; print(nnpdf_data.THEORY_CARDS_PATH)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     path = Path(where) / f"{theory_id}.yaml"
     _dump(path, card)
     return path
@@ -175,8 +196,13 @@ def t0_set(x_grid: np.ndarray, folder: Path) -> Path:
     q = toy["q_0"].values
     alphas = 0.118 / (1 + 0.118 * (33 - 2 * 5) / (12 * np.pi) * np.log(q**2 / 91.1876**2))
     info = toy.attrs["lhapdf_info"]
-    info.update(ErrorType="replicas", AlphaS_MZ=0.118, AlphaS_OrderQCD=0, AlphaS_Qs=q.tolist(),
-                AlphaS_Vals=alphas.tolist())
+    info.update(
+        ErrorType="replicas",
+        AlphaS_MZ=0.118,
+        AlphaS_OrderQCD=0,
+        AlphaS_Qs=q.tolist(),
+        AlphaS_Vals=alphas.tolist(),
+    )
     setdir = write_lhapdf_set(toy, folder, T0_SET)
     path = setdir / f"{T0_SET}.info"
     path.write_text(path.read_text().replace("NumMembers: 1", "NumMembers: 2"))
@@ -184,8 +210,9 @@ def t0_set(x_grid: np.ndarray, folder: Path) -> Path:
     return setdir
 
 
-def write_inputs(lake: Lake, entry: str, work: Path, theory_id: int, theory_python: str | None,
-                 nnpdf_python: str) -> dict:
+def write_inputs(
+    lake: Lake, entry: str, work: Path, theory_id: int, theory_python: str | None, nnpdf_python: str
+) -> dict:
     """Everything n3fit needs under `work`; returns the dataset names and paths."""
     stored, request = entry_request(lake, entry)
     orders = bin_order(stored)
@@ -197,10 +224,18 @@ def write_inputs(lake: Lake, entry: str, work: Path, theory_id: int, theory_pyth
     names = commondata(stored, orders, work / "commondata")
     card = theory_card(stored, theory_id, nnpdf_python)
     t0_set(stored["x_grid"].values, work / "lhapdf")
-    profile = {"nnpdf_share": str(work / "share"), "theories_path": str(work / "share" / "theories"),
-               "results_path": str(work / "results"), "data_path": [str(work / "commondata")]}
+    profile = {
+        "nnpdf_share": str(work / "share"),
+        "theories_path": str(work / "share" / "theories"),
+        "results_path": str(work / "results"),
+        "data_path": [str(work / "commondata")],
+    }
     _dump(work / "nnprofile.yaml", profile)
-    inputs = {"datasets": names, "orders": [o.tolist() for o in orders], "theory_card": str(card),
-              "profile": str(work / "nnprofile.yaml")}
+    inputs = {
+        "datasets": names,
+        "orders": [o.tolist() for o in orders],
+        "theory_card": str(card),
+        "profile": str(work / "nnprofile.yaml"),
+    }
     (work / "inputs.json").write_text(json.dumps(inputs))
     return inputs
