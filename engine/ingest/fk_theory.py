@@ -80,10 +80,10 @@ class NnpdfFkParams(NnpdfParams):
     """NNPDF DIS data (F2, HERA NC and CC sigma_red) with NNLO FK tables (yadism, eko, pineko): raw/NAME."""
 
     q2_min: float | None = Field(
-        3.49, ge=0, description="keep points with Q^2 >= this (GeV^2; NNPDF's DIS cut)"
+        3.49, ge=0, description="keep points with Q^2 > this (GeV^2; NNPDF's DIS cut)"
     )
     w2_min: float | None = Field(
-        12.5, ge=0, description="keep points with W^2 >= this (GeV^2; NNPDF's DIS cut)"
+        12.5, ge=0, description="keep points with W^2 = Q^2 (1 - x) / x > this (GeV^2; NNPDF's DIS cut)"
     )
     theory_id: int = Field(
         NNPDF40_NNLO,

@@ -7,12 +7,11 @@ Defaults: entry raw/dis_hera_cc_nnlo, our fit pdf-theory-fit-hera-cc (recipes/pd
 already run into the lake), evolution raw/dis_hera_nnlo_evolution, 100 n3fit replicas.
 
 n3fit runs on inputs written by tests/benchmarks/n3fit_inputs.py: the entry's points, pineko's
-FK tables of the entry (checked equal to the entry's), NNPDF's DIS cuts with our W^2 (validphys's
-rule is Q^2 (1 - x) / x > w2min, without m_p^2: w2min = 12.5 - m_p^2 keeps the same points) and the
-Les Houches toy as t0. Its settings are NNPDF4.0's NNLO runcard (network, Nadam, 17000 epochs,
-patience 10%, exponent ranges) in the NNPDF3.1 perturbative-charm basis (charm zero at Q0, as in our
-tables), without positivity or integrability datasets (they need FK tables of their own), one
-TensorFlow thread per process and `--processes` processes side by side.
+FK tables of the entry (checked equal to the entry's), NNPDF's DIS cuts (validphys must keep every
+point: checked after vp-setupfit) and the Les Houches toy as t0. Its settings are NNPDF4.0's NNLO
+runcard (network, Nadam, 17000 epochs, patience 10%, exponent ranges) in the NNPDF3.1
+perturbative-charm basis (charm zero at Q0, as in our tables), without positivity or integrability
+datasets (they need FK tables of their own).
 
 Both fits are then judged by the same code: each kept replica's PDF at Q0 on our x grid (n3fit's
 exported grid interpolated cubically in ln x), predictions through the entry's FK tables, chi2/n
@@ -29,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -52,7 +52,6 @@ from engine.ops.pdf_evolve import evolve  # noqa: E402
 from engine.ops.pdf_grid import EvaluateParams, evaluate  # noqa: E402
 from engine.storage import Lake  # noqa: E402
 
-PROTON_MASS2 = 0.938272**2
 PDG = {
     "TBAR": -6,
     "BBAR": -5,
@@ -73,12 +72,12 @@ X_SHOWN = (1e-4, 1e-3, 1e-2, 0.1, 0.3, 0.5, 0.7)
 X_BAND = (1e-3, 0.7)  # where "within each other's band" is counted over the grid's knots
 
 
-def runcard(datasets: list[str], theory_id: int, seed: int) -> dict:
+def runcard(datasets: list[str], theory_id: int, seed: int, threads: int) -> dict:
     """NNPDF4.0's NNLO fit settings on our datasets (see the module docstring for what differs)."""
     return {
         "description": "n3fit on the points, NNLO FK tables, cuts and t0 of a ReplicaLake entry",
         "dataset_inputs": [{"dataset": name, "frac": 0.75} for name in datasets],
-        "datacuts": {"q2min": 3.49, "w2min": 12.5 - PROTON_MASS2, "t0pdfset": n3fit_inputs.T0_SET},
+        "datacuts": {"q2min": 3.49, "w2min": 12.5, "t0pdfset": n3fit_inputs.T0_SET},
         "theory": {"theoryid": theory_id},
         "trvlseed": seed,
         "nnseed": seed + 1,
@@ -113,7 +112,7 @@ def runcard(datasets: list[str], theory_id: int, seed: int) -> dict:
         "positivity": {"posdatasets": []},
         "integrability": {"integdatasets": []},
         "debug": False,
-        "maxcores": 1,
+        "maxcores": threads,
     }
 
 
@@ -142,15 +141,23 @@ def timed(commands: list[list[str]], cwd: Path, env: dict, logs: list[Path]) -> 
 
 
 def run_n3fit(
-    work: Path, inputs: dict, nnpdf_python: str, theory_id: int, replicas: int, seed: int, processes: int
+    work: Path,
+    inputs: dict,
+    nnpdf_python: str,
+    theory_id: int,
+    replicas: int,
+    seed: int,
+    processes: int,
+    threads: int,
 ) -> dict:
-    """vp-setupfit, then n3fit on replicas 1..R split over `processes` single-threaded processes
-    (one TensorFlow process keeps ~1.2 of 2 cores busy on this fit; all replicas in one model,
-    n3fit's `parallel_models`, ran ~50x slower per epoch here); returns their times."""
+    """vp-setupfit, then n3fit on replicas 1..R split over `processes` processes of `threads`
+    TensorFlow threads each (here one 2-thread process was fastest: two 1-thread processes took
+    ~3x the CPU per epoch, and all replicas in one model, n3fit's `parallel_models`, ~50x the
+    wall per epoch); returns their times."""
     run = work / "run"
     run.mkdir(parents=True, exist_ok=True)
     name = f"rl_{replicas}"
-    card = runcard(inputs["datasets"], theory_id, seed)
+    card = runcard(inputs["datasets"], theory_id, seed, threads)
     (run / f"{name}.yml").write_text(yaml.safe_dump(card, sort_keys=False))
     env = {
         **os.environ,
@@ -160,6 +167,9 @@ def run_n3fit(
     }
     bin_dir = Path(nnpdf_python).parent
     setup = timed([[str(bin_dir / "vp-setupfit"), f"{name}.yml"]], run, env, [run / "setupfit.log"])
+    summary = re.search(r"Summary: (\d+)/(\d+) datapoints passed", (run / "setupfit.log").read_text())
+    if not summary or summary.group(1) != summary.group(2):
+        raise RuntimeError(f"validphys's cuts drop points of the entry ({summary and summary.group(0)})")
     edges = np.linspace(0, replicas, processes + 1).round().astype(int)
     commands = [
         [str(bin_dir / "n3fit"), f"{name}.yml", str(a + 1), "-r", str(b)]
@@ -281,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--theory-id", type=int, default=41900001)
     parser.add_argument("--replicas", type=int, default=100)
     parser.add_argument("--seed", type=int, default=14613416)
-    parser.add_argument("--processes", type=int, default=2, help="n3fit processes side by side")
+    parser.add_argument("--processes", type=int, default=1, help="n3fit processes side by side")
+    parser.add_argument("--threads", type=int, default=2, help="TensorFlow threads of each (maxcores)")
     parser.add_argument("--reuse", action="store_true", help="read an earlier n3fit run in --work")
     args = parser.parse_args(argv)
     lake, work = Lake(args.lake), args.work
@@ -298,7 +309,14 @@ def main(argv: list[str] | None = None) -> int:
         times = json.loads(times_path.read_text())
     else:
         times = run_n3fit(
-            work, inputs, args.nnpdf_python, args.theory_id, args.replicas, args.seed, args.processes
+            work,
+            inputs,
+            args.nnpdf_python,
+            args.theory_id,
+            args.replicas,
+            args.seed,
+            args.processes,
+            args.threads,
         )
         times_path.write_text(json.dumps(times))
     stored = lake.open("raw", args.entry).load()
