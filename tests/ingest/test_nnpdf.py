@@ -54,13 +54,35 @@ def test_cuts_keep_the_covariance_of_the_kept_points(slac):
     cut = apply_cuts(slac, 3.49, 12.5)
     x, q2 = cut["x"].values, cut["Q2"].values
     assert 0 < cut.sizes["point"] < 211 and cut.sizes["point_b"] == cut.sizes["point"]
-    assert q2.min() >= 3.49 and np.all(0.938272**2 + q2 * (1 - x) / x >= 12.5)
-    keep = slac["Q2"].values >= 3.49
+    assert q2.min() > 3.49 and np.all(q2 * (1 - x) / x > 12.5)
+    keep = slac["Q2"].values > 3.49
     assert cut.attrs["cuts"]["points_before"] == 211
     full = apply_cuts(slac, 3.49, None)
     assert np.allclose(full["covariance"].values, slac["covariance"].values[np.ix_(keep, keep)])
     with pytest.raises(IngestError, match="leave no data point"):
         apply_cuts(slac, 1e6, None)
+
+
+def test_cuts_are_validphys_rule_to_the_letter(slac):
+    """validphys cuts DIS at Q^2 > 3.49 and Q^2 (1 - x) / x > 12.5 (no m_p^2 in its W^2): it keeps
+    33 of SLAC p's 211 points (vp-setupfit on this dataset); W^2 with m_p^2 kept 37."""
+    x, q2 = slac["x"].values, slac["Q2"].values
+    w2 = q2 * (1 - x) / x
+    cut = apply_cuts(slac, 3.49, 12.5)
+    assert cut.sizes["point"] == 33 == np.count_nonzero((q2 > 3.49) & (w2 > 12.5))
+    between = (q2 > 3.49) & (w2 <= 12.5) & (w2 + 0.938272**2 > 12.5)
+    assert np.count_nonzero(between) == 4
+    assert not np.isin(cut["x"].values + 1j * cut["Q2"].values, x[between] + 1j * q2[between]).any()
+
+
+def test_uncorrelated_multiplicative_part_is_kept_relative(slac):
+    """HERA's uncorrelated systematics are partly MULT: their relative size is stored apart so a t0
+    covariance can scale them with t0 (SLAC's single UNCORR is ADD: zero there)."""
+    assert np.all(slac["sys_uncorrelated_multiplicative"].values == 0)
+    hera = read_commondata(["HERA_CC_318GEV_EP-SIGMARED"])
+    relative, data = hera["sys_uncorrelated_multiplicative"].values, hera["data"].values
+    assert relative.max() > 0.01
+    assert np.all((relative * data) ** 2 <= hera["sys_uncorrelated"].values ** 2 * (1 + 1e-12))
 
 
 def test_ingest_publishes_raw_entry_and_cli_reports_it(lake):

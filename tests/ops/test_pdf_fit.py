@@ -179,6 +179,21 @@ def test_t0_covariance_takes_multiplicative_systematics_at_the_t0_predictions(di
     assert not np.allclose(out["covariance"].values, out["covariance_experimental"].values)
 
 
+def test_t0_covariance_scales_uncorrelated_multiplicative_uncertainties_with_t0():
+    """NNPDF's t0 prescription: every MULT uncertainty at t0, the uncorrelated ones too; statistical
+    and ADD ones stay absolute (validphys's t0 covariance to 1e-9 on HERA: README, n3fit)."""
+    from engine.ops.pdf_fit import _t0_covariance
+
+    data, t0 = np.array([1.0, 2.0, 4.0]), np.array([2.0, 1.0, 4.0])
+    stat, relative = np.array([0.1, 0.2, 0.3]), np.array([0.05, 0.0, 0.1])
+    additive, multiplicative = np.array([[0.01], [0.02], [0.0]]), np.array([[0.02], [0.02], [0.02]])
+    uncorrelated = np.sqrt(stat**2 + (relative * data) ** 2)
+    covariance = _t0_covariance(t0, data, uncorrelated, relative, additive, multiplicative)
+    scaled = multiplicative * t0[:, None]
+    expected = np.diag(stat**2 + (relative * t0) ** 2) + additive @ additive.T + scaled @ scaled.T
+    assert np.allclose(covariance, expected, rtol=1e-14, atol=0)
+
+
 def test_sets_and_tables_on_different_x_grids_are_refused(dis_lake, write_recipe):
     recipe = theory_recipe(write_recipe, "grid-mismatch", [
         "{id: theory, op: pdf.fk_tables, inputs: {data: dis}, params: {n_x: 40}}",
