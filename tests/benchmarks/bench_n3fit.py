@@ -329,16 +329,34 @@ def main(argv: list[str] | None = None) -> int:
     fk, data = stored["fk"].values, prediction["data"].values
     counts = list(stored.attrs["dataset_points"])
 
-    # n3fit's own chi2 per replica (experimental covariance, real data) recomputed here
+    # validphys's covariances of the same points against ours (its order: the FK tables' bins)
+    env = {**os.environ, "NNPDF_PROFILE_PATH": inputs["profile"], "LHAPDF_DATA_PATH": str(work / "lhapdf")}
+    script = Path(__file__).with_name("n3fit_covmat.py")
+    subprocess.run(
+        [args.nnpdf_python, str(script), str(work), str(args.theory_id)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    order = np.concatenate([np.asarray(o) for o in inputs["orders"]])
+    for kind, ours_cov in (
+        ("exp", prediction["covariance_experimental"].values),
+        ("t0", prediction["covariance"].values),
+    ):
+        theirs_cov = np.load(work / f"validphys_covmat_{kind}.npy")
+        scale = np.sqrt(np.outer(np.diag(theirs_cov), np.diag(theirs_cov)))
+        difference = np.max(np.abs(ours_cov[np.ix_(order, order)] - theirs_cov) / scale)
+        print(f"validphys's {kind} covariance vs ours: max |difference| / sqrt(C_ii C_jj) {difference:.1e}")
+
+    # n3fit's own chi2 per replica (t0 covariance, real data), recomputed here through our tables
     own = np.array([r["chi2"] for r in records])
-    exp_cov = prediction["covariance_experimental"].values
-    again = np.array([chi2_per_point(p, data, exp_cov) for p in predictions(fk, theirs)])
+    t0_cov = prediction["covariance"].values
+    again = np.array([chi2_per_point(p, data, t0_cov) for p in predictions(fk, theirs)])
     print(
-        f"n3fit's replica chi2 (experimental covariance) recomputed through our FK tables: "
+        f"n3fit's replica chi2 (t0 covariance) recomputed through our FK tables and t0 covariance: "
         f"max |relative difference| {np.max(np.abs(again / own - 1)):.2e} over {own.size} replicas"
     )
 
-    t0_cov = prediction["covariance"].values
     table_ours = chi2_table(predictions(fk, ours), data, t0_cov, counts)
     table_theirs = chi2_table(predictions(fk, theirs), data, t0_cov, counts)
     names = ["all"] + list(stored.attrs["datasets"])
@@ -375,14 +393,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['n3fit_in_our_band']:.2f}  {cells}"
             )
 
-    stops = np.array([r["stop_epoch"] for r in records])
+    best = np.array([r["best_epoch"] for r in records])
     per_replica = times["fit_cpu"] / len(records)
     setup = f"vp-setupfit {times['setup_wall']:.0f} s wall / {times['setup_cpu']:.0f} CPU-s"
     fit = f"n3fit {times['fit_wall']:.0f} s wall / {times['fit_cpu']:.0f} CPU-s"
     fit += f" in {times['processes']} processes"
     print(
         f"\nn3fit: {len(records)} replicas, {setup}, {fit} ({per_replica:.1f} CPU-s a replica), "
-        f"stop epoch median {np.median(stops):.0f}"
+        f"best epoch median {np.median(best):.0f} (range {best.min()}-{best.max()}), stopped at "
+        f"{max(r['stop_epoch'] for r in records)}"
     )
     print(f"ours: {ours.shape[0]} kept replicas (time: the recipe's run, README)")
     result = {

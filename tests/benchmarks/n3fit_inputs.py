@@ -236,6 +236,7 @@ def write_inputs(
         "orders": [o.tolist() for o in orders],
         "theory_card": str(card),
         "profile": str(work / "nnprofile.yaml"),
+        "t0_set": T0_SET,
     }
     (work / "inputs.json").write_text(json.dumps(inputs))
     return inputs
