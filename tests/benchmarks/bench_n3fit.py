@@ -47,6 +47,7 @@ import n3fit_inputs  # noqa: E402
 from engine.bounds import Params  # noqa: E402
 from engine.ingest.lhapdf_format import pdfset_from_arrays  # noqa: E402
 from engine.kernels.pdf_fk import FLAVOURS  # noqa: E402
+from engine.ops.pdf_chi2 import _table as chi2_by_block  # noqa: E402
 from engine.ops.pdf_chi2 import chi2_per_point  # noqa: E402
 from engine.ops.pdf_evolve import evolve  # noqa: E402
 from engine.ops.pdf_grid import EvaluateParams, evaluate  # noqa: E402
@@ -210,12 +211,8 @@ def predictions(fk: np.ndarray, xf: np.ndarray) -> np.ndarray:
 
 
 def chi2_table(prediction: np.ndarray, data: np.ndarray, covariance: np.ndarray, counts) -> list[float]:
-    """[all, then each dataset's block]: chi2/n of the replica-mean prediction."""
-    central = prediction.mean(axis=0)
-    edges = np.concatenate([[0], np.cumsum(counts)])
-    return [chi2_per_point(central, data, covariance)] + [
-        chi2_per_point(central[a:b], data[a:b], covariance[a:b, a:b]) for a, b in zip(edges[:-1], edges[1:])
-    ]
+    """[all, then each dataset's block]: chi2/n of the replica-mean prediction (pdf.chi2_by_dataset's)."""
+    return chi2_by_block(prediction.mean(axis=0), data, covariance, tuple(counts)).tolist()
 
 
 def combinations(xf: np.ndarray, flavours: list[int]) -> dict[str, np.ndarray]:
