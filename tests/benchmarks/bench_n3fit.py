@@ -29,10 +29,10 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from scipy.interpolate import CubicSpline
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import n3fit_inputs  # noqa: E402
+from _timing import measure  # noqa: E402
 
 from engine.bounds import Params  # noqa: E402
 from engine.ingest.lhapdf_format import pdfset_from_arrays  # noqa: E402
@@ -69,6 +70,7 @@ PDG = {
     "T": 6,
     "PHT": 22,
 }
+LABEL = {pid: label for label, pid in PDG.items()}  # n3fit's exportgrid labels by PDG id
 X_SHOWN = (1e-4, 1e-3, 1e-2, 0.1, 0.3, 0.5, 0.7)
 X_BAND = (1e-3, 0.7)  # where "within each other's band" is counted over the grid's knots
 
@@ -117,28 +119,27 @@ def runcard(datasets: list[str], theory_id: int, seed: int, threads: int) -> dic
     }
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def timed(commands: list[list[str]], cwd: Path, env: dict, logs: list[Path]) -> tuple[float, float]:
-    """(wall, CPU seconds) of subprocesses run side by side, each writing to its log; a failure
-    shows the end of its log."""
-    cpu, start = _children_cpu(), time.perf_counter()
-    running = [
-        subprocess.Popen(c, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-        for c, log in zip(commands, logs)
-    ]
-    codes = [process.wait() for process in running]
-    wall = time.perf_counter() - start
+    """(wall, CPU seconds, children included: _timing.measure) of subprocesses run side by side, each
+    writing to its log; a failure shows the end of its log."""
+
+    def run_all() -> list[int]:
+        with ExitStack() as stack:
+            outs = [stack.enter_context(log.open("w")) for log in logs]
+            running = [
+                subprocess.Popen(c, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+                for c, out in zip(commands, outs)
+            ]
+            return [process.wait() for process in running]
+
+    wall, cpu, codes = measure(run_all)
     for command, code, log in zip(commands, codes, logs):
         if code:
             raise RuntimeError(
                 f"{' '.join(command)} exited {code}; the end of {log}:\n"
                 + "\n".join(log.read_text().splitlines()[-20:])
             )
-    return wall, _children_cpu() - cpu
+    return wall, cpu
 
 
 def run_n3fit(
@@ -195,7 +196,7 @@ def n3fit_replicas(fit: Path, x_grid: np.ndarray) -> tuple[np.ndarray, list[dict
         grid = yaml.safe_load((folder / f"{fit.name}.exportgrid").read_text())
         x = np.asarray(grid["xgrid"], float)
         table = np.asarray(grid["pdfgrid"], float)  # (x, label): x f at Q0
-        columns = [grid["labels"].index(next(k for k, v in PDG.items() if v == f)) for f in FLAVOURS]
+        columns = [grid["labels"].index(LABEL[f]) for f in FLAVOURS]
         inside = x < 1.0
         spline = CubicSpline(np.log(x[inside]), table[inside][:, columns], axis=0)
         on_grid = spline(np.log(np.clip(x_grid, x[0], x[inside][-1])))
